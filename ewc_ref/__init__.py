@@ -1,0 +1,44 @@
+"""ewc_ref: a NumPy reference implementation of Elastic Weight Consolidation.
+
+The public API (EXCHANGE.md, "Python API")::
+
+    import ewc_ref as er
+    model, lik = er.load_model("model.npz")
+    x, y = er.load_data("data.npz")
+    F = er.fisher(model, lik, x, y, estimator="empirical", structure="diag")
+    F.save("F.npz")
+"""
+
+from __future__ import annotations
+
+import importlib
+
+__version__ = "0.1.0"
+
+from .activations import ACTIVATIONS, get_activation
+from .gradcheck import check_gradients, check_jacobian, check_per_sample_gradients
+from .io import load_data, load_model, save_data, save_model
+from .likelihoods import LIKELIHOODS, Bernoulli, Categorical, Gaussian, Likelihood, get_likelihood
+from .loss import loss_and_grad, mean_loss, per_example_losses, per_sample_gradients
+from .mlp import MLP
+
+# Names provided by modules that are imported on first use (keeps `import ewc_ref` fast
+# and lets the curvature, Bayes and continual-learning layers load only when needed).
+_LAZY = {
+    "fisher": "ewc_ref.curvature",
+    "Curvature": "ewc_ref.curvature",
+}
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'ewc_ref' has no attribute {name!r}")
+
+
+__all__ = [
+    "ACTIVATIONS", "LIKELIHOODS", "MLP", "Bernoulli", "Categorical", "Gaussian", "Likelihood",
+    "check_gradients", "check_jacobian", "check_per_sample_gradients", "get_activation",
+    "get_likelihood", "load_data", "load_model", "loss_and_grad", "mean_loss",
+    "per_example_losses", "per_sample_gradients", "save_data", "save_model", *_LAZY,
+]

@@ -1,0 +1,64 @@
+"""Input validation used at the public edge.
+
+Public functions call these once and then hand trusted arrays to private code
+(the `scipy.stats` pattern: public ``pdf`` validates, ``_pdf`` computes).
+Every error names the argument and says what was expected.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+FLOAT_DTYPES = (np.float32, np.float64)
+
+
+def as_float_array(value, name: str, ndim: int | None = None, finite: bool = True) -> np.ndarray:
+    """Return `value` as a float32/float64 ndarray, or raise naming `name`.
+
+    Integer and boolean input is converted to float64; float32 is preserved;
+    anything else (complex, object, strings) is a TypeError.
+    """
+    if isinstance(value, np.ndarray):
+        array = value
+    else:
+        try:
+            array = np.asarray(value)
+        except Exception as error:  # ragged lists and the like
+            raise TypeError(f"{name}: expected a numeric array, got {type(value).__name__}") from error
+    if array.dtype.kind in "biu":
+        array = array.astype(np.float64)
+    elif array.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{name}: expected a float32 or float64 array, got dtype {array.dtype}")
+    if ndim is not None and array.ndim != ndim:
+        raise ValueError(f"{name}: expected a {ndim}-d array, got shape {array.shape}")
+    if finite and not np.all(np.isfinite(array)):
+        bad = int(np.size(array) - np.count_nonzero(np.isfinite(array)))
+        raise ValueError(f"{name}: contains {bad} non-finite value(s) (NaN or inf)")
+    return array
+
+
+def check_positive_int(value, name: str, upper: int | None = None) -> int:
+    """Return `value` as an int >= 1 (and <= `upper` if given), or raise naming `name`."""
+    if isinstance(value, bool) or not isinstance(value, int | np.integer):
+        raise TypeError(f"{name}: expected an integer, got {type(value).__name__}")
+    if value < 1:
+        raise ValueError(f"{name}: expected an integer >= 1, got {value}")
+    if upper is not None and value > upper:
+        raise ValueError(f"{name}: expected an integer <= {upper}, got {value}")
+    return int(value)
+
+
+def check_choice(value, name: str, choices) -> str:
+    """Return `value` if it is one of `choices`, else raise ValueError listing them."""
+    if not isinstance(value, str) or value not in choices:
+        raise ValueError(f"{name}: expected one of {sorted(choices)}, got {value!r}")
+    return value
+
+
+def as_generator(rng) -> np.random.Generator:
+    """Accept a Generator, an integer seed or None (fresh entropy)."""
+    if isinstance(rng, np.random.Generator):
+        return rng
+    if rng is None or isinstance(rng, int | np.integer):
+        return np.random.default_rng(rng)
+    raise TypeError(f"rng: expected a numpy.random.Generator, an integer seed or None, got {type(rng).__name__}")

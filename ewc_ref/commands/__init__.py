@@ -1,0 +1,1 @@
+"""One module per ``ewc-ref`` subcommand: ``add_arguments(parser)`` and ``run(args)``."""

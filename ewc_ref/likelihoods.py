@@ -1,0 +1,252 @@
+"""Likelihoods p(y | f) on the network output f, registered in one table.
+
+Each is an exponential family with its canonical link, so the Hessian of the
+per-example loss w.r.t. the output, Lambda = d^2 l / d f^2, does not depend on
+the label: this is why the GGN equals the exact Fisher here (derivations/04).
+
+For each likelihood, with f : (N, C):
+
+=============  ==============================  =================  =========================
+name           l(f, y) = -log p(y | f)          d l / d f          Lambda = d^2 l / d f^2
+=============  ==============================  =================  =========================
+categorical    logsumexp(f) - f_y               p - onehot(y)      diag(p) - p p^T
+gaussian       ||y - f||^2 / (2 s^2) + c        (f - y) / s^2      I / s^2
+bernoulli      sum_c softplus(f_c) - y_c f_c    p - y              diag(p (1 - p))
+=============  ==============================  =================  =========================
+
+with p = softmax(f) (categorical), p = sigmoid(f) (bernoulli), s = sigma and
+c = C/2 log(2 pi s^2), the normalising constant, kept so that the NLL is a true
+negative log density (the evidence computations of bayes.py need it).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy.special import expit, log_softmax, logsumexp, softmax
+
+from ._validate import as_float_array
+
+
+class Likelihood:
+    """Interface; see the module docstring for the formulas."""
+
+    name: str = ""
+
+    def nll(self, f: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """Per-example negative log-likelihood l_n, shape (N,)."""
+        raise NotImplementedError
+
+    def grad(self, f: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """d l_n / d f_n, shape (N, C)."""
+        raise NotImplementedError
+
+    def hessian(self, f: np.ndarray) -> np.ndarray:
+        """Lambda_n = d^2 l_n / d f_n^2, shape (N, C, C) (label-independent here)."""
+        raise NotImplementedError
+
+    def hessian_factor(self, f: np.ndarray) -> np.ndarray:
+        """Q_n with Q_n Q_n^T = Lambda_n, shape (N, C, K); columns are the "pseudo-labels"
+        whose back-propagation gives J^T Lambda J = sum_k (J^T q_k)(J^T q_k)^T."""
+        raise NotImplementedError
+
+    def hessian_diag(self, f: np.ndarray) -> np.ndarray:
+        """diag(Lambda_n), shape (N, C): the cheap structured form."""
+        return np.diagonal(self.hessian(f), axis1=-2, axis2=-1).copy()
+
+    def sample(self, f: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """One label per example drawn from p(y | f_n)."""
+        raise NotImplementedError
+
+    def mean(self, f: np.ndarray) -> np.ndarray:
+        """E[y | f] (probabilities for categorical/bernoulli), shape (N, C)."""
+        raise NotImplementedError
+
+    def most_probable(self, f: np.ndarray) -> np.ndarray:
+        """The mode of p(y | f_n): argmax class, thresholded bits, or the mean."""
+        raise NotImplementedError
+
+    def check_labels(self, y, n: int, n_outputs: int, name: str = "y") -> np.ndarray:
+        """Validate labels for N = n examples and C = n_outputs; raise ValueError naming `name`."""
+        raise NotImplementedError
+
+    def accuracy(self, f: np.ndarray, y: np.ndarray) -> float | None:
+        """Fraction of correct most-probable predictions, or None where undefined."""
+        return None
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        """The model.npz metadata keys for this likelihood."""
+        return {"__likelihood__": np.array(self.name)}
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+    def __eq__(self, other) -> bool:
+        return type(self) is type(other) and self.to_arrays().keys() == other.to_arrays().keys() and all(
+            np.array_equal(v, other.to_arrays()[k]) for k, v in self.to_arrays().items()
+        )
+
+    def __hash__(self) -> int:
+        return hash(self.name)
+
+
+def _check_shape(y: np.ndarray, shape: tuple, name: str) -> None:
+    if y.shape != shape:
+        raise ValueError(f"{name}: expected shape {shape}, got {y.shape}")
+
+
+class Categorical(Likelihood):
+    """Softmax over C logits; labels are integer class indices 0..C-1."""
+
+    name = "categorical"
+
+    def nll(self, f, y):
+        return logsumexp(f, axis=-1) - np.take_along_axis(f, y[..., None], axis=-1)[..., 0]
+
+    def grad(self, f, y):
+        g = softmax(f, axis=-1)
+        np.put_along_axis(g, y[..., None], np.take_along_axis(g, y[..., None], axis=-1) - 1, axis=-1)
+        return g
+
+    def hessian(self, f):
+        p = softmax(f, axis=-1)
+        return p[..., :, None] * (np.eye(f.shape[-1], dtype=f.dtype) - p[..., None, :])
+
+    def hessian_factor(self, f):
+        # Q = diag(sqrt p) - p sqrt(p)^T; Q Q^T = diag(p) - p p^T because sum(p) = 1.
+        p = softmax(f, axis=-1)
+        s = np.sqrt(p)
+        return s[..., :, None] * np.eye(f.shape[-1], dtype=f.dtype) - p[..., :, None] * s[..., None, :]
+
+    def hessian_diag(self, f):
+        p = softmax(f, axis=-1)
+        return p * (1 - p)
+
+    def sample(self, f, rng):
+        # Gumbel-max: argmax(log p + G) ~ Categorical(p), stable for any logits.
+        return np.argmax(log_softmax(f, axis=-1) + rng.gumbel(size=f.shape), axis=-1)
+
+    def mean(self, f):
+        return softmax(f, axis=-1)
+
+    def most_probable(self, f):
+        return np.argmax(f, axis=-1)
+
+    def check_labels(self, y, n, n_outputs, name="y"):
+        y = np.asarray(y)
+        if y.dtype.kind not in "iu":
+            raise TypeError(f"{name}: categorical labels must be integer class indices, got dtype {y.dtype}")
+        _check_shape(y, (n,), name)
+        if y.size and (y.min() < 0 or y.max() >= n_outputs):
+            raise ValueError(
+                f"{name}: categorical labels must lie in 0..{n_outputs - 1} (the model has {n_outputs} outputs), "
+                f"got range {y.min()}..{y.max()}"
+            )
+        return y.astype(np.intp, copy=False)
+
+    def accuracy(self, f, y):
+        return float(np.mean(np.argmax(f, axis=-1) == y))
+
+
+class Gaussian(Likelihood):
+    """Independent Gaussian per output with fixed standard deviation sigma, identity link."""
+
+    name = "gaussian"
+
+    def __init__(self, sigma: float = 1.0):
+        sigma = float(sigma)
+        if not np.isfinite(sigma) or sigma <= 0:
+            raise ValueError(f"sigma: expected a finite number > 0, got {sigma}")
+        self.sigma = sigma
+
+    def nll(self, f, y):
+        c = f.shape[-1]
+        return 0.5 * np.sum((y - f) ** 2, axis=-1) / self.sigma**2 + 0.5 * c * np.log(2 * np.pi * self.sigma**2)
+
+    def grad(self, f, y):
+        return (f - y) / self.sigma**2
+
+    def hessian(self, f):
+        eye = np.eye(f.shape[-1], dtype=f.dtype) / self.sigma**2
+        return np.broadcast_to(eye, f.shape + f.shape[-1:]).copy()
+
+    def hessian_factor(self, f):
+        eye = np.eye(f.shape[-1], dtype=f.dtype) / self.sigma
+        return np.broadcast_to(eye, f.shape + f.shape[-1:]).copy()
+
+    def hessian_diag(self, f):
+        return np.full_like(f, 1 / self.sigma**2)
+
+    def sample(self, f, rng):
+        return f + self.sigma * rng.standard_normal(f.shape)
+
+    def mean(self, f):
+        return f
+
+    def most_probable(self, f):
+        return f.copy()
+
+    def check_labels(self, y, n, n_outputs, name="y"):
+        y = as_float_array(y, name, ndim=2)
+        _check_shape(y, (n, n_outputs), name)
+        return y
+
+    def to_arrays(self):
+        return {"__likelihood__": np.array(self.name), "__sigma__": np.array(self.sigma)}
+
+    def __repr__(self):
+        return f"Gaussian(sigma={self.sigma!r})"
+
+
+class Bernoulli(Likelihood):
+    """Independent Bernoulli per output, p = sigmoid(f); labels in {0, 1}^C."""
+
+    name = "bernoulli"
+
+    def nll(self, f, y):
+        return np.sum(np.logaddexp(0, f) - y * f, axis=-1)
+
+    def grad(self, f, y):
+        return expit(f) - y
+
+    def hessian(self, f):
+        return self.hessian_diag(f)[..., :, None] * np.eye(f.shape[-1], dtype=f.dtype)
+
+    def hessian_factor(self, f):
+        return np.sqrt(self.hessian_diag(f))[..., :, None] * np.eye(f.shape[-1], dtype=f.dtype)
+
+    def hessian_diag(self, f):
+        p = expit(f)
+        return p * (1 - p)
+
+    def sample(self, f, rng):
+        return (rng.random(f.shape) < expit(f)).astype(f.dtype)
+
+    def mean(self, f):
+        return expit(f)
+
+    def most_probable(self, f):
+        return (f >= 0).astype(f.dtype)
+
+    def check_labels(self, y, n, n_outputs, name="y"):
+        y = as_float_array(y, name, ndim=2)
+        _check_shape(y, (n, n_outputs), name)
+        if not np.all((y == 0) | (y == 1)):
+            raise ValueError(f"{name}: bernoulli labels must be 0 or 1, got values such as {y[(y != 0) & (y != 1)][0]!r}")
+        return y
+
+    def accuracy(self, f, y):
+        return float(np.mean((f >= 0) == (y == 1)))
+
+
+LIKELIHOODS = {"categorical": Categorical, "gaussian": Gaussian, "bernoulli": Bernoulli}
+
+
+def get_likelihood(name: str, sigma: float | None = None) -> Likelihood:
+    """Build a likelihood by name; `sigma` only for 'gaussian' (default 1.0)."""
+    if name not in LIKELIHOODS:
+        raise ValueError(f"likelihood: expected one of {sorted(LIKELIHOODS)}, got {name!r}")
+    if name == "gaussian":
+        return Gaussian(1.0 if sigma is None else sigma)
+    if sigma is not None:
+        raise ValueError(f"sigma: only meaningful for the gaussian likelihood, got sigma={sigma} for {name!r}")
+    return LIKELIHOODS[name]()

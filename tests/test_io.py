@@ -1,0 +1,131 @@
+"""model.npz / data.npz I/O: bit-exact round trips and one named error per bad input."""
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+
+import ewc_ref as er
+from ewc_ref.strategies import models_and_data
+
+
+@settings(suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(models_and_data())
+def test_round_trip_is_bit_exact(tmp_path, case):
+    model, lik, x, y = case
+    er.save_model(tmp_path / "m.npz", model, lik)
+    er.save_data(tmp_path / "d.npz", x, y)
+    model2, lik2 = er.load_model(tmp_path / "m.npz")
+    x2, y2 = er.load_data(tmp_path / "d.npz", model2, lik2)
+    assert model2.param_names == model.param_names
+    assert model2.activation.name == model.activation.name
+    assert lik2 == lik
+    np.testing.assert_array_equal(model2.theta, model.theta)
+    np.testing.assert_array_equal(x2, x)
+    np.testing.assert_array_equal(y2, y)
+
+
+def test_float32_model_is_preserved(tmp_path):
+    model = er.MLP.random([3, 4, 2], "relu", rng=0, dtype=np.float32)
+    er.save_model(tmp_path / "m.npz", model, er.Categorical())
+    loaded, _ = er.load_model(tmp_path / "m.npz")
+    assert loaded.dtype == np.float32
+    np.testing.assert_array_equal(loaded.theta, model.theta)
+
+
+def _good_model():
+    rng = np.random.default_rng(0)
+    return {
+        "0.weight": rng.standard_normal((4, 3)), "0.bias": rng.standard_normal(4),
+        "2.weight": rng.standard_normal((2, 4)), "2.bias": rng.standard_normal(2),
+        "__activation__": np.array("relu"), "__likelihood__": np.array("categorical"),
+    }
+
+
+def _edit(**changes):
+    arrays = _good_model()
+    for key, value in changes.items():
+        key = key.replace("_dot_", ".").replace("_dunder_", "__")
+        if value is None:
+            del arrays[key]
+        else:
+            arrays[key] = value
+    return arrays
+
+
+BAD_MODELS = [
+    ("missing activation", _edit(_dunder_activation__=None), "missing key '__activation__'"),
+    ("missing likelihood", _edit(_dunder_likelihood__=None), "missing key '__likelihood__'"),
+    ("unknown key", {**_good_model(), "0.running_mean": np.ones(4)}, "unknown key '0.running_mean'"),
+    ("unknown activation", _edit(_dunder_activation__=np.array("gelu")), "'__activation__' must be one of"),
+    ("unknown likelihood", _edit(_dunder_likelihood__=np.array("poisson")), "'__likelihood__' must be one of"),
+    ("activation not a string", _edit(_dunder_activation__=np.array(1.0)), "0-d unicode"),
+    ("layers do not chain", _edit(**{"2_dot_weight": np.ones((2, 5))}), "'2.weight'.*does not chain"),
+    ("bias shape", _edit(**{"0_dot_bias": np.ones(3)}), "'0.bias': expected shape \\(4,\\)"),
+    ("bias without weight", {**_good_model(), "6.bias": np.ones(2)}, "'6.bias' has no matching '6.weight'"),
+    ("non-finite weight", _edit(**{"0_dot_weight": np.full((4, 3), np.nan)}), "'0.weight'.*non-finite"),
+    ("integer weight", _edit(**{"0_dot_weight": np.ones((4, 3), dtype=int)}), "'0.weight' must be a float array"),
+    ("sigma for categorical", {**_good_model(), "__sigma__": np.array(1.0)}, "'__sigma__' is only allowed"),
+    ("negative sigma", _edit(_dunder_likelihood__=np.array("gaussian"), _dunder_sigma__=np.array(-1.0)), "'__sigma__' must be finite and > 0"),
+    ("no layers", {"__activation__": np.array("relu"), "__likelihood__": np.array("categorical")}, "no '<index>.weight'"),
+]
+
+
+@pytest.mark.parametrize(("arrays", "message"), [(a, m) for _, a, m in BAD_MODELS], ids=[n for n, _, _ in BAD_MODELS])
+def test_bad_model_file_names_the_key(tmp_path, arrays, message):
+    path = tmp_path / "model.npz"
+    np.savez(path, **arrays)
+    with pytest.raises(ValueError, match=message) as info:
+        er.load_model(path)
+    assert str(path) in str(info.value)
+
+
+def test_pickled_arrays_are_refused(tmp_path):
+    path = tmp_path / "model.npz"
+    np.savez(path, **_good_model(), **{"4.weight": np.array([None, 1], dtype=object)})
+    with pytest.raises(ValueError, match="'4.weight' holds Python objects"):
+        er.load_model(path)
+
+
+def test_missing_and_corrupt_files(tmp_path):
+    with pytest.raises(ValueError, match="not found"):
+        er.load_model(tmp_path / "nope.npz")
+    (tmp_path / "bad.npz").write_bytes(b"not a zip")
+    with pytest.raises(ValueError, match="not a readable .npz"):
+        er.load_data(tmp_path / "bad.npz")
+
+
+BAD_DATA = [
+    ("missing y", {"x": np.ones((3, 3))}, "missing key 'y'", None),
+    ("unknown key", {"x": np.ones((3, 3)), "y": np.zeros(3, int), "w": np.ones(3)}, "unknown key", None),
+    ("row mismatch", {"x": np.ones((3, 3)), "y": np.zeros(4, int)}, "'y' must have 3 rows", None),
+    ("nan x", {"x": np.full((3, 3), np.nan), "y": np.zeros(3, int)}, "'x'.*non-finite", None),
+    ("x not 2-d", {"x": np.ones(3), "y": np.zeros(3, int)}, "'x'.*2-d", None),
+    ("label out of range", {"x": np.ones((3, 3)), "y": np.array([0, 1, 2])}, "'y'.*0..1", "categorical"),
+    ("float class labels", {"x": np.ones((3, 3)), "y": np.array([0.0, 1.0, 1.0])}, "'y'.*integer", "categorical"),
+    ("bernoulli not binary", {"x": np.ones((3, 3)), "y": np.full((3, 2), 0.5)}, "'y'.*0 or 1", "bernoulli"),
+    ("wrong feature count", {"x": np.ones((3, 5)), "y": np.zeros(3, int)}, "'x'.*expected 3 features", "categorical"),
+]
+
+
+@pytest.mark.parametrize(("arrays", "message", "likelihood"), [b[1:] for b in BAD_DATA], ids=[b[0] for b in BAD_DATA])
+def test_bad_data_file_names_the_key(tmp_path, arrays, message, likelihood):
+    path = tmp_path / "data.npz"
+    np.savez(path, **arrays)
+    model = er.MLP.random([3, 4, 2], "relu", rng=0)
+    with pytest.raises(ValueError, match=message) as info:
+        if likelihood is None:
+            er.load_data(path)
+        else:
+            er.load_data(path, model, er.get_likelihood(likelihood))
+    assert str(path) in str(info.value)
+
+
+def test_pytorch_export_recipe_is_readable(tmp_path):
+    # EXCHANGE.md's export line, reproduced without torch: a state_dict of float64 arrays
+    # plus two 0-d unicode strings.
+    state = _good_model()
+    path = tmp_path / "exported.npz"
+    np.savez(path, **state)
+    model, lik = er.load_model(path)
+    assert isinstance(lik, er.Categorical)
+    assert model.layer_sizes == [3, 4, 2]

@@ -1,0 +1,106 @@
+"""Likelihoods: closed-form derivatives against finite differences and scipy.stats,
+the symmetric factor of Lambda, and label sampling against a CLT bound."""
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from scipy import stats
+
+import ewc_ref as er
+from ewc_ref.gradcheck import numerical_jacobian
+from ewc_ref.strategies import likelihoods
+
+
+@st.composite
+def outputs_and_labels(draw):
+    lik = draw(likelihoods())
+    n, c = draw(st.integers(1, 6)), draw(st.integers(2, 5))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    f = rng.standard_normal((n, c)) * draw(st.floats(0.1, 5.0))
+    return lik, f, lik.sample(f, rng)
+
+
+@given(outputs_and_labels())
+def test_output_gradient_and_hessian_match_finite_differences(case):
+    lik, f, y = case
+    for n in range(f.shape[0]):
+        row = f[n : n + 1]
+        yn = y[n : n + 1]
+        # Round-off of a central difference is absolute, ~eps |l| / h ~ 1e-10 for |l| ~ 10,
+        # and saturated outputs have gradients far below 1: compare on a scale floored at 1.
+        grad_fd = numerical_jacobian(lambda v: lik.nll(v[None], yn)[0], row[0])
+        assert np.max(np.abs(lik.grad(row, yn)[0] - grad_fd)) <= 1e-7 * max(1.0, np.abs(grad_fd).max())
+        hess_fd = numerical_jacobian(lambda v: lik.grad(v[None], yn)[0], row[0])
+        assert np.max(np.abs(lik.hessian(row)[0] - hess_fd)) <= 1e-7 * max(1.0, np.abs(hess_fd).max())
+
+
+@given(outputs_and_labels())
+def test_hessian_factor_and_diagonal(case):
+    lik, f, _ = case
+    Q = lik.hessian_factor(f)
+    Lam = lik.hessian(f)
+    np.testing.assert_allclose(Q @ np.swapaxes(Q, -1, -2), Lam, rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(lik.hessian_diag(f), np.diagonal(Lam, axis1=1, axis2=2), rtol=1e-12, atol=1e-15)
+
+
+@given(outputs_and_labels())
+def test_nll_is_the_scipy_log_density(case):
+    lik, f, y = case
+    if isinstance(lik, er.Categorical):
+        p = np.exp(f - f.max(1, keepdims=True))
+        p /= p.sum(1, keepdims=True)
+        expected = -np.log(p[np.arange(len(y)), y])
+    elif isinstance(lik, er.Gaussian):
+        expected = -stats.norm.logpdf(y, f, lik.sigma).sum(1)
+    else:
+        expected = -stats.bernoulli.logpmf(y, 1 / (1 + np.exp(-f))).sum(1)
+    np.testing.assert_allclose(lik.nll(f, y), expected, rtol=1e-10, atol=1e-12)
+
+
+def test_nll_is_stable_for_extreme_logits():
+    f = np.array([[1000.0, -1000.0]])
+    assert np.isfinite(er.Categorical().nll(f, np.array([1])))[0]
+    np.testing.assert_allclose(er.Categorical().nll(f, np.array([1])), [2000.0])
+    np.testing.assert_allclose(er.Bernoulli().nll(f, np.array([[0.0, 1.0]])), [2000.0])
+
+
+@pytest.mark.parametrize("lik", [er.Categorical(), er.Gaussian(0.5), er.Bernoulli()], ids=repr)
+def test_sampling_matches_the_mean_within_a_clt_bound(lik):
+    # With S = 20000 draws the sample mean of y (one-hot for categorical) has standard error
+    # sqrt(Var / S); every entry must lie within 5 standard errors (fixed seed).
+    rng = np.random.default_rng(0)
+    f = np.array([[0.3, -1.2, 2.0]])
+    S = 20000
+    draws = np.stack([lik.sample(f, rng)[0] for _ in range(S)])
+    if isinstance(lik, er.Categorical):
+        draws = np.eye(3)[draws]
+    mean = lik.mean(f)[0]
+    var = np.full(3, lik.sigma**2) if isinstance(lik, er.Gaussian) else mean * (1 - mean)
+    z = (draws.mean(0) - mean) / np.sqrt(var / S)
+    assert np.all(np.abs(z) < 5), z
+
+
+@pytest.mark.parametrize(
+    ("lik", "y", "message"),
+    [
+        (er.Categorical(), np.array([0, 3]), "0..2"),
+        (er.Categorical(), np.array([0.0, 1.0]), "integer"),
+        (er.Categorical(), np.array([0, 1, 2]), "shape"),
+        (er.Bernoulli(), np.array([[0.0, 0.5, 1.0]] * 2), "0 or 1"),
+        (er.Gaussian(), np.array([[0.0, np.nan, 1.0]] * 2), "non-finite"),
+        (er.Gaussian(), np.ones((2, 2)), "shape"),
+    ],
+)
+def test_bad_labels_are_named(lik, y, message):
+    with pytest.raises((ValueError, TypeError), match=message):
+        lik.check_labels(y, 2, 3, "y")
+
+
+def test_get_likelihood_validates():
+    with pytest.raises(ValueError, match="likelihood"):
+        er.get_likelihood("poisson")
+    with pytest.raises(ValueError, match="sigma"):
+        er.get_likelihood("gaussian", -1.0)
+    with pytest.raises(ValueError, match="sigma"):
+        er.get_likelihood("categorical", 2.0)
