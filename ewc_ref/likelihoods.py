@@ -53,8 +53,19 @@ class Likelihood:
         """diag(Lambda_n), shape (N, C): the cheap structured form."""
         return np.diagonal(self.hessian(f), axis1=-2, axis2=-1).copy()
 
-    def sample(self, f: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        """One label per example drawn from p(y | f_n)."""
+    def sample(self, f: np.ndarray, rng: np.random.Generator, samples: int | None = None) -> np.ndarray:
+        """Labels drawn from p(y | f_n): one per example, shape (N, ...), or with
+        `samples` = S, shape (N, S, ...).
+
+        Random numbers are consumed example by example, so drawing for rows
+        [0, a) and then [a, N) gives exactly the labels drawn for [0, N) at once:
+        chunked (streamed) estimators do not depend on the chunk size.
+        """
+        if samples is None:
+            return self._sample(f[:, None, :], rng)[:, 0]
+        return self._sample(np.broadcast_to(f[:, None, :], (f.shape[0], samples, f.shape[1])), rng)
+
+    def _sample(self, f: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         raise NotImplementedError
 
     def mean(self, f: np.ndarray) -> np.ndarray:
@@ -121,7 +132,7 @@ class Categorical(Likelihood):
         p = softmax(f, axis=-1)
         return p * (1 - p)
 
-    def sample(self, f, rng):
+    def _sample(self, f, rng):
         # Gumbel-max: argmax(log p + G) ~ Categorical(p), stable for any logits.
         return np.argmax(log_softmax(f, axis=-1) + rng.gumbel(size=f.shape), axis=-1)
 
@@ -176,7 +187,7 @@ class Gaussian(Likelihood):
     def hessian_diag(self, f):
         return np.full_like(f, 1 / self.sigma**2)
 
-    def sample(self, f, rng):
+    def _sample(self, f, rng):
         return f + self.sigma * rng.standard_normal(f.shape)
 
     def mean(self, f):
@@ -218,7 +229,7 @@ class Bernoulli(Likelihood):
         p = expit(f)
         return p * (1 - p)
 
-    def sample(self, f, rng):
+    def _sample(self, f, rng):
         return (rng.random(f.shape) < expit(f)).astype(f.dtype)
 
     def mean(self, f):

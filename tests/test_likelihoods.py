@@ -104,3 +104,16 @@ def test_get_likelihood_validates():
         er.get_likelihood("gaussian", -1.0)
     with pytest.raises(ValueError, match="sigma"):
         er.get_likelihood("categorical", 2.0)
+
+
+@given(outputs_and_labels(), st.integers(1, 4), st.integers(0, 6))
+def test_sampling_is_chunk_invariant(case, samples, split):
+    # Drawing rows [0, a) then [a, N) must give the labels drawn for all rows at once, so that
+    # streamed Monte Carlo estimators do not depend on the chunk size.
+    lik, f, _ = case
+    split = min(split, f.shape[0])
+    whole = lik.sample(f, np.random.default_rng(7), samples)
+    rng = np.random.default_rng(7)
+    parts = np.concatenate([lik.sample(f[:split], rng, samples), lik.sample(f[split:], rng, samples)])
+    np.testing.assert_array_equal(parts, whole)
+    assert whole.shape[:2] == (f.shape[0], samples)
