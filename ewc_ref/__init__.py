@@ -27,6 +27,7 @@ from .mlp import MLP
 _LAZY = {
     "fisher": "ewc_ref.curvature",
     "Curvature": "ewc_ref.curvature",
+    "FisherAccumulator": "ewc_ref.curvature",
 }
 
 
