@@ -27,6 +27,12 @@ from .mlp import MLP
 _LAZY = {
     "fisher": "ewc_ref.curvature",
     "Curvature": "ewc_ref.curvature",
+    "hessian_vector_product": "ewc_ref.hessian",
+    "ggn_vector_product": "ewc_ref.hessian",
+    "hessian_full": "ewc_ref.hessian",
+    "hessian_diag": "ewc_ref.hessian",
+    "hessian_blocks": "ewc_ref.hessian",
+    "hessian_residual": "ewc_ref.hessian",
     "FisherAccumulator": "ewc_ref.curvature",
 }
 
