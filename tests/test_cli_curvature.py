@@ -1,0 +1,133 @@
+"""`ewc-ref fisher` and `ewc-ref compare` (EXCHANGE.md "Command line")."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import ewc_ref as er
+from ewc_ref.cli import main
+
+FIXTURES = Path(__file__).parent / "fixtures" / "torch"
+CASES = [
+    ("empirical", "diag", "empirical_diag", []), ("empirical", "full", "empirical_full", []),
+    ("exact", "diag", "exact_diag", []), ("exact", "full", "exact_full", []), ("ggn", "full", "exact_full", []),
+    ("batched", "diag", "batched_diag_b8", ["--batch-size", "8"]), ("pred", "diag", "pred_diag", []),
+]
+
+
+def _paths(name):
+    return str(FIXTURES / f"{name}_model.npz"), str(FIXTURES / f"{name}_data.npz")
+
+
+@pytest.mark.parametrize("name", ["categorical", "bernoulli"])
+@pytest.mark.parametrize(("estimator", "structure", "key", "extra"), CASES, ids=[c[2] + "-" + c[0] for c in CASES])
+def test_fisher_cli_matches_pytorch_libraries(tmp_path, capsys, name, estimator, structure, key, extra):
+    model_path, data_path = _paths(name)
+    out = tmp_path / "F.npz"
+    assert main(["fisher", model_path, data_path, "--estimator", estimator, "--structure", structure, "-o", str(out), "--quiet", *extra]) == 0
+    assert capsys.readouterr().err == ""  # --quiet
+    written = np.load(out, allow_pickle=False)
+    assert str(written["__estimator__"]) == estimator and str(written["__structure__"]) == structure
+    model, _ = er.load_model(model_path)
+    reference = np.load(FIXTURES / f"{name}_reference.npz")[key]
+    if structure == "full":
+        flat = written["full"]
+    else:
+        flat = np.concatenate([written[k].ravel() for k in model.param_names])
+    assert er.gradcheck.relative_error(flat, reference) <= 1e-10
+    # compare: against the torch reference written in the same layout
+    ref_path = tmp_path / "R.npz"
+    if structure == "full":
+        np.savez(ref_path, full=reference)
+    else:
+        np.savez(ref_path, **model.unflatten(reference))
+    assert main(["compare", str(out), str(ref_path)]) == 0
+    assert "\nmatch (rtol = 1e-10" in capsys.readouterr().out
+
+
+def test_compare_reports_a_mismatch_with_exit_1(tmp_path, capsys):
+    a, b = tmp_path / "a.npz", tmp_path / "b.npz"
+    np.savez(a, **{"0.weight": np.ones((2, 3)), "0.bias": np.ones(2)})
+    np.savez(b, **{"0.weight": np.ones((2, 3)), "0.bias": np.array([1.0, 2.0])})
+    assert main(["compare", str(a), str(b)]) == 1
+    out = capsys.readouterr().out
+    assert "0.bias[1]: 1 vs 2" in out and "MISMATCH" in out and out.strip().splitlines()[-1].startswith("mismatch")
+    assert main(["compare", str(a), str(b), "--atol", "1.5"]) == 0
+
+
+@pytest.mark.parametrize(
+    ("b_arrays", "message"),
+    [
+        ({"0.weight": np.ones((2, 3))}, "keys differ"),
+        ({"0.weight": np.ones((3, 2)), "0.bias": np.ones(2)}, "key '0.weight': shape"),
+        ({"0.weight": np.full((2, 3), np.nan), "0.bias": np.ones(2)}, "non-finite"),
+    ],
+)
+def test_compare_bad_input_exits_2(tmp_path, capsys, b_arrays, message):
+    a, b = tmp_path / "a.npz", tmp_path / "b.npz"
+    np.savez(a, **{"0.weight": np.ones((2, 3)), "0.bias": np.ones(2)})
+    np.savez(b, **b_arrays)
+    assert main(["compare", str(a), str(b)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--estimator", "batched"], "batch_size: required"),
+        (["--estimator", "batched", "--batch-size", "1000"], "batch_size: expected an integer <= 48"),
+        (["--estimator", "mc", "--samples", "0"], "samples: expected an integer >= 1"),
+        (["--estimator", "exact", "--samples", "3"], "samples: only used by estimator='mc'"),
+        (["--estimator", "nope"], "invalid choice"),
+        (["--estimator", "exact", "--structure", "lowrank"], "invalid choice"),
+    ],
+)
+def test_fisher_bad_options_exit_2_without_output(tmp_path, capsys, extra, message):
+    model_path, data_path = _paths("categorical")
+    out = tmp_path / "F.npz"
+    with pytest.raises(SystemExit) as info:
+        raise SystemExit(main(["fisher", model_path, data_path, "-o", str(out), "--quiet", *extra]))
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err
+    assert list(tmp_path.iterdir()) == []  # nothing written, not even a temporary file
+
+
+def test_fisher_data_that_does_not_fit_the_model_exits_2(tmp_path, capsys):
+    model_path, _ = _paths("categorical")
+    data = tmp_path / "d.npz"
+    np.savez(data, x=np.ones((4, 5)), y=np.array([0, 1, 2, 7]))
+    assert main(["fisher", model_path, str(data), "--estimator", "exact", "-o", str(tmp_path / "F.npz")]) == 2
+    err = capsys.readouterr().err
+    assert "key 'y'" in err and "0..3" in err
+    assert not (tmp_path / "F.npz").exists()
+
+
+def test_fisher_full_too_large_exits_2(tmp_path, capsys, monkeypatch):
+    import ewc_ref.curvature as curvature
+
+    monkeypatch.setattr(curvature, "MAX_DENSE_BYTES", 10_000)
+    model_path, data_path = _paths("categorical")
+    assert main(["fisher", model_path, data_path, "--estimator", "exact", "--structure", "full", "-o", str(tmp_path / "F.npz")]) == 2
+    assert "use structure='diag', 'block' or 'kfac'" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_fisher_mc_is_reproducible_with_a_seed(tmp_path):
+    model_path, data_path = _paths("categorical")
+    paths = []
+    for i, seed in enumerate(["3", "3", "4"]):
+        paths.append(tmp_path / f"F{i}.npz")
+        main(["fisher", model_path, data_path, "--estimator", "mc", "--samples", "2", "--seed", seed, "-o", str(paths[-1]), "--quiet"])
+    a, b, c = (np.load(p)["0.weight"] for p in paths)
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, c)
+
+
+def test_progress_is_reported_on_stderr(tmp_path, capsys):
+    model_path, data_path = _paths("categorical")
+    main(["fisher", model_path, data_path, "--estimator", "exact", "-o", str(tmp_path / "F.npz")])
+    err = capsys.readouterr().err
+    assert "fisher exact/diag: 48/48 (100%)" in err
