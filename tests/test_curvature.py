@@ -12,14 +12,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import assume, given
+from hypothesis import given
 from hypothesis import strategies as st
 
 import ewc_ref as er
 from ewc_ref.curvature import ESTIMATORS, STRUCTURES, Curvature
 from ewc_ref.gradcheck import relative_error
 from ewc_ref.reference import expected_outer_product, naive_fisher, project
-from ewc_ref.strategies import mlps, models_and_data
+from ewc_ref.strategies import models_and_data
 
 RTOL = 1e-10
 NAIVE = ["empirical", "exact", "mc", "batched", "pred", "ggn"]
