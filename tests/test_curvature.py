@@ -297,3 +297,35 @@ def test_full_structure_refuses_a_matrix_too_large(monkeypatch):
 
 def test_every_estimator_is_covered_here():
     assert set(NAIVE) | {"hessian"} == set(ESTIMATORS)
+
+
+# --------------------------------------------------------------------------- hessian estimator
+@pytest.mark.parametrize("name", ["categorical", "gaussian", "bernoulli"])
+def test_hessian_estimator_matches_torch_hessian(name):
+    model, lik = er.load_model(FIXTURES / f"{name}_model.npz")
+    x, y = er.load_data(FIXTURES / f"{name}_data.npz", model, lik)
+    reference = np.load(FIXTURES / f"{name}_reference.npz")["hessian_full"]
+    for structure in ("full", "diag", "block"):
+        H = er.fisher(model, lik, x, y, "hessian", structure, chunk_size=11)
+        assert close(H.data, project(reference, model, structure))
+
+
+@given(models_and_data(max_layers=1, max_width=6), st.sampled_from(["full", "diag"]))
+def test_linear_model_hessian_is_the_exact_fisher_for_any_labels(case, structure):
+    """4d: one Linear layer (linear / logistic / softmax regression) with a canonical link:
+    d^2 l / d theta^2 = J^T Lambda J exactly, since d^2 f / d theta^2 = 0, whatever y is."""
+    model, lik, x, y = case
+    H = er.fisher(model, lik, x, y, "hessian", structure).data
+    F = er.fisher(model, lik, x, y, "exact", structure).data
+    assert close(H, F)
+
+
+def test_hessian_differs_from_the_fisher_for_a_hidden_layer_away_from_the_mode():
+    """The counterpart of 4d: with a hidden layer and labels that do not fit, the residual
+    sum_c r_c d^2 f_c is far from zero, so H != exact Fisher."""
+    model = er.MLP.random([3, 5, 2], "tanh", rng=0)
+    x = np.random.default_rng(1).standard_normal((20, 3))
+    y = np.random.default_rng(2).integers(0, 2, 20)
+    H = er.fisher(model, er.Categorical(), x, y, "hessian", "full").data
+    F = er.fisher(model, er.Categorical(), x, y, "exact", "full").data
+    assert relative_error(H, F) > 1e-2
