@@ -34,6 +34,13 @@ _LAZY = {
     "hessian_blocks": "ewc_ref.hessian",
     "hessian_residual": "ewc_ref.hessian",
     "FisherAccumulator": "ewc_ref.curvature",
+    "GaussianPrior": "ewc_ref.bayes",
+    "LogPosterior": "ewc_ref.bayes",
+    "PosteriorPrior": "ewc_ref.bayes",
+    "Subspace": "ewc_ref.bayes",
+    "linear_gaussian_posterior": "ewc_ref.bayes",
+    "log_likelihood": "ewc_ref.bayes",
+    "sequential_log_posterior": "ewc_ref.bayes",
 }
 
 
