@@ -311,12 +311,14 @@ def _unit_chunks(model: MLP, indices: range, chunk: int):
         yield rows, E
 
 
-def _check_dense_size(n_rows: int, n_cols: int, what: str) -> None:
-    needed = 8 * n_rows * n_cols
+def _check_dense_size(numbers: int, what: str) -> None:
+    """Refuse (naming `model`, whose size is the cause) to allocate `numbers` float64 values
+    beyond MAX_DENSE_BYTES, read at call time so that it can be raised."""
+    needed = 8 * numbers
     if needed > MAX_DENSE_BYTES:
         raise ValueError(
-            f"model: {what} needs {needed / 2**30:.3g} GiB as float64 ({n_rows} x {n_cols}), above the "
-            f"limit ewc_ref.hessian.MAX_DENSE_BYTES = {MAX_DENSE_BYTES / 2**30:.3g} GiB; use hessian_diag "
+            f"model: {what} needs {needed / 2**30:.3g} GiB as float64, above the limit "
+            f"ewc_ref.hessian.MAX_DENSE_BYTES = {MAX_DENSE_BYTES / 2**30:.3g} GiB; use hessian_diag "
             f"or hessian_blocks, or a structured Fisher (ewc_ref.fisher(..., structure='diag', 'block' or "
             f"'kfac')), or raise MAX_DENSE_BYTES if the memory exists"
         )
@@ -386,7 +388,8 @@ def hessian(model: MLP, lik: Likelihood, x, y, chunk_size: int | None = None) ->
     """
     x, y = check_model_data(model, lik, x, y)
     chunk_size = _check_chunk_size(chunk_size)
-    _check_dense_size(model.n_params, model.n_params, f"the dense Hessian for P = {model.n_params} parameters")
+    P = model.n_params
+    _check_dense_size(P * P, f"the dense P x P Hessian for P = {P} parameters")
     return _hessian(model, lik, x, y, chunk_size)
 
 
@@ -417,7 +420,7 @@ def hessian_blocks(model: MLP, lik: Likelihood, x, y, chunk_size: int | None = N
     x, y = check_model_data(model, lik, x, y)
     chunk_size = _check_chunk_size(chunk_size)
     sizes = [s.stop - s.start for s in model.layer_slices]
-    _check_dense_size(1, sum(p * p for p in sizes), f"the per-layer Hessian blocks of sizes {sizes}")
+    _check_dense_size(sum(p * p for p in sizes), f"the per-layer Hessian blocks of sizes {sizes}")
     return _hessian_blocks(model, lik, x, y, chunk_size)
 
 
@@ -508,11 +511,12 @@ def hessian_residual(model: MLP, lik: Likelihood, x, y, chunk_size: int | None =
 
     Notes
     -----
-    Second term of the decomposition (1) in the module docstring. Cost: P^2 pairs of
-    directions through one second-order forward pass (about 3 P^2 / K forward passes of
-    K-batched work): a reference for small models only. Memory check as in `hessian`.
+    Second term of the decomposition (1) in the module docstring. Cost: all P^2 pairs of
+    unit directions through the second-order forward pass, about 3 P^2 forward passes' worth
+    of arithmetic (batched): a reference for small models only. Memory check as in `hessian`.
     """
     x, y = check_model_data(model, lik, x, y)
     chunk_size = _check_chunk_size(chunk_size)
-    _check_dense_size(model.n_params, model.n_params, f"the dense Hessian residual for P = {model.n_params} parameters")
+    P = model.n_params
+    _check_dense_size(P * P, f"the dense P x P Hessian residual for P = {P} parameters")
     return _hessian_residual(model, lik, x, y, chunk_size)

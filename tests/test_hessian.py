@@ -271,7 +271,7 @@ def test_dense_results_refuse_beyond_the_memory_limit(monkeypatch):
     model, lik, x, y = small_case()
     monkeypatch.setattr(hs, "MAX_DENSE_BYTES", 8 * 26 * 26 - 1)   # one byte short of P x P
     for function in (er.hessian_full, er.hessian_residual):
-        with pytest.raises(ValueError, match=r"^model: the dense .*P = 26.*MAX_DENSE_BYTES.*hessian_diag"):
+        with pytest.raises(ValueError, match=r"^model: the dense P x P .*P = 26 .*MAX_DENSE_BYTES = .*hessian_diag"):
             function(model, lik, x, y)
     er.hessian_blocks(model, lik, x, y)                            # 16^2 + 10^2 numbers still fit
     er.hessian_diag(model, lik, x, y)                              # O(P) memory: never refused
