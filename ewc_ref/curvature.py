@@ -42,11 +42,13 @@ plus one chunk, whatever N.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
 from scipy.linalg import block_diag
 
+from . import kernels
 from ._progress import Progress
 from ._validate import as_float_array, as_generator, check_choice, check_positive_int
 from .io import atomic_savez, read_npz
@@ -404,25 +406,24 @@ class FisherAccumulator:
             self.total += delta_sq_or_vectors
 
     def _outer_sums(self, cache, r: np.ndarray, weight: float):
-        """sum_{n,k} weight * u_nk u_nk^T in the accumulator's structure, u = J^T r."""
+        """sum_{n,k} weight * u_nk u_nk^T in the accumulator's structure, u = J^T r.
+
+        Fast path by ewc_ref.kernels; the readable twin is _outer_sums_naive (tests/test_kernels.py).
+        """
         model = self.model
-        deltas = model.backward_deltas(cache, r)
         if self.structure == "diag":
-            return _diag_sums(model, cache, deltas, weight)
+            return _diag_sums(model, cache, model.backward_deltas(cache, r), weight)
         if self.structure == "kfac":
-            sums = []
-            for l, delta in enumerate(deltas):
-                a = cache.inputs[l]
-                if model.has_bias[l]:
-                    a = np.concatenate([a, np.ones((a.shape[0], 1), dtype=a.dtype)], axis=1)
-                d = delta.reshape(-1, delta.shape[-1])
-                sums.append((a.T @ a, weight * (d.T @ d)))
-            return sums
-        G = model.per_sample_grads(cache, r * np.sqrt(weight))
-        G = G.reshape(-1, G.shape[-1])
+            deltas = model.backward_deltas(cache, r)
+            return [kernels.kfac_factors(d, cache.inputs[l], weight, model.has_bias[l]) for l, d in enumerate(deltas)]
+        # u_nk sqrt(w): a Python float keeps float32 models in float32 (a NumPy float64 would promote).
+        deltas = model.backward_deltas(cache, r * math.sqrt(weight))
+        dtype = np.result_type(r, model.theta)
         if self.structure == "full":
-            return G.T @ G
-        return [G[:, s].T @ G[:, s] for s in model.layer_slices]
+            return kernels.gram(kernels.per_sample_grads(deltas, cache.inputs, model.has_bias, dtype))
+        # block: each layer's G_l : (K n, P_l) on its own, never the whole G.
+        return [kernels.gram(kernels.per_sample_grads(deltas, cache.inputs, model.has_bias, dtype, layers=[l]))
+                for l in range(model.n_layers)]
 
     def update(self, x_chunk: np.ndarray, y_chunk) -> FisherAccumulator:
         """Add the next rows (trusted input: validate with check_model_data first)."""
@@ -529,8 +530,20 @@ def _copy(item):
 def _diag_sums(model: MLP, cache, deltas, weight: float) -> np.ndarray:
     """diag(sum_{n,k} w u_nk u_nk^T) per layer: (sum_k w delta_nk^2)^T (a_n^2), one GEMM.
 
-    The naive twin is ``(per_sample_grads**2).sum`` (tests/test_curvature.py).
+    Fast path: kernels.diag_second_moment. Twins: _diag_sums_naive below (the same GEMM
+    written inline) and ``(per_sample_grads**2).sum`` (tests/test_curvature.py).
     """
+    out = np.empty(model.n_params, dtype=np.result_type(cache.inputs[0], model.theta))
+    for l, delta in enumerate(deltas):
+        weight_diag, bias_diag = kernels.diag_second_moment(delta, cache.inputs[l], weight, model.has_bias[l])
+        out[model.weight_slices[l]] = weight_diag.ravel()
+        if bias_diag is not None:
+            out[model.bias_slices[l]] = bias_diag
+    return out
+
+
+def _diag_sums_naive(model: MLP, cache, deltas, weight: float) -> np.ndarray:
+    """Twin of _diag_sums (the original inline NumPy): sum over the K vectors, then one GEMM."""
     out = np.empty(model.n_params, dtype=np.result_type(cache.inputs[0], model.theta))
     for l, delta in enumerate(deltas):
         sq = weight * np.einsum("kno,kno->no", delta, delta)  # sum over the K vectors first
@@ -539,6 +552,28 @@ def _diag_sums(model: MLP, cache, deltas, weight: float) -> np.ndarray:
         if model.has_bias[l]:
             out[model.bias_slices[l]] = sq.sum(axis=0)
     return out
+
+
+def _outer_sums_naive(model: MLP, structure: str, cache, r: np.ndarray, weight: float):
+    """Twin of FisherAccumulator._outer_sums (the original NumPy): per-example gradients of
+    mlp.per_sample_grads, then G^T G, block slices of it, or the KFAC factor GEMMs."""
+    deltas = model.backward_deltas(cache, r)
+    if structure == "diag":
+        return _diag_sums_naive(model, cache, deltas, weight)
+    if structure == "kfac":
+        sums = []
+        for l, delta in enumerate(deltas):
+            a = cache.inputs[l]
+            if model.has_bias[l]:
+                a = np.concatenate([a, np.ones((a.shape[0], 1), dtype=a.dtype)], axis=1)
+            d = delta.reshape(-1, delta.shape[-1])
+            sums.append((a.T @ a, weight * (d.T @ d)))
+        return sums
+    G = model.per_sample_grads(cache, r * math.sqrt(weight))
+    G = G.reshape(-1, G.shape[-1])
+    if structure == "full":
+        return G.T @ G
+    return [G[:, s].T @ G[:, s] for s in model.layer_slices]
 
 
 # --------------------------------------------------------------------------- public entry point
