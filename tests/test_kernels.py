@@ -1,0 +1,172 @@
+"""Every fast kernel of ewc_ref.kernels against its naive twin, on Hypothesis-drawn shapes.
+
+Tolerances (Higham, "Accuracy and Stability of Numerical Algorithms", section 3.1: a sum of m
+products computed in any order has absolute error <= gamma_m sum |terms|, gamma_m ~ m u):
+
+* fill_per_sample_grads: each entry is ONE product (or a copy), so the numba kernel and the
+  NumPy broadcast are bit-identical: compared with array_equal.
+* Gram matrices and KFAC factors: |fast - naive| <= 2 m u (|G|^T |G|) elementwise, with m the
+  number of rows summed and u the unit round-off of the dtype (2^-53 float64, 2^-24 float32);
+  the factor 2 covers both computations' errors. This bound holds for any summation order
+  (BLAS blocking, einsum) and for both dtypes, so nothing is loosened for float32.
+* Diagonals: sums of non-negative terms, so the same bound is relative to the value itself:
+  |fast - naive| <= 4 m u |naive| (each term is itself a product of up to three roundings).
+* Whole accumulator (fast path vs the original NumPy of curvature.py): normwise relative error
+  1e-12 in float64 (observed ~1e-16), 1e-5 in float32 (~50 u for the hundreds of
+  operations of a small network's forward and backward pass before the sums).
+"""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from ewc_ref import kernels
+from ewc_ref.curvature import FisherAccumulator, _outer_sums_naive, _output_vectors
+from ewc_ref.gradcheck import relative_error
+from ewc_ref.strategies import models_and_data
+
+DTYPES = [np.float64, np.float32]
+
+
+def unit_roundoff(dtype) -> float:
+    return float(np.finfo(dtype).eps) / 2
+
+
+@st.composite
+def layer_factors(draw, max_k=4, max_n=9, max_out=6, max_in=7):
+    """(delta : (K, n, out), a : (n, in), weight, has_bias, dtype) of one Linear layer."""
+    k, n = draw(st.integers(1, max_k)), draw(st.integers(1, max_n))
+    n_out, n_in = draw(st.integers(1, max_out)), draw(st.integers(1, max_in))
+    dtype = draw(st.sampled_from(DTYPES))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    delta = rng.standard_normal((k, n, n_out)).astype(dtype)
+    if draw(st.booleans()):  # a strided delta, as np.moveaxis gives for the exact Fisher
+        delta = np.moveaxis(np.ascontiguousarray(np.moveaxis(delta, 0, -1)), -1, 0)
+    a = rng.standard_normal((n, n_in)).astype(dtype)
+    weight = draw(st.sampled_from([1.0, 0.5, 1.0 / 3.0]))
+    return delta, a, weight, draw(st.booleans()), dtype
+
+
+@given(layer_factors())
+def test_diag_second_moment_matches_squared_per_example_gradients(factors):
+    delta, a, weight, has_bias, dtype = factors
+    fast_w, fast_b = kernels.diag_second_moment(delta, a, weight, has_bias)
+    naive_w, naive_b = kernels.diag_second_moment_naive(delta, a, weight, has_bias)
+    m = delta.shape[0] * delta.shape[1]
+    bound = 4 * m * unit_roundoff(dtype)
+    assert fast_w.dtype == dtype and fast_w.shape == naive_w.shape
+    assert np.all(np.abs(fast_w - naive_w) <= bound * np.abs(naive_w))
+    if has_bias:
+        assert fast_b.dtype == dtype
+        assert np.all(np.abs(fast_b - naive_b) <= bound * np.abs(naive_b))
+    else:
+        assert fast_b is None and naive_b is None
+
+
+@given(layer_factors(), st.integers(0, 5), st.integers(0, 5))
+def test_numba_fill_is_bit_identical_to_the_numpy_broadcast(factors, left, right):
+    delta, a, _, has_bias, dtype = factors
+    k, n, n_out = delta.shape
+    width = left + n_out * (a.shape[1] + int(has_bias)) + right
+    fast = np.full((k * n, width), np.nan, dtype=dtype)
+    naive = fast.copy()
+    kernels.fill_per_sample_grads(fast, delta, a, left, has_bias)
+    kernels.fill_per_sample_grads_numpy(naive, delta, a, left, has_bias)
+    assert np.array_equal(fast, naive, equal_nan=True)  # the columns outside the block stay NaN
+    assert np.isnan(fast[:, :left]).all() and np.isnan(fast[:, width - right :]).all()
+    # the block holds delta_n a_n^T row-major, then delta_n: the definition, written out
+    block = fast[:, left : width - right].reshape(k, n, -1)
+    expected = np.einsum("kno,ni->knoi", delta, a).reshape(k, n, -1)
+    if has_bias:
+        expected = np.concatenate([expected, delta], axis=-1)
+    assert np.array_equal(block, expected)
+
+
+def test_numba_fill_is_used_unless_disabled():
+    assert kernels.USE_NUMBA == (os.environ.get("EWC_REF_NO_NUMBA", "") not in ("1", "true", "yes", "on"))
+    if kernels.USE_NUMBA:
+        fill = kernels._numba_fill()
+        assert len(fill.signatures) == 2  # float64 and float32 compiled eagerly, never per call
+
+
+@given(st.integers(1, 30), st.integers(1, 12), st.sampled_from(DTYPES), st.integers(0, 2**32 - 1))
+def test_gram_matrices_match_the_sum_of_outer_products(m, p, dtype, seed):
+    G = np.random.default_rng(seed).standard_normal((m, p)).astype(dtype)
+    naive = kernels.gram_naive(G)
+    bound = 2 * m * unit_roundoff(dtype) * (np.abs(G).T @ np.abs(G))
+    for fast in (kernels.gram(G), kernels.gram_syrk(G)):
+        assert fast.dtype == dtype
+        assert np.array_equal(fast, fast.T)  # one triangle computed, mirrored exactly
+        assert np.all(np.abs(fast - naive) <= bound)
+
+
+@given(layer_factors())
+def test_kfac_factors_match_the_outer_product_sums(factors):
+    delta, a, weight, has_bias, dtype = factors
+    fast_a, fast_b = kernels.kfac_factors(delta, a, weight, has_bias)
+    naive_a, naive_b = kernels.kfac_factors_naive(delta, a, weight, has_bias)
+    u = unit_roundoff(dtype)
+    abar = np.concatenate([a, np.ones((a.shape[0], 1), dtype)], axis=1) if has_bias else a
+    d = np.abs(delta.reshape(-1, delta.shape[-1]))
+    assert fast_a.dtype == fast_b.dtype == dtype
+    assert np.all(np.abs(fast_a - naive_a) <= 2 * a.shape[0] * u * (np.abs(abar).T @ np.abs(abar)))
+    assert np.all(np.abs(fast_b - naive_b) <= 3 * d.shape[0] * u * weight * (d.T @ d))
+
+
+@given(models_and_data(max_width=8, dtype=np.float64) | models_and_data(max_width=8, dtype=np.float32),
+       st.sampled_from(["empirical", "exact", "mc", "pred", "ggn"]), st.sampled_from(["diag", "full", "block", "kfac"]))
+def test_accumulator_fast_path_matches_the_original_numpy(case, estimator, structure):
+    model, lik, x, y = case
+    acc = FisherAccumulator(model, lik, estimator, structure, samples=2, rng=5)
+    f, cache = model.forward(x)
+    r, weight = _output_vectors(lik, f, y, estimator, 2, np.random.default_rng(5))
+    fast = acc._outer_sums(cache, r, weight)
+    naive = _outer_sums_naive(model, structure, cache, r, weight)
+    rtol = 1e-12 if model.dtype == np.float64 else 1e-5
+    pairs = zip(fast, naive, strict=True) if isinstance(fast, list) else [(fast, naive)]
+    for a, b in pairs:
+        for fa, nb in zip(a, b, strict=True) if isinstance(a, tuple) else [(a, b)]:
+            # float32 stays float32 on the fast path, unless the likelihood promoted r itself
+            assert fa.dtype == np.result_type(r, model.dtype) == nb.dtype
+            assert relative_error(fa, nb) <= rtol
+
+
+SCRIPT = textwrap.dedent(
+    """
+    import sys
+    import numpy as np
+    import ewc_ref as er
+    from ewc_ref import kernels
+    from ewc_ref.likelihoods import Categorical
+    model = er.MLP.random([5, 7, 4], activation="tanh", rng=3)
+    rng = np.random.default_rng(4)
+    x, y = rng.standard_normal((23, 5)), rng.integers(0, 4, 23)
+    out = {"use_numba": np.array(kernels.USE_NUMBA)}
+    for structure in ("full", "block", "diag", "kfac"):
+        F = er.fisher(model, Categorical(), x, y, "exact", structure, chunk_size=6)
+        out[structure] = F.to_dense()
+    np.savez(sys.argv[1], **out)
+    """
+)
+
+
+@pytest.mark.parametrize("flag", ["1", ""])
+def test_numpy_fallback_selected_by_environment_gives_identical_results(tmp_path, flag):
+    """EWC_REF_NO_NUMBA=1 in a fresh process swaps the numba kernel for its NumPy twin, and
+    every structure comes out bit-identical (the kernel only multiplies pairs of numbers)."""
+    paths = {}
+    for name, value in (("run", flag), ("reference", "")):
+        env = dict(os.environ, EWC_REF_NO_NUMBA=value)
+        paths[name] = tmp_path / f"{name}.npz"
+        subprocess.run([sys.executable, "-c", SCRIPT, str(paths[name])], env=env, check=True, timeout=120)
+    run, reference = np.load(paths["run"]), np.load(paths["reference"])
+    assert bool(run["use_numba"]) == (flag != "1")
+    assert bool(reference["use_numba"])
+    for structure in ("full", "block", "diag", "kfac"):
+        assert np.array_equal(run[structure], reference[structure]), structure
