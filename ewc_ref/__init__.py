@@ -41,6 +41,17 @@ _LAZY = {
     "linear_gaussian_posterior": "ewc_ref.bayes",
     "log_likelihood": "ewc_ref.bayes",
     "sequential_log_posterior": "ewc_ref.bayes",
+    "GridPosterior": "ewc_ref.grid",
+    "grid_posterior": "ewc_ref.grid",
+    "Comparison": "ewc_ref.laplace",
+    "LaplaceGaussian": "ewc_ref.laplace",
+    "MAPNotFound": "ewc_ref.laplace",
+    "MAPResult": "ewc_ref.laplace",
+    "compare_to_grid": "ewc_ref.laplace",
+    "find_map": "ewc_ref.laplace",
+    "kl_gaussians": "ewc_ref.laplace",
+    "laplace_approximation": "ewc_ref.laplace",
+    "posterior_precision": "ewc_ref.laplace",
 }
 
 
