@@ -71,6 +71,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from . import curvature
 from ._validate import as_float_array, check_positive_int
 from .likelihoods import Likelihood
 from .loss import check_model_data
@@ -78,7 +79,6 @@ from .mlp import MLP, ForwardCache
 
 # Largest dense (P, P) matrix, in bytes of float64, that `hessian` and `hessian_residual`
 # will allocate (a module constant so that a user with more memory can raise it).
-MAX_DENSE_BYTES = 2 * 1024**3
 
 # Working memory (in float64 numbers) of one batch of K directions through the passes,
 # K * N * (widest layer); it sets the default number of unit vectors per batch.
@@ -314,11 +314,11 @@ def _unit_chunks(model: MLP, indices: range, chunk: int):
 def _check_dense_size(numbers: int, what: str) -> None:
     """Refuse (naming `model`, whose size is the cause) to allocate `numbers` float64 values
     beyond MAX_DENSE_BYTES, read at call time so that it can be raised."""
-    needed = 8 * numbers
-    if needed > MAX_DENSE_BYTES:
+    needed, limit = 8 * numbers, curvature.MAX_DENSE_BYTES  # one limit for every dense matrix
+    if needed > limit:
         raise ValueError(
             f"model: {what} needs {needed / 2**30:.3g} GiB as float64, above the limit "
-            f"ewc_ref.hessian.MAX_DENSE_BYTES = {MAX_DENSE_BYTES / 2**30:.3g} GiB; use hessian_diag "
+            f"ewc_ref.curvature.MAX_DENSE_BYTES = {limit / 2**30:.3g} GiB; use hessian_diag "
             f"or hessian_blocks, or a structured Fisher (ewc_ref.fisher(..., structure='diag', 'block' or "
             f"'kfac')), or raise MAX_DENSE_BYTES if the memory exists"
         )
@@ -378,7 +378,7 @@ def hessian(model: MLP, lik: Likelihood, x, y, chunk_size: int | None = None) ->
     Raises
     ------
     ValueError
-        naming `model` when P x P float64 would exceed MAX_DENSE_BYTES (2 GiB); the message
+        naming `model` when P x P float64 would exceed ewc_ref.curvature.MAX_DENSE_BYTES (2 GiB); the message
         says which structured alternative to use.
 
     Notes
