@@ -192,7 +192,8 @@ def test_sequential_grid_posterior_equals_batch_and_ewc_gap_is_measurable():
     lap_seq = er.laplace_approximation(sequential)
     grid_seq = er.grid_posterior(sequential, lap_seq.mean, lap_seq.std, n_points=121)
     batch = logistic_posterior(np.vstack([xa, xb]), np.vstack([ya, yb]))
-    grid_batch = er.grid_posterior(batch, lap_seq.mean, lap_seq.std, n_points=121)
+    # A different resolution and start: the two grids share no points but the bounds.
+    grid_batch = er.grid_posterior(batch, lap_seq.mean + 0.5 * lap_seq.std, 2 * lap_seq.std, n_points=101)
 
     # eq (4): p(theta | A, B) = p(theta | A u B), and p(A) p(B | A) = p(A, B).
     error = grid_a.log_evidence_error + grid_seq.log_evidence_error + grid_batch.log_evidence_error
@@ -258,3 +259,22 @@ def test_bad_input(call, match):
     x, y = logistic_data(1, np.array([1.0, 0.5]), 20)
     with pytest.raises(ValueError, match=match):
         call(logistic_posterior(x, y), None)
+
+
+def test_example_figure_data():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "examples" / "laplace_vs_posterior.py"
+    spec = importlib.util.spec_from_file_location("laplace_vs_posterior", path)
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    data = example.figure_data(n_points=61)
+    for key in ("posterior", "laplace", "diag_fisher"):
+        assert data[key].shape == (61, 61) and np.all(np.isfinite(data[key]))
+    for key in ("marginal_posterior", "marginal_laplace", "marginal_diag_fisher"):
+        # The grid holds the posterior to e^-30 of its peak and neither Gaussian is broader here,
+        # so each marginal integrates to 1 up to a 61-point trapezoid error on a smooth density.
+        np.testing.assert_allclose(np.trapezoid(data[key], data["w0"]), 1.0, atol=1e-6)
+    # Correlated inputs: the diagonal Gaussian is much further from the posterior.
+    assert data["kl_diag_fisher"] > 10 * data["kl_laplace"] > 0
