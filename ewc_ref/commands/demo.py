@@ -26,12 +26,15 @@ SCENARIO_TITLES = {
 SCENARIO_ORDER = ("task", "domain", "class")
 METHOD_TITLES = {"sgd": "SGD (no penalty)", "l2": "L2", "ewc": "EWC"}
 
-#: Default lambda per scenario and method: the best average accuracy of the sweep recorded in
+#: Default lambda per scenario and method, chosen from the sweep recorded in
 #: docs/continual-learning.md (digits, 5 tasks, 20 epochs, seed 0, exact diagonal Fisher).
+#: EWC: 20, the best average accuracy on permuted digits (the one scenario where lambda matters);
+#: in the split scenarios every stable lambda gives the same average accuracy within 0.003.
+#: L2: the best average accuracy per scenario.
 DEFAULT_LAMBDA = {
-    "task": {"l2": 0.001, "ewc": 10.0},
+    "task": {"l2": 0.001, "ewc": 20.0},
     "domain": {"l2": 0.001, "ewc": 20.0},
-    "class": {"l2": 1.0, "ewc": 300.0},
+    "class": {"l2": 1.0, "ewc": 20.0},
 }
 SWEEP_GRID = (0.001, 0.01, 0.1, 1.0, 3.0, 10.0, 30.0, 100.0, 300.0, 1000.0)
 ESTIMATORS = ("empirical", "exact", "mc", "batched", "pred", "ggn", "hessian")
