@@ -2,6 +2,8 @@
 
 Every strategy shrinks towards small networks (one layer, width 1) and few
 examples, so a failing property is reported on the smallest model that breaks it.
+Models are float64 unless `dtype` says otherwise: pass ``dtype=np.float32`` or a strategy
+such as ``dtypes()`` (float64 and float32, shrinking to float64) to test float32 code paths.
 
     from hypothesis import given
     from ewc_ref.strategies import models_and_data
@@ -22,6 +24,15 @@ from .mlp import MLP
 
 ACTIVATION_NAMES = sorted(ACTIVATIONS)
 LIKELIHOOD_NAMES = ["categorical", "gaussian", "bernoulli"]
+
+
+def dtypes():
+    """float64 or float32 (shrinks to float64)."""
+    return st.sampled_from([np.float64, np.float32])
+
+
+def _draw_dtype(draw, dtype):
+    return draw(dtype) if isinstance(dtype, st.SearchStrategy) else dtype
 
 
 @st.composite
@@ -46,7 +57,9 @@ def likelihoods(draw, names=tuple(LIKELIHOOD_NAMES)) -> Likelihood:
 @st.composite
 def mlps(draw, sizes=None, activations=tuple(ACTIVATION_NAMES), dtype=np.float64, scale=None):
     """A random MLP: architecture from `architectures()` unless `sizes` is given,
-    any activation, each layer with or without bias, weights ~ N(0, scale^2 / fan_in)."""
+    any activation, each layer with or without bias, weights ~ N(0, scale^2 / fan_in).
+    `dtype` is a NumPy float type or a strategy of them (``dtypes()``)."""
+    dtype = _draw_dtype(draw, dtype)
     if sizes is None:
         sizes = draw(architectures())
     activation = draw(st.sampled_from(list(activations)))
@@ -72,7 +85,8 @@ def datasets(draw, model: MLP, lik: Likelihood, n=None, labels="random"):
     x = rng.standard_normal((n, model.n_inputs)).astype(model.dtype)
     f = model.forward(x)[0]
     if labels == "model":
-        return x, lik.sample(f, rng)
+        y = lik.sample(f, rng)
+        return x, y.astype(model.dtype) if y.dtype.kind == "f" else y
     c = model.n_outputs
     if isinstance(lik, Categorical):
         y = rng.integers(0, c, n)
@@ -86,7 +100,9 @@ def datasets(draw, model: MLP, lik: Likelihood, n=None, labels="random"):
 @st.composite
 def models_and_data(draw, n=None, likelihood_names=tuple(LIKELIHOOD_NAMES), activations=tuple(ACTIVATION_NAMES),
                     dtype=np.float64, max_layers=4, max_width=12, labels="random"):
-    """(model, lik, x, y) with everything drawn; categorical models get >= 2 outputs."""
+    """(model, lik, x, y) with everything drawn; categorical models get >= 2 outputs.
+    `dtype` is a NumPy float type or a strategy of them (``dtypes()``); x and float labels follow it."""
+    dtype = _draw_dtype(draw, dtype)
     lik = draw(likelihoods(likelihood_names))
     sizes = draw(architectures(max_layers=max_layers, max_width=max_width))
     if isinstance(lik, Categorical) and sizes[-1] < 2:

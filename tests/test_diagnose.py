@@ -1,0 +1,454 @@
+"""The diagnosis catalogue: buggy and variant Fisher computations, each diagnosed correctly.
+
+Every THEIRS below is written in plain NumPy from per-sample gradients
+(ewc_ref.per_sample_gradients), the network Jacobian (model.jacobian) and the likelihood
+formulas, independently of ewc_ref.curvature and of the code under test. Each case states
+what ``diagnose`` must answer: the estimator, the scale (exactly, to 1e-9 relative: round-off
+of a float64 fit is ~1e-15), the batch size, and for mc the implied S within the CLT spread.
+
+The observed labels are the network's most probable class, 30% of them replaced at random:
+not samples from the model, so empirical, pred and mc differ in distribution. (When observed
+labels are distributed like the model's predictions, an empirical Fisher IS a one-sample mc
+estimate, and no test can tell them apart; with N = 96 and a calibrated model the catalogue's
+label bugs were statistically indistinguishable from mc S = 1, so N = 480 here.)
+
+Tolerances. Deterministic fits must be within the float64 round-off threshold (1e-8, see
+ewc_ref.diagnose.ROUNDOFF_TOL). mc: the implied S of an S-sample estimate is M / chi2_M; with
+M >= 60 whitened directions its relative sd is sqrt(2/M) <= 0.18, so S_hat within a factor 2
+of S is a > 3.8-sigma band (fixed seeds). The mc tests themselves have significance 1e-6.
+"""
+
+import json
+import math
+
+import numpy as np
+import pytest
+from scipy.special import expit, softmax
+
+import ewc_ref as er
+from ewc_ref.cli import main
+from ewc_ref.diagnose import (
+    ROUNDOFF_TOL,
+    batched_fishers,
+    candidate_batch_sizes,
+    describe_scale,
+    diagnose,
+    entry_moments,
+    fit_scale,
+)
+
+N = 480  # divisors include 8 and 32
+
+
+def make_problem(likelihood="categorical", seed=0, n=N, sizes=(5, 10, 4), activation="tanh"):
+    rng = np.random.default_rng(seed)
+    model = er.MLP.random(list(sizes), activation, rng=rng)
+    model = model.with_theta(model.theta * 2.0)
+    lik = er.get_likelihood(likelihood)
+    x = rng.standard_normal((n, sizes[0]))
+    f = model.predict(x)
+    flip = rng.random(n) < 0.3
+    if likelihood == "categorical":
+        y = np.where(flip, rng.integers(0, sizes[-1], n), f.argmax(1))
+    elif likelihood == "bernoulli":
+        y = np.where(flip[:, None], rng.integers(0, 2, f.shape), f > 0).astype(float)
+    else:
+        y = f + 0.3 * rng.standard_normal(f.shape)  # less noise than the model's sigma = 1
+    return model, lik, x, y
+
+
+# --------------------------------------------------------------------------- independent NumPy Fishers
+def grads(model, lik, x, y):
+    return er.per_sample_gradients(model, lik, x, y)  # (N, P)
+
+
+def exact_diag(model, lik, x):
+    J = model.jacobian(x)  # (N, C, P)
+    f = model.predict(x)
+    if lik.name == "categorical":
+        p = softmax(f, axis=1)
+        Lam = np.einsum("nc,cd->ncd", p, np.eye(p.shape[1])) - p[:, :, None] * p[:, None, :]
+    elif lik.name == "bernoulli":
+        s = expit(f)
+        Lam = np.einsum("nc,cd->ncd", s * (1 - s), np.eye(s.shape[1]))
+    else:
+        Lam = np.broadcast_to(np.eye(f.shape[1]) / lik.sigma**2, (len(x),) + (f.shape[1],) * 2)
+    return np.einsum("ncp,ncd,ndp->p", J, Lam, J) / len(x)
+
+
+def sample_labels(model, lik, x, rng):
+    """Labels from the model by inverse-CDF sampling (not likelihoods.sample)."""
+    f = model.predict(x)
+    if lik.name == "categorical":
+        cdf = np.cumsum(softmax(f, axis=1), axis=1)
+        return np.minimum((rng.random((len(x), 1)) > cdf).sum(axis=1), f.shape[1] - 1)
+    if lik.name == "bernoulli":
+        return (rng.random(f.shape) < expit(f)).astype(float)
+    return f + lik.sigma * rng.standard_normal(f.shape)
+
+
+def mc_diag(model, lik, x, samples, seed):
+    rng = np.random.default_rng(seed)
+    return np.mean([grads(model, lik, x, sample_labels(model, lik, x, rng)) ** 2 for _ in range(samples)], axis=0).mean(0)
+
+
+def batched_diag(G, batch_size, reduce="mean"):
+    rows = []
+    for start in range(0, len(G), batch_size):
+        block = G[start:start + batch_size]
+        rows.append(block.mean(0) if reduce == "mean" else block.sum(0))
+    return np.mean(np.square(rows), axis=0)
+
+
+def pred_labels(model, lik, x):
+    f = model.predict(x)
+    if lik.name == "categorical":
+        return f.argmax(1)
+    if lik.name == "bernoulli":
+        return (f >= 0).astype(float)
+    return f
+
+
+def wrong_loss_diag(model, x, y):
+    """Squared gradient of 0.5 ||softmax(f) - onehot(y)||^2 (a Brier loss, not the NLL)."""
+    f = model.predict(x)
+    p = softmax(f, axis=1)
+    d = p - np.eye(f.shape[1])[y]
+    dl_df = p * (d - np.sum(d * p, axis=1, keepdims=True))  # softmax Jacobian applied to d
+    J = model.jacobian(x)
+    return (np.einsum("ncp,nc->np", J, dl_df) ** 2).mean(0)
+
+
+def perturbed(model, size=3e-2, seed=99):
+    return model.with_theta(model.theta + size * np.random.default_rng(seed).standard_normal(model.n_params))
+
+
+# --------------------------------------------------------------------------- the catalogue
+def catalogue():
+    """name, likelihood, THEIRS builder, expected (estimator, scale(n), batch_size, S)."""
+    def emp(m, l, x, y):
+        return (grads(m, l, x, y) ** 2).mean(0)
+
+    def mixed(m, l, x, y):
+        labels = np.where(np.arange(len(x)) < len(x) // 2, y, pred_labels(m, l, x))
+        return (grads(m, l, x, labels) ** 2).mean(0)
+
+    def clipped(m, l, x, y):
+        F = (grads(m, l, x, y) ** 2).mean(0)
+        return np.minimum(F, np.quantile(F, 0.8))
+
+    return [
+        ("empirical", "categorical", emp, ("empirical", 1.0, None, None)),
+        ("exact", "categorical", lambda m, l, x, y: exact_diag(m, l, x), ("exact", 1.0, None, None)),
+        ("pred", "categorical", lambda m, l, x, y: (grads(m, l, x, pred_labels(m, l, x)) ** 2).mean(0), ("pred", 1.0, None, None)),
+        ("mc S=1", "categorical", lambda m, l, x, y: mc_diag(m, l, x, 1, 5), ("mc", 1.0, None, 1)),
+        ("mc S=10", "categorical", lambda m, l, x, y: mc_diag(m, l, x, 10, 6), ("mc", 1.0, None, 10)),
+        ("batched B=1", "categorical", lambda m, l, x, y: batched_diag(grads(m, l, x, y), 1), ("empirical", 1.0, None, None)),
+        ("batched B=8", "categorical", lambda m, l, x, y: batched_diag(grads(m, l, x, y), 8), ("batched", 1.0, 8, None)),
+        ("batched B=32", "categorical", lambda m, l, x, y: batched_diag(grads(m, l, x, y), 32), ("batched", 1.0, 32, None)),
+        ("batched B=N", "categorical", lambda m, l, x, y: batched_diag(grads(m, l, x, y), len(x)), ("batched", 1.0, N, None)),
+        ("batched B=100 (partial last batch)", "categorical", lambda m, l, x, y: batched_diag(grads(m, l, x, y), 100),
+         ("batched", 1.0, 100, None)),
+        ("x N (sum, not mean)", "categorical", lambda m, l, x, y: (grads(m, l, x, y) ** 2).sum(0), ("empirical", N, None, None)),
+        ("/ N (divided twice)", "categorical", lambda m, l, x, y: (grads(m, l, x, y) ** 2).mean(0) / len(x),
+         ("empirical", 1 / N, None, None)),
+        ("N/(N-1)", "categorical", lambda m, l, x, y: (grads(m, l, x, y) ** 2).sum(0) / (len(x) - 1),
+         ("empirical", N / (N - 1), None, None)),
+        ("exact x N", "categorical", lambda m, l, x, y: exact_diag(m, l, x) * len(x), ("exact", N, None, None)),
+        ("minibatch SUM squared, B=32", "categorical", lambda m, l, x, y: batched_diag(grads(m, l, x, y), 32, "sum"),
+         ("batched", 32.0**2, 32, None)),
+        ("summed-loss gradient squared", "categorical", lambda m, l, x, y: grads(m, l, x, y).sum(0) ** 2,
+         ("batched", float(N) ** 2, N, None)),
+        ("wrong parameters (empirical)", "categorical", lambda m, l, x, y: emp(perturbed(m), l, x, y), ("none",)),
+        ("wrong parameters (exact)", "categorical", lambda m, l, x, y: exact_diag(perturbed(m), l, x), ("none",)),
+        ("wrong loss (Brier)", "categorical", lambda m, l, x, y: wrong_loss_diag(m, x, y), ("none",)),
+        ("clipped at the 80% quantile", "categorical", clipped, ("none",)),
+        ("mixed labels (half observed, half predicted)", "categorical", mixed, ("none",)),
+        ("labels of the previous example (misaligned)", "categorical",
+         lambda m, l, x, y: (grads(m, l, x, np.roll(y, 1)) ** 2).mean(0), ("none",)),
+        ("gaussian exact", "gaussian", lambda m, l, x, y: exact_diag(m, l, x), ("exact", 1.0, None, None)),
+        ("gaussian mc S=1", "gaussian", lambda m, l, x, y: mc_diag(m, l, x, 1, 7), ("mc", 1.0, None, 1)),
+        ("gaussian batched B=8", "gaussian", lambda m, l, x, y: batched_diag(grads(m, l, x, y), 8), ("batched", 1.0, 8, None)),
+        ("gaussian wrong parameters (exact)", "gaussian", lambda m, l, x, y: exact_diag(perturbed(m), l, x), ("none",)),
+        ("bernoulli empirical x N", "bernoulli", lambda m, l, x, y: (grads(m, l, x, y) ** 2).sum(0), ("empirical", N, None, None)),
+        ("bernoulli mc S=10", "bernoulli", lambda m, l, x, y: mc_diag(m, l, x, 10, 8), ("mc", 1.0, None, 10)),
+        ("bernoulli wrong parameters (exact)", "bernoulli", lambda m, l, x, y: exact_diag(perturbed(m), l, x), ("none",)),
+    ]
+
+
+CATALOGUE = catalogue()
+# Gaussian and Bernoulli on a wider net: the shape test's power against a Fisher at parameters
+# 3% away grows with P; on a 5-10-4 net (P = 104) such a Fisher passed as mc with S ~ 2-6.
+PROBLEMS = {"categorical": make_problem("categorical"), "gaussian": make_problem("gaussian", sizes=(8, 16, 3)),
+            "bernoulli": make_problem("bernoulli", sizes=(8, 16, 3))}
+
+
+def check_expected(result, expected):
+    if expected[0] == "none":
+        assert result.estimator == "none", (result.estimator, result.rel_error, result.mc and result.mc.reason)
+        assert all(not c.fits for c in result.candidates)
+        return
+    estimator, scale, batch_size, samples = expected
+    assert result.estimator == estimator, (result.estimator, [(c.label, c.rel_error) for c in result.candidates[:4]])
+    assert result.batch_size == batch_size
+    if estimator == "mc":
+        # CLT: the scale is 1 within a few Monte Carlo standard errors; S_hat within a factor 2.
+        assert abs(result.scale - scale) <= 5 * result.mc.scale_se
+        assert samples / 2 <= result.mc.implied_samples <= 2 * samples, result.mc.implied_samples
+        assert result.samples == max(1, round(result.mc.implied_samples))
+    else:
+        assert result.rel_error <= ROUNDOFF_TOL["float64"]
+        assert result.scale == pytest.approx(scale, rel=1e-9)
+        assert result.margin > 1e3  # the runner-up is far worse (margins are in the module's report)
+
+
+@pytest.mark.parametrize("case", CATALOGUE, ids=[c[0] for c in CATALOGUE])
+def test_catalogue(case):
+    name, likelihood, build, expected = case
+    model, lik, x, y = PROBLEMS[likelihood]
+    theirs = build(model, lik, x, y)
+    result = diagnose(model, lik, x, y, theirs)
+    check_expected(result, expected)
+    # The report and the JSON object are consistent with the verdict.
+    text = result.report()
+    assert ("verdict     none" in text) == (expected[0] == "none")
+    obj = json.loads(json.dumps(result.to_json()))
+    assert obj["estimator"] == result.estimator and len(obj["candidates"]) == len(result.candidates)
+
+
+def test_scale_words_name_the_bug():
+    model, lik, x, y = PROBLEMS["categorical"]
+    G = grads(model, lik, x, y)
+    words = {
+        "x N = 480: the 1/N average is missing": (G**2).sum(0),
+        "/ N = 480: divided by N twice": (G**2).mean(0) / N,
+        "x N/(N-1) = 480/479": (G**2).sum(0) / (N - 1),
+        "x B^2 = 32^2: the gradient of the minibatch SUM": batched_diag(G, 32, "sum"),
+    }
+    for phrase, theirs in words.items():
+        assert phrase in diagnose(model, lik, x, y, theirs).scale_words
+
+
+def test_n_over_n_minus_1_is_not_rounded_to_1():
+    model, lik, x, y = PROBLEMS["categorical"]
+    result = diagnose(model, lik, x, y, (grads(model, lik, x, y) ** 2).sum(0) / (N - 1))
+    assert result.scale != 1.0 and abs(result.scale - N / (N - 1)) <= 1e-12 * N
+    assert "N/(N-1)" in result.report()
+
+
+def test_full_structure():
+    model, lik, x, y = make_problem("categorical", n=160)
+    n = len(x)
+    G = grads(model, lik, x, y)
+    fast = {"batch_sizes": [8, 16, 32], "hessian": False}
+    assert diagnose(model, lik, x, y, G.T @ G / n, **fast).estimator == "empirical"
+    rows = np.array([G[s:s + 8].mean(0) for s in range(0, n, 8)])
+    result = diagnose(model, lik, x, y, rows.T @ rows / len(rows) * n, **fast)
+    assert (result.estimator, result.batch_size) == ("batched", 8) and result.scale == pytest.approx(n, rel=1e-9)
+    # A full mc estimate, tested on its diagonal and a sample of off-diagonal entries.
+    rng = np.random.default_rng(3)
+    Gs = [grads(model, lik, x, sample_labels(model, lik, x, rng)) for _ in range(4)]
+    mc_full = sum(g.T @ g for g in Gs) / (4 * n)
+    result = diagnose(model, lik, x, y, mc_full, **fast)
+    assert result.estimator == "mc" and 2 <= result.mc.implied_samples <= 8
+    J = model.jacobian(x)
+    p = softmax(model.predict(x), axis=1)
+    Lam = np.einsum("nc,cd->ncd", p, np.eye(4)) - p[:, :, None] * p[:, None, :]
+    exact_wrong_offdiag = np.einsum("ncp,ncd,ndq->pq", J, Lam, J, optimize=True) / n
+    exact_wrong_offdiag[0, 1:] *= 1.01
+    exact_wrong_offdiag[1:, 0] *= 1.01
+    assert diagnose(model, lik, x, y, exact_wrong_offdiag, **fast).estimator == "none"
+
+
+def test_float32_theirs_is_recognised():
+    model, lik, x, y = PROBLEMS["categorical"]
+    model32 = model.with_theta(model.theta.astype(np.float32))
+    G32 = er.per_sample_gradients(model32, lik, x.astype(np.float32), y)
+    theirs = (G32 * G32).mean(0, dtype=np.float32).astype(np.float64)  # a float32 computation, exported .double()
+    # Their weights are the float32 ones (what a float32 network exports).
+    model_as_exported = model.with_theta(model32.theta.astype(np.float64))
+    result = diagnose(model_as_exported, lik, x.astype(np.float32).astype(np.float64), y, theirs)
+    assert result.precision == "float32" and result.tol == ROUNDOFF_TOL["float32"]
+    assert result.estimator == "empirical" and 1e-9 < result.rel_error < 1e-5
+
+
+# --------------------------------------------------------------------------- pieces: naive twins
+@pytest.mark.parametrize("likelihood", ["categorical", "gaussian", "bernoulli"])
+@pytest.mark.parametrize("structure", ["diag", "full"])
+def test_batched_fishers_match_fisher_for_every_batch_size(likelihood, structure):
+    model, lik, x, y = make_problem(likelihood, seed=4, n=37)  # prime N: partial last batches
+    sizes = candidate_batch_sizes(37) + [5, 36]
+    fast = batched_fishers(model, lik, x, y, sizes, structure, chunk_size=6)
+    for b in sizes:
+        ours = er.fisher(model, lik, x, y, estimator="batched", structure=structure, batch_size=b).data
+        assert er.gradcheck.relative_error(fast[b], ours) <= 1e-10, b  # summation order only
+
+
+def test_candidate_batch_sizes():
+    assert candidate_batch_sizes(96) == [1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96]
+    sizes = candidate_batch_sizes(2000)
+    assert {1, 8, 16, 32, 64, 100, 128, 256, 400, 1000, 1024, 2000} <= set(sizes) and max(sizes) == 2000
+
+
+@pytest.mark.parametrize("likelihood", ["categorical", "gaussian", "bernoulli"])
+def test_entry_moments_against_label_enumeration(likelihood):
+    """Mean and covariance of one draw's g_i g_j, against brute force over labels."""
+    model, lik, x, y = make_problem(likelihood, seed=2, n=3, sizes=(3, 4, 3))
+    p = model.n_params
+    i_idx = np.array([0, 5, 7, 7, p - 1])
+    j_idx = np.array([0, 5, 2, 9, p - 1])
+    mean, cov = entry_moments(model, lik, x, i_idx, j_idx)
+    f = model.predict(x)
+    total_mean, total_cov = np.zeros(5), np.zeros((5, 5))
+    for n in range(len(x)):
+        if likelihood == "categorical":
+            labels = [np.array([k]) for k in range(3)]
+            weights = softmax(f[n])
+        elif likelihood == "bernoulli":
+            labels = [np.array([[(k >> c) & 1 for c in range(3)]], float) for k in range(8)]
+            s = expit(f[n])
+            weights = [np.prod(np.where(lab[0] == 1, s, 1 - s)) for lab in labels]
+        else:  # Gauss-Hermite (probabilists') is exact for the degree-4 integrand
+            nodes, w = np.polynomial.hermite_e.hermegauss(5)
+            grid = np.array(np.meshgrid(nodes, nodes, nodes, indexing="ij")).reshape(3, -1).T
+            labels = [f[n][None] + g[None] for g in grid]
+            weights = np.prod(np.array(np.meshgrid(w, w, w, indexing="ij")).reshape(3, -1).T, axis=1) / (2 * np.pi) ** 1.5
+        q = np.array([(g := grads(model, lik, x[n:n + 1], lab)[0])[i_idx] * g[j_idx] for lab in labels])
+        weights = np.asarray(weights)
+        m = weights @ q
+        total_mean += m
+        total_cov += (q - m).T @ ((q - m) * weights[:, None])
+    assert er.gradcheck.relative_error(mean, total_mean / len(x)) <= 1e-10
+    assert er.gradcheck.relative_error(cov, total_cov / len(x) ** 2) <= 1e-10
+    # The mean is the exact Fisher's diagonal entries.
+    assert er.gradcheck.relative_error(mean[[0, 1, 4]], exact_diag(model, lik, x)[[0, 5, p - 1]]) <= 1e-10
+
+
+def test_fit_scale_and_describe_scale():
+    rng = np.random.default_rng(0)
+    F = rng.random(50)
+    c, err = fit_scale(3.5 * F, F)
+    assert c == pytest.approx(3.5, rel=1e-14) and err <= 1e-15
+    assert fit_scale(np.ones(3), np.zeros(3)) == (0.0, 1.0)
+    assert describe_scale(1.0, 10).startswith("x 1: a mean")
+    assert "N/(N-1) = 10/9" in describe_scale(10 / 9, 10)
+    assert "no simple factor" in describe_scale(1.0 + 1e-3, 10_000)
+    assert "B^2 = 8^2" in describe_scale(64.0, 96, batch_size=8)
+
+
+def test_mc_false_rejection_is_rare_over_seeds():
+    """Genuine mc estimates (S = 1 and 3, 6 seeds each) are all accepted, S recovered."""
+    model, lik, x, y = PROBLEMS["categorical"]
+    for samples in (1, 3):
+        for seed in range(6):
+            result = diagnose(model, lik, x, y, mc_diag(model, lik, x, samples, 100 + seed), batch_sizes=[], hessian=False)
+            assert result.estimator == "mc", (samples, seed, result.mc.reason)
+            assert samples / 2 <= result.mc.implied_samples <= 2 * samples
+
+
+# --------------------------------------------------------------------------- API input checks
+def test_api_rejects_bad_theirs():
+    model, lik, x, y = PROBLEMS["categorical"]
+    with pytest.raises(ValueError, match="all entries are zero"):
+        diagnose(model, lik, x, y, np.zeros(model.n_params))
+    with pytest.raises(ValueError, match="non-finite"):
+        diagnose(model, lik, x, y, np.full(model.n_params, np.nan))
+    with pytest.raises(ValueError, match="theirs: expected"):
+        diagnose(model, lik, x, y, np.ones(model.n_params + 1))
+    with pytest.raises(ValueError, match="batch_sizes"):
+        diagnose(model, lik, x, y, np.ones(model.n_params), batch_sizes=[N + 1])
+    with pytest.raises(ValueError, match="y: categorical labels"):
+        diagnose(model, lik, x, np.full(N, 9), np.ones(model.n_params))
+
+
+# --------------------------------------------------------------------------- CLI
+@pytest.fixture
+def files(tmp_path):
+    model, lik, x, y = PROBLEMS["categorical"]
+    er.save_model(tmp_path / "model.npz", model, lik)
+    er.save_data(tmp_path / "data.npz", x, y)
+    return tmp_path, model, lik, x, y
+
+
+def save_diag(path, model, flat):
+    np.savez(path, **model.unflatten(flat))
+
+
+@pytest.mark.parametrize("which", ["batched B=32", "x N (sum, not mean)", "mc S=10", "wrong parameters (exact)"])
+def test_cli_json(files, which, capsys):
+    tmp, model, lik, x, y = files
+    _, _, build, expected = next(c for c in CATALOGUE if c[0] == which)
+    save_diag(tmp / "theirs.npz", model, build(model, lik, x, y))
+    code = main(["diagnose", str(tmp / "model.npz"), str(tmp / "data.npz"), str(tmp / "theirs.npz"), "--json"])
+    out = capsys.readouterr().out
+    assert code == 0
+    obj = json.loads(out)
+    assert set(obj) >= {"estimator", "scale", "batch_size", "samples", "rel_error", "candidates"}
+    assert obj["estimator"] == expected[0]
+    if expected[0] != "none":
+        assert obj["batch_size"] == expected[2]
+        if expected[0] != "mc":
+            assert obj["scale"] == pytest.approx(expected[1], rel=1e-9)
+        else:
+            assert expected[3] / 2 <= obj["mc_test"]["implied_samples"] <= 2 * expected[3]
+    assert all({"estimator", "scale", "rel_error"} <= set(c) for c in obj["candidates"])
+
+
+def test_cli_text_full_file(files, capsys):
+    tmp, model, lik, x, y = files
+    G = grads(model, lik, x, y)
+    np.savez(tmp / "full.npz", full=G.T @ G)  # sum instead of mean
+    code = main(["diagnose", str(tmp / "model.npz"), str(tmp / "data.npz"), str(tmp / "full.npz"), "--quiet",
+                 "--batch-sizes", "8", "32"])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "verdict     empirical" in out and "the 1/N average is missing" in out
+    assert "runner-up" in out and "margin" in out and "correct EWC Fisher" in out and "480 F + prior precision" in out
+
+
+def _bad(files, arrays, capsys, *extra):
+    tmp = files[0]
+    np.savez(tmp / "bad.npz", **arrays)
+    code = main(["diagnose", str(tmp / "model.npz"), str(tmp / "data.npz"), str(tmp / "bad.npz"), *extra])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1, err
+    return err
+
+
+def test_cli_bad_keys_and_shapes_are_listed(files, capsys):
+    _, model, *_ = files
+    arrays = {k: np.ones(v.shape) for k, v in model.unflatten(np.ones(model.n_params)).items()}
+    arrays["0.weight"] = np.ones((3, 3))
+    arrays["2.weight"] = np.ones((1, 1))
+    del arrays["2.bias"]
+    arrays["9.weight"] = np.ones(2)
+    err = _bad(files, arrays, capsys)
+    assert "bad.npz" in err and "missing keys ['2.bias']" in err and "unknown keys ['9.weight']" in err
+    assert "0.weight (3, 3) (expected (10, 5))" in err and "2.weight (1, 1) (expected (4, 10))" in err
+
+
+def test_cli_bad_values(files, capsys):
+    _, model, *_ = files
+    zeros = model.unflatten(np.zeros(model.n_params))
+    assert "all entries are zero" in _bad(files, zeros, capsys)
+    nan = dict(zeros)
+    nan["0.bias"] = np.full(10, np.nan)
+    assert "'0.bias'" in _bad(files, nan, capsys)
+    assert "'full'" in _bad(files, {"full": np.ones((3, 3))}, capsys)
+    assert "--batch-sizes" in _bad(files, model.unflatten(np.ones(model.n_params)), capsys, "--batch-sizes", "0")
+
+
+def test_cli_data_that_does_not_fit(files, capsys):
+    tmp, model, lik, x, y = files
+    er.save_data(tmp / "wide.npz", np.ones((4, 7)), np.zeros(4, dtype=int))
+    save_diag(tmp / "theirs.npz", model, np.ones(model.n_params))
+    code = main(["diagnose", str(tmp / "model.npz"), str(tmp / "wide.npz"), str(tmp / "theirs.npz")])
+    err = capsys.readouterr().err
+    assert code == 2 and "wide.npz" in err and "features" in err and err.count("\n") == 1
+
+
+def test_margins_are_reported(files):
+    """The catalogue's margins (runner-up error / winner error), for the record in the docs."""
+    _, model, lik, x, y = files
+    result = diagnose(model, lik, x, y, batched_diag(grads(model, lik, x, y), 32))
+    assert result.runner_up is not None and math.isfinite(result.margin) and result.margin > 1e10
