@@ -1,0 +1,46 @@
+"""ewc_ref.strategies: valid draws, float32 on request, and shrinking to the smallest network."""
+
+import numpy as np
+from hypothesis import find, given
+from hypothesis import strategies as st
+
+import ewc_ref as er
+from ewc_ref.strategies import architectures, datasets, dtypes, likelihoods, mlps, models_and_data
+
+
+@given(models_and_data(dtype=dtypes()))
+def test_models_and_data_are_consistent(case):
+    model, lik, x, y = case
+    assert x.dtype == model.dtype and x.shape == (len(x), model.n_inputs) and len(x) >= 1
+    lik.check_labels(y, len(x), model.n_outputs)  # raises if the labels are outside the support
+    if y.dtype.kind == "f":
+        assert y.dtype == model.dtype
+    if isinstance(lik, er.Categorical):
+        assert model.n_outputs >= 2
+    f = model.predict(x)
+    assert f.dtype == model.dtype and np.all(np.isfinite(f))
+
+
+@given(st.data())
+def test_datasets_for_a_given_model(data):
+    model = data.draw(mlps(dtype=np.float32))
+    lik = data.draw(likelihoods(["gaussian", "bernoulli"]))
+    x, y = data.draw(datasets(model, lik, n=5, labels="model"))
+    assert x.shape == (5, model.n_inputs) and x.dtype == np.float32 and y.dtype == np.float32
+
+
+@given(architectures(max_layers=3, max_width=5))
+def test_architectures_respect_their_bounds(sizes):
+    assert 2 <= len(sizes) <= 4 and all(1 <= s <= 5 for s in sizes)
+
+
+def test_shrinking_reaches_the_smallest_network():
+    assert find(architectures(), lambda sizes: True) == [1, 1]
+    model = find(mlps(), lambda m: True)
+    assert model.layer_sizes == [1, 1]
+    model, lik, x, y = find(models_and_data(), lambda case: True)
+    assert model.n_layers == 1 and len(x) == 1 and model.dtype == np.float64
+    assert find(dtypes(), lambda d: True) is np.float64
+    # A property that needs a hidden layer of width >= 3 shrinks to exactly that.
+    sizes = find(architectures(), lambda s: len(s) >= 3 and s[1] >= 3)
+    assert sizes == [1, 3, 1]
