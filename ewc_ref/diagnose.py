@@ -103,8 +103,10 @@ MC_ENTRIES = 256
 MC_ALPHA = 1e-6
 #: Genuine one-sample mc estimates simulated to calibrate both tests beyond the CLT.
 MC_BOOTSTRAP = 64
-#: hessian is a candidate when P * N is at most this (P Hessian-vector products over N rows).
-HESSIAN_LIMIT = 4_000_000
+#: hessian is a candidate when P * N is at most this: its diagonal costs P Hessian-vector
+#: products over N rows, ~P^2 N (36 s for P = 2410, N = 1000 on 2 cores); diagnose(hessian=True)
+#: or `ewc-ref diagnose --hessian` includes it regardless.
+HESSIAN_LIMIT = 200_000
 
 
 # --------------------------------------------------------------------------- results
@@ -496,7 +498,7 @@ def judge_mc(theirs_entries: np.ndarray, scale: float, exact_entries: np.ndarray
     residual = theirs_entries / scale - exact_entries
     lam, vec = np.linalg.eigh(cov)
     lam, vec = lam[::-1], vec[:, ::-1]  # decreasing variance
-    floor = max(1e-12 * float(lam[0]) if lam.size else 0.0, (100 * roundoff / scale) ** 2)
+    floor = max(1e-12 * float(lam[0]) if lam.size else 0.0, (10 * roundoff / scale) ** 2)  # sd >= 10 x round-off
     keep = lam > floor
     outside = residual - vec[:, keep] @ (vec[:, keep].T @ residual)
     if np.linalg.norm(outside) > 10 * roundoff / scale * math.sqrt(len(residual)):

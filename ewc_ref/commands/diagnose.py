@@ -27,6 +27,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--batch-sizes", type=int, nargs="+", metavar="B",
                         help="minibatch sizes to try (default: divisors of N, powers of two, common sizes)")
     parser.add_argument("--tol", type=float, help="round-off threshold on the relative residual (default 1e-8, 1e-4 for float32)")
+    parser.add_argument("--hessian", action="store_true", help="include the Hessian candidate even when P * N is large (slow)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the mc test's entry subset (default 0)")
     parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
 
@@ -75,6 +76,7 @@ def run(args) -> int:
         if bad:
             raise ValueError(f"--batch-sizes: expected sizes in 1..N = {x.shape[0]}, got {bad}")
     result = diagnose(model, lik, x, y, theirs, batch_sizes=args.batch_sizes, tol=args.tol, rng=args.seed,
+                      hessian=True if args.hessian else None,
                       progress=not args.quiet and not args.json)
     if args.json:
         sys.stdout.write(json.dumps(result.to_json()) + "\n")
