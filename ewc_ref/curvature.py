@@ -578,12 +578,25 @@ def _outer_sums_naive(model: MLP, structure: str, cache, r: np.ndarray, weight: 
 
 # --------------------------------------------------------------------------- public entry point
 def default_chunk_size(model: MLP, estimator: str, structure: str, samples: int, n_outputs: int) -> int:
-    """Rows per chunk so that one chunk's temporaries stay near CHUNK_BYTES."""
-    k = {"mc": samples, "exact": n_outputs, "ggn": n_outputs}.get(estimator, 1)
-    width = model.n_params if structure in ("full", "block") else sum(model.layer_sizes)
+    """Rows per chunk so that one chunk's temporaries stay near a fixed budget (never N).
+
+    Budget (benchmarks/BENCHMARKS.md measures both choices):
+
+    * diag, kfac: CHUNK_BYTES / 4 of (K rows x layer widths). Their chunk work is a few GEMMs
+      whose speed saturates at a few hundred rows; smaller chunks keep the peak flat from
+      smaller N on (784-256-256-10: ~800 rows, so N = 1,000 and 10,000 peak alike).
+    * full, block: max(CHUNK_BYTES, bytes of the output) of per-example gradients G. Every
+      chunk adds a freshly allocated Gram matrix (P x P, or P_l x P_l per layer) into the
+      running sum, which costs more than the rank-(K n) update itself when n << P.
+    """
+    k = max(1, {"mc": samples, "exact": n_outputs, "ggn": n_outputs}.get(estimator, 1))
     if estimator == "hessian":
-        width = model.n_params * 4
-    return max(1, CHUNK_BYTES // (8 * max(1, k) * max(1, width)))
+        return max(1, CHUNK_BYTES // (8 * max(1, model.n_params * 4)))
+    if structure in ("full", "block"):
+        sizes = [model.n_params] if structure == "full" else [s.stop - s.start for s in model.layer_slices]
+        budget = max(CHUNK_BYTES, 8 * sum(p * p for p in sizes))
+        return max(1, budget // (8 * k * max(sizes)))
+    return max(1, (CHUNK_BYTES // 4) // (8 * k * max(1, sum(model.layer_sizes))))
 
 
 def fisher(model: MLP, lik: Likelihood, x, y, estimator: str = "empirical", structure: str = "diag",
