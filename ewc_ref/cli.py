@@ -22,6 +22,7 @@ COMMANDS = {
     "diagnose": ("ewc_ref.commands.diagnose", "say which estimator and scale a foreign Fisher file is (or none)"),
     "fisher": ("ewc_ref.commands.fisher", "compute a Fisher / GGN / Hessian estimate and write it as npz"),
     "compare": ("ewc_ref.commands.compare", "compare two curvature npz files (exit 0 match, 1 mismatch, 2 bad input)"),
+    "figures": ("ewc_ref.commands.figures", "regenerate the report's figures (PNG + .npz data): laplace, trajectories, accuracy, estimators"),
 }
 
 

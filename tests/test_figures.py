@@ -1,0 +1,156 @@
+"""ewc_ref.figures and `ewc-ref figures`: the numbers behind each figure, the files, the errors.
+
+matplotlib is optional (the `plot` extra, not in `test`): every data path and error path is
+tested without it; only the PNG test needs it and is skipped when it is absent.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import pytest
+
+import ewc_ref as er
+from ewc_ref import figures
+from ewc_ref.cli import main
+from ewc_ref.io import read_npz
+
+
+@pytest.fixture(scope="module")
+def trajectories():
+    return figures.trajectories_data()
+
+
+def test_trajectories_start_at_task_a_optimum(trajectories):
+    for method in figures.METHODS:
+        assert np.array_equal(trajectories[f"path_{method}"][0], trajectories["theta_a_star"])
+    # Task A's loss is sharply curved along theta_0 and flat along theta_1 (x_1 has std 0.05).
+    F = trajectories["fisher_a"]
+    assert F[0] > 100 * F[1] > 0
+
+
+def test_ewc_stays_in_task_a_valley_and_learns_task_b(trajectories):
+    """The picture of Fig. 4 as inequalities between the computed end points."""
+    theta_a, F = trajectories["theta_a_star"], trajectories["fisher_a"]
+    important = int(np.argmax(F))
+    final = {m: trajectories[f"path_{m}"][-1] for m in figures.METHODS}
+    # EWC is closer to theta*_A than SGD along the high-Fisher direction (measured 0.017 vs 1.97) ...
+    assert abs(final["ewc"][important] - theta_a[important]) < 0.1 * abs(final["sgd"][important] - theta_a[important])
+    loss_a, loss_b = dict(zip(figures.METHODS, trajectories["final_loss_a"], strict=True)), dict(
+        zip(figures.METHODS, trajectories["final_loss_b"], strict=True))
+    # ... so it keeps task A (SGD forgets it) ...
+    assert loss_a["ewc"] < loss_a["sgd"] - 1.0
+    # ... while learning task B far better than the isotropic L2 pull with the same lambda.
+    assert loss_b["ewc"] < loss_b["l2"] - 0.5
+    # And the EWC objective really decreased along its path (gradient descent, stable step).
+    assert loss_b["ewc"] < er.mean_loss(
+        er.MLP([theta_a[None, :]], [None], "identity"), er.Gaussian(), *_task_b(trajectories)) + 1e-12
+
+
+def _task_b(trajectories):
+    return trajectories["x_b"], trajectories["y_b"]
+
+
+def test_contours_are_the_mean_losses(trajectories):
+    """The batched loss surface equals er.mean_loss at a few grid points (round-off: 1e-12)."""
+    x_b, y_b = _task_b(trajectories)
+    for i, j in [(0, 0), (17, 93), (120, 60)]:
+        theta = np.array([trajectories["theta0"][i], trajectories["theta1"][j]])
+        expected = er.mean_loss(er.MLP([theta[None, :]], [None], "identity"), er.Gaussian(), x_b, y_b)
+        assert np.isclose(trajectories["loss_b"][i, j], expected, rtol=1e-12, atol=0)
+
+
+def test_estimators_data_is_consistent():
+    data = figures.estimators_data(n=60, hidden=6, epochs=1)
+    assert np.all(data["exact"] >= 0) and np.all(data["empirical"] >= 0)
+    for kind in ("empirical", "hessian"):
+        expected = np.linalg.norm(data[kind] - data["exact"]) / np.linalg.norm(data["exact"])
+        assert np.isclose(float(data[f"rel_error_{kind}"]), expected, rtol=1e-12)
+    assert int(data["n_negative_hessian"]) == int(np.sum(data["hessian"] < 0))
+    # The figure's point: these are different estimators (tanh: the Hessian residual is not zero).
+    assert float(data["rel_error_empirical"]) > 1e-3 and float(data["rel_error_hessian"]) > 1e-3
+
+
+def test_accuracy_data_matches_the_metrics():
+    data = figures.accuracy_data(scenarios=("task",), epochs=1, hidden=8, config={"task": (2, None)})
+    for method in figures.METHODS:
+        R = data[f"R_task_{method}"]
+        assert R.shape == (2, 2) and np.all((R >= 0) & (R <= 1))
+        assert float(data[f"average_accuracy_task_{method}"]) == pytest.approx(R[-1].mean(), abs=1e-15)
+    with pytest.raises(ValueError, match="scenarios"):
+        figures.accuracy_data(scenarios=("nope",))
+
+
+def test_laplace_data_from_the_example():
+    data = figures.laplace_data(n_points=41)
+    assert data["posterior"].shape == (41, 41)
+    # Fig. 3's message: the diagonal-Fisher Gaussian is much further from the posterior.
+    assert float(data["kl_diag_fisher"]) > 10 * float(data["kl_laplace"])
+
+
+def test_make_figure_writes_the_npz_it_computed(tmp_path, monkeypatch):
+    expected = {"a": np.arange(3.0), "b": np.array(2.5)}
+    monkeypatch.setitem(figures.DATA, "trajectories", lambda: expected)
+    written = figures.make_figure("trajectories", tmp_path, png=False)
+    assert written == [tmp_path / "trajectories.npz"]
+    stored = read_npz(written[0])
+    assert set(stored) == {"a", "b"} and np.array_equal(stored["a"], expected["a"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["trajectories.npz"]
+
+
+def test_a_failing_png_leaves_no_partial_file(tmp_path):
+    class BrokenFigure:
+        def savefig(self, path, **kwargs):
+            with open(path, "wb") as stream:
+                stream.write(b"\x89PNG partial")
+            raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError, match="disk full"):
+        figures._save_png(BrokenFigure(), tmp_path / "x.png")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_unknown_figure_name_is_refused():
+    with pytest.raises(ValueError, match="figure name"):
+        figures.make_figure("fig5", ".", png=False)
+
+
+def test_cli_data_only_without_matplotlib(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)      # import matplotlib -> ImportError
+    out = tmp_path / "new" / "folder"
+    assert main(["figures", "--only", "trajectories", "--data-only", "--quiet", "--out", str(out)]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["trajectories.npz"]
+    assert capsys.readouterr().err == ""
+
+
+def test_cli_without_matplotlib_is_one_line_and_exit_2(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    status = main(["figures", "--only", "trajectories", "--out", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert status == 2
+    assert err.count("\n") == 1 and "pip install 'ewc_ref[plot]'" in err and "--data-only" in err
+    assert list(tmp_path.iterdir()) == []                       # failed before any work
+
+
+@pytest.mark.parametrize("argv", [["--only", "fig5"], ["--only"]])
+def test_cli_bad_options_exit_2(argv, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["figures", *argv])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.count("\n") == 1
+
+
+def test_cli_out_must_be_a_folder(tmp_path, capsys):
+    target = tmp_path / "file.txt"
+    target.write_text("x")
+    assert main(["figures", "--data-only", "--only", "trajectories", "--out", str(target)]) == 2
+    assert "is not a folder" in capsys.readouterr().err
+
+
+def test_png_is_written_when_matplotlib_is_installed(tmp_path):
+    pytest.importorskip("matplotlib")
+    assert main(["figures", "--only", "trajectories", "--quiet", "--out", str(tmp_path)]) == 0
+    png = tmp_path / "trajectories.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["trajectories.npz", "trajectories.png"]
