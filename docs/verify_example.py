@@ -26,7 +26,7 @@ x = torch.tensor(digits["x"][:1000] / 16.0, dtype=torch.float32)
 y = torch.tensor(digits["y"][:1000], dtype=torch.int64)
 net = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
 optimizer = torch.optim.Adam(net.parameters(), lr=1e-2)
-for epoch in range(30):
+for _epoch in range(30):
     for xb, yb in DataLoader(TensorDataset(x, y), batch_size=32, shuffle=True):
         optimizer.zero_grad()
         F.cross_entropy(net(xb), yb).backward()

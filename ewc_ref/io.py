@@ -53,11 +53,18 @@ def atomic_savez(path, arrays: dict[str, np.ndarray]) -> None:
     try:
         with os.fdopen(handle, "wb") as stream:
             np.savez(stream, **arrays)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual mode
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _string(arrays: dict, key: str, path, choices) -> str:

@@ -129,3 +129,13 @@ def test_pytorch_export_recipe_is_readable(tmp_path):
     model, lik = er.load_model(path)
     assert isinstance(lik, er.Categorical)
     assert model.layer_sizes == [3, 4, 2]
+
+
+def test_atomic_write_has_the_usual_file_mode(tmp_path):
+    import os
+
+    er.save_data(tmp_path / "d.npz", np.ones((2, 2)), np.zeros(2, int))
+    mask = os.umask(0)
+    os.umask(mask)
+    assert (tmp_path / "d.npz").stat().st_mode & 0o777 == 0o666 & ~mask
+    assert [p.name for p in tmp_path.iterdir()] == ["d.npz"]  # no temporary file left behind
