@@ -412,12 +412,12 @@ class FisherAccumulator:
         """
         model = self.model
         if self.structure == "diag":
-            return _diag_sums(model, cache, model.backward_deltas(cache, r), weight)
+            return _diag_sums(model, cache, kernels.backward_deltas(model, cache, r), weight)
         if self.structure == "kfac":
-            deltas = model.backward_deltas(cache, r)
+            deltas = kernels.backward_deltas(model, cache, r)
             return [kernels.kfac_factors(d, cache.inputs[l], weight, model.has_bias[l]) for l, d in enumerate(deltas)]
         # u_nk sqrt(w): a Python float keeps float32 models in float32 (a NumPy float64 would promote).
-        deltas = model.backward_deltas(cache, r * math.sqrt(weight))
+        deltas = kernels.backward_deltas(model, cache, r * math.sqrt(weight))
         dtype = np.result_type(r, model.theta)
         if self.structure == "full":
             return kernels.gram(kernels.per_sample_grads(deltas, cache.inputs, model.has_bias, dtype))
