@@ -10,7 +10,7 @@ name           what it shows
 laplace        the report's Fig. 3: true posterior (grid), its Laplace Gaussian and EWC's
                diagonal-Fisher Gaussian for 2-weight logistic regression, 1-D marginal and 2-D
                contours, KL(posterior || Gaussian) in the legend. Data:
-               ``examples/laplace_vs_posterior.py::figure_data`` (derivations/03).
+               ``ewc_ref.posterior_examples.figure_data`` (derivations/03).
 trajectories   the report's Fig. 4, computed: a linear-Gaussian model with two weights, task A's
                loss flat along theta_1, task B's along theta_0. Gradient descent on task B from
                theta*_A without a penalty (SGD), with lambda/2 ||theta - theta*_A||^2 (L2) and
@@ -28,14 +28,11 @@ install command when it is missing; the ``*_data`` functions never import it.
 
 from __future__ import annotations
 
-import importlib.util
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
-from .io import atomic_savez
+from .io import atomic_output, atomic_savez
 
 FIGURES = ("laplace", "trajectories", "accuracy", "estimators")
 METHODS = ("sgd", "l2", "ewc")
@@ -44,9 +41,6 @@ SCENARIOS = ("task", "domain", "class")
 #: to run in seconds; class-incremental needs lambda <= ~40 at this size for stable SGD
 #: (lr * lambda * max F < 2), see derivations/06.
 ACCURACY_CONFIG = {"task": (5, None), "domain": (3, None), "class": (5, 40.0)}
-
-_EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "laplace_vs_posterior.py"
-
 
 # ----------------------------------------------------------------------------- matplotlib
 def require_matplotlib():
@@ -63,36 +57,16 @@ def require_matplotlib():
 
 def _save_png(fig, path: Path) -> None:
     """fig.savefig to a temporary file next to `path`, then rename it into place."""
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(handle)
-    try:
+    with atomic_output(path) as tmp:
         fig.savefig(tmp, format="png", dpi=120)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)           # mkstemp creates 0600; a figure is for sharing
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 # ----------------------------------------------------------------------------- Fig. 3: laplace
-def _load_example():
-    if not _EXAMPLE.is_file():
-        raise OSError(
-            f"figure 'laplace' uses examples/laplace_vs_posterior.py from the ewc_ref source tree, not found at "
-            f"{_EXAMPLE}; run from a source checkout (pip install -e .)"
-        )
-    spec = importlib.util.spec_from_file_location("ewc_ref_example_laplace_vs_posterior", _EXAMPLE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def laplace_data(n_points: int = 161) -> dict[str, np.ndarray]:
-    """Arrays of Fig. 3 from ``examples/laplace_vs_posterior.py::figure_data`` (its docstring lists them)."""
-    data = _load_example().figure_data(n_points=n_points)
+    """Arrays of Fig. 3 from ``ewc_ref.posterior_examples.figure_data`` (its docstring lists them)."""
+    from .posterior_examples import figure_data
+
+    data = figure_data(n_points=n_points)
     return {key: np.asarray(value, dtype=np.float64) for key, value in data.items()}
 
 
@@ -393,19 +367,20 @@ def check_name(name: str) -> str:
     return name
 
 
-def make_figure(name: str, out_dir, png: bool = True, plt=None) -> list[Path]:
+def make_figure(name: str, out_dir, png: bool = True, plt=None, data: dict | None = None) -> list[Path]:
     """Compute figure `name`, write ``out_dir/name.npz`` and (if `png`) ``out_dir/name.png``.
 
     Both are written atomically (temporary file + rename): a failure leaves no partial file.
     Returns the paths written. With png=True, `plt` is matplotlib.pyplot (default: imported
     by `require_matplotlib`, which raises ImportError when it is missing; the check happens
-    before any computation).
+    before any computation). `data`: the figure's arrays if already computed.
     """
     check_name(name)
     out_dir = Path(out_dir)
     if png and plt is None:
         plt = require_matplotlib()
-    data = DATA[name]()
+    if data is None:
+        data = DATA[name]()
     npz = out_dir / f"{name}.npz"
     atomic_savez(npz, data)
     written = [npz]

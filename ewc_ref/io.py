@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import tempfile
 import zipfile
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -43,22 +44,30 @@ def read_npz(path, what: str = "file") -> dict[str, np.ndarray]:
         raise ValueError(f"{path}: not a readable .npz file ({error})") from error
 
 
-def atomic_savez(path, arrays: dict[str, np.ndarray]) -> None:
-    """np.savez to a temporary file next to `path`, then rename it into place."""
+@contextmanager
+def atomic_output(path):
+    """Yield a temporary path next to `path`; on success give it the usual file mode and rename
+    it over `path`, on any failure delete it. Nothing is ever half-written at `path`."""
     path = Path(path)
     folder = path.parent if str(path.parent) else Path(".")
     if not folder.is_dir():
         raise ValueError(f"{path}: output folder {folder} does not exist")
     handle, tmp = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(handle)
     try:
-        with os.fdopen(handle, "wb") as stream:
-            np.savez(stream, **arrays)
+        yield tmp
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual mode
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def atomic_savez(path, arrays: dict[str, np.ndarray]) -> None:
+    """np.savez to a temporary file next to `path`, then rename it into place."""
+    with atomic_output(path) as tmp, open(tmp, "wb") as stream:
+        np.savez(stream, **arrays)
 
 
 def _umask() -> int:

@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 import ewc_ref as er
 from ewc_ref.gradcheck import relative_error
 from ewc_ref.laplace import _fisher_sum, _log_likelihood_hessian, _log_likelihood_hessian_fd
+from ewc_ref.posterior_examples import figure_data
 
 
 def _jt_lambda_j(post, z):
@@ -262,14 +263,7 @@ def test_bad_input(call, match):
 
 
 def test_example_figure_data():
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "examples" / "laplace_vs_posterior.py"
-    spec = importlib.util.spec_from_file_location("laplace_vs_posterior", path)
-    example = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(example)
-    data = example.figure_data(n_points=61)
+    data = figure_data(n_points=61)
     for key in ("posterior", "laplace", "diag_fisher"):
         assert data[key].shape == (61, 61) and np.all(np.isfinite(data[key]))
     for key in ("marginal_posterior", "marginal_laplace", "marginal_diag_fisher"):
