@@ -165,3 +165,21 @@ def test_streaming_peak_memory_does_not_grow_with_the_number_of_rows(estimator, 
     small, _ = accumulator_peak(model, er.Categorical(), x[:400], y[:400], estimator, structure, 100)
     large, _ = accumulator_peak(model, er.Categorical(), x, y, estimator, structure, 100)
     assert large <= 1.1 * small + 64 * 1024, (small, large)
+
+
+def test_mapreduce_example_equals_one_shot_fisher():
+    """examples/mapreduce_fisher.py (the Dask/Ray-style adapter) on 2 worker processes."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).parents[1] / "examples" / "mapreduce_fisher.py"
+    spec = importlib.util.spec_from_file_location("mapreduce_fisher", path)
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    model, lik = er.MLP.random([6, 5, 3], "tanh", rng=0), er.Categorical()
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal((47, 6)), rng.integers(0, 3, 47)
+    for estimator, structure, kw in (("exact", "block", {}), ("batched", "diag", {"batch_size": 4})):
+        distributed = example.mapreduce_fisher(model, lik, x, y, estimator, structure, partitions=3, workers=2,
+                                               chunk_size=5, **kw)
+        assert_same(distributed.data, er.fisher(model, lik, x, y, estimator, structure, **kw).data)
