@@ -57,7 +57,7 @@ def load_digits(test_fraction: float = DIGITS_TEST_FRACTION, split_seed: int = D
 
     The split is stratified: within each class, a fixed permutation (from `split_seed`) puts
     round(test_fraction * n_class) images in the test set, so both sets have every class in
-    the same proportion. With the defaults: 1,437 train and 360 test images.
+    the same proportion. With the defaults: 1,438 train and 359 test images.
 
     Returns
     -------

@@ -310,7 +310,7 @@ def _sweep_lines(rows) -> list[str]:
         cells = []
         for row in (l2, ewc):
             if row["diverged"]:
-                cells.append(f"{'diverged (lr * lambda * F too large)':>23}")
+                cells.append(f"{'unstable: lr*lam*F>2':>23}")
             else:
                 cells.append(f"{row['average_accuracy']:>7.3f} {row['forgetting']:>7.3f} {row['plasticity']:>7.3f}")
         lines.append(f"    {l2['lambda']:>8g} | {cells[0]} | {cells[1]}")
