@@ -19,8 +19,10 @@ or on the merge order. The merged result equals the one-shot ``fisher(...)`` to 
 
 This file uses only the standard library (multiprocessing) to stay dependency-free. With Dask
 or Ray, replace ``pool.map`` by ``client.map``/``ray.remote`` on the same `reduce_partition`
-function and ``functools.reduce(merge, ...)`` on the gathered accumulators; accumulators
-pickle like any Python object (they hold the model and NumPy arrays).
+function and ``functools.reduce(merge, ...)`` on the gathered accumulators. An MLP holds its
+activation functions, which do not pickle, so the model travels as its state_dict and
+activation name (rebuilt by MLP.from_state_dict on the worker), and an accumulator travels
+back without its model (re-attached before merging): sums, counts and NumPy arrays only.
 
 Run::
 
@@ -51,12 +53,14 @@ def partition_bounds(n: int, parts: int) -> list[tuple[int, int]]:
 
 def reduce_partition(task) -> FisherAccumulator:
     """The map step: one accumulator over rows [lo, hi), fed in chunks (runs on a worker)."""
-    model, lik, x, y, lo, hi, options, chunk_size, seed = task
+    (state, activation), lik, x, y, lo, hi, options, chunk_size, seed = task
+    model = er.MLP.from_state_dict(state, activation)
     rng = None if seed is None else np.random.default_rng(seed)
     acc = FisherAccumulator(model, lik, start=lo, rng=rng, **options)
     for begin in range(lo, hi, chunk_size):
         end = min(begin + chunk_size, hi)
         acc.update(x[begin - lo : end - lo], y[begin - lo : end - lo])
+    acc.model = None  # travels back as sums and counts; the caller re-attaches its model
     return acc
 
 
@@ -78,9 +82,12 @@ def mapreduce_fisher(model, lik, x, y, estimator="empirical", structure="diag", 
     bounds = partition_bounds(x.shape[0], partitions)
     seeds = ([int(s.generate_state(1)[0]) for s in np.random.SeedSequence(seed).spawn(len(bounds))]
              if estimator == "mc" else [None] * len(bounds))
-    tasks = [(model, lik, x[lo:hi], y[lo:hi], lo, hi, options, chunk_size, s) for (lo, hi), s in zip(bounds, seeds, strict=True)]
+    portable = (model.state_dict(), model.activation.name)
+    tasks = [(portable, lik, x[lo:hi], y[lo:hi], lo, hi, options, chunk_size, s) for (lo, hi), s in zip(bounds, seeds, strict=True)]
     with multiprocessing.get_context("spawn").Pool(workers) as pool:
         accumulators = pool.map(reduce_partition, tasks)
+    for acc in accumulators:
+        acc.model = model
     return functools.reduce(merge, accumulators).result()
 
 

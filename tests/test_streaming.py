@@ -167,15 +167,14 @@ def test_streaming_peak_memory_does_not_grow_with_the_number_of_rows(estimator, 
     assert large <= 1.1 * small + 64 * 1024, (small, large)
 
 
-def test_mapreduce_example_equals_one_shot_fisher():
+def test_mapreduce_example_equals_one_shot_fisher(monkeypatch):
     """examples/mapreduce_fisher.py (the Dask/Ray-style adapter) on 2 worker processes."""
-    import importlib.util
+    import importlib
     from pathlib import Path
 
-    path = Path(__file__).parents[1] / "examples" / "mapreduce_fisher.py"
-    spec = importlib.util.spec_from_file_location("mapreduce_fisher", path)
-    example = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(example)
+    # an importable module, so that spawned workers (which inherit sys.path) can unpickle its functions
+    monkeypatch.syspath_prepend(str(Path(__file__).parents[1] / "examples"))
+    example = importlib.import_module("mapreduce_fisher")
     model, lik = er.MLP.random([6, 5, 3], "tanh", rng=0), er.Categorical()
     rng = np.random.default_rng(0)
     x, y = rng.standard_normal((47, 6)), rng.integers(0, 3, 47)
