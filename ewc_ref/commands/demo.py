@@ -2,8 +2,8 @@
 
 For each scenario (task-incremental split digits with one head per task, domain-incremental
 permuted digits, class-incremental split digits with one shared head) a fresh MLP learns the
-tasks in order with plain SGD, with an L2 pull towards the old optima, and with EWC (a Fisher
--weighted pull). Prints, per scenario, the accuracy matrices R[i, j] (accuracy on task j after
+tasks in order with plain SGD, with an L2 pull towards the old optima, and with EWC (a
+Fisher-weighted pull). Prints, per scenario, the accuracy matrices R[i, j] (accuracy on task j after
 training task i) and a summary table: average accuracy, forgetting, backward transfer,
 plasticity and how far the parameters moved from task 0's optimum, weighted by its Fisher.
 --sweep-lambda adds the stability/plasticity trade-off over a grid of lambda values.
@@ -74,9 +74,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--tasks", type=int, default=5,
                         help="number of tasks (default 5; split scenarios: 2..5)")
     parser.add_argument("--epochs", type=_positive_int, default=20, help="SGD epochs per task (default 20)")
-    parser.add_argument("--lambda", dest="lam", type=_nonnegative_float, default=None,
+    parser.add_argument("--lambda", dest="lam", type=_nonnegative_float, default=None, metavar="LAMBDA",
                         help="EWC lambda >= 0 (default: per scenario, from the sweep in docs/continual-learning.md)")
-    parser.add_argument("--l2-lambda", dest="l2_lam", type=_nonnegative_float, default=None,
+    parser.add_argument("--l2-lambda", dest="l2_lam", type=_nonnegative_float, default=None, metavar="LAMBDA",
                         help="L2 lambda >= 0 (default: per scenario, from the sweep)")
     parser.add_argument("--estimator", choices=ESTIMATORS, default="exact",
                         help="Fisher estimator for EWC (EXCHANGE.md; default exact, the true Fisher)")
