@@ -177,9 +177,11 @@ def find_map(post: LogPosterior, z0=None, *, gtol: float = 1e-9, maxiter: int = 
 
 
 # ----------------------------------------------------------------------------- the Gaussian
-@dataclass
-class LaplaceGaussian:
+class LaplaceGaussian(GaussianPrior):
     """N(z; mean, precision^{-1}) with Laplace's log evidence (eqs 7-8).
+
+    A GaussianPrior (so ``logpdf``, ``grad``, ``cov`` are the same code) that also knows
+    where it came from.
 
     Attributes
     ----------
@@ -189,29 +191,19 @@ class LaplaceGaussian:
     kind : which precision ('hessian', 'ggn', 'fisher_diag')
     """
 
-    mean: np.ndarray
-    precision: np.ndarray
-    log_joint: float
-    kind: str
-
-    def __post_init__(self):
+    def __init__(self, mean, precision, log_joint: float, kind: str):
+        self.log_joint, self.kind = float(log_joint), kind
+        precision = np.asarray(precision, np.float64)
         try:
-            self._cholesky = np.linalg.cholesky(self.precision)
-        except np.linalg.LinAlgError:
-            smallest = float(np.linalg.eigvalsh(0.5 * (self.precision + self.precision.T))[0])
+            super().__init__(mean, precision)
+        except ValueError as error:
+            if "positive definite" not in str(error):
+                raise
+            smallest = float(np.linalg.eigvalsh(0.5 * (precision + precision.T))[0])
             raise ValueError(
-                f"precision ({self.kind}): not positive definite (smallest eigenvalue {smallest:.3g}) at "
-                f"z = {self.mean.tolist()}: the point is not a maximum of the log posterior"
+                f"precision ({kind}): not positive definite (smallest eigenvalue {smallest:.3g}) at "
+                f"z = {np.asarray(mean).tolist()}: the point is not a maximum of the log posterior"
             ) from None
-        self.log_det_precision = 2.0 * float(np.sum(np.log(np.diag(self._cholesky))))
-
-    @property
-    def d(self) -> int:
-        return self.mean.size
-
-    @property
-    def cov(self) -> np.ndarray:
-        return np.linalg.inv(self.precision)
 
     @property
     def std(self) -> np.ndarray:
@@ -221,12 +213,6 @@ class LaplaceGaussian:
     def log_evidence(self) -> float:
         """log p(D) ~ log p(D | z*) + log p(z*) + d/2 log 2 pi - 1/2 log det Lambda."""
         return self.log_joint + 0.5 * self.d * _LOG_2PI - 0.5 * self.log_det_precision
-
-    def logpdf(self, z) -> np.ndarray:
-        """log N(z; mean, precision^{-1}) for z : (..., d)."""
-        z = _as_points(z, self.d)
-        r = (z - self.mean) @ self._cholesky  # r r^T = (z - m)^T Lambda (z - m)
-        return -0.5 * np.sum(r * r, axis=-1) + 0.5 * self.log_det_precision - 0.5 * self.d * _LOG_2PI
 
     def marginal_logpdf(self, axis: int, values) -> np.ndarray:
         """log N(values; mean[axis], cov[axis, axis]) : the 1-D marginal along one axis."""
