@@ -31,7 +31,9 @@ def as_float_array(value, name: str, ndim: int | None = None, finite: bool = Tru
         raise TypeError(f"{name}: expected a float32 or float64 array, got dtype {array.dtype}")
     if ndim is not None and array.ndim != ndim:
         raise ValueError(f"{name}: expected a {ndim}-d array, got shape {array.shape}")
-    if finite and not np.all(np.isfinite(array)):
+    # The sum is finite for finite data unless it overflows; only then (or with a real NaN/inf)
+    # pay for the elementwise check, whose boolean temporary is as large as the data.
+    if finite and not np.isfinite(array.sum()) and not np.all(np.isfinite(array)):
         bad = int(np.size(array) - np.count_nonzero(np.isfinite(array)))
         raise ValueError(f"{name}: contains {bad} non-finite value(s) (NaN or inf)")
     return array

@@ -392,18 +392,20 @@ class FisherAccumulator:
         self.total = None  # the structure's running sum
 
     # -- the per-structure sums of outer products ------------------------------
-    def _add(self, delta_sq_or_vectors):
+    def _add(self, sums, owned: bool = True):
+        """Add `sums` to the running total; `owned` = they are fresh arrays nobody else holds,
+        so the first one can become the total without a copy (a pass over P x P saved)."""
         if self.total is None:
-            self.total = _copy(delta_sq_or_vectors)
+            self.total = sums if owned else _copy(sums)
         elif isinstance(self.total, list):
-            for acc, new in zip(self.total, delta_sq_or_vectors, strict=True):
+            for acc, new in zip(self.total, sums, strict=True):
                 if isinstance(acc, tuple):
                     acc[0][...] += new[0]
                     acc[1][...] += new[1]
                 else:
                     acc += new
         else:
-            self.total += delta_sq_or_vectors
+            self.total += sums
 
     def _outer_sums(self, cache, r: np.ndarray, weight: float):
         """sum_{n,k} weight * u_nk u_nk^T in the accumulator's structure, u = J^T r.
@@ -485,7 +487,7 @@ class FisherAccumulator:
         if (other.estimator, other.structure, other.batch_size) != (self.estimator, self.structure, self.batch_size):
             raise ValueError("other: accumulators differ in estimator, structure or batch_size")
         if other.total is not None:
-            self._add(other.total)
+            self._add(other.total, owned=False)
         self.count += other.count
         self.n_batches += other.n_batches
         for index, (grad_sum, rows) in other.partial.items():

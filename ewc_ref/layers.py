@@ -37,7 +37,7 @@ def affine_forward(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None):
     return z, (x, weight)
 
 
-def affine_backward(dz: np.ndarray, cache, has_bias: bool):
+def affine_backward(dz: np.ndarray, cache, has_bias: bool, input_grad: bool = True):
     """Gradients of a scalar sum_n s(z_n) through z = x W^T + b, summed over n.
 
     Parameters
@@ -45,15 +45,16 @@ def affine_backward(dz: np.ndarray, cache, has_bias: bool):
     dz : (..., N, out) upstream gradient d s / d z
     cache : (x : (N, in), weight : (out, in))
     has_bias : whether to return db
+    input_grad : whether to compute dx (the first layer's is never needed)
 
     Returns
     -------
-    dx : (..., N, in) = dz W
+    dx : (..., N, in) = dz W, or None
     dW : (..., out, in) = sum_n dz_n x_n^T
     db : (..., out) = sum_n dz_n, or None
     """
     x, weight = cache
-    dx = dz @ weight
+    dx = dz @ weight if input_grad else None
     dW = np.swapaxes(dz, -1, -2) @ x
     db = dz.sum(axis=-2) if has_bias else None
     return dx, dW, db

@@ -34,6 +34,10 @@ from .layers import (
 _KEY = re.compile(r"^(\d+)\.(weight|bias)$")
 
 
+def _rebuild_mlp(state: dict, activation: str) -> MLP:
+    return MLP.from_state_dict(state, activation)
+
+
 @dataclass
 class ForwardCache:
     """Everything the backward pass needs, as plain arrays.
@@ -255,6 +259,11 @@ class MLP:
             biases.append(rng.uniform(-bound, bound, layer_sizes[l + 1]).astype(dtype) if bias[l] else None)
         return cls(weights, biases, activation)
 
+    def __reduce__(self):
+        # The activation table holds lambdas, which do not pickle: rebuild from names and arrays
+        # (so an MLP can travel to multiprocessing / Dask / Ray workers).
+        return (_rebuild_mlp, (self.state_dict(), self.activation.name))
+
     def __repr__(self) -> str:
         sizes = "-".join(map(str, self.layer_sizes))
         return f"MLP({sizes}, activation={self.activation.name!r}, P={self.n_params}, dtype={self.dtype})"
@@ -327,7 +336,7 @@ class MLP:
         deltas = self.backward_deltas(cache, df)
         grad = np.empty(df.shape[:-2] + (self.n_params,), dtype=np.result_type(df, self.theta))
         for l, delta in enumerate(deltas):
-            _, dW, db = affine_backward(delta, cache.affine_caches[l], self.has_bias[l])
+            _, dW, db = affine_backward(delta, cache.affine_caches[l], self.has_bias[l], input_grad=False)
             grad[..., self.weight_slices[l]] = dW.reshape(*dW.shape[:-2], -1)
             if db is not None:
                 grad[..., self.bias_slices[l]] = db

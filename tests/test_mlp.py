@@ -121,3 +121,12 @@ def test_forward_cache_exposes_every_layer():
 def test_bad_model_input_is_named(call, message):
     with pytest.raises((ValueError, TypeError), match=message):
         call()
+
+
+@given(mlps())
+def test_models_pickle_for_worker_processes(model):
+    import pickle
+
+    clone = pickle.loads(pickle.dumps(model))
+    np.testing.assert_array_equal(clone.theta, model.theta)
+    assert (clone.param_names, clone.activation.name, clone.dtype) == (model.param_names, model.activation.name, model.dtype)
