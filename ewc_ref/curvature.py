@@ -251,19 +251,30 @@ def _kfac_block(A: np.ndarray, G: np.ndarray, has_bias: bool) -> np.ndarray:
     return np.kron(G, A)[np.ix_(order, order)]
 
 
-_META = ("__estimator__", "__structure__", "__n__", "__param_names__", "__samples__", "__batch_size__")
+META_KEYS = ("__estimator__", "__structure__", "__n__", "__param_names__", "__samples__", "__batch_size__")
+
+
+def split_curvature_arrays(arrays: dict, source: str = "arrays") -> tuple[dict, dict]:
+    """(metadata, numeric body) of a curvature npz; the body must be finite numbers.
+
+    Integer arrays are converted to float64; ValueError names the file and key.
+    """
+    meta = {k: arrays[k] for k in META_KEYS if k in arrays}
+    body = {}
+    for key, value in arrays.items():
+        if key in META_KEYS:
+            continue
+        if value.dtype.kind not in "fiu":
+            raise ValueError(f"{source}: key {key!r} must be a numeric array, got dtype {value.dtype}")
+        if not np.all(np.isfinite(value)):
+            raise ValueError(f"{source}: key {key!r} contains non-finite values")
+        body[key] = value if value.dtype.kind == "f" else value.astype(np.float64)
+    return meta, body
 
 
 def curvature_from_arrays(arrays: dict, model: MLP | None = None, source: str = "arrays") -> Curvature:
     """Build a Curvature from the arrays of a curvature npz; ValueError names the key."""
-    meta = {k: arrays[k] for k in _META if k in arrays}
-    body = {k: v for k, v in arrays.items() if k not in _META}
-    for key, value in body.items():
-        if value.dtype.kind not in "fiu":
-            raise ValueError(f"{source}: key {key!r} must be a float array, got dtype {value.dtype}")
-        if not np.all(np.isfinite(value)):
-            raise ValueError(f"{source}: key {key!r} contains non-finite values")
-    body = {k: v.astype(np.float64) if v.dtype.kind != "f" else v for k, v in body.items()}
+    meta, body = split_curvature_arrays(arrays, source)
     structure = str(meta["__structure__"]) if "__structure__" in meta else ("full" if set(body) == {"full"} else "diag")
     check_choice(structure, f"{source}: key '__structure__'", STRUCTURES)
     estimator = str(meta.get("__estimator__", "unknown"))

@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..curvature import split_curvature_arrays
 from ..io import read_npz
-
-META = {"__estimator__", "__structure__", "__n__", "__param_names__", "__samples__", "__batch_size__"}
 
 
 def add_arguments(parser) -> None:
@@ -22,14 +21,7 @@ def add_arguments(parser) -> None:
 
 
 def _body(path):
-    arrays = read_npz(path, "curvature file")
-    body = {k: v for k, v in arrays.items() if k not in META}
-    for key, value in body.items():
-        if value.dtype.kind not in "fiu":
-            raise ValueError(f"{path}: key {key!r} must be numeric, got dtype {value.dtype}")
-        if not np.all(np.isfinite(value)):
-            raise ValueError(f"{path}: key {key!r} contains non-finite values")
-    return arrays, body
+    return split_curvature_arrays(read_npz(path, "curvature file"), str(path))
 
 
 def run(args) -> int:

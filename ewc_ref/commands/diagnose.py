@@ -12,11 +12,9 @@ import sys
 
 import numpy as np
 
-from ..curvature import curvature_from_arrays
+from ..curvature import META_KEYS, curvature_from_arrays
 from ..diagnose import diagnose
 from ..io import load_data, load_model, read_npz
-
-_META = ("__estimator__", "__structure__", "__n__", "__param_names__", "__samples__", "__batch_size__")
 
 
 def add_arguments(parser) -> None:
@@ -35,7 +33,7 @@ def add_arguments(parser) -> None:
 def load_theirs(path, model):
     """Read THEIRS and check every key and shape against the model, listing all mismatches."""
     arrays = read_npz(path, "curvature file")
-    body = {k: v for k, v in arrays.items() if k not in _META}
+    body = {k: v for k, v in arrays.items() if k not in META_KEYS}
     if "full" not in body:
         expected = dict(zip(model.param_names, model.param_shapes, strict=True))
         missing = [k for k in expected if k not in body]
