@@ -8,8 +8,8 @@ estimator      definition                                                  backw
 empirical      F = 1/N sum_n g_n g_n^T, g_n = d l_n/d theta at observed y  1 (of N rows)
 pred           as empirical with y_n = the model's most probable label     1
 mc             F = 1/N sum_n 1/S sum_s g_ns g_ns^T, y_ns ~ p(y | x_n)      S
-exact          F = 1/N sum_n E_{y ~ p}[g g^T] = 1/N sum_n J_n^T Lambda_n J_n  K = C (pseudo-gradients)
-ggn            1/N sum_n J_n^T (d^2 l_n / d f^2) J_n  (= exact here)        K = C
+exact          F = 1/N sum_n E_{y ~ p}[g g^T] = 1/N sum_n J_n^T Lambda_n J_n  K = rank Lambda (pseudo-gradients)
+ggn            1/N sum_n J_n^T (d^2 l_n / d f^2) J_n  (= exact here)        K = rank Lambda
 batched        F = 1/K sum_k gbar_k gbar_k^T, gbar_k = grad of the MEAN    1
                loss over the k-th consecutive minibatch of size B
 hessian        H = 1/N sum_n d^2 l_n / d theta^2                           2 per HVP, P HVPs
@@ -25,7 +25,7 @@ vectors of the table below and w_k their weights:
     empirical   r = d l / d f (f, y_n)                 K = 1   w = 1
     pred        r = d l / d f (f, argmax p)            K = 1   w = 1
     mc          r = d l / d f (f, y_ns)                K = S   w = 1/S
-    exact, ggn  r = q_nk, columns of Q_n               K = C   w = 1
+    exact, ggn  r = q_nk, columns of Q_n               K = C (C - 1 categorical)   w = 1
 
 For a Linear layer the per-example gradient is the outer product delta_n a_n^T (delta:
 back-propagated error, a: layer input), which makes the structures cheap:

@@ -105,6 +105,22 @@ def _check_shape(y: np.ndarray, shape: tuple, name: str) -> None:
         raise ValueError(f"{name}: expected shape {shape}, got {y.shape}")
 
 
+def softmax_and_complement(f: np.ndarray):
+    """p = softmax(f) and q = 1 - p, both to round-off relative to themselves.
+
+    1 - p cancels when p is near 1: for the most probable class q is the sum of the other
+    probabilities instead (for the others p <= 1/2 and 1 - p is exact enough). This keeps the
+    Fisher of a confident network (margins > 37 nats, where fl(p) = 1) from being lost.
+    """
+    p = softmax(f, axis=-1)
+    q = 1.0 - p
+    top = np.argmax(f, axis=-1)[..., None]
+    others = p.copy()
+    np.put_along_axis(others, top, 0.0, axis=-1)
+    np.put_along_axis(q, top, others.sum(axis=-1, keepdims=True), axis=-1)
+    return p, q
+
+
 class Categorical(Likelihood):
     """Softmax over C logits; labels are integer class indices 0..C-1."""
 
@@ -114,23 +130,59 @@ class Categorical(Likelihood):
         return logsumexp(f, axis=-1) - np.take_along_axis(f, y[..., None], axis=-1)[..., 0]
 
     def grad(self, f, y):
-        g = softmax(f, axis=-1)
-        np.put_along_axis(g, y[..., None], np.take_along_axis(g, y[..., None], axis=-1) - 1, axis=-1)
-        return g
+        # p - onehot(y), with p_y - 1 = -(1 - p_y) taken from the accurate complement.
+        p, q = softmax_and_complement(f)
+        np.put_along_axis(p, y[..., None], -np.take_along_axis(q, y[..., None], axis=-1), axis=-1)
+        return p
 
     def hessian(self, f):
-        p = softmax(f, axis=-1)
-        return p[..., :, None] * (np.eye(f.shape[-1], dtype=f.dtype) - p[..., None, :])
+        # Lambda = diag(p) - p p^T, with the diagonal p (1 - p) from the accurate complement.
+        p, q = softmax_and_complement(f)
+        lam = -p[..., :, None] * p[..., None, :]
+        diagonal = np.einsum("...ii->...i", lam)
+        diagonal[...] = p * q
+        return lam
 
     def hessian_factor(self, f):
-        # Q = diag(sqrt p) - p sqrt(p)^T; Q Q^T = diag(p) - p p^T because sum(p) = 1.
+        """Q : (N, C, C - 1) with Q Q^T = Lambda: C - 1 = rank(Lambda) backward passes for `exact`.
+
+        With s = sqrt(p), a unit vector, Lambda = diag(p) - p p^T = diag(s) (I - s s^T) diag(s),
+        and I - s s^T = U U^T for any orthonormal basis U of the complement of s. The
+        Householder reflection H = I - 2 v v^T / |v|^2 with v = s + e_m, m = the most probable
+        class, maps s to -e_m, so its columns k != m are such a basis; written out
+        (|v|^2 = 2 (1 + s_m)):
+
+            U[m, k] = -s_k,    U[i, k] = delta_ik - s_i s_k / (1 + s_m)   (i, k != m)
+
+        and Q = diag(s) U. Anchoring at the most probable class keeps every entry of Q Q^T
+        accurate to round-off relative to itself, also for saturated outputs (p_m = 1 - 1e-20),
+        where 1 - p_m would cancel. The square factor diag(s) - p s^T (one column more) is
+        `hessian_factor_square`, the readable twin.
+        """
+        c = f.shape[-1]
+        if c == 1:  # one class: p = 1, Lambda = 0
+            return np.zeros(f.shape + (1,), dtype=f.dtype)
+        s = np.sqrt(softmax(f, axis=-1))
+        m = np.argmax(f, axis=-1)[..., None]  # (N, 1)
+        ks = np.arange(c - 1)
+        columns = ks + (ks >= m)  # (N, C - 1): the classes k != m
+        s_m = np.take_along_axis(s, m, axis=-1)  # (N, 1)
+        s_k = np.take_along_axis(s, columns, axis=-1)  # (N, C - 1)
+        U = -s[..., :, None] * s_k[..., None, :] / (1.0 + s_m)[..., None]
+        diagonal = np.take_along_axis(U, columns[..., None, :], axis=-2) + 1.0
+        np.put_along_axis(U, columns[..., None, :], diagonal, axis=-2)
+        np.put_along_axis(U, m[..., None], -s_k[..., None, :], axis=-2)
+        return s[..., :, None] * U
+
+    def hessian_factor_square(self, f):
+        """Q = diag(sqrt p) - p sqrt(p)^T : (N, C, C); Q Q^T = diag(p) - p p^T because sum(p) = 1."""
         p = softmax(f, axis=-1)
         s = np.sqrt(p)
         return s[..., :, None] * np.eye(f.shape[-1], dtype=f.dtype) - p[..., :, None] * s[..., None, :]
 
     def hessian_diag(self, f):
-        p = softmax(f, axis=-1)
-        return p * (1 - p)
+        p, q = softmax_and_complement(f)
+        return p * q
 
     def _sample(self, f, rng):
         # Gumbel-max: argmax(log p + G) ~ Categorical(p), stable for any logits.
@@ -217,7 +269,8 @@ class Bernoulli(Likelihood):
         return np.sum(np.logaddexp(0, f) - y * f, axis=-1)
 
     def grad(self, f, y):
-        return expit(f) - y
+        # sigmoid(f) - 1 = -sigmoid(-f) without cancellation where y = 1.
+        return np.where(y == 1, -expit(-f), expit(f) - y)
 
     def hessian(self, f):
         return self.hessian_diag(f)[..., :, None] * np.eye(f.shape[-1], dtype=f.dtype)
@@ -226,8 +279,7 @@ class Bernoulli(Likelihood):
         return np.sqrt(self.hessian_diag(f))[..., :, None] * np.eye(f.shape[-1], dtype=f.dtype)
 
     def hessian_diag(self, f):
-        p = expit(f)
-        return p * (1 - p)
+        return expit(f) * expit(-f)  # p (1 - p) without cancellation
 
     def _sample(self, f, rng):
         return (rng.random(f.shape) < expit(f)).astype(f.dtype)

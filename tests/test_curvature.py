@@ -329,3 +329,36 @@ def test_hessian_differs_from_the_fisher_for_a_hidden_layer_away_from_the_mode()
     H = er.fisher(model, er.Categorical(), x, y, "hessian", "full").data
     F = er.fisher(model, er.Categorical(), x, y, "exact", "full").data
     assert relative_error(H, F) > 1e-2
+
+
+def test_fisher_of_a_saturated_network_is_not_lost_to_cancellation():
+    """Softmax regression with margins of 40-80 nats: every p_max rounds to 1.0, so a gradient
+    built as p_y - 1 (or a Lambda diagonal as p (1 - p)) would be exactly zero there. The exact
+    Fisher must match 1/N sum_n x_n x_n^T (x) Lambda_n with Lambda_n from log-space
+    probabilities, and the empirical Fisher at the (most probable) observed labels must match
+    1/N sum_n (x_n x_n^T) (x) (r_n r_n^T) with r_n = p_n - e_y from log space, entrywise."""
+    from scipy.special import logsumexp
+
+    rng = np.random.default_rng(0)
+    x = 2.0 * np.eye(3)[[0, 1, 2, 0, 1, 2]] + 0.1 * rng.standard_normal((6, 3))
+    W = 30.0 * np.eye(3)
+    model = er.MLP([W], [None], "identity")
+    f = model.predict(x)
+    margins = np.sort(f, axis=1)[:, -1] - np.sort(f, axis=1)[:, -2]
+    assert margins.min() > 37  # fl(softmax) = 1.0 for the top class of every example
+    log_p = f - logsumexp(f, axis=1, keepdims=True)
+    log_q = np.array([[logsumexp(np.delete(row, i)) for i in range(3)] for row in f]) - logsumexp(f, axis=1)[:, None]
+    lam = -np.exp(log_p[:, :, None] + log_p[:, None, :])
+    lam[:, np.arange(3), np.arange(3)] = np.exp(log_p + log_q)
+    # Weight W[c, i] is flat index 3 c + i; d f_c / d W[c', i] = delta_cc' x_i.
+    reference = np.einsum("ncd,ni,nj->cidj", lam, x, x).reshape(9, 9) / len(x)
+    y = np.argmax(f, axis=1)
+    r = np.exp(log_p)
+    r[np.arange(6), y] = -np.exp(log_q[np.arange(6), y])
+    empirical_reference = np.einsum("nc,nd,ni,nj->cidj", r, r, x, x).reshape(9, 9) / len(x)
+    for estimator, expected in (("exact", reference), ("empirical", empirical_reference)):
+        F = er.fisher(model, er.Categorical(), x, y, estimator, "full").data
+        mask = np.abs(expected) > 1e-300
+        # exp() of arguments up to ~200 carries ~200 eps relative error on both sides.
+        assert np.all(np.abs(F - expected)[mask] <= 1e-12 * np.abs(expected)[mask]), estimator
+    assert np.abs(reference).max() < 1e-15  # the whole matrix is below 1 - fl(1 - eps)

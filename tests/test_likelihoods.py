@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 from scipy import stats
 
 import ewc_ref as er
-from ewc_ref.gradcheck import numerical_jacobian
+from ewc_ref.gradcheck import numerical_jacobian, relative_error
 from ewc_ref.strategies import likelihoods
 
 
@@ -117,3 +117,53 @@ def test_sampling_is_chunk_invariant(case, samples, split):
     parts = np.concatenate([lik.sample(f[:split], rng, samples), lik.sample(f[split:], rng, samples)])
     np.testing.assert_array_equal(parts, whole)
     assert whole.shape[:2] == (f.shape[0], samples)
+
+
+@st.composite
+def saturated_outputs(draw):
+    """Logits up to a few hundred: p_max = 1 - 1e-100 and beyond, where 1 - p cancels."""
+    n, c = draw(st.integers(1, 5)), draw(st.integers(2, 8))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    return rng.standard_normal((n, c)) * draw(st.sampled_from([1.0, 10.0, 40.0, 100.0]))
+
+
+def _close_entrywise(actual, reference):
+    # Both sides evaluate exp() of arguments up to ~|f| <= 500, whose relative error is
+    # ~|arg| * eps <= 1e-13; entries that underflow below 1e-280 are not compared.
+    mask = np.abs(reference) > 1e-280
+    assert np.all(np.abs(actual - reference)[mask] <= 1e-12 * np.abs(reference)[mask])
+
+
+@given(saturated_outputs(), st.data())
+def test_categorical_derivatives_are_accurate_entrywise_for_saturated_outputs(f, data):
+    """grad, Lambda and Q Q^T against a log-space reference: p_i = exp(f_i - lse(f)) and
+    1 - p_i = exp(lse(f without i) - lse(f)). A plain 1 - p would give 0 for p_max = 1 - 1e-20,
+    losing the whole curvature of a confident network."""
+    from scipy.special import logsumexp
+
+    lik = er.Categorical()
+    n, c = f.shape
+    log_p = f - logsumexp(f, axis=-1, keepdims=True)
+    log_q = np.array([[logsumexp(np.delete(row, i)) for i in range(c)] for row in f]) - logsumexp(f, axis=-1)[:, None]
+    reference = -np.exp(log_p[:, :, None] + log_p[:, None, :])
+    reference[:, np.arange(c), np.arange(c)] = np.exp(log_p + log_q)
+    _close_entrywise(lik.hessian(f), reference)
+    Q = lik.hessian_factor(f)
+    assert Q.shape == (n, c, c - 1)  # rank of Lambda: C - 1 backward passes for 'exact'
+    _close_entrywise(Q @ np.swapaxes(Q, -1, -2), reference)
+    y = np.array(data.draw(st.lists(st.integers(0, c - 1), min_size=n, max_size=n)))
+    grad_reference = np.exp(log_p)
+    grad_reference[np.arange(n), y] = -np.exp(log_q[np.arange(n), y])
+    _close_entrywise(lik.grad(f, y), grad_reference)
+    square = lik.hessian_factor_square(f)
+    assert relative_error(square @ np.swapaxes(square, -1, -2), reference) <= 1e-12  # normwise only
+
+
+@given(saturated_outputs(), st.data())
+def test_bernoulli_derivatives_are_accurate_entrywise_for_saturated_outputs(f, data):
+    lik = er.Bernoulli()
+    y = np.array(data.draw(st.lists(st.sampled_from([0.0, 1.0]), min_size=f.size, max_size=f.size))).reshape(f.shape)
+    softplus = np.logaddexp(0, f)  # -log(1 - p)
+    softplus_neg = np.logaddexp(0, -f)  # -log p
+    _close_entrywise(lik.hessian_diag(f), np.exp(-softplus - softplus_neg))
+    _close_entrywise(lik.grad(f, y), np.where(y == 1, -np.exp(-softplus), np.exp(-softplus_neg)))
