@@ -198,7 +198,7 @@ def plot_trajectories(data, plt):
     levels = floor_a + np.array([0.01, 0.05, 0.2, 0.5, 1.0, 2.0])
     ax.contour(T0, T1, data["loss_a"], levels=levels, colors="C7", linestyles="solid")
     ax.contour(T0, T1, data["loss_b"], levels=floor_b + levels - floor_a, colors="C9", linestyles="dashed")
-    ax.plot(*data["path_a"].T, color="C7", lw=1, alpha=0.7)
+    ax.plot(*data["path_a"].T, color="C7", lw=1, alpha=0.7, label="training on A (to theta*_A)")
     labels = {"sgd": "SGD (forgets A)", "l2": "L2 (too rigid for B)", "ewc": "EWC (stays in A's valley)"}
     lam = float(data["lam"])
     for color, method in zip(("C3", "C2", "C0"), METHODS, strict=True):
