@@ -72,27 +72,33 @@ class MLP:
     """
 
     def __init__(self, weights, biases=None, activation: str = "relu", module_indices=None):
-        weights = [as_float_array(w, f"weights[{i}]", ndim=2) for i, w in enumerate(weights)]
+        weights = list(weights)
         if not weights:
             raise ValueError("weights: expected at least one layer")
         if biases is None:
             biases = [None] * len(weights)
         if len(biases) != len(weights):
             raise ValueError(f"biases: expected {len(weights)} entries (one per layer), got {len(biases)}")
-        biases = [None if b is None else as_float_array(b, f"biases[{i}]", ndim=1) for i, b in enumerate(biases)]
-        for i, (w, b) in enumerate(zip(weights, biases, strict=True)):
-            if b is not None and b.shape != (w.shape[0],):
-                raise ValueError(f"biases[{i}]: expected shape ({w.shape[0]},) to match weights[{i}] {w.shape}, got {b.shape}")
-            if i > 0 and w.shape[1] != weights[i - 1].shape[0]:
-                raise ValueError(
-                    f"weights[{i}]: expected {weights[i - 1].shape[0]} input columns to chain with "
-                    f"weights[{i - 1}] {weights[i - 1].shape}, got shape {w.shape}"
-                )
+        # Errors name what the caller passed: state-dict keys ('2.weight') when the module
+        # positions are given (from_state_dict), list positions (weights[1]) otherwise.
         if module_indices is None:
             module_indices = [2 * i for i in range(len(weights))]
-        module_indices = [int(m) for m in module_indices]
+            w_name, b_name = (lambda i: f"weights[{i}]"), (lambda i: f"biases[{i}]")
+        else:
+            module_indices = [int(m) for m in module_indices]
+            w_name, b_name = (lambda i: f"'{module_indices[i]}.weight'"), (lambda i: f"'{module_indices[i]}.bias'")
         if len(module_indices) != len(weights) or sorted(set(module_indices)) != module_indices:
             raise ValueError(f"module_indices: expected {len(weights)} strictly increasing integers, got {module_indices}")
+        weights = [as_float_array(w, w_name(i), ndim=2) for i, w in enumerate(weights)]
+        biases = [None if b is None else as_float_array(b, b_name(i), ndim=1) for i, b in enumerate(biases)]
+        for i, (w, b) in enumerate(zip(weights, biases, strict=True)):
+            if b is not None and b.shape != (w.shape[0],):
+                raise ValueError(f"{b_name(i)}: expected shape ({w.shape[0]},) to match {w_name(i)} {w.shape}, got {b.shape}")
+            if i > 0 and w.shape[1] != weights[i - 1].shape[0]:
+                raise ValueError(
+                    f"{w_name(i)}: shape {w.shape} does not chain with {w_name(i - 1)} {weights[i - 1].shape}: "
+                    f"expected {weights[i - 1].shape[0]} input columns"
+                )
         self.activation = get_activation(activation)
         self.module_indices = module_indices
         dtype = np.result_type(*weights, *[b for b in biases if b is not None])
@@ -140,21 +146,8 @@ class MLP:
         for index in indices:
             if "weight" not in layers[index]:
                 raise ValueError(f"key '{index}.bias' has no matching '{index}.weight'")
-        weights = [as_float_array(layers[i]["weight"], f"'{i}.weight'", ndim=2) for i in indices]
-        biases = [
-            None if "bias" not in layers[i] else as_float_array(layers[i]["bias"], f"'{i}.bias'", ndim=1)
-            for i in indices
-        ]
-        for pos, i in enumerate(indices):
-            b = biases[pos]
-            if b is not None and b.shape != (weights[pos].shape[0],):
-                raise ValueError(f"'{i}.bias': expected shape ({weights[pos].shape[0]},) to match '{i}.weight' {weights[pos].shape}, got {b.shape}")
-            if pos > 0 and weights[pos].shape[1] != weights[pos - 1].shape[0]:
-                prev = indices[pos - 1]
-                raise ValueError(
-                    f"'{i}.weight': shape {weights[pos].shape} does not chain with '{prev}.weight' "
-                    f"{weights[pos - 1].shape}: expected {weights[pos - 1].shape[0]} input columns"
-                )
+        weights = [layers[i]["weight"] for i in indices]
+        biases = [layers[i].get("bias") for i in indices]
         return cls(weights, biases, activation, module_indices=indices)
 
     def state_dict(self) -> dict[str, np.ndarray]:
