@@ -18,9 +18,9 @@ from __future__ import annotations
 import numpy as np
 from hypothesis import strategies as st
 
-from .activations import ACTIVATIONS
-from .likelihoods import Bernoulli, Categorical, Gaussian, Likelihood
-from .mlp import MLP
+from .model.activations import ACTIVATIONS
+from .model.likelihoods import Bernoulli, Categorical, Gaussian, Likelihood
+from .model.mlp import MLP
 
 ACTIVATION_NAMES = sorted(ACTIVATIONS)
 LIKELIHOOD_NAMES = ["categorical", "gaussian", "bernoulli"]

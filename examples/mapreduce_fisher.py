@@ -39,8 +39,8 @@ from pathlib import Path
 import numpy as np
 
 import ewc_ref as er
-from ewc_ref.curvature import FisherAccumulator
-from ewc_ref.gradcheck import relative_error
+from ewc_ref.curvature.estimate import FisherAccumulator
+from ewc_ref.verify.gradcheck import relative_error
 
 DIGITS = Path(er.__file__).parent / "data" / "digits.npz"
 
@@ -75,7 +75,7 @@ def mapreduce_fisher(model, lik, x, y, estimator="empirical", structure="diag", 
 
     Validates once, up front, as fisher() does; each worker receives only its rows.
     """
-    from ewc_ref.loss import check_model_data
+    from ewc_ref.model.loss import check_model_data
 
     x, y = check_model_data(model, lik, x, y)
     options = {"estimator": estimator, "structure": structure, "samples": samples, "batch_size": batch_size}

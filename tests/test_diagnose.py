@@ -2,7 +2,7 @@
 
 Every THEIRS below is written in plain NumPy from per-sample gradients
 (ewc_ref.per_sample_gradients), the network Jacobian (model.jacobian) and the likelihood
-formulas, independently of ewc_ref.curvature and of the code under test. Each case states
+formulas, independently of ewc_ref.curvature.estimate and of the code under test. Each case states
 what ``diagnose`` must answer: the estimator, the scale (exactly, to 1e-9 relative: round-off
 of a float64 fit is ~1e-15), the batch size, and for mc the implied S within the CLT spread.
 
@@ -13,7 +13,7 @@ estimate, and no test can tell them apart; with N = 96 and a calibrated model th
 label bugs were statistically indistinguishable from mc S = 1, so N = 480 here.)
 
 Tolerances. Deterministic fits must be within the float64 round-off threshold (1e-8, see
-ewc_ref.diagnose.ROUNDOFF_TOL). mc: the implied S of an S-sample estimate is M / chi2_M; with
+ewc_ref.verify.diagnosis.ROUNDOFF_TOL). mc: the implied S of an S-sample estimate is M / chi2_M; with
 M >= 60 whitened directions its relative sd is sqrt(2/M) <= 0.18, so S_hat within a factor 2
 of S is a > 3.8-sigma band (fixed seeds). The mc tests themselves have significance 1e-6.
 """
@@ -27,7 +27,7 @@ from scipy.special import expit, softmax
 
 import ewc_ref as er
 from ewc_ref.cli import main
-from ewc_ref.diagnose import (
+from ewc_ref.verify.diagnosis import (
     ROUNDOFF_TOL,
     batched_fishers,
     candidate_batch_sizes,
@@ -281,7 +281,7 @@ def test_batched_fishers_match_fisher_for_every_batch_size(likelihood, structure
     fast = batched_fishers(model, lik, x, y, sizes, structure, chunk_size=6)
     for b in sizes:
         ours = er.fisher(model, lik, x, y, estimator="batched", structure=structure, batch_size=b).data
-        assert er.gradcheck.relative_error(fast[b], ours) <= 1e-10, b  # summation order only
+        assert er.verify.gradcheck.relative_error(fast[b], ours) <= 1e-10, b  # summation order only
 
 
 def test_candidate_batch_sizes():
@@ -318,10 +318,10 @@ def test_entry_moments_against_label_enumeration(likelihood):
         m = weights @ q
         total_mean += m
         total_cov += (q - m).T @ ((q - m) * weights[:, None])
-    assert er.gradcheck.relative_error(mean, total_mean / len(x)) <= 1e-10
-    assert er.gradcheck.relative_error(cov, total_cov / len(x) ** 2) <= 1e-10
+    assert er.verify.gradcheck.relative_error(mean, total_mean / len(x)) <= 1e-10
+    assert er.verify.gradcheck.relative_error(cov, total_cov / len(x) ** 2) <= 1e-10
     # The mean is the exact Fisher's diagonal entries.
-    assert er.gradcheck.relative_error(mean[[0, 1, 4]], exact_diag(model, lik, x)[[0, 5, p - 1]]) <= 1e-10
+    assert er.verify.gradcheck.relative_error(mean[[0, 1, 4]], exact_diag(model, lik, x)[[0, 5, p - 1]]) <= 1e-10
 
 
 def test_fit_scale_and_describe_scale():

@@ -1,4 +1,4 @@
-"""Every fast kernel of ewc_ref.kernels against its naive twin, on Hypothesis-drawn shapes.
+"""Every fast kernel of ewc_ref.curvature.kernels against its naive twin, on Hypothesis-drawn shapes.
 
 Tolerances (Higham, "Accuracy and Stability of Numerical Algorithms", section 3.1: a sum of m
 products computed in any order has absolute error <= gamma_m sum |terms|, gamma_m ~ m u):
@@ -26,10 +26,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ewc_ref import kernels
-from ewc_ref.curvature import FisherAccumulator, _outer_sums_naive, _output_vectors
-from ewc_ref.gradcheck import relative_error
+from ewc_ref.curvature import kernels
+from ewc_ref.curvature.estimate import FisherAccumulator, _outer_sums_naive, _output_vectors
 from ewc_ref.strategies import models_and_data
+from ewc_ref.verify.gradcheck import relative_error
 
 DTYPES = [np.float64, np.float32]
 
@@ -159,8 +159,8 @@ SCRIPT = textwrap.dedent(
     import sys
     import numpy as np
     import ewc_ref as er
-    from ewc_ref import kernels
-    from ewc_ref.likelihoods import Categorical
+    from ewc_ref.curvature import kernels
+    from ewc_ref.model.likelihoods import Categorical
     model = er.MLP.random([5, 7, 4], activation="tanh", rng=3)
     rng = np.random.default_rng(4)
     x, y = rng.standard_normal((23, 5)), rng.integers(0, 4, 23)

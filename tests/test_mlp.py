@@ -12,8 +12,8 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 
 import ewc_ref as er
-from ewc_ref.gradcheck import relu_margin
 from ewc_ref.strategies import architectures, mlps, models_and_data
+from ewc_ref.verify.gradcheck import relu_margin
 
 
 @given(models_and_data())

@@ -22,9 +22,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import ewc_ref as er
-from ewc_ref.curvature import FisherAccumulator
-from ewc_ref.gradcheck import relative_error
+from ewc_ref.curvature.estimate import FisherAccumulator
 from ewc_ref.strategies import models_and_data
+from ewc_ref.verify.gradcheck import relative_error
 
 RTOL = 1e-12
 DETERMINISTIC = ["empirical", "exact", "pred", "ggn", "hessian"]

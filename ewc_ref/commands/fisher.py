@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 
-from ..curvature import ESTIMATORS, STRUCTURES, fisher
+from ..curvature.estimate import ESTIMATORS, STRUCTURES, fisher
 from ..io import load_data, load_model
 from ._common import check_output_path
 

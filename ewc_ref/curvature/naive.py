@@ -22,10 +22,10 @@ import itertools
 
 import numpy as np
 
-from .curvature import ESTIMATORS, check_dense_size
-from .likelihoods import Bernoulli, Categorical, Gaussian, Likelihood
-from .loss import _loss_and_grad, check_model_data
-from .mlp import MLP
+from ..model.likelihoods import Bernoulli, Categorical, Gaussian, Likelihood
+from ..model.loss import check_model_data, loss_and_grad_unchecked
+from ..model.mlp import MLP
+from .estimate import ESTIMATORS, check_dense_size
 
 
 def naive_fisher(model: MLP, lik: Likelihood, x, y, estimator: str = "empirical", samples: int = 1,
@@ -44,7 +44,7 @@ def naive_fisher(model: MLP, lik: Likelihood, x, y, estimator: str = "empirical"
     if estimator == "batched":
         batches = range(0, n, batch_size)
         for begin in batches:
-            gbar = _loss_and_grad(model, lik, x[begin : begin + batch_size], y[begin : begin + batch_size])[1]
+            gbar = loss_and_grad_unchecked(model, lik, x[begin : begin + batch_size], y[begin : begin + batch_size])[1]
             F += np.outer(gbar, gbar)
         return F / len(batches)
     for i in range(n):

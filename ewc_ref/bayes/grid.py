@@ -41,7 +41,7 @@ import numpy as np
 from scipy.integrate import quad
 from scipy.special import logsumexp
 
-from ._validate import as_float_array
+from .._validate import as_float_array
 
 MAX_DIMENSION = 3
 DEFAULT_POINTS = {1: 801, 2: 161, 3: 49}
@@ -328,7 +328,7 @@ def grid_posterior(log_density: Callable, center, scale=1.0, *, bounds=None, n_p
         raise ValueError(
             f"center: numerical integration on a grid is limited to d <= {MAX_DIMENSION} parameters "
             f"(n^d points), got d = {d}; use a Subspace with at most 3 free parameters or the Laplace "
-            "approximation (ewc_ref.laplace)"
+            "approximation (ewc_ref.bayes.laplace)"
         )
     if d == 0:
         raise ValueError("center: expected at least one dimension")

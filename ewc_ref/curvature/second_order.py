@@ -71,18 +71,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import curvature
-from ._validate import as_float_array, check_positive_int
-from .likelihoods import Likelihood
-from .loss import check_model_data
-from .mlp import MLP, ForwardCache
-
-# Largest dense (P, P) matrix, in bytes of float64, that `hessian` and `hessian_residual`
-# will allocate (a module constant so that a user with more memory can raise it).
-
-# Working memory (in float64 numbers) of one batch of K directions through the passes,
-# K * N * (widest layer); it sets the default number of unit vectors per batch.
-_CHUNK_NUMBERS = 2**20
+from .._validate import as_float_array, check_positive_int
+from ..model.likelihoods import Likelihood
+from ..model.loss import check_model_data
+from ..model.mlp import MLP, ForwardCache
+from . import budget
 
 
 # ----------------------------------------------------------------------------- R-forward
@@ -299,7 +292,7 @@ def _chunk_rows(model: MLP, n: int, chunk_size: int | None) -> int:
     if chunk_size is not None:
         return chunk_size
     width = max(model.layer_sizes)
-    return int(max(1, min(model.n_params, _CHUNK_NUMBERS // max(1, n * width))))
+    return int(max(1, min(model.n_params, budget.CHUNK_NUMBERS // max(1, n * width))))
 
 
 def _unit_chunks(model: MLP, indices: range, chunk: int):
@@ -314,11 +307,11 @@ def _unit_chunks(model: MLP, indices: range, chunk: int):
 def _check_dense_size(numbers: int, what: str) -> None:
     """Refuse (naming `model`, whose size is the cause) to allocate `numbers` float64 values
     beyond MAX_DENSE_BYTES, read at call time so that it can be raised."""
-    needed, limit = 8 * numbers, curvature.MAX_DENSE_BYTES  # one limit for every dense matrix
+    needed, limit = 8 * numbers, budget.MAX_DENSE_BYTES  # one limit for every dense matrix
     if needed > limit:
         raise ValueError(
             f"model: {what} needs {needed / 2**30:.3g} GiB as float64, above the limit "
-            f"ewc_ref.curvature.MAX_DENSE_BYTES = {limit / 2**30:.3g} GiB; use hessian_diag "
+            f"ewc_ref.curvature.budget.MAX_DENSE_BYTES = {limit / 2**30:.3g} GiB; use hessian_diag "
             f"or hessian_blocks, or a structured Fisher (ewc_ref.fisher(..., structure='diag', 'block' or "
             f"'kfac')), or raise MAX_DENSE_BYTES if the memory exists"
         )
@@ -378,7 +371,7 @@ def hessian(model: MLP, lik: Likelihood, x, y, chunk_size: int | None = None) ->
     Raises
     ------
     ValueError
-        naming `model` when P x P float64 would exceed ewc_ref.curvature.MAX_DENSE_BYTES (2 GiB); the message
+        naming `model` when P x P float64 would exceed ewc_ref.curvature.budget.MAX_DENSE_BYTES (2 GiB); the message
         says which structured alternative to use.
 
     Notes
@@ -393,9 +386,8 @@ def hessian(model: MLP, lik: Likelihood, x, y, chunk_size: int | None = None) ->
     return _hessian(model, lik, x, y, chunk_size)
 
 
-# Importing this module binds `ewc_ref.hessian` to the module itself, so the package cannot
-# also export a function of that name: at package level the dense Hessian is `hessian_full`
-# (the EXCHANGE.md estimator 'hessian' with structure 'full').
+# The name of the estimator 'hessian' with structure 'full' in earlier releases; `er.hessian` is this
+# function now that the module is not called `hessian`.
 hessian_full = hessian
 
 
@@ -479,7 +471,7 @@ def _hessian_residual(model: MLP, lik: Likelihood, x, y, chunk_size: int | None 
     weights = lik.grad(f, y) / n                                           # r_n / N : (N, C)
     eye = np.eye(P, dtype=model.dtype)
     # Each row chunk holds (K1, P, N, width) second derivatives.
-    chunk = chunk_size or int(max(1, _CHUNK_NUMBERS // max(1, P * n * max(model.layer_sizes))))
+    chunk = chunk_size or int(max(1, budget.CHUNK_NUMBERS // max(1, P * n * max(model.layer_sizes))))
     residual = np.empty((P, P), dtype=np.result_type(model.theta, weights))
     for start in range(0, P, chunk):
         stop = min(start + chunk, P)

@@ -18,9 +18,14 @@ from collections.abc import Callable
 
 import numpy as np
 
-from .likelihoods import Likelihood
-from .loss import _loss_and_grad, _per_example_losses, _per_sample_gradients, check_model_data
-from .mlp import MLP
+from ..model.likelihoods import Likelihood
+from ..model.loss import (
+    check_model_data,
+    loss_and_grad_unchecked,
+    per_example_losses_unchecked,
+    per_sample_gradients_unchecked,
+)
+from ..model.mlp import MLP
 
 
 def relative_error(analytic: np.ndarray, numeric: np.ndarray) -> float:
@@ -61,8 +66,8 @@ def check_gradients(model: MLP, lik: Likelihood, x, y, h: float = 1e-5) -> float
     """Relative error of the analytic gradient of the mean loss against central differences."""
     x, y = check_model_data(model, lik, x, y)
     model, x = _as_float64(model, x)
-    analytic = _loss_and_grad(model, lik, x, y)[1]
-    numeric = numerical_jacobian(lambda t: _loss_and_grad(model.with_theta(t), lik, x, y)[0], model.theta, h)
+    analytic = loss_and_grad_unchecked(model, lik, x, y)[1]
+    numeric = numerical_jacobian(lambda t: loss_and_grad_unchecked(model.with_theta(t), lik, x, y)[0], model.theta, h)
     return relative_error(analytic, numeric)
 
 
@@ -70,8 +75,8 @@ def check_per_sample_gradients(model: MLP, lik: Likelihood, x, y, h: float = 1e-
     """Relative error of G : (N, P), g_n = d l_n / d theta, against central differences of l_n."""
     x, y = check_model_data(model, lik, x, y)
     model, x = _as_float64(model, x)
-    analytic = _per_sample_gradients(model, lik, x, y)
-    numeric = numerical_jacobian(lambda t: _per_example_losses(model.with_theta(t), lik, x, y), model.theta, h)
+    analytic = per_sample_gradients_unchecked(model, lik, x, y)
+    numeric = numerical_jacobian(lambda t: per_example_losses_unchecked(model.with_theta(t), lik, x, y), model.theta, h)
     return relative_error(analytic, numeric)
 
 

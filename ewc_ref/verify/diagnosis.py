@@ -86,11 +86,12 @@ import numpy as np
 from scipy.stats import chi2, norm
 from scipy.stats import f as f_dist
 
-from ._validate import as_float_array, check_positive_int
-from .curvature import Curvature, curvature_from_arrays, fisher
-from .likelihoods import Bernoulli, Categorical, Gaussian, Likelihood
-from .loss import check_model_data
-from .mlp import MLP
+from .._validate import as_float_array, check_positive_int
+from ..curvature import budget
+from ..curvature.estimate import Curvature, curvature_from_arrays, fisher
+from ..model.likelihoods import Bernoulli, Categorical, Gaussian, Likelihood
+from ..model.loss import check_model_data
+from ..model.mlp import MLP
 
 #: Relative residual ||T - cF|| / ||T|| accepted as round-off, by the precision THEIRS was computed in.
 #: float64: two correct float64 computations differ by summation order, ~(depth + log2 N) eps64 ~ 1e-13
@@ -109,10 +110,6 @@ MC_ENTRIES = 256
 MC_ALPHA = 1e-6
 #: Genuine one-sample mc estimates simulated to calibrate both tests beyond the CLT.
 MC_BOOTSTRAP = 64
-#: hessian is a candidate when P * N is at most this: its diagonal costs P Hessian-vector
-#: products over N rows, ~P^2 N (36 s for P = 2410, N = 1000 on 2 cores); diagnose(hessian=True)
-#: or `ewc-ref diagnose --hessian` includes it regardless.
-HESSIAN_LIMIT = 200_000
 
 
 # --------------------------------------------------------------------------- results
@@ -339,7 +336,7 @@ def candidate_batch_sizes(n: int) -> list[int]:
 
 # --------------------------------------------------------------------------- batched, all B at once
 def _chunk_rows(model: MLP, width: int) -> int:
-    return max(1, (4 * 1024**2) // max(1, width * model.n_params))
+    return max(1, budget.BATCHED_CHUNK_BYTES // max(1, width * model.n_params))
 
 
 def batched_fishers(model: MLP, lik: Likelihood, x, y, batch_sizes, structure: str = "diag",
@@ -583,7 +580,7 @@ def diagnose(model: MLP, lik: Likelihood, x, y, theirs, batch_sizes=None, tol: f
     tol : round-off threshold on the relative residual (default ``roundoff_tolerance``)
     rng : seed or Generator for the mc test's entry subset (large P)
     progress : report the stages on stderr
-    hessian : include the Hessian candidate (default: when P * N <= HESSIAN_LIMIT)
+    hessian : include the Hessian candidate (default: when P * N <= budget.HESSIAN_LIMIT)
 
     Returns
     -------
@@ -613,7 +610,7 @@ def diagnose(model: MLP, lik: Likelihood, x, y, theirs, batch_sizes=None, tol: f
     else:
         batch_sizes = sorted({check_positive_int(b, "batch_sizes", upper=n) for b in batch_sizes} - {1})
     if hessian is None:
-        hessian = p * n <= HESSIAN_LIMIT
+        hessian = p * n <= budget.HESSIAN_LIMIT
     rng = np.random.default_rng(rng)
 
     def log(message: str) -> None:

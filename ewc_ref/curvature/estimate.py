@@ -48,34 +48,18 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy.linalg import block_diag
 
-from . import kernels
-from ._progress import Progress
-from ._validate import as_float_array, as_generator, check_choice, check_positive_int
-from .io import atomic_savez, read_npz
-from .likelihoods import Likelihood
-from .loss import check_model_data
-from .mlp import MLP
+from .._validate import as_float_array, as_generator, check_choice, check_positive_int
+from ..io import atomic_savez, read_npz
+from ..model.likelihoods import Likelihood
+from ..model.loss import check_model_data
+from ..model.mlp import MLP
+from ..progress import Progress
+from . import budget, kernels
+from .budget import check_dense_size
 
 ESTIMATORS = ("empirical", "exact", "mc", "batched", "pred", "ggn", "hessian")
 STRUCTURES = ("diag", "full", "block", "kfac")
 OUTER_PRODUCT_ESTIMATORS = ("empirical", "exact", "mc", "pred", "ggn")
-
-#: Largest dense P x P matrix (in bytes) that structure='full' or to_dense() will build.
-MAX_DENSE_BYTES = 2 * 1024**3
-#: Target size of the per-chunk temporaries when chunk_size is chosen automatically.
-CHUNK_BYTES = 32 * 1024**2
-
-
-def check_dense_size(n_params: int, itemsize: int = 8, what: str = "structure='full'") -> None:
-    """Refuse a P x P matrix above MAX_DENSE_BYTES with advice on what to use instead."""
-    need = n_params * n_params * itemsize
-    if need > MAX_DENSE_BYTES:
-        raise ValueError(
-            f"{what}: a {n_params} x {n_params} matrix needs {need / 1024**3:.1f} GiB, above the limit of "
-            f"{MAX_DENSE_BYTES / 1024**3:.1f} GiB (ewc_ref.curvature.MAX_DENSE_BYTES); "
-            "use structure='diag', 'block' or 'kfac' instead"
-        )
-
 
 # --------------------------------------------------------------------------- the result object
 @dataclass
@@ -421,7 +405,7 @@ class FisherAccumulator:
     def _outer_sums(self, cache, r: np.ndarray, weight: float):
         """sum_{n,k} weight * u_nk u_nk^T in the accumulator's structure, u = J^T r.
 
-        Fast path by ewc_ref.kernels; the readable twin is _outer_sums_naive (tests/test_kernels.py).
+        Fast path by ewc_ref.curvature.kernels; the readable twin is _outer_sums_naive (tests/test_kernels.py).
         """
         model = self.model
         if self.structure == "diag":
@@ -445,7 +429,7 @@ class FisherAccumulator:
             return self
         model, lik = self.model, self.lik
         if self.estimator == "hessian":
-            from .hessian import hessian, hessian_blocks, hessian_diag
+            from .second_order import hessian, hessian_blocks, hessian_diag
 
             function = {"diag": hessian_diag, "full": hessian, "block": hessian_blocks}[self.structure]
             chunk_mean = function(model, lik, x_chunk, y_chunk)
@@ -595,7 +579,7 @@ def default_chunk_size(model: MLP, estimator: str, structure: str, samples: int,
 
     Budget (benchmarks/BENCHMARKS.md measures both choices):
 
-    * diag, kfac: CHUNK_BYTES / 4 of (K rows x layer widths). Their chunk work is a few GEMMs
+    * diag, kfac: budget.CHUNK_BYTES / 4 of (K rows x layer widths). Their chunk work is a few GEMMs
       whose speed saturates at a few hundred rows; smaller chunks keep the peak flat from
       smaller N on (784-256-256-10: ~800 rows, so N = 1,000 and 10,000 peak alike).
     * full, block: max(CHUNK_BYTES, bytes of the output) of per-example gradients G. Every
@@ -604,12 +588,12 @@ def default_chunk_size(model: MLP, estimator: str, structure: str, samples: int,
     """
     k = max(1, {"mc": samples, "exact": n_outputs, "ggn": n_outputs}.get(estimator, 1))
     if estimator == "hessian":
-        return max(1, CHUNK_BYTES // (8 * max(1, model.n_params * 4)))
+        return max(1, budget.CHUNK_BYTES // (8 * max(1, model.n_params * 4)))
     if structure in ("full", "block"):
         sizes = [model.n_params] if structure == "full" else [s.stop - s.start for s in model.layer_slices]
-        budget = max(CHUNK_BYTES, 8 * sum(p * p for p in sizes))
-        return max(1, budget // (8 * k * max(sizes)))
-    return max(1, (CHUNK_BYTES // 4) // (8 * k * max(1, sum(model.layer_sizes))))
+        chunk_bytes = max(budget.CHUNK_BYTES, 8 * sum(p * p for p in sizes))
+        return max(1, chunk_bytes // (8 * k * max(sizes)))
+    return max(1, (budget.CHUNK_BYTES // 4) // (8 * k * max(1, sum(model.layer_sizes))))
 
 
 def fisher(model: MLP, lik: Likelihood, x, y, estimator: str = "empirical", structure: str = "diag",
@@ -637,7 +621,7 @@ def fisher(model: MLP, lik: Likelihood, x, y, estimator: str = "empirical", stru
     ------
     ValueError / TypeError naming the argument: unknown estimator or structure, samples or
     batch_size out of range or given to an estimator that does not use them, labels outside the
-    likelihood's support, NaN/inf in parameters or data, 'full' above MAX_DENSE_BYTES.
+    likelihood's support, NaN/inf in parameters or data, 'full' above budget.MAX_DENSE_BYTES.
 
     Notes
     -----

@@ -57,7 +57,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._validate import as_float_array, check_choice
+from .._validate import as_float_array, check_choice
 
 PENALTIES = ("separate", "accumulated", "online", "l2")
 

@@ -1,6 +1,6 @@
 """Fast kernels of the curvature accumulator, each beside its naive NumPy twin.
 
-Every curvature in ewc_ref.curvature (except ``batched`` and ``hessian``) is a weighted sum of
+Every curvature in ewc_ref.curvature.estimate (except ``batched`` and ``hessian``) is a weighted sum of
 outer products of per-example gradients, and for a Linear layer z = a W^T + b the gradient of
 example n along backward vector k is an outer product (module docstring of curvature.py)::
 
@@ -61,7 +61,7 @@ def backward_deltas(model, cache, df: np.ndarray) -> list[np.ndarray]:
     -------
     deltas : list of (..., n, out_l), as MLP.backward_deltas
     """
-    from .layers import activation_backward
+    from ..model.layers import activation_backward
 
     deltas = [None] * model.n_layers
     delta = df

@@ -32,12 +32,12 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.optimize import minimize
 
-from ._validate import as_float_array, check_choice
-from .bayes import _LOG_2PI, GaussianPrior, LogPosterior, PosteriorPrior, _as_points
-from .curvature import fisher
-from .gradcheck import numerical_jacobian
+from .._validate import as_float_array, check_choice
+from ..curvature.estimate import fisher
+from ..curvature.second_order import hessian_vector_product
+from ..verify.gradcheck import numerical_jacobian
 from .grid import GridPosterior
-from .hessian import hessian_vector_product
+from .posterior import _LOG_2PI, GaussianPrior, LogPosterior, PosteriorPrior, _as_points
 
 KINDS = ("hessian", "ggn", "fisher_diag")
 
@@ -64,7 +64,7 @@ class MAPResult:
 def _log_likelihood_hessian(post: LogPosterior, z: np.ndarray) -> np.ndarray:
     """d^2 log p(D | theta(z)) / dz^2 : (d, d) = -N H(theta(z))[free, free].
 
-    d exact Hessian-vector products (R-op, ewc_ref.hessian) with the unit vectors of the free
+    d exact Hessian-vector products (R-op, ewc_ref.curvature.second_order) with the unit vectors of the free
     parameters: H e_i, restricted to the free rows.
     """
     free = post.subspace.free_indices

@@ -24,7 +24,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.special import expit, log_softmax, logsumexp, softmax
 
-from ._validate import as_float_array
+from .._validate import as_float_array
 
 
 class Likelihood:
