@@ -33,15 +33,15 @@ from .verify.gradcheck import check_gradients, check_jacobian, check_per_sample_
 # and lets the curvature, Bayes and continual-learning layers load only when needed).
 _LAZY = {
     "fisher": "ewc_ref.curvature.estimate",
-    "Curvature": "ewc_ref.curvature.estimate",
+    "Curvature": "ewc_ref.curvature.result",
     "hessian_vector_product": "ewc_ref.curvature.second_order",
     "ggn_vector_product": "ewc_ref.curvature.second_order",
-    "hessian": "ewc_ref.curvature.second_order",
-    "hessian_full": "ewc_ref.curvature.second_order",
-    "hessian_diag": "ewc_ref.curvature.second_order",
-    "hessian_blocks": "ewc_ref.curvature.second_order",
-    "hessian_residual": "ewc_ref.curvature.second_order",
-    "FisherAccumulator": "ewc_ref.curvature.estimate",
+    "hessian": "ewc_ref.curvature.dense_hessian",
+    "hessian_full": "ewc_ref.curvature.dense_hessian",
+    "hessian_diag": "ewc_ref.curvature.dense_hessian",
+    "hessian_blocks": "ewc_ref.curvature.dense_hessian",
+    "hessian_residual": "ewc_ref.curvature.dense_hessian",
+    "FisherAccumulator": "ewc_ref.curvature.accumulator",
     "Penalty": "ewc_ref.continual.penalty",
     "penalty_and_grad": "ewc_ref.continual.penalty",
     "merge_quadratics": "ewc_ref.continual.penalty",
@@ -79,6 +79,11 @@ _LAZY = {
     "laplace_approximation": "ewc_ref.bayes.laplace",
     "posterior_precision": "ewc_ref.bayes.laplace",
 }
+
+
+def __dir__():
+    """The eager names and every lazily loaded one, so dir(ewc_ref) and tab completion show the API."""
+    return sorted(set(globals()) | set(_LAZY))
 
 
 def __getattr__(name):

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .curvature.estimate import Curvature, fisher
+from .curvature.estimate import fisher
+from .curvature.result import Curvature, as_theirs
 from .model.likelihoods import Likelihood
 from .model.mlp import MLP
 from .verify.gradcheck import check_gradients
@@ -138,9 +139,9 @@ def assert_is_estimator(theirs, model: MLP, lik: Likelihood, x, y, estimator: st
     THEIRS is a Curvature, a dict {parameter name: array} (diag) or {'full': (P, P)}, or an
     array (P,) / (P, P); its structure decides the structure compared.
     """
-    from .verify.diagnosis import _as_theirs, diagnose
+    from .verify.diagnosis import diagnose
 
-    structure, t = _as_theirs(theirs, model)
+    structure, t = as_theirs(theirs, model)
     if estimator == "mc":
         result = diagnose(model, lik, x, y, t, batch_sizes=[], hessian=False)
         mc = result.mc

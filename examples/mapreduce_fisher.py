@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 
 import ewc_ref as er
-from ewc_ref.curvature.estimate import FisherAccumulator
+from ewc_ref.curvature.accumulator import FisherAccumulator
 from ewc_ref.verify.gradcheck import relative_error
 
 DIGITS = Path(er.__file__).parent / "data" / "digits.npz"
@@ -69,11 +69,12 @@ def merge(a: FisherAccumulator, b: FisherAccumulator) -> FisherAccumulator:
     return a.merge(b)
 
 
-def mapreduce_fisher(model, lik, x, y, estimator="empirical", structure="diag", samples=1, batch_size=None,
+def mapreduce_fisher(model, lik, x, y, estimator="empirical", structure="diag", samples=None, batch_size=None,
                      partitions=4, workers=2, chunk_size=256, seed=0):
     """fisher(model, lik, x, y, ...) computed by `partitions` accumulators on `workers` processes.
 
-    Validates once, up front, as fisher() does; each worker receives only its rows.
+    Validates up front, so bad input fails before any worker starts (each accumulator checks its
+    chunks again: FisherAccumulator.update is a public edge); each worker receives only its rows.
     """
     from ewc_ref.model.loss import check_model_data
 

@@ -16,8 +16,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import ewc_ref as er
-from ewc_ref.curvature.estimate import ESTIMATORS, STRUCTURES, Curvature
+from ewc_ref.curvature.estimators import ESTIMATORS
 from ewc_ref.curvature.naive import expected_outer_product, naive_fisher, project
+from ewc_ref.curvature.result import Curvature
+from ewc_ref.curvature.structures import STRUCTURES
 from ewc_ref.strategies import models_and_data
 from ewc_ref.verify.gradcheck import relative_error
 

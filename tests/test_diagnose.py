@@ -2,7 +2,7 @@
 
 Every THEIRS below is written in plain NumPy from per-sample gradients
 (ewc_ref.per_sample_gradients), the network Jacobian (model.jacobian) and the likelihood
-formulas, independently of ewc_ref.curvature.estimate and of the code under test. Each case states
+formulas, independently of ewc_ref.curvature and of the code under test. Each case states
 what ``diagnose`` must answer: the estimator, the scale (exactly, to 1e-9 relative: round-off
 of a float64 fit is ~1e-15), the batch size, and for mc the implied S within the CLT spread.
 
@@ -13,7 +13,7 @@ estimate, and no test can tell them apart; with N = 96 and a calibrated model th
 label bugs were statistically indistinguishable from mc S = 1, so N = 480 here.)
 
 Tolerances. Deterministic fits must be within the float64 round-off threshold (1e-8, see
-ewc_ref.verify.diagnosis.ROUNDOFF_TOL). mc: the implied S of an S-sample estimate is M / chi2_M; with
+ewc_ref.verify.scale.ROUNDOFF_TOL). mc: the implied S of an S-sample estimate is M / chi2_M; with
 M >= 60 whitened directions its relative sd is sqrt(2/M) <= 0.18, so S_hat within a factor 2
 of S is a > 3.8-sigma band (fixed seeds). The mc tests themselves have significance 1e-6.
 """
@@ -27,15 +27,10 @@ from scipy.special import expit, softmax
 
 import ewc_ref as er
 from ewc_ref.cli import main
-from ewc_ref.verify.diagnosis import (
-    ROUNDOFF_TOL,
-    batched_fishers,
-    candidate_batch_sizes,
-    describe_scale,
-    diagnose,
-    entry_moments,
-    fit_scale,
-)
+from ewc_ref.curvature.batched import batched_fishers
+from ewc_ref.verify.diagnosis import diagnose
+from ewc_ref.verify.scale import ROUNDOFF_TOL, candidate_batch_sizes, describe_scale, fit_scale
+from ewc_ref.verify.statistics import entry_moments
 
 N = 480  # divisors include 8 and 32
 

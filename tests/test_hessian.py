@@ -1,4 +1,4 @@
-"""The exact Hessian of the mean loss (ewc_ref/hessian.py), checked five independent ways.
+"""The exact Hessian of the mean loss (ewc_ref/curvature/second_order.py, dense_hessian.py), checked five independent ways.
 
 1. Central finite differences of the analytic gradient (loss.py's backward pass).
 2. The committed PyTorch fixtures (torch.autograd Hessian, double-backward HVP, curvlinops GGN).
@@ -29,7 +29,7 @@ from hypothesis import strategies as st
 
 import ewc_ref as er
 from ewc_ref.curvature import budget
-from ewc_ref.curvature import second_order as hs
+from ewc_ref.curvature import dense_hessian as hs
 from ewc_ref.model.likelihoods import Bernoulli, Categorical, Gaussian
 from ewc_ref.strategies import mlps, models_and_data
 from ewc_ref.verify.gradcheck import numerical_jacobian, relative_error, relu_margin
@@ -284,6 +284,10 @@ def test_dense_results_refuse_beyond_the_memory_limit(monkeypatch):
 
 
 def test_package_exports():
-    assert er.hessian_full is hs.hessian
-    for name in ("hessian_vector_product", "ggn_vector_product", "hessian_diag", "hessian_blocks", "hessian_residual"):
+    from ewc_ref.curvature import second_order
+
+    assert er.hessian is er.hessian_full is hs.hessian
+    for name in ("hessian_diag", "hessian_blocks", "hessian_residual"):
         assert getattr(er, name) is getattr(hs, name)
+    for name in ("hessian_vector_product", "ggn_vector_product"):
+        assert getattr(er, name) is getattr(second_order, name)

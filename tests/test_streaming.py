@@ -22,7 +22,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import ewc_ref as er
-from ewc_ref.curvature.estimate import FisherAccumulator
+from ewc_ref.curvature.accumulator import FisherAccumulator
 from ewc_ref.strategies import models_and_data
 from ewc_ref.verify.gradcheck import relative_error
 
@@ -71,7 +71,7 @@ def streamed(model, lik, x, y, estimator, structure, parts, chunks, order, rngs=
 def test_merged_partitions_equal_the_one_shot_result(case, estimator, structure, data):
     model, lik, x, y = case
     if estimator == "hessian" and structure == "kfac":
-        structure = "diag"  # kfac is defined for outer products only (curvature.py)
+        structure = "diag"  # kfac is defined for outer products only (the estimator table)
     n = x.shape[0]
     parts, chunks, order = data.draw(partitions(n))
     one_shot = er.fisher(model, lik, x, y, estimator, structure, chunk_size=n)

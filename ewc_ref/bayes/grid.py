@@ -320,31 +320,8 @@ def grid_posterior(log_density: Callable, center, scale=1.0, *, bounds=None, n_p
     ------
     ValueError : d > 3, even n_points, non-finite log density, mass not contained.
     """
-    if not callable(log_density):
-        raise TypeError(f"log_density: expected a callable (K, d) -> (K,), got {type(log_density).__name__}")
-    center = as_float_array(center, "center").astype(np.float64).reshape(-1)
+    center, scale, n, tail, boundary_tol = _check_grid_arguments(log_density, center, scale, n_points, tail, boundary_tol)
     d = center.size
-    if d > MAX_DIMENSION:
-        raise ValueError(
-            f"center: numerical integration on a grid is limited to d <= {MAX_DIMENSION} parameters "
-            f"(n^d points), got d = {d}; use a Subspace with at most 3 free parameters or the Laplace "
-            "approximation (ewc_ref.bayes.laplace)"
-        )
-    if d == 0:
-        raise ValueError("center: expected at least one dimension")
-    scale = as_float_array(scale, "scale").astype(np.float64)
-    scale = np.broadcast_to(scale, (d,)).copy() if scale.ndim == 0 else scale
-    if scale.shape != (d,) or np.any(scale <= 0):
-        raise ValueError(f"scale: expected a number > 0 or {d} numbers > 0, got {scale.tolist()}")
-    n = DEFAULT_POINTS[d] if n_points is None else n_points
-    if isinstance(n, bool) or not isinstance(n, int | np.integer) or n < 5 or n % 2 == 0:
-        raise ValueError(f"n_points: expected an odd integer >= 5 (the error estimate uses every second point), got {n!r}")
-    tail, boundary_tol = float(tail), float(boundary_tol)
-    if not tail > 0:
-        raise ValueError(f"tail: expected a number of nats > 0, got {tail}")
-    if not 0 < boundary_tol < 1:
-        raise ValueError(f"boundary_tol: expected a number in (0, 1), got {boundary_tol}")
-
     evaluations = 0
     if bounds is None:
         lo, hi, evaluations = _find_bounds(log_density, center, scale, tail, _COARSE_POINTS[d])
@@ -372,16 +349,7 @@ def grid_posterior(log_density: Callable, center, scale=1.0, *, bounds=None, n_p
             f"{boundary_tol:.3g}): the grid {np.stack([lo, hi], 1).tolist()} does not contain the mass; widen "
             "`bounds` or let them adapt (bounds=None)"
         )
-    # Richardson for an O(h^2) rule, a round-off floor, and the truncated tail: the mass beyond
-    # the bounds is taken to be at most the outermost layer's mass once per layer of the grid
-    # (boundary * n), lying at most one box width from the mean.
-    scale_cov = np.sqrt(np.outer(np.diag(cov), np.diag(cov)))
-    tail_mass = boundary * n
-    reach = hi - lo
-    log_z_err = abs(log_z - log_z2) / 3 + _ROUNDOFF * (1 + abs(log_z)) + tail_mass
-    mean_err = np.abs(mean - mean2) / 3 + _ROUNDOFF * (np.abs(mean) + np.sqrt(np.diag(cov))) + tail_mass * reach
-    cov_err = np.abs(cov - cov2) / 3 + _ROUNDOFF * scale_cov + tail_mass * np.outer(reach, reach)
-
+    log_z_err, mean_err, cov_err = _error_estimates((log_z, mean, cov), (log_z2, mean2, cov2), boundary * n, hi - lo)
     result = GridPosterior(
         axes=axes, log_density=log_p, log_weights=log_w, log_evidence=log_z, log_evidence_error=float(log_z_err),
         mean=mean, mean_error=mean_err, cov=cov, cov_error=cov_err, boundary_mass=boundary,
@@ -392,3 +360,45 @@ def grid_posterior(log_density: Callable, center, scale=1.0, *, bounds=None, n_p
             log_density, lo[0], hi[0], float(result.mode[0]), float(log_q.max())
         )
     return result
+
+
+def _check_grid_arguments(log_density, center, scale, n_points, tail, boundary_tol):
+    """grid_posterior's public edge: (center (d,), scale (d,), n, tail, boundary_tol), or raise naming the argument."""
+    if not callable(log_density):
+        raise TypeError(f"log_density: expected a callable (K, d) -> (K,), got {type(log_density).__name__}")
+    center = as_float_array(center, "center").astype(np.float64).reshape(-1)
+    d = center.size
+    if d > MAX_DIMENSION:
+        raise ValueError(
+            f"center: numerical integration on a grid is limited to d <= {MAX_DIMENSION} parameters "
+            f"(n^d points), got d = {d}; use a Subspace with at most 3 free parameters or the Laplace "
+            "approximation (ewc_ref.bayes.laplace)"
+        )
+    if d == 0:
+        raise ValueError("center: expected at least one dimension")
+    scale = as_float_array(scale, "scale").astype(np.float64)
+    scale = np.broadcast_to(scale, (d,)).copy() if scale.ndim == 0 else scale
+    if scale.shape != (d,) or np.any(scale <= 0):
+        raise ValueError(f"scale: expected a number > 0 or {d} numbers > 0, got {scale.tolist()}")
+    n = DEFAULT_POINTS[d] if n_points is None else n_points
+    if isinstance(n, bool) or not isinstance(n, int | np.integer) or n < 5 or n % 2 == 0:
+        raise ValueError(f"n_points: expected an odd integer >= 5 (the error estimate uses every second point), got {n!r}")
+    tail, boundary_tol = float(tail), float(boundary_tol)
+    if not tail > 0:
+        raise ValueError(f"tail: expected a number of nats > 0, got {tail}")
+    if not 0 < boundary_tol < 1:
+        raise ValueError(f"boundary_tol: expected a number in (0, 1), got {boundary_tol}")
+    return center, scale, n, tail, boundary_tol
+
+
+def _error_estimates(fine, coarse, tail_mass: float, reach: np.ndarray):
+    """Errors of (log Z, mean, cov) from the fine and the every-second-point grids."""
+    (log_z, mean, cov), (log_z2, mean2, cov2) = fine, coarse
+    # Richardson for an O(h^2) rule, a round-off floor, and the truncated tail: the mass beyond
+    # the bounds is taken to be at most the outermost layer's mass once per layer of the grid
+    # (boundary * n), lying at most one box width from the mean.
+    scale_cov = np.sqrt(np.outer(np.diag(cov), np.diag(cov)))
+    log_z_err = abs(log_z - log_z2) / 3 + _ROUNDOFF * (1 + abs(log_z)) + tail_mass
+    mean_err = np.abs(mean - mean2) / 3 + _ROUNDOFF * (np.abs(mean) + np.sqrt(np.diag(cov))) + tail_mass * reach
+    cov_err = np.abs(cov - cov2) / 3 + _ROUNDOFF * scale_cov + tail_mass * np.outer(reach, reach)
+    return log_z_err, mean_err, cov_err

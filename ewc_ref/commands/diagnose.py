@@ -12,7 +12,7 @@ import sys
 
 import numpy as np
 
-from ..curvature.estimate import META_KEYS, curvature_from_arrays
+from ..curvature.result import META_KEYS, curvature_from_arrays
 from ..io import load_data, load_model, read_npz
 from ..verify.diagnosis import diagnose
 

@@ -179,7 +179,7 @@ def head_fisher(model: MLP, x, y, columns, estimator: str = "exact", structure: 
 
 def _fisher(model, x, y, **kwargs):
     from ..curvature.estimate import (
-        fisher,  # imported on first use: keeps `import ewc_ref.continual.training` light
+        fisher,  # on first use: keeps `import ewc_ref.continual.training` light
     )
 
     return fisher(model, _CATEGORICAL, x, y, **kwargs)
