@@ -230,7 +230,7 @@ def cross_check(model, x, y, refs, mods) -> list[str]:
                                          ("BackPACK DiagGGNExact", "exact", "diag_ggn_exact", 1.0)):
         refs[name]()
         theirs = np.concatenate([getattr(p, attr).detach().numpy().ravel() for p in bnet.parameters()]) * scale
-        ours = er.fisher(model, lik, x, y, estimator, "diag").flat
+        ours = er.fisher(model, lik, x, y, estimator, "diag").diagonal
         err = float(np.linalg.norm(ours - theirs) / np.linalg.norm(ours))
         notes.append(f"{name} vs ewc_ref {estimator}/diag: relative error {err:.1e}")
     return notes

@@ -30,7 +30,7 @@ def _as_named(value, name: str, names: list | None = None):
     if isinstance(value, Curvature):
         if value.structure == "full":
             return np.asarray(value.data, np.float64), list(zip(value.param_names, value.param_slices, value.param_shapes, strict=True)), "full"
-        flat = value.flat
+        flat = value.diagonal
         return np.asarray(flat, np.float64), list(zip(value.param_names, value.param_slices, value.param_shapes, strict=True)), "diag"
     if isinstance(value, dict):
         keys = [k for k in (names or list(value)) if not k.startswith("__")]

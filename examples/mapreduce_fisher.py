@@ -107,7 +107,7 @@ def main(argv=None) -> int:
     distributed = mapreduce_fisher(model, lik, x, y, args.estimator, args.structure, batch_size=batch_size,
                                    partitions=args.partitions, workers=args.workers)
     one_shot = er.fisher(model, lik, x, y, args.estimator, args.structure, batch_size=batch_size)
-    error = relative_error(distributed.flat, one_shot.flat)
+    error = relative_error(distributed.diagonal, one_shot.diagonal)
     print(f"{args.estimator}/{args.structure}: {args.partitions} partitions on {args.workers} workers, "
           f"N = {distributed.n}; relative difference to one-shot fisher(): {error:.1e}")
     return 0 if error <= 1e-12 else 1

@@ -166,14 +166,14 @@ def head_fisher(model: MLP, x, y, columns, estimator: str = "exact", structure: 
     """The curvature of the head ``columns`` (its sub-network), embedded in the full parameter space.
 
     Calls ewc_ref.fisher on :func:`head_view` with the categorical likelihood and returns its
-    diagonal ``.flat`` embedded as a (P,) vector for structure='diag', otherwise an object with
+    diagonal ``.diagonal`` embedded as a (P,) vector for structure='diag', otherwise an object with
     ``matvec`` (E F_head E^T). Parameters as ewc_ref.fisher; y are positions in ``columns``.
     """
     x, y, columns = _check_head_data(model, x, y, columns)
     head, index = head_view(model, columns)
     curvature = _fisher(head, x, y, estimator=estimator, structure=structure, rng=rng, **options)
     if structure == "diag":
-        return embed_curvature(np.asarray(curvature.flat), index, model.n_params)
+        return embed_curvature(np.asarray(curvature.diagonal), index, model.n_params)
     return embed_curvature(curvature, index, model.n_params)
 
 
