@@ -324,6 +324,21 @@ def test_entry_moments_against_label_enumeration(likelihood):
     assert er.gradcheck.relative_error(mean[[0, 1, 4]], exact_diag(model, lik, x)[[0, 5, p - 1]]) <= 1e-10
 
 
+def test_fit_scale_is_least_squares_not_a_norm_ratio():
+    """Contract, eq (1): c = <T, F> / <F, F> minimises ||T - c F|| (the projection of T on F), and
+    rel_error = ||T - c F|| / ||T||. T = [1, 0], F = [1, 1]: c = 1/2 and rel_error = sqrt(1/2); a
+    norm ratio ||T|| / ||F|| would give 1/sqrt(2) and a residual of 0.54, not the minimum."""
+    c, err = fit_scale(np.array([1.0, 0.0]), np.array([1.0, 1.0]))  # fit_scale(theirs, candidate)
+    assert c == 0.5
+    assert err == pytest.approx(math.sqrt(0.5), rel=1e-15)
+    # Optimality, not the number alone: no other scale leaves a smaller residual.
+    rng = np.random.default_rng(1)
+    T, F = rng.standard_normal(20), rng.standard_normal(20)
+    c, err = fit_scale(T, F)
+    for other in (c * (1 + 1e-3), c * (1 - 1e-3), float(np.linalg.norm(T) / np.linalg.norm(F))):
+        assert np.linalg.norm(T - other * F) / np.linalg.norm(T) > err
+
+
 def test_fit_scale_and_describe_scale():
     rng = np.random.default_rng(0)
     F = rng.random(50)
