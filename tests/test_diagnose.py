@@ -28,6 +28,7 @@ from scipy.special import expit, softmax
 import ewc_ref as er
 from ewc_ref.cli import main
 from ewc_ref.diagnose import (
+    HESSIAN_LIMIT,
     ROUNDOFF_TOL,
     batched_fishers,
     candidate_batch_sizes,
@@ -36,6 +37,7 @@ from ewc_ref.diagnose import (
     entry_moments,
     fit_scale,
 )
+from ewc_ref.hessian import hessian_diag
 
 N = 480  # divisors include 8 and 32
 
@@ -258,6 +260,21 @@ def test_full_structure():
     exact_wrong_offdiag[0, 1:] *= 1.01
     exact_wrong_offdiag[1:, 0] *= 1.01
     assert diagnose(model, lik, x, y, exact_wrong_offdiag, **fast).estimator == "none"
+
+
+def test_a_hessian_diagonal_is_diagnosed_as_hessian():
+    """Contract (module docstring): ``hessian`` is a candidate for small problems (P N <=
+    HESSIAN_LIMIT), so THEIRS = diag(H) of a net with a hidden layer, where H = GGN + the residual
+    term sum_c dl/df_c d^2 f_c / dtheta^2 != GGN, is named ``hessian`` with its scale (here x N: a
+    Hessian of the summed loss). Without the candidate no Fisher fits and the verdict is 'none'."""
+    model, lik, x, y = PROBLEMS["categorical"]  # 5-10-4 tanh, N = 480
+    assert model.n_params * len(x) <= HESSIAN_LIMIT  # the default includes the candidate
+    theirs = len(x) * hessian_diag(model, lik, x, y)
+    exact = exact_diag(model, lik, x)
+    assert fit_scale(theirs, exact)[1] > 1e3 * ROUNDOFF_TOL["float64"]  # H is not the GGN here
+    result = diagnose(model, lik, x, y, theirs, batch_sizes=[8, 32])
+    check_expected(result, ("hessian", float(len(x)), None, None))
+    assert "the 1/N average is missing" in result.scale_words
 
 
 def test_float32_theirs_is_recognised():
