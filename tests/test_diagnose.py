@@ -415,7 +415,7 @@ def test_bootstrap_calibration_accepts_genuine_mc_where_the_clt_fails(gain, seed
     whitened residuals are far from Gaussian with N = 100, and only the p-values against
     simulated one-sample estimates (MC_BOOTSTRAP) are right. Measured on this problem, 20
     genuine S = 1 estimates per gain: the Gaussian-theory test at MC_ALPHA = 1e-6 rejected 2
-    (gain 4, mean max softmax 0.86) and 4 more than the calibrated one (gain 8, 0.93). The two
+    (gain 4, mean max softmax 0.86) and 5 (gain 8, 0.93) that the calibrated one accepts. The two
     cases here: gain 4 seed 12, p_noise 8e-12 by theory, 0.01-0.1 calibrated (bootstrap seeds
     0-5); gain 8 seed 4, p_noise 2e-11 and p_shape 1e-14 by theory, calibrated >= 9e-4 - so
     removing either calibration rejects one of them."""
