@@ -33,7 +33,7 @@ import numpy as np
 from scipy.optimize import minimize
 
 from .._validate import as_float_array, check_choice
-from ..curvature.estimate import fisher
+from ..curvature.estimate import fisher_unchecked
 from ..curvature.second_order import hessian_vector_product
 from ..verify.gradcheck import numerical_jacobian
 from .grid import GridPosterior
@@ -86,9 +86,9 @@ def _fisher_sum(post: LogPosterior, z: np.ndarray, structure: str = "full") -> n
     a mean over examples (EXCHANGE.md), so N F = sum_n J_n^T Lambda_n J_n. structure='diag'
     returns the diagonal matrix diag(N F) from the diagonal estimator."""
     free = post.subspace.free_indices
-    F = fisher(post.subspace.model_at(z), post.lik, post.x, post.y, estimator="exact", structure=structure)
+    F = fisher_unchecked(post.subspace.model_at(z), post.lik, post.x, post.y, estimator="exact", structure=structure)
     if structure == "diag":
-        return post.n * np.diag(F.flat[free])
+        return post.n * np.diag(F.diagonal[free])
     return post.n * F.to_dense()[np.ix_(free, free)]
 
 
