@@ -102,7 +102,7 @@ def hessian(model: MLP, lik: Likelihood, x, y, chunk_size: int | None = None) ->
 
     Returns
     -------
-    H : (P, P), flat parameter order (EXCHANGE.md `hessian` estimator, `full` structure)
+    H : (P, P), flat parameter order (docs/file-format.md `hessian` estimator, `full` structure)
 
     Raises
     ------

@@ -2,7 +2,7 @@
 
 Published EWC code disagrees on what "the Fisher" is: some square the gradient of a
 minibatch-mean loss, some use the observed labels, some sample labels from the model, some
-forget the 1/N or divide twice. Given THEIRS (a diag or full curvature npz, EXCHANGE.md) and
+forget the 1/N or divide twice. Given THEIRS (a diag or full curvature npz, docs/file-format.md) and
 the same weights and data, ``diagnose`` computes every candidate F on our side and fits
 
     THEIRS ~= c * F,     c = <T, F> / <F, F>,     rel_error = ||T - c F|| / ||T||          (1)

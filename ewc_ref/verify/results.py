@@ -83,7 +83,7 @@ class Diagnosis:
     closest: Candidate | None = None
 
     def to_json(self) -> dict:
-        """The object of EXCHANGE.md (`diagnose --json`), plus explanatory extras."""
+        """The object of docs/file-format.md (`diagnose --json`), plus explanatory extras."""
         return {
             "estimator": self.estimator, "scale": self.scale, "batch_size": self.batch_size,
             "samples": self.samples, "rel_error": self.rel_error,

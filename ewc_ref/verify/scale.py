@@ -38,7 +38,7 @@ def fit_scale(theirs: np.ndarray, candidate: np.ndarray) -> tuple[float, float]:
 
 def scale_factors(n: int, batch_size: int | None = None) -> list[tuple[float, str]]:
     """The scale factors buggy or variant code produces, with their explanation."""
-    factors = [(1.0, "x 1: a mean over the N examples, the EXCHANGE.md convention")]
+    factors = [(1.0, "x 1: a mean over the N examples, the convention of docs/file-format.md")]
     if n > 1:
         factors += [
             (float(n), f"x N = {n}: the 1/N average is missing (a sum over examples)"),
