@@ -49,7 +49,11 @@ def _one(name, log_q_1d, center, scale, log_z, mean, var) -> Case:
 
 
 def gamma_log(a: float) -> Case:
-    return _one(f"gamma_log(a={a:g})", lambda z: a * z - np.exp(z), np.log(a), 1 / np.sqrt(a),
+    def log_q(z):
+        with np.errstate(over="ignore"):  # far right of the search grid: e^z = inf, log q = -inf
+            return a * z - np.exp(z)
+
+    return _one(f"gamma_log(a={a:g})", log_q, np.log(a), 1 / np.sqrt(a),
                 gammaln(a), polygamma(0, a), polygamma(1, a))
 
 
@@ -111,3 +115,21 @@ def shifted(case: Case, loc, const: float = 0.0) -> Case:
 def actual_errors(grid, case: Case):
     """(|log Z error|, |mean error| (d,), |cov error| (d, d)) of a GridPosterior against the closed form."""
     return (abs(grid.log_evidence - case.log_z), np.abs(grid.mean - case.mean), np.abs(grid.cov - case.cov))
+
+
+def estimate_scales(grid):
+    """The scale each error estimate is measured against: (1 + |log Z|, sd : (d,), sd sd^T : (d, d))."""
+    sd = np.sqrt(np.diag(grid.cov))
+    return 1 + abs(grid.log_evidence), sd, np.outer(sd, sd)
+
+
+def assert_estimates_small(grid, rel: float):
+    """Every error estimate of a GridPosterior is below `rel` of its scale (estimate_scales).
+
+    A test whose tolerance is the grid's own error estimate passes for any estimate that is large
+    enough; this is the other half, so that an inflated estimate (x 1e6) fails.
+    """
+    z_scale, sd, cov_scale = estimate_scales(grid)
+    assert grid.log_evidence_error <= rel * z_scale, (grid.log_evidence_error, z_scale, rel)
+    assert np.all(grid.mean_error <= rel * sd), (grid.mean_error, sd, rel)
+    assert np.all(grid.cov_error <= rel * cov_scale), (grid.cov_error, cov_scale, rel)
