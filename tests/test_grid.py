@@ -49,7 +49,13 @@ def test_gaussian_evidence_mean_and_cov_within_the_estimated_error(case):
 
     std = np.sqrt(np.diag(cov))
     # The search starts off-centre and with a wrong width: the bounds must adapt.
-    grid = er.grid_posterior(log_q, mean + offset * std, scale_factor * std, n_points={1: 201, 2: 81, 3: 33}[d])
+    grid = er.grid_posterior(log_q, mean + offset * std, scale_factor * std, n_points={1: 201, 2: 81, 3: 49}[d])
+    # The tolerances below are the grid's own estimates: they must also be small, or an inflated
+    # estimate passes. Measured: <= 2.5e-10 of scale for d <= 2 (40x margin to 1e-8). At d = 3,
+    # 49 points per axis leave few points across the narrow direction of the most correlated
+    # draws: typically ~1e-8, up to 4e-4 (Hypothesis found it), so only 1e-2 is asserted there;
+    # the closed-form table (test_error_estimate_is_small_when_resolved) holds 3-d to 1e-9.
+    gc.assert_estimates_small(grid, 1e-8 if d <= 2 else 1e-2)
     assert abs(grid.log_evidence - shift) <= grid.log_evidence_error
     assert np.all(np.abs(grid.mean - mean) <= grid.mean_error)
     assert np.all(np.abs(grid.cov - cov) <= grid.cov_error)
@@ -225,7 +231,10 @@ def small_posteriors(draw, d=None):
 @given(small_posteriors())
 @settings(max_examples=8)
 def test_normalised_grid_posterior_integrates_to_one_by_independent_quadrature(post):
-    grid = er.grid_posterior(post, post.subspace.z0(), 1.0, n_points={1: 201, 2: 61}[post.d])
+    grid = er.grid_posterior(post, post.subspace.z0(), 1.0, n_points={1: 801, 2: 161}[post.d])
+    # The tolerance below is the estimate of log p(D): it must be small too (at the default n the
+    # measured maximum is ~1e-10; with 61 points it reached 9e-3, a test that could barely fail).
+    assert grid.log_evidence_error <= 1e-8 * (1 + abs(grid.log_evidence))
 
     def density(z):
         return np.exp(post(z) - grid.log_evidence)
@@ -262,6 +271,7 @@ def test_grid_kl_and_tv_of_two_gaussians(case, shift, stretch):
     mean_q, cov_q = mean_p + shift * std, cov_p * stretch
     p, q = stats.multivariate_normal(mean_p, cov_p), stats.multivariate_normal(mean_q, cov_q)
     grid = er.grid_posterior(lambda z: np.atleast_1d(p.logpdf(z)), mean_p, std, n_points={1: 401, 2: 101}[d])
+    gc.assert_estimates_small(grid, 1e-8)  # the KL tolerance below scales with the estimate (measured <= 1.4e-10)
 
     def log_q(z):
         return np.atleast_1d(q.logpdf(z))

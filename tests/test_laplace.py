@@ -14,6 +14,7 @@ Tolerances:
   of one 1000-row set) so that the noise is shared.
 """
 
+import grid_cases as gc
 import numpy as np
 import pytest
 from hypothesis import assume, given, settings
@@ -86,7 +87,10 @@ def test_linear_gaussian_laplace_is_the_posterior(case):
         np.testing.assert_allclose(gauss.cov, cov, rtol=1e-10, atol=1e-10 * np.abs(cov).max())
         np.testing.assert_allclose(gauss.log_evidence, log_evidence, rtol=1e-10, atol=1e-10)
 
-    grid = er.grid_posterior(post, gauss.mean, gauss.std, n_points={1: 201, 2: 81, 3: 33}[d])
+    grid = er.grid_posterior(post, gauss.mean, gauss.std, n_points={1: 201, 2: 81, 3: 49}[d])
+    # The grid's own estimates are the tolerances below, so they must be small as well: measured
+    # <= 1e-9 of scale for d <= 2, <= 1e-7 at d = 3 (49 points per axis, correlated posterior).
+    gc.assert_estimates_small(grid, 1e-8 if d <= 2 else 1e-6)
     assert abs(grid.log_evidence - log_evidence) <= grid.log_evidence_error
     assert np.all(np.abs(grid.mean - mean) <= grid.mean_error)
     assert np.all(np.abs(grid.cov - cov) <= grid.cov_error)
@@ -196,6 +200,10 @@ def test_sequential_grid_posterior_equals_batch_and_ewc_gap_is_measurable():
     # A different resolution and start: the two grids share no points but the bounds.
     grid_batch = er.grid_posterior(batch, lap_seq.mean + 0.5 * lap_seq.std, 2 * lap_seq.std, n_points=101)
 
+    # The tolerances below are sums of the grids' own estimates: each must be small (measured
+    # <= 2e-10 of scale: 101-121 points per axis resolve these logistic posteriors).
+    for grid in (grid_a, grid_seq, grid_batch):
+        gc.assert_estimates_small(grid, 1e-8)
     # eq (4): p(theta | A, B) = p(theta | A u B), and p(A) p(B | A) = p(A, B).
     error = grid_a.log_evidence_error + grid_seq.log_evidence_error + grid_batch.log_evidence_error
     assert abs(grid_a.log_evidence + grid_seq.log_evidence - grid_batch.log_evidence) <= error
