@@ -323,3 +323,27 @@ def test_marginal_axis_is_checked():
     grid = er.grid_posterior(_standard_normal, np.zeros(2), 1.0, n_points=21)
     with pytest.raises(ValueError, match="axis"):
         grid.marginal(2)
+
+
+@pytest.mark.parametrize("n", [11, 101])
+@pytest.mark.parametrize("d", [1, 2])
+def test_trapezoid_weights_are_exact_for_a_linear_integrand(d, n):
+    """Contract: the weights are the trapezoid rule's (h/2 at the end points, h inside), which
+    integrates a (multi)linear integrand exactly. q(z) = 1 + z_1 (+ 2 z_2) on fixed bounds [0, 1]^d,
+    int q = 3/2 (d = 1) or 5/2 (d = 2), so log p(D) must equal log(int q) to round-off (~1e-13).
+    End weights h instead of h/2 (mutant G1) add h/2 (q(0) + q(1)) ~ 0.1 and fail; the adaptive
+    tests cannot see it, as their end points carry ~e^-30 of the mass."""
+    coefficients = np.array([1.0, 2.0])[:d]
+
+    def log_q(z):
+        return np.log1p(z @ coefficients)
+
+    bounds = np.tile([0.0, 1.0], (d, 1))
+    # The mass is NOT small at the faces here, by design: allow it.
+    grid = er.grid_posterior(log_q, np.full(d, 0.5), bounds=bounds, n_points=n, boundary_tol=0.9)
+    exact = 1 + coefficients.sum() / 2
+    assert abs(grid.log_evidence - np.log(exact)) <= 1e-13
+    # The marginal of z_1 integrates the other axis with the same weights (exact: linear in z_2):
+    # p(z_1) = (1 + z_1 + [d = 2]) / int q.
+    coords, marginal = grid.marginal(0)
+    np.testing.assert_allclose(marginal, (1 + coords + (d == 2)) / exact, rtol=1e-13)
