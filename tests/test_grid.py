@@ -282,7 +282,11 @@ def test_grid_kl_and_tv_of_two_gaussians(case, shift, stretch):
     assert abs(grid.kl_to(log_q) - kl_gaussians(mean_p, cov_p, mean_q, cov_q)) <= tolerance * (1 + kl_gaussians(mean_p, cov_p, mean_q, cov_q))
     assert grid.mass_of(log_q) <= 1 + 1e-9
     assert 0 <= grid.total_variation(log_q) <= 1
-    if grid.mass_of(log_q) > 1 - 1e-9:
+    # KL(q || p) over the grid misses q's mass beyond it times log q - log p there (tens of nats:
+    # the grid ends where p is e^-30 of its peak), so compare only when that mass is < 1e-12
+    # (the missing part < ~1e-10, below the 1e-9 tolerance). With 1e-9 Hypothesis found a
+    # wider q whose missing 1e-9 of mass gave an error of 3.5e-9.
+    if grid.mass_of(log_q) > 1 - 1e-12:
         expected = kl_gaussians(mean_q, cov_q, mean_p, cov_p)
         assert abs(grid.kl_from(log_q) - expected) <= tolerance * (1 + expected)
 

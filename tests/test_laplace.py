@@ -133,6 +133,32 @@ def test_precisions_against_independent_references(post, seed):
     np.testing.assert_allclose(er.posterior_precision(post, z, "fisher_diag"), np.diag(np.diag(ggn + prior)), rtol=1e-12)
 
 
+@pytest.mark.parametrize("structure", ["GaussianPrior", "PosteriorPrior"])
+def test_fisher_diag_precision_drops_a_non_diagonal_priors_off_diagonal_terms(structure):
+    """Contract (module table): kind='fisher_diag' is diag(N F) + diag(Lambda_prior), EWC's
+    approximation, even when the prior's precision is NOT diagonal. Keeping the prior's
+    off-diagonal terms (mutant A2) makes the precision non-diagonal and fails. With a
+    PosteriorPrior (eq 4) the prior's precision is task A's fisher_diag precision, diagonal too."""
+    x, y = logistic_data(5, np.array([1.0, -0.5]), 25, rho=0.6)
+    prior_precision = np.array([[2.0, 1.2, 0.3], [1.2, 1.5, -0.4], [0.3, -0.4, 1.0]])  # SPD, non-diagonal
+    model = er.MLP([np.zeros((1, 2))], [np.zeros(1)], "identity")
+    prior = er.GaussianPrior(np.array([0.1, -0.2, 0.3]), prior_precision)
+    post = er.LogPosterior(er.Subspace(model, [0, 1, 2]), er.Bernoulli(), x, y, prior)
+    z = np.array([0.4, -0.3, 0.2])
+    expected_prior = np.diag(np.diag(prior_precision))
+    if structure == "PosteriorPrior":
+        post = er.sequential_log_posterior(post, 0.0, *logistic_data(6, np.array([-1.0, 1.0]), 15))
+        expected_prior = expected_prior + np.diag(np.diag(_fisher_sum(post.prior.log_posterior, z)))
+    precision = er.posterior_precision(post, z, "fisher_diag")
+    expected = np.diag(np.diag(_fisher_sum(post, z))) + expected_prior
+    np.testing.assert_array_equal(precision - np.diag(np.diag(precision)), 0.0)
+    np.testing.assert_allclose(precision, expected, rtol=1e-12)
+    # The full kinds keep the prior's correlation (the contrast that makes the test meaningful).
+    assert abs(er.posterior_precision(post, z, "ggn")[0, 1]) > 0.5
+    gauss = er.laplace_approximation(post, z, kind="fisher_diag")
+    np.testing.assert_array_equal(gauss.precision - np.diag(np.diag(gauss.precision)), 0.0)
+
+
 @given(st.integers(0, 2**32 - 1), st.integers(1, 60))
 @settings(max_examples=10)
 def test_logistic_regression_hessian_equals_ggn(seed, n):
