@@ -315,15 +315,13 @@ def _richardson(log_q: np.ndarray, axes, log_z: float, mean: np.ndarray, cov: np
 
 def _log_density_slopes(log_q: np.ndarray, axes) -> np.ndarray:
     """sum_i |z_i| |d log q / d z_i| at every grid point, (K,), by differences on the grid
-    (0 where a neighbour is -inf)."""
+    (0 where a neighbour is -inf or the product overflows: such points carry no mass)."""
     total = np.zeros(log_q.shape)
-    finite = np.where(np.isfinite(log_q), log_q, 0.0)
-    for i, a in enumerate(axes):
-        slope = np.gradient(finite, a, axis=i)
-        slope[~np.isfinite(log_q)] = 0.0
-        shape = [-1 if j == i else 1 for j in range(len(axes))]
-        total = total + np.abs(slope) * np.abs(a).reshape(shape)
-    # A -inf neighbour makes the difference meaningless: no position term there.
+    with np.errstate(invalid="ignore", over="ignore"):
+        for i, a in enumerate(axes):
+            slope = np.gradient(log_q, a, axis=i)
+            shape = [-1 if j == i else 1 for j in range(len(axes))]
+            total = total + np.abs(slope) * np.abs(a).reshape(shape)
     return np.where(np.isfinite(total), total, 0.0).ravel()
 
 
