@@ -45,6 +45,15 @@ covariance entry, the sum of three parts (`GridPosterior.error_parts`):
   half the box width of a face), lying at most one box width from the mean: tail = n boundary,
   adding tail to log Z, tail (b - a) to the mean and tail ((b - a)(b - a)^T + |cov|) to the cov.
   Above `boundary_tol` the grid refuses (ValueError).
+* Resolution. Richardson compares h with 2h; on a grid whose spacing is several conditional
+  standard deviations of a narrow (for example sheared) ridge, both alias the ridge alike and
+  their difference says nothing (a 3-d ridge sampled every ~5 conditional sds had a covariance
+  error 5 times its estimate). Along axis i the second difference of log q at the points that hold
+  the mass, D_i = log q(z + h_i e_i) - 2 log q(z) + log q(z - h_i e_i), is -h_i^2 / s_i^2 for a
+  Gaussian of conditional sd s_i. Where max |D_i| > 4 (h_i > 2 s_i: the trapezoid rule at 2h then
+  errs by ~exp(-2 pi^2 / 16) ~ 0.3 of a Gaussian's mass) the grid is not resolved
+  (`GridPosterior.resolved` False) and each estimate is raised to at least the quantity's scale
+  (1 + |log Z|, sd_i + h_i, (sd_i + h_i)(sd_j + h_j)): "not resolved", an order of magnitude only.
 
 Measured (benchmarks/grid_error_scan.py, docs/bayes-and-laplace.md): max actual / estimate
 0.51 over 253 grids (4.9e4 with the previous even-only |I(h) - I(2h)| / 3 and a constant
@@ -77,6 +86,10 @@ MIN_POINTS = 11
 _COARSE_POINTS = {1: 65, 2: 41, 3: 21}
 # Error model constants, justified by benchmarks/grid_error_scan.py (module docstring).
 _RICHARDSON_SAFETY = 4.0
+# Resolution: |second difference of log q| <= 4, i.e. spacing <= 2 conditional sds (docstring).
+_MAX_SECOND_DIFFERENCE = 4.0
+# Points holding at least this fraction of the largest point mass are where resolution matters.
+_SIGNIFICANT_MASS = 1e-6
 _LOG_DENSITY_ULPS = 4.0
 _SUM_ULPS = 20.0
 
@@ -97,8 +110,10 @@ class GridPosterior:
     quad_log_evidence, quad_error : d = 1 only, adaptive quadrature cross-check (else None)
     n_evaluations : number of log-density evaluations, including the bound search
     coarse : the all-even half grid's log_evidence, mean, cov
-    error_parts : {'richardson', 'roundoff', 'tail'} -> (log Z, mean (d,), cov (d, d)) parts of the
-        error estimates (each estimate is their sum; module docstring)
+    error_parts : {'richardson', 'roundoff', 'tail', 'resolution'} -> (log Z, mean (d,), cov (d, d))
+        parts of the error estimates (each estimate is their sum; module docstring)
+    resolved : False when the spacing exceeds twice a conditional sd where the mass is (the
+        estimates are then raised to the quantities' scales)
     """
 
     axes: list
@@ -116,6 +131,7 @@ class GridPosterior:
     n_evaluations: int = 0
     coarse: dict = field(default_factory=dict, repr=False)
     error_parts: dict = field(default_factory=dict, repr=False)
+    resolved: bool = True
 
     @property
     def d(self) -> int:
@@ -218,6 +234,8 @@ class GridPosterior:
             f"mean {np.array2string(self.mean, precision=6)} +- {np.array2string(self.mean_error, precision=2)}",
             f"boundary mass {self.boundary_mass:.2g}",
         ]
+        if not self.resolved:
+            lines.append("NOT RESOLVED: the spacing exceeds twice a conditional sd; raise n_points")
         if self.quad_log_evidence is not None:
             lines.append(f"quad cross-check: log evidence {self.quad_log_evidence:.10g} +- {self.quad_error:.2g}")
         return "\n".join(lines)
@@ -311,6 +329,22 @@ def _richardson(log_q: np.ndarray, axes, log_z: float, mean: np.ndarray, cov: np
         diff_mean = np.maximum(diff_mean, np.abs(mean - sub_mean))
         diff_cov = np.maximum(diff_cov, np.abs(cov - sub_cov))
     return diff_z, diff_mean, diff_cov, even
+
+
+def _max_second_difference(log_q: np.ndarray, masses: np.ndarray) -> float:
+    """max over axes i and interior points k with mass >= _SIGNIFICANT_MASS max mass of
+    |log q(k + e_i) - 2 log q(k) + log q(k - e_i)|; log_q (n,)*d, masses (K,)."""
+    significant = (masses >= _SIGNIFICANT_MASS * masses.max()).reshape(log_q.shape)
+    worst = 0.0
+    with np.errstate(invalid="ignore"):
+        for i in range(log_q.ndim):
+            inner = [slice(None)] * log_q.ndim
+            inner[i] = slice(1, -1)
+            second = np.diff(log_q, n=2, axis=i)
+            keep = significant[tuple(inner)] & np.isfinite(second)
+            if np.any(keep):
+                worst = max(worst, float(np.abs(second[keep]).max()))
+    return worst
 
 
 def _log_density_slopes(log_q: np.ndarray, axes) -> np.ndarray:
@@ -509,12 +543,16 @@ def grid_posterior(log_density: Callable, center, scale=1.0, *, bounds=None, n_p
         "roundoff": (round_z, round_mean, round_cov),
         "tail": (tail_mass, tail_mass * reach, tail_mass * (np.outer(reach, reach) + np.abs(cov))),
     }
+    resolved = _max_second_difference(log_q, masses) <= _MAX_SECOND_DIFFERENCE
+    spread = np.sqrt(np.abs(np.diag(cov))) + reach / (n - 1)
+    parts["resolution"] = (0.0, np.zeros(d), np.zeros((d, d))) if resolved else (
+        1 + abs(log_z), spread, np.outer(spread, spread))
     log_z_err, mean_err, cov_err = (sum(part[q] for part in parts.values()) for q in range(3))
 
     result = GridPosterior(
         axes=axes, log_density=log_p, log_weights=log_w, log_evidence=log_z, log_evidence_error=float(log_z_err),
         mean=mean, mean_error=mean_err, cov=cov, cov_error=cov_err, boundary_mass=boundary,
-        n_evaluations=evaluations, coarse=even, error_parts=parts,
+        n_evaluations=evaluations, coarse=even, error_parts=parts, resolved=bool(resolved),
     )
     if d == 1 and quad_check:
         result.quad_log_evidence, result.quad_error = _quad_log_evidence(
