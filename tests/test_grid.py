@@ -193,7 +193,8 @@ def test_error_estimate_bounds_the_actual_error_property(case_and_n):
     of magnitude only. Measured on 1500 random draws: 18 of 10783 entries exceeded their
     estimate, 13 of them with estimates >= 1e-2 of scale (2-d/3-d grids of 21-41 points, actual
     errors ~50%); 5, on 3-d grids of 21-33 points, had smaller estimates (up to 1.1e3 x below the
-    error; not reproduced in 2000 further draws; an open defect, docs/bayes-and-laplace.md).
+    error): narrow sheared ridges, now caught by the resolution guard (0 in 1515 fresh draws,
+    docs/bayes-and-laplace.md).
     A grid that refuses (mass at the faces) is a correct answer, not a counterexample."""
     case, n = case_and_n
     try:
@@ -361,3 +362,26 @@ def test_trapezoid_weights_are_exact_for_a_linear_integrand(d, n):
     # p(z_1) = (1 + z_1 + [d = 2]) / int q.
     coords, marginal = grid.marginal(0)
     np.testing.assert_allclose(marginal, (1 + coords + (d == 2)) / exact, rtol=1e-13)
+
+
+def test_a_ridge_narrower_than_the_spacing_is_marked_not_resolved():
+    """Contract: when the spacing exceeds twice a conditional sd where the mass lies (a narrow
+    sheared ridge, correlation 0.9999 on 21 points: spacing ~ 54 conditional sds), Richardson's
+    h-vs-2h comparison is blind (both alias the ridge), so the grid says `resolved` False and its
+    estimates are raised to the quantities' scales; the same density on the default grid is
+    resolved. Removing the resolution part makes the first assertion fail."""
+    rho = 0.9999
+    cov = np.array([[1.0, rho], [rho, 1.0]])
+    dist = stats.multivariate_normal(np.zeros(2), cov)
+
+    def log_q(z):
+        return np.atleast_1d(dist.logpdf(z))
+
+    coarse = er.grid_posterior(log_q, np.zeros(2), np.ones(2), n_points=21)
+    assert not coarse.resolved
+    assert coarse.log_evidence_error >= 1 and np.all(coarse.mean_error >= 1) and np.all(coarse.cov_error >= 1)
+    assert "NOT RESOLVED" in coarse.summary()
+    # rho = 0.9 on the default 161 points: spacing ~ 0.24 conditional sds.
+    moderate = stats.multivariate_normal(np.zeros(2), [[1.0, 0.9], [0.9, 1.0]])
+    fine = er.grid_posterior(lambda z: np.atleast_1d(moderate.logpdf(z)), np.zeros(2), np.ones(2))
+    assert fine.resolved and fine.cov_error.max() <= 1e-8

@@ -14,7 +14,7 @@ log q > max log q - `tail` (default 30 nats: density below e^-30 ~ 1e-13 of the 
 dropped) touches no face, then tightened to that region plus one coarse cell.
 
 Error estimate: an upper bound on |actual error| of log p(D), every mean entry and every
-covariance entry, the sum of a Richardson, a round-off and a truncated-tail part; the model and
+covariance entry, the sum of a Richardson, a round-off, a truncated-tail and a resolution part; the model and
 its measured calibration are in the docstring of ``trapezoid`` (the rule and its error bound).
 
 For d = 1 the evidence is cross-checked with adaptive quadrature (scipy.integrate.quad) on
@@ -35,10 +35,12 @@ from scipy.special import logsumexp
 
 from .._validate import as_float_array
 from .trapezoid import (
+    _MAX_SECOND_DIFFERENCE,
     _boundary_mass,
     _error_parts,
     _grid_points,
     _log_trapezoid_weights,
+    _max_second_difference,
     _moments,
     _richardson,
     _spacing,
@@ -69,8 +71,10 @@ class GridPosterior:
     quad_log_evidence, quad_error : d = 1 only, adaptive quadrature cross-check (else None)
     n_evaluations : number of log-density evaluations, including the bound search
     coarse : the all-even half grid's log_evidence, mean, cov
-    error_parts : {'richardson', 'roundoff', 'tail'} -> (log Z, mean (d,), cov (d, d)) parts of the
-        error estimates (each estimate is their sum; module docstring)
+    error_parts : {'richardson', 'roundoff', 'tail', 'resolution'} -> (log Z, mean (d,), cov (d, d))
+        parts of the error estimates (each estimate is their sum; module docstring)
+    resolved : False when the spacing exceeds twice a conditional sd where the mass is (the
+        estimates are then raised to the quantities' scales)
     """
 
     axes: list
@@ -88,6 +92,7 @@ class GridPosterior:
     n_evaluations: int = 0
     coarse: dict = field(default_factory=dict, repr=False)
     error_parts: dict = field(default_factory=dict, repr=False)
+    resolved: bool = True
 
     @property
     def d(self) -> int:
@@ -190,6 +195,8 @@ class GridPosterior:
             f"mean {np.array2string(self.mean, precision=6)} +- {np.array2string(self.mean_error, precision=2)}",
             f"boundary mass {self.boundary_mass:.2g}",
         ]
+        if not self.resolved:
+            lines.append("NOT RESOLVED: the spacing exceeds twice a conditional sd; raise n_points")
         if self.quad_log_evidence is not None:
             lines.append(f"quad cross-check: log evidence {self.quad_log_evidence:.10g} +- {self.quad_error:.2g}")
         return "\n".join(lines)
@@ -319,11 +326,15 @@ def grid_posterior(log_density: Callable, center, scale=1.0, *, bounds=None, n_p
         )
     parts = _error_parts(log_q, axes, (log_z, mean, cov, masses, centred), (diff_z, diff_mean, diff_cov),
                          boundary * n, hi - lo)
+    resolved = _max_second_difference(log_q, masses) <= _MAX_SECOND_DIFFERENCE
+    spread = np.sqrt(np.abs(np.diag(cov))) + (hi - lo) / (n - 1)
+    parts["resolution"] = (0.0, np.zeros(d), np.zeros((d, d))) if resolved else (
+        1 + abs(log_z), spread, np.outer(spread, spread))
     log_z_err, mean_err, cov_err = (sum(part[q] for part in parts.values()) for q in range(3))
     result = GridPosterior(
         axes=axes, log_density=log_p, log_weights=log_w, log_evidence=log_z, log_evidence_error=float(log_z_err),
         mean=mean, mean_error=mean_err, cov=cov, cov_error=cov_err, boundary_mass=boundary,
-        n_evaluations=evaluations, coarse=even, error_parts=parts,
+        n_evaluations=evaluations, coarse=even, error_parts=parts, resolved=bool(resolved),
     )
     if d == 1 and quad_check:
         result.quad_log_evidence, result.quad_error = _quad_log_evidence(

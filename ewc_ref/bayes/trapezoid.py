@@ -6,7 +6,7 @@ On points z_k with product weights w_k = prod_i h_i c_i (c = 1/2 on the outermos
     mean  = sum_k m_k z_k,                     cov = sum_k m_k (z_k - mean)(z_k - mean)^T
 
 Error estimate: an upper bound on |actual error| of log p(D), every mean entry and every
-covariance entry, the sum of three parts (`GridPosterior.error_parts`):
+covariance entry, the sum of four parts (`GridPosterior.error_parts`):
 
 * Richardson. Every quantity is recomputed on each of the 2^d half grids that take every
   second point per axis, starting at index 0 (the even points, same bounds) or 1 (the odd
@@ -37,6 +37,15 @@ covariance entry, the sum of three parts (`GridPosterior.error_parts`):
   half the box width of a face), lying at most one box width from the mean: tail = n boundary,
   adding tail to log Z, tail (b - a) to the mean and tail ((b - a)(b - a)^T + |cov|) to the cov.
   Above `boundary_tol` the grid refuses (ValueError).
+* Resolution. Richardson compares h with 2h; on a grid whose spacing is several conditional
+  standard deviations of a narrow (for example sheared) ridge, both alias the ridge alike and
+  their difference says nothing (a 3-d ridge sampled every ~5 conditional sds had a covariance
+  error 5 times its estimate). Along axis i the second difference of log q at the points that hold
+  the mass, D_i = log q(z + h_i e_i) - 2 log q(z) + log q(z - h_i e_i), is -h_i^2 / s_i^2 for a
+  Gaussian of conditional sd s_i. Where max |D_i| > 4 (h_i > 2 s_i: the trapezoid rule at 2h then
+  errs by ~exp(-2 pi^2 / 16) ~ 0.3 of a Gaussian's mass) the grid is not resolved
+  (`GridPosterior.resolved` False) and each estimate is raised to at least the quantity's scale
+  (1 + |log Z|, sd_i + h_i, (sd_i + h_i)(sd_j + h_j)): "not resolved", an order of magnitude only.
 
 Measured (benchmarks/grid_error_scan.py, docs/bayes-and-laplace.md): max actual / estimate
 0.51 over 253 grids (4.9e4 with the previous even-only |I(h) - I(2h)| / 3 and a constant
@@ -51,6 +60,10 @@ from scipy.special import logsumexp
 
 # Error model constants, justified by benchmarks/grid_error_scan.py (module docstring).
 _RICHARDSON_SAFETY = 4.0
+# Resolution: |second difference of log q| <= 4, i.e. spacing <= 2 conditional sds (docstring).
+_MAX_SECOND_DIFFERENCE = 4.0
+# Points holding at least this fraction of the largest point mass are where resolution matters.
+_SIGNIFICANT_MASS = 1e-6
 _LOG_DENSITY_ULPS = 4.0
 _SUM_ULPS = 20.0
 
@@ -126,6 +139,22 @@ def _richardson(log_q: np.ndarray, axes, log_z: float, mean: np.ndarray, cov: np
         diff_mean = np.maximum(diff_mean, np.abs(mean - sub_mean))
         diff_cov = np.maximum(diff_cov, np.abs(cov - sub_cov))
     return diff_z, diff_mean, diff_cov, even
+
+
+def _max_second_difference(log_q: np.ndarray, masses: np.ndarray) -> float:
+    """max over axes i and interior points k with mass >= _SIGNIFICANT_MASS max mass of
+    |log q(k + e_i) - 2 log q(k) + log q(k - e_i)|; log_q (n,)*d, masses (K,)."""
+    significant = (masses >= _SIGNIFICANT_MASS * masses.max()).reshape(log_q.shape)
+    worst = 0.0
+    with np.errstate(invalid="ignore"):
+        for i in range(log_q.ndim):
+            inner = [slice(None)] * log_q.ndim
+            inner[i] = slice(1, -1)
+            second = np.diff(log_q, n=2, axis=i)
+            keep = significant[tuple(inner)] & np.isfinite(second)
+            if np.any(keep):
+                worst = max(worst, float(np.abs(second[keep]).max()))
+    return worst
 
 
 def _log_density_slopes(log_q: np.ndarray, axes) -> np.ndarray:

@@ -351,9 +351,11 @@ class Bernoulli(Likelihood):
         n, c = f.shape
         if c > 12:
             raise ValueError(f"f: enumerating 2^C bernoulli labels needs C <= 12, got C = {c}")
-        p = self.mean(f)
+        # 1 - p as sigmoid(-f): for a saturated logit (f ~ 600) 1 - p cancels to 0, losing the
+        # only label with weight (a Bernoulli with f = 584.8 enumerated to F = 0).
+        p, complement = self.mean(f), self.mean(-f)
         bits = [np.array(b, dtype=float) for b in itertools.product([0.0, 1.0], repeat=c)]
-        weights = np.stack([np.prod(np.where(b == 1, p, 1 - p), axis=-1) for b in bits], axis=-1)
+        weights = np.stack([np.prod(np.where(b == 1, p, complement), axis=-1) for b in bits], axis=-1)
         return [np.broadcast_to(b, (n, c)).copy() for b in bits], weights
 
     def gradient_cumulants(self, f):
