@@ -34,6 +34,9 @@ from .verify.gradcheck import check_gradients, check_jacobian, check_per_sample_
 _LAZY = {
     "fisher": "ewc_ref.curvature.estimate",
     "Curvature": "ewc_ref.curvature.result",
+    "save_curvature": "ewc_ref.curvature.result",
+    "laplace_evidence": "ewc_ref.bayes.evidence",
+    "LaplaceEvidence": "ewc_ref.bayes.evidence",
     "hessian_vector_product": "ewc_ref.curvature.second_order",
     "ggn_vector_product": "ewc_ref.curvature.second_order",
     "hessian": "ewc_ref.curvature.dense_hessian",

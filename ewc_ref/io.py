@@ -11,12 +11,13 @@ from __future__ import annotations
 import os
 import tempfile
 import zipfile
+from collections.abc import Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 
-from ._validate import as_float_array
+from ._validate import as_float_array, check_choice
 from .model.activations import ACTIVATIONS
 from .model.likelihoods import LIKELIHOODS, Likelihood, get_likelihood
 from .model.mlp import MLP, PARAM_KEY
@@ -117,7 +118,7 @@ def load_model(path) -> tuple[MLP, Likelihood]:
         if key in MODEL_META_KEYS:
             continue
         if PARAM_KEY.match(key) is None:
-            raise ValueError(f"{path}: unknown key {key!r}; expected '<index>.weight', '<index>.bias' or one of {list(MODEL_META_KEYS)}")
+            raise ValueError(f"{path}: unknown key {key!r}; expected '<module>.weight', '<module>.bias' or one of {list(MODEL_META_KEYS)}")
         if value.dtype.kind != "f":
             raise ValueError(f"{path}: key {key!r} must be a float array, got dtype {value.dtype}")
         params[key] = value
@@ -128,8 +129,77 @@ def load_model(path) -> tuple[MLP, Likelihood]:
     return model, get_likelihood(name, sigma)
 
 
-def save_model(path, model: MLP, lik: Likelihood) -> None:
-    """Write model.npz per EXCHANGE.md (atomic)."""
+def named_arrays(mapping, what: str = "state_dict") -> dict[str, np.ndarray]:
+    """{name: ndarray} from any mapping of array-likes, nested mappings joined with '.'.
+
+    A PyTorch state_dict ({'features.0.weight': tensor}), a JAX/Flax params tree
+    ({'Dense_0': {'kernel': ...}} -> 'Dense_0.kernel') or a dict of NumPy arrays; every leaf goes
+    through np.asarray (CPU torch tensors, jax arrays, lists). Order is the mapping's own.
+
+    Raises
+    ------
+    TypeError naming `what` when `mapping` is not a mapping or a key is not a string.
+    """
+    if not isinstance(mapping, Mapping):
+        raise TypeError(f"{what}: expected a mapping of names to arrays (a state_dict), got {type(mapping).__name__}")
+    flat: dict[str, np.ndarray] = {}
+    for key, value in mapping.items():
+        if not isinstance(key, str):
+            raise TypeError(f"{what}: keys must be strings, got {key!r}")
+        if isinstance(value, Mapping):
+            flat.update({f"{key}.{inner}": array for inner, array in named_arrays(value, f"{what}[{key!r}]").items()})
+        else:
+            try:
+                flat[key] = np.asarray(value)
+            except Exception as error:  # e.g. a torch tensor that requires grad or lives on a GPU
+                raise TypeError(f"{what}: key {key!r} does not convert to a NumPy array ({error}); "
+                                "for torch use .detach().cpu()") from error
+    return flat
+
+
+def save_model(path, model, lik: Likelihood | None = None, *, activation: str | None = None,
+               likelihood: str | Likelihood | None = None, sigma: float | None = None) -> None:
+    """Write model.npz per EXCHANGE.md (atomic), from an ewc_ref MLP or from a state_dict.
+
+    Two forms, told apart by the second argument::
+
+        er.save_model(path, model, lik)                      # an ewc_ref MLP and Likelihood
+        er.save_model(path, state_dict, activation="relu", likelihood="categorical")
+        er.save_model(path, state_dict, activation="tanh", likelihood="gaussian", sigma=0.5)
+
+    Parameters
+    ----------
+    model : MLP, or any mapping {'<module>.weight': (out, in), '<module>.bias': (out,)} of
+        array-likes (a torch state_dict, nested mappings joined with '.'; ``named_arrays``)
+    lik : the Likelihood (MLP form only)
+    activation : hidden activation name (mapping form only), one of ACTIVATIONS
+    likelihood : a likelihood name or Likelihood (mapping form only)
+    sigma : the gaussian's sigma (mapping form, likelihood='gaussian' only; default 1)
+
+    Raises
+    ------
+    TypeError / ValueError naming the argument or key (unknown key, shapes that do not chain,
+    non-finite values, arguments of the other form).
+    """
+    if isinstance(model, MLP):
+        if activation is not None or likelihood is not None or sigma is not None:
+            raise TypeError("activation: save_model(path, model, lik) takes the activation and likelihood from "
+                            "model and lik; activation=, likelihood=, sigma= belong to save_model(path, state_dict, ...)")
+        if not isinstance(lik, Likelihood):
+            raise TypeError(f"lik: expected a Likelihood (er.Categorical(), ...), got {type(lik).__name__}")
+    else:
+        if lik is not None:
+            raise TypeError("lik: with a state_dict, pass likelihood= (and activation=) by keyword")
+        if activation is None or likelihood is None:
+            raise TypeError("activation: save_model(path, state_dict, activation=..., likelihood=...) needs both")
+        check_choice(activation, "activation", ACTIVATIONS)
+        if isinstance(likelihood, Likelihood):
+            if sigma is not None:
+                raise TypeError("sigma: give sigma inside the Likelihood (er.Gaussian(sigma)) or with likelihood='gaussian'")
+            lik = likelihood
+        else:
+            lik = get_likelihood(check_choice(likelihood, "likelihood", LIKELIHOODS), sigma)
+        model = MLP.from_state_dict(named_arrays(model), activation)
     arrays = dict(model.state_dict())
     arrays["__activation__"] = np.array(model.activation.name)
     arrays.update(lik.to_arrays())

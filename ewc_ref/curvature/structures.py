@@ -52,8 +52,8 @@ class Structure:
 
 
 def _modules(names: list) -> list[str]:
-    """'<module>' of every Linear layer, from the '<module>.weight' names."""
-    return [name.split(".")[0] for name in names if name.endswith(".weight")]
+    """'<module>' of every Linear layer, from the '<module>.weight' names ('features.0.weight' -> 'features.0')."""
+    return [name[: -len(".weight")] for name in names if name.endswith(".weight")]
 
 
 def _kfac_block(A: np.ndarray, G: np.ndarray, has_bias: bool) -> np.ndarray:
