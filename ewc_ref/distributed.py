@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._validate import check_positive_int
+from ._validate import check_choice, check_positive_int
 from .curvature.accumulator import FisherAccumulator, check_estimator_options
 from .curvature.result import Curvature
 from .model.likelihoods import Likelihood
@@ -140,10 +140,75 @@ def fisher(model: MLP, lik: Likelihood, x, y, estimator: str = "empirical", stru
     return result.compute() if compute else result
 
 
+# ----------------------------------------------------------------------------- the sweep
+SUMMARY_KEYS = ("average_accuracy", "forgetting", "backward_transfer", "plasticity")
+
+
+def _sweep_task(name: str, data, n_tasks: int, method: str, lam: float, seed: int, settings: dict) -> dict:
+    """One run (a task on a worker): the scenario of `seed` rebuilt as ``run_scenario`` builds it, one method."""
+    from .continual.datasets import make_scenario
+    from .continual.experiments import run_sequence
+    from .continual.metrics import summarize
+    from .continual.training import TrainingDiverged
+
+    scenario = make_scenario(name, data, n_tasks, rng=np.random.default_rng([seed, 2]))
+    row = {"scenario": name, "method": method, "lambda": float(lam), "seed": int(seed)}
+    try:
+        R = run_sequence(scenario, method, lam=lam, seed=seed, **settings)["R"]
+    except TrainingDiverged:
+        return {**row, "diverged": True, **dict.fromkeys(SUMMARY_KEYS)}
+    return {**row, "diverged": False, **summarize(R)}
+
+
+def sweep(client, scenario: str = "domain", lambdas=None, seeds=(0,), *, methods=("l2", "ewc"),
+          n_tasks: int = 5, data=None, **settings) -> list[dict]:
+    """The demo's lambda x seed sweep, one task per (method, lambda, seed), on a dask.distributed Client.
+
+    Parameters
+    ----------
+    client : dask.distributed.Client (``Client()`` local processes, ``Client("tcp://host:8786")`` a cluster)
+    scenario : 'task', 'domain' or 'class'
+    lambdas : the lambda grid (default ``experiments.SWEEP_GRID``, the demo's)
+    seeds : experiment seeds (``experiments`` module docstring: a run is bit-identical per seed)
+    methods : any of 'l2', 'ewc'; 'sgd' (lambda 0) is added once per seed
+    n_tasks : number of tasks; data : (x_train, y_train, x_test, y_test), default the shipped digits
+    **settings : ``run_sequence`` keyword arguments (epochs, hidden, lr, estimator, ...)
+
+    Returns
+    -------
+    list of rows {scenario, method, lambda, seed, diverged, average_accuracy, forgetting,
+    backward_transfer, plasticity}, in submission order (sgd first per seed); each row equals the one
+    ``experiments.sweep`` computes in one process for the same seed.
+
+    Raises
+    ------
+    ValueError / TypeError naming the argument, before any task is submitted.
+    """
+    from .continual.datasets import SCENARIOS, check_n_tasks, load_digits
+    from .continual.experiments import METHODS, SWEEP_GRID
+
+    check_choice(scenario, "scenario", SCENARIOS)
+    check_n_tasks(scenario, n_tasks)
+    lambdas = [float(lam) for lam in (SWEEP_GRID if lambdas is None else lambdas)]
+    if not lambdas or any(not np.isfinite(lam) or lam < 0 for lam in lambdas):
+        raise ValueError(f"lambdas: expected finite numbers >= 0, got {lambdas}")
+    seeds = [int(seed) for seed in seeds]
+    for method in methods:
+        check_choice(method, "methods", [m for m in METHODS if m != "sgd"])
+    if not hasattr(client, "submit") or not hasattr(client, "scatter"):
+        raise TypeError(f"client: expected a dask.distributed.Client, got {type(client).__name__}")
+    shared = client.scatter(load_digits() if data is None else data, broadcast=True)
+    runs = [(seed, "sgd", 0.0) for seed in seeds]
+    runs += [(seed, method, lam) for seed in seeds for method in methods for lam in lambdas]
+    futures = [client.submit(_sweep_task, scenario, shared, n_tasks, method, lam, seed, settings, pure=False)
+               for seed, method, lam in runs]
+    return client.gather(futures)
+
+
 def _estimator_options(estimator: str):
     from .curvature.estimators import ESTIMATOR_TABLE
 
     return ESTIMATOR_TABLE[estimator].options
 
 
-__all__ = ["Curvature", "fisher"]
+__all__ = ["Curvature", "fisher", "sweep"]

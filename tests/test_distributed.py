@@ -98,3 +98,14 @@ def test_bad_rows_are_named():
     bad[50] = 7
     with pytest.raises(ValueError, match="y"):  # checked by the block's task
         distributed.fisher(model, lik, x, bad, chunk_rows=30)
+
+
+def test_mapreduce_example_runs_on_the_cluster(client, monkeypatch):
+    """examples/mapreduce_fisher.py: batched(100) over 4 blocks of 450 rows (minibatches cut by blocks)."""
+    import importlib
+    from pathlib import Path
+
+    monkeypatch.syspath_prepend(str(Path(__file__).parents[1] / "examples"))
+    example = importlib.import_module("mapreduce_fisher")
+    ours, error = example.compare(client, "batched", "diag", blocks=4, batch_size=100)
+    assert ours.n == 1797 and error <= RTOL
