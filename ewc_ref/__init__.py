@@ -38,7 +38,7 @@ _LAZY = {
     "penalty_and_grad": "ewc_ref.ewc",
     "merge_quadratics": "ewc_ref.ewc",
     "train_task": "ewc_ref.train",
-    "run_sequence": "ewc_ref.train",
+    "run_sequence": "ewc_ref.continual.experiments",
     "head_view": "ewc_ref.train",
     "head_fisher": "ewc_ref.train",
     "load_digits": "ewc_ref.datasets",

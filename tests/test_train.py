@@ -12,6 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import ewc_ref as er
+from ewc_ref.continual.experiments import run_sequence
 from ewc_ref.datasets import load_digits, make_scenario
 from ewc_ref.ewc import Penalty
 from ewc_ref.gradcheck import numerical_jacobian, relative_error
@@ -30,7 +31,6 @@ from ewc_ref.train import (
     head_fisher,
     head_loss_and_grad,
     head_view,
-    run_sequence,
     train_task,
 )
 
