@@ -1,6 +1,6 @@
 """ewc_ref: a NumPy reference implementation of Elastic Weight Consolidation.
 
-The public API (EXCHANGE.md, "Python API")::
+The public API (docs/file-format.md, "Python API")::
 
     import ewc_ref as er
     model, lik = er.load_model("model.npz")

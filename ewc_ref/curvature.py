@@ -1,4 +1,4 @@
-"""Fisher information, GGN and Hessian of the mean loss: every estimator of EXCHANGE.md.
+"""Fisher information, GGN and Hessian of the mean loss: every estimator of docs/file-format.md.
 
 All estimators are means over the N examples (derivations/04, eq 9 of the report):
 
@@ -197,7 +197,7 @@ class Curvature:
 
     # ---------------------------------------------------------------- files
     def to_arrays(self) -> dict[str, np.ndarray]:
-        """The arrays of the curvature npz (EXCHANGE.md; block and kfac are our extension)."""
+        """The arrays of the curvature npz (docs/file-format.md; block and kfac are our extension)."""
         if self.structure == "diag":
             arrays = dict(self.arrays)
         elif self.structure == "full":
@@ -227,7 +227,7 @@ class Curvature:
 
     @classmethod
     def load(cls, path, model: MLP | None = None) -> Curvature:
-        """Read a curvature npz written by ewc_ref or by anyone following EXCHANGE.md.
+        """Read a curvature npz written by ewc_ref or by anyone following docs/file-format.md.
 
         With `model`, keys and shapes are checked against it and diag files are put in the
         model's flat order (a foreign file may list its keys in any order). Without a model,
@@ -615,7 +615,7 @@ def default_chunk_size(model: MLP, estimator: str, structure: str, samples: int,
 def fisher(model: MLP, lik: Likelihood, x, y, estimator: str = "empirical", structure: str = "diag",
            samples: int | None = None, batch_size: int | None = None, rng=None,
            chunk_size: int | None = None, progress: bool = False) -> Curvature:
-    """A curvature matrix of the mean loss (module docstring; EXCHANGE.md "Conventions").
+    """A curvature matrix of the mean loss (module docstring; docs/file-format.md "Conventions").
 
     Parameters
     ----------

@@ -2,7 +2,7 @@
 
 Published EWC code disagrees on what "the Fisher" is: some square the gradient of a
 minibatch-mean loss, some use the observed labels, some sample labels from the model, some
-forget the 1/N or divide twice. Given THEIRS (a diag or full curvature npz, EXCHANGE.md) and
+forget the 1/N or divide twice. Given THEIRS (a diag or full curvature npz, docs/file-format.md) and
 the same weights and data, ``diagnose`` computes every candidate F on our side and fits
 
     THEIRS ~= c * F,     c = <T, F> / <F, F>,     rel_error = ||T - c F|| / ||T||          (1)
@@ -188,7 +188,7 @@ class Diagnosis:
     closest: Candidate | None = None
 
     def to_json(self) -> dict:
-        """The object of EXCHANGE.md (`diagnose --json`), plus explanatory extras."""
+        """The object of docs/file-format.md (`diagnose --json`), plus explanatory extras."""
         return {
             "estimator": self.estimator, "scale": self.scale, "batch_size": self.batch_size,
             "samples": self.samples, "rel_error": self.rel_error,
@@ -267,7 +267,7 @@ def fit_scale(theirs: np.ndarray, candidate: np.ndarray) -> tuple[float, float]:
 
 def scale_factors(n: int, batch_size: int | None = None) -> list[tuple[float, str]]:
     """The scale factors buggy or variant code produces, with their explanation."""
-    factors = [(1.0, "x 1: a mean over the N examples, the EXCHANGE.md convention")]
+    factors = [(1.0, "x 1: a mean over the N examples, the convention of docs/file-format.md")]
     if n > 1:
         factors += [
             (float(n), f"x N = {n}: the 1/N average is missing (a sum over examples)"),
@@ -587,7 +587,7 @@ def diagnose(model: MLP, lik: Likelihood, x, y, theirs, batch_sizes=None, tol: f
 
     Returns
     -------
-    Diagnosis (``.to_json()`` is the EXCHANGE.md object, ``.report()`` the text)
+    Diagnosis (``.to_json()`` is the docs/file-format.md object, ``.report()`` the text)
 
     Raises
     ------

@@ -1,6 +1,6 @@
 """The exact Hessian of the mean loss, by Pearlmutter's R-operator written out layer by layer.
 
-The mean training loss L(theta) = 1/N sum_n l_n (EXCHANGE.md) has the Hessian
+The mean training loss L(theta) = 1/N sum_n l_n (docs/file-format.md) has the Hessian
 
     H = d^2 L / d theta^2 = 1/N sum_n d^2 l_n / d theta^2                       (P, P)
 
@@ -373,7 +373,7 @@ def hessian(model: MLP, lik: Likelihood, x, y, chunk_size: int | None = None) ->
 
     Returns
     -------
-    H : (P, P), flat parameter order (EXCHANGE.md `hessian` estimator, `full` structure)
+    H : (P, P), flat parameter order (docs/file-format.md `hessian` estimator, `full` structure)
 
     Raises
     ------
@@ -395,7 +395,7 @@ def hessian(model: MLP, lik: Likelihood, x, y, chunk_size: int | None = None) ->
 
 # Importing this module binds `ewc_ref.hessian` to the module itself, so the package cannot
 # also export a function of that name: at package level the dense Hessian is `hessian_full`
-# (the EXCHANGE.md estimator 'hessian' with structure 'full').
+# (the docs/file-format.md estimator 'hessian' with structure 'full').
 hessian_full = hessian
 
 

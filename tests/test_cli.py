@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import ewc_ref as er
-from ewc_ref.cli import COMMANDS, main
+from ewc_ref.cli import COMMANDS, build_parser, main
 
 FIXTURES = __import__("pathlib").Path(__file__).parent / "fixtures" / "torch"
 
@@ -136,3 +136,25 @@ def test_help_keeps_the_tables_of_the_docstrings(capsys):
 def test_flag_errors_name_the_flag_in_one_line(argv, line, capsys):
     assert main(argv) == 2
     assert capsys.readouterr().err == line + "\n"
+
+
+ROOT = FIXTURES.parents[2]
+
+
+def test_the_contract_lives_in_the_repository():
+    """No file cites the old out-of-repository contract; README links docs/file-format.md."""
+    tracked = [ROOT / "README.md", *ROOT.glob("ewc_ref/**/*.py"), *ROOT.glob("docs/*"), *ROOT.glob("derivations/*.md")]
+    offenders = [str(p.relative_to(ROOT)) for p in tracked if p.is_file() and p.name != "file-format.md"
+                 and ("EXCHANGE" in p.read_text() or "../shared" in p.read_text())]
+    assert offenders == []
+    assert "](docs/file-format.md)" in (ROOT / "README.md").read_text()
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_every_flag_is_documented_in_the_contract(command):
+    """docs/file-format.md has a section per command naming each of its flags."""
+    text = (ROOT / "docs" / "file-format.md").read_text()
+    section = text.split(f"\n### {command}\n", 1)[1].split("\n### ", 1)[0].split("\n## ", 1)[0]
+    subparser = build_parser([command])._subparsers._group_actions[0].choices[command]
+    flags = [s for action in subparser._actions for s in action.option_strings if s.startswith("--") and s != "--help"]
+    assert flags and [flag for flag in flags if flag not in section] == []

@@ -121,7 +121,7 @@ def test_bad_data_file_names_the_key(tmp_path, arrays, message, likelihood):
 
 
 def test_pytorch_export_recipe_is_readable(tmp_path):
-    # EXCHANGE.md's export line, reproduced without torch: a state_dict of float64 arrays
+    # The export line of docs/file-format.md, reproduced without torch: a state_dict of float64 arrays
     # plus two 0-d unicode strings.
     state = _good_model()
     path = tmp_path / "exported.npz"
