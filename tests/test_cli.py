@@ -158,3 +158,26 @@ def test_every_flag_is_documented_in_the_contract(command):
     subparser = build_parser([command])._subparsers._group_actions[0].choices[command]
     flags = [s for action in subparser._actions for s in action.option_strings if s.startswith("--") and s != "--help"]
     assert flags and [flag for flag in flags if flag not in section] == []
+
+
+@pytest.mark.parametrize("json_flag", [[], ["--json"]])
+def test_report_commands_write_their_report_to_output(tmp_path, capsys, json_flag):
+    """-o FILE gets exactly what stdout would have shown; stdout stays empty."""
+    model, data = str(FIXTURES / "categorical_model.npz"), str(FIXTURES / "categorical_data.npz")
+    assert main(["inspect", model, data, *json_flag]) == 0
+    shown = capsys.readouterr().out
+    target = tmp_path / "report"
+    assert main(["inspect", model, data, *json_flag, "-o", str(target)]) == 0
+    assert capsys.readouterr().out == "" and target.read_text() == shown
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report"]  # no temporary left behind
+
+
+def test_compare_output_keeps_the_exit_status_and_bad_input_writes_nothing(tmp_path, capsys):
+    a, b = tmp_path / "a.npz", tmp_path / "b.npz"
+    np.savez(a, w=np.ones(3))
+    np.savez(b, w=np.array([1.0, 1.0, 2.0]))
+    assert main(["compare", str(a), str(b), "--json", "-o", str(tmp_path / "r.json")]) == 1
+    assert json.loads((tmp_path / "r.json").read_text())["keys"]["w"]["worst_index"] == [2]
+    np.savez(b, v=np.ones(3))
+    assert main(["compare", str(a), str(b), "-o", str(tmp_path / "bad.txt")]) == 2
+    assert "keys differ" in capsys.readouterr().err and not (tmp_path / "bad.txt").exists()

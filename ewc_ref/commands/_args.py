@@ -8,6 +8,7 @@ integer(lo, hi)    an integer in [lo, hi] (hi optional): --epochs, --batch-size,
 number(lo, hi)     a finite float in an interval, each end open or closed: --lr, --gamma
 number_list(lo)    comma-separated numbers >= lo: --sweep-lambda
 output_file        a file name whose folder exists and that is not a folder: -o/--output
+add_output, add_report_output, add_json, add_quiet: the flags every command spells the same way
 =================  ==========================================================================
 
 Checks that need the data (a batch size <= N) stay in the library, which names its Python
@@ -18,7 +19,7 @@ from __future__ import annotations
 
 import argparse
 import math
-from contextlib import contextmanager
+from contextlib import contextmanager, redirect_stdout
 from pathlib import Path
 
 
@@ -91,6 +92,24 @@ def output_file(text: str) -> Path:
 def add_output(parser, *, help: str, required: bool = True, type=output_file, **kwargs) -> None:
     """The one -o/--output flag of every command that writes something."""
     parser.add_argument("-o", "--output", required=required, help=help, type=type, **kwargs)
+
+
+def add_report_output(parser) -> None:
+    """-o/--output for the commands whose product is their report (inspect, compare, diagnose, demo)."""
+    add_output(parser, required=False, default=None, metavar="FILE",
+               help="write the report (text, or JSON with --json) to FILE instead of stdout")
+
+
+@contextmanager
+def report_to(path):
+    """Send stdout to `path` (written atomically, only if the block succeeds), or leave it alone."""
+    if path is None:
+        yield
+        return
+    from ..io import atomic_output
+
+    with atomic_output(path) as tmp, open(tmp, "w") as stream, redirect_stdout(stream):
+        yield
 
 
 def add_json(parser, what: str = "the report") -> None:

@@ -14,7 +14,7 @@ import numpy as np
 
 from ..curvature import split_curvature_arrays
 from ..io import read_npz
-from ._args import add_json, add_quiet, number
+from ._args import add_json, add_quiet, add_report_output, number, report_to
 
 
 def add_arguments(parser) -> None:
@@ -23,6 +23,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--rtol", type=number(0.0), default=1e-10, help="relative tolerance >= 0 (default 1e-10)")
     parser.add_argument("--atol", type=number(0.0), default=None,
                         help="absolute tolerance >= 0 (default: 1e-12 x the largest |entry| of B)")
+    add_report_output(parser)
     add_json(parser, "the per-key errors and the verdict")
     add_quiet(parser)
 
@@ -68,6 +69,12 @@ def run(args) -> int:
     meta_b, b = _body(args.b)
     _check_same_layout(meta_a, a, meta_b, b, args.a, args.b)
     result = compare_arrays(a, b, args.rtol, args.atol)
+    with report_to(args.output):
+        _print(args, result)
+    return 0 if result["match"] else 1
+
+
+def _print(args, result) -> None:
     if args.json:
         sys.stdout.write(json.dumps(result) + "\n")
     else:
@@ -78,4 +85,3 @@ def run(args) -> int:
                 print(f"{key:<16} {entry['max_abs_error']:12.3e} {entry['max_rel_error']:12.3e}  {detail}"
                       f"{'' if entry['match'] else '  MISMATCH'}")
         print(f"{'match' if result['match'] else 'mismatch'} (rtol = {args.rtol:g}, atol = {result['atol']:.3g})")
-    return 0 if result["match"] else 1

@@ -21,7 +21,16 @@ import time
 from ..continual.experiments import METHOD_TITLES, SWEEP_GRID, run_scenario
 from ..curvature import ESTIMATORS
 from ..datasets import SCENARIOS, check_n_tasks
-from ._args import add_json, add_quiet, flags_named, integer, number, number_list
+from ._args import (
+    add_json,
+    add_quiet,
+    add_report_output,
+    flags_named,
+    integer,
+    number,
+    number_list,
+    report_to,
+)
 
 
 def add_arguments(parser) -> None:
@@ -39,8 +48,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--ewc", dest="kind", choices=("separate", "accumulated", "online"), default="separate",
                         help="EWC variant: one penalty per task (Kirkpatrick, default), summed Fisher "
                              "with the latest anchor (Huszar), or online with decay --gamma (Schwarz)")
-    parser.add_argument("--gamma", type=number(0.0, 1.0, open_low=True), default=1.0,
-                        help="online-EWC decay in (0, 1] (default 1)")
+    parser.add_argument("--gamma", type=number(0.0, 1.0, open_low=True), default=None,
+                        help="online-EWC decay in (0, 1] (--ewc online only; default 1)")
     parser.add_argument("--hidden", type=integer(1), nargs="+", default=[100],
                         help="hidden layer widths (default 100)")
     parser.add_argument("--lr", type=number(0.0, open_low=True), default=0.1, help="SGD learning rate > 0 (default 0.1)")
@@ -55,6 +64,7 @@ def add_arguments(parser) -> None:
                         metavar="L1,L2,...",
                         help="also sweep lambda for L2 and EWC (default grid: "
                              + ",".join(f"{v:g}" for v in SWEEP_GRID) + ")")
+    add_report_output(parser)
     add_json(parser, "the accuracy matrices, summaries and configuration (docs/file-format.md)")
     add_quiet(parser)
 
@@ -70,12 +80,15 @@ def _load(args):
 def run(args) -> int:
     start = time.perf_counter()
     scenarios = SCENARIOS if args.scenario == "all" else (args.scenario,)
+    if args.gamma is not None and args.kind != "online":
+        raise ValueError(f"--gamma: only used by --ewc online, not by --ewc {args.kind}")
+    gamma = 1.0 if args.gamma is None else args.gamma
     with flags_named(tasks="--tasks"):
         for name in scenarios:
             check_n_tasks(name, args.tasks)
     source, data = _load(args)
     settings = dict(
-        kind=args.kind, gamma=args.gamma, hidden=tuple(args.hidden), epochs=args.epochs, batch_size=args.batch_size,
+        kind=args.kind, gamma=gamma, hidden=tuple(args.hidden), epochs=args.epochs, batch_size=args.batch_size,
         lr=args.lr, momentum=args.momentum, estimator=args.estimator,
     )
     # TrainingDiverged names 'lambda' (of L2 or EWC, whichever run diverged) or 'lr'.
@@ -90,13 +103,14 @@ def run(args) -> int:
         "data": source, "n_train": int(data[0].shape[0]), "n_test": int(data[2].shape[0]),
         "layers": [int(data[0].shape[1]), *args.hidden, 10], "activation": "relu", "tasks": args.tasks,
         "epochs": args.epochs, "lr": args.lr, "momentum": args.momentum, "batch_size": args.batch_size,
-        "estimator": args.estimator, "structure": "diag", "ewc": args.kind, "gamma": args.gamma, "seed": args.seed,
+        "estimator": args.estimator, "structure": "diag", "ewc": args.kind, "gamma": gamma, "seed": args.seed,
     }
-    if args.json:
-        json.dump({"scenarios": results, "config": config, "seconds": seconds}, sys.stdout)
-        sys.stdout.write("\n")
-    else:
-        _print_report(results, config, seconds)
+    with report_to(args.output):
+        if args.json:
+            json.dump({"scenarios": results, "config": config, "seconds": seconds}, sys.stdout)
+            sys.stdout.write("\n")
+        else:
+            _print_report(results, config, seconds)
     return 0
 
 

@@ -15,13 +15,14 @@ import numpy as np
 from ..curvature import META_KEYS, curvature_from_arrays
 from ..diagnose import diagnose
 from ..io import load_data, load_model, read_npz
-from ._args import add_json, add_quiet, flags_named, integer, number
+from ._args import add_json, add_quiet, add_report_output, flags_named, integer, number, report_to
 
 
 def add_arguments(parser) -> None:
     parser.add_argument("model", metavar="MODEL", help="model.npz (docs/file-format.md)")
     parser.add_argument("data", metavar="DATA", help="data.npz, rows in the order THEIRS iterated over them")
     parser.add_argument("theirs", metavar="THEIRS", help="their curvature npz: one array per parameter (diag) or key 'full'")
+    add_report_output(parser)
     add_json(parser, "the verdict (docs/file-format.md) instead of text")
     parser.add_argument("--batch-sizes", type=integer(1), nargs="+", metavar="B",
                         help="minibatch sizes to try (default: divisors of N, powers of two, common sizes)")
@@ -75,8 +76,9 @@ def run(args) -> int:
     with flags_named(batch_sizes="--batch-sizes", tol="--tol"):
         result = diagnose(model, lik, x, y, theirs, batch_sizes=args.batch_sizes, tol=args.tol, rng=args.seed,
                           hessian=True if args.hessian else None, progress=not args.quiet and not args.json)
-    if args.json:
-        sys.stdout.write(json.dumps(result.to_json()) + "\n")
-    else:
-        sys.stdout.write(result.report(theirs_name=str(args.theirs)) + "\n")
+    with report_to(args.output):
+        if args.json:
+            sys.stdout.write(json.dumps(result.to_json()) + "\n")
+        else:
+            sys.stdout.write(result.report(theirs_name=str(args.theirs)) + "\n")
     return 0

@@ -6,12 +6,13 @@ import json
 import sys
 
 from ..io import load_data, load_model
-from ._args import add_json, add_quiet
+from ._args import add_json, add_quiet, add_report_output, report_to
 
 
 def add_arguments(parser) -> None:
     parser.add_argument("model", metavar="MODEL", help="model.npz (docs/file-format.md)")
     parser.add_argument("data", metavar="DATA", nargs="?", help="data.npz (optional)")
+    add_report_output(parser)
     add_json(parser, "the same facts (docs/file-format.md)")
     add_quiet(parser)
 
@@ -40,9 +41,15 @@ def run(args) -> int:
     if args.data is not None:
         x, y = load_data(args.data, model, lik)
     facts = describe(model, lik, args.model, args.data, x, y)
+    with report_to(args.output):
+        _print(args, model, lik, facts)
+    return 0
+
+
+def _print(args, model, lik, facts) -> None:
     if args.json:
         sys.stdout.write(json.dumps(facts) + "\n")
-        return 0
+        return
     print(f"model        {args.model}")
     print(f"layers       {' -> '.join(map(str, model.layer_sizes))}")
     for name, shape in zip(model.param_names, model.param_shapes, strict=True):
@@ -51,9 +58,8 @@ def run(args) -> int:
     print(f"likelihood   {lik!r}")
     print(f"parameters   P = {model.n_params}")
     print(f"dtype        {model.dtype}")
-    if x is not None:
+    if facts["n"] is not None:
         print(f"data         {args.data}: N = {facts['n']}")
         print(f"mean loss    {facts['mean_loss']:.10g}  (mean negative log-likelihood per example)")
         if facts["accuracy"] is not None:
             print(f"accuracy     {facts['accuracy']:.4f}")
-    return 0
