@@ -8,8 +8,9 @@ training task i) and a summary table: average accuracy, forgetting, backward tra
 plasticity and how far the parameters moved from task 0's optimum, weighted by its Fisher.
 --sweep-lambda adds the stability/plasticity trade-off over a grid of lambda values.
 
-The experiment itself is ewc_ref/continual/experiments.py; this module is flags and printing.
-See docs/continual-learning.md; --json prints the object of docs/file-format.md.
+The same experiment from Python: ewc_ref.continual.experiments.run_scenario (this command only
+parses flags and prints). See docs/continual-learning.md; --json prints the object of
+docs/file-format.md, section 9.
 """
 
 from __future__ import annotations
