@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from ewc_ref.continual import experiments
+from ewc_ref.continual.datasets import load_digits, make_scenario
 from ewc_ref.continual.experiments import (
     DEFAULT_LAMBDA,
     METHODS,
@@ -13,8 +14,7 @@ from ewc_ref.continual.experiments import (
     run_sequence,
     sweep,
 )
-from ewc_ref.datasets import load_digits, make_scenario
-from ewc_ref.metrics import summarize
+from ewc_ref.continual.metrics import summarize
 
 TINY = {"epochs": 1, "hidden": (8,)}
 

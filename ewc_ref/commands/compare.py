@@ -12,7 +12,7 @@ import sys
 
 import numpy as np
 
-from ..curvature import split_curvature_arrays
+from ..curvature.result import split_curvature_arrays
 from ..io import read_npz
 from ._args import add_json, add_quiet, add_report_output, number, report_to
 

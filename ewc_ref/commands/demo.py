@@ -19,9 +19,9 @@ import json
 import sys
 import time
 
+from ..continual.datasets import SCENARIOS, check_n_tasks
 from ..continual.experiments import METHOD_TITLES, SWEEP_GRID, run_scenario
-from ..curvature import ESTIMATORS
-from ..datasets import SCENARIOS, check_n_tasks
+from ..curvature.estimators import ESTIMATORS
 from ._args import (
     add_json,
     add_quiet,
@@ -71,7 +71,7 @@ def add_arguments(parser) -> None:
 
 
 def _load(args):
-    from ..datasets import load_digits, load_mnist
+    from ..continual.datasets import load_digits, load_mnist
 
     if args.data_dir is not None:
         return "MNIST (IDX files in " + args.data_dir + ")", load_mnist(args.data_dir)

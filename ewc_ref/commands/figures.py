@@ -17,8 +17,8 @@ import sys
 import time
 from pathlib import Path
 
-from .._progress import Progress
 from ..figures import FIGURES, make_figure, require_matplotlib
+from ..progress import Progress
 from ._args import add_json, add_output, add_quiet
 
 

@@ -20,15 +20,18 @@ from __future__ import annotations
 import json
 import sys
 
-from ..curvature import ESTIMATORS, STRUCTURES, fisher
+from ..curvature.estimate import fisher
+from ..curvature.estimators import ESTIMATOR_TABLE, ESTIMATORS
+from ..curvature.structures import STRUCTURES
 from ..io import load_data, load_model
 from ._args import add_json, add_output, add_quiet, flags_named, integer
 
-#: flag -> (attribute of args, the estimators that read it); any other estimator refuses it.
+#: flag -> (attribute of args, the option of the estimator table it sets)
+FLAG_OPTIONS = {"--samples": ("samples", "samples"), "--seed": ("seed", "rng"), "--batch-size": ("batch_size", "batch_size")}
+#: flag -> (attribute of args, the estimators whose row lists its option); any other estimator refuses it.
 ESTIMATOR_FLAGS = {
-    "--samples": ("samples", ("mc",)),
-    "--seed": ("seed", ("mc",)),
-    "--batch-size": ("batch_size", ("batched",)),
+    flag: (dest, tuple(name for name, row in ESTIMATOR_TABLE.items() if option in row.options))
+    for flag, (dest, option) in FLAG_OPTIONS.items()
 }
 #: estimator -> the flags it cannot do without
 REQUIRED_FLAGS = {"batched": ("--batch-size",)}

@@ -6,7 +6,7 @@ only turns flags into these arguments and prints the result.
 ==============  ===================================================================================
 METHODS         'sgd' (no penalty), 'l2' (lambda/2 ||theta - theta*||^2 per old task), 'ewc'
                 (lambda/2 sum_i F_i (theta_i - theta*_i)^2 per old task, F a diagonal Fisher)
-SCENARIOS       'task', 'domain', 'class' (ewc_ref.datasets; titles in SCENARIO_TITLES)
+SCENARIOS       'task', 'domain', 'class' (ewc_ref.continual.datasets; titles in SCENARIO_TITLES)
 DEFAULT_LAMBDA  lambda per scenario and method, chosen from the recorded sweep
 SWEEP_GRID      the lambda grid of ``ewc-ref demo --sweep-lambda``
 run_sequence    one fresh MLP trained on the tasks in order with one method; the accuracy matrix
@@ -23,11 +23,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from .._progress import Progress
-from ..datasets import SCENARIOS, head_labels, make_scenario
-from ..metrics import fisher_weighted_drift, summarize
-from ..mlp import MLP
-from ..train import TrainingDiverged, evaluate, head_fisher, train_task
+from ..model.mlp import MLP
+from ..progress import Progress
+from .datasets import SCENARIOS, head_labels, make_scenario
+from .metrics import fisher_weighted_drift, summarize
+from .training import TrainingDiverged, evaluate, head_fisher, train_task
 
 METHODS = ("sgd", "l2", "ewc")
 METHOD_TITLES = {"sgd": "SGD (no penalty)", "l2": "L2", "ewc": "EWC"}
@@ -79,12 +79,12 @@ def run_sequence(
 
     Parameters
     ----------
-    scenario : ewc_ref.datasets.Scenario
+    scenario : ewc_ref.continual.datasets.Scenario
     method : 'sgd' (no penalty), 'l2' (Penalty kind 'l2') or 'ewc' (Penalty kind `kind`)
     lam : lambda for 'l2' and 'ewc'
-    kind, gamma : the EWC variant (ewc_ref.ewc.Penalty)
+    kind, gamma : the EWC variant (ewc_ref.continual.penalty.Penalty)
     hidden : hidden layer widths; activation : their activation
-    epochs, batch_size, lr, momentum : SGD settings per task (ewc_ref.train.train_task)
+    epochs, batch_size, lr, momentum : SGD settings per task (ewc_ref.continual.training.train_task)
     estimator : Fisher estimator for 'ewc' (ewc_ref.fisher, structure 'diag', head view)
     fisher_options : extra keyword arguments for ewc_ref.fisher (samples, chunk_size, ...)
     progress : None or callable(task, epoch, epochs, objective)
@@ -97,9 +97,9 @@ def run_sequence(
 
     Raises
     ------
-    ValueError naming `method`; ewc_ref.train.TrainingDiverged when lr * lambda * max F > 2.
+    ValueError naming `method`; ewc_ref.continual.training.TrainingDiverged when lr * lambda * max F > 2.
     """
-    from ..ewc import Penalty
+    from .penalty import Penalty
 
     if method not in METHODS:
         raise ValueError(f"method: expected one of {list(METHODS)}, got {method!r}")
@@ -163,11 +163,11 @@ def run_scenario(name: str, data, n_tasks: int, *, l2_lambda: float | None = Non
     ----------
     name : 'task', 'domain' or 'class'
     data : (x_train (N, D), y_train (N,), x_test (M, D), y_test (M,)), labels 0..9
-    n_tasks : number of tasks (ewc_ref.datasets.check_n_tasks)
+    n_tasks : number of tasks (ewc_ref.continual.datasets.check_n_tasks)
     l2_lambda, ewc_lambda : lambda of L2 and EWC; None for DEFAULT_LAMBDA[name]
     sweep_lambdas : None, or a grid of lambdas for `sweep` (adds the key 'sweep')
     seed : the experiment's seed (module docstring); the scenario's permutations use [seed, 2]
-    progress : one progress line per run on stderr (ewc_ref._progress.Progress)
+    progress : one progress line per run on stderr (ewc_ref.progress.Progress)
     **settings : run_sequence's keyword arguments (kind, gamma, hidden, epochs, batch_size, lr,
         momentum, estimator, ...)
 
@@ -179,7 +179,7 @@ def run_scenario(name: str, data, n_tasks: int, *, l2_lambda: float | None = Non
 
     Notes
     -----
-    drift_from_task0 = ewc_ref.metrics.fisher_weighted_drift of the final parameters from
+    drift_from_task0 = ewc_ref.continual.metrics.fisher_weighted_drift of the final parameters from
     theta*_0 weighted by F_0, task 0's Fisher (clipped at 0). theta*_0 is the same for every
     method (task 0 has no penalty, same seed), so F_0 from the EWC run weighs every method's
     drift on the same scale.
@@ -205,7 +205,7 @@ def sweep(scenario, lambdas, sgd_R, *, seed: int = 0, progress: bool = False, **
 
     Parameters
     ----------
-    scenario : ewc_ref.datasets.Scenario; lambdas : iterable of lambdas >= 0
+    scenario : ewc_ref.continual.datasets.Scenario; lambdas : iterable of lambdas >= 0
     sgd_R : (T, T) accuracy matrix of SGD on the same scenario (the row lambda = 0)
     seed, progress, **settings : as in run_scenario
 
