@@ -1,4 +1,4 @@
-"""Reading and writing the .npz files of EXCHANGE.md.
+"""Reading and writing the .npz files of docs/file-format.md.
 
 Everything is loaded with ``allow_pickle=False`` and validated key by key;
 every error names the file and the key. Writes are atomic: the arrays go to a
@@ -88,7 +88,7 @@ def _string(arrays: dict, key: str, path, choices) -> str:
 
 
 def load_model(path) -> tuple[MLP, Likelihood]:
-    """Read model.npz (EXCHANGE.md) into (MLP, Likelihood).
+    """Read model.npz (docs/file-format.md) into (MLP, Likelihood).
 
     Raises
     ------
@@ -100,7 +100,7 @@ def load_model(path) -> tuple[MLP, Likelihood]:
     arrays = read_npz(path, "model file")
     for key in ("__activation__", "__likelihood__"):
         if key not in arrays:
-            raise ValueError(f"{path}: missing key {key!r} (see EXCHANGE.md: model.npz)")
+            raise ValueError(f"{path}: missing key {key!r} (see docs/file-format.md, section 2: model.npz)")
     activation = _string(arrays, "__activation__", path, ACTIVATIONS)
     name = _string(arrays, "__likelihood__", path, LIKELIHOODS)
     sigma = None
@@ -159,7 +159,7 @@ def named_arrays(mapping, what: str = "state_dict") -> dict[str, np.ndarray]:
 
 def save_model(path, model, lik: Likelihood | None = None, *, activation: str | None = None,
                likelihood: str | Likelihood | None = None, sigma: float | None = None) -> None:
-    """Write model.npz per EXCHANGE.md (atomic), from an ewc_ref MLP or from a state_dict.
+    """Write model.npz per docs/file-format.md (atomic), from an ewc_ref MLP or from a state_dict.
 
     Two forms, told apart by the second argument::
 
@@ -216,7 +216,7 @@ def load_data(path, model: MLP | None = None, lik: Likelihood | None = None):
     arrays = read_npz(path, "data file")
     for key in ("x", "y"):
         if key not in arrays:
-            raise ValueError(f"{path}: missing key {key!r} (see EXCHANGE.md: data.npz)")
+            raise ValueError(f"{path}: missing key {key!r} (see docs/file-format.md, section 3: data.npz)")
     unknown = sorted(set(arrays) - {"x", "y"})
     if unknown:
         raise ValueError(f"{path}: unknown key(s) {unknown}; data.npz holds only 'x' and 'y'")
@@ -242,5 +242,5 @@ def load_data(path, model: MLP | None = None, lik: Likelihood | None = None):
 
 
 def save_data(path, x: np.ndarray, y: np.ndarray) -> None:
-    """Write data.npz per EXCHANGE.md (atomic)."""
+    """Write data.npz per docs/file-format.md (atomic)."""
     atomic_savez(path, {"x": np.asarray(x), "y": np.asarray(y)})
