@@ -188,7 +188,10 @@ def sweep(client, scenario: str = "domain", lambdas=None, seeds=(0,), *, methods
     from .continual.experiments import METHODS, SWEEP_GRID
 
     check_choice(scenario, "scenario", SCENARIOS)
-    check_n_tasks(scenario, n_tasks)
+    try:
+        check_n_tasks(scenario, n_tasks)
+    except (TypeError, ValueError) as error:  # it names the demo's flag 'tasks'; here the argument is n_tasks
+        raise type(error)(f"n_tasks{str(error).removeprefix('tasks')}") from None
     lambdas = [float(lam) for lam in (SWEEP_GRID if lambdas is None else lambdas)]
     if not lambdas or any(not np.isfinite(lam) or lam < 0 for lam in lambdas):
         raise ValueError(f"lambdas: expected finite numbers >= 0, got {lambdas}")

@@ -109,3 +109,43 @@ def test_mapreduce_example_runs_on_the_cluster(client, monkeypatch):
     example = importlib.import_module("mapreduce_fisher")
     ours, error = example.compare(client, "batched", "diag", blocks=4, batch_size=100)
     assert ours.n == 1797 and error <= RTOL
+
+
+def test_sweep_tasks_equal_the_one_process_sweep(client):
+    """Every (method, lambda, seed) row computed on the workers is the row experiments.sweep computes here."""
+    from ewc_ref.continual.datasets import load_digits, make_scenario
+    from ewc_ref.continual.experiments import run_sequence, sweep
+
+    settings = {"epochs": 1, "hidden": (16,)}
+    rows = distributed.sweep(client, "domain", [1.0, 30.0], seeds=(0, 1), n_tasks=2, **settings)
+    assert [(r["method"], r["lambda"], r["seed"]) for r in rows][:3] == [("sgd", 0.0, 0), ("sgd", 0.0, 1), ("l2", 1.0, 0)]
+    assert len(rows) == 2 + 2 * 2 * 2
+    for seed in (0, 1):
+        scenario = make_scenario("domain", load_digits(), 2, rng=np.random.default_rng([seed, 2]))
+        sgd = run_sequence(scenario, "sgd", seed=seed, **settings)["R"]
+        reference = sweep(scenario, [1.0, 30.0], sgd, seed=seed, **settings)
+        ours = {(r["method"], r["lambda"]): r for r in rows if r["seed"] == seed}
+        assert ours[("sgd", 0.0)]["average_accuracy"] == reference["sgd"]["average_accuracy"]
+        for method in ("l2", "ewc"):
+            for row in reference[method]:
+                mine = ours[(method, row["lambda"])]
+                assert {k: mine[k] for k in row} == row
+
+
+@pytest.mark.parametrize(("kwargs", "error", "match"), [
+    ({"scenario": "permuted"}, ValueError, "scenario"),
+    ({"lambdas": [-1.0]}, ValueError, "lambdas"),
+    ({"methods": ("sgd",)}, ValueError, "methods"),
+    ({"n_tasks": 9}, ValueError, "n_tasks"),
+])
+def test_sweep_arguments_are_checked_before_submitting(kwargs, error, match):
+    class NoClient:
+        def submit(self, *args, **kwargs):
+            raise AssertionError("submitted")
+
+        scatter = submit
+
+    with pytest.raises(error, match=match):
+        distributed.sweep(NoClient(), **{"scenario": "task", **kwargs})
+    with pytest.raises(TypeError, match="client"):
+        distributed.sweep(object(), "task", [1.0])

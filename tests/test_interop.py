@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -180,3 +182,84 @@ def test_save_curvature_checks_against_the_model(tmp_path, renamed):
     wrong = {k: np.ones(np.shape(v)) for k, v in state.items() if k != "classifier.bias"}
     with pytest.raises(ValueError, match="classifier.bias"):
         er.save_curvature(tmp_path / "c.npz", wrong, model=model)
+
+
+# ------------------------------------------------------------------------------ the command line
+def write_case(tmp_path, renamed, likelihood="categorical"):
+    state, x, y = renamed
+    er.save_model(tmp_path / "model.npz", state, activation="tanh", likelihood=likelihood)
+    er.save_data(tmp_path / "data.npz", x, y)
+    return str(tmp_path / "model.npz"), str(tmp_path / "data.npz")
+
+
+def test_cli_laplace_json_equals_the_library(tmp_path, renamed, capsys):
+    from ewc_ref.cli import main
+
+    model_path, data_path = write_case(tmp_path, renamed)
+    assert main(["laplace", model_path, data_path, "--prior-precision", "0.5", "--structure", "kfac", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    model, lik = er.load_model(model_path)
+    x, y = er.load_data(data_path)
+    expected = er.laplace_evidence(model, lik, x, y, prior_precision=0.5, structure="kfac").to_dict()
+    assert report == {"model": model_path, "data": data_path, **expected}
+    assert {"log_evidence", "log_likelihood", "log_prior", "log_det_precision", "prior_precision", "estimator",
+            "structure", "kfac_bias"} <= set(report)
+    assert main(["laplace", model_path, data_path, "--prior-precision", "0.5", "-o", str(tmp_path / "r.txt")]) == 0
+    assert "log evidence" in (tmp_path / "r.txt").read_text()
+
+
+@pytest.mark.parametrize(("flags", "match"), [
+    (["--prior-precision", "0"], "--prior-precision"),
+    (["--prior-precision", "1", "--kfac-bias", "separate"], "--kfac-bias"),
+    (["--prior-precision", "1", "--estimator", "mc"], "--estimator"),
+    (["--prior-precision", "1", "--structure", "kfac", "--estimator", "hessian"], "--estimator"),
+    ([], "--prior-precision"),
+])
+def test_cli_laplace_errors_name_the_flag(tmp_path, renamed, capsys, flags, match):
+    from ewc_ref.cli import main
+
+    model_path, data_path = write_case(tmp_path, renamed)
+    assert main(["laplace", model_path, data_path, *flags]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and match in err
+
+
+def test_cli_laplace_indefinite_is_one_short_line(tmp_path, capsys):
+    """An untrained net's Hessian with a tiny prior: exit 2 with the smallest eigenvalue, not P numbers."""
+    from ewc_ref.cli import main
+
+    rng = np.random.default_rng(1)
+    model = er.MLP.random([4, 30, 3], "tanh", rng=rng)
+    x, y = rng.standard_normal((60, 4)), rng.integers(0, 3, 60)
+    er.save_model(tmp_path / "m.npz", model, er.Categorical())
+    er.save_data(tmp_path / "d.npz", x, y)
+    smallest = np.linalg.eigvalsh(60 * er.hessian(model, er.Categorical(), x, y)).min()
+    assert smallest < 0
+    argv = ["laplace", str(tmp_path / "m.npz"), str(tmp_path / "d.npz"), "--prior-precision", "1e-6",
+            "--estimator", "hessian", "--structure", "full", "--quiet"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and len(err) < 250 and "--prior-precision" in err and "smallest eigenvalue" in err
+    assert float(err.split("smallest eigenvalue")[1].strip()) == pytest.approx(smallest + 1e-6, rel=1e-5)
+
+
+def test_cli_diagnose_reads_a_flat_vector_and_the_users_names(tmp_path, renamed, capsys):
+    """THEIRS as one key 'flat' (P,) in the model's flat order, or keyed by the renamed modules."""
+    from ewc_ref.cli import main
+
+    model_path, data_path = write_case(tmp_path, renamed)
+    model, lik = er.load_model(model_path)
+    x, y = er.load_data(data_path)
+    F = er.fisher(model, lik, x, y, "empirical", "diag")
+    np.savez(tmp_path / "flat.npz", flat=3.0 * F.data)
+    np.savez(tmp_path / "named.npz", **{k: 3.0 * v for k, v in F.arrays.items()})
+    verdicts = []
+    for name in ("flat.npz", "named.npz"):
+        assert main(["diagnose", model_path, data_path, str(tmp_path / name), "--json", "--quiet"]) == 0
+        verdicts.append(json.loads(capsys.readouterr().out))
+    assert verdicts[0] == verdicts[1]
+    np.savez(tmp_path / "short.npz", flat=F.data[:-1])
+    assert main(["diagnose", model_path, data_path, str(tmp_path / "short.npz")]) == 2
+    assert f"({model.n_params},)" in capsys.readouterr().err
+    loaded = er.Curvature.load(tmp_path / "flat.npz", model)
+    assert loaded.param_names == list(renamed[0]) and np.array_equal(loaded.data, 3.0 * F.data)

@@ -111,7 +111,7 @@ def _log_det_kfac(layers: list, has_bias: list, n: int, alpha: float, kfac_bias:
 
 def laplace_evidence(model: MLP, lik: Likelihood, x, y, prior_precision: float, estimator: str = "exact",
                      structure: str = "diag", kfac_bias: str | None = None,
-                     chunk_size: int | None = None) -> LaplaceEvidence:
+                     chunk_size: int | None = None, progress: bool = False) -> LaplaceEvidence:
     """Laplace log evidence log p(D) at the model's weights with the prior N(0, I / prior_precision).
 
     Parameters
@@ -124,6 +124,7 @@ def laplace_evidence(model: MLP, lik: Likelihood, x, y, prior_precision: float, 
     kfac_bias : structure='kfac' only: 'joined' (bias column in A, ewc_ref's default) or
         'separate' (laplace-torch's 'kron', BackPACK, curvlinops' default); default joined
     chunk_size : rows per streamed chunk of ``fisher``
+    progress : report the curvature's progress on stderr
 
     Returns
     -------
@@ -154,7 +155,7 @@ def laplace_evidence(model: MLP, lik: Likelihood, x, y, prior_precision: float, 
         raise ValueError("estimator: 'hessian' has no Kronecker factors; use structure='diag' or 'full', or "
                          "estimator 'exact' or 'empirical' with kfac")
     n, p = x.shape[0], model.n_params
-    curvature = _curvature(model, lik, x, y, estimator, structure, kfac_bias, chunk_size)
+    curvature = _curvature(model, lik, x, y, estimator, structure, kfac_bias, chunk_size, progress)
     if structure == "diag":
         log_det, smallest = _log_det_diag(curvature.data, n, alpha)
     elif structure == "full":
@@ -180,9 +181,9 @@ def _check_prior_precision(value) -> float:
     return alpha
 
 
-def _curvature(model, lik, x, y, estimator, structure, kfac_bias, chunk_size):
+def _curvature(model, lik, x, y, estimator, structure, kfac_bias, chunk_size, progress):
     """The curvature of the mean loss, in float64 (log determinants of P terms need it)."""
     model64 = model if model.dtype == np.float64 else model.with_theta(model.theta.astype(np.float64))
     x64 = np.asarray(x, dtype=np.float64)
     options = {"kfac_bias": kfac_bias} if structure == "kfac" and kfac_bias != "joined" else {}
-    return fisher_unchecked(model64, lik, x64, y, estimator, structure, chunk_size=chunk_size, **options)
+    return fisher_unchecked(model64, lik, x64, y, estimator, structure, chunk_size=chunk_size, progress=progress, **options)

@@ -21,7 +21,7 @@ from ._args import add_json, add_quiet, add_report_output, flags_named, integer,
 def add_arguments(parser) -> None:
     parser.add_argument("model", metavar="MODEL", help="model.npz (docs/file-format.md)")
     parser.add_argument("data", metavar="DATA", help="data.npz, rows in the order THEIRS iterated over them")
-    parser.add_argument("theirs", metavar="THEIRS", help="their curvature npz: one array per parameter (diag) or key 'full'")
+    parser.add_argument("theirs", metavar="THEIRS", help="their curvature npz: one array per parameter or key 'flat' (P,) (diag), or key 'full'")
     add_report_output(parser)
     add_json(parser, "the verdict (docs/file-format.md) instead of text")
     parser.add_argument("--batch-sizes", type=integer(1), nargs="+", metavar="B",
@@ -36,7 +36,7 @@ def load_theirs(path, model):
     """Read THEIRS and check every key and shape against the model, listing all mismatches."""
     arrays = read_npz(path, "curvature file")
     body = {k: v for k, v in arrays.items() if k not in META_KEYS}
-    if "full" not in body:
+    if "full" not in body and "flat" not in body:
         expected = dict(zip(model.param_names, model.param_shapes, strict=True))
         missing = [k for k in expected if k not in body]
         unknown = sorted(k for k in body if k not in expected)
@@ -51,8 +51,8 @@ def load_theirs(path, model):
             if wrong:
                 parts.append(f"wrong shapes: {', '.join(wrong)}")
             raise ValueError(f"{path}: does not match the model's parameters: {'; '.join(parts)}; "
-                             f"expected diag keys {list(expected)} with the parameters' shapes, or one key 'full' "
-                             f"of shape ({model.n_params}, {model.n_params})")
+                             f"expected diag keys {list(expected)} with the parameters' shapes, one key 'flat' of "
+                             f"shape ({model.n_params},) or one key 'full' of shape ({model.n_params}, {model.n_params})")
     for key, value in body.items():
         if value.dtype.kind in "fiu" and not np.all(np.isfinite(value)):
             bad = int(value.size - np.count_nonzero(np.isfinite(value)))

@@ -168,6 +168,8 @@ def _layout(meta: dict, body: dict, structure: str, model: MLP | None) -> Layout
         if structure == "diag" and shapes is None:
             shapes = [()] * len(names)  # the key check of the diag row names what is missing
         return Layout(names, shapes, _bias_pattern(names), None)
+    if structure == "diag" and set(body) == {"flat"}:  # a bare (P,) vector: one anonymous parameter
+        return Layout(["theta"], [body["flat"].shape], [], None)
     if structure == "diag":
         return Layout(list(body), [body[n].shape for n in body], _bias_pattern(list(body)), None)
     return Layout(["theta"], None, [], None)
@@ -232,7 +234,7 @@ def read_theirs(path, model: MLP) -> Curvature:
     """
     arrays = read_npz(path, "curvature file")
     body = {k: v for k, v in arrays.items() if k not in META_KEYS}
-    if "full" not in body:
+    if "full" not in body and "flat" not in body:
         _check_diag_keys(path, body, model)
     for key, value in body.items():
         if value.dtype.kind in "fiu" and not np.all(np.isfinite(value)):
@@ -262,8 +264,8 @@ def _check_diag_keys(path, body: dict, model: MLP) -> None:
         problems.append(f"wrong shapes: {', '.join(wrong)}")
     if problems:
         raise ValueError(f"{path}: does not match the model's parameters: {'; '.join(problems)}; "
-                         f"expected diag keys {list(expected)} with the parameters' shapes, or one key 'full' "
-                         f"of shape ({model.n_params}, {model.n_params})")
+                         f"expected diag keys {list(expected)} with the parameters' shapes, one key 'flat' of shape "
+                         f"({model.n_params},) or one key 'full' of shape ({model.n_params}, {model.n_params})")
 
 
 def save_curvature(path, arrays_by_name, *, estimator: str = "unknown", n: int | None = None,

@@ -6,7 +6,8 @@ so adding a structure is one row plus its tests (tests/test_curvature.py iterate
 =========  ===========================================  ======================================
 name       data                                         npz keys (docs/file-format.md)
 =========  ===========================================  ======================================
-diag       (P,) the diagonal                            one per parameter, the parameter's shape
+diag       (P,) the diagonal                            one per parameter, the parameter's shape,
+                                                        or one key 'flat' (P,) in flat order
 full       (P, P)                                       'full'
 block      list of (P_l, P_l), one per Linear layer     'block.<module>'
 kfac       list of (A_l, G_l): A_l (in_l [+1], same),   'kfac.<module>.A', 'kfac.<module>.G'
@@ -68,6 +69,12 @@ def _kfac_block(A: np.ndarray, G: np.ndarray, has_bias: bool) -> np.ndarray:
 
 # --------------------------------------------------------------------------- diag
 def _diag_from_arrays(body: dict, layout: Layout, source: str):
+    if set(body) == {"flat"} and "flat" not in layout.names:  # the whole diagonal in flat order (section 7)
+        p = int(sum(np.prod(s, dtype=int) for s in layout.shapes))
+        if body["flat"].shape != (p,):
+            raise ValueError(f"{source}: key 'flat' has shape {body['flat'].shape}, expected ({p},): the diagonal "
+                             "in the model's flat parameter order (parameters_to_vector)")
+        return body["flat"]
     missing = [n for n in layout.names if n not in body]
     unknown = [k for k in body if k not in layout.names]
     if missing or unknown:
