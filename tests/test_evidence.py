@@ -4,6 +4,7 @@ identities between KFAC with the bias joined to A and kept separate (issue 16)."
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -40,14 +41,18 @@ def dense_evidence(model, lik, x, y, alpha: float, curvature: np.ndarray) -> flo
 
 
 @pytest.mark.parametrize("likelihood", ["categorical", "gaussian", "bernoulli"])
-@pytest.mark.parametrize(("estimator", "structure"), [("exact", "diag"), ("exact", "full"), ("exact", "kfac"),
-                                                      ("empirical", "diag"), ("empirical", "full"), ("empirical", "kfac")])
-def test_evidence_equals_dense_computation(likelihood, estimator, structure):
+@pytest.mark.parametrize(("estimator", "structure", "kfac_bias"), [
+    ("exact", "diag", None), ("exact", "full", None), ("exact", "kfac", "joined"), ("exact", "kfac", "separate"),
+    ("empirical", "diag", None), ("empirical", "full", None), ("empirical", "kfac", "joined"),
+    ("empirical", "kfac", "separate")])
+def test_evidence_equals_dense_computation(likelihood, estimator, structure, kfac_bias):
     """diag by N c + alpha, full by Cholesky, kfac by eigenvalues of the factors: all = slogdet of the dense matrix."""
     model, lik, x, y = small_case(likelihood)
     alpha = 0.7
-    ours = er.laplace_evidence(model, lik, x, y, prior_precision=alpha, estimator=estimator, structure=structure)
-    dense = er.fisher(model, lik, x, y, estimator, structure).to_dense()
+    ours = er.laplace_evidence(model, lik, x, y, prior_precision=alpha, estimator=estimator, structure=structure,
+                               kfac_bias=kfac_bias)
+    assert ours.kfac_bias == kfac_bias
+    dense = er.fisher(model, lik, x, y, estimator, structure, kfac_bias=kfac_bias).to_dense()
     assert ours.log_evidence == pytest.approx(dense_evidence(model, lik, x, y, alpha, dense), rel=RTOL)
     p = model.n_params
     assert ours.log_det_precision == pytest.approx(np.linalg.slogdet(x.shape[0] * dense + alpha * np.eye(p))[1], rel=RTOL)
@@ -120,3 +125,66 @@ def test_full_ggn_matches_laplace_torch(laplace_torch):
     model, lik, x, y, ref = laplace_torch
     ours = er.laplace_evidence(model, lik, x, y, prior_precision=1.0, estimator="exact", structure="full")
     check_against(ours, ref, "full.ggn.alpha1")
+
+
+@pytest.mark.parametrize("alpha", ["1", "0.1"])
+def test_kron_separate_matches_laplace_torch(laplace_torch, alpha):
+    """laplace-torch's 'kron' keeps separate bias blocks: kfac_bias='separate' is its number."""
+    model, lik, x, y, ref = laplace_torch
+    ours = er.laplace_evidence(model, lik, x, y, prior_precision=float(alpha), structure="kfac", kfac_bias="separate")
+    check_against(ours, ref, f"kron.ggn.alpha{alpha}")
+
+
+# ------------------------------------------------------------------------------ joined vs separate
+@pytest.mark.parametrize("likelihood", ["categorical", "gaussian", "bernoulli"])
+def test_joined_evidence_is_at_least_separate(likelihood):
+    """Both precisions have the same diagonal blocks (weight N G (x) A_in + alpha, bias N G + alpha); joined adds
+    the W-b cross terms. Fischer's inequality, det [[P, B], [B^T, Q]] <= det P det Q, gives
+    log det joined <= log det separate, so log_evidence joined >= separate; the other parts are identical."""
+    model, lik, x, y = small_case(likelihood, seed=4)
+    joined, separate = (er.laplace_evidence(model, lik, x, y, prior_precision=0.3, structure="kfac", kfac_bias=bias)
+                        for bias in ("joined", "separate"))
+    assert (joined.log_likelihood, joined.log_prior) == (separate.log_likelihood, separate.log_prior)
+    assert joined.log_det_precision < separate.log_det_precision - 1e-6
+    assert joined.log_evidence > separate.log_evidence
+
+
+def test_joined_equals_separate_when_every_layer_input_has_mean_zero():
+    """The cross terms are G (x) mean(a): zero for a one-layer net on centred inputs, and then the conventions agree."""
+    rng = np.random.default_rng(5)
+    model = er.MLP.random([4, 3], "identity", rng=rng)
+    x = rng.standard_normal((50, 4))
+    x -= x.mean(axis=0)
+    y = rng.integers(0, 3, 50)
+    joined, separate = (er.laplace_evidence(model, er.Categorical(), x, y, prior_precision=2.0, structure="kfac",
+                                            kfac_bias=bias) for bias in ("joined", "separate"))
+    assert joined.log_evidence == pytest.approx(separate.log_evidence, rel=RTOL)
+    x[:, 0] += 1.0  # a nonzero mean in one input: the cross terms appear and the evidences part
+    shifted = [er.laplace_evidence(model, er.Categorical(), x, y, prior_precision=2.0, structure="kfac", kfac_bias=bias)
+               for bias in ("joined", "separate")]
+    assert shifted[0].log_evidence > shifted[1].log_evidence + 1e-6
+
+
+def test_cli_kron_separate_is_laplace_torchs_number(capsys):
+    from ewc_ref.cli import main
+
+    argv = ["laplace", str(FIXTURES / "categorical_model.npz"), str(FIXTURES / "categorical_data.npz"),
+            "--prior-precision", "0.1", "--structure", "kfac", "--kfac-bias", "separate", "--json"]
+    assert main(argv) == 0
+    report = json.loads(capsys.readouterr().out)
+    ref = np.load(FIXTURES / "categorical__laplace.npz")
+    assert report["log_evidence"] == pytest.approx(float(ref["kron.ggn.alpha0.1.log_marginal_likelihood"]), rel=RTOL)
+    assert (report["kfac_bias"], report["prior_precision"], report["n"], report["n_params"]) == ("separate", 0.1, 1000, 2410)
+
+
+def test_cli_fisher_kfac_bias(tmp_path, capsys):
+    from ewc_ref.cli import main
+
+    model, data = str(FIXTURES / "categorical_weak_model.npz"), str(FIXTURES / "categorical_data.npz")
+    out = tmp_path / "k.npz"
+    assert main(["fisher", model, data, "--estimator", "exact", "--structure", "kfac", "--kfac-bias", "separate",
+                 "-o", str(out), "--json", "--quiet"]) == 0
+    assert json.loads(capsys.readouterr().out)["kfac_bias"] == "separate"
+    assert {"kfac.0.bias_G", "kfac.2.bias_G"} <= set(np.load(out).files)
+    assert main(["fisher", model, data, "--estimator", "exact", "--kfac-bias", "separate", "-o", str(out)]) == 2
+    assert "--kfac-bias" in capsys.readouterr().err

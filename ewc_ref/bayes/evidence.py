@@ -36,13 +36,13 @@ import scipy.linalg
 
 from .._validate import check_choice
 from ..curvature.estimate import fisher_unchecked
+from ..curvature.structures import KFAC_BIASES
 from ..model.likelihoods import Likelihood
 from ..model.loss import check_model_data, per_example_losses_unchecked
 from ..model.mlp import MLP
 
 EVIDENCE_ESTIMATORS = ("exact", "empirical", "hessian")
 EVIDENCE_STRUCTURES = ("diag", "full", "kfac")
-KFAC_BIASES = ("joined", "separate")
 
 
 class NotPositiveDefinite(ValueError):
@@ -92,17 +92,18 @@ def _log_det_full(matrix: np.ndarray, n: int, alpha: float) -> tuple[float, floa
 
 
 def _log_det_kfac(layers: list, has_bias: list, n: int, alpha: float, kfac_bias: str) -> tuple[float, float]:
-    """(log det, smallest eigenvalue) of blockdiag((N G_l) (x) A_l [+ bias blocks N G_l]) + alpha I.
+    """(log det, smallest eigenvalue) of blockdiag((N G_l) (x) A_l [, N Gb_l]) + alpha I.
 
-    layers : list of (A_l, G_l); with kfac_bias='separate' and a bias, A_l : (in, in) and the bias
-    block is N G_l alone (its input factor 1/N sum_n 1 * 1 = 1).
+    layers : the kfac Curvature's data, (A_l, G_l) joined (A_l with the bias column) or
+    (A_l, G_l, Gb_l) separate (A_l : (in, in); Gb_l the bias block, None without a bias).
     """
     total, smallest = 0.0, math.inf
-    for (A, G), bias in zip(layers, has_bias, strict=True):
+    for factors, bias in zip(layers, has_bias, strict=True):
+        A, G = factors[0], factors[1]
         eig_G = np.linalg.eigvalsh(n * G)
         blocks = [np.outer(eig_G, np.linalg.eigvalsh(A)).ravel() + alpha]
         if bias and kfac_bias == "separate":
-            blocks.append(eig_G + alpha)
+            blocks.append(np.linalg.eigvalsh(n * factors[2]) + alpha)
         for eigenvalues in blocks:
             smallest = min(smallest, float(eigenvalues.min()))
             total += float(np.sum(np.log(np.maximum(eigenvalues, np.finfo(float).tiny))))
@@ -185,5 +186,5 @@ def _curvature(model, lik, x, y, estimator, structure, kfac_bias, chunk_size, pr
     """The curvature of the mean loss, in float64 (log determinants of P terms need it)."""
     model64 = model if model.dtype == np.float64 else model.with_theta(model.theta.astype(np.float64))
     x64 = np.asarray(x, dtype=np.float64)
-    options = {"kfac_bias": kfac_bias} if structure == "kfac" and kfac_bias != "joined" else {}
-    return fisher_unchecked(model64, lik, x64, y, estimator, structure, chunk_size=chunk_size, progress=progress, **options)
+    return fisher_unchecked(model64, lik, x64, y, estimator, structure, chunk_size=chunk_size, progress=progress,
+                            kfac_bias=kfac_bias if structure == "kfac" else None)

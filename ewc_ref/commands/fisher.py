@@ -22,7 +22,7 @@ import sys
 
 from ..curvature.estimate import fisher
 from ..curvature.estimators import ESTIMATOR_TABLE, ESTIMATORS
-from ..curvature.structures import STRUCTURES
+from ..curvature.structures import KFAC_BIASES, STRUCTURES
 from ..io import load_data, load_model
 from ._args import add_json, add_output, add_quiet, flags_named, integer
 
@@ -37,7 +37,8 @@ ESTIMATOR_FLAGS = {
 REQUIRED_FLAGS = {"batched": ("--batch-size",)}
 #: Python argument names in the library's errors -> the flag the user typed
 FLAG_NAMES = {"samples": "--samples", "batch_size": "--batch-size", "chunk_size": "--chunk-size",
-              "estimator": "--estimator", "structure": "--structure", "structure='full'": "--structure full"}
+              "estimator": "--estimator", "structure": "--structure", "structure='full'": "--structure full",
+              "kfac_bias": "--kfac-bias"}
 
 
 def add_arguments(parser) -> None:
@@ -45,6 +46,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("data", metavar="DATA", help="data.npz")
     parser.add_argument("--estimator", required=True, choices=ESTIMATORS, help="see the table above")
     parser.add_argument("--structure", default="diag", choices=STRUCTURES, help="default: diag")
+    parser.add_argument("--kfac-bias", default=None, choices=KFAC_BIASES,
+                        help="kfac only: the bias as a column of A ('joined', default; nngeometry) or its own block "
+                             "('separate'; laplace-torch, BackPACK, curvlinops' default)")
     parser.add_argument("--samples", type=integer(1), default=None, help="labels per example (mc only; default 1)")
     parser.add_argument("--batch-size", type=integer(1), default=None,
                         help="minibatch size B, 1 <= B <= N (batched only; required there)")
@@ -58,6 +62,8 @@ def add_arguments(parser) -> None:
 
 def check_flags(args) -> None:
     """Refuse flags the estimator does not read and require those it needs (ValueError, exit 2)."""
+    if args.kfac_bias is not None and args.structure != "kfac":
+        raise ValueError(f"--kfac-bias: only used by --structure kfac, not by --structure {args.structure}")
     for flag, (dest, estimators) in ESTIMATOR_FLAGS.items():
         if getattr(args, dest) is not None and args.estimator not in estimators:
             raise ValueError(f"{flag}: only used by --estimator {' or '.join(estimators)}, "
@@ -76,12 +82,14 @@ def run(args) -> int:
         curvature = fisher(
             model, lik, x, y, estimator=args.estimator, structure=args.structure, samples=args.samples,
             batch_size=args.batch_size, rng=seed, chunk_size=args.chunk_size, progress=not args.quiet,
+            kfac_bias=args.kfac_bias,
         )
     curvature.save(args.output)
     summary = {
         "output": str(args.output), "estimator": args.estimator, "structure": args.structure,
         "n": curvature.n, "n_params": curvature.n_params, "samples": curvature.samples,
         "batch_size": curvature.batch_size, "seed": seed,
+        "kfac_bias": curvature.kfac_bias if args.structure == "kfac" else None,
     }
     if args.json:
         sys.stdout.write(json.dumps(summary) + "\n")

@@ -13,7 +13,7 @@ from ..model.loss import check_model_data
 from ..model.mlp import MLP
 from ..progress import Progress
 from . import budget
-from .accumulator import FisherAccumulator, check_estimator_options
+from .accumulator import FisherAccumulator, check_estimator_options, check_kfac_bias
 from .estimators import ESTIMATOR_TABLE
 from .result import Curvature
 
@@ -42,7 +42,7 @@ def default_chunk_size(model: MLP, estimator: str, structure: str, samples: int,
 
 def fisher(model: MLP, lik: Likelihood, x, y, estimator: str = "empirical", structure: str = "diag",
            samples: int | None = None, batch_size: int | None = None, rng=None,
-           chunk_size: int | None = None, progress: bool = False) -> Curvature:
+           chunk_size: int | None = None, progress: bool = False, kfac_bias: str | None = None) -> Curvature:
     """A curvature matrix of the mean loss (the estimator table: ``estimators``).
 
     Parameters
@@ -56,6 +56,9 @@ def fisher(model: MLP, lik: Likelihood, x, y, estimator: str = "empirical", stru
     rng : numpy Generator or seed for 'mc'
     chunk_size : rows per streamed chunk (default: ~32 MiB of temporaries)
     progress : report progress on stderr
+    kfac_bias : structure='kfac' only: 'joined' (default; A = mean [a, 1][a, 1]^T, nngeometry,
+        curvlinops separate_weight_and_bias=False) or 'separate' (weight block G (x) A with
+        A = mean a a^T, bias block G; laplace-torch Kron, BackPACK, curvlinops' default)
 
     Returns
     -------
@@ -73,16 +76,20 @@ def fisher(model: MLP, lik: Likelihood, x, y, estimator: str = "empirical", stru
     as a mean over examples; the Laplace precision of derivations/03 is N F + prior precision.
     """
     check_estimator_options(estimator, structure, samples, batch_size)  # the options first, by name
+    check_kfac_bias(structure, kfac_bias)
     x, y = check_model_data(model, lik, x, y)
-    return fisher_unchecked(model, lik, x, y, estimator, structure, samples, batch_size, rng, chunk_size, progress)
+    return fisher_unchecked(model, lik, x, y, estimator, structure, samples, batch_size, rng, chunk_size, progress,
+                            kfac_bias)
 
 
 def fisher_unchecked(model: MLP, lik: Likelihood, x, y, estimator: str = "empirical", structure: str = "diag",
                      samples: int | None = None, batch_size: int | None = None, rng=None,
-                     chunk_size: int | None = None, progress: bool = False) -> Curvature:
+                     chunk_size: int | None = None, progress: bool = False,
+                     kfac_bias: str | None = None) -> Curvature:
     """``fisher`` on (x, y) already validated by check_model_data (diagnose, the Laplace code):
     the options are still checked (cheap), the rows are not checked again."""
-    accumulator = FisherAccumulator(model, lik, estimator, structure, samples, batch_size, rng)
+    accumulator = FisherAccumulator(model, lik, estimator, structure, samples, batch_size, rng,
+                                    kfac_bias=kfac_bias)
     estimator, structure = accumulator.estimator, accumulator.structure
     n = x.shape[0]
     if batch_size is not None:
