@@ -134,7 +134,7 @@ def test_fisher_json_summary_describes_the_file_written(tmp_path, capsys):
     assert captured.err == ""
     written = np.load(out)
     assert summary == {"output": str(out), "estimator": "mc", "structure": "diag", "n": int(written["__n__"]),
-                       "n_params": 130, "samples": 3, "batch_size": None, "seed": 5}
+                       "n_params": 130, "samples": 3, "batch_size": None, "seed": 5, "kfac_bias": None}
     assert summary["n"] == 48 and int(written["__samples__"]) == 3
     # without --json the summary is one line on stderr and stdout stays empty
     assert main(argv) == 0
