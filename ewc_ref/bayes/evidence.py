@@ -42,7 +42,6 @@ from ..model.loss import check_model_data, per_example_losses_unchecked
 from ..model.mlp import MLP
 
 EVIDENCE_ESTIMATORS = ("exact", "empirical", "hessian")
-EVIDENCE_STRUCTURES = ("diag", "full", "kfac")
 
 
 class NotPositiveDefinite(ValueError):
@@ -110,6 +109,15 @@ def _log_det_kfac(layers: list, has_bias: list, n: int, alpha: float, kfac_bias:
     return total, smallest
 
 
+#: structure -> (log det, smallest eigenvalue or nan) of N C + alpha I for a Curvature C (module docstring table)
+LOG_DET_TABLE = {
+    "diag": lambda c, n, alpha: _log_det_diag(c.data, n, alpha),
+    "full": lambda c, n, alpha: _log_det_full(c.data, n, alpha),
+    "kfac": lambda c, n, alpha: _log_det_kfac(c.data, c.layer_has_bias, n, alpha, c.kfac_bias),
+}
+EVIDENCE_STRUCTURES = tuple(LOG_DET_TABLE)
+
+
 def laplace_evidence(model: MLP, lik: Likelihood, x, y, prior_precision: float, estimator: str = "exact",
                      structure: str = "diag", kfac_bias: str | None = None,
                      chunk_size: int | None = None, progress: bool = False) -> LaplaceEvidence:
@@ -157,12 +165,7 @@ def laplace_evidence(model: MLP, lik: Likelihood, x, y, prior_precision: float, 
                          "estimator 'exact' or 'empirical' with kfac")
     n, p = x.shape[0], model.n_params
     curvature = _curvature(model, lik, x, y, estimator, structure, kfac_bias, chunk_size, progress)
-    if structure == "diag":
-        log_det, smallest = _log_det_diag(curvature.data, n, alpha)
-    elif structure == "full":
-        log_det, smallest = _log_det_full(curvature.data, n, alpha)
-    else:
-        log_det, smallest = _log_det_kfac(curvature.data, curvature.layer_has_bias, n, alpha, kfac_bias)
+    log_det, smallest = LOG_DET_TABLE[structure](curvature, n, alpha)
     if not smallest > 0 and not math.isnan(smallest) or not math.isfinite(log_det):
         raise NotPositiveDefinite(smallest, estimator, structure, alpha)
     theta = model.theta.astype(np.float64)
