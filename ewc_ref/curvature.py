@@ -283,7 +283,7 @@ def curvature_from_arrays(arrays: dict, model: MLP | None = None, source: str = 
         has_bias = list(model.has_bias)
     elif "__param_names__" in meta:
         names = [str(n) for n in np.atleast_1d(meta["__param_names__"])]
-        shapes = [body[n].shape for n in names] if structure == "diag" else None
+        shapes = [body[n].shape for n in names if n in body] if structure == "diag" else None  # missing: reported below
         has_bias = _bias_pattern(names)
     elif structure == "diag":
         names = list(body)
@@ -332,10 +332,19 @@ def curvature_from_arrays(arrays: dict, model: MLP | None = None, source: str = 
                 data.append((A, G))
     if shapes is None:
         raise ValueError(f"{source}: cannot tell the parameter shapes of a full matrix without the model")
-    n = int(meta["__n__"]) if "__n__" in meta else None
-    samples = int(meta["__samples__"]) if "__samples__" in meta else None
-    batch_size = int(meta["__batch_size__"]) if "__batch_size__" in meta else None
+    n, samples, batch_size = (_meta_count(meta, key, source) for key in ("__n__", "__samples__", "__batch_size__"))
     return Curvature(structure, estimator, list(names), [tuple(s) for s in shapes], data, has_bias, n, samples, batch_size)
+
+
+def _meta_count(meta: dict, key: str, source: str) -> int | None:
+    """A count stored as a 0-d integer array (or an integral float), None when absent."""
+    if key not in meta:
+        return None
+    value = meta[key]
+    if value.shape == () and value.dtype.kind in "iuf" and np.isfinite(value) and float(value) == int(value) and value >= 0:
+        return int(value)
+    shown = repr(value.item()) if value.size == 1 else f"shape {value.shape}"
+    raise ValueError(f"{source}: key {key!r} must be a 0-d non-negative integer array, got {value.dtype} {shown}")
 
 
 def _bias_pattern(names: list[str]) -> list[bool]:

@@ -362,3 +362,20 @@ def test_fisher_of_a_saturated_network_is_not_lost_to_cancellation():
         # exp() of arguments up to ~200 carries ~200 eps relative error on both sides.
         assert np.all(np.abs(F - expected)[mask] <= 1e-12 * np.abs(expected)[mask]), estimator
     assert np.abs(reference).max() < 1e-15  # the whole matrix is below 1 - fl(1 - eps)
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        ({"__param_names__": np.array(["0.weight", "9.weight"])}, "missing \\['9.weight'\\]"),
+        ({"__n__": np.array("abc")}, "key '__n__' must be a 0-d non-negative integer array, got <U3 'abc'"),
+        ({"__n__": np.array(2.5)}, "key '__n__' must be a 0-d non-negative integer array, got float64 2.5"),
+        ({"__samples__": np.array([1, 2])}, "key '__samples__' must be a 0-d .* shape \\(2,\\)"),
+        ({"__batch_size__": np.array(-1)}, "key '__batch_size__' must be a 0-d non-negative"),
+    ],
+)
+def test_foreign_curvature_metadata_errors_name_the_key(tmp_path, edit, message):
+    arrays = {"0.weight": np.ones((2, 3)), "0.bias": np.ones(2), "__structure__": np.array("diag"), **edit}
+    np.savez(tmp_path / "F.npz", **arrays)
+    with pytest.raises(ValueError, match=message):
+        er.Curvature.load(tmp_path / "F.npz")
