@@ -71,10 +71,9 @@ def load_digits(test_fraction: float = DIGITS_TEST_FRACTION, split_seed: int = D
     test_fraction = float(test_fraction)
     if not 0.0 < test_fraction < 1.0:
         raise ValueError(f"test_fraction: expected a number in (0, 1), got {test_fraction}")
-    with importlib.resources.files("ewc_ref").joinpath("data/digits.npz").open("rb") as handle:
-        with np.load(handle, allow_pickle=False) as archive:
-            x = archive["x"].astype(np.float64) / 16.0
-            y = archive["y"].astype(np.int64)
+    with importlib.resources.as_file(importlib.resources.files("ewc_ref").joinpath("data/digits.npz")) as path:
+        arrays = safe_files.read_npz(path, "shipped digits file")
+    x, y = arrays["x"].astype(np.float64) / 16.0, arrays["y"].astype(np.int64)
     return _stratified_split(x, y, test_fraction, split_seed)
 
 
