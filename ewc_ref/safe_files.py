@@ -130,8 +130,11 @@ def check_budget(nbytes: int, what: str, max_bytes: int | None = None) -> None:
 
 
 def _one_line(error: BaseException) -> str:
+    name = type(error).__name__
+    if name == "error":  # zlib.error
+        name = f"{type(error).__module__}.error"
     text = " ".join(str(error).split())
-    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+    return f"{name}: {text}" if text else name
 
 
 # ----------------------------------------------------------------------------- .npy headers
