@@ -205,6 +205,8 @@ def _check_data_headers(path, headers: dict, model: MLP | None) -> None:
     x, y = headers["x"], headers["y"]
     if len(x.shape) != 2:
         raise ValueError(f"{path}: key 'x': expected a 2-d array, got shape {x.shape}")
+    if x.shape[0] == 0:
+        raise ValueError(f"{path}: key 'x' has no rows (shape {x.shape}); a data file needs N >= 1 examples")
     if y.shape[:1] != x.shape[:1] or len(y.shape) not in (1, 2):
         raise ValueError(f"{path}: key 'y' must have {x.shape[0]} rows like 'x' (1-d class indices or 2-d targets), got shape {y.shape}")
     if model is not None and x.shape[1] != model.n_inputs:

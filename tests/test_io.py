@@ -100,6 +100,7 @@ BAD_DATA = [
     ("row mismatch", {"x": np.ones((3, 3)), "y": np.zeros(4, int)}, "'y' must have 3 rows", None),
     ("nan x", {"x": np.full((3, 3), np.nan), "y": np.zeros(3, int)}, "'x'.*non-finite", None),
     ("x not 2-d", {"x": np.ones(3), "y": np.zeros(3, int)}, "'x'.*2-d", None),
+    ("no rows", {"x": np.ones((0, 3)), "y": np.zeros(0, int)}, "'x' has no rows \\(shape \\(0, 3\\)\\)", None),
     ("label out of range", {"x": np.ones((3, 3)), "y": np.array([0, 1, 2])}, "'y'.*0..1", "categorical"),
     ("float class labels", {"x": np.ones((3, 3)), "y": np.array([0.0, 1.0, 1.0])}, "'y'.*integer", "categorical"),
     ("bernoulli not binary", {"x": np.ones((3, 3)), "y": np.full((3, 2), 0.5)}, "'y'.*0 or 1", "bernoulli"),
