@@ -60,9 +60,11 @@ def atomic_output(path):
         yield tmp
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual mode
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as error:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(error, OSError) and error.filename is None:  # e.g. a full disk: say where
+            raise OSError(f"{path}: cannot write the output ({error.strerror or error}); nothing was written") from error
         raise
     remove_stale_temporaries(path)
 

@@ -212,3 +212,16 @@ def test_stale_temporary_needs_a_dead_pid_and_an_mtime_before_our_start(tmp_path
     # (not provably older than us), one of a live process, another output's temporary
     assert not old.exists()
     assert fresh.exists() and alive.exists() and other_name.exists()
+
+
+def test_full_disk_names_the_output_and_leaves_nothing(tmp_path, monkeypatch):
+    import errno
+
+    def full(stream, **arrays):
+        stream.write(b"PK partial")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(np, "savez", full)
+    with pytest.raises(OSError, match="d.npz: cannot write the output \\(No space left on device\\); nothing was written"):
+        er.save_data(tmp_path / "d.npz", np.ones((2, 2)), np.zeros(2, int))
+    assert list(tmp_path.iterdir()) == []
