@@ -105,7 +105,11 @@ def _process_alive(pid: int) -> bool:
 
 
 def atomic_savez(path, arrays: dict[str, np.ndarray]) -> None:
-    """np.savez to a temporary file next to `path`, then rename it into place."""
+    """np.savez to a temporary file next to `path`, then rename it into place (never a pickle)."""
+    arrays = {key: np.asarray(value) for key, value in arrays.items()}
+    for key, value in arrays.items():
+        if value.dtype.hasobject:  # np.savez would pickle it, and no reader of ours would accept it
+            raise TypeError(f"{key}: expected a numeric or string array, got dtype {value.dtype}")
     with atomic_output(path) as tmp, open(tmp, "wb") as stream:
         np.savez(stream, **arrays)
 
@@ -217,6 +221,7 @@ def _check_data_headers(path, headers: dict, model: MLP | None) -> None:
 
 def save_model(path, model: MLP, lik: Likelihood) -> None:
     """Write model.npz per EXCHANGE.md (atomic)."""
+    _check_model_and_likelihood(model, lik)
     arrays = dict(model.state_dict())
     arrays["__activation__"] = np.array(model.activation.name)
     arrays.update(lik.to_arrays())
@@ -231,6 +236,8 @@ def load_data(path, model: MLP | None = None, lik: Likelihood | None = None):
     label support of the likelihood (class range, {0, 1}).
     """
     # keys, x's rank, y's rows and x's columns are checked from the headers, before any data
+    if model is not None or lik is not None:
+        _check_model_and_likelihood(model, lik, optional=True)
     arrays = read_npz(path, "data file", check=lambda headers: _check_data_headers(path, headers, model))
     try:
         x = as_float_array(arrays["x"], f"{path}: key 'x'", ndim=2)
@@ -254,5 +261,13 @@ def load_data(path, model: MLP | None = None, lik: Likelihood | None = None):
 
 
 def save_data(path, x: np.ndarray, y: np.ndarray) -> None:
-    """Write data.npz per EXCHANGE.md (atomic)."""
-    atomic_savez(path, {"x": np.asarray(x), "y": np.asarray(y)})
+    """Write data.npz per EXCHANGE.md (atomic); TypeError names `x` or `y` when not numeric."""
+    atomic_savez(path, {"x": x, "y": y})
+
+
+def _check_model_and_likelihood(model, lik, optional: bool = False) -> None:
+    """TypeError naming `model` or `lik` when they are not an MLP and a Likelihood (None allowed if optional)."""
+    if not isinstance(model, MLP) and not (optional and model is None):
+        raise TypeError(f"model: expected an ewc_ref.MLP, got {type(model).__name__}")
+    if not isinstance(lik, Likelihood) and not (optional and lik is None):
+        raise TypeError(f"lik: expected an ewc_ref Likelihood, got {type(lik).__name__}")

@@ -225,3 +225,22 @@ def test_full_disk_names_the_output_and_leaves_nothing(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="d.npz: cannot write the output \\(No space left on device\\); nothing was written"):
         er.save_data(tmp_path / "d.npz", np.ones((2, 2)), np.zeros(2, int))
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda p: er.save_model(p, "notamodel", er.Categorical()), "model: expected an ewc_ref.MLP, got str"),
+        (lambda p: er.save_model(p, er.MLP.random([2, 2], "relu", rng=0), "categorical"), "lik: expected an ewc_ref Likelihood, got str"),
+        (lambda p: er.load_data(p, "notamodel"), "model: expected an ewc_ref.MLP, got str"),
+        (lambda p: er.load_data(p, er.MLP.random([2, 2], "relu", rng=0), "categorical"), "lik: expected"),
+        (lambda p: er.save_data(p, np.array([None, 1], dtype=object), np.zeros(2)), "x: expected a numeric or string array, got dtype object"),
+    ],
+)
+def test_api_type_errors_name_the_argument(tmp_path, call, message):
+    path = tmp_path / "f.npz"
+    np.savez(path, x=np.ones((2, 2)), y=np.zeros(2, int))
+    before = path.read_bytes()
+    with pytest.raises(TypeError, match=message):
+        call(path)
+    assert path.read_bytes() == before
