@@ -379,3 +379,14 @@ def test_foreign_curvature_metadata_errors_name_the_key(tmp_path, edit, message)
     np.savez(tmp_path / "F.npz", **arrays)
     with pytest.raises(ValueError, match=message):
         er.Curvature.load(tmp_path / "F.npz")
+
+
+def test_enumerated_bernoulli_fisher_keeps_a_saturated_output():
+    """Contract: label enumeration weighs label 0 by sigmoid(-f), not 1 - sigmoid(f): at f = 584.8
+    (found by Hypothesis 6.100) 1 - p cancels to 0 and the enumerated Fisher was 0 while the exact one
+    is p (1 - p) J^T J ~ 1e-254 |J|^2."""
+    model = er.MLP([np.array([[1.0]])], [np.array([0.0])], "identity")
+    x, y = np.array([[584.77]]), np.array([[1.0]])
+    enumerated = expected_outer_product(model, er.Bernoulli(), x)
+    exact = er.fisher(model, er.Bernoulli(), x, y, "exact", "full").data
+    assert enumerated[0, 0] > 0 and close(exact, enumerated)
