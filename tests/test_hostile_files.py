@@ -42,7 +42,7 @@ import ewc_ref as er
 from ewc_ref import safe_files
 from ewc_ref.datasets import read_idx
 
-FUZZ = settings(max_examples=150, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture])
+FUZZ = settings(max_examples=300, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 
 # ----------------------------------------------------------------------------- valid seeds
