@@ -21,9 +21,9 @@ import numpy as np
 
 from . import safe_files
 from ._validate import as_float_array
-from .activations import ACTIVATIONS
-from .likelihoods import LIKELIHOODS, Likelihood, get_likelihood
-from .mlp import _KEY, MLP
+from .model.activations import ACTIVATIONS
+from .model.likelihoods import LIKELIHOODS, Likelihood, get_likelihood
+from .model.mlp import MLP, PARAM_KEY
 
 MODEL_META_KEYS = ("__activation__", "__likelihood__", "__sigma__")
 
@@ -177,7 +177,7 @@ def _check_model_headers(path, headers: dict) -> None:
             if header.shape != ():
                 raise ValueError(f"{path}: key {key!r} must be a 0-d array like np.array('relu'), got shape {header.shape}")
             continue
-        match = _KEY.match(key)
+        match = PARAM_KEY.match(key)
         if match is None:
             raise ValueError(f"{path}: unknown key {key!r}; expected '<index>.weight', '<index>.bias' or one of {list(MODEL_META_KEYS)}")
         if header.dtype.kind != "f":

@@ -40,7 +40,7 @@ from hypothesis import strategies as st
 
 import ewc_ref as er
 from ewc_ref import safe_files
-from ewc_ref.datasets import read_idx
+from ewc_ref.continual.datasets import read_idx
 
 FUZZ = settings(max_examples=300, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
