@@ -119,8 +119,25 @@ class Curvature:
                 arrays[key] = np.array(value)
         return arrays
 
+    def first_non_finite(self) -> str | None:
+        """The first parameter (flat order) whose diagonal entry is NaN or inf; '(off-diagonal)' when
+        only off-diagonal entries are; None when every entry is finite."""
+        items = self.data if isinstance(self.data, list) else [self.data]
+        if all(np.isfinite(array).all() for item in items for array in (item if isinstance(item, tuple) else (item,))):
+            return None
+        bad = np.flatnonzero(~np.isfinite(self.diagonal))
+        if bad.size == 0:
+            return "(off-diagonal)"
+        stops = [s.stop for s in self.param_slices]
+        return self.param_names[int(np.searchsorted(stops, bad[0], side="right"))]
+
     def save(self, path) -> None:
-        """Write the curvature npz atomically (temporary file, then rename)."""
+        """Write the curvature npz atomically (temporary file, then rename); never a NaN or inf.
+
+        Raises ValueError naming the first non-finite parameter (nothing is written)."""
+        bad = self.first_non_finite()
+        if bad is not None:
+            raise ValueError(f"{path}: refusing to write a curvature that is not finite (NaN or inf), first in parameter {bad!r}")
         atomic_savez(path, self.to_arrays())
 
     @classmethod
