@@ -54,7 +54,10 @@ def atomic_output(path):
     folder = path.parent if str(path.parent) else Path(".")
     if not folder.is_dir():
         raise ValueError(f"{path}: output folder {folder} does not exist")
-    handle, tmp = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp")
+    try:
+        handle, tmp = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp")
+    except OSError as error:  # a read-only folder, a full disk: name the output, not the temporary
+        raise OSError(f"{path}: cannot create the output in {folder} ({error.strerror or error})") from error
     os.close(handle)
     try:
         yield tmp

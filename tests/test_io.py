@@ -252,3 +252,15 @@ def test_api_type_errors_name_the_argument(tmp_path, call, message):
     with pytest.raises(TypeError, match=message):
         call(path)
     assert path.read_bytes() == before
+
+
+def test_unwritable_folder_names_the_output(tmp_path, monkeypatch):
+    import errno
+    import tempfile
+
+    def refused(*args, **kwargs):
+        raise PermissionError(errno.EACCES, "Permission denied", str(tmp_path / ".d.npz.1.abcdefgh.tmp"))
+
+    monkeypatch.setattr(tempfile, "mkstemp", refused)
+    with pytest.raises(OSError, match=f"d.npz: cannot create the output in {tmp_path} \\(Permission denied\\)"):
+        er.save_data(tmp_path / "d.npz", np.ones((2, 2)), np.zeros(2, int))
