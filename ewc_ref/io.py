@@ -48,7 +48,8 @@ def atomic_output(path):
     The temporary file is named ``.NAME.PID.XXXXXXXX.tmp`` (TEMPORARY_PATTERN). A writer killed
     by SIGKILL cannot delete its own; the next successful write to the same path removes every
     such file whose PID is no longer a running process AND whose modification time is older
-    than this process's start, so a concurrent writer's file is never touched.
+    than this process's start (taken as the moment it imported ewc_ref.io, at or after the true
+    start: for the CLI, within its first second), so a concurrent writer's file is never touched.
     """
     path = Path(path)
     folder = path.parent if str(path.parent) else Path(".")
@@ -76,7 +77,7 @@ def remove_stale_temporaries(path) -> list[Path]:
     """Delete the temporary files of killed writers of `path` (see atomic_output); return them.
 
     A file ``.NAME.PID.XXXXXXXX.tmp`` is stale when no process PID is running and it was last
-    modified before this process started. Best effort: a file that cannot be removed is left.
+    modified before this process imported ewc_ref.io. Best effort: a file that cannot be removed is left.
     """
     path = Path(path)
     folder = path.parent if str(path.parent) else Path(".")
