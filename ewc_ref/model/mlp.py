@@ -36,6 +36,13 @@ PARAM_KEY = re.compile(r"^(.+)\.(weight|bias)$")
 ('0', 'features.0', 'classifier', 'Dense_1'); group 1 is the module, group 2 the kind."""
 
 
+def layer_order(modules: list[str]) -> list[str]:
+    """The Linear layers' order from their module names as they appear in a state_dict: that
+    order (the order the modules run), or numerical order when every name is an integer (an
+    nn.Sequential; a file whose keys were reordered, '10' before '2', still reads)."""
+    return sorted(modules, key=int) if all(m.isdigit() for m in modules) else list(modules)
+
+
 def _rebuild_mlp(state: dict, activation: str) -> MLP:
     return MLP.from_state_dict(state, activation)
 
@@ -168,9 +175,7 @@ class MLP:
             layers.setdefault(match.group(1), {})[match.group(2)] = value
         if not layers:
             raise ValueError("state dict: no '<module>.weight' keys found")
-        names = list(layers)
-        if all(name.isdigit() for name in names):
-            names.sort(key=int)
+        names = layer_order(list(layers))
         for name in names:
             if "weight" not in layers[name]:
                 raise ValueError(f"key '{name}.bias' has no matching '{name}.weight'")
