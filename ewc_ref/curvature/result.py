@@ -138,7 +138,9 @@ class Curvature:
         """The first parameter (flat order) whose diagonal entry is NaN or inf; '(off-diagonal)' when
         only off-diagonal entries are; None when every entry is finite."""
         items = self.data if isinstance(self.data, list) else [self.data]
-        if all(np.isfinite(array).all() for item in items for array in (item if isinstance(item, tuple) else (item,))):
+        # kfac 'separate' layers without a bias hold None for their bias block: nothing to check there
+        if all(np.isfinite(array).all() for item in items for array in (item if isinstance(item, tuple) else (item,))
+               if array is not None):
             return None
         bad = np.flatnonzero(~np.isfinite(self.diagonal))
         if bad.size == 0:
