@@ -8,7 +8,7 @@ rewritten as one) hold to round-off: 1e-10 relative.
 
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 import ewc_ref as er
@@ -143,6 +143,26 @@ def test_online_with_gamma_one_is_accumulated_bit_for_bit(problem):
     v_acc, g_acc = accumulated.value_and_grad(theta)
     assert v_on == v_acc
     assert np.array_equal(g_on, g_acc)
+
+
+@given(quadratic_problems(n_tasks=3), st.sampled_from([0.3, 0.9]))
+@example((np.array([1.0, -2.0]), [np.zeros(2), np.ones(2), np.full(2, 0.5)],
+          [np.array([1.0, 2.0]), np.array([3.0, 0.0]), np.array([0.5, 4.0])], 3.0), 0.3)
+@pytest.mark.parametrize("kind", ["separate", "accumulated", "l2"])
+def test_gamma_is_ignored_unless_online(kind, problem, gamma):
+    """Contract (Penalty docstring): gamma is the decay of 'online' and ignored by every other
+    kind, so 'accumulated' stays the plain sum of the Fishers (Huszar) whatever gamma is given.
+    Bit-for-bit: the same operations must run. Fails if 'accumulated' decays old Fishers."""
+    theta, anchors, fishers, lam = problem
+    decayed, plain = Penalty(lam, kind, gamma=gamma), Penalty(lam, kind, gamma=1.0)
+    for anchor, fisher in zip(anchors, fishers, strict=True):
+        decayed.consolidate(anchor, fisher)
+        plain.consolidate(anchor, fisher)
+    v_dec, g_dec = decayed.value_and_grad(theta)
+    v_plain, g_plain = plain.value_and_grad(theta)
+    assert v_dec == v_plain
+    assert np.array_equal(g_dec, g_plain)
+    assert np.array_equal(decayed.curvature_diagonal(), plain.curvature_diagonal())
 
 
 @given(quadratic_problems(n_tasks=3), st.sampled_from([0.3, 0.9]))

@@ -100,6 +100,12 @@ BAD_DATA = [
     ("row mismatch", {"x": np.ones((3, 3)), "y": np.zeros(4, int)}, "'y' must have 3 rows", None),
     ("nan x", {"x": np.full((3, 3), np.nan), "y": np.zeros(3, int)}, "'x'.*non-finite", None),
     ("x not 2-d", {"x": np.ones(3), "y": np.zeros(3, int)}, "'x'.*2-d", None),
+    # Without a model (I1, I3): the shape and finiteness of y are checked at the file, not left to the likelihood.
+    ("nan y", {"x": np.ones((3, 3)), "y": np.array([0.0, np.nan, 1.0])}, "'y' contains non-finite", None),
+    ("inf 2-d y", {"x": np.ones((3, 3)), "y": np.full((3, 2), np.inf)}, "'y' contains non-finite", None),
+    ("y 3-d", {"x": np.ones((3, 3)), "y": np.zeros((3, 1, 2))}, "'y'.*2-d targets\\), got shape \\(3, 1, 2\\)", None),
+    ("y 0-d", {"x": np.ones((3, 3)), "y": np.array(1.0)}, "'y'.*got shape \\(\\)", None),
+    ("y strings", {"x": np.ones((3, 3)), "y": np.array(["a", "b", "c"])}, "'y' must be integer or float", None),
     ("label out of range", {"x": np.ones((3, 3)), "y": np.array([0, 1, 2])}, "'y'.*0..1", "categorical"),
     ("float class labels", {"x": np.ones((3, 3)), "y": np.array([0.0, 1.0, 1.0])}, "'y'.*integer", "categorical"),
     ("bernoulli not binary", {"x": np.ones((3, 3)), "y": np.full((3, 2), 0.5)}, "'y'.*0 or 1", "bernoulli"),
@@ -109,6 +115,8 @@ BAD_DATA = [
 
 @pytest.mark.parametrize(("arrays", "message", "likelihood"), [b[1:] for b in BAD_DATA], ids=[b[0] for b in BAD_DATA])
 def test_bad_data_file_names_the_key(tmp_path, arrays, message, likelihood):
+    """Contract (load_data docstring, EXCHANGE.md): a bad data.npz is a ValueError naming the file
+    and the key; without a model, y must be 1-d or 2-d with N rows and finite."""
     path = tmp_path / "data.npz"
     np.savez(path, **arrays)
     model = er.MLP.random([3, 4, 2], "relu", rng=0)
