@@ -89,9 +89,11 @@ def label_distribution(lik: Likelihood, f: np.ndarray, gauss_hermite_points: int
     if isinstance(lik, Bernoulli):
         if c > 12:
             raise ValueError(f"f: enumerating 2^C bernoulli labels needs C <= 12, got C = {c}")
-        p = lik.mean(f[None])[0]
+        # 1 - p as sigmoid(-f): for a saturated logit (f ~ 600) 1 - p cancels to 0, losing the
+        # only label with weight (a Bernoulli with f = 584.8 enumerated to F = 0).
+        p, complement = lik.mean(f[None])[0], lik.mean(-f[None])[0]
         labels = [np.array([bits], dtype=float) for bits in itertools.product([0.0, 1.0], repeat=c)]
-        weights = np.array([np.prod(np.where(lab[0] == 1, p, 1 - p)) for lab in labels])
+        weights = np.array([np.prod(np.where(lab[0] == 1, p, complement)) for lab in labels])
         return labels, weights
     if isinstance(lik, Gaussian):
         nodes, w = np.polynomial.hermite_e.hermegauss(gauss_hermite_points)  # weight exp(-t^2/2)

@@ -362,3 +362,14 @@ def test_fisher_of_a_saturated_network_is_not_lost_to_cancellation():
         # exp() of arguments up to ~200 carries ~200 eps relative error on both sides.
         assert np.all(np.abs(F - expected)[mask] <= 1e-12 * np.abs(expected)[mask]), estimator
     assert np.abs(reference).max() < 1e-15  # the whole matrix is below 1 - fl(1 - eps)
+
+
+def test_enumerated_bernoulli_fisher_keeps_a_saturated_output():
+    """Contract: label enumeration weighs label 0 by sigmoid(-f), not 1 - sigmoid(f): at f = 584.8
+    (found by Hypothesis 6.100) 1 - p cancels to 0 and the enumerated Fisher was 0 while the exact one
+    is p (1 - p) J^T J ~ 1e-254 |J|^2."""
+    model = er.MLP([np.array([[1.0]])], [np.array([0.0])], "identity")
+    x, y = np.array([[584.77]]), np.array([[1.0]])
+    enumerated = expected_outer_product(model, er.Bernoulli(), x)
+    exact = er.fisher(model, er.Bernoulli(), x, y, "exact", "full").data
+    assert enumerated[0, 0] > 0 and close(exact, enumerated)

@@ -14,6 +14,7 @@ Tolerances:
   of one 1000-row set) so that the noise is shared.
 """
 
+import grid_cases as gc
 import numpy as np
 import pytest
 from hypothesis import assume, given, settings
@@ -86,7 +87,10 @@ def test_linear_gaussian_laplace_is_the_posterior(case):
         np.testing.assert_allclose(gauss.cov, cov, rtol=1e-10, atol=1e-10 * np.abs(cov).max())
         np.testing.assert_allclose(gauss.log_evidence, log_evidence, rtol=1e-10, atol=1e-10)
 
-    grid = er.grid_posterior(post, gauss.mean, gauss.std, n_points={1: 201, 2: 81, 3: 33}[d])
+    grid = er.grid_posterior(post, gauss.mean, gauss.std, n_points={1: 201, 2: 81, 3: 49}[d])
+    # The grid's own estimates are the tolerances below, so they must be small as well: measured
+    # <= 1e-9 of scale for d <= 2, <= 1e-7 at d = 3 (49 points per axis, correlated posterior).
+    gc.assert_estimates_small(grid, 1e-8 if d <= 2 else 1e-6)
     assert abs(grid.log_evidence - log_evidence) <= grid.log_evidence_error
     assert np.all(np.abs(grid.mean - mean) <= grid.mean_error)
     assert np.all(np.abs(grid.cov - cov) <= grid.cov_error)
@@ -127,6 +131,32 @@ def test_precisions_against_independent_references(post, seed):
     np.testing.assert_allclose(er.posterior_precision(post, z, "hessian"), -hessian + prior, rtol=1e-12)
     np.testing.assert_allclose(er.posterior_precision(post, z, "ggn"), ggn + prior, rtol=1e-12)
     np.testing.assert_allclose(er.posterior_precision(post, z, "fisher_diag"), np.diag(np.diag(ggn + prior)), rtol=1e-12)
+
+
+@pytest.mark.parametrize("structure", ["GaussianPrior", "PosteriorPrior"])
+def test_fisher_diag_precision_drops_a_non_diagonal_priors_off_diagonal_terms(structure):
+    """Contract (module table): kind='fisher_diag' is diag(N F) + diag(Lambda_prior), EWC's
+    approximation, even when the prior's precision is NOT diagonal. Keeping the prior's
+    off-diagonal terms (mutant A2) makes the precision non-diagonal and fails. With a
+    PosteriorPrior (eq 4) the prior's precision is task A's fisher_diag precision, diagonal too."""
+    x, y = logistic_data(5, np.array([1.0, -0.5]), 25, rho=0.6)
+    prior_precision = np.array([[2.0, 1.2, 0.3], [1.2, 1.5, -0.4], [0.3, -0.4, 1.0]])  # SPD, non-diagonal
+    model = er.MLP([np.zeros((1, 2))], [np.zeros(1)], "identity")
+    prior = er.GaussianPrior(np.array([0.1, -0.2, 0.3]), prior_precision)
+    post = er.LogPosterior(er.Subspace(model, [0, 1, 2]), er.Bernoulli(), x, y, prior)
+    z = np.array([0.4, -0.3, 0.2])
+    expected_prior = np.diag(np.diag(prior_precision))
+    if structure == "PosteriorPrior":
+        post = er.sequential_log_posterior(post, 0.0, *logistic_data(6, np.array([-1.0, 1.0]), 15))
+        expected_prior = expected_prior + np.diag(np.diag(_fisher_sum(post.prior.log_posterior, z)))
+    precision = er.posterior_precision(post, z, "fisher_diag")
+    expected = np.diag(np.diag(_fisher_sum(post, z))) + expected_prior
+    np.testing.assert_array_equal(precision - np.diag(np.diag(precision)), 0.0)
+    np.testing.assert_allclose(precision, expected, rtol=1e-12)
+    # The full kinds keep the prior's correlation (the contrast that makes the test meaningful).
+    assert abs(er.posterior_precision(post, z, "ggn")[0, 1]) > 0.5
+    gauss = er.laplace_approximation(post, z, kind="fisher_diag")
+    np.testing.assert_array_equal(gauss.precision - np.diag(np.diag(gauss.precision)), 0.0)
 
 
 @given(st.integers(0, 2**32 - 1), st.integers(1, 60))
@@ -196,6 +226,10 @@ def test_sequential_grid_posterior_equals_batch_and_ewc_gap_is_measurable():
     # A different resolution and start: the two grids share no points but the bounds.
     grid_batch = er.grid_posterior(batch, lap_seq.mean + 0.5 * lap_seq.std, 2 * lap_seq.std, n_points=101)
 
+    # The tolerances below are sums of the grids' own estimates: each must be small (measured
+    # <= 2e-10 of scale: 101-121 points per axis resolve these logistic posteriors).
+    for grid in (grid_a, grid_seq, grid_batch):
+        gc.assert_estimates_small(grid, 1e-8)
     # eq (4): p(theta | A, B) = p(theta | A u B), and p(A) p(B | A) = p(A, B).
     error = grid_a.log_evidence_error + grid_seq.log_evidence_error + grid_batch.log_evidence_error
     assert abs(grid_a.log_evidence + grid_seq.log_evidence - grid_batch.log_evidence) <= error
