@@ -240,7 +240,8 @@ class Gaussian(Likelihood):
         return np.full_like(f, 1 / self.sigma**2)
 
     def _sample(self, f, rng):
-        return f + self.sigma * rng.standard_normal(f.shape)
+        # In f's dtype, as Bernoulli: float64 noise would promote a float32 model's mc Fisher.
+        return (f + self.sigma * rng.standard_normal(f.shape)).astype(f.dtype, copy=False)
 
     def mean(self, f):
         return f

@@ -154,6 +154,26 @@ def test_accumulator_fast_path_matches_the_original_numpy(case, estimator, struc
             assert relative_error(fa, nb) <= rtol
 
 
+
+@pytest.mark.parametrize("structure", ["diag", "full", "block", "kfac"])
+@pytest.mark.parametrize("likelihood", ["categorical", "gaussian", "bernoulli"])
+def test_float32_mc_fisher_stays_float32_in_every_structure(likelihood, structure):
+    """Found by the thorough profile: gaussian labels drawn as f + sigma * float64 noise made a
+    float32 model's mc Fisher float64 for full/block/kfac but float32 for diag."""
+    import ewc_ref as er
+
+    model = er.MLP.random([3, 4, 2], "tanh", rng=0, dtype=np.float32)
+    lik = er.get_likelihood(likelihood, 1.0 if likelihood == "gaussian" else None)
+    x = np.random.default_rng(1).standard_normal((5, 3)).astype(np.float32)
+    y = lik.most_probable(model.predict(x))
+    assert lik.sample(model.predict(x), np.random.default_rng(2), 2).dtype.kind in "iu" or likelihood != "categorical"
+    if likelihood != "categorical":
+        assert lik.sample(model.predict(x), np.random.default_rng(2), 2).dtype == np.float32
+    F = er.fisher(model, lik, x, y, "mc", structure, samples=2, rng=3)
+    parts = F.data if isinstance(F.data, list) else [F.data]
+    assert all(np.asarray(p).dtype == np.float32 for part in parts for p in (part if isinstance(part, tuple) else [part]))
+
+
 SCRIPT = textwrap.dedent(
     """
     import sys

@@ -18,16 +18,23 @@ import tracemalloc
 
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import ewc_ref as er
-from ewc_ref.curvature import FisherAccumulator
+from ewc_ref.curvature import ESTIMATORS, OUTER_PRODUCT_ESTIMATORS, STRUCTURES, FisherAccumulator
 from ewc_ref.gradcheck import relative_error
 from ewc_ref.strategies import models_and_data
 
 RTOL = 1e-12
-DETERMINISTIC = ["empirical", "exact", "pred", "ggn", "hessian"]
+# Every estimator x structure the code accepts, by explicit parametrize (pytest names the case);
+# mc and batched have their own tests below (per-generator draws; minibatches across cuts).
+ACCEPTED = [(e, s) for e in ESTIMATORS for s in STRUCTURES if s != "kfac" or e in OUTER_PRODUCT_ESTIMATORS]
+DETERMINISTIC = [(e, s) for e, s in ACCEPTED if e not in ("mc", "batched")]
+BATCHED = [s for e, s in ACCEPTED if e == "batched"]
+MC = [s for e, s in ACCEPTED if e == "mc"]
+# Few examples per parametrized case; the thorough profile draws proportionally more.
+PER_CASE = settings(max_examples=max(8, settings.default.max_examples // 4))
 
 
 def assert_same(a, b, rtol=RTOL):
@@ -66,12 +73,16 @@ def streamed(model, lik, x, y, estimator, structure, parts, chunks, order, rngs=
     return merged.result()
 
 
-@given(models_and_data(n=st.integers(1, 14), max_width=6), st.sampled_from(DETERMINISTIC),
-       st.sampled_from(["diag", "full", "block", "kfac"]), st.data())
-def test_merged_partitions_equal_the_one_shot_result(case, estimator, structure, data):
+def test_every_accepted_estimator_and_structure_is_streamed_here():
+    assert {(e, s) for e, s in DETERMINISTIC} | {("batched", s) for s in BATCHED} | {("mc", s) for s in MC} == set(ACCEPTED)
+    assert ("hessian", "full") in DETERMINISTIC and ("hessian", "block") in DETERMINISTIC
+
+
+@pytest.mark.parametrize(("estimator", "structure"), DETERMINISTIC)
+@PER_CASE
+@given(case=models_and_data(n=st.integers(1, 14), max_width=6), data=st.data())
+def test_merged_partitions_equal_the_one_shot_result(estimator, structure, case, data):
     model, lik, x, y = case
-    if estimator == "hessian" and structure == "kfac":
-        structure = "diag"  # kfac is defined for outer products only (curvature.py)
     n = x.shape[0]
     parts, chunks, order = data.draw(partitions(n))
     one_shot = er.fisher(model, lik, x, y, estimator, structure, chunk_size=n)
@@ -80,8 +91,10 @@ def test_merged_partitions_equal_the_one_shot_result(case, estimator, structure,
     assert_same(merged.data, one_shot.data)
 
 
-@given(models_and_data(n=st.integers(1, 14), max_width=6), st.sampled_from(["diag", "full", "block"]), st.data())
-def test_batched_minibatches_split_across_chunks_and_accumulators(case, structure, data):
+@pytest.mark.parametrize("structure", BATCHED)
+@PER_CASE
+@given(case=models_and_data(n=st.integers(1, 14), max_width=6), data=st.data())
+def test_batched_minibatches_split_across_chunks_and_accumulators(structure, case, data):
     model, lik, x, y = case
     n = x.shape[0]
     batch_size = data.draw(st.integers(1, n), label="batch_size")
@@ -92,18 +105,21 @@ def test_batched_minibatches_split_across_chunks_and_accumulators(case, structur
     assert_same(merged.data, one_shot.data)
 
 
-@given(models_and_data(n=st.integers(1, 14), max_width=6), st.sampled_from(["diag", "full", "block", "kfac"]),
-       st.integers(1, 3), st.integers(1, 14), st.integers(0, 2**32 - 1))
-def test_mc_with_one_accumulator_is_chunk_invariant(case, structure, samples, chunk, seed):
+@pytest.mark.parametrize("structure", MC)
+@PER_CASE
+@given(case=models_and_data(n=st.integers(1, 14), max_width=6), samples=st.integers(1, 3), chunk=st.integers(1, 14),
+       seed=st.integers(0, 2**32 - 1))
+def test_mc_with_one_accumulator_is_chunk_invariant(structure, case, samples, chunk, seed):
     model, lik, x, y = case
     one_shot = er.fisher(model, lik, x, y, "mc", structure, samples=samples, rng=seed, chunk_size=x.shape[0])
     chunked = er.fisher(model, lik, x, y, "mc", structure, samples=samples, rng=seed, chunk_size=chunk)
     assert_same(chunked.data, one_shot.data)
 
 
-@given(models_and_data(n=st.integers(1, 14), max_width=6), st.sampled_from(["diag", "full", "block", "kfac"]),
-       st.integers(1, 3), st.data())
-def test_mc_merge_with_one_generator_per_partition(case, structure, samples, data):
+@pytest.mark.parametrize("structure", MC)
+@PER_CASE
+@given(case=models_and_data(n=st.integers(1, 14), max_width=6), samples=st.integers(1, 3), data=st.data())
+def test_mc_merge_with_one_generator_per_partition(structure, case, samples, data):
     model, lik, x, y = case
     n = x.shape[0]
     parts, chunks, order = data.draw(partitions(n))
