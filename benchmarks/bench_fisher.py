@@ -8,7 +8,7 @@ Times, for every configuration and dtype, with the SAME weights and data in ever
 * the diagonal exact Fisher       (ewc_ref fisher exact/diag | BackPACK DiagGGNExact),
 * the full empirical Fisher       (ewc_ref fisher empirical/full | torch.func vmap(grad) + G^T G |
   numpy G.T @ G on an already built G), where P <= 5,000,
-* one Hessian-vector and one GGN-vector product (ewc_ref.hessian | curvlinops),
+* one Hessian-vector and one GGN-vector product (ewc_ref.curvature.second_order | curvlinops),
 * the numpy matmul peak (GFLOP/s), and the tracemalloc peak of every ewc_ref method.
 
 Configurations (issue 5): 64-128-128-10 on the shipped digits (N = 1797), 784-256-256-10 on
@@ -43,9 +43,9 @@ from pathlib import Path  # noqa: E402
 import numpy as np  # noqa: E402
 
 import ewc_ref as er  # noqa: E402
-from ewc_ref import kernels  # noqa: E402
-from ewc_ref.hessian import ggn_vector_product, hessian_vector_product  # noqa: E402
-from ewc_ref.likelihoods import Categorical  # noqa: E402
+from ewc_ref.curvature import kernels  # noqa: E402
+from ewc_ref.curvature.second_order import ggn_vector_product, hessian_vector_product  # noqa: E402
+from ewc_ref.model.likelihoods import Categorical  # noqa: E402
 
 DIGITS = Path(er.__file__).parent / "data" / "digits.npz"
 
@@ -147,7 +147,7 @@ def reference_methods(model, x, y, full: bool, mods):
     """Other libraries and BLAS baselines, all on the same weights and data."""
     refs = {}
     if full:
-        from ewc_ref.loss import per_sample_gradients
+        from ewc_ref.model.loss import per_sample_gradients
 
         G = per_sample_gradients(model, Categorical(), x, y)
         refs["numpy G.T @ G (G built)"] = lambda: G.T @ G
@@ -230,7 +230,7 @@ def cross_check(model, x, y, refs, mods) -> list[str]:
                                          ("BackPACK DiagGGNExact", "exact", "diag_ggn_exact", 1.0)):
         refs[name]()
         theirs = np.concatenate([getattr(p, attr).detach().numpy().ravel() for p in bnet.parameters()]) * scale
-        ours = er.fisher(model, lik, x, y, estimator, "diag").flat
+        ours = er.fisher(model, lik, x, y, estimator, "diag").diagonal
         err = float(np.linalg.norm(ours - theirs) / np.linalg.norm(ours))
         notes.append(f"{name} vs ewc_ref {estimator}/diag: relative error {err:.1e}")
     return notes

@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 import grid_cases as gc  # noqa: E402
 
 import ewc_ref as er  # noqa: E402
-from ewc_ref.grid import DEFAULT_POINTS  # noqa: E402
+from ewc_ref.bayes.grid import DEFAULT_POINTS  # noqa: E402
 
 
 def _l3(a, b, c):

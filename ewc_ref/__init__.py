@@ -15,62 +15,75 @@ import importlib
 
 __version__ = "0.1.0"
 
-from .activations import ACTIVATIONS, get_activation
-from .gradcheck import check_gradients, check_jacobian, check_per_sample_gradients
 from .io import load_data, load_model, save_data, save_model
-from .likelihoods import LIKELIHOODS, Bernoulli, Categorical, Gaussian, Likelihood, get_likelihood
-from .loss import loss_and_grad, mean_loss, per_example_losses, per_sample_gradients
-from .mlp import MLP
+from .model.activations import ACTIVATIONS, get_activation
+from .model.likelihoods import (
+    LIKELIHOODS,
+    Bernoulli,
+    Categorical,
+    Gaussian,
+    Likelihood,
+    get_likelihood,
+)
+from .model.loss import loss_and_grad, mean_loss, per_example_losses, per_sample_gradients
+from .model.mlp import MLP
+from .verify.gradcheck import check_gradients, check_jacobian, check_per_sample_gradients
 
 # Names provided by modules that are imported on first use (keeps `import ewc_ref` fast
 # and lets the curvature, Bayes and continual-learning layers load only when needed).
 _LAZY = {
-    "fisher": "ewc_ref.curvature",
-    "Curvature": "ewc_ref.curvature",
-    "hessian_vector_product": "ewc_ref.hessian",
-    "ggn_vector_product": "ewc_ref.hessian",
-    "hessian_full": "ewc_ref.hessian",
-    "hessian_diag": "ewc_ref.hessian",
-    "hessian_blocks": "ewc_ref.hessian",
-    "hessian_residual": "ewc_ref.hessian",
-    "FisherAccumulator": "ewc_ref.curvature",
-    "Penalty": "ewc_ref.ewc",
-    "penalty_and_grad": "ewc_ref.ewc",
-    "merge_quadratics": "ewc_ref.ewc",
-    "train_task": "ewc_ref.train",
-    "run_sequence": "ewc_ref.train",
-    "head_view": "ewc_ref.train",
-    "head_fisher": "ewc_ref.train",
-    "load_digits": "ewc_ref.datasets",
-    "load_mnist": "ewc_ref.datasets",
-    "make_scenario": "ewc_ref.datasets",
-    "average_accuracy": "ewc_ref.metrics",
-    "forgetting": "ewc_ref.metrics",
-    "backward_transfer": "ewc_ref.metrics",
-    "fisher_weighted_drift": "ewc_ref.metrics",
-    "diagnose": "ewc_ref.diagnose",
-    "Diagnosis": "ewc_ref.diagnose",
+    "fisher": "ewc_ref.curvature.estimate",
+    "Curvature": "ewc_ref.curvature.result",
+    "hessian_vector_product": "ewc_ref.curvature.second_order",
+    "ggn_vector_product": "ewc_ref.curvature.second_order",
+    "hessian": "ewc_ref.curvature.dense_hessian",
+    "hessian_full": "ewc_ref.curvature.dense_hessian",
+    "hessian_diag": "ewc_ref.curvature.dense_hessian",
+    "hessian_blocks": "ewc_ref.curvature.dense_hessian",
+    "hessian_residual": "ewc_ref.curvature.dense_hessian",
+    "FisherAccumulator": "ewc_ref.curvature.accumulator",
+    "Penalty": "ewc_ref.continual.penalty",
+    "penalty_and_grad": "ewc_ref.continual.penalty",
+    "merge_quadratics": "ewc_ref.continual.penalty",
+    "train_task": "ewc_ref.continual.training",
+    "run_sequence": "ewc_ref.continual.training",
+    "head_view": "ewc_ref.continual.training",
+    "head_fisher": "ewc_ref.continual.training",
+    "load_digits": "ewc_ref.continual.datasets",
+    "load_mnist": "ewc_ref.continual.datasets",
+    "make_scenario": "ewc_ref.continual.datasets",
+    "average_accuracy": "ewc_ref.continual.metrics",
+    "forgetting": "ewc_ref.continual.metrics",
+    "backward_transfer": "ewc_ref.continual.metrics",
+    "fisher_weighted_drift": "ewc_ref.continual.metrics",
+    "diagnose": "ewc_ref.verify.diagnosis",
+    "Diagnosis": "ewc_ref.verify.diagnosis",
     "assert_curvature_close": "ewc_ref.testing",
     "assert_is_estimator": "ewc_ref.testing",
-    "GaussianPrior": "ewc_ref.bayes",
-    "LogPosterior": "ewc_ref.bayes",
-    "PosteriorPrior": "ewc_ref.bayes",
-    "Subspace": "ewc_ref.bayes",
-    "linear_gaussian_posterior": "ewc_ref.bayes",
-    "log_likelihood": "ewc_ref.bayes",
-    "sequential_log_posterior": "ewc_ref.bayes",
-    "GridPosterior": "ewc_ref.grid",
-    "grid_posterior": "ewc_ref.grid",
-    "Comparison": "ewc_ref.laplace",
-    "LaplaceGaussian": "ewc_ref.laplace",
-    "MAPNotFound": "ewc_ref.laplace",
-    "MAPResult": "ewc_ref.laplace",
-    "compare_to_grid": "ewc_ref.laplace",
-    "find_map": "ewc_ref.laplace",
-    "kl_gaussians": "ewc_ref.laplace",
-    "laplace_approximation": "ewc_ref.laplace",
-    "posterior_precision": "ewc_ref.laplace",
+    "GaussianPrior": "ewc_ref.bayes.posterior",
+    "LogPosterior": "ewc_ref.bayes.posterior",
+    "PosteriorPrior": "ewc_ref.bayes.posterior",
+    "Subspace": "ewc_ref.bayes.posterior",
+    "linear_gaussian_posterior": "ewc_ref.bayes.posterior",
+    "log_likelihood": "ewc_ref.bayes.posterior",
+    "sequential_log_posterior": "ewc_ref.bayes.posterior",
+    "GridPosterior": "ewc_ref.bayes.grid",
+    "grid_posterior": "ewc_ref.bayes.grid",
+    "Comparison": "ewc_ref.bayes.laplace",
+    "LaplaceGaussian": "ewc_ref.bayes.laplace",
+    "MAPNotFound": "ewc_ref.bayes.laplace",
+    "MAPResult": "ewc_ref.bayes.laplace",
+    "compare_to_grid": "ewc_ref.bayes.laplace",
+    "find_map": "ewc_ref.bayes.laplace",
+    "kl_gaussians": "ewc_ref.bayes.laplace",
+    "laplace_approximation": "ewc_ref.bayes.laplace",
+    "posterior_precision": "ewc_ref.bayes.laplace",
 }
+
+
+def __dir__():
+    """The eager names and every lazily loaded one, so dir(ewc_ref) and tab completion show the API."""
+    return sorted(set(globals()) | set(_LAZY))
 
 
 def __getattr__(name):

@@ -10,7 +10,7 @@ name           what it shows
 laplace        the report's Fig. 3: true posterior (grid), its Laplace Gaussian and EWC's
                diagonal-Fisher Gaussian for 2-weight logistic regression, 1-D marginal and 2-D
                contours, KL(posterior || Gaussian) in the legend (data:
-               ``ewc_ref.posterior_examples.figure_data``); and a small-N, separable 1-D
+               ``ewc_ref.bayes.examples.figure_data``); and a small-N, separable 1-D
                posterior whose skew the Laplace Gaussian misses (`laplace_skewed_data`)
                (derivations/03).
 trajectories   the report's Fig. 4, computed: a linear-Gaussian model with two weights, task A's
@@ -65,9 +65,9 @@ def _save_png(fig, path: Path) -> None:
 
 # ----------------------------------------------------------------------------- Fig. 3: laplace
 def laplace_data(n_points: int = 121) -> dict[str, np.ndarray]:
-    """Arrays of Fig. 3: ``ewc_ref.posterior_examples.figure_data`` (its docstring lists them) and,
+    """Arrays of Fig. 3: ``ewc_ref.bayes.examples.figure_data`` (its docstring lists them) and,
     prefixed ``skewed_``, the small-N panel of `laplace_skewed_data`."""
-    from .posterior_examples import figure_data
+    from .bayes.examples import figure_data
 
     data = figure_data(n_points=n_points)
     data.update({f"skewed_{key}": value for key, value in laplace_skewed_data().items()})
@@ -87,15 +87,18 @@ def laplace_skewed_data(n_points: int = 401, prior_variance: float = 25.0) -> di
     dict with w (n_points,) grid; posterior, laplace (n_points,) densities; map, mean (scalars:
     the posterior's mode and mean); kl_laplace (scalar): KL(posterior || Laplace) on the grid.
     """
-    import ewc_ref as er
+    from .bayes.grid import grid_posterior
+    from .bayes.laplace import laplace_approximation
+    from .bayes.posterior import GaussianPrior, LogPosterior, Subspace
+    from .model.likelihoods import Bernoulli
+    from .model.mlp import MLP
 
     x = np.array([1.0, 2.0, -1.0, -2.0, 0.5, -0.5])[:, None]
     y = (x > 0).astype(np.float64)
-    model = er.MLP([np.zeros((1, 1))], [None], "identity")
-    post = er.LogPosterior(er.Subspace(model, [0]), er.Bernoulli(), x, y,
-                           er.GaussianPrior.isotropic(1, prior_variance))
-    laplace = er.laplace_approximation(post, kind="hessian")
-    grid = er.grid_posterior(post, laplace.mean, laplace.std, n_points=n_points)
+    model = MLP([np.zeros((1, 1))], [None], "identity")
+    post = LogPosterior(Subspace(model, [0]), Bernoulli(), x, y, GaussianPrior.isotropic(1, prior_variance))
+    laplace = laplace_approximation(post, kind="hessian")
+    grid = grid_posterior(post, laplace.mean, laplace.std, n_points=n_points)
     points = grid.points()
     return {"w": grid.axes[0], "posterior": grid.density, "laplace": np.exp(laplace.logpdf(points)),
             "map": laplace.mean[0], "mean": grid.mean[0], "kl_laplace": grid.kl_to(laplace.logpdf)}
@@ -154,7 +157,7 @@ def _plot_laplace_skewed(data, ax):
 # ----------------------------------------------------------------------------- Fig. 4: trajectories
 def _gradient_descent(model, lik, x, y, theta0, penalty, lr: float, steps: int) -> np.ndarray:
     """Full-batch gradient descent on mean loss + penalty; returns the path (steps + 1, P)."""
-    from .loss import loss_and_grad
+    from .model.loss import loss_and_grad
 
     theta = np.array(theta0, dtype=np.float64)
     path = [theta.copy()]
@@ -181,7 +184,7 @@ def trajectories_data(lam: float = 10.0, n: int = 200, steps: int = 1000, lr: fl
     theta*_A is gradient descent on L_A from (-0.5, -0.8) (lr 0.5, 400 steps: converged along
     theta_0, barely moved along the flat theta_1). From theta*_A, `steps` steps of gradient descent
     with step `lr` on L_B + Omega with Omega = 0 (sgd), lambda/2 ||theta - theta*_A||^2 (l2),
-    lambda/2 sum_i F_i (theta_i - theta*_A,i)^2 (ewc, ewc_ref.ewc.Penalty, F = exact diagonal
+    lambda/2 sum_i F_i (theta_i - theta*_A,i)^2 (ewc, ewc_ref.continual.penalty.Penalty, F = exact diagonal
     Fisher of task A at theta*_A from ewc_ref.fisher).
 
     Returns
@@ -191,12 +194,12 @@ def trajectories_data(lam: float = 10.0, n: int = 200, steps: int = 1000, lr: fl
     theta0 / theta1 (n_contour,), loss_a / loss_b (n_contour, n_contour) with [i, j] at
     (theta0[i], theta1[j]).
     """
-    from .bayes import GaussianPrior, LogPosterior, Subspace
-    from .curvature import fisher
-    from .ewc import Penalty
-    from .likelihoods import Gaussian
-    from .loss import mean_loss
-    from .mlp import MLP
+    from .bayes.posterior import GaussianPrior, LogPosterior, Subspace
+    from .continual.penalty import Penalty
+    from .curvature.estimate import fisher
+    from .model.likelihoods import Gaussian
+    from .model.loss import mean_loss
+    from .model.mlp import MLP
 
     rng = np.random.default_rng(seed)
     lik = Gaussian(sigma=1.0)
@@ -208,7 +211,7 @@ def trajectories_data(lam: float = 10.0, n: int = 200, steps: int = 1000, lr: fl
 
     path_a = _gradient_descent(model, lik, x_a, y_a, [-0.5, -0.8], None, 0.5, 400)
     theta_a = path_a[-1]
-    fisher_a = fisher(model.with_theta(theta_a), lik, x_a, y_a, estimator="exact", structure="diag").flat
+    fisher_a = fisher(model.with_theta(theta_a), lik, x_a, y_a, estimator="exact", structure="diag").diagonal
     out = {"theta_a_star": theta_a, "fisher_a": fisher_a, "path_a": path_a, "lam": np.array(float(lam)),
            "x_a": x_a, "y_a": y_a, "x_b": x_b, "y_b": y_b}
     final_a, final_b = [], []
@@ -284,7 +287,7 @@ def accuracy_data(scenarios=SCENARIOS, epochs: int = 5, hidden: int = 50, seed: 
                   config=None, progress=None) -> dict[str, np.ndarray]:
     """Accuracy matrices R[i, j] of SGD, L2 and EWC per scenario, as ``ewc-ref demo`` computes them.
 
-    Same data, scenario builders, training (ewc_ref.train.run_sequence) and default lambdas
+    Same data, scenario builders, training (ewc_ref.continual.training.run_sequence) and default lambdas
     (ewc_ref.commands.demo.DEFAULT_LAMBDA) as the demo, in a small configuration: `epochs` per
     task, one hidden layer of `hidden` ReLU units, tasks and EWC lambda per scenario from
     `config` (default ACCURACY_CONFIG).
@@ -295,9 +298,9 @@ def accuracy_data(scenarios=SCENARIOS, epochs: int = 5, hidden: int = 50, seed: 
     average_accuracy_<scenario>_<method>, forgetting_<scenario>_<method> : scalars
     """
     from .commands.demo import DEFAULT_LAMBDA
-    from .datasets import load_digits, make_scenario
-    from .metrics import average_accuracy, forgetting
-    from .train import run_sequence
+    from .continual.datasets import load_digits, make_scenario
+    from .continual.metrics import average_accuracy, forgetting
+    from .continual.training import run_sequence
 
     config = dict(ACCURACY_CONFIG if config is None else config)
     data = load_digits()
@@ -356,7 +359,7 @@ def estimators_data(n: int = 500, hidden: int = 16, epochs: int = 5, seed: int =
 
     A 64-`hidden`-10 tanh MLP (tanh, not ReLU: for a ReLU network every second derivative
     d^2 f / d theta_i^2 vanishes, so diag(H) = diag(GGN) = diag(F) exactly and the comparison
-    would show nothing; the off-diagonal residual of ReLU networks is not zero) trained for `epochs` epochs of SGD (ewc_ref.train.train_task, all ten
+    would show nothing; the off-diagonal residual of ReLU networks is not zero) trained for `epochs` epochs of SGD (ewc_ref.continual.training.train_task, all ten
     classes) on the shipped digits; the three diagonals (ewc_ref.fisher, structure 'diag') on the
     first `n` training images.
 
@@ -367,18 +370,18 @@ def estimators_data(n: int = 500, hidden: int = 16, epochs: int = 5, seed: int =
     correlation_hessian : Pearson correlation of log10 entries with log10 exact (positive entries);
     n_negative_hessian : number of negative Hessian diagonal entries
     """
-    from .curvature import fisher
-    from .datasets import load_digits
-    from .likelihoods import Categorical
-    from .mlp import MLP
-    from .train import train_task
+    from .continual.datasets import load_digits
+    from .continual.training import train_task
+    from .curvature.estimate import fisher
+    from .model.likelihoods import Categorical
+    from .model.mlp import MLP
 
     x_train, y_train = load_digits()[:2]
     model = MLP.random([x_train.shape[1], hidden, 10], "tanh", rng=np.random.default_rng([seed, 0]))
     train_task(model, x_train, y_train, np.arange(10), epochs=epochs, rng=np.random.default_rng([seed, 1]))
     x, y = x_train[:n], y_train[:n]
     lik = Categorical()
-    out = {kind: fisher(model, lik, x, y, estimator=kind, structure="diag").flat.copy()
+    out = {kind: fisher(model, lik, x, y, estimator=kind, structure="diag").diagonal.copy()
            for kind in ("empirical", "exact", "hessian")}
     exact = out["exact"]
     for kind in ("empirical", "hessian"):

@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 
 from ._validate import as_float_array
-from .activations import ACTIVATIONS
-from .likelihoods import LIKELIHOODS, Likelihood, get_likelihood
-from .mlp import _KEY, MLP
+from .model.activations import ACTIVATIONS
+from .model.likelihoods import LIKELIHOODS, Likelihood, get_likelihood
+from .model.mlp import MLP, PARAM_KEY
 
 MODEL_META_KEYS = ("__activation__", "__likelihood__", "__sigma__")
 
@@ -116,7 +116,7 @@ def load_model(path) -> tuple[MLP, Likelihood]:
     for key, value in arrays.items():
         if key in MODEL_META_KEYS:
             continue
-        if _KEY.match(key) is None:
+        if PARAM_KEY.match(key) is None:
             raise ValueError(f"{path}: unknown key {key!r}; expected '<index>.weight', '<index>.bias' or one of {list(MODEL_META_KEYS)}")
         if value.dtype.kind != "f":
             raise ValueError(f"{path}: key {key!r} must be a float array, got dtype {value.dtype}")

@@ -18,9 +18,9 @@ from __future__ import annotations
 import numpy as np
 from hypothesis import strategies as st
 
-from .activations import ACTIVATIONS
-from .likelihoods import Bernoulli, Categorical, Gaussian, Likelihood
-from .mlp import MLP
+from .model.activations import ACTIVATIONS
+from .model.likelihoods import Bernoulli, Categorical, Gaussian, Likelihood
+from .model.mlp import MLP
 
 ACTIVATION_NAMES = sorted(ACTIVATIONS)
 LIKELIHOOD_NAMES = ["categorical", "gaussian", "bernoulli"]
@@ -87,14 +87,8 @@ def datasets(draw, model: MLP, lik: Likelihood, n=None, labels="random"):
     if labels == "model":
         y = lik.sample(f, rng)
         return x, y.astype(model.dtype) if y.dtype.kind == "f" else y
-    c = model.n_outputs
-    if isinstance(lik, Categorical):
-        y = rng.integers(0, c, n)
-    elif isinstance(lik, Bernoulli):
-        y = rng.integers(0, 2, (n, c)).astype(model.dtype)
-    else:
-        y = (f + rng.standard_normal((n, c))).astype(model.dtype)
-    return x, y
+    y = lik.random_labels(f, rng)
+    return x, y.astype(model.dtype) if y.dtype.kind == "f" else y
 
 
 @st.composite
@@ -105,8 +99,7 @@ def models_and_data(draw, n=None, likelihood_names=tuple(LIKELIHOOD_NAMES), acti
     dtype = _draw_dtype(draw, dtype)
     lik = draw(likelihoods(likelihood_names))
     sizes = draw(architectures(max_layers=max_layers, max_width=max_width))
-    if isinstance(lik, Categorical) and sizes[-1] < 2:
-        sizes[-1] = 2
+    sizes[-1] = max(sizes[-1], lik.min_outputs)
     model = draw(mlps(sizes=sizes, activations=activations, dtype=dtype))
     x, y = draw(datasets(model, lik, n=n, labels=labels))
     return model, lik, x, y

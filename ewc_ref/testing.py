@@ -8,7 +8,7 @@
 
 Both raise AssertionError with a diff that names the parameter and the worst entries, so a
 failing test says where the matrices disagree, not only that they do. ``check_gradients`` is
-re-exported from ewc_ref.gradcheck (relative error of the analytic gradient against central
+re-exported from ewc_ref.verify.gradcheck (relative error of the analytic gradient against central
 differences).
 """
 
@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from .curvature import Curvature, fisher
-from .gradcheck import check_gradients
-from .likelihoods import Likelihood
-from .mlp import MLP
+from .curvature.estimate import fisher
+from .curvature.result import Curvature, as_theirs
+from .model.likelihoods import Likelihood
+from .model.mlp import MLP
+from .verify.gradcheck import check_gradients
 
 __all__ = ["assert_curvature_close", "assert_is_estimator", "check_gradients"]
 
@@ -29,7 +30,7 @@ def _as_named(value, name: str, names: list | None = None):
     if isinstance(value, Curvature):
         if value.structure == "full":
             return np.asarray(value.data, np.float64), list(zip(value.param_names, value.param_slices, value.param_shapes, strict=True)), "full"
-        flat = value.flat
+        flat = value.diagonal
         return np.asarray(flat, np.float64), list(zip(value.param_names, value.param_slices, value.param_shapes, strict=True)), "diag"
     if isinstance(value, dict):
         keys = [k for k in (names or list(value)) if not k.startswith("__")]
@@ -119,7 +120,7 @@ def assert_curvature_close(actual, desired, rtol: float = 1e-7, atol: float = 0.
     lines.append("mismatches per parameter" + (" (rows)" if a.ndim == 2 else "") + ": " + "; ".join(per_param))
     ratio = float(a.ravel() @ d.ravel()) / max(float(d.ravel() @ d.ravel()), np.finfo(float).tiny)
     if ratio > 0 and np.allclose(a, ratio * d, rtol=rtol, atol=atol) and abs(ratio - 1) > rtol:
-        lines.append(f"hint: actual = {ratio:.12g} x desired within tolerance (a scale factor, see ewc_ref.diagnose)")
+        lines.append(f"hint: actual = {ratio:.12g} x desired within tolerance (a scale factor, see ewc_ref.verify.diagnosis)")
     raise AssertionError("\n".join(lines))
 
 
@@ -131,16 +132,16 @@ def assert_is_estimator(theirs, model: MLP, lik: Likelihood, x, y, estimator: st
     Deterministic estimators (empirical, exact, pred, ggn, batched with `batch_size`, hessian)
     are compared entrywise by ``assert_curvature_close`` with `rtol` (default 1e-7: far above
     float64 round-off, below any real difference; pass ~1e-4 for float32 code). ``mc`` cannot
-    be compared entrywise: THEIRS is accepted when ewc_ref.diagnose's statistical test finds it
+    be compared entrywise: THEIRS is accepted when ewc_ref.verify.diagnosis's statistical test finds it
     consistent with mc sampling noise at some S (and, with `samples`, the implied S is within
     a factor 2 of it), and the fitted scale matches `scale` within 4 Monte Carlo standard errors.
 
     THEIRS is a Curvature, a dict {parameter name: array} (diag) or {'full': (P, P)}, or an
     array (P,) / (P, P); its structure decides the structure compared.
     """
-    from .diagnose import _as_theirs, diagnose
+    from .verify.diagnosis import diagnose
 
-    structure, t = _as_theirs(theirs, model)
+    structure, t = as_theirs(theirs, model)
     if estimator == "mc":
         result = diagnose(model, lik, x, y, t, batch_sizes=[], hessian=False)
         mc = result.mc

@@ -2,14 +2,14 @@
 
 Bayesian logistic regression with two weights (a single Linear layer with the bernoulli
 likelihood), inputs correlated 0.9, N = 30 examples, prior N(0, 4 I). The posterior is
-integrated on a grid (ewc_ref.grid); the Laplace Gaussian uses the exact Hessian at the MAP,
-the EWC Gaussian the diagonal of N F + prior precision (ewc_ref.laplace).
+integrated on a grid (ewc_ref.bayes.grid); the Laplace Gaussian uses the exact Hessian at the MAP,
+the EWC Gaussian the diagonal of N F + prior precision (ewc_ref.bayes.laplace).
 
     python examples/laplace_vs_posterior.py    # prints the KL tables; writes laplace.npz and,
                                                # if matplotlib is installed (pip install
                                                # 'ewc_ref[plot]'), laplace.png
 
-The computations live in ewc_ref.posterior_examples (`figure_data()`, `bernstein_von_mises_table()`,
+The computations live in ewc_ref.bayes.examples (`figure_data()`, `bernstein_von_mises_table()`,
 `sequential_table()`) and the drawing in ewc_ref.figures; this script prints and plots them.
 """
 
@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ewc_ref.bayes.examples import bernstein_von_mises_table, figure_data, sequential_table
 from ewc_ref.figures import make_figure
-from ewc_ref.posterior_examples import bernstein_von_mises_table, figure_data, sequential_table
 
 
 def main() -> int:

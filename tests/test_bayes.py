@@ -1,4 +1,4 @@
-"""Bayes' rule as arrays (ewc_ref.bayes): priors, the summed log-likelihood, the subspace
+"""Bayes' rule as arrays (ewc_ref.bayes.posterior): priors, the summed log-likelihood, the subspace
 adapter, the batched forward pass against its naive twin, eq (4) and the linear-Gaussian
 closed form.
 
@@ -14,9 +14,9 @@ from hypothesis import strategies as st
 from scipy import stats
 
 import ewc_ref as er
-from ewc_ref.bayes import _forward_batch, _forward_batch_naive
-from ewc_ref.gradcheck import numerical_jacobian, relative_error, relu_margin
+from ewc_ref.bayes.posterior import _forward_batch, _forward_batch_naive
 from ewc_ref.strategies import models_and_data
+from ewc_ref.verify.gradcheck import numerical_jacobian, relative_error, relu_margin
 
 
 def spd_matrices(d):

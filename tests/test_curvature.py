@@ -17,10 +17,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import ewc_ref as er
-from ewc_ref.curvature import ESTIMATORS, OUTER_PRODUCT_ESTIMATORS, STRUCTURES, Curvature
-from ewc_ref.gradcheck import relative_error
-from ewc_ref.reference import expected_outer_product, naive_fisher, project
+from ewc_ref.curvature.estimators import ESTIMATORS, OUTER_PRODUCT_ESTIMATORS
+from ewc_ref.curvature.naive import expected_outer_product, naive_fisher, project
+from ewc_ref.curvature.result import Curvature
+from ewc_ref.curvature.structures import STRUCTURES
 from ewc_ref.strategies import LIKELIHOOD_NAMES, models_and_data
+from ewc_ref.verify.gradcheck import relative_error
 
 RTOL = 1e-10
 FIXTURES = Path(__file__).parent / "fixtures" / "torch"
@@ -394,9 +396,9 @@ def test_bad_data_and_parameters_are_named():
 
 
 def test_full_structure_refuses_a_matrix_too_large(monkeypatch):
-    import ewc_ref.curvature as curvature
+    from ewc_ref.curvature import budget
 
-    monkeypatch.setattr(curvature, "MAX_DENSE_BYTES", 1000)
+    monkeypatch.setattr(budget, "MAX_DENSE_BYTES", 1000)
     model = er.MLP.random([3, 4, 2], "tanh", rng=0)
     with pytest.raises(ValueError, match="structure='full': a 26 x 26 matrix needs .* use structure='diag', 'block' or 'kfac'"):
         er.fisher(model, er.Categorical(), np.ones((2, 3)), np.array([0, 1]), structure="full")

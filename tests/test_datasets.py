@@ -5,7 +5,7 @@ import gzip
 import numpy as np
 import pytest
 
-from ewc_ref.datasets import (
+from ewc_ref.continual.datasets import (
     MNIST_FILES,
     check_n_tasks,
     head_labels,

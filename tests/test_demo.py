@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from ewc_ref.cli import main
-from ewc_ref.datasets import MNIST_FILES, write_idx
-from ewc_ref.metrics import average_accuracy, forgetting
+from ewc_ref.continual.datasets import MNIST_FILES, write_idx
+from ewc_ref.continual.metrics import average_accuracy, forgetting
 
 TINY = ["--tasks", "2", "--epochs", "1", "--hidden", "8"]
 

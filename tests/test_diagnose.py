@@ -13,7 +13,7 @@ estimate, and no test can tell them apart; with N = 96 and a calibrated model th
 label bugs were statistically indistinguishable from mc S = 1, so N = 480 here.)
 
 Tolerances. Deterministic fits must be within the float64 round-off threshold (1e-8, see
-ewc_ref.diagnose.ROUNDOFF_TOL). mc: the implied S of an S-sample estimate is M / chi2_M; with
+ewc_ref.verify.scale.ROUNDOFF_TOL). mc: the implied S of an S-sample estimate is M / chi2_M; with
 M >= 60 whitened directions its relative sd is sqrt(2/M) <= 0.18, so S_hat within a factor 2
 of S is a > 3.8-sigma band (fixed seeds). The mc tests themselves have significance 1e-6.
 """
@@ -27,18 +27,12 @@ from scipy.special import expit, softmax
 
 import ewc_ref as er
 from ewc_ref.cli import main
-from ewc_ref.diagnose import (
-    HESSIAN_LIMIT,
-    ROUNDOFF_TOL,
-    batched_fishers,
-    candidate_batch_sizes,
-    describe_scale,
-    diagnose,
-    entry_moments,
-    fit_scale,
-    judge_mc,
-)
-from ewc_ref.hessian import hessian_diag
+from ewc_ref.curvature.batched import batched_fishers
+from ewc_ref.curvature.budget import HESSIAN_LIMIT
+from ewc_ref.curvature.dense_hessian import hessian_diag
+from ewc_ref.verify.diagnosis import diagnose
+from ewc_ref.verify.scale import ROUNDOFF_TOL, candidate_batch_sizes, describe_scale, fit_scale
+from ewc_ref.verify.statistics import entry_moments, judge_mc
 
 N = 480  # divisors include 8 and 32
 
@@ -299,7 +293,7 @@ def test_batched_fishers_match_fisher_for_every_batch_size(likelihood, structure
     fast = batched_fishers(model, lik, x, y, sizes, structure, chunk_size=6)
     for b in sizes:
         ours = er.fisher(model, lik, x, y, estimator="batched", structure=structure, batch_size=b).data
-        assert er.gradcheck.relative_error(fast[b], ours) <= 1e-10, b  # summation order only
+        assert er.verify.gradcheck.relative_error(fast[b], ours) <= 1e-10, b  # summation order only
 
 
 def test_candidate_batch_sizes():
@@ -336,10 +330,10 @@ def test_entry_moments_against_label_enumeration(likelihood):
         m = weights @ q
         total_mean += m
         total_cov += (q - m).T @ ((q - m) * weights[:, None])
-    assert er.gradcheck.relative_error(mean, total_mean / len(x)) <= 1e-10
-    assert er.gradcheck.relative_error(cov, total_cov / len(x) ** 2) <= 1e-10
+    assert er.verify.gradcheck.relative_error(mean, total_mean / len(x)) <= 1e-10
+    assert er.verify.gradcheck.relative_error(cov, total_cov / len(x) ** 2) <= 1e-10
     # The mean is the exact Fisher's diagonal entries.
-    assert er.gradcheck.relative_error(mean[[0, 1, 4]], exact_diag(model, lik, x)[[0, 5, p - 1]]) <= 1e-10
+    assert er.verify.gradcheck.relative_error(mean[[0, 1, 4]], exact_diag(model, lik, x)[[0, 5, p - 1]]) <= 1e-10
 
 
 def test_fit_scale_is_least_squares_not_a_norm_ratio():
@@ -383,7 +377,7 @@ def test_implied_samples_is_unbiased_over_seeds():
     """Contract, eq (3): for a genuine S-sample mc estimate, Q1 ~ chi2_M / S, so the implied
     S_hat = M / Q1 estimates S with E[S_hat / S] = M / (M - 2) (1.02 at M = 104) under the CLT.
     THEIRS: 12 seeds x S in {1, 10} of ``mc_diag`` (inverse-CDF labels, independent of
-    ewc_ref.likelihoods.sample), judged by ``judge_mc`` against one set of exact moments (the
+    ewc_ref.model.likelihoods.sample), judged by ``judge_mc`` against one set of exact moments (the
     judgement of each THEIRS is what diagnose runs; the moments do not depend on THEIRS).
     Measured mean S_hat / S over these seeds: 0.99 (S = 1) and 1.04 (S = 10), per-seed sd 0.12
     and 0.16 (1.00 and 1.01 over seeds 1000-1011), so the standard error of each mean is <= 0.05

@@ -1,4 +1,4 @@
-"""The EWC penalty and its multi-task variants (ewc_ref.ewc).
+"""The EWC penalty and its multi-task variants (ewc_ref.continual.penalty).
 
 Tolerances: the penalty is a quadratic, so central differences have no truncation error (the
 third derivative is zero) and only round-off ~ eps |Omega| / h remains; with h = 1e-3 and values
@@ -12,8 +12,8 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 import ewc_ref as er
-from ewc_ref.ewc import Penalty, merge_quadratics, penalty, penalty_and_grad
-from ewc_ref.gradcheck import numerical_jacobian, relative_error
+from ewc_ref.continual.penalty import Penalty, merge_quadratics, penalty, penalty_and_grad
+from ewc_ref.verify.gradcheck import numerical_jacobian, relative_error
 
 
 @st.composite

@@ -1,4 +1,4 @@
-"""Grid posteriors (ewc_ref.grid): exact answers for densities with known normalisers, the
+"""Grid posteriors (ewc_ref.bayes.grid): exact answers for densities with known normalisers, the
 Richardson error estimate as an upper bound on the actual error, independent quadrature,
 marginals, divergences, and refusals.
 
@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from scipy import integrate, stats
 
 import ewc_ref as er
-from ewc_ref.laplace import kl_gaussians
+from ewc_ref.bayes.laplace import kl_gaussians
 
 
 def _spd(d, seed):

@@ -1,4 +1,4 @@
-"""The exact Hessian of the mean loss (ewc_ref/hessian.py), checked five independent ways.
+"""The exact Hessian of the mean loss (ewc_ref/curvature/second_order.py, dense_hessian.py), checked five independent ways.
 
 1. Central finite differences of the analytic gradient (loss.py's backward pass).
 2. The committed PyTorch fixtures (torch.autograd Hessian, double-backward HVP, curvlinops GGN).
@@ -28,11 +28,11 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 
 import ewc_ref as er
-from ewc_ref import curvature
-from ewc_ref import hessian as hs
-from ewc_ref.gradcheck import numerical_jacobian, relative_error, relu_margin
-from ewc_ref.likelihoods import Bernoulli, Categorical, Gaussian
+from ewc_ref.curvature import budget
+from ewc_ref.curvature import dense_hessian as hs
+from ewc_ref.model.likelihoods import Bernoulli, Categorical, Gaussian
 from ewc_ref.strategies import mlps, models_and_data
+from ewc_ref.verify.gradcheck import numerical_jacobian, relative_error, relu_margin
 
 FIXTURES = Path(__file__).parent / "fixtures" / "torch"
 SMALL = {"max_layers": 3, "max_width": 6}  # P <= ~100: P HVPs and the P^2 residual stay fast
@@ -270,20 +270,24 @@ def test_bad_data_and_chunk_size_are_rejected_by_name():
 
 def test_dense_results_refuse_beyond_the_memory_limit(monkeypatch):
     model, lik, x, y = small_case()
-    monkeypatch.setattr(curvature, "MAX_DENSE_BYTES", 8 * 26 * 26 - 1)   # one byte short of P x P
+    monkeypatch.setattr(budget, "MAX_DENSE_BYTES", 8 * 26 * 26 - 1)   # one byte short of P x P
     for function in (er.hessian_full, er.hessian_residual):
         with pytest.raises(ValueError, match=r"^model: the dense P x P .*P = 26 .*MAX_DENSE_BYTES = .*hessian_diag"):
             function(model, lik, x, y)
     er.hessian_blocks(model, lik, x, y)                            # 16^2 + 10^2 numbers still fit
     er.hessian_diag(model, lik, x, y)                              # O(P) memory: never refused
-    monkeypatch.setattr(curvature, "MAX_DENSE_BYTES", 8 * (16 * 16 + 10 * 10) - 1)
+    monkeypatch.setattr(budget, "MAX_DENSE_BYTES", 8 * (16 * 16 + 10 * 10) - 1)
     with pytest.raises(ValueError, match=r"^model: the per-layer Hessian blocks of sizes \[16, 10\]"):
         er.hessian_blocks(model, lik, x, y)
-    monkeypatch.setattr(curvature, "MAX_DENSE_BYTES", 8 * 26 * 26)        # exactly P x P is allowed
+    monkeypatch.setattr(budget, "MAX_DENSE_BYTES", 8 * 26 * 26)        # exactly P x P is allowed
     assert er.hessian_full(model, lik, x, y).shape == (26, 26)
 
 
 def test_package_exports():
-    assert er.hessian_full is hs.hessian
-    for name in ("hessian_vector_product", "ggn_vector_product", "hessian_diag", "hessian_blocks", "hessian_residual"):
+    from ewc_ref.curvature import second_order
+
+    assert er.hessian is er.hessian_full is hs.hessian
+    for name in ("hessian_diag", "hessian_blocks", "hessian_residual"):
         assert getattr(er, name) is getattr(hs, name)
+    for name in ("hessian_vector_product", "ggn_vector_product"):
+        assert getattr(er, name) is getattr(second_order, name)

@@ -1,4 +1,4 @@
-"""The Laplace Gaussian (ewc_ref.laplace) against closed forms and numerically integrated
+"""The Laplace Gaussian (ewc_ref.bayes.laplace) against closed forms and numerically integrated
 posteriors.
 
 Tolerances:
@@ -21,9 +21,9 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 import ewc_ref as er
-from ewc_ref.gradcheck import relative_error
-from ewc_ref.laplace import _fisher_sum, _log_likelihood_hessian, _log_likelihood_hessian_fd
-from ewc_ref.posterior_examples import figure_data
+from ewc_ref.bayes.examples import figure_data
+from ewc_ref.bayes.laplace import _fisher_sum, _log_likelihood_hessian, _log_likelihood_hessian_fd
+from ewc_ref.verify.gradcheck import relative_error
 
 
 def _jt_lambda_j(post, z):

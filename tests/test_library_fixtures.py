@@ -23,8 +23,8 @@ import numpy as np
 import pytest
 
 import ewc_ref as er
-from ewc_ref.curvature import Curvature
-from ewc_ref.gradcheck import relative_error
+from ewc_ref.curvature.result import Curvature
+from ewc_ref.verify.gradcheck import relative_error
 
 FIXTURES = Path(__file__).parent / "fixtures" / "libraries"
 RTOL = 1e-10

@@ -8,8 +8,8 @@ from hypothesis import strategies as st
 from scipy import stats
 
 import ewc_ref as er
-from ewc_ref.gradcheck import numerical_jacobian, relative_error
 from ewc_ref.strategies import likelihoods
+from ewc_ref.verify.gradcheck import numerical_jacobian, relative_error
 
 
 @st.composite

@@ -13,10 +13,10 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 
 import ewc_ref as er
-from ewc_ref import gradcheck
-from ewc_ref.gradcheck import numerical_jacobian, relative_error, relu_margin
-from ewc_ref.loss import _loss_and_grad
+from ewc_ref.model.loss import loss_and_grad_unchecked
 from ewc_ref.strategies import architectures, mlps, models_and_data
+from ewc_ref.verify import gradcheck
+from ewc_ref.verify.gradcheck import numerical_jacobian, relative_error, relu_margin
 
 
 @given(models_and_data())
@@ -82,10 +82,10 @@ def test_gradient_checks_fail_a_wrong_gradient(mistake, case):
     assume(np.abs(G).max() >= 1e-3 * np.abs(losses).max())
     assume(np.abs(J).max() >= 1e-3 * np.abs(model.predict(x)).max())
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(gradcheck, "_loss_and_grad", lambda *a: (lambda lg: (lg[0], wrong(lg[1])))(_loss_and_grad(*a)))
+        patch.setattr(gradcheck, "loss_and_grad_unchecked", lambda *a: (lambda lg: (lg[0], wrong(lg[1])))(loss_and_grad_unchecked(*a)))
         assert er.check_gradients(model, lik, x, y) > 1e-6
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(gradcheck, "_per_sample_gradients", lambda *a: wrong(er.per_sample_gradients(*a)))
+        patch.setattr(gradcheck, "per_sample_gradients_unchecked", lambda *a: wrong(er.per_sample_gradients(*a)))
         assert er.check_per_sample_gradients(model, lik, x, y) > 1e-6
     with pytest.MonkeyPatch.context() as patch:
         jacobian = er.MLP.jacobian

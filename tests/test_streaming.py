@@ -22,9 +22,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import ewc_ref as er
-from ewc_ref.curvature import ESTIMATORS, OUTER_PRODUCT_ESTIMATORS, STRUCTURES, FisherAccumulator
-from ewc_ref.gradcheck import relative_error
+from ewc_ref.curvature.accumulator import FisherAccumulator
+from ewc_ref.curvature.estimators import ESTIMATORS, OUTER_PRODUCT_ESTIMATORS
+from ewc_ref.curvature.structures import STRUCTURES
 from ewc_ref.strategies import models_and_data
+from ewc_ref.verify.gradcheck import relative_error
 
 RTOL = 1e-12
 # Every estimator x structure the code accepts, by explicit parametrize (pytest names the case);
@@ -198,3 +200,37 @@ def test_mapreduce_example_equals_one_shot_fisher(monkeypatch):
         distributed = example.mapreduce_fisher(model, lik, x, y, estimator, structure, partitions=3, workers=2,
                                                chunk_size=5, **kw)
         assert_same(distributed.data, er.fisher(model, lik, x, y, estimator, structure, **kw).data)
+
+
+# --------------------------------------------------------------------------- the public edge
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"estimator": "batched"}, "^batch_size: required for estimator='batched'"),
+        ({"estimator": "mc", "samples": 0}, "^samples: expected an integer >= 1"),
+        ({"estimator": "exact", "samples": 2}, "^samples: only used by estimator='mc'"),
+        ({"estimator": "exact", "batch_size": 2}, "^batch_size: only used by estimator='batched'"),
+        ({"estimator": "hessian", "structure": "kfac"}, "^structure: 'kfac' is defined for per-example outer products"),
+        ({"estimator": "fisher"}, "^estimator: expected one of"),
+        ({"start": -1}, "^start: expected an integer >= 0"),
+    ],
+)
+def test_accumulator_validates_its_arguments(kwargs, message):
+    model = er.MLP.random([3, 4, 2], "tanh", rng=0)
+    with pytest.raises(ValueError, match=message):
+        FisherAccumulator(model, er.Categorical(), **kwargs)
+
+
+def test_accumulator_validates_every_chunk_and_its_partner():
+    model = er.MLP.random([3, 4, 2], "tanh", rng=0)
+    acc = FisherAccumulator(model, er.Categorical(), "empirical", "diag")
+    acc.update(np.ones((2, 3)), np.array([0, 1]))
+    with pytest.raises(ValueError, match="^y_chunk: categorical labels must lie in 0..1"):
+        acc.update(np.ones((2, 3)), np.array([0, 2]))
+    with pytest.raises(ValueError, match="^x_chunk: expected 3 features per row"):
+        acc.update(np.ones((2, 4)), np.array([0, 1]))
+    with pytest.raises(TypeError, match="^model: expected an ewc_ref.MLP"):
+        FisherAccumulator("model.npz", er.Categorical())
+    with pytest.raises(TypeError, match="^other: expected a FisherAccumulator"):
+        acc.merge(acc.total)
+    assert acc.count == 2  # the refused chunks added nothing

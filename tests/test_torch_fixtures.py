@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import ewc_ref as er
-from ewc_ref.gradcheck import relative_error
+from ewc_ref.verify.gradcheck import relative_error
 
 FIXTURES = Path(__file__).parent / "fixtures" / "torch"
 NAMES = ["categorical", "gaussian", "bernoulli"]

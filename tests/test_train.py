@@ -1,8 +1,8 @@
-"""Training on a head view (ewc_ref.train) and the continual-learning metrics (ewc_ref.metrics).
+"""Training on a head view (ewc_ref.continual.training) and the continual-learning metrics (ewc_ref.continual.metrics).
 
 Tolerances: the head gradient and its naive twin (an explicit smaller MLP) do the same float64
 arithmetic in a different order: 1e-12 relative. Finite differences of the smooth tanh network:
-central differences with h = 1e-5 have truncation + round-off ~1e-10 (ewc_ref.gradcheck), we
+central differences with h = 1e-5 have truncation + round-off ~1e-10 (ewc_ref.verify.gradcheck), we
 allow 1e-7. SGD steps computed by hand: same operations, 1e-14.
 """
 
@@ -12,18 +12,16 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import ewc_ref as er
-from ewc_ref.datasets import load_digits, make_scenario
-from ewc_ref.ewc import Penalty
-from ewc_ref.gradcheck import numerical_jacobian, relative_error
-from ewc_ref.loss import loss_and_grad
-from ewc_ref.metrics import (
+from ewc_ref.continual.datasets import load_digits, make_scenario
+from ewc_ref.continual.metrics import (
     average_accuracy,
     backward_transfer,
     fisher_weighted_drift,
     forgetting,
     plasticity,
 )
-from ewc_ref.train import (
+from ewc_ref.continual.penalty import Penalty
+from ewc_ref.continual.training import (
     TrainingDiverged,
     embed_curvature,
     head_accuracy,
@@ -33,6 +31,8 @@ from ewc_ref.train import (
     run_sequence,
     train_task,
 )
+from ewc_ref.model.loss import loss_and_grad
+from ewc_ref.verify.gradcheck import numerical_jacobian, relative_error
 
 
 @st.composite

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..curvature import split_curvature_arrays
+from ..curvature.result import split_curvature_arrays
 from ..io import read_npz
 
 

@@ -131,8 +131,8 @@ class _Meter:
 
 
 def _validate(args) -> None:
-    from ..datasets import check_n_tasks
-    from ..ewc import check_gamma
+    from ..continual.datasets import check_n_tasks
+    from ..continual.penalty import check_gamma
 
     scenarios = SCENARIO_ORDER if args.scenario == "all" else (args.scenario,)
     for name in scenarios:
@@ -151,7 +151,7 @@ def _validate(args) -> None:
 
 
 def _run_method(scenario, method, lam, args, meter, label):
-    from ..train import run_sequence
+    from ..continual.training import run_sequence
 
     try:
         return run_sequence(
@@ -164,15 +164,15 @@ def _run_method(scenario, method, lam, args, meter, label):
 
 
 def _summary(R):
-    from ..metrics import summarize
+    from ..continual.metrics import summarize
 
     return summarize(R)
 
 
 def run_scenario(name: str, data, args, meter) -> dict:
     """SGD, L2 and EWC on one scenario; returns the JSON-ready result."""
-    from ..datasets import make_scenario
-    from ..metrics import fisher_weighted_drift
+    from ..continual.datasets import make_scenario
+    from ..continual.metrics import fisher_weighted_drift
 
     scenario = make_scenario(name, data, args.tasks, rng=np.random.default_rng([args.seed, 2]))
     lams = {
@@ -199,7 +199,7 @@ def run_scenario(name: str, data, args, meter) -> dict:
 
 def sweep(scenario, name, args, meter, sgd_R) -> dict:
     """Average accuracy, forgetting and plasticity of L2 and EWC over the lambda grid."""
-    from ..train import TrainingDiverged
+    from ..continual.training import TrainingDiverged
 
     rows = {"sgd": {"lambda": 0.0, **_summary(sgd_R)}, "l2": [], "ewc": []}
     for method in ("l2", "ewc"):
@@ -214,7 +214,7 @@ def sweep(scenario, name, args, meter, sgd_R) -> dict:
 
 
 def _load(args):
-    from ..datasets import load_digits, load_mnist
+    from ..continual.datasets import load_digits, load_mnist
 
     if args.data_dir is not None:
         return "MNIST (IDX files in " + args.data_dir + ")", load_mnist(args.data_dir)

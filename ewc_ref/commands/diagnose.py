@@ -12,9 +12,9 @@ import sys
 
 import numpy as np
 
-from ..curvature import META_KEYS, curvature_from_arrays
-from ..diagnose import diagnose
+from ..curvature.result import META_KEYS, curvature_from_arrays
 from ..io import load_data, load_model, read_npz
+from ..verify.diagnosis import diagnose
 
 
 def add_arguments(parser) -> None:

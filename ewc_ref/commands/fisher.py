@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import sys
 
-from ..curvature import ESTIMATORS, STRUCTURES, fisher
+from ..curvature.estimate import fisher
+from ..curvature.estimators import ESTIMATORS
+from ..curvature.structures import STRUCTURES
 from ..io import load_data, load_model
 from ._common import check_output_path
 

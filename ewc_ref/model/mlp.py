@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ._validate import as_float_array, as_generator
+from .._validate import as_float_array, as_generator
 from .activations import get_activation
 from .layers import (
     activation_backward,
@@ -31,7 +31,7 @@ from .layers import (
     affine_forward,
 )
 
-_KEY = re.compile(r"^(\d+)\.(weight|bias)$")
+PARAM_KEY = re.compile(r"^(\d+)\.(weight|bias)$")
 
 
 def _rebuild_mlp(state: dict, activation: str) -> MLP:
@@ -136,7 +136,7 @@ class MLP:
         """
         layers: dict[int, dict[str, np.ndarray]] = {}
         for key, value in state.items():
-            match = _KEY.match(key)
+            match = PARAM_KEY.match(key)
             if match is None:
                 raise ValueError(f"unknown key {key!r}: expected '<module index>.weight' or '<module index>.bias'")
             layers.setdefault(int(match.group(1)), {})[match.group(2)] = value

@@ -1,9 +1,9 @@
 """The numbers behind Fig. 3: a real posterior, its Laplace Gaussian and EWC's diagonal one.
 
 Bayesian logistic regression with two weights (a single bias-free Linear layer with the
-bernoulli likelihood), prior N(0, 4 I). The posterior is integrated on a grid (ewc_ref.grid);
+bernoulli likelihood), prior N(0, 4 I). The posterior is integrated on a grid (ewc_ref.bayes.grid);
 the Laplace Gaussian uses the exact Hessian at the MAP, the EWC Gaussian the diagonal of
-N F + prior precision (ewc_ref.laplace). Used by ``ewc-ref figures --only laplace``,
+N F + prior precision (ewc_ref.bayes.laplace). Used by ``ewc-ref figures --only laplace``,
 examples/laplace_vs_posterior.py, docs/bayes-and-laplace.md and derivations/03.
 """
 
@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from .bayes import GaussianPrior, LogPosterior, Subspace, sequential_log_posterior
+from ..model.likelihoods import Bernoulli
+from ..model.mlp import MLP
 from .grid import grid_posterior
 from .laplace import laplace_approximation
-from .likelihoods import Bernoulli
-from .mlp import MLP
+from .posterior import GaussianPrior, LogPosterior, Subspace, sequential_log_posterior
 
 PRIOR_VARIANCE = 4.0
 

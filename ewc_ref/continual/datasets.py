@@ -28,7 +28,7 @@ class      class-incremental       classes of tasks 0..t        classes of tasks
 - ``task``: split digits, classes 0..9 cut into consecutive groups (5 tasks of 2 classes by
   default) and a multi-head output: head t is the rows of the last layer belonging to the
   classes of task t. Training and testing task t use only those logits ("head view", see
-  :func:`head_columns` and ewc_ref.train).
+  :func:`head_columns` and ewc_ref.continual.training).
 - ``class``: the same split, one shared head over all classes seen so far: after task i the
   model must tell apart every class of tasks 0..i without being told the task. Logits of classes
   not yet seen are inactive (they cannot be predicted), as in van de Ven & Tolias.
@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ._validate import as_generator, check_choice
+from .._validate import as_generator, check_choice
 
 N_CLASSES = 10
 SCENARIOS = ("task", "domain", "class")

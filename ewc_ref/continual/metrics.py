@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._validate import as_float_array
+from .._validate import as_float_array
 
 
 def check_accuracy_matrix(R) -> np.ndarray:

@@ -1,4 +1,8 @@
-"""A one-line progress report on stderr for long work (training, big Fisher), silenced by --quiet."""
+"""The one progress reporter of ewc_ref: a counter line or stage lines on stderr, silenced by --quiet.
+
+Library code calls it unconditionally; ``enabled=False`` (the default of every public
+``progress=`` argument) makes it a no-op.
+"""
 
 from __future__ import annotations
 
@@ -32,4 +36,10 @@ class Progress:
     def close(self) -> None:
         if self.enabled:
             self.stream.write("\n")
+            self.stream.flush()
+
+    def stage(self, message: str) -> None:
+        """Print ``label: message`` on a line of its own (for work reported by stages, not counts)."""
+        if self.enabled:
+            self.stream.write(f"{self.label}: {message}\n")
             self.stream.flush()

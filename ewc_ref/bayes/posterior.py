@@ -44,10 +44,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._validate import as_float_array
-from .likelihoods import Likelihood
-from .loss import check_model_data
-from .mlp import MLP
+from .._validate import as_float_array
+from ..model.likelihoods import Likelihood
+from ..model.loss import check_model_data
+from ..model.mlp import MLP
 
 # Evaluate the network at K parameter vectors at once in chunks whose activations hold at
 # most this many floats (K * N * width), about 32 MB in float64.

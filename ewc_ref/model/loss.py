@@ -25,17 +25,22 @@ def check_model_data(model: MLP, lik: Likelihood, x, y, x_name: str = "x", y_nam
     return x, y
 
 
-def _per_example_losses(model: MLP, lik: Likelihood, x, y) -> np.ndarray:
+# The *_unchecked functions are the part's compute: they trust (x, y) as returned by
+# check_model_data, so callers that validated once (gradcheck, the naive twins) do not repeat it.
+def per_example_losses_unchecked(model: MLP, lik: Likelihood, x, y) -> np.ndarray:
+    """l_n : (N,) for trusted inputs."""
     return lik.nll(model.forward(x)[0], y)
 
 
-def _loss_and_grad(model: MLP, lik: Likelihood, x, y):
+def loss_and_grad_unchecked(model: MLP, lik: Likelihood, x, y):
+    """(L, grad L : (P,)) for trusted inputs; L is a 0-d array."""
     f, cache = model.forward(x)
     n = x.shape[0]
     return lik.nll(f, y).mean(), model.backward(cache, lik.grad(f, y) / n)
 
 
-def _per_sample_gradients(model: MLP, lik: Likelihood, x, y) -> np.ndarray:
+def per_sample_gradients_unchecked(model: MLP, lik: Likelihood, x, y) -> np.ndarray:
+    """G : (N, P) for trusted inputs."""
     f, cache = model.forward(x)
     return model.per_sample_grads(cache, lik.grad(f, y))
 
@@ -43,7 +48,7 @@ def _per_sample_gradients(model: MLP, lik: Likelihood, x, y) -> np.ndarray:
 def per_example_losses(model: MLP, lik: Likelihood, x, y) -> np.ndarray:
     """l_n = -log p(y_n | f(x_n)), shape (N,)."""
     x, y = check_model_data(model, lik, x, y)
-    return _per_example_losses(model, lik, x, y)
+    return per_example_losses_unchecked(model, lik, x, y)
 
 
 def mean_loss(model: MLP, lik: Likelihood, x, y) -> float:
@@ -54,7 +59,7 @@ def mean_loss(model: MLP, lik: Likelihood, x, y) -> float:
 def loss_and_grad(model: MLP, lik: Likelihood, x, y):
     """(L(theta), grad L(theta)) with grad : (P,) = 1/N sum_n g_n, one forward and one backward pass."""
     x, y = check_model_data(model, lik, x, y)
-    loss, grad = _loss_and_grad(model, lik, x, y)
+    loss, grad = loss_and_grad_unchecked(model, lik, x, y)
     return float(loss), grad
 
 
@@ -64,4 +69,4 @@ def per_sample_gradients(model: MLP, lik: Likelihood, x, y) -> np.ndarray:
     Memory N*P; for large N use the streamed estimators of ewc_ref.fisher instead.
     """
     x, y = check_model_data(model, lik, x, y)
-    return _per_sample_gradients(model, lik, x, y)
+    return per_sample_gradients_unchecked(model, lik, x, y)

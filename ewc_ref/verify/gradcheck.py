@@ -38,9 +38,14 @@ from collections.abc import Callable
 
 import numpy as np
 
-from .likelihoods import Likelihood
-from .loss import _loss_and_grad, _per_example_losses, _per_sample_gradients, check_model_data
-from .mlp import MLP
+from ..model.likelihoods import Likelihood
+from ..model.loss import (
+    check_model_data,
+    loss_and_grad_unchecked,
+    per_example_losses_unchecked,
+    per_sample_gradients_unchecked,
+)
+from ..model.mlp import MLP
 
 
 def relative_error(analytic: np.ndarray, numeric: np.ndarray, value_scale: float = 0.0) -> float:
@@ -86,9 +91,9 @@ def check_gradients(model: MLP, lik: Likelihood, x, y, h: float = 1e-5) -> float
     to max(gradient scale, mean_n |l_n|) (module docstring)."""
     x, y = check_model_data(model, lik, x, y)
     model, x = _as_float64(model, x)
-    analytic = _loss_and_grad(model, lik, x, y)[1]
-    numeric = numerical_jacobian(lambda t: _loss_and_grad(model.with_theta(t), lik, x, y)[0], model.theta, h)
-    loss_scale = float(np.mean(np.abs(_per_example_losses(model, lik, x, y))))
+    analytic = loss_and_grad_unchecked(model, lik, x, y)[1]
+    numeric = numerical_jacobian(lambda t: loss_and_grad_unchecked(model.with_theta(t), lik, x, y)[0], model.theta, h)
+    loss_scale = float(np.mean(np.abs(per_example_losses_unchecked(model, lik, x, y))))
     return relative_error(analytic, numeric, loss_scale)
 
 
@@ -97,9 +102,9 @@ def check_per_sample_gradients(model: MLP, lik: Likelihood, x, y, h: float = 1e-
     relative to max(gradient scale, max_n |l_n|) (module docstring)."""
     x, y = check_model_data(model, lik, x, y)
     model, x = _as_float64(model, x)
-    analytic = _per_sample_gradients(model, lik, x, y)
-    numeric = numerical_jacobian(lambda t: _per_example_losses(model.with_theta(t), lik, x, y), model.theta, h)
-    loss_scale = float(np.max(np.abs(_per_example_losses(model, lik, x, y))))
+    analytic = per_sample_gradients_unchecked(model, lik, x, y)
+    numeric = numerical_jacobian(lambda t: per_example_losses_unchecked(model.with_theta(t), lik, x, y), model.theta, h)
+    loss_scale = float(np.max(np.abs(per_example_losses_unchecked(model, lik, x, y))))
     return relative_error(analytic, numeric, loss_scale)
 
 

@@ -16,15 +16,17 @@ bernoulli      sum_c softplus(f_c) - y_c f_c    p - y              diag(p (1 - p
 
 with p = softmax(f) (categorical), p = sigmoid(f) (bernoulli), s = sigma and
 c = C/2 log(2 pi s^2), the normalising constant, kept so that the NLL is a true
-negative log density (the evidence computations of bayes.py need it).
+negative log density (the evidence computations of bayes/ need it).
 """
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 from scipy.special import expit, log_softmax, logsumexp, softmax
 
-from ._validate import as_float_array
+from .._validate import as_float_array
 
 
 class Likelihood:
@@ -83,6 +85,29 @@ class Likelihood:
     def accuracy(self, f: np.ndarray, y: np.ndarray) -> float | None:
         """Fraction of correct most-probable predictions, or None where undefined."""
         return None
+
+    # -- per-likelihood rules of the naive twins, diagnose's mc moments and the test strategies
+    #: Fewest outputs C the likelihood is defined for.
+    min_outputs: int = 1
+
+    def random_labels(self, f: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """Labels anywhere in the support for f : (N, C), not drawn from the model (test data)."""
+        raise NotImplementedError
+
+    def label_quadrature(self, f: np.ndarray, points: int = 3) -> tuple[list, np.ndarray]:
+        """Every label with its probability under p(y | f_n), for exact expectations.
+
+        f : (N, C). Returns labels, a list of K label arrays shaped like y for N rows, and
+        weights : (N, K) summing to 1 per row, with E_y[h(y)] = sum_k weights[:, k] h(labels[k])
+        exactly for the quadratic h = g g^T of the Fisher (a quadrature rule for continuous y).
+        """
+        raise TypeError(f"lik: no label enumeration for {type(self).__name__}")
+
+    def gradient_cumulants(self, f: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+        """(m2, k4) : (N, C), second moment and fourth cumulant of the independent zero-mean
+        entries e_c of e = d l / d f under y ~ p(y | f); None when the entries are dependent
+        (then diagnose enumerates ``label_quadrature``)."""
+        raise TypeError(f"lik: no mc moments for {type(self).__name__}")
 
     def to_arrays(self) -> dict[str, np.ndarray]:
         """The model.npz metadata keys for this likelihood."""
@@ -209,6 +234,18 @@ class Categorical(Likelihood):
     def accuracy(self, f, y):
         return float(np.mean(np.argmax(f, axis=-1) == y))
 
+    min_outputs = 2
+
+    def random_labels(self, f, rng):
+        return rng.integers(0, f.shape[-1], f.shape[0])
+
+    def label_quadrature(self, f, points=3):
+        n, c = f.shape
+        return [np.full(n, k) for k in range(c)], self.mean(f)
+
+    def gradient_cumulants(self, f):
+        return None  # e = p - onehot(y): the C entries are dependent, enumerate the C labels
+
 
 class Gaussian(Likelihood):
     """Independent Gaussian per output with fixed standard deviation sigma, identity link."""
@@ -254,6 +291,26 @@ class Gaussian(Likelihood):
         _check_shape(y, (n, n_outputs), name)
         return y
 
+    def random_labels(self, f, rng):
+        return f + rng.standard_normal(f.shape)
+
+    def label_quadrature(self, f, points=3):
+        # Tensor-product Gauss-Hermite with k points per output: exact for polynomials of degree
+        # <= 2k - 1 in y; g g^T is quadratic, so k = 2 would do and k = 3 leaves a margin.
+        n, c = f.shape
+        if c > 6:
+            raise ValueError(f"f: Gauss-Hermite over C outputs needs C <= 6, got C = {c}")
+        nodes, w = np.polynomial.hermite_e.hermegauss(points)  # weight exp(-t^2/2)
+        w = w / w.sum()
+        grid = list(itertools.product(range(len(nodes)), repeat=c))
+        labels = [f + self.sigma * nodes[list(idx)] for idx in grid]
+        weights = np.array([np.prod(w[list(idx)]) for idx in grid])
+        return labels, np.broadcast_to(weights, (n, len(grid))).copy()
+
+    def gradient_cumulants(self, f):
+        # e = (f - y) / sigma^2 ~ N(0, 1 / sigma^2): no fourth cumulant.
+        return np.full(f.shape, 1.0 / self.sigma**2), np.zeros(f.shape)
+
     def to_arrays(self):
         return {"__likelihood__": np.array(self.name), "__sigma__": np.array(self.sigma)}
 
@@ -287,6 +344,25 @@ class Bernoulli(Likelihood):
 
     def mean(self, f):
         return expit(f)
+
+    def random_labels(self, f, rng):
+        return rng.integers(0, 2, f.shape).astype(f.dtype)
+
+    def label_quadrature(self, f, points=3):
+        n, c = f.shape
+        if c > 12:
+            raise ValueError(f"f: enumerating 2^C bernoulli labels needs C <= 12, got C = {c}")
+        # 1 - p as sigmoid(-f): for a saturated logit (f ~ 600) 1 - p cancels to 0, losing the
+        # only label with weight (a Bernoulli with f = 584.8 enumerated to F = 0).
+        p, complement = self.mean(f), self.mean(-f)
+        bits = [np.array(b, dtype=float) for b in itertools.product([0.0, 1.0], repeat=c)]
+        weights = np.stack([np.prod(np.where(b == 1, p, complement), axis=-1) for b in bits], axis=-1)
+        return [np.broadcast_to(b, (n, c)).copy() for b in bits], weights
+
+    def gradient_cumulants(self, f):
+        # e = p - y: E e^2 = p (1 - p), E e^4 = m2 (1 - 3 m2), so k4 = m2 (1 - 3 m2) - 3 m2^2.
+        m2 = self.hessian_diag(f)
+        return m2, m2 * (1 - 3 * m2) - 3 * m2**2
 
     def most_probable(self, f):
         return (f >= 0).astype(f.dtype)

@@ -1,7 +1,7 @@
 """Naive twins: every curvature estimator as a plain loop over examples and labels.
 
 These are the readable definitions that the fast, batched, streamed code in
-curvature.py is tested against. They form dense (P, P) matrices one example and
+accumulator.py and kernels.py are tested against. They form dense (P, P) matrices one example and
 one label at a time, exactly as the formulas read, and share no code with the
 fast paths beyond the MLP's forward/backward pass and the likelihood's formulas:
 
@@ -18,14 +18,15 @@ Use them for small P and N only: cost N * K backward passes and P^2 memory.
 
 from __future__ import annotations
 
-import itertools
+import math
 
 import numpy as np
 
-from .curvature import ESTIMATORS, check_dense_size
-from .likelihoods import Bernoulli, Categorical, Gaussian, Likelihood
-from .loss import _loss_and_grad, check_model_data
-from .mlp import MLP
+from ..model.likelihoods import Likelihood
+from ..model.loss import check_model_data, loss_and_grad_unchecked
+from ..model.mlp import MLP
+from .budget import check_dense_size
+from .estimators import ESTIMATORS
 
 
 def naive_fisher(model: MLP, lik: Likelihood, x, y, estimator: str = "empirical", samples: int = 1,
@@ -44,7 +45,7 @@ def naive_fisher(model: MLP, lik: Likelihood, x, y, estimator: str = "empirical"
     if estimator == "batched":
         batches = range(0, n, batch_size)
         for begin in batches:
-            gbar = _loss_and_grad(model, lik, x[begin : begin + batch_size], y[begin : begin + batch_size])[1]
+            gbar = loss_and_grad_unchecked(model, lik, x[begin : begin + batch_size], y[begin : begin + batch_size])[1]
             F += np.outer(gbar, gbar)
         return F / len(batches)
     for i in range(n):
@@ -79,33 +80,11 @@ def label_distribution(lik: Likelihood, f: np.ndarray, gauss_hermite_points: int
     labels : list of labels (each shaped like one row of y)
     weights : (M,) probabilities (quadrature weights for gaussian), summing to 1
 
-    Gaussian: the tensor-product Gauss-Hermite rule with k points per output is exact for
-    polynomials of degree <= 2k - 1 in y; g g^T is quadratic, so k = 2 would do and k = 3
-    leaves a margin.
+    The rule is the likelihood's ``label_quadrature``: the C classes, the 2^C bit vectors, or
+    the tensor-product Gauss-Hermite rule (exact for the quadratic g g^T).
     """
-    c = f.shape[0]
-    if isinstance(lik, Categorical):
-        return [np.array([k]) for k in range(c)], lik.mean(f[None])[0]
-    if isinstance(lik, Bernoulli):
-        if c > 12:
-            raise ValueError(f"f: enumerating 2^C bernoulli labels needs C <= 12, got C = {c}")
-        # 1 - p as sigmoid(-f): for a saturated logit (f ~ 600) 1 - p cancels to 0, losing the
-        # only label with weight (a Bernoulli with f = 584.8 enumerated to F = 0).
-        p, complement = lik.mean(f[None])[0], lik.mean(-f[None])[0]
-        labels = [np.array([bits], dtype=float) for bits in itertools.product([0.0, 1.0], repeat=c)]
-        weights = np.array([np.prod(np.where(lab[0] == 1, p, complement)) for lab in labels])
-        return labels, weights
-    if isinstance(lik, Gaussian):
-        nodes, w = np.polynomial.hermite_e.hermegauss(gauss_hermite_points)  # weight exp(-t^2/2)
-        w = w / w.sum()
-        if c > 6:
-            raise ValueError(f"f: Gauss-Hermite over C outputs needs C <= 6, got C = {c}")
-        labels, weights = [], []
-        for idx in itertools.product(range(len(nodes)), repeat=c):
-            labels.append((f + lik.sigma * nodes[list(idx)])[None])
-            weights.append(np.prod(w[list(idx)]))
-        return labels, np.array(weights)
-    raise TypeError(f"lik: no label enumeration for {type(lik).__name__}")
+    labels, weights = lik.label_quadrature(f[None], gauss_hermite_points)
+    return labels, weights[0]
 
 
 def expected_outer_product(model: MLP, lik: Likelihood, x) -> np.ndarray:
@@ -132,3 +111,37 @@ def project(full: np.ndarray, model: MLP, structure: str):
         return full
     raise ValueError(f"structure: a dense matrix projects to 'diag', 'block' or 'full', not {structure!r}")
 
+
+# --------------------------------------------------------------------------- twins of the kernels' sums
+def diag_sums_naive(model: MLP, cache, deltas, weight: float) -> np.ndarray:
+    """Twin of accumulator._diag_sums (the original inline NumPy): sum over the K vectors, then one GEMM."""
+    out = np.empty(model.n_params, dtype=np.result_type(cache.inputs[0], model.theta))
+    for l, delta in enumerate(deltas):
+        sq = weight * np.einsum("kno,kno->no", delta, delta)  # sum over the K vectors first
+        a = cache.inputs[l]
+        out[model.weight_slices[l]] = (sq.T @ (a * a)).ravel()
+        if model.has_bias[l]:
+            out[model.bias_slices[l]] = sq.sum(axis=0)
+    return out
+
+
+def outer_sums_naive(model: MLP, structure: str, cache, r: np.ndarray, weight: float):
+    """Twin of accumulator.FisherAccumulator._outer_sums (the original NumPy): per-example gradients of
+    mlp.per_sample_grads, then G^T G, block slices of it, or the KFAC factor GEMMs."""
+    deltas = model.backward_deltas(cache, r)
+    if structure == "diag":
+        return diag_sums_naive(model, cache, deltas, weight)
+    if structure == "kfac":
+        sums = []
+        for l, delta in enumerate(deltas):
+            a = cache.inputs[l]
+            if model.has_bias[l]:
+                a = np.concatenate([a, np.ones((a.shape[0], 1), dtype=a.dtype)], axis=1)
+            d = delta.reshape(-1, delta.shape[-1])
+            sums.append((a.T @ a, weight * (d.T @ d)))
+        return sums
+    G = model.per_sample_grads(cache, r * math.sqrt(weight))
+    G = G.reshape(-1, G.shape[-1])
+    if structure == "full":
+        return G.T @ G
+    return [G[:, s].T @ G[:, s] for s in model.layer_slices]

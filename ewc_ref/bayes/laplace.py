@@ -32,12 +32,12 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.optimize import minimize
 
-from ._validate import as_float_array, check_choice
-from .bayes import _LOG_2PI, GaussianPrior, LogPosterior, PosteriorPrior, _as_points
-from .curvature import fisher
-from .gradcheck import numerical_jacobian
+from .._validate import as_float_array, check_choice
+from ..curvature.estimate import fisher_unchecked
+from ..curvature.second_order import hessian_vector_product
+from ..verify.gradcheck import numerical_jacobian
 from .grid import GridPosterior
-from .hessian import hessian_vector_product
+from .posterior import _LOG_2PI, GaussianPrior, LogPosterior, PosteriorPrior, _as_points
 
 KINDS = ("hessian", "ggn", "fisher_diag")
 
@@ -64,7 +64,7 @@ class MAPResult:
 def _log_likelihood_hessian(post: LogPosterior, z: np.ndarray) -> np.ndarray:
     """d^2 log p(D | theta(z)) / dz^2 : (d, d) = -N H(theta(z))[free, free].
 
-    d exact Hessian-vector products (R-op, ewc_ref.hessian) with the unit vectors of the free
+    d exact Hessian-vector products (R-op, ewc_ref.curvature.second_order) with the unit vectors of the free
     parameters: H e_i, restricted to the free rows.
     """
     free = post.subspace.free_indices
@@ -86,9 +86,9 @@ def _fisher_sum(post: LogPosterior, z: np.ndarray, structure: str = "full") -> n
     a mean over examples (EXCHANGE.md), so N F = sum_n J_n^T Lambda_n J_n. structure='diag'
     returns the diagonal matrix diag(N F) from the diagonal estimator."""
     free = post.subspace.free_indices
-    F = fisher(post.subspace.model_at(z), post.lik, post.x, post.y, estimator="exact", structure=structure)
+    F = fisher_unchecked(post.subspace.model_at(z), post.lik, post.x, post.y, estimator="exact", structure=structure)
     if structure == "diag":
-        return post.n * np.diag(F.flat[free])
+        return post.n * np.diag(F.diagonal[free])
     return post.n * F.to_dense()[np.ix_(free, free)]
 
 

@@ -4,7 +4,7 @@ Head view: the multi-head / shared-head design
 ----------------------------------------------
 The network always has C = 10 outputs. A task uses a subset of them, ``columns`` (K,) (its
 *head*: the task's two classes in task-incremental learning, the classes seen so far in
-class-incremental, all ten in domain-incremental; ewc_ref.datasets). For a task we use the
+class-incremental, all ten in domain-incremental; ewc_ref.continual.datasets). For a task we use the
 sub-network whose output is
 
     f_head(x) = f(x)[:, columns]   (N, K),
@@ -39,9 +39,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._validate import as_generator, check_positive_int
-from .likelihoods import Categorical
-from .mlp import MLP
+from .._validate import as_generator, check_positive_int
+from ..model.likelihoods import Categorical
+from ..model.mlp import MLP
 
 _CATEGORICAL = Categorical()
 
@@ -166,19 +166,21 @@ def head_fisher(model: MLP, x, y, columns, estimator: str = "exact", structure: 
     """The curvature of the head ``columns`` (its sub-network), embedded in the full parameter space.
 
     Calls ewc_ref.fisher on :func:`head_view` with the categorical likelihood and returns its
-    diagonal ``.flat`` embedded as a (P,) vector for structure='diag', otherwise an object with
+    diagonal ``.diagonal`` embedded as a (P,) vector for structure='diag', otherwise an object with
     ``matvec`` (E F_head E^T). Parameters as ewc_ref.fisher; y are positions in ``columns``.
     """
     x, y, columns = _check_head_data(model, x, y, columns)
     head, index = head_view(model, columns)
     curvature = _fisher(head, x, y, estimator=estimator, structure=structure, rng=rng, **options)
     if structure == "diag":
-        return embed_curvature(np.asarray(curvature.flat), index, model.n_params)
+        return embed_curvature(np.asarray(curvature.diagonal), index, model.n_params)
     return embed_curvature(curvature, index, model.n_params)
 
 
 def _fisher(model, x, y, **kwargs):
-    from .curvature import fisher  # imported on first use: keeps `import ewc_ref.train` light
+    from ..curvature.estimate import (
+        fisher,  # on first use: keeps `import ewc_ref.continual.training` light
+    )
 
     return fisher(model, _CATEGORICAL, x, y, **kwargs)
 
@@ -207,7 +209,7 @@ def train_task(
     epochs : number of passes over the data (fixed, no early stopping)
     batch_size : B, last minibatch of an epoch partial
     lr : eta > 0; momentum : mu in [0, 1)
-    penalty : None or an object with ``value_and_grad(theta) -> (float, (P,))`` (ewc_ref.ewc.Penalty)
+    penalty : None or an object with ``value_and_grad(theta) -> (float, (P,))`` (ewc_ref.continual.penalty.Penalty)
     rng : numpy Generator or seed; one ``rng.permutation(N)`` per epoch
     progress : None or callable(epoch, epochs, mean_objective) called after each epoch
 
@@ -339,10 +341,10 @@ def run_sequence(
 
     Parameters
     ----------
-    scenario : ewc_ref.datasets.Scenario
+    scenario : ewc_ref.continual.datasets.Scenario
     method : 'sgd' (no penalty), 'l2' (Penalty kind 'l2') or 'ewc' (Penalty kind `kind`)
     lam : lambda for 'l2' and 'ewc'
-    kind, gamma : the EWC variant (ewc_ref.ewc.Penalty)
+    kind, gamma : the EWC variant (ewc_ref.continual.penalty.Penalty)
     hidden : hidden layer widths; activation : their activation
     epochs, batch_size, lr, momentum : SGD settings per task (train_task)
     estimator : Fisher estimator for 'ewc' (ewc_ref.fisher, structure 'diag', head view)
@@ -355,7 +357,7 @@ def run_sequence(
     fishers : list of (P,) Fisher diagonals of each task at theta*_t (None unless 'ewc'),
     model : the final MLP
     """
-    from .ewc import Penalty
+    from .penalty import Penalty
 
     if method not in METHODS:
         raise ValueError(f"method: expected one of {list(METHODS)}, got {method!r}")

@@ -46,7 +46,7 @@ is the posterior mode), which ``separate`` double-counts.
 
 Curvature structure
 -------------------
-Any curvature plugs in: a diagonal as a (P,) array (``Curvature.flat`` of ewc_ref.fisher with
+Any curvature plugs in: a diagonal as a (P,) array (``Curvature.diagonal`` of ewc_ref.fisher with
 structure='diag'), or any object with ``matvec(v) -> (P,)`` (full, block or K-FAC ``Curvature``),
 for which Omega = lambda/2 d^T F d and grad = lambda F d with d = theta - theta*. A (P, P) array is
 taken as a dense matrix. Sums of diagonals are kept as one vector (so ``online`` with gamma = 1 is
@@ -57,7 +57,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._validate import as_float_array, check_choice
+from .._validate import as_float_array, check_choice
 
 PENALTIES = ("separate", "accumulated", "online", "l2")
 

@@ -1,8 +1,8 @@
 """Fast kernels of the curvature accumulator, each beside its naive NumPy twin.
 
-Every curvature in ewc_ref.curvature (except ``batched`` and ``hessian``) is a weighted sum of
+Every curvature of ewc_ref.curvature.estimators (except ``batched`` and ``hessian``) is a weighted sum of
 outer products of per-example gradients, and for a Linear layer z = a W^T + b the gradient of
-example n along backward vector k is an outer product (module docstring of curvature.py)::
+example n along backward vector k is an outer product (module docstring of estimators.py)::
 
     dW_nk = delta_nk a_n^T    (out, in)        db_nk = delta_nk    (out,)
 
@@ -45,8 +45,8 @@ USE_NUMBA = os.environ.get("EWC_REF_NO_NUMBA", "").strip().lower() not in ("1", 
 
 
 # --------------------------------------------------------------------------- backward pass
-def backward_deltas(model, cache, df: np.ndarray) -> list[np.ndarray]:
-    """MLP.backward_deltas (its naive twin, same signature) with one GEMM per layer.
+def backward_deltas(weights: list, activation_caches: list, df: np.ndarray) -> list[np.ndarray]:
+    """MLP.backward_deltas (its naive twin) with one GEMM per layer, on arrays only.
 
     For K backward vectors at once, df : (K, n, C), NumPy's ``delta @ W`` on a (K, n, out)
     stack runs K separate (n, out) x (out, in) products; stacking them as one (K n, out)
@@ -57,21 +57,27 @@ def backward_deltas(model, cache, df: np.ndarray) -> list[np.ndarray]:
 
     and no input gradient for the first layer.
 
+    Parameters
+    ----------
+    weights : list of (out_l, in_l), the model's weight matrices (``model.weights``)
+    activation_caches : the forward pass's per-layer activation caches (``cache.activation_caches``)
+    df : (K, n, C) backward vectors at the output
+
     Returns
     -------
     deltas : list of (..., n, out_l), as MLP.backward_deltas
     """
-    from .layers import activation_backward
+    from ..model.layers import activation_backward
 
-    deltas = [None] * model.n_layers
+    deltas = [None] * len(weights)
     delta = df
-    for l in range(model.n_layers - 1, -1, -1):
+    for l in range(len(weights) - 1, -1, -1):
         deltas[l] = delta
         if l > 0:
-            weight = model.weights[l]
+            weight = weights[l]
             stacked = np.ascontiguousarray(delta).reshape(-1, delta.shape[-1])
             da = (stacked @ weight).reshape(*delta.shape[:-1], weight.shape[1])
-            delta = activation_backward(da, cache.activation_caches[l - 1])
+            delta = activation_backward(da, activation_caches[l - 1])
     return deltas
 
 
@@ -100,7 +106,7 @@ def squared_delta_sum(delta: np.ndarray, weight: float) -> np.ndarray:
 def diag_second_moment(delta: np.ndarray, a: np.ndarray, weight: float, has_bias: bool):
     """Diagonal of sum_{n,k} w g_nk g_nk^T for one Linear layer, without per-example gradients.
 
-    With g_nk = [vec_row(delta_nk a_n^T), delta_nk] (curvature.py) the diagonal is
+    With g_nk = [vec_row(delta_nk a_n^T), delta_nk] (estimators.py) the diagonal is
 
         weight part : sum_{n,k} w (delta_nk a_n^T)^2 = (sum_k w delta_nk^2)^T (a_n^2)
                       = S^T (a * a),  S : (n, out) = squared_delta_sum, one GEMM   (out, in)
@@ -257,7 +263,7 @@ def kfac_factors(delta: np.ndarray, a: np.ndarray, weight: float, has_bias: bool
         A_sum = sum_n abar_n abar_n^T = abar^T abar,  abar = [a, 1] with bias, else a   (in [+1], same)
         B_sum = w sum_{n,k} delta_nk delta_nk^T = w D^T D,  D = delta as (K n, out)      (out, out)
 
-    (curvature.py divides both by N.)
+    (accumulator.py divides both by N.)
     """
     if has_bias:
         a = np.concatenate([a, np.ones((a.shape[0], 1), dtype=a.dtype)], axis=1)

@@ -1,0 +1,249 @@
+"""The streaming accumulator: a curvature estimate as running SUMS over chunks of examples.
+
+``update(x_chunk, y_chunk)`` adds a chunk's sums, ``merge(other)`` adds another accumulator's
+(a map-reduce over partitions of the data), ``result()`` divides by the count. Peak memory is the
+output plus one chunk, whatever N. The estimators and structures are the rows of
+``estimators.ESTIMATOR_TABLE`` and ``structures.STRUCTURE_TABLE``; the per-structure sums of
+outer products go through ``kernels`` (numba), whose readable twins are in ``naive``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .._validate import as_generator, check_choice, check_positive_int
+from ..model.likelihoods import Likelihood
+from ..model.loss import check_model_data
+from ..model.mlp import MLP
+from . import budget, kernels
+from .batched import minibatch_pieces
+from .estimators import ESTIMATOR_TABLE, ESTIMATORS
+from .result import Curvature
+from .structures import STRUCTURES
+
+
+def check_estimator_options(estimator: str, structure: str, samples, batch_size, n: int | None = None):
+    """Validate (estimator, structure, samples, batch_size) against the tables; return them trusted.
+
+    samples defaults to 1 for 'mc'; batch_size is required for 'batched' (and <= n when n is
+    given); an option the estimator does not use, or a structure it does not support, is refused.
+    """
+    estimator = check_choice(estimator, "estimator", ESTIMATORS)
+    structure = check_choice(structure, "structure", STRUCTURES)
+    row = ESTIMATOR_TABLE[estimator]
+    if structure not in row.structures:
+        raise ValueError(f"structure: {structure!r} is defined for per-example outer products, not for estimator={estimator!r}")
+    if "samples" in row.options:
+        samples = 1 if samples is None else check_positive_int(samples, "samples")
+    elif samples is not None:
+        raise ValueError(f"samples: only used by estimator='mc', got samples={samples} with estimator={estimator!r}")
+    if "batch_size" in row.options:
+        if batch_size is None:
+            raise ValueError(f"batch_size: required for estimator={estimator!r}")
+        batch_size = check_positive_int(batch_size, "batch_size", upper=n)
+    elif batch_size is not None:
+        raise ValueError(f"batch_size: only used by estimator='batched', got batch_size={batch_size} with estimator={estimator!r}")
+    return estimator, structure, samples, batch_size
+
+
+class FisherAccumulator:
+    """Streams a curvature estimate over chunks of examples (module docstring).
+
+    Parameters
+    ----------
+    model, lik : the network and its likelihood
+    estimator, structure : rows of the estimator and structure tables
+    samples : S labels per example, 'mc' only (default 1)
+    batch_size : B, required for 'batched' and refused otherwise
+    rng : numpy Generator or seed for 'mc'
+    start : global index of this accumulator's first row ('batched' minibatches are the
+        consecutive runs of B rows in global row order, so accumulators sharing the data need it)
+
+    Every argument is validated here and every chunk in ``update`` (ValueError / TypeError naming
+    it). A minibatch split across chunks or accumulators is completed when its pieces meet. For
+    ``mc`` the labels are drawn from `rng` example by example, so with one accumulator fed in row
+    order the draws do not depend on the chunk size. Everything is kept as SUMS, so any partition
+    of the rows gives the one-shot result up to floating-point summation order.
+    """
+
+    def __init__(self, model: MLP, lik: Likelihood, estimator: str = "empirical", structure: str = "diag",
+                 samples: int | None = None, batch_size: int | None = None, rng=None, start: int = 0):
+        estimator, structure, samples, batch_size = check_estimator_options(estimator, structure, samples, batch_size)
+        if not isinstance(model, MLP):
+            raise TypeError(f"model: expected an ewc_ref.MLP, got {type(model).__name__}")
+        if not isinstance(lik, Likelihood):
+            raise TypeError(f"lik: expected an ewc_ref Likelihood, got {type(lik).__name__}")
+        if not np.all(np.isfinite(model.theta)):
+            raise ValueError("model: parameters contain NaN or inf")
+        if isinstance(start, bool) or not isinstance(start, int | np.integer) or start < 0:
+            raise ValueError(f"start: expected an integer >= 0, got {start!r}")
+        if structure == "full":
+            budget.check_dense_size(model.n_params)
+        self.model, self.lik = model, lik
+        self.estimator, self.structure = estimator, structure
+        self.samples, self.batch_size = samples or 1, batch_size
+        self.rng = as_generator(rng) if "rng" in ESTIMATOR_TABLE[estimator].options else None
+        self.start = self.position = int(start)
+        self.count = 0  # rows seen
+        self.n_batches = 0  # completed minibatches (batched)
+        self.partial: dict[int, list] = {}  # batch index -> [gradient sum (P,), rows]
+        self.total = None  # the structure's running sum
+        self._update_by_kind = {"outer": self._update_outer, "batched": self._update_batched,
+                                "hessian": self._update_hessian}[ESTIMATOR_TABLE[estimator].kind]
+
+    # -- the per-structure sums of outer products ------------------------------
+    def _add(self, sums, owned: bool = True):
+        """Add `sums` to the running total; `owned` = they are fresh arrays nobody else holds,
+        so the first one can become the total without a copy (a pass over P x P saved)."""
+        if self.total is None:
+            self.total = sums if owned else _copy(sums)
+        elif isinstance(self.total, list):
+            for acc, new in zip(self.total, sums, strict=True):
+                if isinstance(acc, tuple):
+                    acc[0][...] += new[0]
+                    acc[1][...] += new[1]
+                else:
+                    acc += new
+        else:
+            self.total += sums
+
+    def _outer_sums(self, cache, r: np.ndarray, weight: float):
+        """sum_{n,k} weight * u_nk u_nk^T in the accumulator's structure, u = J^T r.
+
+        Fast path by ewc_ref.curvature.kernels; the readable twin is naive.outer_sums_naive (tests/test_kernels.py).
+        """
+        model = self.model
+        if self.structure == "diag":
+            return _diag_sums(model, cache, kernels.backward_deltas(model.weights, cache.activation_caches, r), weight)
+        if self.structure == "kfac":
+            deltas = kernels.backward_deltas(model.weights, cache.activation_caches, r)
+            return [kernels.kfac_factors(d, cache.inputs[l], weight, model.has_bias[l]) for l, d in enumerate(deltas)]
+        # u_nk sqrt(w): a Python float keeps float32 models in float32 (a NumPy float64 would promote).
+        deltas = kernels.backward_deltas(model.weights, cache.activation_caches, r * math.sqrt(weight))
+        dtype = np.result_type(r, model.theta)
+        if self.structure == "full":
+            return kernels.gram(kernels.per_sample_grads(deltas, cache.inputs, model.has_bias, dtype))
+        # block: each layer's G_l : (K n, P_l) on its own, never the whole G.
+        return [kernels.gram(kernels.per_sample_grads(deltas, cache.inputs, model.has_bias, dtype, layers=[l]))
+                for l in range(model.n_layers)]
+
+    def update(self, x_chunk, y_chunk) -> FisherAccumulator:
+        """Add the next rows; x_chunk : (n, d_in) and y_chunk are validated (names in errors)."""
+        x_chunk, y_chunk = check_model_data(self.model, self.lik, x_chunk, y_chunk, "x_chunk", "y_chunk")
+        return self._update(x_chunk, y_chunk)
+
+    def _update(self, x_chunk: np.ndarray, y_chunk) -> FisherAccumulator:
+        """update on trusted rows (``fisher`` validates x and y once, then streams)."""
+        n = x_chunk.shape[0]
+        if n == 0:
+            return self
+        self._update_by_kind(x_chunk, y_chunk)
+        self.count += n
+        self.position += n
+        return self
+
+    def _update_outer(self, x_chunk, y_chunk):
+        f, cache = self.model.forward(x_chunk)
+        r, weight = ESTIMATOR_TABLE[self.estimator].output_vectors(self.lik, f, y_chunk, self.samples, self.rng)
+        self._add(self._outer_sums(cache, r, weight))
+
+    def _update_hessian(self, x_chunk, y_chunk):
+        from .dense_hessian import _hessian, _hessian_blocks, _hessian_diag
+
+        function = {"diag": _hessian_diag, "full": _hessian, "block": _hessian_blocks}[self.structure]
+        n = x_chunk.shape[0]
+        chunk_mean = function(self.model, self.lik, x_chunk, y_chunk)
+        self._add([b * n for b in chunk_mean] if isinstance(chunk_mean, list) else chunk_mean * n)
+
+    def _update_batched(self, x_chunk, y_chunk):
+        pieces = minibatch_pieces(self.model, self.lik, x_chunk, y_chunk, self.position, self.batch_size)
+        for index, grad_sum, rows in zip(*pieces, strict=True):
+            self._add_batch_piece(int(index), grad_sum, int(rows))
+
+    def _add_batch_piece(self, index: int, grad_sum: np.ndarray, rows: int):
+        piece = self.partial.get(index)
+        if piece is None:
+            piece = self.partial[index] = [np.zeros_like(grad_sum), 0]
+        piece[0] += grad_sum
+        piece[1] += rows
+        if piece[1] == self.batch_size:
+            self._finish_batch(self.partial.pop(index))
+
+    def _finish_batch(self, piece):
+        gbar = piece[0] / piece[1]  # gradient of the MEAN loss over the minibatch
+        if self.structure == "diag":
+            self._add(gbar * gbar)
+        elif self.structure == "full":
+            self._add(np.outer(gbar, gbar))
+        else:
+            self._add([np.outer(gbar[s], gbar[s]) for s in self.model.layer_slices])
+        self.n_batches += 1
+
+    def merge(self, other: FisherAccumulator) -> FisherAccumulator:
+        """Add another accumulator's sums (same model, estimator and structure)."""
+        if not isinstance(other, FisherAccumulator):
+            raise TypeError(f"other: expected a FisherAccumulator, got {type(other).__name__}")
+        if (other.estimator, other.structure, other.batch_size) != (self.estimator, self.structure, self.batch_size):
+            raise ValueError("other: accumulators differ in estimator, structure or batch_size")
+        if other.model.n_params != self.model.n_params:
+            raise ValueError(f"other: has P = {other.model.n_params} parameters, this accumulator {self.model.n_params}")
+        if other.total is not None:
+            self._add(other.total, owned=False)
+        self.count += other.count
+        self.n_batches += other.n_batches
+        for index, (grad_sum, rows) in other.partial.items():
+            self._add_batch_piece(index, grad_sum, rows)
+        return self
+
+    def result(self) -> Curvature:
+        """The mean: sums / N (or / number of minibatches for batched)."""
+        if self.count == 0:
+            raise ValueError("no examples were added")
+        model = self.model
+        if self.estimator == "batched":
+            # Only the last minibatch may be partial; it counts as a batch of its own.
+            if len(self.partial) > 1:
+                raise ValueError(f"batched: rows missing inside minibatches {sorted(self.partial)[:-1]}")
+            for index in list(self.partial):
+                self._finish_batch(self.partial.pop(index))
+            divisor = self.n_batches
+        else:
+            divisor = self.count
+        total = self.total
+        data = [_divide(item, divisor) for item in total] if isinstance(total, list) else total / divisor
+        options = ESTIMATOR_TABLE[self.estimator].options
+        return Curvature(
+            self.structure, self.estimator, model.param_names, model.param_shapes, data, list(model.has_bias),
+            n=self.count, samples=self.samples if "samples" in options else None,
+            batch_size=self.batch_size if "batch_size" in options else None,
+        )
+
+
+def _divide(item, divisor):
+    return tuple(part / divisor for part in item) if isinstance(item, tuple) else item / divisor
+
+
+def _copy(item):
+    if isinstance(item, list):
+        return [_copy(i) for i in item]
+    if isinstance(item, tuple):
+        return tuple(i.copy() for i in item)
+    return item.copy()
+
+
+def _diag_sums(model: MLP, cache, deltas, weight: float) -> np.ndarray:
+    """diag(sum_{n,k} w u_nk u_nk^T) per layer: (sum_k w delta_nk^2)^T (a_n^2), one GEMM.
+
+    Fast path: kernels.diag_second_moment. Twins: naive.diag_sums_naive (the same GEMM
+    written inline) and ``(per_sample_grads**2).sum`` (tests/test_curvature.py).
+    """
+    out = np.empty(model.n_params, dtype=np.result_type(cache.inputs[0], model.theta))
+    for l, delta in enumerate(deltas):
+        weight_diag, bias_diag = kernels.diag_second_moment(delta, cache.inputs[l], weight, model.has_bias[l])
+        out[model.weight_slices[l]] = weight_diag.ravel()
+        if bias_diag is not None:
+            out[model.bias_slices[l]] = bias_diag
+    return out
+

@@ -1,0 +1,42 @@
+"""Memory budgets: every size limit and chunk target of ewc_ref, in one place.
+
+Each constant is read at call time (``budget.NAME``), so a user with more memory can raise it:
+``ewc_ref.curvature.budget.MAX_DENSE_BYTES = 8 * 1024**3``.
+
+=====================  =======================  ===============================================
+name                   default                  what it bounds
+=====================  =======================  ===============================================
+MAX_DENSE_BYTES        2 GiB                    any dense P x P matrix (structure='full',
+                                                ``to_dense``, ``hessian``, ``hessian_residual``)
+CHUNK_BYTES            32 MiB                   per-chunk temporaries of ``fisher`` when
+                                                chunk_size is chosen automatically
+CHUNK_NUMBERS          2**20 float64 numbers    K directions x N examples x widest layer in
+                                                one batch of R-operator passes
+BATCHED_CHUNK_BYTES    4 MiB                    per-example gradients held at once by
+                                                ``batched_fishers``
+HESSIAN_LIMIT          200,000                  P * N up to which ``diagnose`` includes the
+                                                Hessian candidate by default
+=====================  =======================  ===============================================
+
+The Hessian candidate of ``diagnose`` costs P Hessian-vector products over N rows, ~P^2 N
+(36 s for P = 2410, N = 1000 on 2 cores); ``diagnose(hessian=True)`` includes it regardless.
+"""
+
+from __future__ import annotations
+
+MAX_DENSE_BYTES = 2 * 1024**3
+CHUNK_BYTES = 32 * 1024**2
+CHUNK_NUMBERS = 2**20
+BATCHED_CHUNK_BYTES = 4 * 1024**2
+HESSIAN_LIMIT = 200_000
+
+
+def check_dense_size(n_params: int, itemsize: int = 8, what: str = "structure='full'") -> None:
+    """Refuse a P x P matrix above MAX_DENSE_BYTES with advice on what to use instead."""
+    need = n_params * n_params * itemsize
+    if need > MAX_DENSE_BYTES:
+        raise ValueError(
+            f"{what}: a {n_params} x {n_params} matrix needs {need / 1024**3:.1f} GiB, above the limit of "
+            f"{MAX_DENSE_BYTES / 1024**3:.1f} GiB (ewc_ref.curvature.budget.MAX_DENSE_BYTES); "
+            "use structure='diag', 'block' or 'kfac' instead"
+        )

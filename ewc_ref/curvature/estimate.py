@@ -1,0 +1,100 @@
+"""The entry point ``fisher``: validate once, choose the chunk size, stream the rows through the accumulator.
+
+The estimators are defined in ``estimators`` (the table and its equations), the structures in
+``structures``, the running sums in ``accumulator``; this module only ties them together for
+the common case of all the data in memory.
+"""
+
+from __future__ import annotations
+
+from .._validate import check_positive_int
+from ..model.likelihoods import Likelihood
+from ..model.loss import check_model_data
+from ..model.mlp import MLP
+from ..progress import Progress
+from . import budget
+from .accumulator import FisherAccumulator, check_estimator_options
+from .estimators import ESTIMATOR_TABLE
+from .result import Curvature
+
+
+def default_chunk_size(model: MLP, estimator: str, structure: str, samples: int, n_outputs: int) -> int:
+    """Rows per chunk so that one chunk's temporaries stay near a fixed budget (never N).
+
+    Budget (benchmarks/BENCHMARKS.md measures both choices):
+
+    * diag, kfac: budget.CHUNK_BYTES / 4 of (K rows x layer widths). Their chunk work is a few GEMMs
+      whose speed saturates at a few hundred rows; smaller chunks keep the peak flat from
+      smaller N on (784-256-256-10: ~800 rows, so N = 1,000 and 10,000 peak alike).
+    * full, block: max(CHUNK_BYTES, bytes of the output) of per-example gradients G. Every
+      chunk adds a freshly allocated Gram matrix (P x P, or P_l x P_l per layer) into the
+      running sum, which costs more than the rank-(K n) update itself when n << P.
+    """
+    k = max(1, ESTIMATOR_TABLE[estimator].backward_vectors(samples, n_outputs))
+    if ESTIMATOR_TABLE[estimator].kind == "hessian":
+        return max(1, budget.CHUNK_BYTES // (8 * max(1, model.n_params * 4)))
+    if structure in ("full", "block"):
+        sizes = [model.n_params] if structure == "full" else [s.stop - s.start for s in model.layer_slices]
+        chunk_bytes = max(budget.CHUNK_BYTES, 8 * sum(p * p for p in sizes))
+        return max(1, chunk_bytes // (8 * k * max(sizes)))
+    return max(1, (budget.CHUNK_BYTES // 4) // (8 * k * max(1, sum(model.layer_sizes))))
+
+
+def fisher(model: MLP, lik: Likelihood, x, y, estimator: str = "empirical", structure: str = "diag",
+           samples: int | None = None, batch_size: int | None = None, rng=None,
+           chunk_size: int | None = None, progress: bool = False) -> Curvature:
+    """A curvature matrix of the mean loss (the estimator table: ``estimators``).
+
+    Parameters
+    ----------
+    model, lik : the network and its likelihood
+    x : (N, d_in); y : labels for `lik`
+    estimator : 'empirical', 'exact', 'mc', 'batched', 'pred', 'ggn' or 'hessian'
+    structure : 'diag', 'full', 'block' or 'kfac'
+    samples : S labels per example, estimator='mc' only (default 1)
+    batch_size : B, estimator='batched' only (required), 1 <= B <= N
+    rng : numpy Generator or seed for 'mc'
+    chunk_size : rows per streamed chunk (default: ~32 MiB of temporaries)
+    progress : report progress on stderr
+
+    Returns
+    -------
+    Curvature
+
+    Raises
+    ------
+    ValueError / TypeError naming the argument: unknown estimator or structure, samples or
+    batch_size out of range or given to an estimator that does not use them, labels outside the
+    likelihood's support, NaN/inf in parameters or data, 'full' above budget.MAX_DENSE_BYTES.
+
+    Notes
+    -----
+    Report eq (9): the Fisher of the likelihood (not of the posterior, as the report writes it),
+    as a mean over examples; the Laplace precision of derivations/03 is N F + prior precision.
+    """
+    check_estimator_options(estimator, structure, samples, batch_size)  # the options first, by name
+    x, y = check_model_data(model, lik, x, y)
+    return fisher_unchecked(model, lik, x, y, estimator, structure, samples, batch_size, rng, chunk_size, progress)
+
+
+def fisher_unchecked(model: MLP, lik: Likelihood, x, y, estimator: str = "empirical", structure: str = "diag",
+                     samples: int | None = None, batch_size: int | None = None, rng=None,
+                     chunk_size: int | None = None, progress: bool = False) -> Curvature:
+    """``fisher`` on (x, y) already validated by check_model_data (diagnose, the Laplace code):
+    the options are still checked (cheap), the rows are not checked again."""
+    accumulator = FisherAccumulator(model, lik, estimator, structure, samples, batch_size, rng)
+    estimator, structure = accumulator.estimator, accumulator.structure
+    n = x.shape[0]
+    if batch_size is not None:
+        check_positive_int(batch_size, "batch_size", upper=n)
+    if chunk_size is None:
+        chunk_size = default_chunk_size(model, estimator, structure, accumulator.samples, model.n_outputs)
+    else:
+        chunk_size = check_positive_int(chunk_size, "chunk_size")
+    meter = Progress(n, f"fisher {estimator}/{structure}", enabled=progress)
+    for begin in range(0, n, chunk_size):
+        accumulator._update(x[begin : begin + chunk_size], y[begin : begin + chunk_size])
+        meter.update(min(chunk_size, n - begin))
+    if progress:
+        meter.close()
+    return accumulator.result()

@@ -1,0 +1,265 @@
+"""The result type ``Curvature`` and the curvature npz format (docs/file-format.md).
+
+A curvature is a (P, P) matrix of the mean loss in one of the structures of ``structures``,
+with the estimator that produced it and the parameter layout of the model. On disk it is an npz
+of numeric arrays plus the metadata keys META_KEYS. Every reader of a curvature, ours or
+"theirs" (a foreign file, a dict of per-parameter arrays or a bare array), goes through
+``curvature_from_arrays``; ``as_theirs`` is the one reader of the curvature another
+implementation computed (``diagnose``, ``assert_is_estimator``, ``ewc-ref diagnose``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .._validate import as_float_array, check_choice
+from ..io import atomic_savez, read_npz
+from ..model.mlp import MLP
+from . import budget
+from .structures import STRUCTURE_TABLE, STRUCTURES, Layout
+
+META_KEYS = ("__estimator__", "__structure__", "__n__", "__param_names__", "__samples__", "__batch_size__")
+
+
+@dataclass
+class Curvature:
+    """A curvature matrix of the mean loss in one of four structures.
+
+    Attributes
+    ----------
+    structure : 'diag' | 'full' | 'block' | 'kfac' (``structures.STRUCTURE_TABLE``)
+    estimator : one of ESTIMATORS (or 'unknown' for a loaded foreign file)
+    param_names, param_shapes : the model's parameters in flat (state_dict) order
+    data : diag -> (P,); full -> (P, P); block -> list of (P_l, P_l), one per Linear layer;
+        kfac -> list of (A_l, G_l) with A_l : (in_l [+1 with bias], same), G_l : (out_l, out_l)
+    layer_has_bias : per Linear layer (needed by block and kfac)
+    n : number of examples the mean was taken over (or None)
+    samples, batch_size : for mc and batched
+    """
+
+    structure: str
+    estimator: str
+    param_names: list
+    param_shapes: list
+    data: object
+    layer_has_bias: list = field(default_factory=list)
+    n: int | None = None
+    samples: int | None = None
+    batch_size: int | None = None
+
+    # ---------------------------------------------------------------- geometry
+    @property
+    def n_params(self) -> int:
+        return int(sum(np.prod(s, dtype=int) for s in self.param_shapes))
+
+    @property
+    def param_slices(self) -> list[slice]:
+        ends = np.cumsum([int(np.prod(s, dtype=int)) for s in self.param_shapes])
+        return [slice(int(e - np.prod(s, dtype=int)), int(e)) for e, s in zip(ends, self.param_shapes, strict=True)]
+
+    def _layers(self):
+        """(weight slice, bias slice or None, (out, in)) per Linear layer."""
+        slices, shapes = self.param_slices, self.param_shapes
+        layers, i = [], 0
+        for has_bias in self.layer_has_bias:
+            w, shape = slices[i], shapes[i]
+            b = slices[i + 1] if has_bias else None
+            layers.append((w, b, shape))
+            i += 2 if has_bias else 1
+        return layers
+
+    # ---------------------------------------------------------------- views
+    @property
+    def diagonal(self) -> np.ndarray:
+        """The diagonal, (P,), in flat parameter order (for every structure)."""
+        return STRUCTURE_TABLE[self.structure].diagonal(self)
+
+    @property
+    def flat(self) -> np.ndarray:
+        """Alias of ``diagonal`` (the name of earlier releases): the diagonal for every structure."""
+        return self.diagonal
+
+    @property
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The diagonal as {state_dict name: array of the parameter's shape}."""
+        diagonal = self.diagonal
+        return {n: diagonal[s].reshape(shape)
+                for n, s, shape in zip(self.param_names, self.param_slices, self.param_shapes, strict=True)}
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        return self.arrays[name]
+
+    def to_dense(self) -> np.ndarray:
+        """The (P, P) matrix (block-diagonal for block/kfac, diagonal for diag)."""
+        budget.check_dense_size(self.n_params, what="to_dense()")
+        return STRUCTURE_TABLE[self.structure].to_dense(self)
+
+    def matvec(self, v: np.ndarray) -> np.ndarray:
+        """F v for v : (P,) or (P, K), without forming F for diag/block/kfac."""
+        v = as_float_array(v, "v")
+        if v.shape[0] != self.n_params or v.ndim > 2:
+            raise ValueError(f"v: expected shape ({self.n_params},) or ({self.n_params}, K), got {v.shape}")
+        return STRUCTURE_TABLE[self.structure].matvec(self, v)
+
+    def quadratic_form(self, v: np.ndarray) -> float:
+        """v^T F v."""
+        return float(np.dot(np.ravel(v), np.ravel(self.matvec(v))))
+
+    # ---------------------------------------------------------------- files
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        """The arrays of the curvature npz (docs/file-format.md; block and kfac are our extension)."""
+        arrays = STRUCTURE_TABLE[self.structure].to_arrays(self)
+        arrays["__estimator__"] = np.array(self.estimator)
+        arrays["__structure__"] = np.array(self.structure)
+        arrays["__param_names__"] = np.array(self.param_names)
+        for key, value in (("__n__", self.n), ("__samples__", self.samples), ("__batch_size__", self.batch_size)):
+            if value is not None:
+                arrays[key] = np.array(value)
+        return arrays
+
+    def save(self, path) -> None:
+        """Write the curvature npz atomically (temporary file, then rename)."""
+        atomic_savez(path, self.to_arrays())
+
+    @classmethod
+    def load(cls, path, model: MLP | None = None) -> Curvature:
+        """Read a curvature npz written by ewc_ref or by anyone following docs/file-format.md.
+
+        With `model`, keys and shapes are checked against it and diag files are put in the
+        model's flat order (a foreign file may list its keys in any order). Without a model,
+        diag files are taken in file order and full files need '__param_names__' or get a
+        single anonymous parameter.
+        """
+        arrays = read_npz(path, "curvature file")
+        return curvature_from_arrays(arrays, model, source=str(path))
+
+    def __repr__(self) -> str:
+        return f"Curvature(structure={self.structure!r}, estimator={self.estimator!r}, P={self.n_params}, n={self.n})"
+
+
+def split_curvature_arrays(arrays: dict, source: str = "arrays") -> tuple[dict, dict]:
+    """(metadata, numeric body) of a curvature npz; the body must be finite numbers.
+
+    Integer arrays are converted to float64; ValueError names the file and key.
+    """
+    meta = {k: arrays[k] for k in META_KEYS if k in arrays}
+    body = {}
+    for key, value in arrays.items():
+        if key in META_KEYS:
+            continue
+        if value.dtype.kind not in "fiu":
+            raise ValueError(f"{source}: key {key!r} must be a numeric array, got dtype {value.dtype}")
+        if not np.all(np.isfinite(value)):
+            raise ValueError(f"{source}: key {key!r} contains non-finite values")
+        body[key] = value if value.dtype.kind == "f" else value.astype(np.float64)
+    return meta, body
+
+
+def _layout(meta: dict, body: dict, structure: str, model: MLP | None) -> Layout:
+    """Parameter names, shapes and bias flags: from the model, else '__param_names__', else the keys."""
+    if model is not None:
+        return Layout(model.param_names, model.param_shapes, list(model.has_bias), model.shapes)
+    if "__param_names__" in meta:
+        names = [str(n) for n in np.atleast_1d(meta["__param_names__"])]
+        shapes = [body[n].shape for n in names] if structure == "diag" and all(n in body for n in names) else None
+        if structure == "diag" and shapes is None:
+            shapes = [()] * len(names)  # the key check of the diag row names what is missing
+        return Layout(names, shapes, _bias_pattern(names), None)
+    if structure == "diag":
+        return Layout(list(body), [body[n].shape for n in body], _bias_pattern(list(body)), None)
+    return Layout(["theta"], None, [], None)
+
+
+def _bias_pattern(names: list[str]) -> list[bool]:
+    pattern = []
+    for i, name in enumerate(names):
+        if name.endswith(".weight"):
+            pattern.append(i + 1 < len(names) and names[i + 1] == name[: -len("weight")] + "bias")
+    return pattern
+
+
+def curvature_from_arrays(arrays: dict, model: MLP | None = None, source: str = "arrays") -> Curvature:
+    """Build a Curvature from the arrays of a curvature npz; ValueError names the key."""
+    meta, body = split_curvature_arrays(arrays, source)
+    structure = str(meta["__structure__"]) if "__structure__" in meta else ("full" if set(body) == {"full"} else "diag")
+    check_choice(structure, f"{source}: key '__structure__'", STRUCTURES)
+    layout = _layout(meta, body, structure, model)
+    if structure in ("block", "kfac") and model is None:
+        raise ValueError(f"{source}: reading a {structure!r} curvature file needs the model")
+    data = STRUCTURE_TABLE[structure].from_arrays(body, layout, source)
+    shapes = layout.shapes
+    if shapes is None and layout.names == ["theta"]:
+        shapes = [(data.shape[0],)]
+    if shapes is None:
+        raise ValueError(f"{source}: cannot tell the parameter shapes of a full matrix without the model")
+    ints = {key: int(meta[key]) if key in meta else None for key in ("__n__", "__samples__", "__batch_size__")}
+    return Curvature(structure, str(meta.get("__estimator__", "unknown")), list(layout.names), [tuple(s) for s in shapes],
+                     data, layout.has_bias, ints["__n__"], ints["__samples__"], ints["__batch_size__"])
+
+
+def as_theirs(theirs, model: MLP, source: str = "theirs") -> tuple[str, np.ndarray]:
+    """('diag', (P,)) or ('full', (P, P)) float64 from another implementation's curvature.
+
+    THEIRS is a Curvature (diag or full), a dict of npz arrays ({state_dict name: array} or
+    {'full': (P, P)}, with optional metadata keys), a (P,) or a (P, P) array; ValueError names `source`.
+    """
+    p = model.n_params
+    if isinstance(theirs, Curvature):
+        if theirs.structure not in ("diag", "full"):
+            raise ValueError(f"{source}: diagnose handles 'diag' and 'full' curvatures, got structure {theirs.structure!r}")
+        if theirs.n_params != p:
+            raise ValueError(f"{source}: has P = {theirs.n_params} parameters, the model has {p}")
+        return theirs.structure, np.asarray(theirs.data, dtype=np.float64)
+    if isinstance(theirs, dict):
+        return as_theirs(curvature_from_arrays(dict(theirs), model, source=source), model, source)
+    array = as_float_array(theirs, source)
+    if array.shape == (p,):
+        return "diag", array.astype(np.float64)
+    if array.shape == (p, p):
+        return "full", array.astype(np.float64)
+    raise ValueError(f"{source}: expected a Curvature, a dict of per-parameter arrays, shape ({p},) or ({p}, {p}); "
+                     f"got shape {array.shape}")
+
+
+def read_theirs(path, model: MLP) -> Curvature:
+    """Read another implementation's curvature npz (diag or full) for ``diagnose``, checked against `model`.
+
+    Every mismatch is listed at once (missing keys, unknown keys, wrong shapes), non-finite values
+    are counted, and a file of zeros is refused: ValueError naming the file (and key).
+    """
+    arrays = read_npz(path, "curvature file")
+    body = {k: v for k, v in arrays.items() if k not in META_KEYS}
+    if "full" not in body:
+        _check_diag_keys(path, body, model)
+    for key, value in body.items():
+        if value.dtype.kind in "fiu" and not np.all(np.isfinite(value)):
+            bad = int(value.size - np.count_nonzero(np.isfinite(value)))
+            raise ValueError(f"{path}: key {key!r} contains {bad} non-finite value(s) (NaN or inf); expected finite numbers")
+    theirs = curvature_from_arrays(arrays, model, source=str(path))
+    if theirs.structure not in ("diag", "full"):
+        raise ValueError(f"{path}: diagnose reads 'diag' or 'full' curvature files, got structure {theirs.structure!r}")
+    if not np.any(theirs.data):
+        raise ValueError(f"{path}: all entries are zero; expected a curvature matrix with at least one nonzero entry")
+    return theirs
+
+
+def _check_diag_keys(path, body: dict, model: MLP) -> None:
+    """Raise one ValueError listing every missing key, unknown key and wrong shape of a diag file."""
+    expected = dict(zip(model.param_names, model.param_shapes, strict=True))
+    problems = []
+    missing = [k for k in expected if k not in body]
+    unknown = sorted(k for k in body if k not in expected)
+    wrong = [f"{k} {tuple(body[k].shape)} (expected {tuple(expected[k])})" for k in expected
+             if k in body and tuple(body[k].shape) != tuple(expected[k])]
+    if missing:
+        problems.append(f"missing keys {missing}")
+    if unknown:
+        problems.append(f"unknown keys {unknown}")
+    if wrong:
+        problems.append(f"wrong shapes: {', '.join(wrong)}")
+    if problems:
+        raise ValueError(f"{path}: does not match the model's parameters: {'; '.join(problems)}; "
+                         f"expected diag keys {list(expected)} with the parameters' shapes, or one key 'full' "
+                         f"of shape ({model.n_params}, {model.n_params})")

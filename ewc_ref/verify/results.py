@@ -1,0 +1,144 @@
+"""What ``diagnose`` answers: one fitted candidate, the mc test, and the verdict with its report.
+
+Each result carries the rule that produced it and its uncertainty (relative error, round-off
+threshold, runner-up margin, the Monte Carlo test's p-values), like scipy.stats results.
+The JSON form (``to_json``) is the schema of ``ewc-ref diagnose --json`` (docs/file-format.md).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Candidate:
+    """One estimator fitted to THEIRS by (1)."""
+
+    estimator: str
+    scale: float
+    rel_error: float
+    batch_size: int | None = None
+    samples: int | None = None
+    fits: bool = False
+    note: str = ""
+
+    @property
+    def label(self) -> str:
+        if self.estimator == "batched":
+            return f"batched, B = {self.batch_size}"
+        if self.estimator == "mc" and self.samples is not None:
+            return f"mc, S = {self.samples}"
+        return self.estimator
+
+    def to_json(self) -> dict:
+        return {"estimator": self.estimator, "scale": self.scale, "rel_error": self.rel_error,
+                "batch_size": self.batch_size, "samples": self.samples, "fits": self.fits, "note": self.note}
+
+
+@dataclass
+class MCTest:
+    """The statistical judgement of ``mc`` (module docstring, (2)-(4))."""
+
+    accepted: bool
+    reason: str
+    implied_samples: float = math.nan  # S_hat = M / Q1
+    samples: int | None = None  # max(1, round(S_hat))
+    entries: int = 0  # M, whitened directions tested
+    chi2: float = math.nan  # Q = samples * Q1, ~ chi2_M under mc with that S
+    p_noise: float = math.nan  # P(chi2_M >= Q1): THEIRS noisier than one sample per example?
+    shape_ratio: float = math.nan  # mean w^2 of the low-variance half / of the high-variance half
+    p_shape: float = math.nan  # two-sided F-test p-value of shape_ratio
+    scale_se: float = math.nan  # standard error of the fitted scale under mc with `samples`
+
+    def to_json(self) -> dict:
+        def finite(value):
+            return value if isinstance(value, int) or (isinstance(value, float) and math.isfinite(value)) else None
+
+        return {"accepted": self.accepted, "reason": self.reason, "implied_samples": finite(self.implied_samples),
+                "samples": self.samples, "entries": self.entries, "chi2": finite(self.chi2),
+                "p_noise": finite(self.p_noise), "shape_ratio": finite(self.shape_ratio), "p_shape": finite(self.p_shape)}
+
+
+@dataclass
+class Diagnosis:
+    """The answer of ``diagnose``: THEIRS ~= scale * F_estimator, or estimator = 'none'."""
+
+    estimator: str
+    scale: float
+    rel_error: float
+    batch_size: int | None
+    samples: int | None
+    candidates: list
+    n: int
+    n_params: int
+    structure: str
+    precision: str
+    tol: float
+    scale_words: str = ""
+    runner_up: Candidate | None = None
+    margin: float = math.nan  # runner-up error / winner error
+    equivalent: list = field(default_factory=list)  # candidates whose matrix equals the winner's here
+    mc: MCTest | None = None
+    closest: Candidate | None = None
+
+    def to_json(self) -> dict:
+        """The object of docs/file-format.md (`diagnose --json`), plus explanatory extras."""
+        return {
+            "estimator": self.estimator, "scale": self.scale, "batch_size": self.batch_size,
+            "samples": self.samples, "rel_error": self.rel_error,
+            "candidates": [c.to_json() for c in self.candidates],
+            "scale_words": self.scale_words, "n": self.n, "n_params": self.n_params,
+            "structure": self.structure, "precision": self.precision, "tol": self.tol,
+            "runner_up": None if self.runner_up is None else self.runner_up.to_json(),
+            "margin": self.margin if math.isfinite(self.margin) else None,
+            "equivalent": [c.label for c in self.equivalent],
+            "mc_test": None if self.mc is None else self.mc.to_json(),
+        }
+
+    def report(self, theirs_name: str = "THEIRS", top: int = 12) -> str:
+        """Human-readable verdict: winner, scale in words, runner-up and margin, the correct Fisher."""
+        lines = [f"{theirs_name}: {self.structure}, P = {self.n_params}; N = {self.n} examples; "
+                 f"precision {self.precision} (round-off threshold {self.tol:g})", ""]
+        if self.estimator == "none":
+            best = self.closest
+            lines.append("verdict     none: THEIRS matches no estimator within round-off (nor mc within its sampling noise)")
+            lines.append(f"closest     {best.label}: THEIRS ~= {best.scale:.12g} x F, relative error {best.rel_error:.3g} "
+                         f"({best.rel_error / self.tol:.3g} x the threshold)")
+            lines.append("            a Fisher at other weights, of another loss, with capped values or mixed labels looks like this")
+        else:
+            winner = self.winner
+            lines.append(f"verdict     {winner.label}: THEIRS = {self.scale:.12g} x F_{self.estimator}, "
+                         f"relative error {self.rel_error:.3g}")
+            lines.append(f"scale       {self.scale_words}")
+            if self.estimator == "mc" and self.mc is not None:
+                m = self.mc
+                lines.append(f"mc test     implied S = {m.implied_samples:.3g} (reported S = {m.samples}); "
+                             f"chi2 = {m.chi2:.4g} over M = {m.entries} whitened directions (expect ~M); "
+                             f"shape F-test ratio {m.shape_ratio:.3g}, p = {m.p_shape:.2g}")
+                lines.append("            mc's expectation is the exact Fisher: a larger S makes it indistinguishable from exact")
+            if self.equivalent:
+                lines.append(f"same here   {', '.join(c.label for c in self.equivalent)} (equal matrices on these weights and data)")
+            if self.runner_up is not None:
+                lines.append(f"runner-up   {self.runner_up.label}: relative error {self.runner_up.rel_error:.3g} "
+                             f"(margin {self.margin:.3g} = runner-up error / winner error)")
+        lines.append("")
+        lines.append(f"correct EWC Fisher: the exact Fisher F = 1/N sum_n J_n^T Lambda_n J_n, a mean over the N = {self.n} examples")
+        lines.append("  (ewc-ref fisher MODEL DATA --estimator exact); the Laplace posterior precision is "
+                     f"N F + prior precision = {self.n} F + prior precision,")
+        lines.append("  and the EWC penalty for the next task is lambda/2 sum_i F_i (theta_i - theta*_i)^2 added to its mean loss.")
+        lines.append("")
+        shown = self.candidates[:top]
+        lines.append(f"candidates ({len(shown)} best of {len(self.candidates)}; scale c and relative error of THEIRS ~= c F):")
+        lines.append(f"  {'estimator':<22} {'scale c':>22} {'rel_error':>11}  fits")
+        for c in shown:
+            mark = "yes" if c.fits else "no"
+            lines.append(f"  {c.label:<22} {c.scale:>22.15g} {c.rel_error:>11.3g}  {mark}{('  ' + c.note) if c.note else ''}")
+        return "\n".join(lines)
+
+    @property
+    def winner(self) -> Candidate | None:
+        for c in self.candidates:
+            if (c.estimator, c.batch_size) == (self.estimator, self.batch_size) and c.fits:
+                return c
+        return None
