@@ -10,10 +10,8 @@ from __future__ import annotations
 import json
 import sys
 
-import numpy as np
-
-from ..curvature.result import META_KEYS, curvature_from_arrays
-from ..io import load_data, load_model, read_npz
+from ..curvature.result import read_theirs
+from ..io import load_data, load_model
 from ..verify.diagnosis import diagnose
 from ._args import add_json, add_quiet, add_report_output, flags_named, integer, number, report_to
 
@@ -32,43 +30,10 @@ def add_arguments(parser) -> None:
     add_quiet(parser)
 
 
-def load_theirs(path, model):
-    """Read THEIRS and check every key and shape against the model, listing all mismatches."""
-    arrays = read_npz(path, "curvature file")
-    body = {k: v for k, v in arrays.items() if k not in META_KEYS}
-    if "full" not in body:
-        expected = dict(zip(model.param_names, model.param_shapes, strict=True))
-        missing = [k for k in expected if k not in body]
-        unknown = sorted(k for k in body if k not in expected)
-        wrong = [f"{k} {tuple(body[k].shape)} (expected {tuple(expected[k])})" for k in expected
-                 if k in body and tuple(body[k].shape) != tuple(expected[k])]
-        if missing or unknown or wrong:
-            parts = []
-            if missing:
-                parts.append(f"missing keys {missing}")
-            if unknown:
-                parts.append(f"unknown keys {unknown}")
-            if wrong:
-                parts.append(f"wrong shapes: {', '.join(wrong)}")
-            raise ValueError(f"{path}: does not match the model's parameters: {'; '.join(parts)}; "
-                             f"expected diag keys {list(expected)} with the parameters' shapes, or one key 'full' "
-                             f"of shape ({model.n_params}, {model.n_params})")
-    for key, value in body.items():
-        if value.dtype.kind in "fiu" and not np.all(np.isfinite(value)):
-            bad = int(value.size - np.count_nonzero(np.isfinite(value)))
-            raise ValueError(f"{path}: key {key!r} contains {bad} non-finite value(s) (NaN or inf); expected finite numbers")
-    theirs = curvature_from_arrays(arrays, model, source=str(path))
-    if theirs.structure not in ("diag", "full"):
-        raise ValueError(f"{path}: diagnose reads 'diag' or 'full' curvature files, got structure {theirs.structure!r}")
-    if not np.any(theirs.data):
-        raise ValueError(f"{path}: all entries are zero; expected a curvature matrix with at least one nonzero entry")
-    return theirs
-
-
 def run(args) -> int:
     model, lik = load_model(args.model)
     x, y = load_data(args.data, model, lik)
-    theirs = load_theirs(args.theirs, model)
+    theirs = read_theirs(args.theirs, model)
     if args.batch_sizes is not None:
         bad = [b for b in args.batch_sizes if not 1 <= b <= x.shape[0]]
         if bad:
