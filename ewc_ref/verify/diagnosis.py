@@ -43,7 +43,7 @@ import math
 import numpy as np
 
 from .._validate import check_positive_int
-from ..curvature import budget
+from ..curvature import budget, diag_hessian
 from ..curvature.batched import batched_fishers_unchecked
 from ..curvature.estimate import fisher_unchecked
 from ..curvature.estimators import ESTIMATOR_TABLE
@@ -69,7 +69,8 @@ def diagnose(model: MLP, lik: Likelihood, x, y, theirs, batch_sizes=None, tol: f
     tol : round-off threshold on the relative residual (default ``roundoff_tolerance``)
     rng : seed or Generator for the mc test's entry subset (large P)
     progress : report the stages on stderr
-    hessian : include the Hessian candidate (default: when P * N <= budget.HESSIAN_LIMIT)
+    hessian : include the Hessian candidate (default: when P * N <= budget.HESSIAN_LIMIT, or for a
+        diag THEIRS when its backward recursion is cheap, ``diag_hessian.is_cheap``)
 
     Returns
     -------
@@ -91,7 +92,7 @@ def diagnose(model: MLP, lik: Likelihood, x, y, theirs, batch_sizes=None, tol: f
     else:
         batch_sizes = sorted({check_positive_int(b, "batch_sizes", upper=n) for b in batch_sizes} - {1})
     if hessian is None:
-        hessian = p * n <= budget.HESSIAN_LIMIT
+        hessian = p * n <= budget.HESSIAN_LIMIT or (structure == "diag" and diag_hessian.is_cheap(model, lik))
     log = Progress(1, "diagnose", enabled=progress)
     matrices = _candidate_matrices(model, lik, x, y, structure, batch_sizes, hessian, log)
     candidates = [Candidate(name, *fit_scale(t, matrix), batch_size=b, note=ESTIMATOR_TABLE[name].diagnose_note)
