@@ -134,3 +134,30 @@ def test_real_library_kfacs_are_diagnosed(tmp_path, capsys, fname, net, kfac_bia
         assert result["rel_error"] > 1e-2  # a one-sample G, far from exact
     else:
         assert abs(result["scale"] - scale) <= 1e-10 * scale and result["rel_error"] <= 1e-12
+
+
+# --------------------------------------------------------------------------- compare
+def test_compare_kfac_files_on_their_products_not_their_factors(tmp_path, capsys):
+    """nngeometry's factors are 3 A and G / 3 of ours: factor by factor they differ by 3x, the
+    products agree to 2e-15 (the match); a product off by 1e-6 is a mismatch (exit 1); a file of
+    the other bias convention cannot be compared (exit 2, one line naming __kfac_bias__)."""
+    model, lik = er.load_model(LIBRARIES / "categorical_weak_model.npz")
+    x, y = er.load_data(LIBRARIES / "categorical_data.npz")
+    ours = tmp_path / "ours.npz"
+    er.fisher(model, lik, x, y, "exact", "kfac").save(ours)
+    theirs = tmp_path / "theirs.npz"
+    arrays = library_kfac("categorical_weak__nngeometry_fim_kfac.npz", "joined")
+    np.savez(theirs, **arrays)
+    assert main(["compare", str(theirs), str(ours), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["products"] and set(result["keys"]) == {"kfac.0", "kfac.2"}
+    assert max(e["max_rel_error"] for e in result["keys"].values()) <= 1e-13
+    np.savez(theirs, **(arrays | {"kfac.2.G": arrays["kfac.2.G"] * (1 + 1e-6)}))
+    assert main(["compare", str(theirs), str(ours)]) == 1
+    out = capsys.readouterr().out
+    assert "kfac.2" in out and "MISMATCH" in out and "kfac.0 " in out
+    separate = tmp_path / "separate.npz"
+    er.fisher(model, lik, x, y, "exact", "kfac", kfac_bias="separate").save(separate)
+    assert main(["compare", str(separate), str(ours)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "__kfac_bias__:" in err and "'separate' but" in err

@@ -38,6 +38,7 @@ import numpy as np
 from ..curvature.estimate import fisher_unchecked
 from ..curvature.estimators import ESTIMATOR_TABLE
 from ..curvature.result import Curvature, curvature_from_arrays
+from ..curvature.structures import kfac_bias_from_keys
 from ..model.likelihoods import Likelihood
 from ..model.mlp import MLP
 from .results import Candidate, Diagnosis, MCTest
@@ -235,6 +236,63 @@ def check_kfac_theirs(theirs, model: MLP) -> tuple[Curvature, np.ndarray]:
     if not any(np.any(A) and np.any(G) for A, G in kronecker_blocks(theirs)):
         raise ValueError("theirs: every Kronecker product G (x) A is zero; expected a curvature with a nonzero block")
     return theirs, entries
+
+
+# --------------------------------------------------------------------------- compare
+def kfac_file_blocks(body: dict, source: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """{block name: (A, G)} of a kfac npz body without a model: 'kfac.<m>' per module and
+    'kfac.<m>.bias' (A = [[1]], G = bias_G) for each separate bias block; ValueError names the key."""
+    blocks = {}
+    for key in sorted(body):
+        if not key.startswith("kfac.") or key.count(".") < 2:
+            raise ValueError(f"{source}: key {key!r} is not a kfac key ('kfac.<module>.A', '.G' or '.bias_G')")
+        module, part = key[len("kfac."):].rsplit(".", 1)
+        if part not in ("A", "G", "bias_G"):
+            raise ValueError(f"{source}: key {key!r} is not a kfac key ('kfac.<module>.A', '.G' or '.bias_G')")
+    for module in sorted({key[len("kfac."):].rsplit(".", 1)[0] for key in body}):
+        A, G = body.get(f"kfac.{module}.A"), body.get(f"kfac.{module}.G")
+        if A is None or G is None or A.ndim != 2 or G.ndim != 2:
+            raise ValueError(f"{source}: module {module!r} needs square keys 'kfac.{module}.A' and 'kfac.{module}.G'")
+        blocks[f"kfac.{module}"] = (A.astype(np.float64), G.astype(np.float64))
+        if f"kfac.{module}.bias_G" in body:
+            blocks[f"kfac.{module}.bias"] = (np.ones((1, 1)), body[f"kfac.{module}.bias_G"].astype(np.float64))
+    return blocks
+
+
+def compare_kfac(meta_a: dict, a: dict, meta_b: dict, b: dict, rtol: float, atol: float | None,
+                 name_a: str = "A", name_b: str = "B") -> dict:
+    """Two kfac files block by block on their PRODUCTS: block b matches when
+    |G_a (x) A_a - G_b (x) A_b|_F <= atol + rtol |G_b (x) A_b|_F (B the reference), by (1) with c = 1:
+
+        |T - F|^2 = (a g - 1)^2 |F|^2 + g^2 |G_b|^2 |dA|^2 + a^2 |dG|^2 |A_b|^2 + |dG|^2 |dA|^2
+
+    The JSON object of ``compare --json`` with "products": true, one key per Kronecker block
+    (max_abs_error = the Frobenius norm of the difference, max_rel_error = that over |F|_F).
+    """
+    bias_a, bias_b = (str(m.get("__kfac_bias__", kfac_bias_from_keys(body))) for m, body in ((meta_a, a), (meta_b, b)))
+    if bias_a != bias_b:
+        raise ValueError(f"__kfac_bias__: {name_a} is {bias_a!r} but {name_b} is {bias_b!r}; the conventions differ in "
+                         "the weight-bias cross terms, so their products cannot be compared")
+    blocks_a, blocks_b = kfac_file_blocks(a, name_a), kfac_file_blocks(b, name_b)
+    if set(blocks_a) != set(blocks_b):
+        raise ValueError(f"kfac blocks differ: only in {name_a}: {sorted(set(blocks_a) - set(blocks_b))}, "
+                         f"only in {name_b}: {sorted(set(blocks_b) - set(blocks_a))}")
+    norms = {k: float(np.linalg.norm(A)) * float(np.linalg.norm(G)) for k, (A, G) in blocks_b.items()}
+    atol = 1e-12 * max(norms.values(), default=0.0) if atol is None else atol
+    keys = {}
+    for key, (A_o, G_o) in blocks_b.items():
+        A_t, G_t = blocks_a[key]
+        if A_t.shape != A_o.shape or G_t.shape != G_o.shape:
+            raise ValueError(f"{key}: factor shapes {A_t.shape}, {G_t.shape} in {name_a} but {A_o.shape}, {G_o.shape} in {name_b}")
+        a_coef, dA = _project(A_t, A_o)
+        g_coef, dG = _project(G_t, G_o)
+        norm_A, norm_G = float(np.linalg.norm(A_o)), float(np.linalg.norm(G_o))
+        diff = math.sqrt(((a_coef * g_coef - 1) * norms[key]) ** 2 + (g_coef * norm_G * dA) ** 2
+                         + (a_coef * dG * norm_A) ** 2 + (dG * dA) ** 2)
+        keys[key] = {"match": bool(diff <= atol + rtol * norms[key]), "max_abs_error": diff,
+                     "max_rel_error": diff / norms[key] if norms[key] > 0 else (0.0 if diff == 0 else math.inf),
+                     "worst_index": None, "a": None, "b": None}
+    return {"match": all(e["match"] for e in keys.values()), "rtol": rtol, "atol": atol, "keys": keys, "products": True}
 
 
 def is_kfac(theirs) -> bool:
