@@ -87,7 +87,8 @@ def _print(args, result) -> None:
     if args.json:
         sys.stdout.write(json.dumps(result) + "\n")
     else:
-        print(f"{'key':<16} {'max abs err':>12} {'max rel err':>12}  worst entry (A vs B)")
+        detail = "what" if result.get("products") else "worst entry (A vs B)"
+        print(f"{'key':<16} {'max abs err':>12} {'max rel err':>12}  {detail}")
         for key, entry in result["keys"].items():
             if result.get("products"):
                 print(f"{key:<16} {entry['max_abs_error']:12.3e} {entry['max_rel_error']:12.3e}  "
