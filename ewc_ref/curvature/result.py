@@ -137,7 +137,9 @@ class Curvature:
         """The first parameter (flat order) whose diagonal entry is NaN or inf; '(off-diagonal)' when
         only off-diagonal entries are; None when every entry is finite."""
         items = self.data if isinstance(self.data, list) else [self.data]
-        if all(np.isfinite(array).all() for item in items for array in (item if isinstance(item, tuple) else (item,))):
+        # kfac with separate bias: a layer without bias has None as its bias block
+        arrays = [array for item in items for array in (item if isinstance(item, tuple) else (item,)) if array is not None]
+        if all(np.isfinite(array).all() for array in arrays):
             return None
         bad = np.flatnonzero(~np.isfinite(self.diagonal))
         if bad.size == 0:
