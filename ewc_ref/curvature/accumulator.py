@@ -166,9 +166,13 @@ class FisherAccumulator:
         self._add(self._outer_sums(cache, r, weight))
 
     def _update_hessian(self, x_chunk, y_chunk):
-        from .dense_hessian import _hessian, _hessian_blocks, _hessian_diag
+        from .dense_hessian import _hessian, _hessian_blocks
+        from .diag_hessian import diag_hessian_sums
 
-        function = {"diag": _hessian_diag, "full": _hessian, "block": _hessian_blocks}[self.structure]
+        if self.structure == "diag":  # the backward recursion, not P Hessian-vector products
+            self._add(diag_hessian_sums(self.model, self.lik, x_chunk, y_chunk))
+            return
+        function = {"full": _hessian, "block": _hessian_blocks}[self.structure]
         n = x_chunk.shape[0]
         chunk_mean = function(self.model, self.lik, x_chunk, y_chunk)
         self._add([b * n for b in chunk_mean] if isinstance(chunk_mean, list) else chunk_mean * n)

@@ -12,13 +12,14 @@ from ..model.likelihoods import Likelihood
 from ..model.loss import check_model_data
 from ..model.mlp import MLP
 from ..progress import Progress
-from . import budget
+from . import budget, diag_hessian
 from .accumulator import FisherAccumulator, check_estimator_options, check_kfac_bias
 from .estimators import ESTIMATOR_TABLE
 from .result import Curvature
 
 
-def default_chunk_size(model: MLP, estimator: str, structure: str, samples: int, n_outputs: int) -> int:
+def default_chunk_size(model: MLP, estimator: str, structure: str, samples: int, n_outputs: int,
+                       lik: Likelihood | None = None) -> int:
     """Rows per chunk so that one chunk's temporaries stay near a fixed budget (never N).
 
     Budget (benchmarks/BENCHMARKS.md measures both choices):
@@ -26,11 +27,14 @@ def default_chunk_size(model: MLP, estimator: str, structure: str, samples: int,
     * diag, kfac: budget.CHUNK_BYTES / 4 of (K rows x layer widths). Their chunk work is a few GEMMs
       whose speed saturates at a few hundred rows; smaller chunks keep the peak flat from
       smaller N on (784-256-256-10: ~800 rows, so N = 1,000 and 10,000 peak alike).
+    * hessian, diag (needs `lik`): diag_hessian.rows_per_chunk, the recursion's vectors near CHUNK_NUMBERS.
     * full, block: max(CHUNK_BYTES, bytes of the output) of per-example gradients G. Every
       chunk adds a freshly allocated Gram matrix (P x P, or P_l x P_l per layer) into the
       running sum, which costs more than the rank-(K n) update itself when n << P.
     """
     k = max(1, ESTIMATOR_TABLE[estimator].backward_vectors(samples, n_outputs))
+    if ESTIMATOR_TABLE[estimator].kind == "hessian" and structure == "diag" and lik is not None:
+        return diag_hessian.rows_per_chunk(model, lik)
     if ESTIMATOR_TABLE[estimator].kind == "hessian":
         return max(1, budget.CHUNK_BYTES // (8 * max(1, model.n_params * 4)))
     if structure in ("full", "block"):
@@ -122,7 +126,7 @@ def fisher_unchecked(model: MLP, lik: Likelihood, x, y, estimator: str = "empiri
     if batch_size is not None:
         check_positive_int(batch_size, "batch_size", upper=n)
     if chunk_size is None:
-        chunk_size = default_chunk_size(model, estimator, structure, accumulator.samples, model.n_outputs)
+        chunk_size = default_chunk_size(model, estimator, structure, accumulator.samples, model.n_outputs, lik)
     else:
         chunk_size = check_positive_int(chunk_size, "chunk_size")
     check_chunk_memory(model, estimator, structure, accumulator.samples, min(chunk_size, n))

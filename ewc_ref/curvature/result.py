@@ -138,9 +138,9 @@ class Curvature:
         """The first parameter (flat order) whose diagonal entry is NaN or inf; '(off-diagonal)' when
         only off-diagonal entries are; None when every entry is finite."""
         items = self.data if isinstance(self.data, list) else [self.data]
-        # kfac 'separate' layers without a bias hold None for their bias block: nothing to check there
-        if all(np.isfinite(array).all() for item in items for array in (item if isinstance(item, tuple) else (item,))
-               if array is not None):
+        # kfac with separate bias: a layer without bias has None as its bias block
+        arrays = [array for item in items for array in (item if isinstance(item, tuple) else (item,)) if array is not None]
+        if all(np.isfinite(array).all() for array in arrays):
             return None
         bad = np.flatnonzero(~np.isfinite(self.diagonal))
         if bad.size == 0:
@@ -285,22 +285,27 @@ def as_theirs(theirs, model: MLP, source: str = "theirs") -> tuple[str, np.ndarr
 
 
 def read_theirs(path, model: MLP) -> Curvature:
-    """Read another implementation's curvature npz (diag or full) for ``diagnose``, checked against `model`.
+    """Read another implementation's curvature npz (diag, full or kfac) for ``diagnose``, checked against `model`.
 
     Every mismatch is listed at once (missing keys, unknown keys, wrong shapes), non-finite values
     are counted, and a file of zeros is refused: ValueError naming the file (and key).
     """
     arrays = read_npz(path, "curvature file")
     body = {k: v for k, v in arrays.items() if k not in META_KEYS}
-    if "full" not in body and "flat" not in body:
+    kfac = str(arrays.get("__structure__", "")) == "kfac" or any(k.startswith("kfac.") for k in body)
+    if "full" not in body and "flat" not in body and not kfac:
         _check_diag_keys(path, body, model)
     for key, value in body.items():
         if value.dtype.kind in "fiu" and not np.all(np.isfinite(value)):
             bad = int(value.size - np.count_nonzero(np.isfinite(value)))
             raise ValueError(f"{path}: key {key!r} contains {bad} non-finite value(s) (NaN or inf); expected finite numbers")
     theirs = curvature_from_arrays(arrays, model, source=str(path))
-    if theirs.structure not in ("diag", "full"):
-        raise ValueError(f"{path}: diagnose reads 'diag' or 'full' curvature files, got structure {theirs.structure!r}")
+    if theirs.structure not in ("diag", "full", "kfac"):
+        raise ValueError(f"{path}: diagnose reads 'diag', 'full' or 'kfac' curvature files, got structure {theirs.structure!r}")
+    if theirs.structure == "kfac":
+        if not any(np.any(f[0]) and np.any(f[1]) for f in theirs.data):
+            raise ValueError(f"{path}: every Kronecker product G (x) A is zero; expected a curvature with a nonzero block")
+        return theirs
     if not np.any(theirs.data):
         raise ValueError(f"{path}: all entries are zero; expected a curvature matrix with at least one nonzero entry")
     return theirs

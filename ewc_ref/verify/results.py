@@ -81,6 +81,7 @@ class Diagnosis:
     equivalent: list = field(default_factory=list)  # candidates whose matrix equals the winner's here
     mc: MCTest | None = None
     closest: Candidate | None = None
+    kfac_bias: str | None = None  # structure 'kfac': THEIRS' bias convention ('joined' | 'separate')
 
     def to_json(self) -> dict:
         """The object of docs/file-format.md (`diagnose --json`), plus explanatory extras."""
@@ -94,11 +95,14 @@ class Diagnosis:
             "margin": self.margin if math.isfinite(self.margin) else None,
             "equivalent": [c.label for c in self.equivalent],
             "mc_test": None if self.mc is None else self.mc.to_json(),
+            "kfac_bias": self.kfac_bias,
         }
 
     def report(self, theirs_name: str = "THEIRS", top: int = 12) -> str:
         """Human-readable verdict: winner, scale in words, runner-up and margin, the correct Fisher."""
-        lines = [f"{theirs_name}: {self.structure}, P = {self.n_params}; N = {self.n} examples; "
+        structure = self.structure + (f" ({self.kfac_bias} bias; products G (x) A compared, not the factors)"
+                                      if self.kfac_bias else "")
+        lines = [f"{theirs_name}: {structure}, P = {self.n_params}; N = {self.n} examples; "
                  f"precision {self.precision} (round-off threshold {self.tol:g})", ""]
         if self.estimator == "none":
             best = self.closest
