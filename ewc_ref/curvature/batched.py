@@ -125,7 +125,7 @@ def batched_fisher_gemm(model: MLP, lik: Likelihood, x, y, batch_size: int, stru
     For Linear layer l the gradient SUM of minibatch k is Delta_k^T A_k (weight) and
     sum_n Delta_k[n] (bias), with Delta_k : (B, out) the back-propagated errors and A_k : (B, in)
     the layer inputs of its rows; the last, partial batch is zero-padded (zero rows add nothing).
-    Cost ~ one forward and one backward pass; memory (batches per chunk) x P.
+    Cost ~ one forward and one backward pass; memory (batches per chunk) x P <= budget.CHUNK_BYTES.
     Naive twin: ``naive.naive_fisher(estimator='batched')`` (and ``batched_fishers``).
 
     Returns (P,) for structure='diag', (P, P) for 'full'.
@@ -133,7 +133,7 @@ def batched_fisher_gemm(model: MLP, lik: Likelihood, x, y, batch_size: int, stru
     n, p, b = x.shape[0], model.n_params, batch_size
     starts, ends = batch_bounds(n, b)
     k_total = len(starts)
-    per_chunk = batches_per_chunk or max(1, budget.BATCHED_CHUNK_BYTES // (8 * max(p, b * max(model.layer_sizes))))
+    per_chunk = batches_per_chunk or max(1, budget.CHUNK_BYTES // (8 * max(p, b * sum(model.layer_sizes))))
     dtype = np.result_type(x, model.theta)
     out = np.zeros(p, dtype) if structure == "diag" else np.zeros((p, p), dtype)
     for k0 in range(0, k_total, per_chunk):
@@ -147,7 +147,8 @@ def batched_fisher_gemm(model: MLP, lik: Likelihood, x, y, batch_size: int, stru
             d = np.concatenate([delta, np.zeros((pad, delta.shape[1]), dtype)]).reshape(k1 - k0, b, -1)
             a = cache.inputs[l]
             a = np.concatenate([a, np.zeros((pad, a.shape[1]), a.dtype)]).reshape(k1 - k0, b, -1)
-            sums[:, model.weight_slices[l]] = np.matmul(d.transpose(0, 2, 1), a).reshape(k1 - k0, -1)
+            # a contiguous (k, out, B) operand keeps matmul on BLAS (a transposed view falls back to a slow loop)
+            sums[:, model.weight_slices[l]] = np.matmul(np.ascontiguousarray(d.transpose(0, 2, 1)), a).reshape(k1 - k0, -1)
             if model.has_bias[l]:
                 sums[:, model.bias_slices[l]] = d.sum(axis=1)
         gbar = sums / (ends[k0:k1] - starts[k0:k1])[:, None]

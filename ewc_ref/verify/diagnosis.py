@@ -15,8 +15,9 @@ the same weights and data, ``diagnose`` computes every candidate F on our side a
   own; B = 1 is ``empirical`` itself). A screen finds B: the per-example gradients on
   SCREEN_ENTRIES tested diagonal entries (``curvature.entries``, no (N, P) matrix) and their
   prefix sums give F_B on those entries for every B at once (``batched_screen``, N ln N
-  subtractions of (M,) vectors); the CONFIRM best B of the screen are then computed on all
-  entries (``batched_fisher_gemm``, one backward pass each) and fitted by (1). A wrong B
+  subtractions of (M,) vectors); the B that fit there (at most CONFIRM; else the closest one)
+  are then computed on all entries (``batched_fisher_gemm``, one backward pass each) and
+  fitted by (1). A wrong B
   differs from the right one on a random entry subset as on the whole (relative errors
   >= 1e-3 against round-off 1e-14 on the catalogue), so the screen cannot miss an exact match.
   ``batch_sizes=[...]`` computes exactly those sizes instead (no screen);
@@ -77,7 +78,8 @@ from .statistics import MC_BOOTSTRAP, entry_moments, judge_mc, sample_entries
 #: Diagonal entries the batched screen and the shuffled test look at (all when P is smaller):
 #: (N + 1) x SCREEN_ENTRIES prefix sums, 20 MB at N = 10^4.
 SCREEN_ENTRIES = 256
-#: Batch sizes of the screen confirmed on all entries (one backward pass each).
+#: At most this many batch sizes that fit on the screen (relative error <= 10 tol) are confirmed on
+#: all entries (one backward pass each); when none fits, the screen's best one alone (the closest).
 CONFIRM = 3
 #: Tie-break rank of the statistical candidates that are not rows of the estimator table.
 _RANK = {"shuffled": 6}
@@ -128,7 +130,7 @@ def diagnose(model: MLP, lik: Likelihood, x, y, theirs, batch_sizes=None, tol: f
         log.stage(f"screening batched for every B = 2..{n}")
         screen = batched_screen(grad_entries, t_diag[cols], range(2, n + 1))
         ranked = sorted(screen, key=lambda b: (screen[b][1], b))
-        batch_sizes = sorted(set(ranked[:CONFIRM]) | {b for b in ranked if screen[b][1] <= tol})
+        batch_sizes = sorted({b for b in ranked[:CONFIRM] if screen[b][1] <= 10 * tol} or {ranked[0]})
         screened = (2, n) if n >= 2 else None
     for b in batch_sizes:
         log.stage(f"computing batched, B = {b} ({structure})")
@@ -357,7 +359,7 @@ def _causes(candidates, shuffled: ShuffledTest, not_tried) -> list[str]:
     low, high = shuffled.batch_size_interval
     how = f", batches {shuffled.reduction}" if shuffled.reduction else ""
     row_order = (f"rows in another order than DATA: a shuffled loader with B ~ {shuffled.implied_batch_size:.0f} "
-                 f"(95% {low:.0f}..{high:.0f}{how}) is consistent with THEIRS; pass DATA in the order the loader "
+                 f"(99% {low:.0f}..{high:.0f}{how}) is consistent with THEIRS; pass DATA in the order the loader "
                  "yielded its rows (save the indices) and batched finds it exactly")
     if plausible:
         causes.append(row_order)

@@ -142,7 +142,7 @@ class Diagnosis:
                 sh = self.shuffled
                 low, high = sh.batch_size_interval
                 how = {"averaged": "averaged over the K minibatches", "summed": "summed over the K minibatches (x K)"}
-                lines.append(f"shuffled    implied B = {sh.implied_batch_size:.3g} (95% {low:.3g}..{high:.3g}), batches "
+                lines.append(f"shuffled    implied B = {sh.implied_batch_size:.3g} (99% {low:.3g}..{high:.3g}), batches "
                              f"{how.get(sh.reduction, 'neither averaged nor summed (scale above)')}; chi2 = {sh.chi2:.4g} "
                              f"over {sh.entries - 2} directions, p = {sh.p_noise:.2g}")
                 lines.append("            rows in unknown order: pass DATA in the order the loader yielded them and "

@@ -121,7 +121,7 @@ def match_scale(scale: float, factors: list[ScaleFactor], rtol: float, simplest_
     """
     if not math.isfinite(scale) or scale <= 0:
         return None, f"x {scale:.12g}: not a positive multiple (THEIRS is not a curvature of this kind)"
-    inside = [f for f in factors if abs(scale / f.value - 1) <= rtol]
+    inside = [f for f in factors if abs(f.value / scale - 1) <= rtol]  # f in [c (1 - rtol), c (1 + rtol)]
     if inside:
         best = inside[0] if simplest_first else min(inside, key=lambda f: abs(math.log(scale / f.value)))
         words = best.words

@@ -46,7 +46,8 @@ a batch mean), so like ``mc`` every p-value and the interval of B are also compu
 SHUFFLE_BOOTSTRAP simulated shuffled-loader Fishers of the same tested entries (random
 partitions of the rows into batches of the implied B), and the candidate is rejected only when
 both p-values are below MC_ALPHA. The interval of B holds the B whose alpha-bar lies within
-1.96 simulated standard deviations of log alpha from the estimate (a log-normal band).
+2.58 simulated standard deviations of log b from the estimate (a log-normal 99% band; 32 simulations
+estimate that sd to +-13%, and the readings are discrete, so 95% would be optimistic).
 """
 
 from __future__ import annotations
@@ -75,7 +76,7 @@ class ShuffledTest:
     reason: str
     implied_batch_size: float = math.nan  # the B whose alpha-bar(B) is closest to the fitted b / a
     batch_size: int | None = None  # the same, as an int
-    batch_size_interval: tuple = (math.nan, math.nan)  # 95% band of B_hat
+    batch_size_interval: tuple = (math.nan, math.nan)  # 99% band of B_hat
     scale: float = math.nan  # c = a: 1 when the batches were averaged, K when summed
     scale_se: float = math.nan  # bootstrap standard error of c
     reduction: str = ""  # 'averaged' | 'summed' | ''
@@ -153,12 +154,21 @@ def mean_alpha(n: int) -> np.ndarray:
     return ((k - 1) * alpha(b) + alpha(last)) / k
 
 
+def equal_batch_size(alpha: float, n: int) -> float:
+    """B = N / (alpha (N - 1) + 1), the inverse of (1) for batches of equal size."""
+    return n / (max(alpha, 0.0) * (n - 1) + 1)
+
+
 def implied_batch_size(a: float, b: float, n: int, alphas: np.ndarray | None = None) -> int:
-    """The B in 1..N whose alpha-bar(B) (``mean_alpha``) is closest to b / a (on a log scale)."""
+    """The B whose alpha-bar(B) (``mean_alpha``) is closest to b / a on a log scale, searched within
+    x 1.5 of the equal-batch inverse (alpha-bar is jagged in B: far-off B with a partial last batch
+    can match as well, and are not what a loader with that noise level means)."""
     alphas = mean_alpha(n) if alphas is None else alphas
     alpha = max(b / a, 1e-300)
-    with np.errstate(divide="ignore"):
-        return int(np.argmin(np.abs(np.log(np.maximum(alphas, 1e-300)) - math.log(alpha)))) + 1
+    b0 = equal_batch_size(alpha, n)
+    lo, hi = max(1, int(b0 / 1.5)), min(n, int(math.ceil(b0 * 1.5)))
+    window = np.log(np.maximum(alphas[lo - 1:hi], 1e-300))
+    return lo + int(np.argmin(np.abs(window - math.log(alpha))))
 
 
 def _hypotheses(a: float, b: float, n: int, alphas: np.ndarray) -> list[tuple[str, int, float]]:
@@ -169,17 +179,14 @@ def _hypotheses(a: float, b: float, n: int, alphas: np.ndarray) -> list[tuple[st
     out = []
     if a > 0 and b / a <= 1.0 + 1e-6:
         out.append(("", implied_batch_size(a, b, n, alphas), a))
-    for reduction, c_of in (("averaged", np.ones(n)), ("summed", k_of.astype(float))):
-        # alpha-bar is not monotone in B (the partial last batch): several K can match; keep the
-        # best B of each of the 4 best-matching K and let the likelihood choose
-        gap = np.abs(np.log(np.maximum(c_of * alphas, 1e-300)) - math.log(b))
-        seen = set()
-        for bb in np.argsort(gap, kind="stable") + 1:
-            if int(k_of[bb - 1]) not in seen:
-                seen.add(int(k_of[bb - 1]))
-                out.append((reduction, int(bb), float(c_of[bb - 1])))
-            if len(seen) == 4:
-                break
+    out.append(("averaged", implied_batch_size(1.0, b, n, alphas), 1.0))
+    # summed: K(B) alpha-bar(B) ~ N / B^2 = b, so B0 = sqrt(N / b); alpha-bar is jagged in B (the
+    # partial last batch): the best match within x 1.5 of B0
+    b0 = math.sqrt(n / b)
+    lo, hi = max(1, int(b0 / 1.5)), min(n, int(math.ceil(b0 * 1.5)))
+    level = np.log(np.maximum(k_of[lo - 1:hi] * alphas[lo - 1:hi], 1e-300))
+    bb = lo + int(np.argmin(np.abs(level - math.log(b))))
+    out.append(("summed", bb, float(k_of[bb - 1])))
     return out
 
 
@@ -227,7 +234,7 @@ def judge_shuffled(theirs_entries: np.ndarray, grad_entries: np.ndarray, roundof
         readings.append((log_like, reduction, bb, c, k, dof, stat, statistic))
     if not readings:
         return ShuffledTest(False, "not a shuffled-loader Fisher: every reading implies a single batch", entries=gls.m)
-    readings.sort(key=lambda r: -r[0])
+    readings.sort(key=lambda r: (not r[1], -r[0]))  # averaged / summed before the free fit (a scale bug)
     best = None
     for log_like, reduction, bb, c, _k, dof, stat, statistic in readings[:3]:  # simulate the 3 most likely only
         p = float(2 * min(chi2.sf(stat, dof), chi2.cdf(stat, dof)))
@@ -252,22 +259,20 @@ def judge_shuffled(theirs_entries: np.ndarray, grad_entries: np.ndarray, roundof
             p = min(p, energy, p_mean)
             identified = a_sd <= 0.25 * abs(c)
             se = float(np.std(fits[:, 0] if not reduction else fits[:, 1] / alphas[bb - 1], ddof=1))
-            spread = 1.96 * np.log(np.maximum(fits[:, 1], 1e-300)).std(ddof=1)
+            spread = 2.58 * np.log(np.maximum(fits[:, 1], 1e-300)).std(ddof=1)
         if best is None or (p >= SHUFFLED_ALPHA and best[1] < SHUFFLED_ALPHA):
             best = (log_like, p, reduction, bb, c, stat, dof, se, spread, identified)
         if p >= SHUFFLED_ALPHA:
             break
     _, p_noise, reduction, b_int, c, stat, dof, scale_se, spread, identified = best
-    # interval: the B whose c(B) alpha-bar(B) lies in the simulated band of log b (contiguous run around B)
-    k_of = -(-n // np.arange(1, n + 1))
-    c_of = {"averaged": np.ones(n), "summed": k_of.astype(float)}.get(reduction, np.full(n, c))
-    level = np.log(np.maximum(c_of * alphas, 1e-300))
-    inside = np.abs(level - math.log(c * alphas[b_int - 1])) <= spread + 1e-12
-    low = high = b_int
-    while low > 1 and inside[low - 2]:
-        low -= 1
-    while high < n and inside[high]:
-        high += 1
+    # interval: the simulated band of log b, mapped to B through the equal-batch relation
+    # (averaged or free: b / c = alpha(B); summed: b ~ N / B^2 up to (N - B)/(N - 1)), B inside it
+    alpha_hat = alphas[b_int - 1]
+    if reduction == "summed":
+        low, high = b_int * math.exp(-spread / 2), b_int * math.exp(spread / 2)
+    else:
+        low, high = equal_batch_size(alpha_hat * math.exp(spread), n), equal_batch_size(alpha_hat * math.exp(-spread), n)
+    low, high = max(1, min(int(math.floor(low)), b_int)), min(n, max(int(math.ceil(high)), b_int))
     test = ShuffledTest(False, "", float(b_int), b_int, (float(low), float(high)), c, scale_se, entries=gls.m,
                         chi2=stat, p_noise=p_noise)
     if p_noise < SHUFFLED_ALPHA:
@@ -282,6 +287,6 @@ def judge_shuffled(theirs_entries: np.ndarray, grad_entries: np.ndarray, roundof
     test.reduction = reduction
     test.identified = identified
     test.accepted = True
-    test.reason = (f"consistent with a shuffled loader: B = {b_int} (95% {low}..{high}), chi2 = {stat:.4g} over "
+    test.reason = (f"consistent with a shuffled loader: B = {b_int} (99% {low}..{high}), chi2 = {stat:.4g} over "
                    f"{dof} directions (p = {p_noise:.2g})")
     return test

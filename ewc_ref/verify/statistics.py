@@ -142,8 +142,10 @@ def entry_moments(model: MLP, lik: Likelihood, x, i_index, j_index, bootstrap: i
     cols, inverse = np.unique(np.concatenate([i_index, j_index]), return_inverse=True)
     ii, jj = inverse[: len(i_index)], inverse[len(i_index):]
     c, m = model.n_outputs, len(i_index)
-    width = max(c * len(cols), m * m, len(cols) ** 2)
-    chunk = chunk_size or max(1, budget.BATCHED_CHUNK_BYTES // width)
+    # per row: the Jacobian columns (C x |cols|), and for the cumulant path s : (|cols|, |cols|)
+    dependent = lik.gradient_cumulants(np.zeros((1, c))) is None
+    width = 4 * c * len(cols) + (0 if dependent else 4 * len(cols) ** 2)
+    chunk = chunk_size or max(1, budget.CHUNK_BYTES // (8 * width))
     mean = np.zeros(m)
     cov = np.zeros((m, m))
     draws = np.zeros((bootstrap, m))
