@@ -36,8 +36,10 @@ wrong thing must not be forced into a class.
 
 Judging ``mc`` is the business of ``statistics`` (its module docstring, eqs 2-4).
 
-``mc``'s expectation is ``exact``, so when ``exact`` fits within round-off it wins (an mc
-estimate with S -> infinity is indistinguishable from it) and mc is not judged.
+When a deterministic candidate fits within round-off it wins and neither ``mc`` nor ``shuffled``
+is judged (``mc``'s expectation is ``exact``: an mc estimate with S -> infinity is
+indistinguishable from it; a shuffled expectation is empirical at B = 1 and the squared mean
+gradient at B = N).
 
 Scales are reported as floats at full precision and described in words by matching c with
 the factors conventions and buggy code produce (``scale.scale_factors``): N (a sum over
@@ -139,10 +141,16 @@ def diagnose(model: MLP, lik: Likelihood, x, y, theirs, batch_sizes=None, tol: f
                             note=ESTIMATOR_TABLE[name].diagnose_note) for (name, b), matrix in matrices.items()]
     for c in candidates:
         c.fits = c.rel_error <= tol
-    mc_test = _mc_candidate(model, lik, x, t, structure, tol, candidates, rng, log)
-    log.stage("judging shuffled (random row order)")
-    shuffled = _shuffled_candidate(t, t_diag[cols], grad_entries, matrices, model, lik, x, y, structure, tol,
-                                   candidates, rng)
+    mc_test, shuffled = None, None
+    if not any(c.fits for c in candidates):  # a deterministic fit within round-off beats any statistical one
+        mc_test = _mc_candidate(model, lik, x, t, structure, tol, candidates, rng, log)
+        log.stage("judging shuffled (random row order)")
+        shuffled = _shuffled_candidate(t, t_diag[cols], grad_entries, matrices, model, lik, x, y, structure, tol,
+                                       candidates, rng)
+    else:
+        candidates.append(Candidate("mc", next(c for c in candidates if c.estimator == "exact").scale,
+                                    next(c for c in candidates if c.estimator == "exact").rel_error, fits=False,
+                                    note="not judged: a deterministic candidate fits within round-off"))
     candidates.sort(key=lambda c: (c.rel_error, _rank(c.estimator), c.batch_size or 0))
     not_tried = _not_tried(hessian, screened, batch_sizes, n, p)
     return _verdict(candidates, matrices, mc_test, shuffled, n, p, structure, precision, tol, model, lik,
@@ -221,10 +229,6 @@ def _mean_gradient(model: MLP, lik: Likelihood, x, y) -> np.ndarray:
 def _mc_candidate(model, lik, x, t, structure, tol, candidates, rng, log) -> MCTest | None:
     """Judge mc unless exact fits within round-off; append its Candidate (scale and error of exact)."""
     exact = next(c for c in candidates if c.estimator == "exact")
-    if exact.fits:
-        candidates.append(Candidate("mc", exact.scale, exact.rel_error, samples=None, fits=False,
-                                    note="not judged: exact fits within round-off (mc with S -> infinity)"))
-        return None
     log.stage("judging mc against the exact per-example label distributions")
     i_idx, j_idx = sample_entries(model.n_params, structure, rng)
     exact_entries, cov, draws = entry_moments(model, lik, x, i_idx, j_idx, bootstrap=MC_BOOTSTRAP, rng=rng)

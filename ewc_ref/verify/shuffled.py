@@ -166,7 +166,8 @@ def implied_batch_size(a: float, b: float, n: int, alphas: np.ndarray | None = N
     alphas = mean_alpha(n) if alphas is None else alphas
     alpha = max(b / a, 1e-300)
     b0 = equal_batch_size(alpha, n)
-    lo, hi = max(1, int(b0 / 1.5)), min(n, int(math.ceil(b0 * 1.5)))
+    lo = min(n, max(1, int(b0 / 1.5)))
+    hi = max(lo, min(n, int(math.ceil(b0 * 1.5))))
     window = np.log(np.maximum(alphas[lo - 1:hi], 1e-300))
     return lo + int(np.argmin(np.abs(window - math.log(alpha))))
 
@@ -183,7 +184,8 @@ def _hypotheses(a: float, b: float, n: int, alphas: np.ndarray) -> list[tuple[st
     # summed: K(B) alpha-bar(B) ~ N / B^2 = b, so B0 = sqrt(N / b); alpha-bar is jagged in B (the
     # partial last batch): the best match within x 1.5 of B0
     b0 = math.sqrt(n / b)
-    lo, hi = max(1, int(b0 / 1.5)), min(n, int(math.ceil(b0 * 1.5)))
+    lo = min(n, max(1, int(b0 / 1.5)))
+    hi = max(lo, min(n, int(math.ceil(b0 * 1.5))))
     level = np.log(np.maximum(k_of[lo - 1:hi] * alphas[lo - 1:hi], 1e-300))
     bb = lo + int(np.argmin(np.abs(level - math.log(b))))
     out.append(("summed", bb, float(k_of[bb - 1])))
