@@ -120,7 +120,7 @@ class Diagnosis:
                  f"precision {self.precision} (round-off threshold {self.tol:g})", ""]
         if self.estimator == "none":
             best = self.closest
-            lines.append("verdict     none: THEIRS matches no estimator within round-off (nor mc within its sampling noise)")
+            lines.append("verdict     none: no estimator matches THEIRS within round-off, and no statistical one (mc, shuffled) settles it")
             lines.append(f"closest     {best.label}: THEIRS ~= {best.scale:.12g} x F, relative error {best.rel_error:.3g} "
                          f"({best.rel_error / self.tol:.3g} x the threshold)")
             for i, cause in enumerate(self.causes):
