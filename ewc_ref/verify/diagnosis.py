@@ -245,6 +245,11 @@ def _shuffled_candidate(t, t_entries, grad_entries, matrices, model, lik, x, y, 
     """Judge shuffled on the screen's entries; append its Candidate (the expectation (1) fitted on all entries)."""
     roundoff = tol * float(np.linalg.norm(t_entries)) / math.sqrt(max(1, t_entries.size))
     test = judge_shuffled(t_entries, grad_entries, roundoff, rng)
+    if structure == "full" and test.accepted:
+        # judged on the diagonal only: a full THEIRS wrong off the diagonal would pass (the test of
+        # off-diagonal entries is not implemented), so it is named as a cause, never the verdict
+        test.identified = False
+        test.reason += "; judged on the diagonal of a full THEIRS only"
     m = _mean_gradient(model, lik, x, y)
     mm = m * m if structure == "diag" else np.outer(m, m)
     design = np.stack([mm.ravel(), (matrices[("empirical", None)] - mm).ravel()], axis=1)
@@ -295,13 +300,13 @@ def _statistical_winner(candidates, tests, n, n_outputs, lik_name, sigma):
     natural = {c.estimator for c in accepted
                if (f := _statistical_scale(c, tests[c.estimator], n, n_outputs, lik_name, sigma)[0]) is not None
                and f.expression in _NATURAL[c.estimator]}
-    if "shuffled" in natural and not tests["shuffled"].identified:
-        # B and c confounded: a cause to name, not a verdict; and an mc that needs a scale bug is
-        # no better an explanation than an unidentified shuffled loader that needs none and fits
-        # its expectation about as well (within 10%)
-        sh = next(c for c in accepted if c.estimator == "shuffled")
+    sh = next((c for c in accepted if c.estimator == "shuffled"), None)
+    if sh is not None and not tests["shuffled"].identified:
+        # B and c confounded (or a full THEIRS judged on its diagonal): a cause to name, not a
+        # verdict; and an mc that needs a scale bug is no better an explanation than such a
+        # shuffled loader that needs none and fits its expectation about as well (within 10%)
         accepted = [c for c in accepted if c.estimator != "shuffled"
-                    and (c.estimator in natural or sh.rel_error > 1.1 * c.rel_error)]
+                    and ("shuffled" not in natural or c.estimator in natural or sh.rel_error > 1.1 * c.rel_error)]
     if not accepted:
         return None, []
 
