@@ -147,6 +147,10 @@ class Diagnosis:
                              f"over {sh.entries - 2} directions, p = {sh.p_noise:.2g}")
                 lines.append("            rows in unknown order: pass DATA in the order the loader yielded them and "
                              "batched identifies B exactly")
+            if self.estimator in ("mc", "shuffled") and self.not_tried:
+                names = ", ".join(f"{item['estimator']} ({item['flag']})" for item in self.not_tried)
+                lines.append(f"caution     a statistical verdict; a candidate not tried may fit THEIRS exactly: {names} "
+                             "(a tanh/MSE Hessian diagonal passes the mc test)")
             if self.also_consistent:
                 lines.append(f"also        {', '.join(self.also_consistent)} is consistent with THEIRS too (the reported "
                              "one needs no scale bug or fits better); more rows or samples would tell them apart")
