@@ -49,6 +49,7 @@ DETERMINISTIC = {
     "categorical__wild_unshuffled_b32_over_n": ("batched", 32, "K/N"),
     "categorical_weak__nngeometry_fim_exact_diag": ("exact", None, "1"),
     "gaussian__backpack_diagggnexact_mse_mean": ("exact", None, "2/C"),
+    "gaussian__backpack_diaghessian_mse_mean": ("hessian", None, "2/C"),  # tried by default: diag_hessian.is_cheap
     "categorical__backpack_sumgradsquared_mean": ("empirical", None, "1/N"),
     "gaussian__backpack_sumgradsquared_mean": ("empirical", None, "4/(N*C^2)"),
     "bernoulli__backpack_sumgradsquared_mean": ("empirical", None, "1/(N*C^2)"),
@@ -112,12 +113,12 @@ def test_nngeometry_monte_carlo_fisher(name, samples):
 
 
 def test_not_tried_lists_the_hessian_with_its_flag_and_every_line_is_short(monkeypatch):
-    """Above budget.HESSIAN_LIMIT (BackPACK DiagHessian on the tanh/MSE fixture: P N = 2.2e6) the
-    Hessian is not tried by default; the JSON and the text say how to include it, and no line of
+    """Above budget.HESSIAN_LIMIT and budget.DIAG_HESSIAN_COST the Hessian is not tried by default; the JSON and the text say how to include it, and no line of
     the report (here a 'none' with its causes) exceeds 300 characters."""
     from ewc_ref.curvature import budget
 
     monkeypatch.setattr(budget, "HESSIAN_LIMIT", 0)
+    monkeypatch.setattr(budget, "DIAG_HESSIAN_COST", 0)  # the backward recursion counts as too dear too
     model, lik, x, y = make_problem("gaussian", sizes=(8, 16, 3))
     perturbed = model.with_theta(model.theta * 1.1)
     result = diagnose(model, lik, x, y, exact_diag(perturbed, lik, x))

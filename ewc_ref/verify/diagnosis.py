@@ -62,7 +62,7 @@ import math
 import numpy as np
 
 from .._validate import check_positive_int
-from ..curvature import budget
+from ..curvature import budget, diag_hessian
 from ..curvature.batched import batched_fisher_gemm, batched_screen
 from ..curvature.entries import per_sample_grad_entries
 from ..curvature.estimate import fisher_unchecked
@@ -72,6 +72,7 @@ from ..model.likelihoods import Likelihood
 from ..model.loss import check_model_data
 from ..model.mlp import MLP
 from ..progress import Progress
+from . import kfac
 from .results import Candidate, Diagnosis, MCTest
 from .scale import ScaleFactor, fit_scale, match_scale, roundoff_tolerance, scale_factors
 from .shuffled import ShuffledTest, judge_shuffled
@@ -94,12 +95,13 @@ def diagnose(model: MLP, lik: Likelihood, x, y, theirs, batch_sizes=None, tol: f
     Parameters
     ----------
     model, lik, x, y : the weights and data THEIRS was computed on (rows in their order)
-    theirs : Curvature (diag or full), dict {state_dict name: array}, (P,) or (P, P) array
+    theirs : Curvature (diag, full or kfac), dict {state_dict name: array} or of a kfac file, (P,) or (P, P) array
     batch_sizes : minibatch sizes to try for 'batched' (default: every B = 2..N by the screen)
     tol : round-off threshold on the relative residual (default ``roundoff_tolerance``)
     rng : seed or Generator for the statistical tests' entry subsets and simulations
     progress : report the stages on stderr
-    hessian : include the Hessian candidate (default: when P * N <= budget.HESSIAN_LIMIT)
+    hessian : include the Hessian candidate (default: when P * N <= budget.HESSIAN_LIMIT, or for a
+        diag THEIRS when its backward recursion is cheap, ``diag_hessian.is_cheap``)
 
     Returns
     -------
@@ -113,13 +115,18 @@ def diagnose(model: MLP, lik: Likelihood, x, y, theirs, batch_sizes=None, tol: f
     x, y = check_model_data(model, lik, x, y)
     if not np.all(np.isfinite(model.theta)):
         raise ValueError("model: parameters contain NaN or inf")
+    if kfac.is_kfac(theirs):  # products G (x) A, both bias conventions: verify/kfac.py
+        theirs, entries = kfac.check_kfac_theirs(theirs, model)
+        precision, tol = _check_tol(tol, entries, model)
+        log = Progress(1, "diagnose", enabled=progress)
+        return kfac.diagnose_kfac(model, lik, x, y, theirs, precision, tol, np.random.default_rng(rng), log)
     structure, t = _check_theirs(theirs, model)
     precision, tol = _check_tol(tol, t, model)
     n, p = x.shape[0], model.n_params
     if batch_sizes is not None:
         batch_sizes = sorted({check_positive_int(b, "batch_sizes", upper=n) for b in batch_sizes} - {1})
     if hessian is None:
-        hessian = p * n <= budget.HESSIAN_LIMIT
+        hessian = p * n <= budget.HESSIAN_LIMIT or (structure == "diag" and diag_hessian.is_cheap(model, lik))
     rng = np.random.default_rng(rng)
     log = Progress(1, "diagnose", enabled=progress)
     t_diag = t if structure == "diag" else np.diag(t).copy()

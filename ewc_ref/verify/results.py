@@ -87,6 +87,7 @@ class Diagnosis:
     equivalent: list = field(default_factory=list)  # candidates whose matrix equals the winner's here
     mc: MCTest | None = None
     closest: Candidate | None = None
+    kfac_bias: str | None = None  # structure 'kfac': THEIRS' bias convention ('joined' | 'separate')
     scale_factor: str | None = None  # the recognised factor as an expression in N, C, K, B, S
     shuffled: object = None  # shuffled.ShuffledTest
     not_tried: list = field(default_factory=list)  # [{"estimator", "why", "flag"}]
@@ -106,6 +107,7 @@ class Diagnosis:
             "margin": self.margin if math.isfinite(self.margin) else None,
             "equivalent": [c.label for c in self.equivalent],
             "mc_test": None if self.mc is None else self.mc.to_json(),
+            "kfac_bias": self.kfac_bias,
             "scale_factor": self.scale_factor,
             "shuffled_test": None if self.shuffled is None else self.shuffled.to_json(),
             "not_tried": list(self.not_tried),
@@ -116,7 +118,9 @@ class Diagnosis:
 
     def report(self, theirs_name: str = "THEIRS", top: int = 12) -> str:
         """Human-readable verdict: winner, scale in words, runner-up and margin, the correct Fisher."""
-        lines = [f"{theirs_name}: {self.structure}, P = {self.n_params}; N = {self.n} examples; "
+        structure = self.structure + (f" ({self.kfac_bias} bias; products G (x) A compared, not the factors)"
+                                      if self.kfac_bias else "")
+        lines = [f"{theirs_name}: {structure}, P = {self.n_params}; N = {self.n} examples; "
                  f"precision {self.precision} (round-off threshold {self.tol:g})", ""]
         if self.estimator == "none":
             best = self.closest
