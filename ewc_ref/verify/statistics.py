@@ -107,11 +107,11 @@ def _moments_per_example(lik: Likelihood, f: np.ndarray, A: np.ndarray, ii: np.n
         # q_k = u_ki u_kj with probability p_k.
         labels, p = lik.label_quadrature(f)
         R = np.stack([lik.grad(f, label) for label in labels], axis=1)  # (n, K, C)
-        u_i, u_j = np.einsum("ncm,nkc->nkm", A_i, R), np.einsum("ncm,nkc->nkm", A_j, R)
+        u_i, u_j = np.matmul(R, A_i), np.matmul(R, A_j)  # (n, K, M), batched BLAS
         q = u_i * u_j
         mean = np.einsum("nk,nkm->nm", p, q)
-        centred = np.sqrt(p)[:, :, None] * (q - mean[:, None, :])
-        return mean, np.einsum("nke,nkf->ef", centred, centred)
+        centred = (np.sqrt(p)[:, :, None] * (q - mean[:, None, :])).reshape(-1, q.shape[-1])
+        return mean, centred.T @ centred  # sum over n and k of the outer products, one GEMM
     # g = J^T e with independent zero-mean e_c of variance m2_c and fourth cumulant k4_c:
     # Cov(g_i g_j, g_k g_l) = sum_c k4_c a_ic a_jc a_kc a_lc + s_ik s_jl + s_il s_jk, s = A^T diag(m2) A.
     m2, k4 = cumulants
@@ -142,6 +142,7 @@ def entry_moments(model: MLP, lik: Likelihood, x, i_index, j_index, bootstrap: i
     cols, inverse = np.unique(np.concatenate([i_index, j_index]), return_inverse=True)
     ii, jj = inverse[: len(i_index)], inverse[len(i_index):]
     c, m = model.n_outputs, len(i_index)
+    diagonal = bool(np.array_equal(ii, jj) and np.array_equal(ii, np.arange(len(cols))))
     # per row: the Jacobian columns (C x |cols|), and for the cumulant path s : (|cols|, |cols|)
     dependent = lik.gradient_cumulants(np.zeros((1, c))) is None
     width = 4 * c * len(cols) + (0 if dependent else 4 * len(cols) ** 2)
@@ -162,9 +163,12 @@ def entry_moments(model: MLP, lik: Likelihood, x, i_index, j_index, bootstrap: i
         cov += v
         if bootstrap:
             labels = lik.sample(f, rng, bootstrap)  # (n, K, ...)
-            for k in range(bootstrap):
-                g = np.einsum("nca,nc->na", A, lik.grad(f, labels[:, k]))  # (n, |cols|)
-                draws[k] += np.einsum("ne,ne->e", g[:, ii], g[:, jj])
+            R = np.stack([lik.grad(f, labels[:, k]) for k in range(bootstrap)], axis=1)  # (n, K, C)
+            g = np.matmul(R, A)  # (n, K, |cols|): every draw's gradient entries at once
+            if diagonal:  # entries (i, i) in column order: no gather
+                draws += np.einsum("nke,nke->ke", g, g)
+            else:
+                draws += np.einsum("nke,nke->ke", g[:, :, ii], g[:, :, jj])
     if bootstrap:
         return mean / n, cov / n**2, draws / n
     return mean / n, cov / n**2
