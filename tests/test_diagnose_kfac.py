@@ -132,8 +132,11 @@ def test_real_library_kfacs_are_diagnosed(tmp_path, capsys, fname, net, kfac_bia
     if estimator == "mc":
         assert result["mc_test"]["accepted"]
         assert result["rel_error"] > 1e-2  # a one-sample G, far from exact
+        # x 1 lies in the noise band of a one-sample estimate: the simplest factor, never "x 2"
+        assert result["scale_factor"] == "1", result["scale_words"]
     else:
         assert abs(result["scale"] - scale) <= 1e-10 * scale and result["rel_error"] <= 1e-12
+        assert result["scale_factor"] == {1.0: "1", 1000.0: "N"}[scale], result["scale_words"]
 
 
 # --------------------------------------------------------------------------- compare

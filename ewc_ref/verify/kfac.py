@@ -42,7 +42,7 @@ from ..curvature.structures import kfac_bias_from_keys
 from ..model.likelihoods import Likelihood
 from ..model.mlp import MLP
 from .results import Candidate, Diagnosis, MCTest
-from .scale import describe_scale
+from .scale import match_scale, scale_factors
 from .statistics import MC_BOOTSTRAP, MC_ENTRIES, _moments_per_example, judge_mc
 
 #: The kfac candidates of diagnose (rows of the estimator table that kfac is defined for; ggn = exact).
@@ -194,14 +194,16 @@ def diagnose_kfac(model: MLP, lik: Likelihood, x, y, theirs: Curvature, precisio
     candidates.sort(key=lambda c: (c.rel_error, ESTIMATOR_TABLE[c.estimator].diagnose_rank))
     deterministic = [c for c in candidates if c.fits and c.estimator != "mc"]
     common = dict(n=n, n_params=p, structure="kfac", precision=precision, tol=tol, mc=mc_test, kfac_bias=bias)
+    factors = scale_factors(n, None, model.n_outputs, lik.name, float(getattr(lik, "sigma", 1.0)))
     if deterministic:
         winner = deterministic[0]
     elif mc_test is not None and mc_test.accepted:
         winner = next(c for c in candidates if c.estimator == "mc")
     else:
         best = candidates[0]
+        _, words = match_scale(best.scale, factors, rtol=10 * best.rel_error)
         return Diagnosis("none", best.scale, best.rel_error, None, None, candidates, closest=best,
-                         scale_words=describe_scale(best.scale, n, None, rtol=10 * best.rel_error), **common)
+                         scale_words=words, **common)
     reference = ours["exact" if winner.estimator == "mc" else winner.estimator]
     equivalent, others = [], []
     for c in candidates:
@@ -214,12 +216,15 @@ def diagnose_kfac(model: MLP, lik: Likelihood, x, y, theirs: Curvature, precisio
     runner_up = others[0] if others else None
     margin = runner_up.rel_error / max(winner.rel_error, np.finfo(float).eps) if runner_up is not None else math.inf
     if winner.estimator == "mc":
-        words = describe_scale(winner.scale, n, None, rtol=4 * mc_test.scale_se / max(abs(winner.scale), 1e-300))
+        # A statistical verdict: the simplest factor inside its 2-standard-error band (x 1 first).
+        factor, words = match_scale(winner.scale, factors, rtol=2 * mc_test.scale_se / max(abs(winner.scale), 1e-300),
+                                    simplest_first=True)
         words += f" (+/- {mc_test.scale_se:.2g}, the Monte Carlo standard error)"
     else:
-        words = describe_scale(winner.scale, n, None, rtol=max(10 * winner.rel_error, 1e-9))
+        factor, words = match_scale(winner.scale, factors, rtol=max(10 * winner.rel_error, 1e-9))
     return Diagnosis(winner.estimator, winner.scale, winner.rel_error, None,
                      winner.samples if winner.estimator == "mc" else None, candidates, scale_words=words,
+                     scale_factor=None if factor is None else factor.expression,
                      runner_up=runner_up, margin=margin, equivalent=equivalent, **common)
 
 
