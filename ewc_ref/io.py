@@ -14,16 +14,17 @@ import os
 import re
 import tempfile
 import time
+from collections.abc import Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 
 from . import safe_files
-from ._validate import as_float_array
+from ._validate import as_float_array, check_choice
 from .model.activations import ACTIVATIONS
 from .model.likelihoods import LIKELIHOODS, Likelihood, get_likelihood
-from .model.mlp import MLP, PARAM_KEY
+from .model.mlp import MLP, PARAM_KEY, layer_order
 
 MODEL_META_KEYS = ("__activation__", "__likelihood__", "__sigma__")
 
@@ -183,14 +184,14 @@ def _check_model_headers(path, headers: dict) -> None:
             continue
         match = PARAM_KEY.match(key)
         if match is None:
-            raise ValueError(f"{path}: unknown key {key!r}; expected '<index>.weight', '<index>.bias' or one of {list(MODEL_META_KEYS)}")
+            raise ValueError(f"{path}: unknown key {key!r}; expected '<module>.weight', '<module>.bias' or one of {list(MODEL_META_KEYS)}")
         if header.dtype.kind != "f":
             raise ValueError(f"{path}: key {key!r} must be a float array, got dtype {header.dtype}")
         if len(header.shape) != (2 if match.group(2) == "weight" else 1):
             raise ValueError(f"{path}: key {key!r}: expected a {2 if match.group(2) == 'weight' else 1}-d array, got shape {header.shape}")
-        layers.setdefault(int(match.group(1)), {})[match.group(2)] = header.shape
+        layers.setdefault(match.group(1), {})[match.group(2)] = header.shape
     previous = None
-    for index in sorted(layers):
+    for index in layer_order(list(layers)):
         weight, bias = layers[index].get("weight"), layers[index].get("bias")
         if weight is None:
             raise ValueError(f"{path}: key '{index}.bias' has no matching '{index}.weight'")
@@ -223,9 +224,79 @@ def _check_data_headers(path, headers: dict, model: MLP | None) -> None:
         raise ValueError(f"{path}: key 'x': expected {model.n_inputs} features per row to match the model, got shape {x.shape}")
 
 
-def save_model(path, model: MLP, lik: Likelihood) -> None:
-    """Write model.npz per docs/file-format.md (atomic)."""
-    _check_model_and_likelihood(model, lik)
+def named_arrays(mapping, what: str = "state_dict") -> dict[str, np.ndarray]:
+    """{name: ndarray} from any mapping of array-likes, nested mappings joined with '.'.
+
+    A PyTorch state_dict ({'features.0.weight': tensor}), a JAX/Flax params tree
+    ({'Dense_0': {'kernel': ...}} -> 'Dense_0.kernel') or a dict of NumPy arrays; every leaf goes
+    through np.asarray (CPU torch tensors, jax arrays, lists). Order is the mapping's own.
+
+    Raises
+    ------
+    TypeError naming `what` when `mapping` is not a mapping or a key is not a string.
+    """
+    if not isinstance(mapping, Mapping):
+        raise TypeError(f"{what}: expected a mapping of names to arrays (a state_dict), got {type(mapping).__name__}")
+    flat: dict[str, np.ndarray] = {}
+    for key, value in mapping.items():
+        if not isinstance(key, str):
+            raise TypeError(f"{what}: keys must be strings, got {key!r}")
+        if isinstance(value, Mapping):
+            flat.update({f"{key}.{inner}": array for inner, array in named_arrays(value, f"{what}[{key!r}]").items()})
+        else:
+            try:
+                flat[key] = np.asarray(value)
+            except Exception as error:  # e.g. a torch tensor that requires grad or lives on a GPU
+                raise TypeError(f"{what}: key {key!r} does not convert to a NumPy array ({error}); "
+                                "for torch use .detach().cpu()") from error
+    return flat
+
+
+def save_model(path, model, lik: Likelihood | None = None, *, activation: str | None = None,
+               likelihood: str | Likelihood | None = None, sigma: float | None = None) -> None:
+    """Write model.npz per docs/file-format.md (atomic), from an ewc_ref MLP or from a state_dict.
+
+    Two forms, told apart by the second argument::
+
+        er.save_model(path, model, lik)                      # an ewc_ref MLP and Likelihood
+        er.save_model(path, state_dict, activation="relu", likelihood="categorical")
+        er.save_model(path, state_dict, activation="tanh", likelihood="gaussian", sigma=0.5)
+
+    Parameters
+    ----------
+    model : MLP, or any mapping {'<module>.weight': (out, in), '<module>.bias': (out,)} of
+        array-likes (a torch state_dict, nested mappings joined with '.'; ``named_arrays``)
+    lik : the Likelihood (MLP form only)
+    activation : hidden activation name (mapping form only), one of ACTIVATIONS
+    likelihood : a likelihood name or Likelihood (mapping form only)
+    sigma : the gaussian's sigma (mapping form, likelihood='gaussian' only; default 1)
+
+    Raises
+    ------
+    TypeError / ValueError naming the argument or key (unknown key, shapes that do not chain,
+    non-finite values, arguments of the other form).
+    """
+    if isinstance(model, MLP):
+        _check_model_and_likelihood(model, lik)
+        if activation is not None or likelihood is not None or sigma is not None:
+            raise TypeError("activation: save_model(path, model, lik) takes the activation and likelihood from "
+                            "model and lik; activation=, likelihood=, sigma= belong to save_model(path, state_dict, ...)")
+    elif not isinstance(model, Mapping):
+        raise TypeError(f"model: expected an ewc_ref.MLP, got {type(model).__name__} (or a state_dict mapping "
+                        "with activation= and likelihood=)")
+    else:
+        if lik is not None:
+            raise TypeError("lik: with a state_dict, pass likelihood= (and activation=) by keyword")
+        if activation is None or likelihood is None:
+            raise TypeError("activation: save_model(path, state_dict, activation=..., likelihood=...) needs both")
+        check_choice(activation, "activation", ACTIVATIONS)
+        if isinstance(likelihood, Likelihood):
+            if sigma is not None:
+                raise TypeError("sigma: give sigma inside the Likelihood (er.Gaussian(sigma)) or with likelihood='gaussian'")
+            lik = likelihood
+        else:
+            lik = get_likelihood(check_choice(likelihood, "likelihood", LIKELIHOODS), sigma)
+        model = MLP.from_state_dict(named_arrays(model), activation)
     arrays = dict(model.state_dict())
     arrays["__activation__"] = np.array(model.activation.name)
     arrays.update(lik.to_arrays())

@@ -66,7 +66,7 @@ BAD_MODELS = [
     ("integer weight", _edit(**{"0_dot_weight": np.ones((4, 3), dtype=int)}), "'0.weight' must be a float array"),
     ("sigma for categorical", {**_good_model(), "__sigma__": np.array(1.0)}, "'__sigma__' is only allowed"),
     ("negative sigma", _edit(_dunder_likelihood__=np.array("gaussian"), _dunder_sigma__=np.array(-1.0)), "'__sigma__' must be finite and > 0"),
-    ("no layers", {"__activation__": np.array("relu"), "__likelihood__": np.array("categorical")}, "no '<index>.weight'"),
+    ("no layers", {"__activation__": np.array("relu"), "__likelihood__": np.array("categorical")}, "no '<module>.weight'"),
 ]
 
 

@@ -185,23 +185,6 @@ def test_streaming_peak_memory_does_not_grow_with_the_number_of_rows(estimator, 
     assert large <= 1.1 * small + 64 * 1024, (small, large)
 
 
-def test_mapreduce_example_equals_one_shot_fisher(monkeypatch):
-    """examples/mapreduce_fisher.py (the Dask/Ray-style adapter) on 2 worker processes."""
-    import importlib
-    from pathlib import Path
-
-    # an importable module, so that spawned workers (which inherit sys.path) can unpickle its functions
-    monkeypatch.syspath_prepend(str(Path(__file__).parents[1] / "examples"))
-    example = importlib.import_module("mapreduce_fisher")
-    model, lik = er.MLP.random([6, 5, 3], "tanh", rng=0), er.Categorical()
-    rng = np.random.default_rng(0)
-    x, y = rng.standard_normal((47, 6)), rng.integers(0, 3, 47)
-    for estimator, structure, kw in (("exact", "block", {}), ("batched", "diag", {"batch_size": 4})):
-        distributed = example.mapreduce_fisher(model, lik, x, y, estimator, structure, partitions=3, workers=2,
-                                               chunk_size=5, **kw)
-        assert_same(distributed.data, er.fisher(model, lik, x, y, estimator, structure, **kw).data)
-
-
 # --------------------------------------------------------------------------- the public edge
 @pytest.mark.parametrize(
     ("kwargs", "message"),

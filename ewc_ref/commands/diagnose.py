@@ -30,7 +30,7 @@ INPUT_FILES = ("model", "data", "theirs")
 def add_arguments(parser) -> None:
     parser.add_argument("model", metavar="MODEL", help="model.npz (docs/file-format.md)")
     parser.add_argument("data", metavar="DATA", help="data.npz, rows in the order THEIRS iterated over them")
-    parser.add_argument("theirs", metavar="THEIRS", help="their curvature npz: one array per parameter (diag) or key 'full'")
+    parser.add_argument("theirs", metavar="THEIRS", help="their curvature npz: one array per parameter or key 'flat' (P,) (diag), or key 'full'")
     add_report_output(parser)
     add_json(parser, "the verdict (docs/file-format.md) instead of text")
     parser.add_argument("--batch-sizes", type=integer(1), nargs="+", metavar="B",

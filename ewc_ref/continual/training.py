@@ -76,7 +76,7 @@ def head_view(model: MLP, columns) -> tuple[MLP, np.ndarray]:
     weights = [w.copy() for w in model.weights[:-1]] + [model.weights[last][columns]]
     biases = [None if b is None else b.copy() for b in model.biases[:-1]]
     biases.append(None if model.biases[last] is None else model.biases[last][columns])
-    head = MLP(weights, biases, model.activation.name, module_indices=model.module_indices)
+    head = MLP(weights, biases, model.activation.name, module_names=model.module_names)
     n_in = model.shapes[last][1]
     pieces = [np.arange(model.layer_slices[l].start, model.layer_slices[l].stop) for l in range(last)]
     pieces.append((model.weight_slices[last].start + columns[:, None] * n_in + np.arange(n_in)).ravel())

@@ -14,10 +14,11 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from .._validate import as_float_array, check_choice
-from ..io import atomic_savez, read_npz
+from .._validate import as_float_array, check_choice, check_positive_int
+from ..io import atomic_savez, named_arrays, read_npz
 from ..model.mlp import MLP
 from . import budget
+from .estimators import ESTIMATORS
 from .structures import KFAC_BIASES, STRUCTURE_TABLE, STRUCTURES, Layout, kfac_bias_from_keys
 
 META_KEYS = ("__estimator__", "__structure__", "__n__", "__param_names__", "__samples__", "__batch_size__",
@@ -210,6 +211,8 @@ def _layout(meta: dict, body: dict, structure: str, model: MLP | None) -> Layout
         if structure == "diag" and shapes is None:
             shapes = [()] * len(names)  # the key check of the diag row names what is missing
         return Layout(names, shapes, _bias_pattern(names), None)
+    if structure == "diag" and set(body) == {"flat"}:  # a bare (P,) vector: one anonymous parameter
+        return Layout(["theta"], [body["flat"].shape], [], None)
     if structure == "diag":
         return Layout(list(body), [body[n].shape for n in body], _bias_pattern(list(body)), None)
     return Layout(["theta"], None, [], None)
@@ -290,7 +293,7 @@ def read_theirs(path, model: MLP) -> Curvature:
     arrays = read_npz(path, "curvature file")
     body = {k: v for k, v in arrays.items() if k not in META_KEYS}
     kfac = str(arrays.get("__structure__", "")) == "kfac" or any(k.startswith("kfac.") for k in body)
-    if "full" not in body and not kfac:
+    if "full" not in body and "flat" not in body and not kfac:
         _check_diag_keys(path, body, model)
     for key, value in body.items():
         if value.dtype.kind in "fiu" and not np.all(np.isfinite(value)):
@@ -324,5 +327,44 @@ def _check_diag_keys(path, body: dict, model: MLP) -> None:
         problems.append(f"wrong shapes: {', '.join(wrong)}")
     if problems:
         raise ValueError(f"{path}: does not match the model's parameters: {'; '.join(problems)}; "
-                         f"expected diag keys {list(expected)} with the parameters' shapes, or one key 'full' "
-                         f"of shape ({model.n_params}, {model.n_params})")
+                         f"expected diag keys {list(expected)} with the parameters' shapes, one key 'flat' of shape "
+                         f"({model.n_params},) or one key 'full' of shape ({model.n_params}, {model.n_params})")
+
+
+def save_curvature(path, arrays_by_name, *, estimator: str = "unknown", n: int | None = None,
+                   samples: int | None = None, batch_size: int | None = None,
+                   param_names=None, model: MLP | None = None) -> None:
+    """Write another implementation's curvature as a curvature npz (docs/file-format.md), atomically.
+
+    Parameters
+    ----------
+    arrays_by_name : mapping of array-likes (torch tensors, jax arrays, lists; nested mappings
+        joined with '.'): {parameter name: diagonal of the parameter's shape} (a diag file), or
+        {'full': (P, P)} (a full file)
+    estimator : what produced it, one of ESTIMATORS or 'unknown' (the default)
+    n, samples, batch_size : optional metadata ('__n__', '__samples__', '__batch_size__'), ints >= 1
+    param_names : for a full file, the parameter names in flat order ('__param_names__')
+    model : when given, keys and shapes are checked against the model's parameters
+
+    Raises
+    ------
+    TypeError / ValueError naming the argument or key: a metadata key ('__...__') in
+    arrays_by_name, non-numeric or non-finite values, a shape that does not match `model`.
+    """
+    arrays = named_arrays(arrays_by_name, "arrays_by_name")
+    reserved = [key for key in arrays if key.startswith("__")]
+    if reserved:
+        raise ValueError(f"arrays_by_name: keys {reserved} are reserved for metadata; pass estimator=, n=, ... instead")
+    if estimator != "unknown":
+        check_choice(estimator, "estimator", ESTIMATORS)
+    arrays["__estimator__"] = np.array(estimator)
+    arrays["__structure__"] = np.array("full" if set(arrays) == {"full", "__estimator__"} else "diag")
+    for key, value in (("n", n), ("samples", samples), ("batch_size", batch_size)):
+        if value is not None:
+            arrays[f"__{key}__"] = np.array(check_positive_int(value, key))
+    if param_names is not None:
+        arrays["__param_names__"] = np.array([str(name) for name in param_names])
+    # Every check of the readers, before writing (a full matrix's names are checked against a model only).
+    checked = arrays if model is not None else {k: v for k, v in arrays.items() if k != "__param_names__"}
+    curvature_from_arrays(checked, model, source="arrays_by_name")
+    atomic_savez(path, arrays)

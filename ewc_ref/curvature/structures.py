@@ -6,7 +6,8 @@ so adding a structure is one row plus its tests (tests/test_curvature.py iterate
 =========  ===========================================  ======================================
 name       data                                         npz keys (docs/file-format.md)
 =========  ===========================================  ======================================
-diag       (P,) the diagonal                            one per parameter, the parameter's shape
+diag       (P,) the diagonal                            one per parameter, the parameter's shape,
+                                                        or one key 'flat' (P,) in flat order
 full       (P, P)                                       'full'
 block      list of (P_l, P_l), one per Linear layer     'block.<module>'
 kfac       per Linear layer, by the bias convention     '__kfac_bias__' = 'joined' | 'separate'
@@ -71,12 +72,18 @@ class Structure:
 
 
 def _modules(names: list) -> list[str]:
-    """'<module>' of every Linear layer, from the '<module>.weight' names."""
-    return [name.split(".")[0] for name in names if name.endswith(".weight")]
+    """'<module>' of every Linear layer, from the '<module>.weight' names ('features.0.weight' -> 'features.0')."""
+    return [name[: -len(".weight")] for name in names if name.endswith(".weight")]
 
 
 # --------------------------------------------------------------------------- diag
 def _diag_from_arrays(body: dict, layout: Layout, source: str):
+    if set(body) == {"flat"} and "flat" not in layout.names:  # the whole diagonal in flat order (section 7)
+        p = int(sum(np.prod(s, dtype=int) for s in layout.shapes))
+        if body["flat"].shape != (p,):
+            raise ValueError(f"{source}: key 'flat' has shape {body['flat'].shape}, expected ({p},): the diagonal "
+                             "in the model's flat parameter order (parameters_to_vector)")
+        return body["flat"]
     missing = [n for n in layout.names if n not in body]
     unknown = [k for k in body if k not in layout.names]
     if missing or unknown:

@@ -31,7 +31,16 @@ from .layers import (
     affine_forward,
 )
 
-PARAM_KEY = re.compile(r"^(\d+)\.(weight|bias)$")
+PARAM_KEY = re.compile(r"^(.+)\.(weight|bias)$")
+"""A parameter name: '<module>.weight' or '<module>.bias', the module any non-empty name
+('0', 'features.0', 'classifier', 'Dense_1'); group 1 is the module, group 2 the kind."""
+
+
+def layer_order(modules: list[str]) -> list[str]:
+    """The Linear layers' order from their module names as they appear in a state_dict: that
+    order (the order the modules run), or numerical order when every name is an integer (an
+    nn.Sequential; a file whose keys were reordered, '10' before '2', still reads)."""
+    return sorted(modules, key=int) if all(m.isdigit() for m in modules) else list(modules)
 
 
 def _rebuild_mlp(state: dict, activation: str) -> MLP:
@@ -69,9 +78,13 @@ class MLP:
     activation : 'identity', 'relu', 'tanh' or 'sigmoid' (all hidden layers)
     module_indices : positions of the Linear modules in the PyTorch Sequential;
         default 0, 2, 4, ... (Linear, activation, Linear, ...)
+    module_names : the Linear modules' names instead, any distinct non-empty strings
+        (an Avalanche SimpleMLP: ['features.0', 'classifier']); parameters are then named
+        '<module>.weight', '<module>.bias'. Give at most one of module_indices, module_names.
     """
 
-    def __init__(self, weights, biases=None, activation: str = "relu", module_indices=None):
+    def __init__(self, weights, biases=None, activation: str = "relu", module_indices=None,
+                 module_names=None):
         weights = list(weights)
         if not weights:
             raise ValueError("weights: expected at least one layer")
@@ -81,14 +94,22 @@ class MLP:
             raise ValueError(f"biases: expected {len(weights)} entries (one per layer), got {len(biases)}")
         # Errors name what the caller passed: state-dict keys ('2.weight') when the module
         # positions are given (from_state_dict), list positions (weights[1]) otherwise.
-        if module_indices is None:
-            module_indices = [2 * i for i in range(len(weights))]
+        if module_indices is not None and module_names is not None:
+            raise ValueError("module_names: give module_indices or module_names, not both")
+        if module_names is not None:
+            module_names = [str(m) for m in module_names]
+            if len(module_names) != len(weights) or len(set(module_names)) != len(module_names) or "" in module_names:
+                raise ValueError(f"module_names: expected {len(weights)} distinct non-empty names, got {module_names}")
+            w_name, b_name = (lambda i: f"'{module_names[i]}.weight'"), (lambda i: f"'{module_names[i]}.bias'")
+        elif module_indices is None:
+            module_names = [str(2 * i) for i in range(len(weights))]
             w_name, b_name = (lambda i: f"weights[{i}]"), (lambda i: f"biases[{i}]")
         else:
             module_indices = [int(m) for m in module_indices]
-            w_name, b_name = (lambda i: f"'{module_indices[i]}.weight'"), (lambda i: f"'{module_indices[i]}.bias'")
-        if len(module_indices) != len(weights) or sorted(set(module_indices)) != module_indices:
-            raise ValueError(f"module_indices: expected {len(weights)} strictly increasing integers, got {module_indices}")
+            if len(module_indices) != len(weights) or sorted(set(module_indices)) != module_indices:
+                raise ValueError(f"module_indices: expected {len(weights)} strictly increasing integers, got {module_indices}")
+            module_names = [str(m) for m in module_indices]
+            w_name, b_name = (lambda i: f"'{module_names[i]}.weight'"), (lambda i: f"'{module_names[i]}.bias'")
         weights = [as_float_array(w, w_name(i), ndim=2) for i, w in enumerate(weights)]
         biases = [None if b is None else as_float_array(b, b_name(i), ndim=1) for i, b in enumerate(biases)]
         for i, (w, b) in enumerate(zip(weights, biases, strict=True)):
@@ -100,7 +121,7 @@ class MLP:
                     f"expected {weights[i - 1].shape[0]} input columns"
                 )
         self.activation = get_activation(activation)
-        self.module_indices = module_indices
+        self.module_names = module_names
         dtype = np.result_type(*weights, *[b for b in biases if b is not None])
         self.has_bias = [b is not None for b in biases]
         self.shapes = [w.shape for w in weights]
@@ -127,28 +148,40 @@ class MLP:
                 self.bias_slices.append(None)
                 self.biases.append(None)
 
+    @property
+    def module_indices(self) -> list:
+        """The module names as integers where they are ('0', '2' -> 0, 2), else the names."""
+        return [int(m) if m.isdigit() else m for m in self.module_names]
+
     @classmethod
     def from_state_dict(cls, state: dict, activation: str) -> MLP:
-        """Build from PyTorch-style keys '0.weight', '0.bias', '2.weight', ...
+        """Build from PyTorch-style keys '<module>.weight', '<module>.bias'.
+
+        The Linear layers are taken in the order their modules first appear in `state` (a
+        PyTorch state_dict lists them in forward order: 'features.0.weight', ...,
+        'classifier.weight'); when every module name is an integer (an nn.Sequential: '0', '2',
+        ...) they are sorted numerically instead, so a file whose keys were reordered ('10' before
+        '2') still reads. Names are kept: ``param_names`` and every output use them.
 
         Raises ValueError naming the key when a key is unknown, a weight is missing
         for a bias, or layers do not chain.
         """
-        layers: dict[int, dict[str, np.ndarray]] = {}
+        layers: dict[str, dict[str, np.ndarray]] = {}
         for key, value in state.items():
-            match = PARAM_KEY.match(key)
+            match = PARAM_KEY.match(str(key))
             if match is None:
-                raise ValueError(f"unknown key {key!r}: expected '<module index>.weight' or '<module index>.bias'")
-            layers.setdefault(int(match.group(1)), {})[match.group(2)] = value
+                raise ValueError(f"unknown key {key!r}: expected '<module>.weight' or '<module>.bias' "
+                                 "(e.g. '0.weight', 'features.0.bias', 'classifier.weight')")
+            layers.setdefault(match.group(1), {})[match.group(2)] = value
         if not layers:
-            raise ValueError("state dict: no '<index>.weight' keys found")
-        indices = sorted(layers)
-        for index in indices:
-            if "weight" not in layers[index]:
-                raise ValueError(f"key '{index}.bias' has no matching '{index}.weight'")
-        weights = [layers[i]["weight"] for i in indices]
-        biases = [layers[i].get("bias") for i in indices]
-        return cls(weights, biases, activation, module_indices=indices)
+            raise ValueError("state dict: no '<module>.weight' keys found")
+        names = layer_order(list(layers))
+        for name in names:
+            if "weight" not in layers[name]:
+                raise ValueError(f"key '{name}.bias' has no matching '{name}.weight'")
+        weights = [layers[m]["weight"] for m in names]
+        biases = [layers[m].get("bias") for m in names]
+        return cls(weights, biases, activation, module_names=names)
 
     def state_dict(self) -> dict[str, np.ndarray]:
         """Parameters keyed like PyTorch's state_dict (copies, in flat order)."""
@@ -158,10 +191,10 @@ class MLP:
     def param_names(self) -> list[str]:
         """State-dict names in flat order, e.g. ['0.weight', '0.bias', '2.weight', ...]."""
         names = []
-        for index, has_bias in zip(self.module_indices, self.has_bias, strict=True):
-            names.append(f"{index}.weight")
+        for module, has_bias in zip(self.module_names, self.has_bias, strict=True):
+            names.append(f"{module}.weight")
             if has_bias:
-                names.append(f"{index}.bias")
+                names.append(f"{module}.bias")
         return names
 
     @property
@@ -228,7 +261,7 @@ class MLP:
         if theta.shape != (self.n_params,):
             raise ValueError(f"theta: expected shape ({self.n_params},), got {theta.shape}")
         new = object.__new__(MLP)
-        new.activation, new.module_indices = self.activation, list(self.module_indices)
+        new.activation, new.module_names = self.activation, list(self.module_names)
         new.has_bias, new.shapes = list(self.has_bias), list(self.shapes)
         new.theta = np.array(theta, copy=True)
         new._bind_views()
