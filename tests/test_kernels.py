@@ -72,6 +72,23 @@ def test_stacked_backward_matches_the_model_backward(case, k, strided):
         assert relative_error(a, b) <= rtol
 
 
+@given(models_and_data(max_width=8, dtype=np.float64) | models_and_data(max_width=8, dtype=np.float32),
+       st.integers(1, 4), st.sampled_from([1.0, 0.5]))
+def test_squared_delta_sums_match_the_squares_of_the_backward_deltas(case, k, weight):
+    model, _, x, _ = case
+    f, cache = model.forward(x)
+    df = np.random.default_rng(k).standard_normal((k, *f.shape)).astype(model.dtype)
+    fast = kernels.squared_delta_sums(model.weights, cache.activation_caches, df, weight)
+    naive = [weight * (d**2).sum(axis=0) for d in model.backward_deltas(cache, df)]
+    # phi'^2 (w sum_k da^2) against w sum_k (phi' da)^2: the same terms, rounded in another order,
+    # after the backward pass of test_stacked_backward_matches_the_model_backward (its tolerance).
+    rtol = 1e-12 if model.dtype == np.float64 else 1e-5
+    assert len(fast) == len(naive)
+    for a, b in zip(fast, naive, strict=True):
+        assert a.shape == b.shape and a.dtype == b.dtype
+        assert relative_error(a, b) <= rtol
+
+
 @given(layer_factors())
 def test_diag_second_moment_matches_squared_per_example_gradients(factors):
     delta, a, weight, has_bias, dtype = factors

@@ -116,7 +116,7 @@ class FisherAccumulator:
         """
         model = self.model
         if self.structure == "diag":
-            return _diag_sums(model, cache, kernels.backward_deltas(model.weights, cache.activation_caches, r), weight)
+            return _diag_sums(model, cache, kernels.squared_delta_sums(model.weights, cache.activation_caches, r, weight))
         if self.structure == "kfac":
             deltas = kernels.backward_deltas(model.weights, cache.activation_caches, r)
             return [kernels.kfac_factors(d, cache.inputs[l], weight, model.has_bias[l]) for l, d in enumerate(deltas)]
@@ -233,17 +233,17 @@ def _copy(item):
     return item.copy()
 
 
-def _diag_sums(model: MLP, cache, deltas, weight: float) -> np.ndarray:
-    """diag(sum_{n,k} w u_nk u_nk^T) per layer: (sum_k w delta_nk^2)^T (a_n^2), one GEMM.
+def _diag_sums(model: MLP, cache, sums) -> np.ndarray:
+    """diag(sum_{n,k} w u_nk u_nk^T) per layer: s_l^T (a_n^2), one GEMM, s_l = w sum_k delta_nk^2.
 
-    Fast path: kernels.diag_second_moment. Twins: naive.diag_sums_naive (the same GEMM
-    written inline) and ``(per_sample_grads**2).sum`` (tests/test_curvature.py).
+    Fast path: kernels.squared_delta_sums, then the GEMM of kernels.diag_second_moment. Twins:
+    naive.diag_sums_naive (the same GEMM written inline) and ``(per_sample_grads**2).sum``
+    (tests/test_curvature.py, tests/test_kernels.py).
     """
     out = np.empty(model.n_params, dtype=np.result_type(cache.inputs[0], model.theta))
-    for l, delta in enumerate(deltas):
-        weight_diag, bias_diag = kernels.diag_second_moment(delta, cache.inputs[l], weight, model.has_bias[l])
-        out[model.weight_slices[l]] = weight_diag.ravel()
-        if bias_diag is not None:
-            out[model.bias_slices[l]] = bias_diag
+    for l, s in enumerate(sums):
+        a = cache.inputs[l]
+        out[model.weight_slices[l]].reshape(s.shape[1], a.shape[1])[...] = s.T @ np.square(a)
+        if model.has_bias[l]:
+            out[model.bias_slices[l]] = s.sum(axis=0)
     return out
-

@@ -103,6 +103,46 @@ def squared_delta_sum(delta: np.ndarray, weight: float) -> np.ndarray:
     return s
 
 
+def squared_delta_sums(weights: list, activation_caches: list, df: np.ndarray, weight: float) -> list[np.ndarray]:
+    """s_l = w sum_k delta_lk^2 : (n, out_l) for every layer, back-propagating only what is needed.
+
+    The diagonal needs the squared deltas, never the deltas of the first layer themselves. With
+    da_l = delta_{l+1} W_{l+1} (one stacked GEMM, as in backward_deltas) and delta_l = phi'(z_l) da_l,
+
+        s_l = w sum_k (phi'(z_l) da_lk)^2 = phi'(z_l)^2 (w sum_k da_lk^2)
+
+    so the K-fold product phi' * da is formed only where it is propagated further (in place, no new
+    (K, n, out) array), and the first layer's never. Twin: squared_delta_sum over backward_deltas
+    (equal up to the order of the roundings, tests/test_kernels.py).
+
+    Parameters
+    ----------
+    weights, activation_caches : as backward_deltas
+    df : (K, n, C) backward vectors at the output
+    weight : w
+
+    Returns
+    -------
+    s : list of (n, out_l)
+    """
+    sums = [None] * len(weights)
+    delta = df
+    sums[-1] = squared_delta_sum(delta, weight)
+    for l in range(len(weights) - 1, 0, -1):
+        weight_l = weights[l]
+        stacked = np.ascontiguousarray(delta).reshape(-1, delta.shape[-1])
+        da = (stacked @ weight_l).reshape(*delta.shape[:-1], weight_l.shape[1])
+        z, a, activation = activation_caches[l - 1]
+        derivative = activation.derivative(z, a)  # (n, out_l), computed once for the K vectors
+        s = squared_delta_sum(da, weight)
+        s *= derivative * derivative
+        sums[l - 1] = s
+        if l > 1:
+            da *= derivative  # delta_l, in place: the next GEMM's input
+            delta = da
+    return sums
+
+
 def diag_second_moment(delta: np.ndarray, a: np.ndarray, weight: float, has_bias: bool):
     """Diagonal of sum_{n,k} w g_nk g_nk^T for one Linear layer, without per-example gradients.
 
