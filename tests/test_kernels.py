@@ -142,6 +142,26 @@ def test_gram_matrices_match_the_sum_of_outer_products(m, p, dtype, seed):
         assert np.all(np.abs(fast - naive) <= bound)
 
 
+@given(st.integers(1, 30), st.integers(1, 12), st.sampled_from(DTYPES), st.integers(0, 2**32 - 1), st.booleans())
+def test_in_place_gram_update_adds_to_the_lower_triangle(m, p, dtype, seed, strided):
+    rng = np.random.default_rng(seed)
+    G = rng.standard_normal((m, p)).astype(dtype)
+    if strided:  # a non-contiguous G takes the fallback, which must add the same sums
+        G = np.asfortranarray(G)
+    start = rng.standard_normal((p, p)).astype(dtype)
+    start = start + start.T  # a running sum is symmetric
+    total = start.copy()
+    kernels.gram_update(total, G)
+    expected = start + kernels.gram_naive(G)
+    bound = 2 * m * unit_roundoff(dtype) * (np.abs(G).T @ np.abs(G)) + 2 * unit_roundoff(dtype) * np.abs(start)
+    lower = np.tril_indices(p)
+    assert total.dtype == dtype
+    assert np.all(np.abs(total - expected)[lower] <= bound[lower])
+    kernels.mirror_lower(total, block=3)  # blocks of 3 rows: diagonal blocks and strips both exercised
+    assert np.array_equal(total, total.T)
+    assert np.all(np.abs(total - expected) <= bound + bound.T)
+
+
 @given(layer_factors())
 def test_kfac_factors_match_the_outer_product_sums(factors):
     delta, a, weight, has_bias, dtype = factors

@@ -90,6 +90,10 @@ class FisherAccumulator:
         self.n_batches = 0  # completed minibatches (batched)
         self.partial: dict[int, list] = {}  # batch index -> [gradient sum (P,), rows]
         self.total = None  # the structure's running sum
+        # full/block outer sums: only the lower triangle of each matrix is summed (kernels.gram_update)
+        self.lower_only = False
+        # result() divided total in place and handed it to the Curvature: the divisor, else None
+        self.handed_over = None
         self._update_by_kind = {"outer": self._update_outer, "batched": self._update_batched,
                                 "hessian": self._update_hessian}[ESTIMATOR_TABLE[estimator].kind]
 
@@ -97,6 +101,7 @@ class FisherAccumulator:
     def _add(self, sums, owned: bool = True):
         """Add `sums` to the running total; `owned` = they are fresh arrays nobody else holds,
         so the first one can become the total without a copy (a pass over P x P saved)."""
+        self._reclaim()
         if self.total is None:
             self.total = sums if owned else _copy(sums)
         elif isinstance(self.total, list):
@@ -109,10 +114,19 @@ class FisherAccumulator:
         else:
             self.total += sums
 
-    def _outer_sums(self, cache, r: np.ndarray, weight: float):
+    def _reclaim(self):
+        """Take the running sums back after result() handed them over: a scaled copy (the
+        Curvature keeps its matrix); costs one P x P copy, only when updating after result()."""
+        if self.handed_over is not None:
+            divisor, self.handed_over = self.handed_over, None
+            self.total = [item * divisor for item in self.total] if isinstance(self.total, list) else self.total * divisor
+
+    def _outer_sums(self, cache, r: np.ndarray, weight: float, into=None):
         """sum_{n,k} weight * u_nk u_nk^T in the accumulator's structure, u = J^T r.
 
         Fast path by ewc_ref.curvature.kernels; the readable twin is naive.outer_sums_naive (tests/test_kernels.py).
+        full and block: with `into` (the running sums) the lower triangles of `into` are updated
+        in place (kernels.gram_update) and None is returned; without, fresh complete sums.
         """
         model = self.model
         if self.structure == "diag":
@@ -123,11 +137,23 @@ class FisherAccumulator:
         # u_nk sqrt(w): a Python float keeps float32 models in float32 (a NumPy float64 would promote).
         deltas = kernels.backward_deltas(model.weights, cache.activation_caches, r * math.sqrt(weight))
         dtype = np.result_type(r, model.theta)
+        sums = self._zero_sums(dtype) if into is None else into
         if self.structure == "full":
-            return kernels.gram(kernels.per_sample_grads(deltas, cache.inputs, model.has_bias, dtype))
-        # block: each layer's G_l : (K n, P_l) on its own, never the whole G.
-        return [kernels.gram(kernels.per_sample_grads(deltas, cache.inputs, model.has_bias, dtype, layers=[l]))
-                for l in range(model.n_layers)]
+            kernels.gram_update(sums, kernels.per_sample_grads(deltas, cache.inputs, model.has_bias, dtype))
+        else:  # block: each layer's G_l : (K n, P_l) on its own, never the whole G.
+            for l in range(model.n_layers):
+                kernels.gram_update(sums[l], kernels.per_sample_grads(deltas, cache.inputs, model.has_bias, dtype, layers=[l]))
+        if into is not None:
+            return None
+        for item in sums if isinstance(sums, list) else [sums]:
+            kernels.mirror_lower(item)
+        return sums
+
+    def _zero_sums(self, dtype):
+        """Zero running sums of the full or block structure."""
+        if self.structure == "full":
+            return np.zeros((self.model.n_params,) * 2, dtype=dtype)
+        return [np.zeros((s.stop - s.start,) * 2, dtype=dtype) for s in self.model.layer_slices]
 
     def update(self, x_chunk, y_chunk) -> FisherAccumulator:
         """Add the next rows; x_chunk : (n, d_in) and y_chunk are validated (names in errors)."""
@@ -147,7 +173,15 @@ class FisherAccumulator:
     def _update_outer(self, x_chunk, y_chunk):
         f, cache = self.model.forward(x_chunk)
         r, weight = ESTIMATOR_TABLE[self.estimator].output_vectors(self.lik, f, y_chunk, self.samples, self.rng)
-        self._add(self._outer_sums(cache, r, weight))
+        if self.structure not in ("full", "block"):
+            self._add(self._outer_sums(cache, r, weight))
+            return
+        # full, block: summed in place into the running total (one P x P matrix, no second one).
+        self._reclaim()
+        if self.total is None:
+            self.total = self._zero_sums(np.result_type(r, self.model.theta))
+        self.lower_only = True
+        self._outer_sums(cache, r, weight, into=self.total)
 
     def _update_hessian(self, x_chunk, y_chunk):
         from .dense_hessian import _hessian, _hessian_blocks, _hessian_diag
@@ -189,8 +223,10 @@ class FisherAccumulator:
             raise ValueError("other: accumulators differ in estimator, structure or batch_size")
         if other.model.n_params != self.model.n_params:
             raise ValueError(f"other: has P = {other.model.n_params} parameters, this accumulator {self.model.n_params}")
+        other._reclaim()
         if other.total is not None:
             self._add(other.total, owned=False)
+            self.lower_only = self.lower_only or other.lower_only
         self.count += other.count
         self.n_batches += other.n_batches
         for index, (grad_sum, rows) in other.partial.items():
@@ -201,6 +237,7 @@ class FisherAccumulator:
         """The mean: sums / N (or / number of minibatches for batched)."""
         if self.count == 0:
             raise ValueError("no examples were added")
+        self._reclaim()
         model = self.model
         if self.estimator == "batched":
             # Only the last minibatch may be partial; it counts as a batch of its own.
@@ -212,7 +249,17 @@ class FisherAccumulator:
         else:
             divisor = self.count
         total = self.total
-        data = [_divide(item, divisor) for item in total] if isinstance(total, list) else total / divisor
+        if self.structure in ("full", "block"):
+            # The P x P sums become the result in place (no second P x P matrix); the accumulator
+            # takes them back by a copy if it is updated again (_reclaim).
+            for item in total if isinstance(total, list) else [total]:
+                if self.lower_only:
+                    kernels.mirror_lower(item)
+                item /= divisor
+            self.lower_only, self.handed_over = False, divisor
+            data = total
+        else:
+            data = [_divide(item, divisor) for item in total] if isinstance(total, list) else total / divisor
         options = ESTIMATOR_TABLE[self.estimator].options
         return Curvature(
             self.structure, self.estimator, model.param_names, model.param_shapes, data, list(model.has_bias),

@@ -19,6 +19,8 @@ fill_per_sample      rows k*n + j of G : (K n, P) <- [vec(dW_jk), db_jk]  the Nu
 grads                (numba; writes straight into G, no (K,n,out,in)     (fill_per_sample_grads_numpy)
                      temporary)
 gram                 G^T G (BLAS syrk: only one triangle is computed)    sum_n g_n g_n^T by einsum
+gram_update          total += G^T G in place on one triangle (syrk,      gram_naive added to total
+                     beta = 1), then mirror_lower once
 kfac_factors         A = sum_n abar_n abar_n^T, B = w sum_{n,k} d d^T     the same sums by einsum
 ===================  ==================================================  ===========================
 
@@ -289,6 +291,46 @@ def gram_syrk(G: np.ndarray) -> np.ndarray:
     lower_part = np.tril_indices_from(upper, -1)
     upper[lower_part] = upper.T[lower_part]
     return upper
+
+
+def gram_update(total: np.ndarray, G: np.ndarray) -> None:
+    """total += G^T G on the LOWER triangle of total (C order), in place: no P x P temporary.
+
+    BLAS syrk with beta = 1 on the Fortran view total^T (its upper triangle is total's lower
+    one) and on G^T (a Fortran view of C-ordered G), so neither operand is copied. The upper
+    triangle of total is not touched; ``mirror_lower`` completes the matrix once at the end.
+    This is what keeps structure='full' near one P x P matrix at its peak (benchmarks/BENCHMARKS.md).
+    Falls back to ``total += G.T @ G`` (both triangles; a P x P temporary) for other dtypes or
+    layouts. Twin: gram_naive added to total, compared on the lower triangle (tests/test_kernels.py).
+
+    Parameters
+    ----------
+    total : (P, P) running sum, C-contiguous, float64 or float32
+    G : (m, P) per-example gradients, same dtype
+    """
+    blas_ok = (total.dtype == G.dtype and total.dtype in (np.float64, np.float32)
+               and total.flags.c_contiguous and G.flags.c_contiguous)
+    if not blas_ok:
+        total += G.T @ G
+        return
+    syrk = _blas.dsyrk if total.dtype == np.float64 else _blas.ssyrk
+    out = syrk(1.0, G.T, beta=1.0, c=total.T, trans=0, lower=0, overwrite_c=1)
+    if not np.shares_memory(out, total):  # f2py copied after all: keep the sum, at the cost of the copy
+        total[...] = out.T
+
+
+def mirror_lower(total: np.ndarray, block: int = 1024) -> None:
+    """Copy the lower triangle of the square `total` onto its upper one, in place, `block` rows at a time.
+
+    total[i, j] <- total[j, i] for i < j, so total becomes exactly symmetric. Temporaries are one
+    (block, P) strip, never P x P index arrays (np.triu_indices of P = 16,384 would take 2 GiB).
+    """
+    n = total.shape[0]
+    for start in range(0, n, block):
+        stop = min(start + block, n)
+        diagonal = total[start:stop, start:stop]
+        diagonal[...] = np.tril(diagonal) + np.tril(diagonal, -1).T
+        total[start:stop, stop:] = total[stop:, start:stop].T
 
 
 def gram_naive(G: np.ndarray) -> np.ndarray:
