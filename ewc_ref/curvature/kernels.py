@@ -19,8 +19,8 @@ fill_per_sample      rows k*n + j of G : (K n, P) <- [vec(dW_jk), db_jk]  the Nu
 grads                (numba; writes straight into G, no (K,n,out,in)     (fill_per_sample_grads_numpy)
                      temporary)
 gram                 G^T G (BLAS syrk: only one triangle is computed)    sum_n g_n g_n^T by einsum
-gram_update          total += G^T G in place on one triangle (syrk,      gram_naive added to total
-                     beta = 1), then mirror_lower once
+gram_update          total += G^T G in place on the lower triangle, in   gram_naive added to total
+                     strips of rows (a blocked syrk), then mirror_lower
 kfac_factors         A = sum_n abar_n abar_n^T, B = w sum_{n,k} d d^T     the same sums by einsum
 ===================  ==================================================  ===========================
 
@@ -293,30 +293,28 @@ def gram_syrk(G: np.ndarray) -> np.ndarray:
     return upper
 
 
-def gram_update(total: np.ndarray, G: np.ndarray) -> None:
-    """total += G^T G on the LOWER triangle of total (C order), in place: no P x P temporary.
+def gram_update(total: np.ndarray, G: np.ndarray, block: int = 512) -> None:
+    """total += G^T G on the LOWER triangle of total, in place: no P x P temporary (a blocked syrk).
 
-    BLAS syrk with beta = 1 on the Fortran view total^T (its upper triangle is total's lower
-    one) and on G^T (a Fortran view of C-ordered G), so neither operand is copied. The upper
-    triangle of total is not touched; ``mirror_lower`` completes the matrix once at the end.
-    This is what keeps structure='full' near one P x P matrix at its peak (benchmarks/BENCHMARKS.md).
-    Falls back to ``total += G.T @ G`` (both triangles; a P x P temporary) for other dtypes or
-    layouts. Twin: gram_naive added to total, compared on the lower triangle (tests/test_kernels.py).
+    Row strip by row strip of `block` rows: total[i:j, :j] += G[:, i:j]^T G[:, :j], one GEMM
+    each on views of G and total (NumPy's BLAS; nothing is copied), so the only temporary is
+    one (block, P) strip and about half the GEMM's flops are spent, as in syrk. Entries above
+    the diagonal blocks are not touched; ``mirror_lower`` completes the matrix once at the end.
+    This keeps structure='full' near one P x P matrix at its peak (benchmarks/BENCHMARKS.md).
+    (scipy.linalg.blas.dsyrk with beta = 1 does the same without the strip, but SciPy's 32-bit
+    OpenBLAS segfaults on a 2 GiB C = P x P, P = 16,360.) Twin: gram_naive added to total,
+    compared on the lower triangle (tests/test_kernels.py).
 
     Parameters
     ----------
-    total : (P, P) running sum, C-contiguous, float64 or float32
-    G : (m, P) per-example gradients, same dtype
+    total : (P, P) running sum (lower triangle and diagonal blocks are kept)
+    G : (m, P) per-example gradients
+    block : rows per strip
     """
-    blas_ok = (total.dtype == G.dtype and total.dtype in (np.float64, np.float32)
-               and total.flags.c_contiguous and G.flags.c_contiguous)
-    if not blas_ok:
-        total += G.T @ G
-        return
-    syrk = _blas.dsyrk if total.dtype == np.float64 else _blas.ssyrk
-    out = syrk(1.0, G.T, beta=1.0, c=total.T, trans=0, lower=0, overwrite_c=1)
-    if not np.shares_memory(out, total):  # f2py copied after all: keep the sum, at the cost of the copy
-        total[...] = out.T
+    n = total.shape[0]
+    for start in range(0, n, block):
+        stop = min(start + block, n)
+        total[start:stop, :stop] += G[:, start:stop].T @ G[:, :stop]
 
 
 def mirror_lower(total: np.ndarray, block: int = 1024) -> None:
