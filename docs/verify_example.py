@@ -1,5 +1,5 @@
 """The PyTorch side of docs/verify-a-pytorch-ewc.md: train a digits classifier, compute its EWC
-Fisher the way many public repositories do, and export everything per EXCHANGE.md.
+Fisher the way many public repositories do, and export everything per docs/file-format.md.
 
 Needs torch (/work/venv-torch), not ewc_ref:
 
@@ -62,7 +62,7 @@ def fisher_sampled_sum(net, x):
 wild = fisher_wild(net, TensorDataset(x, y))
 sampled = fisher_sampled_sum(net, x)
 
-# ---- Export, exactly the lines of EXCHANGE.md -------------------------------------------------
+# ---- Export, exactly the lines of docs/file-format.md -------------------------------------------------
 np.savez(out / "model.npz", **{k: v.detach().cpu().double().numpy() for k, v in net.state_dict().items()},
          __activation__=np.array("relu"), __likelihood__=np.array("categorical"))
 np.savez(out / "data.npz", x=x.double().numpy(), y=y.numpy())

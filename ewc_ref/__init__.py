@@ -1,6 +1,6 @@
 """ewc_ref: a NumPy reference implementation of Elastic Weight Consolidation.
 
-The public API (EXCHANGE.md, "Python API")::
+The public API (docs/file-format.md, "Python API")::
 
     import ewc_ref as er
     model, lik = er.load_model("model.npz")
@@ -46,7 +46,7 @@ _LAZY = {
     "penalty_and_grad": "ewc_ref.continual.penalty",
     "merge_quadratics": "ewc_ref.continual.penalty",
     "train_task": "ewc_ref.continual.training",
-    "run_sequence": "ewc_ref.continual.training",
+    "run_sequence": "ewc_ref.continual.experiments",
     "head_view": "ewc_ref.continual.training",
     "head_fisher": "ewc_ref.continual.training",
     "load_digits": "ewc_ref.continual.datasets",

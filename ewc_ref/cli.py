@@ -1,9 +1,13 @@
-"""The ``ewc-ref`` command line (EXCHANGE.md, "Command line").
+"""The ``ewc-ref`` command line (docs/file-format.md, "Command line").
 
 Each subcommand lives in ``ewc_ref/commands/<name>.py`` with two functions,
-``add_arguments(parser)`` and ``run(args) -> int``, and one row in COMMANDS.
-User errors (ValueError, TypeError, OSError from validation) become one line on
-stderr and exit status 2; set EWC_REF_DEBUG=1 to see the traceback instead.
+``add_arguments(parser)`` and ``run(args) -> int``, and one row in COMMANDS. Only the module of
+the command being run is imported (``python -X importtime -m ewc_ref.cli inspect --help``).
+Flags are validated by the shared argparse types of ``ewc_ref/commands/_args.py``.
+
+Every user error (a bad flag, a bad file, ValueError/TypeError/OSError from validation) goes
+through `fail`: one line ``ewc-ref CMD: error: ...`` on stderr, exit status 2. Set
+EWC_REF_DEBUG=1 to see the traceback instead.
 """
 
 from __future__ import annotations
@@ -24,44 +28,74 @@ COMMANDS = {
     "compare": ("ewc_ref.commands.compare", "compare two curvature npz files (exit 0 match, 1 mismatch, 2 bad input)"),
     "figures": ("ewc_ref.commands.figures", "regenerate the report's figures (PNG + .npz data): laplace, trajectories, accuracy, estimators"),
 }
+USER_ERRORS = (ValueError, TypeError, OSError)
+
+
+def fail(prog: str, error) -> int:
+    """Write one line 'PROG: error: MESSAGE' on stderr and return exit status 2."""
+    message = " ".join(str(error).split())
+    sys.stderr.write(f"{prog}: error: {message}\n")
+    return 2
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse, but usage errors are one line on stderr and exit 2."""
+    """argparse whose usage errors go through `fail`, naming the flag ('--epochs: ...')."""
 
     def error(self, message):
-        sys.stderr.write(f"{self.prog}: error: {message}\n")
-        raise SystemExit(2)
+        raise SystemExit(fail(self.prog, message.removeprefix("argument ")))
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="ewc-ref", description="Elastic Weight Consolidation and Fisher information, by reference.")
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Keeps the line breaks of the descriptions (the tables in the commands' docstrings)."""
+
+
+def _command_in(argv: list[str]) -> str | None:
+    """The subcommand named in argv (the first word that is not an option), if it is one."""
+    for word in argv:
+        if not word.startswith("-"):
+            return word if word in COMMANDS else None
+    return None
+
+
+def build_parser(commands=None) -> argparse.ArgumentParser:
+    """The parser; only the modules of `commands` (default: all) are imported and given their flags."""
+    parser = _Parser(prog="ewc-ref", description="Elastic Weight Consolidation and Fisher information, by reference.",
+                     formatter_class=_HelpFormatter)
     parser.add_argument("--version", action="version", version=f"ewc-ref {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for name, (module_name, help_text) in COMMANDS.items():
+        if commands is not None and name not in commands:
+            sub.add_parser(name, help=help_text)  # listed in the help, never parsed
+            continue
         module = importlib.import_module(module_name)
-        command = sub.add_parser(name, help=help_text, description=(module.__doc__ or help_text).strip())
-        module.add_arguments(command)
-        command.set_defaults(_run=module.run)
+        subparser = sub.add_parser(name, help=help_text, description=(module.__doc__ or help_text).strip(),
+                                   formatter_class=_HelpFormatter)
+        module.add_arguments(subparser)
+        subparser.set_defaults(_run=module.run)
     return parser
 
 
 def main(argv=None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.command is None:
+    """Run ``ewc-ref ARGV``; returns the exit status (also for usage errors, --help and --version)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    command = _command_in(argv)
+    parser = build_parser([] if command is None else [command])
+    if not argv:
         parser.print_help(sys.stderr)
         return 2
     try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_:  # usage error (already reported by fail), --help or --version
+        return exit_.code if isinstance(exit_.code, int) else 2
+    prog = f"ewc-ref {args.command}"
+    try:
         return int(args._run(args) or 0)
-    except (ValueError, TypeError, OSError) as error:
+    except USER_ERRORS as error:
         if os.environ.get("EWC_REF_DEBUG"):
             raise
-        message = " ".join(str(error).split())
-        sys.stderr.write(f"ewc-ref {args.command}: error: {message}\n")
-        return 2
+        return fail(prog, error)
     except KeyboardInterrupt:
-        sys.stderr.write(f"ewc-ref {args.command}: interrupted\n")
+        sys.stderr.write(f"{prog}: interrupted\n")
         return 130
 
 

@@ -32,11 +32,10 @@ from pathlib import Path
 
 import numpy as np
 
+from .continual.experiments import METHODS, SCENARIOS
 from .io import atomic_output, atomic_savez
 
 FIGURES = ("laplace", "trajectories", "accuracy", "estimators")
-METHODS = ("sgd", "l2", "ewc")
-SCENARIOS = ("task", "domain", "class")
 #: (number of tasks, EWC lambda or None for the demo's tuned default) per scenario. Small enough
 #: to run in seconds; class-incremental needs lambda <= ~40 at this size for stable SGD
 #: (lr * lambda * max F < 2), see derivations/06.
@@ -218,23 +217,21 @@ def plot_trajectories(data, plt):
 
 # ----------------------------------------------------------------------------- accuracy matrices
 def accuracy_data(scenarios=SCENARIOS, epochs: int = 5, hidden: int = 50, seed: int = 0,
-                  config=None, progress=None) -> dict[str, np.ndarray]:
+                  config=None, progress: bool = False) -> dict[str, np.ndarray]:
     """Accuracy matrices R[i, j] of SGD, L2 and EWC per scenario, as ``ewc-ref demo`` computes them.
 
-    Same data, scenario builders, training (ewc_ref.continual.training.run_sequence) and default lambdas
-    (ewc_ref.commands.demo.DEFAULT_LAMBDA) as the demo, in a small configuration: `epochs` per
-    task, one hidden layer of `hidden` ReLU units, tasks and EWC lambda per scenario from
-    `config` (default ACCURACY_CONFIG).
+    ``ewc_ref.continual.experiments.run_scenario``, the demo's experiment (same data, scenarios,
+    training and default lambdas), in a small configuration: `epochs` per task, one hidden layer
+    of `hidden` ReLU units, tasks and EWC lambda per scenario from `config` (default
+    ACCURACY_CONFIG); `progress` reports each run on stderr.
 
     Returns
     -------
     dict with R_<scenario>_<method> : (T, T), lambda_<scenario>_<method> : scalar,
     average_accuracy_<scenario>_<method>, forgetting_<scenario>_<method> : scalars
     """
-    from .commands.demo import DEFAULT_LAMBDA
-    from .continual.datasets import load_digits, make_scenario
-    from .continual.metrics import average_accuracy, forgetting
-    from .continual.training import run_sequence
+    from .continual.datasets import load_digits
+    from .continual.experiments import run_scenario
 
     config = dict(ACCURACY_CONFIG if config is None else config)
     data = load_digits()
@@ -243,17 +240,14 @@ def accuracy_data(scenarios=SCENARIOS, epochs: int = 5, hidden: int = 50, seed: 
         if name not in config:
             raise ValueError(f"scenarios: expected names among {list(config)}, got {name!r}")
         n_tasks, ewc_lambda = config[name]
-        scenario = make_scenario(name, data, n_tasks, rng=np.random.default_rng([seed, 2]))
-        lams = {"sgd": 0.0, "l2": DEFAULT_LAMBDA[name]["l2"],
-                "ewc": DEFAULT_LAMBDA[name]["ewc"] if ewc_lambda is None else ewc_lambda}
+        result = run_scenario(name, data, n_tasks, ewc_lambda=ewc_lambda, hidden=(hidden,), epochs=epochs,
+                              seed=seed, progress=progress)
         for method in METHODS:
-            if progress is not None:
-                progress(f"accuracy: {name}/{method}")
-            R = run_sequence(scenario, method, lam=lams[method], hidden=(hidden,), epochs=epochs, seed=seed)["R"]
-            out[f"R_{name}_{method}"] = R
-            out[f"lambda_{name}_{method}"] = np.array(lams[method])
-            out[f"average_accuracy_{name}_{method}"] = np.array(average_accuracy(R))
-            out[f"forgetting_{name}_{method}"] = np.array(forgetting(R))
+            entry = result["methods"][method]
+            out[f"R_{name}_{method}"] = np.array(entry["accuracy_matrix"])
+            out[f"lambda_{name}_{method}"] = np.array(entry["lambda"])
+            out[f"average_accuracy_{name}_{method}"] = np.array(entry["average_accuracy"])
+            out[f"forgetting_{name}_{method}"] = np.array(entry["forgetting"])
     return out
 
 

@@ -1,4 +1,4 @@
-"""Reading and writing the .npz files of EXCHANGE.md.
+"""Reading and writing the .npz files of docs/file-format.md.
 
 Everything is loaded with ``allow_pickle=False`` and validated key by key;
 every error names the file and the key. Writes are atomic: the arrays go to a
@@ -87,7 +87,7 @@ def _string(arrays: dict, key: str, path, choices) -> str:
 
 
 def load_model(path) -> tuple[MLP, Likelihood]:
-    """Read model.npz (EXCHANGE.md) into (MLP, Likelihood).
+    """Read model.npz (docs/file-format.md) into (MLP, Likelihood).
 
     Raises
     ------
@@ -99,7 +99,7 @@ def load_model(path) -> tuple[MLP, Likelihood]:
     arrays = read_npz(path, "model file")
     for key in ("__activation__", "__likelihood__"):
         if key not in arrays:
-            raise ValueError(f"{path}: missing key {key!r} (see EXCHANGE.md: model.npz)")
+            raise ValueError(f"{path}: missing key {key!r} (see docs/file-format.md, section 2: model.npz)")
     activation = _string(arrays, "__activation__", path, ACTIVATIONS)
     name = _string(arrays, "__likelihood__", path, LIKELIHOODS)
     sigma = None
@@ -129,7 +129,7 @@ def load_model(path) -> tuple[MLP, Likelihood]:
 
 
 def save_model(path, model: MLP, lik: Likelihood) -> None:
-    """Write model.npz per EXCHANGE.md (atomic)."""
+    """Write model.npz per docs/file-format.md (atomic)."""
     arrays = dict(model.state_dict())
     arrays["__activation__"] = np.array(model.activation.name)
     arrays.update(lik.to_arrays())
@@ -146,7 +146,7 @@ def load_data(path, model: MLP | None = None, lik: Likelihood | None = None):
     arrays = read_npz(path, "data file")
     for key in ("x", "y"):
         if key not in arrays:
-            raise ValueError(f"{path}: missing key {key!r} (see EXCHANGE.md: data.npz)")
+            raise ValueError(f"{path}: missing key {key!r} (see docs/file-format.md, section 3: data.npz)")
     unknown = sorted(set(arrays) - {"x", "y"})
     if unknown:
         raise ValueError(f"{path}: unknown key(s) {unknown}; data.npz holds only 'x' and 'y'")
@@ -172,5 +172,5 @@ def load_data(path, model: MLP | None = None, lik: Likelihood | None = None):
 
 
 def save_data(path, x: np.ndarray, y: np.ndarray) -> None:
-    """Write data.npz per EXCHANGE.md (atomic)."""
+    """Write data.npz per docs/file-format.md (atomic)."""
     atomic_savez(path, {"x": np.asarray(x), "y": np.asarray(y)})

@@ -51,7 +51,7 @@ def test_gaussian_prior_is_the_normalised_gaussian(d, seed, structure):
 @given(models_and_data())
 def test_log_likelihood_is_minus_n_times_the_mean_loss(case):
     model, lik, x, y = case
-    # eq (3) is a SUM over examples; the training loss of EXCHANGE.md is the mean.
+    # eq (3) is a SUM over examples; the training loss of docs/file-format.md is the mean.
     np.testing.assert_allclose(er.log_likelihood(model, lik, x, y), -x.shape[0] * er.mean_loss(model, lik, x, y),
                                rtol=1e-12, atol=1e-12)
 

@@ -1,5 +1,6 @@
-"""`ewc-ref fisher` and `ewc-ref compare` (EXCHANGE.md "Command line")."""
+"""`ewc-ref fisher` and `ewc-ref compare` (docs/file-format.md "Command line")."""
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -7,6 +8,8 @@ import pytest
 
 import ewc_ref as er
 from ewc_ref.cli import main
+from ewc_ref.commands.fisher import ESTIMATOR_FLAGS
+from ewc_ref.curvature.estimators import ESTIMATORS
 
 FIXTURES = Path(__file__).parent / "fixtures" / "torch"
 CASES = [
@@ -76,23 +79,67 @@ def test_compare_bad_input_exits_2(tmp_path, capsys, b_arrays, message):
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
-        (["--estimator", "batched"], "batch_size: required"),
-        (["--estimator", "batched", "--batch-size", "1000"], "batch_size: expected an integer <= 48"),
-        (["--estimator", "mc", "--samples", "0"], "samples: expected an integer >= 1"),
-        (["--estimator", "exact", "--samples", "3"], "samples: only used by estimator='mc'"),
-        (["--estimator", "nope"], "invalid choice"),
-        (["--estimator", "exact", "--structure", "lowrank"], "invalid choice"),
+        (["--estimator", "batched"], "--batch-size: required by --estimator batched"),
+        (["--estimator", "batched", "--batch-size", "1000"], "--batch-size: expected an integer <= 48, got 1000"),
+        (["--estimator", "batched", "--batch-size", "0"], "--batch-size: expected an integer >= 1, got 0"),
+        (["--estimator", "mc", "--samples", "0"], "--samples: expected an integer >= 1, got 0"),
+        (["--estimator", "mc", "--samples", "two"], "--samples: expected an integer, got 'two'"),
+        (["--estimator", "mc", "--seed", "-1"], "--seed: expected an integer >= 0, got -1"),
+        (["--estimator", "exact", "--chunk-size", "0"], "--chunk-size: expected an integer >= 1, got 0"),
+        (["--estimator", "hessian", "--structure", "kfac"], "--structure: 'kfac' is defined for per-example"),
+        (["--estimator", "nope"], "--estimator: invalid choice"),
+        (["--estimator", "exact", "--structure", "lowrank"], "--structure: invalid choice"),
+        (["--estimator", "exact", "-o", "MISSING/F.npz"], "-o/--output: folder"),
+        (["--estimator", "exact", "-o", "."], "-o/--output: . is a folder"),
     ],
 )
 def test_fisher_bad_options_exit_2_without_output(tmp_path, capsys, extra, message):
     model_path, data_path = _paths("categorical")
     out = tmp_path / "F.npz"
+    extra = [str(tmp_path / "missing" / "F.npz") if a == "MISSING/F.npz" else a for a in extra]
     with pytest.raises(SystemExit) as info:
         raise SystemExit(main(["fisher", model_path, data_path, "-o", str(out), "--quiet", *extra]))
     assert info.value.code == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and message in err
+    assert err.count("\n") == 1 and err.startswith(f"ewc-ref fisher: error: {message}"), err
     assert list(tmp_path.iterdir()) == []  # nothing written, not even a temporary file
+
+
+@pytest.mark.parametrize("flag", list(ESTIMATOR_FLAGS))
+@pytest.mark.parametrize("estimator", ESTIMATORS)
+def test_fisher_refuses_a_flag_its_estimator_does_not_read(tmp_path, capsys, flag, estimator):
+    """The table ESTIMATOR_FLAGS, row by row: a flag is refused by every estimator not listed."""
+    model_path, data_path = _paths("categorical")
+    argv = ["fisher", model_path, data_path, "--estimator", estimator, flag, "4", "-o", str(tmp_path / "F.npz"),
+            "--quiet"]
+    if estimator == "batched" and flag != "--batch-size":
+        argv += ["--batch-size", "8"]
+    code = main(argv)
+    err = capsys.readouterr().err
+    if estimator in ESTIMATOR_FLAGS[flag][1]:
+        assert code == 0 and err == ""
+    else:
+        assert code == 2 and err == f"ewc-ref fisher: error: {flag}: only used by --estimator " \
+            f"{' or '.join(ESTIMATOR_FLAGS[flag][1])}, not by --estimator {estimator}\n"
+        assert list(tmp_path.iterdir()) == []
+
+
+def test_fisher_json_summary_describes_the_file_written(tmp_path, capsys):
+    model_path, data_path = _paths("categorical")
+    out = tmp_path / "F.npz"
+    argv = ["fisher", model_path, data_path, "--estimator", "mc", "--samples", "3", "--seed", "5", "-o", str(out)]
+    assert main([*argv, "--json", "--quiet"]) == 0
+    captured = capsys.readouterr()
+    summary = json.loads(captured.out)
+    assert captured.err == ""
+    written = np.load(out)
+    assert summary == {"output": str(out), "estimator": "mc", "structure": "diag", "n": int(written["__n__"]),
+                       "n_params": 130, "samples": 3, "batch_size": None, "seed": 5}
+    assert summary["n"] == 48 and int(written["__samples__"]) == 3
+    # without --json the summary is one line on stderr and stdout stays empty
+    assert main(argv) == 0
+    captured = capsys.readouterr()
+    assert captured.out == "" and f"wrote {out}: mc diag, P = 130, N = 48" in captured.err
 
 
 def test_fisher_data_that_does_not_fit_the_model_exits_2(tmp_path, capsys):
@@ -131,3 +178,26 @@ def test_progress_is_reported_on_stderr(tmp_path, capsys):
     main(["fisher", model_path, data_path, "--estimator", "exact", "-o", str(tmp_path / "F.npz")])
     err = capsys.readouterr().err
     assert "fisher exact/diag: 48/48 (100%)" in err
+
+
+def test_compare_json_has_the_per_key_errors_and_the_verdict(tmp_path, capsys):
+    a, b = tmp_path / "a.npz", tmp_path / "b.npz"
+    np.savez(a, **{"0.weight": np.ones((2, 3)), "0.bias": np.ones(2)})
+    np.savez(b, **{"0.weight": np.ones((2, 3)), "0.bias": np.array([1.0, 2.0])})
+    assert main(["compare", str(a), str(b), "--json"]) == 1  # the exit status is the verdict
+    result = json.loads(capsys.readouterr().out)
+    assert result["match"] is False and result["rtol"] == 1e-10 and result["atol"] == pytest.approx(2e-12)
+    assert result["keys"]["0.weight"] == {"match": True, "max_abs_error": 0.0, "max_rel_error": 0.0,
+                                          "worst_index": [0, 0], "a": 1.0, "b": 1.0}
+    bias = result["keys"]["0.bias"]
+    assert bias["match"] is False and bias["worst_index"] == [1] and (bias["a"], bias["b"]) == (1.0, 2.0)
+    assert bias["max_abs_error"] == 1.0 and bias["max_rel_error"] == 0.5
+    assert main(["compare", str(a), str(b), "--json", "--atol", "1.5", "--quiet"]) == 0
+    assert json.loads(capsys.readouterr().out)["match"] is True
+
+
+@pytest.mark.parametrize(("flag", "value"), [("--rtol", "-1"), ("--atol", "nan"), ("--rtol", "x")])
+def test_compare_tolerances_are_checked_by_flag(tmp_path, capsys, flag, value):
+    assert main(["compare", "a.npz", "b.npz", flag, value]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"ewc-ref compare: error: {flag}: expected a finite number >= 0")

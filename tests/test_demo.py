@@ -91,8 +91,10 @@ def _bad_mnist_dir(tmp_path):
     [
         (["--lambda", "-1"], "--lambda"),
         (["--l2-lambda", "nan"], "--l2-lambda"),
-        (["--gamma", "0"], "--gamma"),
-        (["--gamma", "1.5"], "--gamma"),
+        (["--ewc", "online", "--gamma", "0"], "--gamma: expected a number in (0, 1], got 0"),
+        (["--ewc", "online", "--gamma", "1.5"], "--gamma: expected a number in (0, 1], got 1.5"),
+        (["--gamma", "0.5"], "--gamma: only used by --ewc online, not by --ewc separate"),
+        (["--ewc", "accumulated", "--gamma", "0.5"], "--gamma: only used by --ewc online, not by --ewc accumulated"),
         (["--tasks", "1"], "--tasks"),
         (["--tasks", "6"], "--tasks"),
         (["--scenario", "domain", "--tasks", "0"], "--tasks"),
@@ -112,3 +114,26 @@ def test_bad_input_is_one_line_and_exit_2(argv, fragment, tmp_path, capsys):
     assert out == ""
     assert len(err.strip().splitlines()) == 1, err
     assert fragment in err
+
+
+def test_output_file_receives_the_report_and_stdout_stays_empty(tmp_path, capsys):
+    target = tmp_path / "demo.json"
+    code, out, _ = _run(["demo", *TINY, "--scenario", "task", "--json", "--quiet", "-o", str(target)], capsys)
+    assert code == 0 and out == ""
+    assert set(json.loads(target.read_text())["scenarios"]) == {"task"}
+
+
+def test_a_failed_run_writes_no_output_file(tmp_path, capsys):
+    target = tmp_path / "demo.txt"
+    code, out, err = _run(["demo", *TINY, "--scenario", "domain", "--quiet", "--lambda", "1e9", "-o", str(target)],
+                          capsys)
+    assert code == 2 and out == "" and "--lambda or --l2-lambda: gradient descent on the penalty is unstable" in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_online_gamma_reaches_the_config(capsys):
+    code, out, _ = _run(["demo", *TINY, "--scenario", "task", "--json", "--quiet", "--ewc", "online",
+                         "--gamma", "0.5"], capsys)
+    assert code == 0 and json.loads(out)["config"]["gamma"] == 0.5
+    code, out, _ = _run(["demo", *TINY, "--scenario", "task", "--json", "--quiet"], capsys)
+    assert json.loads(out)["config"]["gamma"] == 1.0

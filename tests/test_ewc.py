@@ -30,7 +30,7 @@ def quadratic_problems(draw, n_tasks=1):
 
 
 def _naive_penalty(theta, anchor, fisher, lam):
-    """lambda/2 sum_i F_i (theta_i - theta*_i)^2 as a plain loop: the formula of EXCHANGE.md."""
+    """lambda/2 sum_i F_i (theta_i - theta*_i)^2 as a plain loop: the formula of docs/file-format.md."""
     total = 0.0
     for i in range(theta.size):
         total += fisher[i] * (theta[i] - anchor[i]) ** 2

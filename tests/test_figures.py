@@ -6,6 +6,7 @@ tested without it; only the PNG test needs it and is skipped when it is absent.
 
 from __future__ import annotations
 
+import json
 import sys
 
 import numpy as np
@@ -119,14 +120,26 @@ def test_unknown_figure_name_is_refused():
 def test_cli_data_only_without_matplotlib(tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "matplotlib", None)      # import matplotlib -> ImportError
     out = tmp_path / "new" / "folder"
-    assert main(["figures", "--only", "trajectories", "--data-only", "--quiet", "--out", str(out)]) == 0
+    assert main(["figures", "--only", "trajectories", "--data-only", "--quiet", "-o", str(out)]) == 0
     assert sorted(p.name for p in out.iterdir()) == ["trajectories.npz"]
-    assert capsys.readouterr().err == ""
+    captured = capsys.readouterr()
+    assert captured.err == "" and captured.out.startswith(f"trajectories  {out / 'trajectories.npz'} (")
+
+
+def test_cli_json_lists_the_files_written_and_progress_is_one_reporter(tmp_path, capsys):
+    argv = ["figures", "--only", "trajectories", "--only", "laplace", "--data-only", "--output", str(tmp_path)]
+    assert main([*argv, "--json"]) == 0
+    captured = capsys.readouterr()
+    report = json.loads(captured.out)
+    assert report["output"] == str(tmp_path) and list(report["figures"]) == ["trajectories", "laplace"]
+    assert report["figures"]["laplace"]["files"] == [str(tmp_path / "laplace.npz")]
+    assert all(entry["seconds"] >= 0 for entry in report["figures"].values())
+    assert "figures: 2/2 (100%)" in captured.err
 
 
 def test_cli_without_matplotlib_is_one_line_and_exit_2(tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "matplotlib", None)
-    status = main(["figures", "--only", "trajectories", "--out", str(tmp_path)])
+    status = main(["figures", "--only", "trajectories", "-o", str(tmp_path)])
     err = capsys.readouterr().err
     assert status == 2
     assert err.count("\n") == 1 and "pip install 'ewc_ref[plot]'" in err and "--data-only" in err
@@ -135,22 +148,20 @@ def test_cli_without_matplotlib_is_one_line_and_exit_2(tmp_path, monkeypatch, ca
 
 @pytest.mark.parametrize("argv", [["--only", "fig5"], ["--only"]])
 def test_cli_bad_options_exit_2(argv, capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        main(["figures", *argv])
-    assert exit_info.value.code == 2
+    assert main(["figures", *argv]) == 2
     assert capsys.readouterr().err.count("\n") == 1
 
 
 def test_cli_out_must_be_a_folder(tmp_path, capsys):
     target = tmp_path / "file.txt"
     target.write_text("x")
-    assert main(["figures", "--data-only", "--only", "trajectories", "--out", str(target)]) == 2
-    assert "is not a folder" in capsys.readouterr().err
+    assert main(["figures", "--data-only", "--only", "trajectories", "-o", str(target)]) == 2
+    assert capsys.readouterr().err == f"ewc-ref figures: error: -o/--output: {target} exists and is not a folder\n"
 
 
 def test_png_is_written_when_matplotlib_is_installed(tmp_path):
     pytest.importorskip("matplotlib")
-    assert main(["figures", "--only", "trajectories", "--quiet", "--out", str(tmp_path)]) == 0
+    assert main(["figures", "--only", "trajectories", "--quiet", "-o", str(tmp_path)]) == 0
     png = tmp_path / "trajectories.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["trajectories.npz", "trajectories.png"]

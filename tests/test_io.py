@@ -115,7 +115,7 @@ BAD_DATA = [
 
 @pytest.mark.parametrize(("arrays", "message", "likelihood"), [b[1:] for b in BAD_DATA], ids=[b[0] for b in BAD_DATA])
 def test_bad_data_file_names_the_key(tmp_path, arrays, message, likelihood):
-    """Contract (load_data docstring, EXCHANGE.md): a bad data.npz is a ValueError naming the file
+    """Contract (load_data docstring, docs/file-format.md): a bad data.npz is a ValueError naming the file
     and the key; without a model, y must be 1-d or 2-d with N rows and finite."""
     path = tmp_path / "data.npz"
     np.savez(path, **arrays)
@@ -129,7 +129,7 @@ def test_bad_data_file_names_the_key(tmp_path, arrays, message, likelihood):
 
 
 def test_pytorch_export_recipe_is_readable(tmp_path):
-    # EXCHANGE.md's export line, reproduced without torch: a state_dict of float64 arrays
+    # The export line of docs/file-format.md, reproduced without torch: a state_dict of float64 arrays
     # plus two 0-d unicode strings.
     state = _good_model()
     path = tmp_path / "exported.npz"

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 import ewc_ref as er
 from ewc_ref.continual.datasets import load_digits, make_scenario
+from ewc_ref.continual.experiments import run_sequence
 from ewc_ref.continual.metrics import (
     average_accuracy,
     backward_transfer,
@@ -28,7 +29,6 @@ from ewc_ref.continual.training import (
     head_fisher,
     head_loss_and_grad,
     head_view,
-    run_sequence,
     train_task,
 )
 from ewc_ref.model.loss import loss_and_grad

@@ -8,7 +8,7 @@ expansion of the log posterior is
     (7)  p(z | D) ~ N(z; z*, Lambda^{-1}),
     (8)  Lambda = -d^2 log p(z | D) / dz^2 |_{z*} = N H(z*) + Lambda_prior
 
-where H is the Hessian of the MEAN loss L = 1/N sum_n l_n (EXCHANGE.md) and Lambda_prior the
+where H is the Hessian of the MEAN loss L = 1/N sum_n l_n (docs/file-format.md) and Lambda_prior the
 prior's precision. Three precisions are offered (`kind`):
 
 ========== ===================================================================
@@ -83,7 +83,7 @@ def _log_likelihood_hessian_fd(post: LogPosterior, z: np.ndarray) -> np.ndarray:
 
 def _fisher_sum(post: LogPosterior, z: np.ndarray, structure: str = "full") -> np.ndarray:
     """N F(theta(z)) restricted to the free parameters, (d, d); F the exact Fisher (= GGN),
-    a mean over examples (EXCHANGE.md), so N F = sum_n J_n^T Lambda_n J_n. structure='diag'
+    a mean over examples (docs/file-format.md), so N F = sum_n J_n^T Lambda_n J_n. structure='diag'
     returns the diagonal matrix diag(N F) from the diagonal estimator."""
     free = post.subspace.free_indices
     F = fisher_unchecked(post.subspace.model_at(z), post.lik, post.x, post.y, estimator="exact", structure=structure)

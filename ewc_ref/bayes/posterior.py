@@ -6,7 +6,7 @@ For a data set D = {(x_n, y_n)}, n = 1..N, and parameters theta:
     (2)  log p(theta | D) = log p(D | theta) + log p(theta) - log p(D)
     (3)  log p(D | theta) = sum_n log p(y_n | f(x_n; theta)) = -sum_n l_n(theta)
 
-The log-likelihood is a SUM over examples (the training loss of EXCHANGE.md is the mean,
+The log-likelihood is a SUM over examples (the training loss of docs/file-format.md is the mean,
 L = 1/N sum_n l_n, so log p(D | theta) = -N L(theta)). The gaussian NLL keeps its
 normalising constant, so every evidence computed from these densities is a true log p(D).
 
@@ -289,7 +289,7 @@ class LogPosterior:
     ----------
     subspace : Subspace (use `Subspace(model, range(model.n_params))` for all parameters)
     lik : Likelihood
-    x : (N, in), y : labels of N examples (EXCHANGE.md data.npz conventions)
+    x : (N, in), y : labels of N examples (docs/file-format.md data.npz conventions)
     prior : GaussianPrior or PosteriorPrior over z, dimension d = subspace.d
 
     Calling the object on z : (d,) gives a float; on z : (K, d) a (K,) array (streamed in

@@ -1,55 +1,87 @@
 """Compare two curvature npz files key by key: exit 0 if they match, 1 if not, 2 on bad input.
 
 An entry matches when |a - b| <= atol + rtol * |b| (B is the reference). The report gives,
-per key, the largest absolute and relative error and the worst entry.
+per key, the largest absolute and relative error and the worst entry; --json prints the same as
+one JSON object (docs/file-format.md). The exit status is the verdict either way.
 """
 
 from __future__ import annotations
+
+import json
+import sys
 
 import numpy as np
 
 from ..curvature.result import split_curvature_arrays
 from ..io import read_npz
+from ._args import add_json, add_quiet, add_report_output, number, report_to
 
 
 def add_arguments(parser) -> None:
     parser.add_argument("a", metavar="A.npz")
     parser.add_argument("b", metavar="B.npz", help="the reference")
-    parser.add_argument("--rtol", type=float, default=1e-10, help="relative tolerance (default 1e-10)")
-    parser.add_argument("--atol", type=float, default=None,
-                        help="absolute tolerance (default: 1e-12 x the largest |entry| of B)")
+    parser.add_argument("--rtol", type=number(0.0), default=1e-10, help="relative tolerance >= 0 (default 1e-10)")
+    parser.add_argument("--atol", type=number(0.0), default=None,
+                        help="absolute tolerance >= 0 (default: 1e-12 x the largest |entry| of B)")
+    add_report_output(parser)
+    add_json(parser, "the per-key errors and the verdict")
+    add_quiet(parser)
 
 
 def _body(path):
     return split_curvature_arrays(read_npz(path, "curvature file"), str(path))
 
 
-def run(args) -> int:
-    if not (args.rtol >= 0) or (args.atol is not None and not (args.atol >= 0)):
-        raise ValueError("--rtol/--atol: expected non-negative numbers")
-    meta_a, a = _body(args.a)
-    meta_b, b = _body(args.b)
+def _check_same_layout(meta_a, a, meta_b, b, name_a, name_b) -> None:
+    """Same structure (when both files say), same keys, same shapes; ValueError otherwise."""
     for key in ("__structure__",):
         if key in meta_a and key in meta_b and str(meta_a[key]) != str(meta_b[key]):
-            raise ValueError(f"{key}: {args.a} is {str(meta_a[key])!r} but {args.b} is {str(meta_b[key])!r}")
+            raise ValueError(f"{key}: {name_a} is {str(meta_a[key])!r} but {name_b} is {str(meta_b[key])!r}")
     if set(a) != set(b):
-        raise ValueError(f"keys differ: only in {args.a}: {sorted(set(a) - set(b))}, only in {args.b}: {sorted(set(b) - set(a))}")
+        raise ValueError(f"keys differ: only in {name_a}: {sorted(set(a) - set(b))}, only in {name_b}: {sorted(set(b) - set(a))}")
     for key in b:
         if a[key].shape != b[key].shape:
-            raise ValueError(f"key {key!r}: shape {a[key].shape} in {args.a} but {b[key].shape} in {args.b}")
+            raise ValueError(f"key {key!r}: shape {a[key].shape} in {name_a} but {b[key].shape} in {name_b}")
+
+
+def compare_arrays(a: dict, b: dict, rtol: float, atol: float | None) -> dict:
+    """Entrywise |a - b| <= atol + rtol |b| per key; the JSON object of ``compare --json``."""
     scale = max(float(np.max(np.abs(v), initial=0.0)) for v in b.values())
-    atol = 1e-12 * scale if args.atol is None else args.atol
-    print(f"{'key':<16} {'max abs err':>12} {'max rel err':>12}  worst entry (A vs B)")
-    all_match = True
+    atol = 1e-12 * scale if atol is None else atol
+    keys = {}
     for key in b:
         va, vb = a[key].astype(np.float64), b[key].astype(np.float64)
         diff = np.abs(va - vb)
         rel = diff / np.maximum(np.abs(vb), np.finfo(float).tiny)
-        ok = bool(np.all(diff <= atol + args.rtol * np.abs(vb)))
-        all_match &= ok
+        entry = {"match": bool(np.all(diff <= atol + rtol * np.abs(vb))), "max_abs_error": None,
+                 "max_rel_error": None, "worst_index": None, "a": None, "b": None}
         if va.size:
-            worst = tuple(int(i) for i in np.unravel_index(int(np.argmax(diff - args.rtol * np.abs(vb))), va.shape))
-            detail = f"{key}{list(worst)}: {va[worst]:.17g} vs {vb[worst]:.17g}"
-            print(f"{key:<16} {diff.max():12.3e} {rel[diff > 0].max() if np.any(diff > 0) else 0.0:12.3e}  {detail}{'' if ok else '  MISMATCH'}")
-    print(f"{'match' if all_match else 'mismatch'} (rtol = {args.rtol:g}, atol = {atol:.3g})")
-    return 0 if all_match else 1
+            worst = tuple(int(i) for i in np.unravel_index(int(np.argmax(diff - rtol * np.abs(vb))), va.shape))
+            entry.update(max_abs_error=float(diff.max()),
+                         max_rel_error=float(rel[diff > 0].max()) if np.any(diff > 0) else 0.0,
+                         worst_index=list(worst), a=float(va[worst]), b=float(vb[worst]))
+        keys[key] = entry
+    return {"match": all(entry["match"] for entry in keys.values()), "rtol": rtol, "atol": atol, "keys": keys}
+
+
+def run(args) -> int:
+    meta_a, a = _body(args.a)
+    meta_b, b = _body(args.b)
+    _check_same_layout(meta_a, a, meta_b, b, args.a, args.b)
+    result = compare_arrays(a, b, args.rtol, args.atol)
+    with report_to(args.output):
+        _print(args, result)
+    return 0 if result["match"] else 1
+
+
+def _print(args, result) -> None:
+    if args.json:
+        sys.stdout.write(json.dumps(result) + "\n")
+    else:
+        print(f"{'key':<16} {'max abs err':>12} {'max rel err':>12}  worst entry (A vs B)")
+        for key, entry in result["keys"].items():
+            if entry["worst_index"] is not None:
+                detail = f"{key}{entry['worst_index']}: {entry['a']:.17g} vs {entry['b']:.17g}"
+                print(f"{key:<16} {entry['max_abs_error']:12.3e} {entry['max_rel_error']:12.3e}  {detail}"
+                      f"{'' if entry['match'] else '  MISMATCH'}")
+        print(f"{'match' if result['match'] else 'mismatch'} (rtol = {args.rtol:g}, atol = {result['atol']:.3g})")

@@ -1,6 +1,6 @@
 """Tell what a foreign Fisher file is: which estimator, which scale, which batch size (or none).
 
-Compares THEIRS (a diag or full curvature npz, EXCHANGE.md) with every estimator computed on
+Compares THEIRS (a diag or full curvature npz, docs/file-format.md) with every estimator computed on
 the same MODEL and DATA and prints the verdict, the scale in words, the runner-up and the
 margin, and the correct EWC Fisher. Exit 0 on a diagnosis (including "none"), 2 on bad input.
 """
@@ -10,74 +10,40 @@ from __future__ import annotations
 import json
 import sys
 
-import numpy as np
-
-from ..curvature.result import META_KEYS, curvature_from_arrays
-from ..io import load_data, load_model, read_npz
+from ..curvature.result import read_theirs
+from ..io import load_data, load_model
 from ..verify.diagnosis import diagnose
+from ._args import add_json, add_quiet, add_report_output, flags_named, integer, number, report_to
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("model", metavar="MODEL", help="model.npz (EXCHANGE.md)")
+    parser.add_argument("model", metavar="MODEL", help="model.npz (docs/file-format.md)")
     parser.add_argument("data", metavar="DATA", help="data.npz, rows in the order THEIRS iterated over them")
     parser.add_argument("theirs", metavar="THEIRS", help="their curvature npz: one array per parameter (diag) or key 'full'")
-    parser.add_argument("--json", action="store_true", help="print one JSON object (EXCHANGE.md) instead of text")
-    parser.add_argument("--batch-sizes", type=int, nargs="+", metavar="B",
+    add_report_output(parser)
+    add_json(parser, "the verdict (docs/file-format.md) instead of text")
+    parser.add_argument("--batch-sizes", type=integer(1), nargs="+", metavar="B",
                         help="minibatch sizes to try (default: divisors of N, powers of two, common sizes)")
-    parser.add_argument("--tol", type=float, help="round-off threshold on the relative residual (default 1e-8, 1e-4 for float32)")
+    parser.add_argument("--tol", type=number(0.0, 1.0, open_low=True, open_high=True), help="round-off threshold on the relative residual (default 1e-8, 1e-4 for float32)")
     parser.add_argument("--hessian", action="store_true", help="include the Hessian candidate even when P * N is large (slow)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the mc test's entry subset (default 0)")
-    parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
-
-
-def load_theirs(path, model):
-    """Read THEIRS and check every key and shape against the model, listing all mismatches."""
-    arrays = read_npz(path, "curvature file")
-    body = {k: v for k, v in arrays.items() if k not in META_KEYS}
-    if "full" not in body:
-        expected = dict(zip(model.param_names, model.param_shapes, strict=True))
-        missing = [k for k in expected if k not in body]
-        unknown = sorted(k for k in body if k not in expected)
-        wrong = [f"{k} {tuple(body[k].shape)} (expected {tuple(expected[k])})" for k in expected
-                 if k in body and tuple(body[k].shape) != tuple(expected[k])]
-        if missing or unknown or wrong:
-            parts = []
-            if missing:
-                parts.append(f"missing keys {missing}")
-            if unknown:
-                parts.append(f"unknown keys {unknown}")
-            if wrong:
-                parts.append(f"wrong shapes: {', '.join(wrong)}")
-            raise ValueError(f"{path}: does not match the model's parameters: {'; '.join(parts)}; "
-                             f"expected diag keys {list(expected)} with the parameters' shapes, or one key 'full' "
-                             f"of shape ({model.n_params}, {model.n_params})")
-    for key, value in body.items():
-        if value.dtype.kind in "fiu" and not np.all(np.isfinite(value)):
-            bad = int(value.size - np.count_nonzero(np.isfinite(value)))
-            raise ValueError(f"{path}: key {key!r} contains {bad} non-finite value(s) (NaN or inf); expected finite numbers")
-    theirs = curvature_from_arrays(arrays, model, source=str(path))
-    if theirs.structure not in ("diag", "full"):
-        raise ValueError(f"{path}: diagnose reads 'diag' or 'full' curvature files, got structure {theirs.structure!r}")
-    if not np.any(theirs.data):
-        raise ValueError(f"{path}: all entries are zero; expected a curvature matrix with at least one nonzero entry")
-    return theirs
+    parser.add_argument("--seed", type=integer(0), default=0, help="seed of the mc test's entry subset (default 0)")
+    add_quiet(parser)
 
 
 def run(args) -> int:
     model, lik = load_model(args.model)
     x, y = load_data(args.data, model, lik)
-    theirs = load_theirs(args.theirs, model)
-    if args.tol is not None and not 0 < args.tol < 1:
-        raise ValueError(f"--tol: expected a number in (0, 1), got {args.tol}")
+    theirs = read_theirs(args.theirs, model)
     if args.batch_sizes is not None:
         bad = [b for b in args.batch_sizes if not 1 <= b <= x.shape[0]]
         if bad:
             raise ValueError(f"--batch-sizes: expected sizes in 1..N = {x.shape[0]}, got {bad}")
-    result = diagnose(model, lik, x, y, theirs, batch_sizes=args.batch_sizes, tol=args.tol, rng=args.seed,
-                      hessian=True if args.hessian else None,
-                      progress=not args.quiet and not args.json)
-    if args.json:
-        sys.stdout.write(json.dumps(result.to_json()) + "\n")
-    else:
-        sys.stdout.write(result.report(theirs_name=str(args.theirs)) + "\n")
+    with flags_named(batch_sizes="--batch-sizes", tol="--tol"):
+        result = diagnose(model, lik, x, y, theirs, batch_sizes=args.batch_sizes, tol=args.tol, rng=args.seed,
+                          hessian=True if args.hessian else None, progress=not args.quiet and not args.json)
+    with report_to(args.output):
+        if args.json:
+            sys.stdout.write(json.dumps(result.to_json()) + "\n")
+        else:
+            sys.stdout.write(result.report(theirs_name=str(args.theirs)) + "\n")
     return 0

@@ -12,21 +12,25 @@ keys), both written atomically. PNGs need matplotlib (pip install 'ewc_ref[plot]
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from pathlib import Path
 
 from ..figures import FIGURES, make_figure, require_matplotlib
+from ..progress import Progress
+from ._args import add_json, add_output, add_quiet
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--out", default="figures", metavar="DIR",
-                        help="output folder, created if missing (default: ./figures)")
+    add_output(parser, required=False, type=Path, default=Path("figures"), metavar="DIR",
+               help="output folder, created if missing (default: ./figures)")
     parser.add_argument("--only", choices=FIGURES, action="append", metavar="NAME",
                         help="make only this figure (repeatable): " + ", ".join(FIGURES))
     parser.add_argument("--data-only", action="store_true",
                         help="write the .npz data files only (no matplotlib needed)")
-    parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    add_json(parser, "the files written per figure")
+    add_quiet(parser)
 
 
 def run(args) -> int:
@@ -37,16 +41,22 @@ def run(args) -> int:
             plt = require_matplotlib()
         except ImportError as error:
             raise OSError(f"{error} (or use --data-only for the .npz files alone)") from None
-    out = Path(args.out)
+    out = args.output
     if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out}: exists and is not a folder")
+        raise ValueError(f"-o/--output: {out} exists and is not a folder")
     out.mkdir(parents=True, exist_ok=True)
+    progress = Progress(len(names), "figures", enabled=not args.quiet)
+    report = {"output": str(out), "figures": {}}
     for name in names:
         start = time.perf_counter()
-        if not args.quiet:
-            print(f"figures: {name} ...", file=sys.stderr, flush=True)
         written = make_figure(name, out, png=not args.data_only, plt=plt)
-        if not args.quiet:
-            print(f"figures: wrote {', '.join(map(str, written))} ({time.perf_counter() - start:.1f} s)",
-                  file=sys.stderr)
+        report["figures"][name] = {"files": [str(path) for path in written],
+                                   "seconds": time.perf_counter() - start}
+        progress.update()
+    progress.close()
+    if args.json:
+        sys.stdout.write(json.dumps(report) + "\n")
+    else:
+        for name, entry in report["figures"].items():
+            print(f"{name:<13} {', '.join(entry['files'])} ({entry['seconds']:.1f} s)")
     return 0

@@ -1,43 +1,91 @@
 """Compute a curvature matrix of MODEL's mean loss on DATA and write it as a curvature npz.
 
-Estimators and their normalisation are those of EXCHANGE.md (all are means over the N
-examples). Structures diag and full are EXCHANGE.md's; block and kfac are ewc_ref extensions.
+Every estimator is a mean over the N examples (docs/file-format.md, "Estimators"):
+
+  empirical  1/N sum_n g_n g_n^T, g_n the gradient of l_n at the observed label
+  exact      1/N sum_n J_n^T Lambda_n J_n (the Fisher: expectation over the model's labels)
+  mc         exact with the expectation replaced by --samples labels drawn per example (--seed)
+  batched    1/K sum_k gbar_k gbar_k^T over K consecutive minibatches of --batch-size rows
+  pred       empirical at the model's most probable label
+  ggn        1/N sum_n J_n^T (d^2 l_n / d f^2) J_n (equals exact for the likelihoods here)
+  hessian    1/N sum_n d^2 l_n / d theta^2
+
+Structures diag and full are version 1 of the format; block (one matrix per layer) and kfac
+(Kronecker factors per layer) are ewc_ref extensions. A flag the chosen estimator does not
+read (--samples or --seed without mc, --batch-size without batched) is refused (exit 2).
 """
 
 from __future__ import annotations
 
+import json
 import sys
 
 from ..curvature.estimate import fisher
-from ..curvature.estimators import ESTIMATORS
+from ..curvature.estimators import ESTIMATOR_TABLE, ESTIMATORS
 from ..curvature.structures import STRUCTURES
 from ..io import load_data, load_model
-from ._common import check_output_path
+from ._args import add_json, add_output, add_quiet, flags_named, integer
+
+#: flag -> (attribute of args, the option of the estimator table it sets)
+FLAG_OPTIONS = {"--samples": ("samples", "samples"), "--seed": ("seed", "rng"), "--batch-size": ("batch_size", "batch_size")}
+#: flag -> (attribute of args, the estimators whose row lists its option); any other estimator refuses it.
+ESTIMATOR_FLAGS = {
+    flag: (dest, tuple(name for name, row in ESTIMATOR_TABLE.items() if option in row.options))
+    for flag, (dest, option) in FLAG_OPTIONS.items()
+}
+#: estimator -> the flags it cannot do without
+REQUIRED_FLAGS = {"batched": ("--batch-size",)}
+#: Python argument names in the library's errors -> the flag the user typed
+FLAG_NAMES = {"samples": "--samples", "batch_size": "--batch-size", "chunk_size": "--chunk-size",
+              "estimator": "--estimator", "structure": "--structure", "structure='full'": "--structure full"}
 
 
 def add_arguments(parser) -> None:
     parser.add_argument("model", metavar="MODEL", help="model.npz")
     parser.add_argument("data", metavar="DATA", help="data.npz")
-    parser.add_argument("--estimator", required=True, choices=ESTIMATORS)
+    parser.add_argument("--estimator", required=True, choices=ESTIMATORS, help="see the table above")
     parser.add_argument("--structure", default="diag", choices=STRUCTURES, help="default: diag")
-    parser.add_argument("--samples", type=int, default=None, help="labels per example (mc only; default 1)")
-    parser.add_argument("--batch-size", type=int, default=None, help="minibatch size B (batched only; required there)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the label sampler (mc only; default 0)")
-    parser.add_argument("--chunk-size", type=int, default=None, help="rows per streamed chunk (default: ~32 MiB of temporaries)")
-    parser.add_argument("-o", "--output", required=True, metavar="OUT.npz")
-    parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    parser.add_argument("--samples", type=integer(1), default=None, help="labels per example (mc only; default 1)")
+    parser.add_argument("--batch-size", type=integer(1), default=None,
+                        help="minibatch size B, 1 <= B <= N (batched only; required there)")
+    parser.add_argument("--seed", type=integer(0), default=None, help="seed of the label sampler (mc only; default 0)")
+    parser.add_argument("--chunk-size", type=integer(1), default=None,
+                        help="rows per streamed chunk (default: ~32 MiB of temporaries)")
+    add_output(parser, help="the curvature npz to write", metavar="OUT.npz")
+    add_json(parser, "a summary of what was written")
+    add_quiet(parser)
+
+
+def check_flags(args) -> None:
+    """Refuse flags the estimator does not read and require those it needs (ValueError, exit 2)."""
+    for flag, (dest, estimators) in ESTIMATOR_FLAGS.items():
+        if getattr(args, dest) is not None and args.estimator not in estimators:
+            raise ValueError(f"{flag}: only used by --estimator {' or '.join(estimators)}, "
+                             f"not by --estimator {args.estimator}")
+    for flag in REQUIRED_FLAGS.get(args.estimator, ()):
+        if getattr(args, ESTIMATOR_FLAGS[flag][0]) is None:
+            raise ValueError(f"{flag}: required by --estimator {args.estimator}")
 
 
 def run(args) -> int:
-    check_output_path(args.output)
+    check_flags(args)
     model, lik = load_model(args.model)
     x, y = load_data(args.data, model, lik)
-    curvature = fisher(
-        model, lik, x, y, estimator=args.estimator, structure=args.structure, samples=args.samples,
-        batch_size=args.batch_size, rng=args.seed if args.estimator == "mc" else None,
-        chunk_size=args.chunk_size, progress=not args.quiet,
-    )
+    seed = (0 if args.seed is None else args.seed) if args.estimator == "mc" else None
+    with flags_named(**FLAG_NAMES):
+        curvature = fisher(
+            model, lik, x, y, estimator=args.estimator, structure=args.structure, samples=args.samples,
+            batch_size=args.batch_size, rng=seed, chunk_size=args.chunk_size, progress=not args.quiet,
+        )
     curvature.save(args.output)
-    if not args.quiet:
-        print(f"wrote {args.output}: {args.estimator} {args.structure}, P = {curvature.n_params}, N = {curvature.n}", file=sys.stderr)
+    summary = {
+        "output": str(args.output), "estimator": args.estimator, "structure": args.structure,
+        "n": curvature.n, "n_params": curvature.n_params, "samples": curvature.samples,
+        "batch_size": curvature.batch_size, "seed": seed,
+    }
+    if args.json:
+        sys.stdout.write(json.dumps(summary) + "\n")
+    elif not args.quiet:
+        print(f"wrote {args.output}: {args.estimator} {args.structure}, P = {curvature.n_params}, N = {curvature.n}",
+              file=sys.stderr)
     return 0

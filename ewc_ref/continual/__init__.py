@@ -2,5 +2,6 @@
 
 Owns the quadratic penalty and its merging (``penalty``), SGD on one task and on a sequence
 (``training``), the head views of a multi-head network (``heads``), the task datasets and scenarios
-(``datasets``) and the continual-learning metrics (``metrics``). Imports model and curvature.
+(``datasets``), the continual-learning metrics (``metrics``) and the experiment of ``ewc-ref demo``
+(``experiments``: methods, scenarios, default lambdas, the sweep grid, run_sequence, run_scenario, sweep). Imports model and curvature.
 """

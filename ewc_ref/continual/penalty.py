@@ -7,14 +7,14 @@ We *minimise*. Training task T minimises its mean loss plus the penalty
     J(theta) = L_T(theta) + Omega(theta),    L_T = 1/N_T sum_n l_n (mean negative log-likelihood),
 
     Omega(theta) = lambda/2 (theta - theta*)^T F (theta - theta*)           (diagonal F:
-                 = lambda/2 sum_i F_i (theta_i - theta*_i)^2)                 EXCHANGE.md),
+                 = lambda/2 sum_i F_i (theta_i - theta*_i)^2)                 docs/file-format.md),
 
     grad Omega = lambda F (theta - theta*).
 
 The report's eq. 10 writes the log posterior log p(theta | D_A, D_B) = log p(D_B | theta) -
 lambda/2 sum_i F_i (theta_i - theta*_A,i)^2 + const, which is *maximised*; negating it gives a
 loss to minimise with the penalty added, as above. F is the per-example (mean) Fisher of
-EXCHANGE.md, so the Bayesian value of lambda is about the number of old examples N_A, scaled by
+docs/file-format.md, so the Bayesian value of lambda is about the number of old examples N_A, scaled by
 the mean (not summed) new loss: lambda = N_A / N_B; in practice lambda is tuned (docs/continual-learning.md).
 
 Variants after tasks 1..T-1 with optima theta*_t and curvatures F_t

@@ -1,6 +1,6 @@
 """The training loss and its gradients: l_n, the mean loss, per-example gradients.
 
-Convention (EXCHANGE.md): l_n = -log p(y_n | f(x_n; theta)) summed over output
+Convention (docs/file-format.md): l_n = -log p(y_n | f(x_n; theta)) summed over output
 dimensions, and the training loss is L(theta) = 1/N sum_n l_n (a mean).
 """
 

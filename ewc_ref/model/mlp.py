@@ -3,7 +3,7 @@
 The network is f(x) = W_L phi(... phi(W_1 x + b_1) ...) + b_L: Linear layers with
 one hidden activation phi between them and a linear output (logits or mean).
 It mirrors a PyTorch ``nn.Sequential`` of ``nn.Linear`` layers and
-parameter-free activations (EXCHANGE.md), and keeps the module positions so
+parameter-free activations (docs/file-format.md), and keeps the module positions so
 ``state_dict()`` round-trips the user's names exactly.
 
 All parameters live in one flat vector ``theta`` in
