@@ -130,7 +130,8 @@ class FisherAccumulator:
         """
         model = self.model
         if self.structure == "diag":
-            return _diag_sums(model, cache, kernels.squared_delta_sums(model.weights, cache.activation_caches, r, weight))
+            sums = kernels.squared_delta_sums(model.weights, cache.activation_caches, r, weight)
+            return _diag_sums(model, cache, sums, into)
         if self.structure == "kfac":
             deltas = kernels.backward_deltas(model.weights, cache.activation_caches, r)
             return [kernels.kfac_factors(d, cache.inputs[l], weight, model.has_bias[l]) for l, d in enumerate(deltas)]
@@ -150,7 +151,9 @@ class FisherAccumulator:
         return sums
 
     def _zero_sums(self, dtype):
-        """Zero running sums of the full or block structure."""
+        """Zero running sums of the diag, full or block structure."""
+        if self.structure == "diag":
+            return np.zeros(self.model.n_params, dtype=dtype)
         if self.structure == "full":
             return np.zeros((self.model.n_params,) * 2, dtype=dtype)
         return [np.zeros((s.stop - s.start,) * 2, dtype=dtype) for s in self.model.layer_slices]
@@ -173,14 +176,14 @@ class FisherAccumulator:
     def _update_outer(self, x_chunk, y_chunk):
         f, cache = self.model.forward(x_chunk)
         r, weight = ESTIMATOR_TABLE[self.estimator].output_vectors(self.lik, f, y_chunk, self.samples, self.rng)
-        if self.structure not in ("full", "block"):
+        if self.structure == "kfac":
             self._add(self._outer_sums(cache, r, weight))
             return
-        # full, block: summed in place into the running total (one P x P matrix, no second one).
+        # diag, full, block: summed in place into the running total (no per-chunk (P,) or P x P array).
         self._reclaim()
         if self.total is None:
             self.total = self._zero_sums(np.result_type(r, self.model.theta))
-        self.lower_only = True
+        self.lower_only = self.structure != "diag"
         self._outer_sums(cache, r, weight, into=self.total)
 
     def _update_hessian(self, x_chunk, y_chunk):
@@ -280,17 +283,18 @@ def _copy(item):
     return item.copy()
 
 
-def _diag_sums(model: MLP, cache, sums) -> np.ndarray:
+def _diag_sums(model: MLP, cache, sums, into=None) -> np.ndarray:
     """diag(sum_{n,k} w u_nk u_nk^T) per layer: s_l^T (a_n^2), one GEMM, s_l = w sum_k delta_nk^2.
 
-    Fast path: kernels.squared_delta_sums, then the GEMM of kernels.diag_second_moment. Twins:
+    Added in place to `into` (the running (P,) sum) when given, else returned fresh. Fast path:
+    kernels.squared_delta_sums, then the GEMM of kernels.diag_second_moment. Twins:
     naive.diag_sums_naive (the same GEMM written inline) and ``(per_sample_grads**2).sum``
     (tests/test_curvature.py, tests/test_kernels.py).
     """
-    out = np.empty(model.n_params, dtype=np.result_type(cache.inputs[0], model.theta))
+    out = np.zeros(model.n_params, dtype=np.result_type(cache.inputs[0], model.theta)) if into is None else into
     for l, s in enumerate(sums):
         a = cache.inputs[l]
-        out[model.weight_slices[l]].reshape(s.shape[1], a.shape[1])[...] = s.T @ np.square(a)
+        out[model.weight_slices[l]].reshape(s.shape[1], a.shape[1])[...] += s.T @ np.square(a)
         if model.has_bias[l]:
-            out[model.bias_slices[l]] = s.sum(axis=0)
+            out[model.bias_slices[l]] += s.sum(axis=0)
     return out
