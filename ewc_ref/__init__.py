@@ -15,23 +15,30 @@ import importlib
 
 __version__ = "0.1.0"
 
-from .io import load_data, load_model, save_data, save_model
-from .model.activations import ACTIVATIONS, get_activation
-from .model.likelihoods import (
-    LIKELIHOODS,
-    Bernoulli,
-    Categorical,
-    Gaussian,
-    Likelihood,
-    get_likelihood,
-)
-from .model.loss import loss_and_grad, mean_loss, per_example_losses, per_sample_gradients
-from .model.mlp import MLP
-from .verify.gradcheck import check_gradients, check_jacobian, check_per_sample_gradients
-
-# Names provided by modules that are imported on first use (keeps `import ewc_ref` fast
-# and lets the curvature, Bayes and continual-learning layers load only when needed).
+# Every name is imported on first use (PEP 562), the eager API too: `import ewc_ref` loads no
+# numpy or scipy, so the command line (ewc_ref.cli) is running, and catches Ctrl-C, while the
+# heavy modules load; and each part (curvature, Bayes, continual learning) loads only when used.
 _LAZY = {
+    "load_data": "ewc_ref.io",
+    "load_model": "ewc_ref.io",
+    "save_data": "ewc_ref.io",
+    "save_model": "ewc_ref.io",
+    "ACTIVATIONS": "ewc_ref.model.activations",
+    "get_activation": "ewc_ref.model.activations",
+    "LIKELIHOODS": "ewc_ref.model.likelihoods",
+    "Bernoulli": "ewc_ref.model.likelihoods",
+    "Categorical": "ewc_ref.model.likelihoods",
+    "Gaussian": "ewc_ref.model.likelihoods",
+    "Likelihood": "ewc_ref.model.likelihoods",
+    "get_likelihood": "ewc_ref.model.likelihoods",
+    "loss_and_grad": "ewc_ref.model.loss",
+    "mean_loss": "ewc_ref.model.loss",
+    "per_example_losses": "ewc_ref.model.loss",
+    "per_sample_gradients": "ewc_ref.model.loss",
+    "MLP": "ewc_ref.model.mlp",
+    "check_gradients": "ewc_ref.verify.gradcheck",
+    "check_jacobian": "ewc_ref.verify.gradcheck",
+    "check_per_sample_gradients": "ewc_ref.verify.gradcheck",
     "fisher": "ewc_ref.curvature.estimate",
     "Curvature": "ewc_ref.curvature.result",
     "hessian_vector_product": "ewc_ref.curvature.second_order",
@@ -89,6 +96,11 @@ def __dir__():
 def __getattr__(name):
     if name in _LAZY:
         return getattr(importlib.import_module(_LAZY[name]), name)
+    try:  # a subpackage or module (er.curvature): eager imports used to bind them as a side effect
+        return importlib.import_module(f"{__name__}.{name}")
+    except ModuleNotFoundError as error:
+        if error.name != f"{__name__}.{name}":
+            raise
     raise AttributeError(f"module 'ewc_ref' has no attribute {name!r}")
 
 

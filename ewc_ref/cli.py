@@ -1,13 +1,15 @@
 """The ``ewc-ref`` command line (docs/file-format.md, "Command line").
 
 Each subcommand lives in ``ewc_ref/commands/<name>.py`` with two functions,
-``add_arguments(parser)`` and ``run(args) -> int``, and one row in COMMANDS. Only the module of
+``add_arguments(parser)`` and ``run(args) -> int``, an optional tuple INPUT_FILES of the
+arguments that name files it reads (-o may never be one of them), and one row in COMMANDS. Only the module of
 the command being run is imported (``python -X importtime -m ewc_ref.cli inspect --help``).
 Flags are validated by the shared argparse types of ``ewc_ref/commands/_args.py``.
 
 Every user error (a bad flag, a bad file, ValueError/TypeError/OSError from validation) goes
 through `fail`: one line ``ewc-ref CMD: error: ...`` on stderr, exit status 2. Set
-EWC_REF_DEBUG=1 to see the traceback instead.
+EWC_REF_DEBUG=1 (exactly "1"; any other value is off) to see the traceback and warnings instead.
+Ctrl-C exits 130 with one line.
 """
 
 from __future__ import annotations
@@ -15,7 +17,10 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import signal
 import sys
+import threading
+import warnings
 
 from . import __version__
 
@@ -71,14 +76,48 @@ def build_parser(commands=None) -> argparse.ArgumentParser:
         subparser = sub.add_parser(name, help=help_text, description=(module.__doc__ or help_text).strip(),
                                    formatter_class=_HelpFormatter)
         module.add_arguments(subparser)
-        subparser.set_defaults(_run=module.run)
+        subparser.set_defaults(_run=module.run, _inputs=getattr(module, "INPUT_FILES", ()))
     return parser
 
 
 def main(argv=None) -> int:
-    """Run ``ewc-ref ARGV``; returns the exit status (also for usage errors, --help and --version)."""
+    """Run ``ewc-ref ARGV``; returns the exit status (also for usage errors, --help and --version).
+
+    Ctrl-C at any point, including while the command's modules are imported, exits 130 with one
+    line and no traceback. Floating-point RuntimeWarnings are silenced: a non-finite result is an
+    error the command reports itself (never a number written), and stderr stays one line.
+    """
     argv = sys.argv[1:] if argv is None else list(argv)
     command = _command_in(argv)
+    prog = "ewc-ref" if command is None else f"ewc-ref {command}"
+    debug = os.environ.get("EWC_REF_DEBUG") == "1"
+    interrupts = []
+
+    def on_interrupt(signum, frame):
+        interrupts.append(signum)
+        raise KeyboardInterrupt
+
+    # A Ctrl-C inside a C extension's import (numpy's) can surface as an ImportError instead of
+    # KeyboardInterrupt; the handler remembers the signal so any exception after it means 130.
+    handler = signal.signal(signal.SIGINT, on_interrupt) if threading.current_thread() is threading.main_thread() else None
+    try:
+        with warnings.catch_warnings():
+            if not debug:
+                warnings.simplefilter("ignore", RuntimeWarning)
+            return _run(argv, command, prog, debug)
+    except BaseException as error:
+        if not (isinstance(error, KeyboardInterrupt) or interrupts):
+            raise
+        sys.stderr.write(f"{prog}: interrupted\n")
+        return 130
+    finally:
+        if handler is not None:
+            signal.signal(signal.SIGINT, handler)
+
+
+def _run(argv: list[str], command: str | None, prog: str, debug: bool) -> int:
+    from .commands._args import refuse_input_as_output
+
     parser = build_parser([] if command is None else [command])
     if not argv:
         parser.print_help(sys.stderr)
@@ -87,16 +126,13 @@ def main(argv=None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exit_:  # usage error (already reported by fail), --help or --version
         return exit_.code if isinstance(exit_.code, int) else 2
-    prog = f"ewc-ref {args.command}"
     try:
+        refuse_input_as_output(getattr(args, "output", None), **{dest.upper(): getattr(args, dest) for dest in args._inputs})
         return int(args._run(args) or 0)
     except USER_ERRORS as error:
-        if os.environ.get("EWC_REF_DEBUG"):
+        if debug:
             raise
         return fail(prog, error)
-    except KeyboardInterrupt:
-        sys.stderr.write(f"{prog}: interrupted\n")
-        return 130
 
 
 if __name__ == "__main__":

@@ -9,8 +9,10 @@ name           what it shows
 =============  ====================================================================================
 laplace        the report's Fig. 3: true posterior (grid), its Laplace Gaussian and EWC's
                diagonal-Fisher Gaussian for 2-weight logistic regression, 1-D marginal and 2-D
-               contours, KL(posterior || Gaussian) in the legend. Data:
-               ``ewc_ref.bayes.examples.figure_data`` (derivations/03).
+               contours, KL(posterior || Gaussian) in the legend (data:
+               ``ewc_ref.bayes.examples.figure_data``); and a small-N, separable 1-D
+               posterior whose skew the Laplace Gaussian misses (`laplace_skewed_data`)
+               (derivations/03).
 trajectories   the report's Fig. 4, computed: a linear-Gaussian model with two weights, task A's
                loss flat along theta_1, task B's along theta_0. Gradient descent on task B from
                theta*_A without a penalty (SGD), with lambda/2 ||theta - theta*_A||^2 (L2) and
@@ -61,16 +63,48 @@ def _save_png(fig, path: Path) -> None:
 
 
 # ----------------------------------------------------------------------------- Fig. 3: laplace
-def laplace_data(n_points: int = 161) -> dict[str, np.ndarray]:
-    """Arrays of Fig. 3 from ``ewc_ref.bayes.examples.figure_data`` (its docstring lists them)."""
+def laplace_data(n_points: int = 121) -> dict[str, np.ndarray]:
+    """Arrays of Fig. 3: ``ewc_ref.bayes.examples.figure_data`` (its docstring lists them) and,
+    prefixed ``skewed_``, the small-N panel of `laplace_skewed_data`."""
     from .bayes.examples import figure_data
 
     data = figure_data(n_points=n_points)
+    data.update({f"skewed_{key}": value for key, value in laplace_skewed_data().items()})
     return {key: np.asarray(value, dtype=np.float64) for key, value in data.items()}
 
 
+def laplace_skewed_data(n_points: int = 401, prior_variance: float = 25.0) -> dict[str, np.ndarray]:
+    """A posterior where the Laplace approximation visibly fails: small N, separable data.
+
+    1-D Bayesian logistic regression p(y = 1 | x, w) = sigmoid(w x) on the six points
+    x = (1, 2, -1, -2, 0.5, -0.5) with y = [x > 0] (linearly separable: the likelihood rises
+    monotonically in w and only the prior N(0, `prior_variance`) stops it). The posterior is skewed
+    towards large w; the Laplace Gaussian sits at the mode with the curvature there.
+
+    Returns
+    -------
+    dict with w (n_points,) grid; posterior, laplace (n_points,) densities; map, mean (scalars:
+    the posterior's mode and mean); kl_laplace (scalar): KL(posterior || Laplace) on the grid.
+    """
+    from .bayes.grid import grid_posterior
+    from .bayes.laplace import laplace_approximation
+    from .bayes.posterior import GaussianPrior, LogPosterior, Subspace
+    from .model.likelihoods import Bernoulli
+    from .model.mlp import MLP
+
+    x = np.array([1.0, 2.0, -1.0, -2.0, 0.5, -0.5])[:, None]
+    y = (x > 0).astype(np.float64)
+    model = MLP([np.zeros((1, 1))], [None], "identity")
+    post = LogPosterior(Subspace(model, [0]), Bernoulli(), x, y, GaussianPrior.isotropic(1, prior_variance))
+    laplace = laplace_approximation(post, kind="hessian")
+    grid = grid_posterior(post, laplace.mean, laplace.std, n_points=n_points)
+    points = grid.points()
+    return {"w": grid.axes[0], "posterior": grid.density, "laplace": np.exp(laplace.logpdf(points)),
+            "map": laplace.mean[0], "mean": grid.mean[0], "kl_laplace": grid.kl_to(laplace.logpdf)}
+
+
 def plot_laplace(data, plt):
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    fig, (left, right, skewed) = plt.subplots(1, 3, figsize=(14, 4))
     left.plot(data["w0"], data["marginal_posterior"], "k", label="posterior (grid)")
     left.plot(data["w0"], data["marginal_laplace"], "C0--", label=f"Laplace, KL = {float(data['kl_laplace']):.3f}")
     left.plot(data["w0"], data["marginal_diag_fisher"], "C3:",
@@ -78,7 +112,7 @@ def plot_laplace(data, plt):
     left.set_xlabel("$w_0$")
     left.set_ylabel("marginal density of $w_0$")
     left.legend(fontsize=8)
-    left.set_title("1-D: marginal")
+    left.set_title("N = 30, inputs correlated 0.9: marginal of $w_0$", fontsize=10)
     W0, W1 = np.meshgrid(data["w0"], data["w1"], indexing="ij")
     for key, color, style in (("posterior", "k", "solid"), ("laplace", "C0", "dashed"), ("diag_fisher", "C3", "dotted")):
         density = data[key]
@@ -95,10 +129,28 @@ def plot_laplace(data, plt):
             left.set_xlim(kept[0] - pad, kept[-1] + pad)
     right.set_xlabel("$w_0$")
     right.set_ylabel("$w_1$")
-    right.set_title("2-D: black posterior, blue Laplace, red diag Fisher")
-    fig.suptitle("Fig. 3: Laplace approximation of the true posterior (logistic regression, N = 30)")
+    right.set_title("2-D: black posterior, blue Laplace, red diag Fisher", fontsize=10)
+    if "skewed_w" in data:
+        _plot_laplace_skewed(data, skewed)
+    fig.suptitle("Fig. 3: Laplace approximation of the true posterior (logistic regression)")
     fig.tight_layout()
     return fig
+
+
+def _plot_laplace_skewed(data, ax):
+    """The small-N panel: 1-D posterior of separable data against its Laplace Gaussian."""
+    w = data["skewed_w"]
+    ax.plot(w, data["skewed_posterior"], "k", label="posterior (grid)")
+    ax.plot(w, data["skewed_laplace"], "C0--", label=f"Laplace, KL = {float(data['skewed_kl_laplace']):.3f}")
+    ax.axvline(float(data["skewed_map"]), color="C0", lw=0.8, ls=":", label=f"mode {float(data['skewed_map']):.2f}")
+    ax.axvline(float(data["skewed_mean"]), color="k", lw=0.8, ls=":", label=f"mean {float(data['skewed_mean']):.2f}")
+    shown = w[data["skewed_posterior"] >= 1e-3 * data["skewed_posterior"].max()]
+    pad = 0.1 * (shown[-1] - shown[0])
+    ax.set_xlim(shown[0] - pad, shown[-1] + pad)
+    ax.set_xlabel("$w$")
+    ax.set_ylabel("density")
+    ax.legend(fontsize=8)
+    ax.set_title("N = 6, separable, prior N(0, 25): skewed", fontsize=10)
 
 
 # ----------------------------------------------------------------------------- Fig. 4: trajectories
@@ -158,7 +210,7 @@ def trajectories_data(lam: float = 10.0, n: int = 200, steps: int = 1000, lr: fl
 
     path_a = _gradient_descent(model, lik, x_a, y_a, [-0.5, -0.8], None, 0.5, 400)
     theta_a = path_a[-1]
-    fisher_a = fisher(model.with_theta(theta_a), lik, x_a, y_a, estimator="exact", structure="diag").flat
+    fisher_a = fisher(model.with_theta(theta_a), lik, x_a, y_a, estimator="exact", structure="diag").diagonal
     out = {"theta_a_star": theta_a, "fisher_a": fisher_a, "path_a": path_a, "lam": np.array(float(lam)),
            "x_a": x_a, "y_a": y_a, "x_b": x_b, "y_b": y_b}
     final_a, final_b = [], []
@@ -191,27 +243,41 @@ def trajectories_data(lam: float = 10.0, n: int = 200, steps: int = 1000, lr: fl
 
 
 def plot_trajectories(data, plt):
-    fig, ax = plt.subplots(figsize=(6.5, 5.5))
+    """Fig. 4: left the whole picture, right a zoom on theta*_A where L2's short path is visible."""
+    fig, (ax, zoom) = plt.subplots(1, 2, figsize=(12, 5.8), gridspec_kw={"width_ratios": [1.4, 1]})
     T0, T1 = np.meshgrid(data["theta0"], data["theta1"], indexing="ij")
     floor_a, floor_b = data["loss_a"].min(), data["loss_b"].min()
     levels = floor_a + np.array([0.01, 0.05, 0.2, 0.5, 1.0, 2.0])
-    ax.contour(T0, T1, data["loss_a"], levels=levels, colors="C7", linestyles="solid")
-    ax.contour(T0, T1, data["loss_b"], levels=floor_b + levels - floor_a, colors="C9", linestyles="dashed")
-    ax.plot(*data["path_a"].T, color="C7", lw=1, alpha=0.7, label="training on A (to theta*_A)")
-    labels = {"sgd": "SGD (forgets A)", "l2": "L2 (too rigid for B)", "ewc": "EWC (stays in A's valley)"}
-    lam = float(data["lam"])
-    for color, method in zip(("C3", "C2", "C0"), METHODS, strict=True):
-        path = data[f"path_{method}"]
-        index = METHODS.index(method)
-        ax.plot(*path.T, color=color, lw=2,
-                label=f"{labels[method]}: L_A {data['final_loss_a'][index]:.3f}, L_B {data['final_loss_b'][index]:.3f}")
-        ax.plot(*path[-1], "o", color=color)
-    ax.plot(*data["theta_a_star"], "k*", ms=12, label=r"$\theta^\star_A$")
+    labels = {"sgd": "SGD (forgets A)", "l2": "L2 (keeps A, fails to learn B)", "ewc": "EWC (stays in A's valley)"}
+    styles = {"sgd": ("C3", 2.0, "-"), "l2": ("C2", 3.5, "-"), "ewc": ("C0", 2.0, "--")}
+    for axis in (ax, zoom):
+        axis.contour(T0, T1, data["loss_a"], levels=levels, colors="C7", linestyles="solid")
+        axis.contour(T0, T1, data["loss_b"], levels=floor_b + levels - floor_a, colors="C9", linestyles="dashed")
+        axis.plot(*data["path_a"].T, color="C7", lw=1, alpha=0.7,
+                  label="training on A (to $\\theta^\\star_A$)" if axis is ax else None)
+        for method in METHODS:
+            color, width, style = styles[method]
+            path = data[f"path_{method}"]
+            index = METHODS.index(method)
+            label = (f"{labels[method]}: $L_A$ {data['final_loss_a'][index]:.3f}, $L_B$ {data['final_loss_b'][index]:.3f}"
+                     if axis is ax else None)
+            axis.plot(*path.T, color=color, lw=width, ls=style, label=label)
+            axis.plot(*path[-1], "o", color=color, ms=7, mec="k")
+        axis.plot(*data["theta_a_star"], "k*", ms=14, label="$\\theta^\\star_A$" if axis is ax else None)
+    star = data["theta_a_star"]
+    l2_end = data["path_l2"][-1]
+    half = max(0.15, 1.5 * float(np.max(np.abs(l2_end - star))))
+    zoom.set_xlim(star[0] - half, star[0] + half)
+    zoom.set_ylim(star[1] - half, star[1] + half)
+    zoom.set_title("zoom on $\\theta^\\star_A$: L2 (green) barely moves", fontsize=9)
+    ax.indicate_inset_zoom(zoom, edgecolor="k")
     ax.set_xlabel(rf"$\theta_0$ (high Fisher for A: $F_0$ = {data['fisher_a'][0]:.3g})")
     ax.set_ylabel(rf"$\theta_1$ (low Fisher for A: $F_1$ = {data['fisher_a'][1]:.2g})")
-    ax.set_title(f"Fig. 4: training on B after A (grey: L_A, blue dashed: L_B; lambda = {lam:g})", fontsize=9)
-    ax.legend(fontsize=7, loc="lower left")
-    fig.tight_layout()
+    zoom.set_xlabel(r"$\theta_0$")
+    lam = float(data["lam"])
+    ax.set_title(f"Fig. 4: training on B after A (grey: $L_A$, blue dashed: $L_B$; lambda = {lam:g})", fontsize=9)
+    fig.legend(loc="lower center", ncol=3, fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.1, 1, 1))
     return fig
 
 
@@ -309,7 +375,7 @@ def estimators_data(n: int = 500, hidden: int = 16, epochs: int = 5, seed: int =
     train_task(model, x_train, y_train, np.arange(10), epochs=epochs, rng=np.random.default_rng([seed, 1]))
     x, y = x_train[:n], y_train[:n]
     lik = Categorical()
-    out = {kind: fisher(model, lik, x, y, estimator=kind, structure="diag").flat.copy()
+    out = {kind: fisher(model, lik, x, y, estimator=kind, structure="diag").diagonal.copy()
            for kind in ("empirical", "exact", "hessian")}
     exact = out["exact"]
     for kind in ("empirical", "hessian"):

@@ -3,19 +3,23 @@
 Everything is loaded with ``allow_pickle=False`` and validated key by key;
 every error names the file and the key. Writes are atomic: the arrays go to a
 temporary file in the destination folder, which is then renamed over the
-target, so a crash never leaves a half-written file.
+target, so a crash never leaves a half-written file; the temporary files of a
+writer killed by SIGKILL are removed by the next successful write to the same
+path (see :func:`atomic_output`).
 """
 
 from __future__ import annotations
 
 import os
+import re
 import tempfile
-import zipfile
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 
+from . import safe_files
 from ._validate import as_float_array
 from .model.activations import ACTIVATIONS
 from .model.likelihoods import LIKELIHOODS, Likelihood, get_likelihood
@@ -24,48 +28,92 @@ from .model.mlp import MLP, PARAM_KEY
 MODEL_META_KEYS = ("__activation__", "__likelihood__", "__sigma__")
 
 
-def read_npz(path, what: str = "file") -> dict[str, np.ndarray]:
-    """Load every array of an .npz with allow_pickle=False; ValueError names the file."""
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"{path}: {what} not found")
-    if not zipfile.is_zipfile(path):
-        raise ValueError(f"{path}: not a readable .npz file (expected a zip archive of .npy arrays)")
-    try:
-        with np.load(path, allow_pickle=False) as archive:
-            arrays = {}
-            for key in archive.files:
-                try:
-                    arrays[key] = archive[key]
-                except ValueError as error:  # object arrays need pickle: refused
-                    raise ValueError(f"{path}: key {key!r} holds Python objects (pickled); expected a numeric or string array") from error
-            return arrays
-    except (OSError, zipfile.BadZipFile, EOFError) as error:
-        raise ValueError(f"{path}: not a readable .npz file ({error})") from error
+def read_npz(path, what: str = "file", check=None) -> dict[str, np.ndarray]:
+    """Every array of an .npz through the hardened reader (ewc_ref.safe_files.read_npz): no pickle,
+    sizes checked before allocating, `check(headers)` before any data; ValueError names file and key."""
+    return safe_files.read_npz(path, what, check=check)
+
+
+# Temporary files of atomic_output: ".NAME.PID.XXXXXXXX.tmp" beside the output NAME, where PID
+# is the writing process and XXXXXXXX mkstemp's random part.
+TEMPORARY_PATTERN = ".{name}.{pid}.XXXXXXXX.tmp"
+_PROCESS_START = time.time()  # when this process imported ewc_ref.io: no write of ours is older
 
 
 @contextmanager
 def atomic_output(path):
     """Yield a temporary path next to `path`; on success give it the usual file mode and rename
-    it over `path`, on any failure delete it. Nothing is ever half-written at `path`."""
+    it over `path`, on any failure delete it. Nothing is ever half-written at `path`.
+
+    The temporary file is named ``.NAME.PID.XXXXXXXX.tmp`` (TEMPORARY_PATTERN). A writer killed
+    by SIGKILL cannot delete its own; the next successful write to the same path removes every
+    such file whose PID is no longer a running process AND whose modification time is older
+    than this process's start (taken as the moment it imported ewc_ref.io, at or after the true
+    start: for the CLI, within its first second), so a concurrent writer's file is never touched.
+    """
     path = Path(path)
     folder = path.parent if str(path.parent) else Path(".")
     if not folder.is_dir():
         raise ValueError(f"{path}: output folder {folder} does not exist")
-    handle, tmp = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        handle, tmp = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp")
+    except OSError as error:  # a read-only folder, a full disk: name the output, not the temporary
+        raise OSError(f"{path}: cannot create the output in {folder} ({error.strerror or error})") from error
     os.close(handle)
     try:
         yield tmp
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual mode
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as error:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(error, OSError) and error.filename is None:  # e.g. a full disk: say where
+            raise OSError(f"{path}: cannot write the output ({error.strerror or error}); nothing was written") from error
         raise
+    remove_stale_temporaries(path)
+
+
+def remove_stale_temporaries(path) -> list[Path]:
+    """Delete the temporary files of killed writers of `path` (see atomic_output); return them.
+
+    A file ``.NAME.PID.XXXXXXXX.tmp`` is stale when no process PID is running and it was last
+    modified before this process imported ewc_ref.io. Best effort: a file that cannot be removed is left.
+    """
+    path = Path(path)
+    folder = path.parent if str(path.parent) else Path(".")
+    pattern = re.compile(rf"^\.{re.escape(path.name)}\.([0-9]+)\.[a-z0-9_]{{8}}\.tmp$")
+    removed = []
+    for candidate in folder.iterdir():
+        match = pattern.match(candidate.name)
+        if match is None or _process_alive(int(match.group(1))):
+            continue
+        try:
+            if candidate.stat().st_mtime < _PROCESS_START:
+                candidate.unlink()
+                removed.append(candidate)
+        except OSError:
+            pass
+    return removed
+
+
+def _process_alive(pid: int) -> bool:
+    if pid == os.getpid() or pid <= 0:
+        return True  # our own writes; pid 0 is no writer (kill(0) would signal our group): keep
+    try:
+        os.kill(pid, 0)
+    except PermissionError:
+        return True  # running, under another user
+    except (ProcessLookupError, OverflowError, ValueError):
+        return False  # gone, or a number no process can have
+    return True
 
 
 def atomic_savez(path, arrays: dict[str, np.ndarray]) -> None:
-    """np.savez to a temporary file next to `path`, then rename it into place."""
+    """np.savez to a temporary file next to `path`, then rename it into place (never a pickle)."""
+    arrays = {key: np.asarray(value) for key, value in arrays.items()}
+    for key, value in arrays.items():
+        if value.dtype.hasobject:  # np.savez would pickle it, and no reader of ours would accept it
+            raise TypeError(f"{key}: expected a numeric or string array, got dtype {value.dtype}")
     with atomic_output(path) as tmp, open(tmp, "wb") as stream:
         np.savez(stream, **arrays)
 
@@ -96,7 +144,7 @@ def load_model(path) -> tuple[MLP, Likelihood]:
         unknown activation or likelihood, sigma not > 0 or given for a non-gaussian.
     TypeError-like problems (non-float parameters) are reported as ValueError naming the key.
     """
-    arrays = read_npz(path, "model file")
+    arrays = read_npz(path, "model file", check=lambda headers: _check_model_headers(path, headers))
     for key in ("__activation__", "__likelihood__"):
         if key not in arrays:
             raise ValueError(f"{path}: missing key {key!r} (see docs/file-format.md, section 2: model.npz)")
@@ -116,11 +164,7 @@ def load_model(path) -> tuple[MLP, Likelihood]:
     for key, value in arrays.items():
         if key in MODEL_META_KEYS:
             continue
-        if PARAM_KEY.match(key) is None:
-            raise ValueError(f"{path}: unknown key {key!r}; expected '<index>.weight', '<index>.bias' or one of {list(MODEL_META_KEYS)}")
-        if value.dtype.kind != "f":
-            raise ValueError(f"{path}: key {key!r} must be a float array, got dtype {value.dtype}")
-        params[key] = value
+        params[key] = value  # names, dtypes and shapes were checked from the headers
     try:
         model = MLP.from_state_dict(params, activation)
     except (ValueError, TypeError) as error:
@@ -128,8 +172,60 @@ def load_model(path) -> tuple[MLP, Likelihood]:
     return model, get_likelihood(name, sigma)
 
 
+def _check_model_headers(path, headers: dict) -> None:
+    """Refuse a model file from its .npy headers alone (key names, float dtypes, 2-d weights,
+    1-d biases, layers that chain), so a file of the wrong layout is never inflated."""
+    layers: dict[int, dict] = {}
+    for key, header in headers.items():
+        if key in MODEL_META_KEYS:
+            if header.shape != ():
+                raise ValueError(f"{path}: key {key!r} must be a 0-d array like np.array('relu'), got shape {header.shape}")
+            continue
+        match = PARAM_KEY.match(key)
+        if match is None:
+            raise ValueError(f"{path}: unknown key {key!r}; expected '<index>.weight', '<index>.bias' or one of {list(MODEL_META_KEYS)}")
+        if header.dtype.kind != "f":
+            raise ValueError(f"{path}: key {key!r} must be a float array, got dtype {header.dtype}")
+        if len(header.shape) != (2 if match.group(2) == "weight" else 1):
+            raise ValueError(f"{path}: key {key!r}: expected a {2 if match.group(2) == 'weight' else 1}-d array, got shape {header.shape}")
+        layers.setdefault(int(match.group(1)), {})[match.group(2)] = header.shape
+    previous = None
+    for index in sorted(layers):
+        weight, bias = layers[index].get("weight"), layers[index].get("bias")
+        if weight is None:
+            raise ValueError(f"{path}: key '{index}.bias' has no matching '{index}.weight'")
+        if bias is not None and bias != weight[:1]:
+            raise ValueError(f"{path}: key '{index}.bias': expected shape ({weight[0]},) to match '{index}.weight' {weight}, got {bias}")
+        if previous is not None and weight[1] != previous[1][0]:
+            raise ValueError(
+                f"{path}: key '{index}.weight': shape {weight} does not chain with '{previous[0]}.weight' "
+                f"{previous[1]}: expected {previous[1][0]} input columns"
+            )
+        previous = (index, weight)
+
+
+def _check_data_headers(path, headers: dict, model: MLP | None) -> None:
+    """Refuse a data file from its .npy headers alone: x (N, d) with d = the model's inputs, y with N rows."""
+    for key in ("x", "y"):
+        if key not in headers:
+            raise ValueError(f"{path}: missing key {key!r} (see docs/file-format.md, section 3: data.npz)")
+    unknown = sorted(set(headers) - {"x", "y"})
+    if unknown:
+        raise ValueError(f"{path}: unknown key(s) {unknown}; data.npz holds only 'x' and 'y'")
+    x, y = headers["x"], headers["y"]
+    if len(x.shape) != 2:
+        raise ValueError(f"{path}: key 'x': expected a 2-d array, got shape {x.shape}")
+    if x.shape[0] == 0:
+        raise ValueError(f"{path}: key 'x' has no rows (shape {x.shape}); a data file needs N >= 1 examples")
+    if y.shape[:1] != x.shape[:1] or len(y.shape) not in (1, 2):
+        raise ValueError(f"{path}: key 'y' must have {x.shape[0]} rows like 'x' (1-d class indices or 2-d targets), got shape {y.shape}")
+    if model is not None and x.shape[1] != model.n_inputs:
+        raise ValueError(f"{path}: key 'x': expected {model.n_inputs} features per row to match the model, got shape {x.shape}")
+
+
 def save_model(path, model: MLP, lik: Likelihood) -> None:
     """Write model.npz per docs/file-format.md (atomic)."""
+    _check_model_and_likelihood(model, lik)
     arrays = dict(model.state_dict())
     arrays["__activation__"] = np.array(model.activation.name)
     arrays.update(lik.to_arrays())
@@ -143,13 +239,10 @@ def load_data(path, model: MLP | None = None, lik: Likelihood | None = None):
     or 2-d finite float). With `model` and `lik`, also checks d_in, d_out and the
     label support of the likelihood (class range, {0, 1}).
     """
-    arrays = read_npz(path, "data file")
-    for key in ("x", "y"):
-        if key not in arrays:
-            raise ValueError(f"{path}: missing key {key!r} (see docs/file-format.md, section 3: data.npz)")
-    unknown = sorted(set(arrays) - {"x", "y"})
-    if unknown:
-        raise ValueError(f"{path}: unknown key(s) {unknown}; data.npz holds only 'x' and 'y'")
+    # keys, x's rank, y's rows and x's columns are checked from the headers, before any data
+    if model is not None or lik is not None:
+        _check_model_and_likelihood(model, lik, optional=True)
+    arrays = read_npz(path, "data file", check=lambda headers: _check_data_headers(path, headers, model))
     try:
         x = as_float_array(arrays["x"], f"{path}: key 'x'", ndim=2)
     except TypeError as error:
@@ -172,5 +265,13 @@ def load_data(path, model: MLP | None = None, lik: Likelihood | None = None):
 
 
 def save_data(path, x: np.ndarray, y: np.ndarray) -> None:
-    """Write data.npz per docs/file-format.md (atomic)."""
-    atomic_savez(path, {"x": np.asarray(x), "y": np.asarray(y)})
+    """Write data.npz per docs/file-format.md (atomic); TypeError names `x` or `y` when not numeric."""
+    atomic_savez(path, {"x": x, "y": y})
+
+
+def _check_model_and_likelihood(model, lik, optional: bool = False) -> None:
+    """TypeError naming `model` or `lik` when they are not an MLP and a Likelihood (None allowed if optional)."""
+    if not isinstance(model, MLP) and not (optional and model is None):
+        raise TypeError(f"model: expected an ewc_ref.MLP, got {type(model).__name__}")
+    if not isinstance(lik, Likelihood) and not (optional and lik is None):
+        raise TypeError(f"lik: expected an ewc_ref Likelihood, got {type(lik).__name__}")

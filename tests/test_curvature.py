@@ -469,6 +469,23 @@ def test_fisher_of_a_saturated_network_is_not_lost_to_cancellation():
     assert np.abs(reference).max() < 1e-15  # the whole matrix is below 1 - fl(1 - eps)
 
 
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        ({"__param_names__": np.array(["0.weight", "9.weight"])}, "missing \\['9.weight'\\]"),
+        ({"__n__": np.array("abc")}, "key '__n__' must be a 0-d non-negative integer array, got <U3 'abc'"),
+        ({"__n__": np.array(2.5)}, "key '__n__' must be a 0-d non-negative integer array, got float64 2.5"),
+        ({"__samples__": np.array([1, 2])}, "key '__samples__' must be a 0-d .* shape \\(2,\\)"),
+        ({"__batch_size__": np.array(-1)}, "key '__batch_size__' must be a 0-d non-negative"),
+    ],
+)
+def test_foreign_curvature_metadata_errors_name_the_key(tmp_path, edit, message):
+    arrays = {"0.weight": np.ones((2, 3)), "0.bias": np.ones(2), "__structure__": np.array("diag"), **edit}
+    np.savez(tmp_path / "F.npz", **arrays)
+    with pytest.raises(ValueError, match=message):
+        er.Curvature.load(tmp_path / "F.npz")
+
+
 def test_enumerated_bernoulli_fisher_keeps_a_saturated_output():
     """Contract: label enumeration weighs label 0 by sigmoid(-f), not 1 - sigmoid(f): at f = 584.8
     (found by Hypothesis 6.100) 1 - p cancels to 0 and the enumerated Fisher was 0 while the exact one
@@ -478,3 +495,38 @@ def test_enumerated_bernoulli_fisher_keeps_a_saturated_output():
     enumerated = expected_outer_product(model, er.Bernoulli(), x)
     exact = er.fisher(model, er.Bernoulli(), x, y, "exact", "full").data
     assert enumerated[0, 0] > 0 and close(exact, enumerated)
+
+
+def test_samples_beyond_the_memory_budget_are_refused_with_the_numbers():
+    model, lik = er.MLP.random([3, 4, 2], "relu", rng=0), er.Categorical()
+    x, y = np.ones((5, 3)), np.array([0, 1, 0, 1, 1])
+    # K x (C + widths) = 10**9 x (3 + 4 + 2) float64 for one example: 67.1 GiB
+    with pytest.raises(ValueError, match="samples: 1000000000 labels per example need 67.1 GiB .*1000000000 x 9 float64.*at most 29826161 fit"):
+        er.fisher(model, lik, x, y, "mc", samples=10**9)
+
+
+def test_chunk_beyond_the_memory_budget_is_refused(monkeypatch):
+    from ewc_ref.curvature import budget
+
+    model, lik = er.MLP.random([3, 4, 2], "relu", rng=0), er.Categorical()
+    x, y = np.ones((50, 3)), np.zeros(50, int)
+    monkeypatch.setattr(budget, "MAX_DENSE_BYTES", 8 * 9 * 10)  # ten rows of (3 + 4 + 2) numbers
+    assert er.fisher(model, lik, x, y, "empirical", chunk_size=10).n == 50
+    with pytest.raises(ValueError, match="chunk_size: 11 rows need .*11 x 1 x 9 float64.*at most 10 rows fit"):
+        er.fisher(model, lik, x, y, "empirical", chunk_size=11)
+
+
+@pytest.mark.parametrize("structure", ["diag", "full", "block", "kfac"])
+def test_save_refuses_a_non_finite_curvature_naming_the_parameter(tmp_path, structure):
+    model, lik = er.MLP.random([3, 4, 2], "relu", rng=0), er.Categorical()
+    x, y = np.random.default_rng(0).standard_normal((6, 3)), np.array([0, 1, 0, 1, 1, 0])
+    F = er.fisher(model, lik, x, y, "exact", structure)
+    assert F.first_non_finite() is None
+    item = F.data[1] if isinstance(F.data, list) else F.data  # the second layer ('2.weight', '2.bias')
+    array = item[1] if isinstance(item, tuple) else item  # kfac: its G factor
+    index = {"diag": 16 + 1, "full": (16 + 1, 16 + 1)}.get(structure, (0, 0))  # diag/full: 2nd entry of '2.weight'
+    array[index] = np.nan
+    assert F.first_non_finite() == "2.weight"
+    with pytest.raises(ValueError, match="F.npz: refusing to write a curvature that is not finite .*first in parameter '2.weight'"):
+        F.save(tmp_path / "F.npz")
+    assert list(tmp_path.iterdir()) == []

@@ -183,3 +183,28 @@ def test_bad_task_counts(scenario, tasks, error):
 
 def test_many_permuted_tasks_are_allowed():
     assert check_n_tasks("domain", 12) == 12
+
+
+def test_load_mnist_refuses_zero_pixel_images(tmp_path):
+    _write_mnist(tmp_path, train_images=np.zeros((30, 0, 0), np.uint8), test_images=np.zeros((12, 0, 0), np.uint8))
+    with pytest.raises(ValueError, match="train-images-idx3-ubyte: IDX header declares shape \\(30, 0, 0\\): a dimension of size 0"):
+        load_mnist(tmp_path)
+
+
+def test_load_mnist_checks_all_headers_before_reading_any_images(tmp_path, monkeypatch):
+    # 4 MiB of zero images with 5 labels: refused from the headers, the images never read.
+    import ewc_ref.safe_files as safe_files
+
+    _write_mnist(tmp_path, gz=True, train_images=np.zeros((2**18, 4, 4), np.uint8), train_labels=np.zeros(5, np.uint8))
+    monkeypatch.setattr(safe_files, "_fill", lambda *a: pytest.fail("data read before the header checks"))
+    with pytest.raises(ValueError, match="5 labels for 262144 images"):
+        load_mnist(tmp_path)
+
+
+def test_load_mnist_refuses_images_whose_float64_copy_is_over_budget(tmp_path, monkeypatch):
+    import ewc_ref.safe_files as safe_files
+
+    _write_mnist(tmp_path)
+    monkeypatch.setattr(safe_files, "MAX_FILE_BYTES", 8 * 42 * 16 - 1)
+    with pytest.raises(ValueError, match="the MNIST images as float64 needs 5.2 KiB \\(5376 bytes\\), above the memory budget"):
+        load_mnist(tmp_path)

@@ -100,6 +100,7 @@ BAD_DATA = [
     ("row mismatch", {"x": np.ones((3, 3)), "y": np.zeros(4, int)}, "'y' must have 3 rows", None),
     ("nan x", {"x": np.full((3, 3), np.nan), "y": np.zeros(3, int)}, "'x'.*non-finite", None),
     ("x not 2-d", {"x": np.ones(3), "y": np.zeros(3, int)}, "'x'.*2-d", None),
+    ("no rows", {"x": np.ones((0, 3)), "y": np.zeros(0, int)}, "'x' has no rows \\(shape \\(0, 3\\)\\)", None),
     # Without a model (I1, I3): the shape and finiteness of y are checked at the file, not left to the likelihood.
     ("nan y", {"x": np.ones((3, 3)), "y": np.array([0.0, np.nan, 1.0])}, "'y' contains non-finite", None),
     ("inf 2-d y", {"x": np.ones((3, 3)), "y": np.full((3, 2), np.inf)}, "'y' contains non-finite", None),
@@ -147,3 +148,119 @@ def test_atomic_write_has_the_usual_file_mode(tmp_path):
     os.umask(mask)
     assert (tmp_path / "d.npz").stat().st_mode & 0o777 == 0o666 & ~mask
     assert [p.name for p in tmp_path.iterdir()] == ["d.npz"]  # no temporary file left behind
+
+
+# ----------------------------------------------------------------------------- temporaries
+_SLOW_WRITER = """
+import sys, time
+from ewc_ref.io import atomic_output
+with atomic_output(sys.argv[1]) as tmp:
+    with open(tmp, "wb") as handle:
+        handle.write(b"partial" * 1000)
+        handle.flush()
+    print(tmp, flush=True)
+    time.sleep(120)
+"""
+_WRITER = "import sys, numpy as np, ewc_ref as er; er.save_data(sys.argv[1], np.ones((2, 2)), np.zeros(2, int))"
+
+
+def _temporaries(folder):
+    return sorted(p.name for p in folder.iterdir() if p.name.endswith(".tmp"))
+
+
+def test_sigkilled_writer_leaves_a_temporary_that_the_next_write_removes(tmp_path):
+    import os
+    import re
+    import signal
+    import subprocess
+    import sys
+
+    out = tmp_path / "d.npz"
+    killed = subprocess.Popen([sys.executable, "-c", _SLOW_WRITER, str(out)], stdout=subprocess.PIPE, text=True)
+    live = subprocess.Popen([sys.executable, "-c", _SLOW_WRITER, str(out)], stdout=subprocess.PIPE, text=True)
+    try:
+        killed_tmp, live_tmp = killed.stdout.readline().strip(), live.stdout.readline().strip()
+        os.kill(killed.pid, signal.SIGKILL)
+        killed.wait()
+        assert re.fullmatch(rf"\.d\.npz\.{killed.pid}\.[a-z0-9_]{{8}}\.tmp", os.path.basename(killed_tmp))
+        assert _temporaries(tmp_path) == sorted([os.path.basename(killed_tmp), os.path.basename(live_tmp)])
+        assert not out.exists()  # nothing half-written at the output path
+        subprocess.run([sys.executable, "-c", _WRITER, str(out)], check=True)
+        # the killed writer's temporary is gone; the live (concurrent) writer's is untouched
+        assert _temporaries(tmp_path) == [os.path.basename(live_tmp)]
+        x, y = er.load_data(out)
+        np.testing.assert_array_equal(x, np.ones((2, 2)))
+    finally:
+        live.kill()
+        live.wait()
+
+
+def test_stale_temporary_needs_a_dead_pid_and_an_mtime_before_our_start(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from ewc_ref import io
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True)
+    dead_pid = int(dead.stdout)
+    fresh, old, alive, other_name = (
+        tmp_path / f".d.npz.{dead_pid}.abcdefgh.tmp",
+        tmp_path / f".d.npz.{dead_pid}.ijklmnop.tmp",
+        tmp_path / f".d.npz.{os.getppid()}.qrstuvwx.tmp",
+        tmp_path / f".e.npz.{dead_pid}.abcdefgh.tmp",
+    )
+    for p in (fresh, old, alive, other_name):
+        p.write_bytes(b"partial")
+    before_start = io._PROCESS_START - 10
+    for p in (old, alive, other_name):
+        os.utime(p, (before_start, before_start))
+    er.save_data(tmp_path / "d.npz", np.ones((2, 2)), np.zeros(2, int))
+    # removed: dead pid AND modified before this process started; kept: one modified since
+    # (not provably older than us), one of a live process, another output's temporary
+    assert not old.exists()
+    assert fresh.exists() and alive.exists() and other_name.exists()
+
+
+def test_full_disk_names_the_output_and_leaves_nothing(tmp_path, monkeypatch):
+    import errno
+
+    def full(stream, **arrays):
+        stream.write(b"PK partial")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(np, "savez", full)
+    with pytest.raises(OSError, match="d.npz: cannot write the output \\(No space left on device\\); nothing was written"):
+        er.save_data(tmp_path / "d.npz", np.ones((2, 2)), np.zeros(2, int))
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda p: er.save_model(p, "notamodel", er.Categorical()), "model: expected an ewc_ref.MLP, got str"),
+        (lambda p: er.save_model(p, er.MLP.random([2, 2], "relu", rng=0), "categorical"), "lik: expected an ewc_ref Likelihood, got str"),
+        (lambda p: er.load_data(p, "notamodel"), "model: expected an ewc_ref.MLP, got str"),
+        (lambda p: er.load_data(p, er.MLP.random([2, 2], "relu", rng=0), "categorical"), "lik: expected"),
+        (lambda p: er.save_data(p, np.array([None, 1], dtype=object), np.zeros(2)), "x: expected a numeric or string array, got dtype object"),
+    ],
+)
+def test_api_type_errors_name_the_argument(tmp_path, call, message):
+    path = tmp_path / "f.npz"
+    np.savez(path, x=np.ones((2, 2)), y=np.zeros(2, int))
+    before = path.read_bytes()
+    with pytest.raises(TypeError, match=message):
+        call(path)
+    assert path.read_bytes() == before
+
+
+def test_unwritable_folder_names_the_output(tmp_path, monkeypatch):
+    import errno
+    import tempfile
+
+    def refused(*args, **kwargs):
+        raise PermissionError(errno.EACCES, "Permission denied", str(tmp_path / ".d.npz.1.abcdefgh.tmp"))
+
+    monkeypatch.setattr(tempfile, "mkstemp", refused)
+    with pytest.raises(OSError, match=f"d.npz: cannot create the output in {tmp_path} \\(Permission denied\\)"):
+        er.save_data(tmp_path / "d.npz", np.ones((2, 2)), np.zeros(2, int))

@@ -288,6 +288,11 @@ def test_map_failure_is_reported():
         (lambda post, grid: er.compare_to_grid(er.grid_posterior(lambda z: -z[:, 0] ** 2, [0.0], 1.0),
                                                er.laplace_approximation(post)), "dimension"),
         (lambda post, grid: er.kl_gaussians(np.zeros(2), np.eye(2), np.zeros(3), np.eye(2)), "mean_q"),
+        # was -2.0: a covariance that is not positive definite has no Gaussian
+        (lambda post, grid: er.kl_gaussians(np.zeros(2), np.eye(2), np.zeros(2), np.diag([1.0, -1.0])),
+         "cov_q: not positive definite \\(smallest eigenvalue -1\\)"),
+        (lambda post, grid: er.kl_gaussians(np.zeros(2), np.zeros((2, 2)), np.zeros(2), np.eye(2)), "cov_p: not positive definite"),
+        (lambda post, grid: er.kl_gaussians(np.zeros(2), np.eye(2), np.zeros(2), np.array([[1.0, 0.5], [0.0, 1.0]])), "cov_q: .*symmetric"),
     ],
 )
 def test_bad_input(call, match):

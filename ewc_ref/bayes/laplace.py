@@ -300,8 +300,18 @@ def kl_gaussians(mean_p, cov_p, mean_q, cov_q) -> float:
     d = mean_p.size
     if mean_q.shape != (d,) or cov_p.shape != (d, d) or cov_q.shape != (d, d):
         raise ValueError(f"mean_q, cov_p, cov_q: expected shapes ({d},), ({d}, {d}), ({d}, {d}) to match mean_p")
+    logdet_p, logdet_q = _logdet_spd(cov_p, "cov_p"), _logdet_spd(cov_q, "cov_q")
     r = mean_q - mean_p
     solve = np.linalg.solve(cov_q, np.column_stack([cov_p, r]))
-    _, logdet_q = np.linalg.slogdet(cov_q)
-    _, logdet_p = np.linalg.slogdet(cov_p)
     return float(0.5 * (np.trace(solve[:, :d]) + r @ solve[:, d] - d + logdet_q - logdet_p))
+
+
+def _logdet_spd(cov: np.ndarray, name: str) -> float:
+    """log det of a symmetric positive definite (d, d) matrix by Cholesky; ValueError naming `name` otherwise."""
+    if not np.allclose(cov, cov.T, rtol=1e-10, atol=1e-300):
+        raise ValueError(f"{name}: a covariance must be symmetric, got max |S - S^T| = {np.abs(cov - cov.T).max():.3g}")
+    try:
+        chol = np.linalg.cholesky(cov)
+    except np.linalg.LinAlgError:
+        raise ValueError(f"{name}: not positive definite (smallest eigenvalue {np.linalg.eigvalsh(cov)[0]:.3g})") from None
+    return float(2.0 * np.log(np.diag(chol)).sum())

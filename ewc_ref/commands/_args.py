@@ -11,6 +11,10 @@ output_file        a file name whose folder exists and that is not a folder: -o/
 add_output, add_report_output, add_json, add_quiet: the flags every command spells the same way
 =================  ==========================================================================
 
+Two output guards every command that writes or prints uses: `refuse_input_as_output` (-o may
+not be the same file as an input, compared by device and inode, so links and other spellings of
+the path count) and `write_json` (strictly valid JSON: NaN and +-inf become null).
+
 Checks that need the data (a batch size <= N) stay in the library, which names its Python
 argument; `flags_named` relabels those errors with the flag the user typed.
 """
@@ -18,7 +22,10 @@ argument; `flags_named` relabels those errors with the flag the user typed.
 from __future__ import annotations
 
 import argparse
+import json
 import math
+import os
+import sys
 from contextlib import contextmanager, redirect_stdout
 from pathlib import Path
 
@@ -133,3 +140,32 @@ def flags_named(**flags: str):
             raise
         kind = ValueError if isinstance(error, ValueError) else TypeError
         raise kind(f"{flags[name]}: {rest}") from error
+
+
+def refuse_input_as_output(output, **inputs) -> None:
+    """ValueError naming -o when `output` is the same file as one of `inputs` (label=path).
+
+    Same file means os.path.samefile (st_dev and st_ino), so ``./model.npz``, a symbolic link to
+    it or a hard link all count; a path that does not exist yet cannot be an input.
+    """
+    if output is None or not os.path.exists(output):
+        return
+    for label, path in inputs.items():
+        if path is not None and os.path.exists(path) and os.path.samefile(output, path):
+            raise ValueError(f"-o {output}: is the same file as the input {label} {path}; refusing to overwrite an input")
+
+
+def strict_json(value):
+    """`value` with every non-finite float (NaN, inf) replaced by None, recursively."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: strict_json(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [strict_json(item) for item in value]
+    return value
+
+
+def write_json(value) -> None:
+    """Print `value` as one line of strictly valid JSON (RFC 8259: no NaN or Infinity; they become null)."""
+    sys.stdout.write(json.dumps(strict_json(value), allow_nan=False) + "\n")

@@ -7,14 +7,14 @@ one JSON object (docs/file-format.md). The exit status is the verdict either way
 
 from __future__ import annotations
 
-import json
-import sys
-
 import numpy as np
 
 from ..curvature.result import split_curvature_arrays
 from ..io import read_npz
-from ._args import add_json, add_quiet, add_report_output, number, report_to
+from ._args import add_json, add_quiet, add_report_output, number, report_to, write_json
+
+#: the arguments that name files this command reads (ewc_ref/cli.py refuses them as -o)
+INPUT_FILES = ("a", "b")
 
 
 def add_arguments(parser) -> None:
@@ -29,7 +29,12 @@ def add_arguments(parser) -> None:
 
 
 def _body(path):
-    return split_curvature_arrays(read_npz(path, "curvature file"), str(path))
+    meta, body = split_curvature_arrays(read_npz(path, "curvature file"), str(path))
+    if not body:
+        held = f"only the metadata {sorted(meta)}" if meta else "no arrays at all"
+        raise ValueError(f"{path}: holds no curvature arrays ({held}); expected one array per parameter (diag) "
+                         "or 'full', 'block.*', 'kfac.*' keys")
+    return meta, body
 
 
 def _check_same_layout(meta_a, a, meta_b, b, name_a, name_b) -> None:
@@ -76,7 +81,7 @@ def run(args) -> int:
 
 def _print(args, result) -> None:
     if args.json:
-        sys.stdout.write(json.dumps(result) + "\n")
+        write_json(result)
     else:
         print(f"{'key':<16} {'max abs err':>12} {'max rel err':>12}  worst entry (A vs B)")
         for key, entry in result["keys"].items():

@@ -15,8 +15,6 @@ docs/file-format.md, section 9.
 
 from __future__ import annotations
 
-import json
-import sys
 import time
 
 from ..continual.datasets import SCENARIOS, check_n_tasks
@@ -31,6 +29,7 @@ from ._args import (
     number,
     number_list,
     report_to,
+    write_json,
 )
 
 
@@ -108,8 +107,7 @@ def run(args) -> int:
     }
     with report_to(args.output):
         if args.json:
-            json.dump({"scenarios": results, "config": config, "seconds": seconds}, sys.stdout)
-            sys.stdout.write("\n")
+            write_json({"scenarios": results, "config": config, "seconds": seconds})
         else:
             _print_report(results, config, seconds)
     return 0

@@ -7,13 +7,24 @@ margin, and the correct EWC Fisher. Exit 0 on a diagnosis (including "none"), 2 
 
 from __future__ import annotations
 
-import json
 import sys
 
 from ..curvature.result import read_theirs
 from ..io import load_data, load_model
 from ..verify.diagnosis import diagnose
-from ._args import add_json, add_quiet, add_report_output, flags_named, integer, number, report_to
+from ._args import (
+    add_json,
+    add_quiet,
+    add_report_output,
+    flags_named,
+    integer,
+    number,
+    report_to,
+    write_json,
+)
+
+#: the arguments that name files this command reads (ewc_ref/cli.py refuses them as -o)
+INPUT_FILES = ("model", "data", "theirs")
 
 
 def add_arguments(parser) -> None:
@@ -43,7 +54,7 @@ def run(args) -> int:
                           hessian=True if args.hessian else None, progress=not args.quiet and not args.json)
     with report_to(args.output):
         if args.json:
-            sys.stdout.write(json.dumps(result.to_json()) + "\n")
+            write_json(result.to_json())
         else:
             sys.stdout.write(result.report(theirs_name=str(args.theirs)) + "\n")
     return 0

@@ -12,14 +12,12 @@ keys), both written atomically. PNGs need matplotlib (pip install 'ewc_ref[plot]
 
 from __future__ import annotations
 
-import json
-import sys
 import time
 from pathlib import Path
 
 from ..figures import FIGURES, make_figure, require_matplotlib
 from ..progress import Progress
-from ._args import add_json, add_output, add_quiet
+from ._args import add_json, add_output, add_quiet, write_json
 
 
 def add_arguments(parser) -> None:
@@ -55,7 +53,7 @@ def run(args) -> int:
         progress.update()
     progress.close()
     if args.json:
-        sys.stdout.write(json.dumps(report) + "\n")
+        write_json(report)
     else:
         for name, entry in report["figures"].items():
             print(f"{name:<13} {', '.join(entry['files'])} ({entry['seconds']:.1f} s)")

@@ -17,15 +17,25 @@ read (--samples or --seed without mc, --batch-size without batched) is refused (
 
 from __future__ import annotations
 
-import json
 import sys
+
+import numpy as np
 
 from ..curvature.estimate import fisher
 from ..curvature.estimators import ESTIMATOR_TABLE, ESTIMATORS
 from ..curvature.structures import STRUCTURES
 from ..io import load_data, load_model
-from ._args import add_json, add_output, add_quiet, flags_named, integer
+from ._args import (
+    add_json,
+    add_output,
+    add_quiet,
+    flags_named,
+    integer,
+    write_json,
+)
 
+#: the arguments that name files this command reads (ewc_ref/cli.py refuses them as -o)
+INPUT_FILES = ("model", "data")
 #: flag -> (attribute of args, the option of the estimator table it sets)
 FLAG_OPTIONS = {"--samples": ("samples", "samples"), "--seed": ("seed", "rng"), "--batch-size": ("batch_size", "batch_size")}
 #: flag -> (attribute of args, the estimators whose row lists its option); any other estimator refuses it.
@@ -67,6 +77,19 @@ def check_flags(args) -> None:
             raise ValueError(f"{flag}: required by --estimator {args.estimator}")
 
 
+def likely_cause(model, lik, x, y) -> str:
+    """Why a curvature came out non-finite: the first stage of the computation that overflows."""
+    cache = model.forward(x)[1]
+    for layer, z in enumerate(cache.pre_activations):
+        if not np.isfinite(z).all():
+            return (f"overflow in the forward pass: the outputs of layer '{model.module_indices[layer]}.weight' are not "
+                    f"finite (largest |input| {float(np.abs(x).max()):.3g}, largest |parameter| {float(np.abs(model.theta).max()):.3g})")
+    f = cache.output
+    if not (np.isfinite(lik.grad(f, y)).all() and np.isfinite(lik.hessian_factor(f)).all()):
+        return f"overflow in the likelihood's derivatives at finite outputs ({lik!r})"
+    return "overflow when multiplying finite gradients (entries of 1e154 or more square to inf)"
+
+
 def run(args) -> int:
     check_flags(args)
     model, lik = load_model(args.model)
@@ -77,6 +100,10 @@ def run(args) -> int:
             model, lik, x, y, estimator=args.estimator, structure=args.structure, samples=args.samples,
             batch_size=args.batch_size, rng=seed, chunk_size=args.chunk_size, progress=not args.quiet,
         )
+    bad = curvature.first_non_finite()
+    if bad is not None:  # never write a wrong number
+        raise ValueError(f"the {args.estimator} curvature of parameter {bad!r} is not finite (NaN or inf): "
+                         f"{likely_cause(model, lik, x, y)}; nothing was written to {args.output}")
     curvature.save(args.output)
     summary = {
         "output": str(args.output), "estimator": args.estimator, "structure": args.structure,
@@ -84,7 +111,7 @@ def run(args) -> int:
         "batch_size": curvature.batch_size, "seed": seed,
     }
     if args.json:
-        sys.stdout.write(json.dumps(summary) + "\n")
+        write_json(summary)
     elif not args.quiet:
         print(f"wrote {args.output}: {args.estimator} {args.structure}, P = {curvature.n_params}, N = {curvature.n}",
               file=sys.stderr)

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
-import sys
-
 from ..io import load_data, load_model
-from ._args import add_json, add_quiet, add_report_output, report_to
+from ._args import add_json, add_quiet, add_report_output, report_to, write_json
+
+#: the arguments that name files this command reads (ewc_ref/cli.py refuses them as -o)
+INPUT_FILES = ("model", "data")
 
 
 def add_arguments(parser) -> None:
@@ -48,7 +48,7 @@ def run(args) -> int:
 
 def _print(args, model, lik, facts) -> None:
     if args.json:
-        sys.stdout.write(json.dumps(facts) + "\n")
+        write_json(facts)
         return
     print(f"model        {args.model}")
     print(f"layers       {' -> '.join(map(str, model.layer_sizes))}")

@@ -43,7 +43,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .. import safe_files
 from .._validate import as_generator, check_choice
+from ..safe_files import IDX_TYPES
 
 N_CLASSES = 10
 SCENARIOS = ("task", "domain", "class")
@@ -69,10 +71,9 @@ def load_digits(test_fraction: float = DIGITS_TEST_FRACTION, split_seed: int = D
     test_fraction = float(test_fraction)
     if not 0.0 < test_fraction < 1.0:
         raise ValueError(f"test_fraction: expected a number in (0, 1), got {test_fraction}")
-    with importlib.resources.files("ewc_ref").joinpath("data/digits.npz").open("rb") as handle:
-        with np.load(handle, allow_pickle=False) as archive:
-            x = archive["x"].astype(np.float64) / 16.0
-            y = archive["y"].astype(np.int64)
+    with importlib.resources.as_file(importlib.resources.files("ewc_ref").joinpath("data/digits.npz")) as path:
+        arrays = safe_files.read_npz(path, "shipped digits file")
+    x, y = arrays["x"].astype(np.float64) / 16.0, arrays["y"].astype(np.int64)
     return _stratified_split(x, y, test_fraction, split_seed)
 
 
@@ -87,9 +88,8 @@ def _stratified_split(x, y, test_fraction, split_seed):
 
 
 # ----------------------------------------------------------------------------- MNIST IDX
-# IDX format (LeCun's MNIST page): 2 zero bytes, a type code, the number of dimensions, then
-# one big-endian uint32 per dimension, then the data, big-endian, row-major.
-_IDX_TYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+# IDX format (LeCun's MNIST page): see ewc_ref.safe_files, which reads it.
+_IDX_TYPES = IDX_TYPES
 
 MNIST_FILES = {
     "train_images": "train-images-idx3-ubyte",
@@ -100,46 +100,19 @@ MNIST_FILES = {
 
 
 def read_idx(path) -> np.ndarray:
-    """Read one IDX file (optionally gzip-compressed: name ending in ``.gz``).
+    """Read one IDX file (optionally gzip-compressed: name ending in ``.gz``) in native byte order.
+
+    The hardened reader :func:`ewc_ref.safe_files.read_idx`: header and size checked before any
+    data is read, decompression streamed with a cap.
 
     Raises
     ------
     ValueError
-        naming the file, when the magic number, the type code, the dimensions or the size
-        do not match the IDX format.
-    OSError
-        when the file cannot be read.
+        naming the file, when it is missing, the magic number, the type code, the dimensions
+        (none may be 0) or the size do not match the IDX format, the gzip stream is damaged,
+        or the declared size is above the memory budget.
     """
-    path = os.fspath(path)
-    opener = gzip.open if path.endswith(".gz") else open
-    try:
-        with opener(path, "rb") as handle:
-            raw = handle.read()
-    except (gzip.BadGzipFile, EOFError, OSError) as error:
-        if isinstance(error, FileNotFoundError):
-            raise
-        raise ValueError(f"{path}: cannot read IDX file ({error})") from error
-    if len(raw) < 4:
-        raise ValueError(f"{path}: not an IDX file (only {len(raw)} bytes, expected a 4-byte magic number)")
-    if raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_TYPES:
-        raise ValueError(
-            f"{path}: not an IDX file: bad magic number 0x{raw[:4].hex()} (expected 0x0000TTDD with "
-            f"type TT in {{08, 09, 0b, 0c, 0d, 0e}})"
-        )
-    dtype, ndim = np.dtype(_IDX_TYPES[raw[2]]), raw[3]
-    if ndim == 0:
-        raise ValueError(f"{path}: IDX magic number says 0 dimensions")
-    header = 4 + 4 * ndim
-    if len(raw) < header:
-        raise ValueError(f"{path}: truncated IDX header: {len(raw)} bytes, expected at least {header}")
-    shape = tuple(int(d) for d in np.frombuffer(raw, dtype=">u4", count=ndim, offset=4))
-    expected = header + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-    if len(raw) != expected:
-        raise ValueError(
-            f"{path}: IDX size mismatch: header says shape {shape} of {dtype.str[1:]} "
-            f"({expected} bytes with the header), file has {len(raw)} bytes"
-        )
-    return np.frombuffer(raw, dtype=dtype, offset=header).reshape(shape).astype(dtype.newbyteorder("="))
+    return safe_files.read_idx(path)
 
 
 def _find_idx(data_dir: str, stem: str) -> str:
@@ -172,32 +145,36 @@ def load_mnist(data_dir):
     data_dir = os.fspath(data_dir)
     if not os.path.isdir(data_dir):
         raise ValueError(f"--data-dir {data_dir}: not a directory")
-    arrays = {}
-    for key, stem in MNIST_FILES.items():
-        path = _find_idx(data_dir, stem)
-        array = read_idx(path)
-        if key.endswith("images"):
-            if array.ndim != 3 or array.dtype != np.uint8:
-                raise ValueError(f"{path}: expected 3-d unsigned-byte images (N, rows, cols), got {array.ndim}-d {array.dtype}")
-        elif array.ndim != 1 or array.dtype != np.uint8:
-            raise ValueError(f"{path}: expected 1-d unsigned-byte labels (N,), got {array.ndim}-d {array.dtype}")
-        elif array.size and array.max() >= N_CLASSES:
-            raise ValueError(f"{path}: labels must lie in 0..9, found {int(array.max())}")
-        arrays[key] = (path, array)
+    paths = {key: _find_idx(data_dir, stem) for key, stem in MNIST_FILES.items()}
+    _check_mnist_headers(paths)  # kinds, counts and sizes from the headers, before any data
     out = []
     for split in ("train", "test"):
-        (image_path, images), (label_path, labels) = arrays[f"{split}_images"], arrays[f"{split}_labels"]
-        if images.shape[0] != labels.shape[0]:
-            raise ValueError(f"{label_path}: {labels.shape[0]} labels for {images.shape[0]} images in {image_path}")
-        if images.shape[0] == 0:
-            raise ValueError(f"{image_path}: contains no images")
+        images, labels = read_idx(paths[f"{split}_images"]), read_idx(paths[f"{split}_labels"])
+        if labels.max() >= N_CLASSES:
+            raise ValueError(f"{paths[f'{split}_labels']}: labels must lie in 0..9, found {int(labels.max())}")
         out += [images.reshape(images.shape[0], -1).astype(np.float64) / 255.0, labels.astype(np.int64)]
-    if arrays["train_images"][1].shape[1:] != arrays["test_images"][1].shape[1:]:
-        raise ValueError(
-            f"{arrays['test_images'][0]}: image size {arrays['test_images'][1].shape[1:]} differs from the "
-            f"training images {arrays['train_images'][1].shape[1:]}"
-        )
     return tuple(out)
+
+
+def _check_mnist_headers(paths: dict) -> None:
+    """Refuse the four MNIST files from their IDX headers: 3-d u8 images, 1-d u8 labels, as many
+    labels as images, one image size, and the float64 images within the memory budget."""
+    headers = {key: safe_files.idx_header(path) for key, path in paths.items()}
+    for key, header in headers.items():
+        ndim, what = (3, "images (N, rows, cols)") if key.endswith("images") else (1, "labels (N,)")
+        if len(header.shape) != ndim or header.dtype != np.uint8:
+            raise ValueError(f"{paths[key]}: expected {ndim}-d unsigned-byte {what}, got {len(header.shape)}-d {header.dtype.newbyteorder('=')}")
+    for split in ("train", "test"):
+        images, labels = headers[f"{split}_images"].shape, headers[f"{split}_labels"].shape
+        if images[0] != labels[0]:
+            raise ValueError(f"{paths[f'{split}_labels']}: {labels[0]} labels for {images[0]} images in {paths[f'{split}_images']}")
+    if headers["train_images"].shape[1:] != headers["test_images"].shape[1:]:
+        raise ValueError(
+            f"{paths['test_images']}: image size {headers['test_images'].shape[1:]} differs from the "
+            f"training images {headers['train_images'].shape[1:]}"
+        )
+    as_float64 = sum(8 * int(np.prod(headers[f"{s}_images"].shape, dtype=object)) for s in ("train", "test"))
+    safe_files.check_budget(as_float64, f"--data-dir {os.path.dirname(paths['train_images'])}: the MNIST images as float64")
 
 
 def write_idx(path, array: np.ndarray) -> None:

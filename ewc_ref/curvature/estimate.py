@@ -41,6 +41,33 @@ def default_chunk_size(model: MLP, estimator: str, structure: str, samples: int,
     return max(1, (budget.CHUNK_BYTES // 4) // (8 * k * max(1, sum(model.layer_sizes))))
 
 
+def check_chunk_memory(model: MLP, estimator: str, structure: str, samples: int, rows: int) -> None:
+    """Refuse `samples`, or a chunk of `rows`, whose temporaries exceed budget.MAX_DENSE_BYTES.
+
+    One chunk holds K backward vectors per row (the estimator table's backward_vectors: S for
+    'mc', C - 1 for 'exact'), each with an entry per output and per layer width (r_nk and the
+    deltas), plus a per-example gradient of P ('full') or of the largest layer ('block') entries:
+    8 x rows x K x width bytes. Without it ``samples=10**9`` grows until memory runs out.
+    """
+    k = max(1, ESTIMATOR_TABLE[estimator].backward_vectors(samples, model.n_outputs))
+    extra = {"full": model.n_params, "block": max(s.stop - s.start for s in model.layer_slices)}.get(structure, 0)
+    width = sum(model.layer_sizes) + extra
+    per_row, limit = 8 * k * width, budget.MAX_DENSE_BYTES
+    where = "ewc_ref.curvature.budget.MAX_DENSE_BYTES"
+    if per_row > limit:  # one example is already too much: many samples (or an enormous model)
+        what = f"samples: {samples} labels per example need" if estimator == "mc" else f"model: {k} backward vectors need"
+        raise ValueError(
+            f"{what} {per_row / 2**30:.1f} GiB of temporaries for one example "
+            f"({k} x {width} float64), above the memory budget of {limit / 2**30:.1f} GiB ({where}); "
+            f"at most {limit // (8 * width)} fit"
+        )
+    if rows * per_row > limit:
+        raise ValueError(
+            f"chunk_size: {rows} rows need {rows * per_row / 2**30:.1f} GiB of temporaries ({rows} x {k} x {width} "
+            f"float64), above the memory budget of {limit / 2**30:.1f} GiB ({where}); at most {limit // per_row} rows fit"
+        )
+
+
 def fisher(model: MLP, lik: Likelihood, x, y, estimator: str = "empirical", structure: str = "diag",
            samples: int | None = None, batch_size: int | None = None, rng=None,
            chunk_size: int | None = None, progress: bool = False) -> Curvature:
@@ -92,6 +119,7 @@ def fisher_unchecked(model: MLP, lik: Likelihood, x, y, estimator: str = "empiri
         chunk_size = default_chunk_size(model, estimator, structure, accumulator.samples, model.n_outputs)
     else:
         chunk_size = check_positive_int(chunk_size, "chunk_size")
+    check_chunk_memory(model, estimator, structure, accumulator.samples, min(chunk_size, n))
     meter = Progress(n, f"fisher {estimator}/{structure}", enabled=progress)
     for begin in range(0, n, chunk_size):
         accumulator._update(x[begin : begin + chunk_size], y[begin : begin + chunk_size])

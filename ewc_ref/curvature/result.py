@@ -119,8 +119,25 @@ class Curvature:
                 arrays[key] = np.array(value)
         return arrays
 
+    def first_non_finite(self) -> str | None:
+        """The first parameter (flat order) whose diagonal entry is NaN or inf; '(off-diagonal)' when
+        only off-diagonal entries are; None when every entry is finite."""
+        items = self.data if isinstance(self.data, list) else [self.data]
+        if all(np.isfinite(array).all() for item in items for array in (item if isinstance(item, tuple) else (item,))):
+            return None
+        bad = np.flatnonzero(~np.isfinite(self.diagonal))
+        if bad.size == 0:
+            return "(off-diagonal)"
+        stops = [s.stop for s in self.param_slices]
+        return self.param_names[int(np.searchsorted(stops, bad[0], side="right"))]
+
     def save(self, path) -> None:
-        """Write the curvature npz atomically (temporary file, then rename)."""
+        """Write the curvature npz atomically (temporary file, then rename); never a NaN or inf.
+
+        Raises ValueError naming the first non-finite parameter (nothing is written)."""
+        bad = self.first_non_finite()
+        if bad is not None:
+            raise ValueError(f"{path}: refusing to write a curvature that is not finite (NaN or inf), first in parameter {bad!r}")
         atomic_savez(path, self.to_arrays())
 
     @classmethod
@@ -172,6 +189,17 @@ def _layout(meta: dict, body: dict, structure: str, model: MLP | None) -> Layout
     return Layout(["theta"], None, [], None)
 
 
+def _meta_count(meta: dict, key: str, source: str) -> int | None:
+    """A count stored as a 0-d integer array (or an integral float), None when absent."""
+    if key not in meta:
+        return None
+    value = meta[key]
+    if value.shape == () and value.dtype.kind in "iuf" and np.isfinite(value) and float(value) == int(value) and value >= 0:
+        return int(value)
+    shown = repr(value.item()) if value.size == 1 else f"shape {value.shape}"
+    raise ValueError(f"{source}: key {key!r} must be a 0-d non-negative integer array, got {value.dtype} {shown}")
+
+
 def _bias_pattern(names: list[str]) -> list[bool]:
     pattern = []
     for i, name in enumerate(names):
@@ -194,7 +222,7 @@ def curvature_from_arrays(arrays: dict, model: MLP | None = None, source: str = 
         shapes = [(data.shape[0],)]
     if shapes is None:
         raise ValueError(f"{source}: cannot tell the parameter shapes of a full matrix without the model")
-    ints = {key: int(meta[key]) if key in meta else None for key in ("__n__", "__samples__", "__batch_size__")}
+    ints = {key: _meta_count(meta, key, source) for key in ("__n__", "__samples__", "__batch_size__")}
     return Curvature(structure, str(meta.get("__estimator__", "unknown")), list(layout.names), [tuple(s) for s in shapes],
                      data, layout.has_bias, ints["__n__"], ints["__samples__"], ints["__batch_size__"])
 
