@@ -472,6 +472,9 @@ def run(args) -> str:
                 x_grad = _ratio(ours_w, g_iso) if ours_w is not None else _ratio(ours_in, g_in)
                 body.append(f"| {method} | {ref} | {fmt_s(ours_w)} | {fmt_s(ours_first)} | {_fmt_ratio(x_grad)} | {fmt_s(ref_w)} | "
                             f"{_fmt_ratio(_ratio(ours_w, ref_w))} | {fmt_s(ours_in)} | {fmt_s(ref_in)} | {_fmt_ratio(_ratio(ours_in, ref_in))} |")
+            blas_seen = sorted({data.get("blas") for data in iso.values() if data.get("blas")})
+            if blas_seen:
+                body.append("\nBLAS in the isolated workers (threadpoolctl): " + " | ".join(blas_seen))
             if "ewc_ref+torch" in iso:
                 side = iso["ewc_ref+torch"]
                 body.append("\newc_ref in a fresh process that imported torch and ran one torch gradient first (import state): "
