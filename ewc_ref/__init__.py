@@ -45,7 +45,7 @@ _LAZY = {
     "ggn_vector_product": "ewc_ref.curvature.second_order",
     "hessian": "ewc_ref.curvature.dense_hessian",
     "hessian_full": "ewc_ref.curvature.dense_hessian",
-    "hessian_diag": "ewc_ref.curvature.dense_hessian",
+    "hessian_diag": "ewc_ref.curvature.diag_hessian",
     "hessian_blocks": "ewc_ref.curvature.dense_hessian",
     "hessian_residual": "ewc_ref.curvature.dense_hessian",
     "FisherAccumulator": "ewc_ref.curvature.accumulator",

@@ -87,6 +87,9 @@ def test_compare_bad_input_exits_2(tmp_path, capsys, b_arrays, message):
         (["--estimator", "mc", "--seed", "-1"], "--seed: expected an integer >= 0, got -1"),
         (["--estimator", "exact", "--chunk-size", "0"], "--chunk-size: expected an integer >= 1, got 0"),
         (["--estimator", "hessian", "--structure", "kfac"], "--structure: 'kfac' is defined for per-example"),
+        (["--estimator", "exact", "--kfac-bias", "separate"], "--kfac-bias: only used by --structure kfac, not by --structure diag"),
+        (["--estimator", "exact", "--structure", "full", "--kfac-bias", "joined"], "--kfac-bias: only used by --structure kfac"),
+        (["--estimator", "exact", "--structure", "kfac", "--kfac-bias", "both"], "--kfac-bias: invalid choice"),
         (["--estimator", "nope"], "--estimator: invalid choice"),
         (["--estimator", "exact", "--structure", "lowrank"], "--structure: invalid choice"),
         (["--estimator", "exact", "-o", "MISSING/F.npz"], "-o/--output: folder"),
@@ -134,12 +137,30 @@ def test_fisher_json_summary_describes_the_file_written(tmp_path, capsys):
     assert captured.err == ""
     written = np.load(out)
     assert summary == {"output": str(out), "estimator": "mc", "structure": "diag", "n": int(written["__n__"]),
-                       "n_params": 130, "samples": 3, "batch_size": None, "seed": 5}
+                       "n_params": 130, "samples": 3, "batch_size": None, "seed": 5, "kfac_bias": None}
     assert summary["n"] == 48 and int(written["__samples__"]) == 3
     # without --json the summary is one line on stderr and stdout stays empty
     assert main(argv) == 0
     captured = capsys.readouterr()
     assert captured.out == "" and f"wrote {out}: mc diag, P = 130, N = 48" in captured.err
+
+
+@pytest.mark.parametrize("kfac_bias", [None, "joined", "separate"])
+def test_fisher_kfac_bias_writes_the_library_s_file(tmp_path, capsys, kfac_bias):
+    """--kfac-bias reaches the file (default joined) and the file is er.fisher(..., kfac_bias=...)'s."""
+    model_path, data_path = _paths("categorical")
+    out = tmp_path / "F.npz"
+    flag = [] if kfac_bias is None else ["--kfac-bias", kfac_bias]
+    assert main(["fisher", model_path, data_path, "--estimator", "exact", "--structure", "kfac", *flag,
+                 "-o", str(out), "--json", "--quiet"]) == 0
+    expected_bias = kfac_bias or "joined"
+    assert json.loads(capsys.readouterr().out)["kfac_bias"] == expected_bias
+    model, lik = er.load_model(model_path)
+    x, y = er.load_data(data_path)
+    loaded = er.Curvature.load(out, model)
+    assert loaded.kfac_bias == expected_bias
+    direct = er.fisher(model, lik, x, y, "exact", "kfac", kfac_bias=expected_bias)
+    assert er.verify.gradcheck.relative_error(loaded.to_dense(), direct.to_dense()) <= 1e-12
 
 
 def test_fisher_data_that_does_not_fit_the_model_exits_2(tmp_path, capsys):

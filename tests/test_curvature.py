@@ -20,7 +20,7 @@ import ewc_ref as er
 from ewc_ref.curvature.estimators import ESTIMATORS, OUTER_PRODUCT_ESTIMATORS
 from ewc_ref.curvature.naive import expected_outer_product, naive_fisher, project
 from ewc_ref.curvature.result import Curvature
-from ewc_ref.curvature.structures import STRUCTURES
+from ewc_ref.curvature.structures import KFAC_BIASES, STRUCTURES
 from ewc_ref.strategies import LIKELIHOOD_NAMES, models_and_data
 from ewc_ref.verify.gradcheck import relative_error
 
@@ -29,8 +29,10 @@ FIXTURES = Path(__file__).parent / "fixtures" / "torch"
 
 
 def close(a, b, rtol=RTOL):
-    if isinstance(a, list | tuple):  # block: [P_l x P_l]; kfac: [(A_l, G_l)]
+    if isinstance(a, list | tuple):  # block: [P_l x P_l]; kfac: [(A_l, G_l)] or [(A_l, G_l, Gb_l or None)]
         return len(a) == len(b) and all(close(x, y, rtol) for x, y in zip(a, b, strict=True))
+    if a is None or b is None:
+        return a is None and b is None
     return relative_error(a, b) <= rtol
 
 
@@ -66,17 +68,21 @@ def _cases():
             else:
                 extras = [(None, None)]
             for extra in extras:
-                yield pytest.param(estimator, structure, likelihood, extra,
-                                   id=f"{estimator}-{structure}-{likelihood}" + (f"-{extra[0]}={extra[1]}" if extra[0] else ""))
+                for kfac_bias in (KFAC_BIASES if structure == "kfac" else (None,)):
+                    yield pytest.param(estimator, structure, likelihood, extra, kfac_bias,
+                                       id=f"{estimator}-{structure}" + (f"-{kfac_bias}" if kfac_bias else "")
+                                       + f"-{likelihood}" + (f"-{extra[0]}={extra[1]}" if extra[0] else ""))
 
 
-def naive_kfac(model, lik, x, y, estimator, samples=1, rng=None):
-    """[(A_l, G_l)] by a loop over examples: A_l = 1/N sum_n abar_n abar_n^T and
+def naive_kfac(model, lik, x, y, estimator, samples=1, rng=None, kfac_bias="joined"):
+    """[(A_l, G_l)] by a loop over examples: A_l = 1/N sum_n abar_n abar_n^T (abar = [a, 1] with a
+    bias and kfac_bias='joined', else a; 'separate' appends the bias block G_l, or None) and
     G_l = 1/N sum_n sum_k w_k delta_nk delta_nk^T, with delta_nk the back-propagated errors of
     the labels naive_fisher uses (drawn from `rng` example by example for mc) or, for
     exact/ggn, D_ln^T Lambda_n D_ln with D_ln : (C, out_l) = d f_n / d z_l from unit vectors."""
     n, c = x.shape[0], model.n_outputs
-    A = [np.zeros((i + int(b), i + int(b))) for (_, i), b in zip(model.shapes, model.has_bias, strict=True)]
+    extra = [int(b and kfac_bias == "joined") for b in model.has_bias]
+    A = [np.zeros((i + e, i + e)) for (_, i), e in zip(model.shapes, extra, strict=True)]
     G = [np.zeros((o, o)) for o, _ in model.shapes]
     for i in range(n):
         f, cache = model.forward(x[i : i + 1])
@@ -98,11 +104,13 @@ def naive_kfac(model, lik, x, y, estimator, samples=1, rng=None):
                     terms[l] = terms[l] + weight * np.outer(d[0], d[0])
         for l in range(model.n_layers):
             a = cache.inputs[l][0]
-            if model.has_bias[l]:
+            if model.has_bias[l] and kfac_bias == "joined":
                 a = np.append(a, 1.0)
             A[l] += np.outer(a, a)
             G[l] += terms[l]
-    return [(a / n, g / n) for a, g in zip(A, G, strict=True)]
+    if kfac_bias == "joined":
+        return [(a / n, g / n) for a, g in zip(A, G, strict=True)]
+    return [(a / n, g / n, g / n if bias else None) for a, g, bias in zip(A, G, model.has_bias, strict=True)]
 
 
 def naive_hessian(model, lik, x, y):
@@ -113,10 +121,10 @@ def naive_hessian(model, lik, x, y):
     return ggn + er.hessian_residual(model, lik, x, y)
 
 
-@pytest.mark.parametrize(("estimator", "structure", "likelihood", "extra"), list(_cases()))
+@pytest.mark.parametrize(("estimator", "structure", "likelihood", "extra", "kfac_bias"), list(_cases()))
 @PER_CASE
 @given(data=st.data())
-def test_every_estimator_matches_its_naive_per_example_loop(estimator, structure, likelihood, extra, data):
+def test_every_estimator_matches_its_naive_per_example_loop(estimator, structure, likelihood, extra, kfac_bias, data):
     n_rows = st.integers(3, 8) if extra == ("last_batch", "partial") else st.integers(1, 8)
     model, lik, x, y = data.draw(models_and_data(n=n_rows, likelihood_names=(likelihood,), **SMALL_NETS), label="case")
     n = x.shape[0]
@@ -132,13 +140,13 @@ def test_every_estimator_matches_its_naive_per_example_loop(estimator, structure
         batch_size = data.draw(st.sampled_from([b for b in range(1, n + 1) if (n % b != 0) == partial]), label="B")
         assert (n % batch_size != 0) == partial
         kw = naive_kw = {"batch_size": batch_size}
-    fast = er.fisher(model, lik, x, y, estimator, structure, chunk_size=chunk_size, **kw)
+    fast = er.fisher(model, lik, x, y, estimator, structure, chunk_size=chunk_size, kfac_bias=kfac_bias, **kw)
     if structure == "kfac":
-        slow = naive_kfac(model, lik, x, y, estimator, **naive_kw)
+        slow = naive_kfac(model, lik, x, y, estimator, kfac_bias=kfac_bias, **naive_kw)
     else:
         dense = naive_hessian(model, lik, x, y) if estimator == "hessian" else naive_fisher(model, lik, x, y, estimator, **naive_kw)
         slow = project(dense, model, structure)
-    assert (fast.estimator, fast.structure, fast.n) == (estimator, structure, n)
+    assert (fast.estimator, fast.structure, fast.n, fast.kfac_bias) == (estimator, structure, n, kfac_bias)
     assert close(fast.data, slow)
 
 
@@ -158,6 +166,7 @@ def test_the_parametrized_table_is_every_combination():
     assert REFUSED == [("batched", "kfac"), ("hessian", "kfac")]
     cases = [case.values for case in _cases()]
     assert {c[:3] for c in cases} == {(e, s, lik) for (e, s) in ACCEPTED for lik in LIKELIHOOD_NAMES}
+    assert {c[4] for c in cases if c[1] == "kfac"} == set(KFAC_BIASES)
     extras = {e: {c[3] for c in cases if c[0] == e} for e in ESTIMATORS}
     assert extras["mc"] == {("samples", 1), ("samples", 3)}
     assert extras["batched"] == {("last_batch", "full"), ("last_batch", "partial")}

@@ -284,10 +284,11 @@ def test_dense_results_refuse_beyond_the_memory_limit(monkeypatch):
 
 
 def test_package_exports():
-    from ewc_ref.curvature import second_order
+    from ewc_ref.curvature import diag_hessian, second_order
 
     assert er.hessian is er.hessian_full is hs.hessian
-    for name in ("hessian_diag", "hessian_blocks", "hessian_residual"):
+    assert er.hessian_diag is diag_hessian.hessian_diag  # the recursion; hs.hessian_diag_by_hvp is its twin
+    for name in ("hessian_blocks", "hessian_residual"):
         assert getattr(er, name) is getattr(hs, name)
     for name in ("hessian_vector_product", "ggn_vector_product"):
         assert getattr(er, name) is getattr(second_order, name)

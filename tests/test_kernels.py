@@ -176,14 +176,18 @@ def test_kfac_factors_match_the_outer_product_sums(factors):
 
 
 @given(models_and_data(max_width=8, dtype=np.float64) | models_and_data(max_width=8, dtype=np.float32),
-       st.sampled_from(["empirical", "exact", "mc", "pred", "ggn"]), st.sampled_from(["diag", "full", "block", "kfac"]))
+       st.sampled_from(["empirical", "exact", "mc", "pred", "ggn"]),
+       st.sampled_from(["diag", "full", "block", "kfac-joined", "kfac-separate"]))
 def test_accumulator_fast_path_matches_the_original_numpy(case, estimator, structure):
     model, lik, x, y = case
-    acc = FisherAccumulator(model, lik, estimator, structure, samples=2 if estimator == "mc" else None, rng=5)
+    structure, _, kfac_bias = structure.partition("-")
+    kfac_bias = kfac_bias or None
+    acc = FisherAccumulator(model, lik, estimator, structure, samples=2 if estimator == "mc" else None, rng=5,
+                            kfac_bias=kfac_bias)
     f, cache = model.forward(x)
     r, weight = output_vectors(lik, f, y, estimator, 2, np.random.default_rng(5))
     fast = acc._outer_sums(cache, r, weight)
-    naive = outer_sums_naive(model, structure, cache, r, weight)
+    naive = outer_sums_naive(model, structure, cache, r, weight, kfac_bias=kfac_bias or "joined")
     rtol = 1e-12 if model.dtype == np.float64 else 1e-5
     pairs = zip(fast, naive, strict=True) if isinstance(fast, list) else [(fast, naive)]
     for a, b in pairs:

@@ -311,3 +311,16 @@ def test_example_figure_data():
         np.testing.assert_allclose(np.trapezoid(data[key], data["w0"]), 1.0, atol=1e-6)
     # Correlated inputs: the diagonal Gaussian is much further from the posterior.
     assert data["kl_diag_fisher"] > 10 * data["kl_laplace"] > 0
+
+
+def test_non_positive_definite_precision_error_is_one_short_line():
+    """Issue 14, item 7: a non-PD precision of P = 2410 once printed all 2410 entries of z (51 kB);
+    the message now names the smallest eigenvalue and a summary of z, on one line of <= 300 chars."""
+    from ewc_ref.bayes.laplace import LaplaceGaussian
+
+    d = 2410
+    with pytest.raises(ValueError, match="not positive definite") as info:
+        LaplaceGaussian(np.linspace(-1, 1, d), -np.eye(d), 0.0, "hessian")
+    message = str(info.value)
+    assert "\n" not in message and len(message) <= 300, len(message)
+    assert "d = 2410" in message and "-1" in message

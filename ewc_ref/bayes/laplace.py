@@ -61,6 +61,15 @@ class MAPResult:
 
 
 # ----------------------------------------------------------------------------- curvature
+def _short(z, shown: int = 4) -> str:
+    """A point for a one-line message: all of it when d <= shown, else its first entries, d and norm."""
+    z = np.ravel(np.asarray(z, dtype=float))
+    if z.size <= shown:
+        return str([float(f"{v:.6g}") for v in z])
+    head = ", ".join(f"{v:.4g}" for v in z[:shown])
+    return f"[{head}, ...] (d = {z.size}, |z| = {np.linalg.norm(z):.4g})"
+
+
 def _log_likelihood_hessian(post: LogPosterior, z: np.ndarray) -> np.ndarray:
     """d^2 log p(D | theta(z)) / dz^2 : (d, d) = -N H(theta(z))[free, free].
 
@@ -171,7 +180,7 @@ def find_map(post: LogPosterior, z0=None, *, gtol: float = 1e-9, maxiter: int = 
     if check and not converged:
         raise MAPNotFound(
             f"MAP not found: max |gradient of the log posterior| = {grad_norm:.3g} > tolerance {tolerance:.3g} "
-            f"after {result.nit} L-BFGS-B iterations ({result.message}); z = {z.tolist()}"
+            f"after {result.nit} L-BFGS-B iterations ({result.message}); z = {_short(z)}"
         )
     return out
 
@@ -202,7 +211,7 @@ class LaplaceGaussian(GaussianPrior):
             smallest = float(np.linalg.eigvalsh(0.5 * (precision + precision.T))[0])
             raise ValueError(
                 f"precision ({kind}): not positive definite (smallest eigenvalue {smallest:.3g}) at "
-                f"z = {np.asarray(mean).tolist()}: the point is not a maximum of the log posterior"
+                f"z = {_short(mean)}: the point is not a maximum of the log posterior"
             ) from None
 
     @property

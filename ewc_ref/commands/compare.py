@@ -3,6 +3,11 @@
 An entry matches when |a - b| <= atol + rtol * |b| (B is the reference). The report gives,
 per key, the largest absolute and relative error and the worst entry; --json prints the same as
 one JSON object (docs/file-format.md). The exit status is the verdict either way.
+
+Two kfac files are compared on their Kronecker PRODUCTS, block by block in the Frobenius norm
+(|G_a (x) A_a - G_b (x) A_b| <= atol + rtol |G_b (x) A_b|), never factor by factor: libraries
+split the scale between A and G differently (ewc_ref/verify/kfac.py). Both must use the same
+bias convention.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ import numpy as np
 
 from ..curvature.result import split_curvature_arrays
 from ..io import read_npz
+from ..verify.kfac import compare_kfac, is_kfac
 from ._args import add_json, add_quiet, add_report_output, number, report_to, write_json
 
 #: the arguments that name files this command reads (ewc_ref/cli.py refuses them as -o)
@@ -72,8 +78,11 @@ def compare_arrays(a: dict, b: dict, rtol: float, atol: float | None) -> dict:
 def run(args) -> int:
     meta_a, a = _body(args.a)
     meta_b, b = _body(args.b)
-    _check_same_layout(meta_a, a, meta_b, b, args.a, args.b)
-    result = compare_arrays(a, b, args.rtol, args.atol)
+    if is_kfac({**meta_a, **a}) and is_kfac({**meta_b, **b}):
+        result = compare_kfac(meta_a, a, meta_b, b, args.rtol, args.atol, str(args.a), str(args.b))
+    else:
+        _check_same_layout(meta_a, a, meta_b, b, args.a, args.b)
+        result = compare_arrays(a, b, args.rtol, args.atol)
     with report_to(args.output):
         _print(args, result)
     return 0 if result["match"] else 1
@@ -83,9 +92,13 @@ def _print(args, result) -> None:
     if args.json:
         write_json(result)
     else:
-        print(f"{'key':<16} {'max abs err':>12} {'max rel err':>12}  worst entry (A vs B)")
+        detail = "what" if result.get("products") else "worst entry (A vs B)"
+        print(f"{'key':<16} {'max abs err':>12} {'max rel err':>12}  {detail}")
         for key, entry in result["keys"].items():
-            if entry["worst_index"] is not None:
+            if result.get("products"):
+                print(f"{key:<16} {entry['max_abs_error']:12.3e} {entry['max_rel_error']:12.3e}  "
+                      f"|G (x) A| difference (Frobenius){'' if entry['match'] else '  MISMATCH'}")
+            elif entry["worst_index"] is not None:
                 detail = f"{key}{entry['worst_index']}: {entry['a']:.17g} vs {entry['b']:.17g}"
                 print(f"{key:<16} {entry['max_abs_error']:12.3e} {entry['max_rel_error']:12.3e}  {detail}"
                       f"{'' if entry['match'] else '  MISMATCH'}")

@@ -34,10 +34,10 @@ def add_arguments(parser) -> None:
     add_report_output(parser)
     add_json(parser, "the verdict (docs/file-format.md) instead of text")
     parser.add_argument("--batch-sizes", type=integer(1), nargs="+", metavar="B",
-                        help="minibatch sizes to try (default: divisors of N, powers of two, common sizes)")
+                        help="compute exactly these minibatch sizes (default: a screen finds the best of every B = 2..N)")
     parser.add_argument("--tol", type=number(0.0, 1.0, open_low=True, open_high=True), help="round-off threshold on the relative residual (default 1e-8, 1e-4 for float32)")
     parser.add_argument("--hessian", action="store_true", help="include the Hessian candidate even when P * N is large (slow)")
-    parser.add_argument("--seed", type=integer(0), default=0, help="seed of the mc test's entry subset (default 0)")
+    parser.add_argument("--seed", type=integer(0), default=0, help="seed of the statistical tests' entry subsets and simulations (default 0)")
     add_quiet(parser)
 
 

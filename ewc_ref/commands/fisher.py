@@ -11,8 +11,11 @@ Every estimator is a mean over the N examples (docs/file-format.md, "Estimators"
   hessian    1/N sum_n d^2 l_n / d theta^2
 
 Structures diag and full are version 1 of the format; block (one matrix per layer) and kfac
-(Kronecker factors per layer) are ewc_ref extensions. A flag the chosen estimator does not
-read (--samples or --seed without mc, --batch-size without batched) is refused (exit 2).
+(Kronecker factors per layer) are ewc_ref extensions. kfac's --kfac-bias: joined (default; the
+bias as a column of ones in A, as nngeometry and curvlinops separate_weight_and_bias=False) or
+separate (A without it and a bias block G, as laplace-torch Kron, BackPACK KFLR/KFAC, curvlinops'
+default). A flag the chosen estimator or structure does not read (--samples or --seed without mc,
+--batch-size without batched, --kfac-bias without kfac) is refused (exit 2).
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import numpy as np
 
 from ..curvature.estimate import fisher
 from ..curvature.estimators import ESTIMATOR_TABLE, ESTIMATORS
-from ..curvature.structures import STRUCTURES
+from ..curvature.structures import KFAC_BIASES, STRUCTURES
 from ..io import load_data, load_model
 from ._args import (
     add_json,
@@ -43,11 +46,14 @@ ESTIMATOR_FLAGS = {
     flag: (dest, tuple(name for name, row in ESTIMATOR_TABLE.items() if option in row.options))
     for flag, (dest, option) in FLAG_OPTIONS.items()
 }
+#: flag -> (attribute of args, the structures that read it); any other structure refuses it.
+STRUCTURE_FLAGS = {"--kfac-bias": ("kfac_bias", ("kfac",))}
 #: estimator -> the flags it cannot do without
 REQUIRED_FLAGS = {"batched": ("--batch-size",)}
 #: Python argument names in the library's errors -> the flag the user typed
 FLAG_NAMES = {"samples": "--samples", "batch_size": "--batch-size", "chunk_size": "--chunk-size",
-              "estimator": "--estimator", "structure": "--structure", "structure='full'": "--structure full"}
+              "estimator": "--estimator", "structure": "--structure", "structure='full'": "--structure full",
+              "kfac_bias": "--kfac-bias"}
 
 
 def add_arguments(parser) -> None:
@@ -55,6 +61,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("data", metavar="DATA", help="data.npz")
     parser.add_argument("--estimator", required=True, choices=ESTIMATORS, help="see the table above")
     parser.add_argument("--structure", default="diag", choices=STRUCTURES, help="default: diag")
+    parser.add_argument("--kfac-bias", default=None, choices=KFAC_BIASES,
+                        help="kfac only: joined (default) or separate bias blocks (see above)")
     parser.add_argument("--samples", type=integer(1), default=None, help="labels per example (mc only; default 1)")
     parser.add_argument("--batch-size", type=integer(1), default=None,
                         help="minibatch size B, 1 <= B <= N (batched only; required there)")
@@ -72,6 +80,10 @@ def check_flags(args) -> None:
         if getattr(args, dest) is not None and args.estimator not in estimators:
             raise ValueError(f"{flag}: only used by --estimator {' or '.join(estimators)}, "
                              f"not by --estimator {args.estimator}")
+    for flag, (dest, structures) in STRUCTURE_FLAGS.items():
+        if getattr(args, dest) is not None and args.structure not in structures:
+            raise ValueError(f"{flag}: only used by --structure {' or '.join(structures)}, "
+                             f"not by --structure {args.structure}")
     for flag in REQUIRED_FLAGS.get(args.estimator, ()):
         if getattr(args, ESTIMATOR_FLAGS[flag][0]) is None:
             raise ValueError(f"{flag}: required by --estimator {args.estimator}")
@@ -99,6 +111,7 @@ def run(args) -> int:
         curvature = fisher(
             model, lik, x, y, estimator=args.estimator, structure=args.structure, samples=args.samples,
             batch_size=args.batch_size, rng=seed, chunk_size=args.chunk_size, progress=not args.quiet,
+            kfac_bias=args.kfac_bias,
         )
     bad = curvature.first_non_finite()
     if bad is not None:  # never write a wrong number
@@ -108,11 +121,12 @@ def run(args) -> int:
     summary = {
         "output": str(args.output), "estimator": args.estimator, "structure": args.structure,
         "n": curvature.n, "n_params": curvature.n_params, "samples": curvature.samples,
-        "batch_size": curvature.batch_size, "seed": seed,
+        "batch_size": curvature.batch_size, "seed": seed, "kfac_bias": curvature.kfac_bias,
     }
     if args.json:
         write_json(summary)
     elif not args.quiet:
-        print(f"wrote {args.output}: {args.estimator} {args.structure}, P = {curvature.n_params}, N = {curvature.n}",
+        bias = f" ({curvature.kfac_bias} bias)" if curvature.kfac_bias else ""
+        print(f"wrote {args.output}: {args.estimator} {args.structure}{bias}, P = {curvature.n_params}, N = {curvature.n}",
               file=sys.stderr)
     return 0

@@ -21,7 +21,16 @@ from . import budget, kernels
 from .batched import minibatch_pieces
 from .estimators import ESTIMATOR_TABLE, ESTIMATORS
 from .result import Curvature
-from .structures import STRUCTURES
+from .structures import KFAC_BIASES, STRUCTURES
+
+
+def check_kfac_bias(structure: str, kfac_bias) -> str | None:
+    """kfac_bias for a checked `structure`: 'joined' (default) or 'separate' for kfac, refused otherwise."""
+    if structure == "kfac":
+        return check_choice("joined" if kfac_bias is None else kfac_bias, "kfac_bias", KFAC_BIASES)
+    if kfac_bias is not None:
+        raise ValueError(f"kfac_bias: only used by structure='kfac', got kfac_bias={kfac_bias!r} with structure={structure!r}")
+    return None
 
 
 def check_estimator_options(estimator: str, structure: str, samples, batch_size, n: int | None = None):
@@ -29,6 +38,7 @@ def check_estimator_options(estimator: str, structure: str, samples, batch_size,
 
     samples defaults to 1 for 'mc'; batch_size is required for 'batched' (and <= n when n is
     given); an option the estimator does not use, or a structure it does not support, is refused.
+    (kfac_bias: ``check_kfac_bias``.)
     """
     estimator = check_choice(estimator, "estimator", ESTIMATORS)
     structure = check_choice(structure, "structure", STRUCTURES)
@@ -60,6 +70,7 @@ class FisherAccumulator:
     rng : numpy Generator or seed for 'mc'
     start : global index of this accumulator's first row ('batched' minibatches are the
         consecutive runs of B rows in global row order, so accumulators sharing the data need it)
+    kfac_bias : 'joined' (default) or 'separate', structure='kfac' only (structures.KFAC_BIAS_TABLE)
 
     Every argument is validated here and every chunk in ``update`` (ValueError / TypeError naming
     it). A minibatch split across chunks or accumulators is completed when its pieces meet. For
@@ -69,8 +80,10 @@ class FisherAccumulator:
     """
 
     def __init__(self, model: MLP, lik: Likelihood, estimator: str = "empirical", structure: str = "diag",
-                 samples: int | None = None, batch_size: int | None = None, rng=None, start: int = 0):
+                 samples: int | None = None, batch_size: int | None = None, rng=None, start: int = 0,
+                 kfac_bias: str | None = None):
         estimator, structure, samples, batch_size = check_estimator_options(estimator, structure, samples, batch_size)
+        self.kfac_bias = check_kfac_bias(structure, kfac_bias)
         if not isinstance(model, MLP):
             raise TypeError(f"model: expected an ewc_ref.MLP, got {type(model).__name__}")
         if not isinstance(lik, Likelihood):
@@ -133,8 +146,11 @@ class FisherAccumulator:
             sums = kernels.squared_delta_sums(model.weights, cache.activation_caches, r, weight)
             return _diag_sums(model, cache, sums, into)
         if self.structure == "kfac":
+            # separate bias: A without the column of ones; G is the same (and the bias block, see result()).
+            joined = self.kfac_bias == "joined"
             deltas = kernels.backward_deltas(model.weights, cache.activation_caches, r)
-            return [kernels.kfac_factors(d, cache.inputs[l], weight, model.has_bias[l]) for l, d in enumerate(deltas)]
+            return [kernels.kfac_factors(d, cache.inputs[l], weight, model.has_bias[l] and joined)
+                    for l, d in enumerate(deltas)]
         # u_nk sqrt(w): a Python float keeps float32 models in float32 (a NumPy float64 would promote).
         deltas = kernels.backward_deltas(model.weights, cache.activation_caches, r * math.sqrt(weight))
         dtype = np.result_type(r, model.theta)
@@ -187,9 +203,13 @@ class FisherAccumulator:
         self._outer_sums(cache, r, weight, into=self.total)
 
     def _update_hessian(self, x_chunk, y_chunk):
-        from .dense_hessian import _hessian, _hessian_blocks, _hessian_diag
+        from .dense_hessian import _hessian, _hessian_blocks
+        from .diag_hessian import diag_hessian_sums
 
-        function = {"diag": _hessian_diag, "full": _hessian, "block": _hessian_blocks}[self.structure]
+        if self.structure == "diag":  # the backward recursion, not P Hessian-vector products
+            self._add(diag_hessian_sums(self.model, self.lik, x_chunk, y_chunk))
+            return
+        function = {"full": _hessian, "block": _hessian_blocks}[self.structure]
         n = x_chunk.shape[0]
         chunk_mean = function(self.model, self.lik, x_chunk, y_chunk)
         self._add([b * n for b in chunk_mean] if isinstance(chunk_mean, list) else chunk_mean * n)
@@ -222,8 +242,9 @@ class FisherAccumulator:
         """Add another accumulator's sums (same model, estimator and structure)."""
         if not isinstance(other, FisherAccumulator):
             raise TypeError(f"other: expected a FisherAccumulator, got {type(other).__name__}")
-        if (other.estimator, other.structure, other.batch_size) != (self.estimator, self.structure, self.batch_size):
-            raise ValueError("other: accumulators differ in estimator, structure or batch_size")
+        mine = (self.estimator, self.structure, self.batch_size, self.kfac_bias)
+        if (other.estimator, other.structure, other.batch_size, other.kfac_bias) != mine:
+            raise ValueError("other: accumulators differ in estimator, structure, batch_size or kfac_bias")
         if other.model.n_params != self.model.n_params:
             raise ValueError(f"other: has P = {other.model.n_params} parameters, this accumulator {self.model.n_params}")
         other._reclaim()
@@ -263,11 +284,14 @@ class FisherAccumulator:
             data = total
         else:
             data = [_divide(item, divisor) for item in total] if isinstance(total, list) else total / divisor
+        if self.kfac_bias == "separate":
+            # The bias block is sum_{n,k} w delta_nk delta_nk^T / N = G: exact, its own array.
+            data = [(A, G, G.copy() if has_bias else None) for (A, G), has_bias in zip(data, model.has_bias, strict=True)]
         options = ESTIMATOR_TABLE[self.estimator].options
         return Curvature(
             self.structure, self.estimator, model.param_names, model.param_shapes, data, list(model.has_bias),
             n=self.count, samples=self.samples if "samples" in options else None,
-            batch_size=self.batch_size if "batch_size" in options else None,
+            batch_size=self.batch_size if "batch_size" in options else None, kfac_bias=self.kfac_bias,
         )
 
 

@@ -8,9 +8,17 @@ gradient SUM of a run is linear in its rows, so it can be formed in pieces:
 * ``minibatch_pieces`` (used by FisherAccumulator): within one chunk of rows, the gradient sum of
   every minibatch piece in one backward pass (a one-hot weighting of the rows); pieces of one
   minibatch split across chunks or accumulators are added when they meet.
-* ``batched_fishers`` (used by diagnose): F_B for many B at once from one pass over the
-  per-example gradients, with the prefix sums s_m = sum_{n < m} g_n:
-  sum_{n in [a, b)} g_n = s_b - s_a, so every B costs K subtractions of (P,) vectors.
+* ``batched_fishers``: F_B for many B at once from one pass over the per-example gradients,
+  with the prefix sums s_m = sum_{n < m} g_n: sum_{n in [a, b)} g_n = s_b - s_a, so every B
+  costs K subtractions of (P,) vectors.
+* ``batched_fisher_gemm`` (used by diagnose to confirm a batch size): F_B for one B with the
+  minibatch gradient sums of a Linear layer as one batched GEMM, sum_{n in b_k} delta_n a_n^T =
+  Delta_k^T A_k, so no per-example gradient is ever formed (cost ~ one backward pass).
+* ``batched_screen`` (used by diagnose to find B): F_B on a few tested entries for EVERY B in
+  1..N from the prefix sums of those entries' per-example gradients (sum over B of K = N/B is
+  N ln N subtractions of (M,) vectors).
+
+``batch_bounds`` is the one definition of the partition (1) every path uses.
 
 The naive twin of both is ``naive.naive_fisher(estimator='batched')``: one gradient of the
 mean loss per minibatch.
@@ -25,6 +33,12 @@ from ..model.likelihoods import Likelihood
 from ..model.loss import check_model_data
 from ..model.mlp import MLP
 from . import budget
+
+
+def batch_bounds(n: int, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """(starts (K,), ends (K,)) of the K = ceil(N / B) runs of (1): [kB, min(N, (k + 1) B))."""
+    starts = np.arange(0, n, batch_size)
+    return starts, np.minimum(starts + batch_size, n)
 
 
 def minibatch_pieces(model: MLP, lik: Likelihood, x_chunk: np.ndarray, y_chunk, position: int, batch_size: int):
@@ -101,4 +115,79 @@ def batched_fishers_unchecked(model: MLP, lik: Likelihood, x, y, sizes: list, st
         k = -(-n // b)
         gbar = None if structure == "diag" else np.vstack(acc[b])
         out[b] = acc[b] / k if structure == "diag" else gbar.T @ gbar / k
+    return out
+
+
+def batched_fisher_gemm(model: MLP, lik: Likelihood, x, y, batch_size: int, structure: str = "diag",
+                        batches_per_chunk: int | None = None) -> np.ndarray:
+    """``batched`` Fisher (1) for one B by batched GEMMs (trusted input: x, y from check_model_data).
+
+    For Linear layer l the gradient SUM of minibatch k is Delta_k^T A_k (weight) and
+    sum_n Delta_k[n] (bias), with Delta_k : (B, out) the back-propagated errors and A_k : (B, in)
+    the layer inputs of its rows; the last, partial batch is zero-padded (zero rows add nothing).
+    Cost ~ one forward and one backward pass; memory (batches per chunk) x P <= budget.CHUNK_BYTES.
+    Naive twin: ``naive.naive_fisher(estimator='batched')`` (and ``batched_fishers``).
+
+    Returns (P,) for structure='diag', (P, P) for 'full'.
+    """
+    n, p, b = x.shape[0], model.n_params, batch_size
+    starts, ends = batch_bounds(n, b)
+    k_total = len(starts)
+    per_chunk = batches_per_chunk or max(1, budget.CHUNK_BYTES // (8 * max(p, b * sum(model.layer_sizes))))
+    dtype = np.result_type(x, model.theta)
+    out = np.zeros(p, dtype) if structure == "diag" else np.zeros((p, p), dtype)
+    for k0 in range(0, k_total, per_chunk):
+        k1 = min(k_total, k0 + per_chunk)
+        lo, hi = int(starts[k0]), int(ends[k1 - 1])
+        f, cache = model.forward(x[lo:hi])
+        deltas = model.backward_deltas(cache, lik.grad(f, y[lo:hi]))
+        pad = (k1 - k0) * b - (hi - lo)
+        sums = np.empty((k1 - k0, p), dtype)
+        for l, delta in enumerate(deltas):
+            d = np.concatenate([delta, np.zeros((pad, delta.shape[1]), dtype)]).reshape(k1 - k0, b, -1)
+            a = cache.inputs[l]
+            a = np.concatenate([a, np.zeros((pad, a.shape[1]), a.dtype)]).reshape(k1 - k0, b, -1)
+            # a contiguous (k, out, B) operand keeps matmul on BLAS (a transposed view falls back to a slow loop)
+            sums[:, model.weight_slices[l]] = np.matmul(np.ascontiguousarray(d.transpose(0, 2, 1)), a).reshape(k1 - k0, -1)
+            if model.has_bias[l]:
+                sums[:, model.bias_slices[l]] = d.sum(axis=1)
+        gbar = sums / (ends[k0:k1] - starts[k0:k1])[:, None]
+        if structure == "diag":
+            out += np.einsum("kp,kp->p", gbar, gbar)
+        else:
+            out += gbar.T @ gbar
+    return out / k_total
+
+
+def batched_screen(grad_entries: np.ndarray, theirs_entries: np.ndarray, sizes) -> dict[int, tuple[float, float]]:
+    """Fit THEIRS ~= c F_B on M tested diagonal entries for every B in `sizes` (diagnose's screen).
+
+    Parameters
+    ----------
+    grad_entries : (N, M) per-example gradients g_n restricted to the tested entries, rows in order
+    theirs_entries : (M,) THEIRS on the same entries
+    sizes : the batch sizes B to screen
+
+    Returns
+    -------
+    {B: (c, relative error)} of the least-squares fit (diagnosis eq 1) on the M entries, with
+    F_B[i] = 1/K sum_k (1/|b_k| sum_{n in b_k} g_ni)^2 from the prefix sums of `grad_entries`.
+    Memory (N + 1) x M.
+    """
+    n = grad_entries.shape[0]
+    prefix = np.zeros((n + 1, grad_entries.shape[1]))
+    np.cumsum(grad_entries, axis=0, out=prefix[1:])
+    t = np.asarray(theirs_entries, np.float64)
+    tt = float(t @ t)
+    out = {}
+    for b in sizes:
+        starts, ends = batch_bounds(n, b)
+        gbar = (prefix[ends] - prefix[starts]) / (ends - starts)[:, None]
+        f_b = np.einsum("km,km->m", gbar, gbar) / len(starts)
+        ff = float(f_b @ f_b)
+        if ff == 0.0 or tt == 0.0:
+            out[b] = (0.0, 1.0)
+            continue
+        c = float(t @ f_b) / ff
+        out[b] = (c, float(np.linalg.norm(t - c * f_b) / np.sqrt(tt)))
     return out

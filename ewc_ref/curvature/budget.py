@@ -16,10 +16,15 @@ BATCHED_CHUNK_BYTES    4 MiB                    per-example gradients held at on
                                                 ``batched_fishers``
 HESSIAN_LIMIT          200,000                  P * N up to which ``diagnose`` includes the
                                                 Hessian candidate by default
+DIAG_HESSIAN_COST      2.0                      diag THEIRS: ``diagnose`` includes the Hessian
+                                                by default when its diagonal costs at most this
+                                                many exact diagonal Fishers (diag_hessian.cost_ratio)
 =====================  =======================  ===============================================
 
-The Hessian candidate of ``diagnose`` costs P Hessian-vector products over N rows, ~P^2 N
-(36 s for P = 2410, N = 1000 on 2 cores); ``diagnose(hessian=True)`` includes it regardless.
+A full or block Hessian candidate of ``diagnose`` costs P Hessian-vector products over N rows,
+~P^2 N (36 s for P = 2410, N = 1000 on 2 cores); its diagonal costs one backward recursion, about
+one exact diagonal Fisher for nets with at most two hidden layers or ReLU activations
+(``diag_hessian.cost_ratio``). ``diagnose(hessian=True)`` includes it regardless.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ CHUNK_BYTES = 32 * 1024**2
 CHUNK_NUMBERS = 2**20
 BATCHED_CHUNK_BYTES = 4 * 1024**2
 HESSIAN_LIMIT = 200_000
+DIAG_HESSIAN_COST = 2.0
 
 
 def check_dense_size(n_params: int, itemsize: int = 8, what: str = "structure='full'") -> None:

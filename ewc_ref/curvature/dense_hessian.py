@@ -1,8 +1,10 @@
 """The dense forms of the Hessian, H = 1/N sum_n d^2 l_n / d theta^2, and its residual, from R-operator passes.
 
-``hessian``, ``hessian_diag`` and ``hessian_blocks`` apply the Hessian-vector product of
+``hessian``, ``hessian_diag_by_hvp`` and ``hessian_blocks`` apply the Hessian-vector product of
 ``second_order`` (whose module docstring writes out every R-forward and R-backward equation) to
 batches of unit vectors e_i, keeping all of H e_i, only e_i^T H e_i, or the per-layer blocks.
+``hessian_diag_by_hvp`` is the naive twin of ``diag_hessian.hessian_diag`` (one backward recursion,
+about one exact diagonal Fisher instead of P Hessian-vector products).
 ``hessian_residual`` is the second term of eq (1) there, 1/N sum_n sum_c r_nc d^2 f_c / d theta^2,
 by a second-order forward pass over pairs of unit vectors, without the loss and without any
 backward pass. Dense P x P results are refused above ``budget.MAX_DENSE_BYTES``.
@@ -20,6 +22,7 @@ from ..model.likelihoods import Likelihood
 from ..model.loss import check_model_data
 from ..model.mlp import MLP, ForwardCache
 from . import budget
+from .diag_hessian import hessian_diag  # noqa: F401  (its home before diag_hessian.py; tests import it here)
 from .second_order import _hvp_with_state, _layer_directions, _loss_state
 
 
@@ -62,7 +65,7 @@ def _hessian(model: MLP, lik: Likelihood, x, y, chunk_size: int | None = None) -
     return H
 
 
-def _hessian_diag(model: MLP, lik: Likelihood, x, y, chunk_size: int | None = None) -> np.ndarray:
+def _hessian_diag_by_hvp(model: MLP, lik: Likelihood, x, y, chunk_size: int | None = None) -> np.ndarray:
     state = _loss_state(model, lik, x, y)
     diag = np.empty(model.n_params, dtype=np.result_type(model.theta, state.delta_out))
     for rows, E in _unit_chunks(model, range(model.n_params), _chunk_rows(model, x.shape[0], chunk_size)):
@@ -127,15 +130,15 @@ def hessian(model: MLP, lik: Likelihood, x, y, chunk_size: int | None = None) ->
 hessian_full = hessian
 
 
-def hessian_diag(model: MLP, lik: Likelihood, x, y, chunk_size: int | None = None) -> np.ndarray:
-    """diag(H) : (P,), H_ii = 1/N sum_n d^2 l_n / d theta_i^2, exactly.
+def hessian_diag_by_hvp(model: MLP, lik: Likelihood, x, y, chunk_size: int | None = None) -> np.ndarray:
+    """diag(H) : (P,) by P Hessian-vector products: the naive twin of ``diag_hessian.hessian_diag``.
 
     Same P Hessian-vector products as `hessian`, keeping only e_i^T H e_i: memory
-    O(chunk_size * P) instead of P^2, cost unchanged (about 2 P forward passes). Note that
-    diag(H) can have negative entries, unlike every Fisher diagonal.
+    O(chunk_size * P) instead of P^2, cost unchanged (about 2 P forward passes). `chunk_size`
+    counts unit vectors per batched pass.
     """
     x, y = check_model_data(model, lik, x, y)
-    return _hessian_diag(model, lik, x, y, _check_chunk_size(chunk_size))
+    return _hessian_diag_by_hvp(model, lik, x, y, _check_chunk_size(chunk_size))
 
 
 def hessian_blocks(model: MLP, lik: Likelihood, x, y, chunk_size: int | None = None) -> list[np.ndarray]:

@@ -12,13 +12,14 @@ from ..model.likelihoods import Likelihood
 from ..model.loss import check_model_data
 from ..model.mlp import MLP
 from ..progress import Progress
-from . import budget
-from .accumulator import FisherAccumulator, check_estimator_options
+from . import budget, diag_hessian
+from .accumulator import FisherAccumulator, check_estimator_options, check_kfac_bias
 from .estimators import ESTIMATOR_TABLE
 from .result import Curvature
 
 
-def default_chunk_size(model: MLP, estimator: str, structure: str, samples: int, n_outputs: int) -> int:
+def default_chunk_size(model: MLP, estimator: str, structure: str, samples: int, n_outputs: int,
+                       lik: Likelihood | None = None) -> int:
     """Rows per chunk so that one chunk's temporaries stay near a fixed budget (never N).
 
     Budget (benchmarks/BENCHMARKS.md measures both choices):
@@ -26,12 +27,15 @@ def default_chunk_size(model: MLP, estimator: str, structure: str, samples: int,
     * diag, kfac: budget.CHUNK_BYTES / 4 of (K rows x layer widths). Their chunk work is a few GEMMs
       whose speed saturates at a few hundred rows; smaller chunks keep the peak flat from
       smaller N on (784-256-256-10: ~800 rows, so N = 1,000 and 10,000 peak alike).
+    * hessian, diag (needs `lik`): diag_hessian.rows_per_chunk, the recursion's vectors near CHUNK_NUMBERS.
     * full, block: max(CHUNK_BYTES, 1/8 of the output's bytes) of per-example gradients G. Each
       chunk is a rank-(K n) syrk update in place into the running sum (kernels.gram_update), so
       the peak is the output plus G: <= 1.125x the P x P matrix beyond CHUNK_BYTES, and K n stays
       in the hundreds or more, where syrk runs near the GEMM peak.
     """
     k = max(1, ESTIMATOR_TABLE[estimator].backward_vectors(samples, n_outputs))
+    if ESTIMATOR_TABLE[estimator].kind == "hessian" and structure == "diag" and lik is not None:
+        return diag_hessian.rows_per_chunk(model, lik)
     if ESTIMATOR_TABLE[estimator].kind == "hessian":
         return max(1, budget.CHUNK_BYTES // (8 * max(1, model.n_params * 4)))
     if structure in ("full", "block"):
@@ -70,7 +74,7 @@ def check_chunk_memory(model: MLP, estimator: str, structure: str, samples: int,
 
 def fisher(model: MLP, lik: Likelihood, x, y, estimator: str = "empirical", structure: str = "diag",
            samples: int | None = None, batch_size: int | None = None, rng=None,
-           chunk_size: int | None = None, progress: bool = False) -> Curvature:
+           chunk_size: int | None = None, progress: bool = False, kfac_bias: str | None = None) -> Curvature:
     """A curvature matrix of the mean loss (the estimator table: ``estimators``).
 
     Parameters
@@ -84,6 +88,9 @@ def fisher(model: MLP, lik: Likelihood, x, y, estimator: str = "empirical", stru
     rng : numpy Generator or seed for 'mc'
     chunk_size : rows per streamed chunk (default: ~32 MiB of temporaries)
     progress : report progress on stderr
+    kfac_bias : structure='kfac' only: 'joined' (default; A = mean [a, 1][a, 1]^T, nngeometry,
+        curvlinops separate_weight_and_bias=False) or 'separate' (weight block G (x) A with
+        A = mean a a^T, bias block G; laplace-torch Kron, BackPACK, curvlinops' default)
 
     Returns
     -------
@@ -101,22 +108,26 @@ def fisher(model: MLP, lik: Likelihood, x, y, estimator: str = "empirical", stru
     as a mean over examples; the Laplace precision of derivations/03 is N F + prior precision.
     """
     check_estimator_options(estimator, structure, samples, batch_size)  # the options first, by name
+    check_kfac_bias(structure, kfac_bias)
     x, y = check_model_data(model, lik, x, y)
-    return fisher_unchecked(model, lik, x, y, estimator, structure, samples, batch_size, rng, chunk_size, progress)
+    return fisher_unchecked(model, lik, x, y, estimator, structure, samples, batch_size, rng, chunk_size, progress,
+                            kfac_bias)
 
 
 def fisher_unchecked(model: MLP, lik: Likelihood, x, y, estimator: str = "empirical", structure: str = "diag",
                      samples: int | None = None, batch_size: int | None = None, rng=None,
-                     chunk_size: int | None = None, progress: bool = False) -> Curvature:
+                     chunk_size: int | None = None, progress: bool = False,
+                     kfac_bias: str | None = None) -> Curvature:
     """``fisher`` on (x, y) already validated by check_model_data (diagnose, the Laplace code):
     the options are still checked (cheap), the rows are not checked again."""
-    accumulator = FisherAccumulator(model, lik, estimator, structure, samples, batch_size, rng)
+    accumulator = FisherAccumulator(model, lik, estimator, structure, samples, batch_size, rng,
+                                    kfac_bias=kfac_bias)
     estimator, structure = accumulator.estimator, accumulator.structure
     n = x.shape[0]
     if batch_size is not None:
         check_positive_int(batch_size, "batch_size", upper=n)
     if chunk_size is None:
-        chunk_size = default_chunk_size(model, estimator, structure, accumulator.samples, model.n_outputs)
+        chunk_size = default_chunk_size(model, estimator, structure, accumulator.samples, model.n_outputs, lik)
     else:
         chunk_size = check_positive_int(chunk_size, "chunk_size")
     check_chunk_memory(model, estimator, structure, accumulator.samples, min(chunk_size, n))

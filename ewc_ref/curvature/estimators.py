@@ -12,7 +12,9 @@ exact          F = 1/N sum_n E_{y ~ p}[g g^T] = 1/N sum_n J_n^T Lambda_n J_n  K 
 ggn            1/N sum_n J_n^T (d^2 l_n / d f^2) J_n  (= exact here)        K = rank Lambda
 batched        F = 1/K sum_k gbar_k gbar_k^T, gbar_k = grad of the MEAN    1
                loss over the k-th consecutive minibatch of size B
-hessian        H = 1/N sum_n d^2 l_n / d theta^2                           2 per HVP, P HVPs
+hessian        H = 1/N sum_n d^2 l_n / d theta^2                           diag: one backward recursion
+                                                                           (diag_hessian.py, ~1 exact);
+                                                                           full/block: P HVPs
 =============  ==========================================================  =======================
 
 How ``exact`` avoids the Jacobian: with a symmetric factor Lambda_n = Q_n Q_n^T

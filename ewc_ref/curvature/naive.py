@@ -125,9 +125,10 @@ def diag_sums_naive(model: MLP, cache, deltas, weight: float) -> np.ndarray:
     return out
 
 
-def outer_sums_naive(model: MLP, structure: str, cache, r: np.ndarray, weight: float):
+def outer_sums_naive(model: MLP, structure: str, cache, r: np.ndarray, weight: float, kfac_bias: str = "joined"):
     """Twin of accumulator.FisherAccumulator._outer_sums (the original NumPy): per-example gradients of
-    mlp.per_sample_grads, then G^T G, block slices of it, or the KFAC factor GEMMs."""
+    mlp.per_sample_grads, then G^T G, block slices of it, or the KFAC factor GEMMs (A with the column
+    of ones for kfac_bias='joined', without it for 'separate')."""
     deltas = model.backward_deltas(cache, r)
     if structure == "diag":
         return diag_sums_naive(model, cache, deltas, weight)
@@ -135,7 +136,7 @@ def outer_sums_naive(model: MLP, structure: str, cache, r: np.ndarray, weight: f
         sums = []
         for l, delta in enumerate(deltas):
             a = cache.inputs[l]
-            if model.has_bias[l]:
+            if model.has_bias[l] and kfac_bias == "joined":
                 a = np.concatenate([a, np.ones((a.shape[0], 1), dtype=a.dtype)], axis=1)
             d = delta.reshape(-1, delta.shape[-1])
             sums.append((a.T @ a, weight * (d.T @ d)))

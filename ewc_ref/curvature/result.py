@@ -10,7 +10,7 @@ implementation computed (``diagnose``, ``assert_is_estimator``, ``ewc-ref diagno
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -18,9 +18,10 @@ from .._validate import as_float_array, check_choice
 from ..io import atomic_savez, read_npz
 from ..model.mlp import MLP
 from . import budget
-from .structures import STRUCTURE_TABLE, STRUCTURES, Layout
+from .structures import KFAC_BIASES, STRUCTURE_TABLE, STRUCTURES, Layout, kfac_bias_from_keys
 
-META_KEYS = ("__estimator__", "__structure__", "__n__", "__param_names__", "__samples__", "__batch_size__")
+META_KEYS = ("__estimator__", "__structure__", "__n__", "__param_names__", "__samples__", "__batch_size__",
+             "__kfac_bias__")
 
 
 @dataclass
@@ -33,10 +34,13 @@ class Curvature:
     estimator : one of ESTIMATORS (or 'unknown' for a loaded foreign file)
     param_names, param_shapes : the model's parameters in flat (state_dict) order
     data : diag -> (P,); full -> (P, P); block -> list of (P_l, P_l), one per Linear layer;
-        kfac -> list of (A_l, G_l) with A_l : (in_l [+1 with bias], same), G_l : (out_l, out_l)
+        kfac, joined bias -> list of (A_l, G_l) with A_l : (in_l [+1 with bias], same), G_l : (out_l, out_l);
+        kfac, separate bias -> list of (A_l, G_l, Gb_l) with A_l : (in_l, in_l), Gb_l : (out_l, out_l) the
+        bias block (None for a layer without bias)
     layer_has_bias : per Linear layer (needed by block and kfac)
     n : number of examples the mean was taken over (or None)
     samples, batch_size : for mc and batched
+    kfac_bias : 'joined' | 'separate' for kfac (structures.KFAC_BIAS_TABLE; default 'joined'), None otherwise
     """
 
     structure: str
@@ -48,6 +52,14 @@ class Curvature:
     n: int | None = None
     samples: int | None = None
     batch_size: int | None = None
+    kfac_bias: str | None = None
+
+    def __post_init__(self):
+        if self.structure == "kfac":
+            self.kfac_bias = check_choice("joined" if self.kfac_bias is None else self.kfac_bias, "kfac_bias", KFAC_BIASES)
+        elif self.kfac_bias is not None:
+            raise ValueError(f"kfac_bias: only used by structure='kfac', got kfac_bias={self.kfac_bias!r} "
+                             f"with structure={self.structure!r}")
 
     # ---------------------------------------------------------------- geometry
     @property
@@ -114,6 +126,8 @@ class Curvature:
         arrays["__estimator__"] = np.array(self.estimator)
         arrays["__structure__"] = np.array(self.structure)
         arrays["__param_names__"] = np.array(self.param_names)
+        if self.kfac_bias is not None:
+            arrays["__kfac_bias__"] = np.array(self.kfac_bias)
         for key, value in (("__n__", self.n), ("__samples__", self.samples), ("__batch_size__", self.batch_size)):
             if value is not None:
                 arrays[key] = np.array(value)
@@ -123,7 +137,9 @@ class Curvature:
         """The first parameter (flat order) whose diagonal entry is NaN or inf; '(off-diagonal)' when
         only off-diagonal entries are; None when every entry is finite."""
         items = self.data if isinstance(self.data, list) else [self.data]
-        if all(np.isfinite(array).all() for item in items for array in (item if isinstance(item, tuple) else (item,))):
+        # kfac with separate bias: a layer without bias has None as its bias block
+        arrays = [array for item in items for array in (item if isinstance(item, tuple) else (item,)) if array is not None]
+        if all(np.isfinite(array).all() for array in arrays):
             return None
         bad = np.flatnonzero(~np.isfinite(self.diagonal))
         if bad.size == 0:
@@ -153,7 +169,8 @@ class Curvature:
         return curvature_from_arrays(arrays, model, source=str(path))
 
     def __repr__(self) -> str:
-        return f"Curvature(structure={self.structure!r}, estimator={self.estimator!r}, P={self.n_params}, n={self.n})"
+        bias = f", kfac_bias={self.kfac_bias!r}" if self.kfac_bias is not None else ""
+        return f"Curvature(structure={self.structure!r}{bias}, estimator={self.estimator!r}, P={self.n_params}, n={self.n})"
 
 
 def split_curvature_arrays(arrays: dict, source: str = "arrays") -> tuple[dict, dict]:
@@ -172,6 +189,15 @@ def split_curvature_arrays(arrays: dict, source: str = "arrays") -> tuple[dict, 
             raise ValueError(f"{source}: key {key!r} contains non-finite values")
         body[key] = value if value.dtype.kind == "f" else value.astype(np.float64)
     return meta, body
+
+
+def _kfac_bias(meta: dict, body: dict, structure: str, source: str) -> str:
+    """The KFAC bias convention: '__kfac_bias__', else 'separate' if '.bias_G' keys exist, else 'joined'."""
+    if "__kfac_bias__" not in meta:
+        return kfac_bias_from_keys(body)
+    if structure != "kfac":
+        raise ValueError(f"{source}: key '__kfac_bias__' belongs to kfac files, this file has structure {structure!r}")
+    return check_choice(str(meta["__kfac_bias__"]), f"{source}: key '__kfac_bias__'", KFAC_BIASES)
 
 
 def _layout(meta: dict, body: dict, structure: str, model: MLP | None) -> Layout:
@@ -213,7 +239,10 @@ def curvature_from_arrays(arrays: dict, model: MLP | None = None, source: str = 
     meta, body = split_curvature_arrays(arrays, source)
     structure = str(meta["__structure__"]) if "__structure__" in meta else ("full" if set(body) == {"full"} else "diag")
     check_choice(structure, f"{source}: key '__structure__'", STRUCTURES)
+    kfac_bias = _kfac_bias(meta, body, structure, source)
     layout = _layout(meta, body, structure, model)
+    if structure == "kfac":
+        layout = replace(layout, kfac_bias=kfac_bias)
     if structure in ("block", "kfac") and model is None:
         raise ValueError(f"{source}: reading a {structure!r} curvature file needs the model")
     data = STRUCTURE_TABLE[structure].from_arrays(body, layout, source)
@@ -224,7 +253,8 @@ def curvature_from_arrays(arrays: dict, model: MLP | None = None, source: str = 
         raise ValueError(f"{source}: cannot tell the parameter shapes of a full matrix without the model")
     ints = {key: _meta_count(meta, key, source) for key in ("__n__", "__samples__", "__batch_size__")}
     return Curvature(structure, str(meta.get("__estimator__", "unknown")), list(layout.names), [tuple(s) for s in shapes],
-                     data, layout.has_bias, ints["__n__"], ints["__samples__"], ints["__batch_size__"])
+                     data, layout.has_bias, ints["__n__"], ints["__samples__"], ints["__batch_size__"],
+                     kfac_bias if structure == "kfac" else None)
 
 
 def as_theirs(theirs, model: MLP, source: str = "theirs") -> tuple[str, np.ndarray]:
@@ -252,22 +282,27 @@ def as_theirs(theirs, model: MLP, source: str = "theirs") -> tuple[str, np.ndarr
 
 
 def read_theirs(path, model: MLP) -> Curvature:
-    """Read another implementation's curvature npz (diag or full) for ``diagnose``, checked against `model`.
+    """Read another implementation's curvature npz (diag, full or kfac) for ``diagnose``, checked against `model`.
 
     Every mismatch is listed at once (missing keys, unknown keys, wrong shapes), non-finite values
     are counted, and a file of zeros is refused: ValueError naming the file (and key).
     """
     arrays = read_npz(path, "curvature file")
     body = {k: v for k, v in arrays.items() if k not in META_KEYS}
-    if "full" not in body:
+    kfac = str(arrays.get("__structure__", "")) == "kfac" or any(k.startswith("kfac.") for k in body)
+    if "full" not in body and not kfac:
         _check_diag_keys(path, body, model)
     for key, value in body.items():
         if value.dtype.kind in "fiu" and not np.all(np.isfinite(value)):
             bad = int(value.size - np.count_nonzero(np.isfinite(value)))
             raise ValueError(f"{path}: key {key!r} contains {bad} non-finite value(s) (NaN or inf); expected finite numbers")
     theirs = curvature_from_arrays(arrays, model, source=str(path))
-    if theirs.structure not in ("diag", "full"):
-        raise ValueError(f"{path}: diagnose reads 'diag' or 'full' curvature files, got structure {theirs.structure!r}")
+    if theirs.structure not in ("diag", "full", "kfac"):
+        raise ValueError(f"{path}: diagnose reads 'diag', 'full' or 'kfac' curvature files, got structure {theirs.structure!r}")
+    if theirs.structure == "kfac":
+        if not any(np.any(f[0]) and np.any(f[1]) for f in theirs.data):
+            raise ValueError(f"{path}: every Kronecker product G (x) A is zero; expected a curvature with a nonzero block")
+        return theirs
     if not np.any(theirs.data):
         raise ValueError(f"{path}: all entries are zero; expected a curvature matrix with at least one nonzero entry")
     return theirs

@@ -24,12 +24,15 @@ class Activation:
     value : z -> phi(z)
     derivative : (z, a) -> phi'(z)
     second_derivative : (z, a) -> phi''(z)
+    curved : False when phi'' = 0 (almost) everywhere, so the Hessian has no activation-curvature
+        term (the cost model of curvature/diag_hessian.py reads it; a test checks it against phi'')
     """
 
     name: str
     value: Callable[[np.ndarray], np.ndarray]
     derivative: Callable[[np.ndarray, np.ndarray], np.ndarray]
     second_derivative: Callable[[np.ndarray, np.ndarray], np.ndarray]
+    curved: bool = True
 
 
 def _sigmoid(z: np.ndarray) -> np.ndarray:
@@ -43,6 +46,7 @@ ACTIVATIONS: dict[str, Activation] = {
         value=lambda z: z,
         derivative=lambda z, a: np.ones_like(z),
         second_derivative=lambda z, a: np.zeros_like(z),
+        curved=False,
     ),
     # relu'(0) := 0, as in PyTorch; relu'' = 0 almost everywhere.
     "relu": Activation(
@@ -50,18 +54,21 @@ ACTIVATIONS: dict[str, Activation] = {
         value=lambda z: np.maximum(z, 0),
         derivative=lambda z, a: (z > 0).astype(z.dtype),
         second_derivative=lambda z, a: np.zeros_like(z),
+        curved=False,
     ),
     "tanh": Activation(
         "tanh",
         value=np.tanh,
         derivative=lambda z, a: 1 - a * a,
         second_derivative=lambda z, a: -2 * a * (1 - a * a),
+        curved=True,
     ),
     "sigmoid": Activation(
         "sigmoid",
         value=_sigmoid,
         derivative=lambda z, a: a * (1 - a),
         second_derivative=lambda z, a: a * (1 - a) * (1 - 2 * a),
+        curved=True,
     ),
 }
 

@@ -11,13 +11,21 @@ the same weights and data, ``diagnose`` computes every candidate F on our side a
 
 - ``empirical``, ``exact`` (= ``ggn`` here), ``pred`` and, for small problems, ``hessian``
   (ewc_ref.fisher);
-- ``batched`` for every plausible minibatch size B: all divisors of N, the powers of two up
-  to N and the common sizes 8, 16, 32, 64, 100, 128, 256 (B = 1 is ``empirical`` itself:
-  each minibatch is one example). All of them come from one pass over the per-example
-  gradients: the gradient sum of rows [a, b) is the difference of two prefix sums
-  (``batched_fishers``; its naive twin is ``ewc_ref.fisher(estimator='batched')`` per B);
+- ``batched`` for EVERY minibatch size B = 2..N (consecutive rows, the last partial batch its
+  own; B = 1 is ``empirical`` itself). A screen finds B: the per-example gradients on
+  SCREEN_ENTRIES tested diagonal entries (``curvature.entries``, no (N, P) matrix) and their
+  prefix sums give F_B on those entries for every B at once (``batched_screen``, N ln N
+  subtractions of (M,) vectors); the B that fit there (at most CONFIRM; else the closest one)
+  are then computed on all entries (``batched_fisher_gemm``, one backward pass each) and
+  fitted by (1). A wrong B
+  differs from the right one on a random entry subset as on the whole (relative errors
+  >= 1e-3 against round-off 1e-14 on the catalogue), so the screen cannot miss an exact match.
+  ``batch_sizes=[...]`` computes exactly those sizes instead (no screen);
 - ``mc``, judged statistically (below), because an mc estimate equals ``exact`` only in
-  expectation.
+  expectation;
+- ``shuffled``, squared minibatch-mean gradients over a shuffled loader (row order unknown),
+  judged statistically by ``shuffled.judge_shuffled`` on the screen's entries, which reports
+  the implied B with an interval and whether the batches were averaged or summed.
 
 A deterministic candidate fits when rel_error <= ``tol``, a round-off threshold that depends
 on the precision THEIRS was computed in (``roundoff_tolerance``): 1e-8 for float64, 1e-4 for
@@ -28,12 +36,23 @@ wrong thing must not be forced into a class.
 
 Judging ``mc`` is the business of ``statistics`` (its module docstring, eqs 2-4).
 
-``mc``'s expectation is ``exact``, so when ``exact`` fits within round-off it wins (an mc
-estimate with S -> infinity is indistinguishable from it) and mc is not judged.
+When a deterministic candidate fits within round-off it wins and neither ``mc`` nor ``shuffled``
+is judged (``mc``'s expectation is ``exact``: an mc estimate with S -> infinity is
+indistinguishable from it; a shuffled expectation is empirical at B = 1 and the squared mean
+gradient at B = N).
 
 Scales are reported as floats at full precision and described in words by matching c with
-the factors buggy code produces (``describe_scale``): N ("the 1/N average is missing"),
-1/N ("divided by N twice"), N/(N-1), B^2 (the squared gradient of a minibatch SUM), ...
+the factors conventions and buggy code produce (``scale.scale_factors``): N (a sum over
+examples, laplace-torch), 1/N (BackPACK's (g_n/N)^2), 2/C (torch MSELoss(mean) over C
+outputs), K (minibatches summed), ... A deterministic verdict takes the closest factor within
+10 x its residual; a statistical one the SIMPLEST factor inside its 2-standard-error band
+(x 1 first), and "no simple factor" when none is inside. JSON "scale_factor" is that factor
+as an expression in N, C, K, B, S, or null.
+
+Candidates skipped for cost (the Hessian when P N > budget.HESSIAN_LIMIT) or by the caller
+(``batch_sizes``) are listed in ``not_tried`` with the flag that includes them. When nothing
+fits, the report names the likely causes, row order first when a shuffled loader fits the
+expectation better than every other candidate.
 """
 
 from __future__ import annotations
@@ -43,8 +62,9 @@ import math
 import numpy as np
 
 from .._validate import check_positive_int
-from ..curvature import budget
-from ..curvature.batched import batched_fishers_unchecked
+from ..curvature import budget, diag_hessian
+from ..curvature.batched import batched_fisher_gemm, batched_screen
+from ..curvature.entries import per_sample_grad_entries
 from ..curvature.estimate import fisher_unchecked
 from ..curvature.estimators import ESTIMATOR_TABLE
 from ..curvature.result import as_theirs
@@ -52,9 +72,20 @@ from ..model.likelihoods import Likelihood
 from ..model.loss import check_model_data
 from ..model.mlp import MLP
 from ..progress import Progress
+from . import kfac
 from .results import Candidate, Diagnosis, MCTest
-from .scale import candidate_batch_sizes, describe_scale, fit_scale, roundoff_tolerance
+from .scale import ScaleFactor, fit_scale, match_scale, roundoff_tolerance, scale_factors
+from .shuffled import ShuffledTest, judge_shuffled
 from .statistics import MC_BOOTSTRAP, entry_moments, judge_mc, sample_entries
+
+#: Diagonal entries the batched screen and the shuffled test look at (all when P is smaller):
+#: (N + 1) x SCREEN_ENTRIES prefix sums, 20 MB at N = 10^4.
+SCREEN_ENTRIES = 256
+#: At most this many batch sizes that fit on the screen (relative error <= 10 tol) are confirmed on
+#: all entries (one backward pass each); when none fits, the screen's best one alone (the closest).
+CONFIRM = 3
+#: Tie-break rank of the statistical candidates that are not rows of the estimator table.
+_RANK = {"shuffled": 6}
 
 
 def diagnose(model: MLP, lik: Likelihood, x, y, theirs, batch_sizes=None, tol: float | None = None,
@@ -64,12 +95,13 @@ def diagnose(model: MLP, lik: Likelihood, x, y, theirs, batch_sizes=None, tol: f
     Parameters
     ----------
     model, lik, x, y : the weights and data THEIRS was computed on (rows in their order)
-    theirs : Curvature (diag or full), dict {state_dict name: array}, (P,) or (P, P) array
-    batch_sizes : minibatch sizes to try for 'batched' (default ``candidate_batch_sizes(N)``)
+    theirs : Curvature (diag, full or kfac), dict {state_dict name: array} or of a kfac file, (P,) or (P, P) array
+    batch_sizes : minibatch sizes to try for 'batched' (default: every B = 2..N by the screen)
     tol : round-off threshold on the relative residual (default ``roundoff_tolerance``)
-    rng : seed or Generator for the mc test's entry subset (large P)
+    rng : seed or Generator for the statistical tests' entry subsets and simulations
     progress : report the stages on stderr
-    hessian : include the Hessian candidate (default: when P * N <= budget.HESSIAN_LIMIT)
+    hessian : include the Hessian candidate (default: when P * N <= budget.HESSIAN_LIMIT, or for a
+        diag THEIRS when its backward recursion is cheap, ``diag_hessian.is_cheap``)
 
     Returns
     -------
@@ -83,24 +115,57 @@ def diagnose(model: MLP, lik: Likelihood, x, y, theirs, batch_sizes=None, tol: f
     x, y = check_model_data(model, lik, x, y)
     if not np.all(np.isfinite(model.theta)):
         raise ValueError("model: parameters contain NaN or inf")
+    if kfac.is_kfac(theirs):  # products G (x) A, both bias conventions: verify/kfac.py
+        theirs, entries = kfac.check_kfac_theirs(theirs, model)
+        precision, tol = _check_tol(tol, entries, model)
+        log = Progress(1, "diagnose", enabled=progress)
+        return kfac.diagnose_kfac(model, lik, x, y, theirs, precision, tol, np.random.default_rng(rng), log)
     structure, t = _check_theirs(theirs, model)
     precision, tol = _check_tol(tol, t, model)
     n, p = x.shape[0], model.n_params
-    if batch_sizes is None:
-        batch_sizes = [b for b in candidate_batch_sizes(n) if b > 1]
-    else:
+    if batch_sizes is not None:
         batch_sizes = sorted({check_positive_int(b, "batch_sizes", upper=n) for b in batch_sizes} - {1})
     if hessian is None:
-        hessian = p * n <= budget.HESSIAN_LIMIT
+        hessian = p * n <= budget.HESSIAN_LIMIT or (structure == "diag" and diag_hessian.is_cheap(model, lik))
+    rng = np.random.default_rng(rng)
     log = Progress(1, "diagnose", enabled=progress)
-    matrices = _candidate_matrices(model, lik, x, y, structure, batch_sizes, hessian, log)
-    candidates = [Candidate(name, *fit_scale(t, matrix), batch_size=b, note=ESTIMATOR_TABLE[name].diagnose_note)
-                  for (name, b), matrix in matrices.items()]
+    t_diag = t if structure == "diag" else np.diag(t).copy()
+    cols = _screen_entries(t_diag, rng)
+    log.stage(f"per-example gradients on {cols.size} tested entries")
+    grad_entries = _grad_entries(model, lik, x, y, cols)
+    matrices = _candidate_matrices(model, lik, x, y, structure, hessian, log)
+    screened = None
+    if batch_sizes is None:
+        log.stage(f"screening batched for every B = 2..{n}")
+        screen = batched_screen(grad_entries, t_diag[cols], range(2, n + 1))
+        ranked = sorted(screen, key=lambda b: (screen[b][1], b))
+        batch_sizes = sorted({b for b in ranked[:CONFIRM] if screen[b][1] <= 10 * tol} or {ranked[0]})
+        screened = (2, n) if n >= 2 else None
+    for b in batch_sizes:
+        log.stage(f"computing batched, B = {b} ({structure})")
+        matrices[("batched", b)] = batched_fisher_gemm(model, lik, x, y, b, structure)
+    candidates = [Candidate(name, *fit_scale(t, matrix), batch_size=b,
+                            note=ESTIMATOR_TABLE[name].diagnose_note) for (name, b), matrix in matrices.items()]
     for c in candidates:
         c.fits = c.rel_error <= tol
-    mc_test = _mc_candidate(model, lik, x, t, structure, tol, candidates, np.random.default_rng(rng), log)
-    candidates.sort(key=lambda c: (c.rel_error, ESTIMATOR_TABLE[c.estimator].diagnose_rank, c.batch_size or 0))
-    return _verdict(candidates, matrices, mc_test, n, p, structure, precision, tol)
+    mc_test, shuffled = None, None
+    if not any(c.fits for c in candidates):  # a deterministic fit within round-off beats any statistical one
+        mc_test = _mc_candidate(model, lik, x, t, structure, tol, candidates, rng, log)
+        log.stage("judging shuffled (random row order)")
+        shuffled = _shuffled_candidate(t, t_diag[cols], grad_entries, matrices, model, lik, x, y, structure, tol,
+                                       candidates, rng)
+    else:
+        candidates.append(Candidate("mc", next(c for c in candidates if c.estimator == "exact").scale,
+                                    next(c for c in candidates if c.estimator == "exact").rel_error, fits=False,
+                                    note="not judged: a deterministic candidate fits within round-off"))
+    candidates.sort(key=lambda c: (c.rel_error, _rank(c.estimator), c.batch_size or 0))
+    not_tried = _not_tried(hessian, screened, batch_sizes, n, p)
+    return _verdict(candidates, matrices, mc_test, shuffled, n, p, structure, precision, tol, model, lik,
+                    not_tried, screened)
+
+
+def _rank(name: str) -> int:
+    return ESTIMATOR_TABLE[name].diagnose_rank if name in ESTIMATOR_TABLE else _RANK[name]
 
 
 def _check_theirs(theirs, model: MLP) -> tuple[str, np.ndarray]:
@@ -123,27 +188,54 @@ def _check_tol(tol, t: np.ndarray, model: MLP) -> tuple[str, float]:
     return precision, float(tol)
 
 
-def _candidate_matrices(model, lik, x, y, structure, batch_sizes, hessian, log) -> dict:
-    """{(estimator, B or None): our matrix} for every deterministic candidate (estimator table rows)."""
+def _screen_entries(t_diag: np.ndarray, rng, limit: int = SCREEN_ENTRIES) -> np.ndarray:
+    """(M,) sorted diagonal indices: 7/8 drawn where THEIRS is nonzero, 1/8 where it is zero (all if P <= limit)."""
+    p = t_diag.size
+    if p <= limit:
+        return np.arange(p)
+    nonzero, zero = np.flatnonzero(t_diag), np.flatnonzero(t_diag == 0)
+    n_zero = min(zero.size, limit // 8)
+    n_nonzero = min(nonzero.size, limit - n_zero)
+    n_zero = min(zero.size, limit - n_nonzero)
+    picked = np.concatenate([rng.choice(nonzero, n_nonzero, replace=False), rng.choice(zero, n_zero, replace=False)])
+    return np.sort(picked)
+
+
+def _grad_entries(model: MLP, lik: Likelihood, x, y, cols: np.ndarray) -> np.ndarray:
+    """(N, M) per-example gradients at the observed labels on the entries `cols`, in row chunks."""
+    n = x.shape[0]
+    chunk = max(1, budget.CHUNK_BYTES // (8 * max(sum(model.layer_sizes), cols.size)))
+    out = np.empty((n, cols.size))
+    for start in range(0, n, chunk):
+        f, cache = model.forward(x[start:start + chunk])
+        out[start:start + chunk] = per_sample_grad_entries(model, cache, lik.grad(f, y[start:start + chunk]), cols)
+    return out
+
+
+def _candidate_matrices(model, lik, x, y, structure, hessian, log) -> dict:
+    """{(estimator, None): our matrix} for every deterministic candidate of the estimator table."""
     matrices = {}
     for name, row in ESTIMATOR_TABLE.items():
         if row.diagnose == "fit" or (row.diagnose == "fit-small" and hessian):
             log.stage(f"computing {name} ({structure})")
             matrices[(name, None)] = fisher_unchecked(model, lik, x, y, estimator=name, structure=structure).data
-    log.stage(f"computing batched for {len(batch_sizes)} batch sizes")
-    chunk = max(1, budget.BATCHED_CHUNK_BYTES // max(1, model.n_params))
-    for b, matrix in batched_fishers_unchecked(model, lik, x, y, batch_sizes, structure, chunk).items():
-        matrices[("batched", b)] = matrix
     return matrices
+
+
+def _mean_gradient(model: MLP, lik: Likelihood, x, y) -> np.ndarray:
+    """m = 1/N sum_n g_n : (P,), in row chunks."""
+    n = x.shape[0]
+    chunk = max(1, budget.CHUNK_BYTES // (8 * sum(model.layer_sizes)))
+    total = np.zeros(model.n_params)
+    for start in range(0, n, chunk):
+        f, cache = model.forward(x[start:start + chunk])
+        total += model.backward(cache, lik.grad(f, y[start:start + chunk]))
+    return total / n
 
 
 def _mc_candidate(model, lik, x, t, structure, tol, candidates, rng, log) -> MCTest | None:
     """Judge mc unless exact fits within round-off; append its Candidate (scale and error of exact)."""
     exact = next(c for c in candidates if c.estimator == "exact")
-    if exact.fits:
-        candidates.append(Candidate("mc", exact.scale, exact.rel_error, samples=None, fits=False,
-                                    note="not judged: exact fits within round-off (mc with S -> infinity)"))
-        return None
     log.stage("judging mc against the exact per-example label distributions")
     i_idx, j_idx = sample_entries(model.n_params, structure, rng)
     exact_entries, cov, draws = entry_moments(model, lik, x, i_idx, j_idx, bootstrap=MC_BOOTSTRAP, rng=rng)
@@ -155,45 +247,161 @@ def _mc_candidate(model, lik, x, t, structure, tol, candidates, rng, log) -> MCT
     return mc_test
 
 
-def _verdict(candidates, matrices, mc_test, n, p, structure, precision, tol) -> Diagnosis:
-    """The winner (best deterministic fit, else an accepted mc, else 'none'), runner-up and scale in words."""
-    deterministic = [c for c in candidates if c.fits and c.estimator != "mc"]
+def _shuffled_candidate(t, t_entries, grad_entries, matrices, model, lik, x, y, structure, tol, candidates,
+                        rng) -> ShuffledTest:
+    """Judge shuffled on the screen's entries; append its Candidate (the expectation (1) fitted on all entries)."""
+    roundoff = tol * float(np.linalg.norm(t_entries)) / math.sqrt(max(1, t_entries.size))
+    test = judge_shuffled(t_entries, grad_entries, roundoff, rng)
+    if structure == "full" and test.accepted:
+        # judged on the diagonal only: a full THEIRS wrong off the diagonal would pass (the test of
+        # off-diagonal entries is not implemented), so it is named as a cause, never the verdict
+        test.identified = False
+        test.reason += "; judged on the diagonal of a full THEIRS only"
+    m = _mean_gradient(model, lik, x, y)
+    mm = m * m if structure == "diag" else np.outer(m, m)
+    design = np.stack([mm.ravel(), (matrices[("empirical", None)] - mm).ravel()], axis=1)
+    coef, *_ = np.linalg.lstsq(design, t.ravel(), rcond=None)
+    test.rel_error = float(np.linalg.norm(t.ravel() - design @ coef) / np.linalg.norm(t))
+    candidates.append(Candidate("shuffled", test.scale if math.isfinite(test.scale) else float(coef[0]),
+                                test.rel_error, batch_size=test.batch_size, fits=test.accepted, note=test.reason))
+    return test
+
+
+def _not_tried(hessian: bool, screened, batch_sizes, n: int, p: int) -> list[dict]:
+    """[{"estimator", "why", "flag"}] for the candidates skipped for cost or by the caller."""
+    out = []
+    if not hessian:
+        out.append({"estimator": "hessian",
+                    "why": f"P N = {p * n:.3g} > {budget.HESSIAN_LIMIT:g} (budget.HESSIAN_LIMIT): P Hessian-vector products",
+                    "flag": "--hessian"})
+    if screened is None and n >= 2:
+        out.append({"estimator": "batched",
+                    "why": f"only B in {batch_sizes[:8]}{' ...' if len(batch_sizes) > 8 else ''} (given); the screen of every B = 2..N was skipped",
+                    "flag": "omit --batch-sizes"})
+    return out
+
+
+def _statistical_scale(c, test, n, n_outputs, lik_name, sigma):
+    """(factor or None, words, se) of a statistical candidate: the simplest factor in its 2-se band."""
+    se = test.scale_se if math.isfinite(test.scale_se) else 0.1 * abs(c.scale)
+    factors = scale_factors(n, c.batch_size, n_outputs, lik_name, sigma)
+    if c.estimator == "mc":
+        factors.append(_samples_factor(c.samples))
+    factor, words = match_scale(c.scale, factors, rtol=2 * se / max(abs(c.scale), 1e-300), simplest_first=True)
+    return factor, words + f" (+/- {se:.2g}, the standard error of the sampling noise)", se
+
+
+#: The scales a statistical candidate reaches without a bug: mc averaged (or summed over S),
+#: shuffled averaged or summed over the K minibatches.
+_NATURAL = {"mc": ("1", "S"), "shuffled": ("1", "K")}
+
+
+def _statistical_winner(candidates, tests, n, n_outputs, lik_name, sigma):
+    """The accepted statistical candidate (mc, shuffled) to report, and the other accepted ones.
+
+    Both can be consistent with THEIRS when the net is confident (rare labels' huge gradients
+    make both noise models wide). Occam's rule then: the one whose scale is a plain convention
+    (_NATURAL: no extra bug needed) first, then the better fit of its expectation.
+    """
+    accepted = [c for c in candidates if c.estimator in _NATURAL and c.fits]
+    natural = {c.estimator for c in accepted
+               if (f := _statistical_scale(c, tests[c.estimator], n, n_outputs, lik_name, sigma)[0]) is not None
+               and f.expression in _NATURAL[c.estimator]}
+    sh = next((c for c in accepted if c.estimator == "shuffled"), None)
+    if sh is not None and not tests["shuffled"].identified:
+        # B and c confounded (or a full THEIRS judged on its diagonal): a cause to name, not a
+        # verdict; and an mc that needs a scale bug is no better an explanation than such a
+        # shuffled loader that needs none and fits its expectation about as well (within 10%)
+        accepted = [c for c in accepted if c.estimator != "shuffled"
+                    and ("shuffled" not in natural or c.estimator in natural or sh.rel_error > 1.1 * c.rel_error)]
+    if not accepted:
+        return None, []
+
+    def key(c):
+        factor = _statistical_scale(c, tests[c.estimator], n, n_outputs, lik_name, sigma)[0]
+        return (factor is None or factor.expression not in _NATURAL[c.estimator], c.rel_error)
+
+    accepted.sort(key=key)
+    return accepted[0], accepted[1:]
+
+
+def _verdict(candidates, matrices, mc_test, shuffled, n, p, structure, precision, tol, model, lik,
+             not_tried, screened) -> Diagnosis:
+    """The winner (best deterministic fit, else the best accepted statistical one, else 'none')."""
+    c_out = model.n_outputs
+    sigma = float(getattr(lik, "sigma", 1.0))
+    common = dict(n=n, n_params=p, structure=structure, precision=precision, tol=tol, mc=mc_test,
+                  shuffled=shuffled, not_tried=not_tried, batch_sizes_screened=screened)
+    deterministic = [c for c in candidates if c.fits and c.estimator not in _NATURAL]
+    tests = {"mc": mc_test, "shuffled": shuffled}
+    also = []
     if deterministic:
         winner = deterministic[0]
-    elif mc_test is not None and mc_test.accepted:
-        winner = next(c for c in candidates if c.estimator == "mc")
     else:
+        winner, also = _statistical_winner(candidates, tests, n, c_out, lik.name, sigma)
+    if winner is None:
         best = candidates[0]
-        return Diagnosis("none", best.scale, best.rel_error, None, None, candidates, n, p, structure, precision,
-                         tol, scale_words=describe_scale(best.scale, n, best.batch_size, rtol=10 * best.rel_error),
-                         mc=mc_test, closest=best)
-    equivalent, runner_up = _equivalent_and_runner_up(winner, candidates, matrices, mc_test, tol)
+        factors = scale_factors(n, best.batch_size, c_out, lik.name, sigma)
+        factor, words = match_scale(best.scale, factors, rtol=10 * tol)
+        return Diagnosis("none", best.scale, best.rel_error, None, None, candidates, scale_words=words,
+                         scale_factor=None, closest=best, causes=_causes(candidates, shuffled, not_tried), **common)
+    if winner.estimator in _NATURAL:
+        factor, words, _ = _statistical_scale(winner, tests[winner.estimator], n, c_out, lik.name, sigma)
+        others = [c for c in candidates if c is not winner and not (winner.estimator == "mc" and c.estimator == "exact")]
+        equivalent, runner_up = [], (others[0] if others else None)
+    else:
+        factors = scale_factors(n, winner.batch_size, c_out, lik.name, sigma)
+        factor, words = match_scale(winner.scale, factors, rtol=max(10 * winner.rel_error, 1e-9))
+        equivalent, runner_up = _equivalent_and_runner_up(winner, candidates, matrices, tol)
     # float64 epsilon as the floor: an exact 0 residual should not give an astronomic margin
     margin = runner_up.rel_error / max(winner.rel_error, np.finfo(float).eps) if runner_up is not None else math.inf
-    if winner.estimator == "mc":
-        rtol = 4 * mc_test.scale_se / max(abs(winner.scale), 1e-300)
-        words = describe_scale(winner.scale, n, None, rtol=rtol)
-        words += f" (+/- {mc_test.scale_se:.2g}, the Monte Carlo standard error)"
-    else:
-        words = describe_scale(winner.scale, n, winner.batch_size, rtol=max(10 * winner.rel_error, 1e-9))
     return Diagnosis(winner.estimator, winner.scale, winner.rel_error, winner.batch_size,
-                     winner.samples if winner.estimator == "mc" else None, candidates, n, p, structure, precision,
-                     tol, scale_words=words, runner_up=runner_up, margin=margin, equivalent=equivalent,
-                     mc=mc_test)
+                     winner.samples if winner.estimator == "mc" else None, candidates, scale_words=words,
+                     scale_factor=None if factor is None else factor.expression, runner_up=runner_up,
+                     margin=margin, equivalent=equivalent, also_consistent=[c.label for c in also], **common)
 
 
-def _equivalent_and_runner_up(winner, candidates, matrices, mc_test, tol):
+def _samples_factor(samples) -> ScaleFactor:
+    s = samples or 1
+    return ScaleFactor(float(s), "S", f"x S = {s}: the S sampled squared gradients summed, not averaged")
+
+
+def _causes(candidates, shuffled: ShuffledTest, not_tried) -> list[str]:
+    """Likely causes of a 'none', most likely first (row order first when a shuffled loader fits best)."""
+    causes = []
+    others = [c for c in candidates if c.estimator != "shuffled"]
+    plausible = shuffled.accepted or (math.isfinite(shuffled.implied_batch_size) and shuffled.implied_batch_size > 1
+                                      and (not others or shuffled.rel_error < min(c.rel_error for c in others)))
+    low, high = shuffled.batch_size_interval
+    how = f", batches {shuffled.reduction}" if shuffled.reduction else ""
+    row_order = (f"rows in another order than DATA: a shuffled loader with B ~ {shuffled.implied_batch_size:.0f} "
+                 f"(99% {low:.0f}..{high:.0f}{how}) is consistent with THEIRS; pass DATA in the order the loader "
+                 "yielded its rows (save the indices) and batched finds it exactly")
+    if plausible:
+        causes.append(row_order)
+    causes += ["a Fisher at other weights (saved before or after an optimizer step, or of another task)",
+               "another loss or likelihood than MODEL's (label smoothing, class weights, another sigma, a regulariser)",
+               "clipped or capped values, mixed labels, or half-precision arithmetic"]
+    if not plausible:
+        causes.append("rows in another order than DATA (a shuffled loader) with batches too small or too few to tell")
+    causes += [f"a candidate not tried: {item['estimator']} ({item['flag']})" for item in not_tried]
+    return causes
+
+
+def _equivalent_and_runner_up(winner, candidates, matrices, tol):
     """Candidates whose matrix equals the winner's here (e.g. pred = empirical at 100% accuracy),
     and the best of the others."""
-    win_matrix = matrices[(winner.estimator, winner.batch_size)] if winner.estimator != "mc" else matrices[("exact", None)]
+    win_matrix = matrices[(winner.estimator, winner.batch_size)]
     equivalent, others = [], []
     for c in candidates:
-        if c is winner or c.estimator == "mc":
-            if c is not winner and mc_test is not None:  # an unjudged mc is exact itself
+        if c is winner:
+            continue
+        if (c.estimator, c.batch_size) not in matrices:  # statistical: mc, shuffled
+            # an unjudged mc is exact itself; a shuffled expectation within round-off is a deterministic
+            # candidate in disguise (B = 1: empirical, B = N: the squared mean gradient)
+            if (c.estimator == "mc" and c.samples is not None) or (c.estimator == "shuffled" and c.rel_error > tol):
                 others.append(c)
             continue
         same = fit_scale(win_matrix, matrices[(c.estimator, c.batch_size)])[1] <= tol and c.fits
         (equivalent if same else others).append(c)
-    if winner.estimator == "mc":  # exact has the same residual: the runner-up is the best other estimator
-        others = [c for c in others if c.estimator != "exact"]
     return equivalent, (others[0] if others else None)

@@ -29,6 +29,8 @@ class Candidate:
             return f"batched, B = {self.batch_size}"
         if self.estimator == "mc" and self.samples is not None:
             return f"mc, S = {self.samples}"
+        if self.estimator == "shuffled" and self.batch_size is not None:
+            return f"shuffled, B ~ {self.batch_size}"
         return self.estimator
 
     def to_json(self) -> dict:
@@ -42,7 +44,7 @@ class MCTest:
 
     accepted: bool
     reason: str
-    implied_samples: float = math.nan  # S_hat = M / Q1
+    implied_samples: float = math.nan  # S_hat: exp(mean log Q1 of genuine one-sample draws) / Q1, else M / Q1
     samples: int | None = None  # max(1, round(S_hat))
     entries: int = 0  # M, whitened directions tested
     chi2: float = math.nan  # Q = samples * Q1, ~ chi2_M under mc with that S
@@ -50,6 +52,8 @@ class MCTest:
     shape_ratio: float = math.nan  # mean w^2 of the low-variance half / of the high-variance half
     p_shape: float = math.nan  # two-sided F-test p-value of shape_ratio
     scale_se: float = math.nan  # standard error of the fitted scale under mc with `samples`
+    samples_interval: tuple = (math.nan, math.nan)  # 95% band of the implied S
+    implied_samples_chi2: float = math.nan  # M / Q1, the CLT estimate (biased up on confident nets)
 
     def to_json(self) -> dict:
         def finite(value):
@@ -57,7 +61,9 @@ class MCTest:
 
         return {"accepted": self.accepted, "reason": self.reason, "implied_samples": finite(self.implied_samples),
                 "samples": self.samples, "entries": self.entries, "chi2": finite(self.chi2),
-                "p_noise": finite(self.p_noise), "shape_ratio": finite(self.shape_ratio), "p_shape": finite(self.p_shape)}
+                "p_noise": finite(self.p_noise), "shape_ratio": finite(self.shape_ratio), "p_shape": finite(self.p_shape),
+                "implied_samples_interval": [finite(v) for v in self.samples_interval],
+                "implied_samples_chi2": finite(self.implied_samples_chi2), "scale_se": finite(self.scale_se)}
 
 
 @dataclass
@@ -81,6 +87,13 @@ class Diagnosis:
     equivalent: list = field(default_factory=list)  # candidates whose matrix equals the winner's here
     mc: MCTest | None = None
     closest: Candidate | None = None
+    kfac_bias: str | None = None  # structure 'kfac': THEIRS' bias convention ('joined' | 'separate')
+    scale_factor: str | None = None  # the recognised factor as an expression in N, C, K, B, S
+    shuffled: object = None  # shuffled.ShuffledTest
+    not_tried: list = field(default_factory=list)  # [{"estimator", "why", "flag"}]
+    batch_sizes_screened: tuple | None = None  # (2, N) when every B was screened
+    causes: list = field(default_factory=list)  # likely causes of a 'none', most likely first
+    also_consistent: list = field(default_factory=list)  # other accepted statistical candidates
 
     def to_json(self) -> dict:
         """The object of docs/file-format.md (`diagnose --json`), plus explanatory extras."""
@@ -94,18 +107,28 @@ class Diagnosis:
             "margin": self.margin if math.isfinite(self.margin) else None,
             "equivalent": [c.label for c in self.equivalent],
             "mc_test": None if self.mc is None else self.mc.to_json(),
+            "kfac_bias": self.kfac_bias,
+            "scale_factor": self.scale_factor,
+            "shuffled_test": None if self.shuffled is None else self.shuffled.to_json(),
+            "not_tried": list(self.not_tried),
+            "batch_sizes_screened": None if self.batch_sizes_screened is None else list(self.batch_sizes_screened),
+            "causes": list(self.causes),
+            "also_consistent": list(self.also_consistent),
         }
 
     def report(self, theirs_name: str = "THEIRS", top: int = 12) -> str:
         """Human-readable verdict: winner, scale in words, runner-up and margin, the correct Fisher."""
-        lines = [f"{theirs_name}: {self.structure}, P = {self.n_params}; N = {self.n} examples; "
+        structure = self.structure + (f" ({self.kfac_bias} bias; products G (x) A compared, not the factors)"
+                                      if self.kfac_bias else "")
+        lines = [f"{theirs_name}: {structure}, P = {self.n_params}; N = {self.n} examples; "
                  f"precision {self.precision} (round-off threshold {self.tol:g})", ""]
         if self.estimator == "none":
             best = self.closest
-            lines.append("verdict     none: THEIRS matches no estimator within round-off (nor mc within its sampling noise)")
+            lines.append("verdict     none: no estimator matches THEIRS within round-off, and no statistical one (mc, shuffled) settles it")
             lines.append(f"closest     {best.label}: THEIRS ~= {best.scale:.12g} x F, relative error {best.rel_error:.3g} "
                          f"({best.rel_error / self.tol:.3g} x the threshold)")
-            lines.append("            a Fisher at other weights, of another loss, with capped values or mixed labels looks like this")
+            for i, cause in enumerate(self.causes):
+                lines.append(f"{'causes' if i == 0 else '':<11} {i + 1}. {cause}")
         else:
             winner = self.winner
             lines.append(f"verdict     {winner.label}: THEIRS = {self.scale:.12g} x F_{self.estimator}, "
@@ -116,12 +139,35 @@ class Diagnosis:
                 lines.append(f"mc test     implied S = {m.implied_samples:.3g} (reported S = {m.samples}); "
                              f"chi2 = {m.chi2:.4g} over M = {m.entries} whitened directions (expect ~M); "
                              f"shape F-test ratio {m.shape_ratio:.3g}, p = {m.p_shape:.2g}")
-                lines.append("            mc's expectation is the exact Fisher: a larger S makes it indistinguishable from exact")
+                low, high = m.samples_interval
+                lines.append(f"            95% interval of S: {low:.3g}..{high:.3g}; mc's expectation is the exact Fisher: "
+                             "a larger S makes it indistinguishable from exact")
+            if self.estimator == "shuffled" and self.shuffled is not None:
+                sh = self.shuffled
+                low, high = sh.batch_size_interval
+                how = {"averaged": "averaged over the K minibatches", "summed": "summed over the K minibatches (x K)"}
+                lines.append(f"shuffled    implied B = {sh.implied_batch_size:.3g} (99% {low:.3g}..{high:.3g}), batches "
+                             f"{how.get(sh.reduction, 'neither averaged nor summed (scale above)')}; chi2 = {sh.chi2:.4g} "
+                             f"over {sh.entries - 2} directions, p = {sh.p_noise:.2g}")
+                lines.append("            rows in unknown order: pass DATA in the order the loader yielded them and "
+                             "batched identifies B exactly")
+            if self.estimator in ("mc", "shuffled") and self.not_tried:
+                names = ", ".join(f"{item['estimator']} ({item['flag']})" for item in self.not_tried)
+                lines.append(f"caution     a statistical verdict; a candidate not tried may fit THEIRS exactly: {names} "
+                             "(a tanh/MSE Hessian diagonal passes the mc test)")
+            if self.also_consistent:
+                lines.append(f"also        {', '.join(self.also_consistent)} is consistent with THEIRS too (the reported "
+                             "one needs no scale bug or fits better); more rows or samples would tell them apart")
             if self.equivalent:
                 lines.append(f"same here   {', '.join(c.label for c in self.equivalent)} (equal matrices on these weights and data)")
             if self.runner_up is not None:
                 lines.append(f"runner-up   {self.runner_up.label}: relative error {self.runner_up.rel_error:.3g} "
                              f"(margin {self.margin:.3g} = runner-up error / winner error)")
+        if self.batch_sizes_screened is not None:
+            lines.append(f"screened    batched for every B = {self.batch_sizes_screened[0]}..{self.batch_sizes_screened[1]} "
+                         "(consecutive rows, the last partial batch its own)")
+        for item in self.not_tried:
+            lines.append(f"not tried   {item['estimator']}: {item['why']}; include it with {item['flag']}")
         lines.append("")
         lines.append(f"correct EWC Fisher: the exact Fisher F = 1/N sum_n J_n^T Lambda_n J_n, a mean over the N = {self.n} examples")
         lines.append("  (ewc-ref fisher MODEL DATA --estimator exact); the Laplace posterior precision is "
@@ -133,7 +179,8 @@ class Diagnosis:
         lines.append(f"  {'estimator':<22} {'scale c':>22} {'rel_error':>11}  fits")
         for c in shown:
             mark = "yes" if c.fits else "no"
-            lines.append(f"  {c.label:<22} {c.scale:>22.15g} {c.rel_error:>11.3g}  {mark}{('  ' + c.note) if c.note else ''}")
+            note = c.note if len(c.note) <= 200 else c.note[:197] + "..."
+            lines.append(f"  {c.label:<22} {c.scale:>22.15g} {c.rel_error:>11.3g}  {mark}{('  ' + note) if note else ''}")
         return "\n".join(lines)
 
     @property

@@ -63,6 +63,7 @@ from scipy.stats import chi2, norm
 from scipy.stats import f as f_dist
 
 from ..curvature import budget
+from ..curvature.entries import per_sample_grad_entries
 from ..model.likelihoods import Likelihood
 from ..model.mlp import MLP
 from .results import MCTest
@@ -106,11 +107,11 @@ def _moments_per_example(lik: Likelihood, f: np.ndarray, A: np.ndarray, ii: np.n
         # q_k = u_ki u_kj with probability p_k.
         labels, p = lik.label_quadrature(f)
         R = np.stack([lik.grad(f, label) for label in labels], axis=1)  # (n, K, C)
-        u_i, u_j = np.einsum("ncm,nkc->nkm", A_i, R), np.einsum("ncm,nkc->nkm", A_j, R)
+        u_i, u_j = np.matmul(R, A_i), np.matmul(R, A_j)  # (n, K, M), batched BLAS
         q = u_i * u_j
         mean = np.einsum("nk,nkm->nm", p, q)
-        centred = np.sqrt(p)[:, :, None] * (q - mean[:, None, :])
-        return mean, np.einsum("nke,nkf->ef", centred, centred)
+        centred = (np.sqrt(p)[:, :, None] * (q - mean[:, None, :])).reshape(-1, q.shape[-1])
+        return mean, centred.T @ centred  # sum over n and k of the outer products, one GEMM
     # g = J^T e with independent zero-mean e_c of variance m2_c and fourth cumulant k4_c:
     # Cov(g_i g_j, g_k g_l) = sum_c k4_c a_ic a_jc a_kc a_lc + s_ik s_jl + s_il s_jk, s = A^T diag(m2) A.
     m2, k4 = cumulants
@@ -141,8 +142,11 @@ def entry_moments(model: MLP, lik: Likelihood, x, i_index, j_index, bootstrap: i
     cols, inverse = np.unique(np.concatenate([i_index, j_index]), return_inverse=True)
     ii, jj = inverse[: len(i_index)], inverse[len(i_index):]
     c, m = model.n_outputs, len(i_index)
-    width = max(c * model.n_params, m * m, len(cols) ** 2)
-    chunk = chunk_size or max(1, budget.BATCHED_CHUNK_BYTES // width)
+    diagonal = bool(np.array_equal(ii, jj) and np.array_equal(ii, np.arange(len(cols))))
+    # per row: the Jacobian columns (C x |cols|), and for the cumulant path s : (|cols|, |cols|)
+    dependent = lik.gradient_cumulants(np.zeros((1, c))) is None
+    width = 4 * c * len(cols) + (0 if dependent else 4 * len(cols) ** 2)
+    chunk = chunk_size or max(1, budget.CHUNK_BYTES // (8 * width))
     mean = np.zeros(m)
     cov = np.zeros((m, m))
     draws = np.zeros((bootstrap, m))
@@ -151,16 +155,20 @@ def entry_moments(model: MLP, lik: Likelihood, x, i_index, j_index, bootstrap: i
     for start in range(0, n, chunk):
         xc = x[start:start + chunk].astype(np.float64)
         f, cache = model64.forward(xc)
-        J = model64.per_sample_grads(cache, np.broadcast_to(unit[:, None, :], (c, xc.shape[0], c)))  # (C, n, P)
-        A = np.moveaxis(J[:, :, cols], 0, 1)  # (n, C, |cols|)
+        # the output Jacobian's columns J_n[:, cols] only: C backward vectors, never (C, n, P)
+        A = np.moveaxis(per_sample_grad_entries(model64, cache, np.broadcast_to(unit[:, None, :], (c, xc.shape[0], c)),
+                                                cols), 0, 1)  # (n, C, |cols|)
         e, v = _moments_per_example(lik, f, A, ii, jj)
         mean += e.sum(axis=0)
         cov += v
         if bootstrap:
             labels = lik.sample(f, rng, bootstrap)  # (n, K, ...)
-            for k in range(bootstrap):
-                g = np.einsum("nca,nc->na", A, lik.grad(f, labels[:, k]))  # (n, |cols|)
-                draws[k] += np.einsum("ne,ne->e", g[:, ii], g[:, jj])
+            R = np.stack([lik.grad(f, labels[:, k]) for k in range(bootstrap)], axis=1)  # (n, K, C)
+            g = np.matmul(R, A)  # (n, K, |cols|): every draw's gradient entries at once
+            if diagonal:  # entries (i, i) in column order: no gather
+                draws += np.einsum("nke,nke->ke", g, g)
+            else:
+                draws += np.einsum("nke,nke->ke", g[:, :, ii], g[:, :, jj])
     if bootstrap:
         return mean / n, cov / n**2, draws / n
     return mean / n, cov / n**2
@@ -199,7 +207,7 @@ def judge_mc(theirs_entries: np.ndarray, scale: float, exact_entries: np.ndarray
     if q1 == 0.0:
         return MCTest(False, "THEIRS equals exact exactly", entries=m)
     s_hat = m / q1
-    samples = max(1, int(round(s_hat)))
+    interval = (chi2.ppf(0.025, m) / q1, chi2.isf(0.025, m) / q1)  # S Q1 ~ chi2_M
     # p-values: the Gaussian-theory one, or the bootstrap one (a normal fit to the log of the
     # statistic over genuine one-sample draws) when larger: mc is rejected only when both are small.
     p_noise = float(chi2.sf(q1, m))
@@ -207,13 +215,20 @@ def judge_mc(theirs_entries: np.ndarray, scale: float, exact_entries: np.ndarray
     if draws is not None and len(draws) >= 10:
         null = np.array([statistics(d - exact_entries) for d in draws])
         log_q, log_r = np.log(null[:, 0]), np.log(null[:, 1])
+        # S calibrated on genuine one-sample draws: log Q1 of an S-sample estimate ~ log Q1(S = 1) - log S
+        # (consistent where the CLT fails: M / Q1 over-states S on confident nets, Q1 being skewed)
+        sd = max(log_q.std(ddof=1), 1e-12)
+        s_hat = math.exp(log_q.mean() - math.log(q1))
+        interval = (s_hat * math.exp(-1.96 * sd), s_hat * math.exp(1.96 * sd))
         p_noise = max(p_noise, float(norm.sf((math.log(q1) - log_q.mean()) / max(log_q.std(ddof=1), 1e-12))))
         z_ratio = abs(math.log(ratio) - log_r.mean()) / max(log_r.std(ddof=1), 1e-12)
         p_shape = max(p_shape, float(2 * norm.sf(z_ratio)))
+    samples = max(1, int(round(s_hat)))
     # c = <T, F>/<F, F> is linear in T: Var c = c^2 F^T Sigma F / (S <F, F>^2) on the tested entries.
     spread = float(exact_entries @ cov @ exact_entries)
     scale_se = float(scale * math.sqrt(max(spread, 0.0) / samples) / max(float(exact_entries @ exact_entries), 1e-300))
-    test = MCTest(False, "", s_hat, samples, m, samples * q1, p_noise, ratio, p_shape, scale_se)
+    test = MCTest(False, "", s_hat, samples, m, samples * q1, p_noise, ratio, p_shape, scale_se,
+                  samples_interval=(float(interval[0]), float(interval[1])), implied_samples_chi2=m / q1)
     if p_noise < MC_ALPHA:
         test.reason = (f"too noisy for mc: chi2 = {q1:.4g} at S = 1 over {m} directions (p = {p_noise:.2g}); "
                        f"implied S = {s_hat:.3g} < 1")
@@ -223,5 +238,5 @@ def judge_mc(theirs_entries: np.ndarray, scale: float, exact_entries: np.ndarray
                        f"{where}-variance half (p = {p_shape:.2g}; a systematic error)")
     else:
         test.accepted = True
-        test.reason = f"consistent with mc sampling noise at S = {samples} (p = {p_noise:.2g} and {p_shape:.2g} >= {MC_ALPHA:g})"
+        test.reason = f"consistent with mc sampling noise at S = {samples} (95% {interval[0]:.3g}..{interval[1]:.3g}; p = {p_noise:.2g} and {p_shape:.2g} >= {MC_ALPHA:g})"
     return test

@@ -1,0 +1,294 @@
+"""The statistical judgement of ``shuffled``: squared minibatch-mean gradients over a SHUFFLED loader.
+
+The most common Fisher in the wild: a DataLoader with shuffle=True, batches of B, and per batch
+THEIRS += gbar_k gbar_k^T with gbar_k the gradient of the minibatch-MEAN loss (then divided by
+the K = N / B batches, "averaged", or not, "summed"). The rows' order is unknown, so THEIRS is
+random; docs/shuffled-loader-fisher.md derives its moments. With g_n the per-example gradients,
+m = 1/N sum_n g_n, E = 1/N sum_n g_n g_n^T (the empirical Fisher) and the population covariance
+Sigma = E - m m^T, a batch drawn without replacement has
+
+    E[gbar gbar^T] = m m^T + alpha Sigma = (N - B)/(B (N - 1)) E + N (B - 1)/(B (N - 1)) m m^T,
+    alpha = (N - B) / (B (N - 1))                                                       (1)
+
+and since the K batch means of a partition average to m exactly, 1/K sum_k gbar_k gbar_k^T =
+m m^T + 1/K sum_k d_k d_k^T with d_k = gbar_k - m, sum_k d_k = 0: K - 1 degrees of freedom.
+When the batch means are near Gaussian (CLT within a batch), sum_k d_k d_k^T is Wishart with
+K - 1 degrees of freedom and scale alpha K/(K - 1) Sigma, so for the entries i, j of the diagonal
+
+    Cov[T_i, T_j] = c^2 2 alpha^2 Sigma_ij^2 / (K - 1)                                   (2)
+
+(the m m^T terms cancel exactly). ``judge_shuffled`` fits THEIRS ~= a m m^T + b Sigma on M
+tested diagonal entries by generalised least squares in the metric W = Sigma o Sigma (Hadamard
+square; (2) is a multiple of it), so alpha = b / a, B = N / (alpha (N - 1) + 1) (exactly: the B
+whose alpha averaged over the K batches of a partition, the last one partial, is b / a), c = a,
+and the whitened residual gives
+
+    chi2 = (K - 1) / (2 b^2) r^T W^+ r  ~  chi2_{M - 2}                                   (3)
+
+(3) weighs every whitened direction alike, so the small-variance ones dominate it; a systematic
+error (a Fisher at other weights) is also small there but far smoother than K batches' noise in
+the large-variance ones. So the plain squared residual on the tested entries
+
+    e = ||T - E[T]||^2                                                                    (4)
+
+is compared with its distribution over the simulations below (two-sided, a normal fit to log e),
+and a reading is accepted only when (3), (4) and (5) are: the weight a of m m^T, the one
+noise-free part of T, must match the reading's c within its simulated spread
+
+    |a - mean a_sim| / sd a_sim                                                           (5)
+
+When sd a_sim > c / 4 (a converged net, m ~ 0) c and B are confounded: only c alpha-bar(B) is
+measured, and the noise level (3)-(4) is all that tells B. Such a reading is ``identified =
+False`` and ``diagnose`` names it as a likely cause, not as the verdict.
+
+Small batches and confident networks break the CLT within a batch (one rare example dominates
+a batch mean), so like ``mc`` every p-value and the interval of B are also computed from
+SHUFFLE_BOOTSTRAP simulated shuffled-loader Fishers of the same tested entries (random
+partitions of the rows into batches of the implied B), and the candidate is rejected only when
+both p-values are below MC_ALPHA. The interval of B holds the B whose alpha-bar lies within
+2.58 simulated standard deviations of log b from the estimate (a log-normal 99% band; 32 simulations
+estimate that sd to +-13%, and the readings are discrete, so 95% would be optimistic).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.stats import chi2, norm
+
+#: Simulated shuffled-loader Fishers that calibrate the test and the interval of B.
+SHUFFLE_BOOTSTRAP = 32
+#: Significance level of each of (3), (4), (5). Looser than mc's 1e-6 because a false ``shuffled``
+#: is the likelier error: the catalogue's systematic errors that mimic a shuffled loader (Brier loss,
+#: half-predicted labels, tests/test_diagnose.py) reach p = 2e-5..6e-5, genuine shuffled Fishers
+#: (B = 8..48, both nets of tests/fixtures/libraries) 0.01..0.7. A genuine one is rejected with
+#: probability <= 3e-3 where the normal fits hold.
+SHUFFLED_ALPHA = 1e-3
+
+
+@dataclass
+class ShuffledTest:
+    """The judgement of ``shuffled`` (module docstring, (1)-(3))."""
+
+    accepted: bool
+    reason: str
+    implied_batch_size: float = math.nan  # the B whose alpha-bar(B) is closest to the fitted b / a
+    batch_size: int | None = None  # the same, as an int
+    batch_size_interval: tuple = (math.nan, math.nan)  # 99% band of B_hat
+    scale: float = math.nan  # c = a: 1 when the batches were averaged, K when summed
+    scale_se: float = math.nan  # bootstrap standard error of c
+    reduction: str = ""  # 'averaged' | 'summed' | ''
+    entries: int = 0  # M, whitened directions tested
+    chi2: float = math.nan  # (3)
+    p_noise: float = math.nan
+    rel_error: float = math.nan  # ||T - c E[T]|| / ||T|| of the fitted expectation on all entries
+    identified: bool = False  # the m m^T weight pins c down (sd <= c / 4): B and c are not confounded
+
+    def to_json(self) -> dict:
+        def finite(value):
+            return value if isinstance(value, int) or (isinstance(value, float) and math.isfinite(value)) else None
+
+        low, high = self.batch_size_interval
+        return {"accepted": self.accepted, "reason": self.reason, "implied_batch_size": finite(self.implied_batch_size),
+                "batch_size": self.batch_size, "batch_size_interval": [finite(low), finite(high)],
+                "scale": finite(self.scale), "scale_se": finite(self.scale_se), "reduction": self.reduction or None,
+                "entries": self.entries, "chi2": finite(self.chi2), "p_noise": finite(self.p_noise),
+                "rel_error": finite(self.rel_error), "identified": self.identified}
+
+
+def expectation_terms(grad_entries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(m m^T, Sigma) on the tested entries from per-example gradients G : (N, M): (M,), (M, M)."""
+    n = grad_entries.shape[0]
+    m = grad_entries.mean(axis=0)
+    sigma = grad_entries.T @ grad_entries / n - np.outer(m, m)
+    return m * m, sigma
+
+
+def simulate(grad_entries: np.ndarray, batch_size: int, draws: int, rng: np.random.Generator) -> np.ndarray:
+    """(draws, M) averaged shuffled-loader Fishers of the tested entries: random partitions into batches of B."""
+    n = grad_entries.shape[0]
+    k = -(-n // batch_size)
+    starts = np.arange(0, n, batch_size)
+    counts = np.minimum(starts + batch_size, n) - starts
+    out = np.empty((draws, grad_entries.shape[1]))
+    for d in range(draws):
+        shuffled = grad_entries[rng.permutation(n)]
+        gbar = np.add.reduceat(shuffled, starts, axis=0) / counts[:, None]
+        out[d] = np.einsum("km,km->m", gbar, gbar) / k
+    return out
+
+
+class _GLS:
+    """T ~= a m m^T + b Sigma in the metric W = Sigma o Sigma restricted to its well-conditioned span."""
+
+    def __init__(self, mm: np.ndarray, sigma: np.ndarray, floor: float):
+        lam, vec = np.linalg.eigh(sigma * sigma)
+        keep = lam > max(1e-12 * float(lam[-1]), floor)
+        self.basis, self.sd = vec[:, keep], np.sqrt(lam[keep])
+        self.design = (self.basis.T @ np.stack([mm, np.diag(sigma)], axis=1)) / self.sd[:, None]
+        self.m = int(keep.sum())
+
+    def fit(self, t: np.ndarray) -> tuple[float, float, float]:
+        """(a, b, r^T W^+ r) of the generalised least-squares fit."""
+        tw = self.basis.T @ t / self.sd
+        coef, *_ = np.linalg.lstsq(self.design, tw, rcond=None)
+        r = tw - self.design @ coef
+        return float(coef[0]), float(coef[1]), float(r @ r)
+
+
+def mean_alpha(n: int) -> np.ndarray:
+    """(N,) alpha-bar(B) for B = 1..N: (1) averaged over the K batches of a partition, the last one partial.
+
+    alpha-bar(B) = ((K - 1) alpha(B) + alpha(N - (K - 1) B)) / K, alpha(s) = (N - s) / (s (N - 1)):
+    a partial last batch of 8 rows raises alpha-bar(32) by 9% at N = 1000 (B = 29 if ignored).
+    """
+    b = np.arange(1, n + 1)
+    k = -(-n // b)
+    last = n - (k - 1) * b
+
+    def alpha(size):
+        return (n - size) / (size * max(n - 1, 1))
+
+    return ((k - 1) * alpha(b) + alpha(last)) / k
+
+
+def equal_batch_size(alpha: float, n: int) -> float:
+    """B = N / (alpha (N - 1) + 1), the inverse of (1) for batches of equal size."""
+    return n / (max(alpha, 0.0) * (n - 1) + 1)
+
+
+def implied_batch_size(a: float, b: float, n: int, alphas: np.ndarray | None = None) -> int:
+    """The B whose alpha-bar(B) (``mean_alpha``) is closest to b / a on a log scale, searched within
+    x 1.5 of the equal-batch inverse (alpha-bar is jagged in B: far-off B with a partial last batch
+    can match as well, and are not what a loader with that noise level means)."""
+    alphas = mean_alpha(n) if alphas is None else alphas
+    alpha = max(b / a, 1e-300)
+    b0 = equal_batch_size(alpha, n)
+    lo = min(n, max(1, int(b0 / 1.5)))
+    hi = max(lo, min(n, int(math.ceil(b0 * 1.5))))
+    window = np.log(np.maximum(alphas[lo - 1:hi], 1e-300))
+    return lo + int(np.argmin(np.abs(window - math.log(alpha))))
+
+
+def _hypotheses(a: float, b: float, n: int, alphas: np.ndarray) -> list[tuple[str, int, float]]:
+    """(reduction, B, c) pairs that explain the fitted weights: the free fit (c = a, alpha-bar = b / a),
+    and the averaged (c = 1) and summed (c = K) readings with c alpha-bar(B) = b, which are all the
+    data can tell when m m^T is negligible (a converged net: a is then not identified)."""
+    k_of = -(-n // np.arange(1, n + 1))
+    out = []
+    if a > 0 and b / a <= 1.0 + 1e-6:
+        out.append(("", implied_batch_size(a, b, n, alphas), a))
+    out.append(("averaged", implied_batch_size(1.0, b, n, alphas), 1.0))
+    # summed: K(B) alpha-bar(B) ~ N / B^2 = b, so B0 = sqrt(N / b); alpha-bar is jagged in B (the
+    # partial last batch): the best match within x 1.5 of B0
+    b0 = math.sqrt(n / b)
+    lo = min(n, max(1, int(b0 / 1.5)))
+    hi = max(lo, min(n, int(math.ceil(b0 * 1.5))))
+    level = np.log(np.maximum(k_of[lo - 1:hi] * alphas[lo - 1:hi], 1e-300))
+    bb = lo + int(np.argmin(np.abs(level - math.log(b))))
+    out.append(("summed", bb, float(k_of[bb - 1])))
+    return out
+
+
+def judge_shuffled(theirs_entries: np.ndarray, grad_entries: np.ndarray, roundoff: float,
+                   rng: np.random.Generator, draws: int = SHUFFLE_BOOTSTRAP) -> ShuffledTest:
+    """Accept or reject ``shuffled`` on the tested diagonal entries (module docstring, (1)-(3)).
+
+    theirs_entries : (M,) THEIRS on the tested entries; grad_entries : (N, M) the per-example
+    gradients there, rows in any order; roundoff : residual size treated as round-off.
+    Of the readings of the fitted weights (``_hypotheses``) that pass, the most likely under
+    (2)-(3) is reported, with its p-value against its own simulated shuffled-loader Fishers.
+    """
+    n = grad_entries.shape[0]
+    mm, sigma = expectation_terms(grad_entries)
+    gls = _GLS(mm, sigma, floor=(10 * roundoff) ** 2 * 1e-6)
+    if gls.m < 8:
+        return ShuffledTest(False, f"too few directions with sampling variance to judge shuffled (M = {gls.m})")
+    a, b, _ = gls.fit(theirs_entries)
+    if b <= 0:
+        return ShuffledTest(False, f"not a shuffled-loader Fisher: THEIRS ~= {a:.3g} m m^T + {b:.3g} Sigma needs a "
+                                   "positive weight on Sigma", entries=gls.m)
+    alphas = mean_alpha(n)
+    tw_of = lambda t: gls.basis.T @ t / gls.sd  # noqa: E731
+    expect = np.stack([mm, np.diag(sigma)], axis=1)
+    readings = []
+    for reduction, bb, c in _hypotheses(a, b, n, alphas):
+        k = -(-n // bb)
+        if k < 2:
+            continue
+        dof = gls.m - 2 if not reduction else gls.m
+
+        def statistic(t, reduction=reduction, bb=bb, c=c, k=k):
+            if reduction:  # fully specified: T = c (m m^T + alpha-bar Sigma)
+                r = tw_of(t - c * expect @ np.array([1.0, alphas[bb - 1]]))
+                return (k - 1) * float(r @ r) / (2 * (c * alphas[bb - 1]) ** 2)
+            a_, b_, q_ = gls.fit(t)
+            return (k - 1) * q_ / (2 * max(b_, 1e-300) ** 2)
+
+        stat = statistic(theirs_entries)
+        # readings are ranked by the Gaussian log-likelihood of (2)-(3): a vague reading (K = 2)
+        # explains any residual with a huge variance and pays M log sigma^2 for it; the free
+        # fit pays log M for its extra parameter (BIC)
+        level = c * alphas[bb - 1] if reduction else b
+        log_like = -0.5 * (stat + gls.m * math.log(2 * level**2 / (k - 1))) - (0.0 if reduction else math.log(gls.m))
+        readings.append((log_like, reduction, bb, c, k, dof, stat, statistic))
+    if not readings:
+        return ShuffledTest(False, "not a shuffled-loader Fisher: every reading implies a single batch", entries=gls.m)
+    readings.sort(key=lambda r: (not r[1], -r[0]))  # averaged / summed before the free fit (a scale bug)
+    best = None
+    for log_like, reduction, bb, c, _k, dof, stat, statistic in readings[:3]:  # simulate the 3 most likely only
+        p = float(2 * min(chi2.sf(stat, dof), chi2.cdf(stat, dof)))
+        se, spread = math.nan, 0.0
+        energy, identified = None, False
+        if draws >= 10:
+            sims = c * simulate(grad_entries, bb, draws, rng)
+            log_stat = np.log([max(statistic(t), 1e-300) for t in sims])
+            z = abs(math.log(max(stat, 1e-300)) - log_stat.mean()) / max(log_stat.std(ddof=1), 1e-12)
+            p = max(p, float(2 * norm.sf(z)))
+            # (4): the plain squared residual against the reading's expectation, where the whitened (3)
+            # is blind: a systematic error (a Fisher at other weights) is far SMOOTHER than the
+            # noise of K batches in the high-variance directions (calibrated on the simulations only)
+            centre = c * expect @ np.array([1.0, alphas[bb - 1]]) if reduction else sims.mean(axis=0)
+            log_e = np.log(np.maximum(((sims - centre) ** 2).sum(axis=1), 1e-300))
+            observed = math.log(max(float(((theirs_entries - centre) ** 2).sum()), 1e-300))
+            energy = float(2 * norm.sf(abs(observed - log_e.mean()) / max(log_e.std(ddof=1), 1e-12)))
+            fits = np.array([gls.fit(t)[:2] for t in sims])
+            # (5): the fitted weight of m m^T must match the reading's c (the only noise-free part of T)
+            a_sd = max(float(fits[:, 0].std(ddof=1)), 1e-300)
+            p_mean = float(2 * norm.sf(abs(a - fits[:, 0].mean()) / a_sd))
+            p = min(p, energy, p_mean)
+            identified = a_sd <= 0.25 * abs(c)
+            se = float(np.std(fits[:, 0] if not reduction else fits[:, 1] / alphas[bb - 1], ddof=1))
+            spread = 2.58 * np.log(np.maximum(fits[:, 1], 1e-300)).std(ddof=1)
+        if best is None or (p >= SHUFFLED_ALPHA and best[1] < SHUFFLED_ALPHA):
+            best = (log_like, p, reduction, bb, c, stat, dof, se, spread, identified)
+        if p >= SHUFFLED_ALPHA:
+            break
+    _, p_noise, reduction, b_int, c, stat, dof, scale_se, spread, identified = best
+    # interval: the simulated band of log b, mapped to B through the equal-batch relation
+    # (averaged or free: b / c = alpha(B); summed: b ~ N / B^2 up to (N - B)/(N - 1)), B inside it
+    alpha_hat = alphas[b_int - 1]
+    if reduction == "summed":
+        low, high = b_int * math.exp(-spread / 2), b_int * math.exp(spread / 2)
+    else:
+        low, high = equal_batch_size(alpha_hat * math.exp(spread), n), equal_batch_size(alpha_hat * math.exp(-spread), n)
+    low, high = max(1, min(int(math.floor(low)), b_int)), min(n, max(int(math.ceil(high)), b_int))
+    test = ShuffledTest(False, "", float(b_int), b_int, (float(low), float(high)), c, scale_se, entries=gls.m,
+                        chi2=stat, p_noise=p_noise)
+    if p_noise < SHUFFLED_ALPHA:
+        test.reason = (f"not shaped like a shuffled loader's noise: chi2 = {stat:.4g} over {dof} directions at the "
+                       f"implied B = {b_int} (p = {p_noise:.2g})")
+        return test
+    if not reduction:
+        band = 2 * scale_se if math.isfinite(scale_se) else 0.1 * c
+        k = -(-n // b_int)
+        reduction = next((name for name, value in (("averaged", 1.0), ("summed", float(k)))
+                          if abs(c - value) <= max(band, 1e-9 * value)), "")
+    test.reduction = reduction
+    test.identified = identified
+    test.accepted = True
+    test.reason = (f"consistent with a shuffled loader: B = {b_int} (99% {low}..{high}), chi2 = {stat:.4g} over "
+                   f"{dof} directions (p = {p_noise:.2g})")
+    return test
