@@ -13,13 +13,25 @@ Times, for every configuration and dtype, with the SAME weights and data in ever
 
 Configurations (issue 5): 64-128-128-10 on the shipped digits (N = 1797), 784-256-256-10 on
 random data (N = 10,000), and 64-64-10 on digits for the full Fisher (P = 4,810); ReLU,
-categorical likelihood; float64 and float32; 2 threads. Each timing is the median of
-`--repeats` runs, interleaved across libraries so that load from other processes on a shared
-machine hits all of them alike. Prints a markdown report (stdout, or --output FILE).
+categorical likelihood; float64 and float32; 2 threads.
+
+Two measurements of every figure (issue 18):
+
+* **isolated** (the headline): each library in its own fresh Python process (``--worker``), the
+  processes alternating over ``--rounds`` rounds (order reversed every other round) so load
+  from other processes hits all alike. A worker reports its first call (what a user's script
+  that calls once pays, JIT and page faults included) and the median of its warm calls.
+  Group ``ewc_ref+torch`` times ewc_ref in a process that imported torch and ran one torch
+  gradient first: the import-state check of the in-process vs fresh-process difference.
+* **in-process** (second column): every library in this one process, interleaved per round,
+  median of ``--repeats`` (torch's and numpy's thread pools then share the process).
+
+Prints a markdown report (stdout, or --output FILE) that starts with the goals table.
 
 Run (torch, backpack-for-pytorch, curvlinops-for-pytorch are optional: the `bench` extra)::
 
-    OMP_NUM_THREADS=2 python benchmarks/bench_fisher.py --repeats 7 --output report.md
+    python benchmarks/bench_fisher.py --quick                       # ~1 minute: float64 diag rows
+    python benchmarks/bench_fisher.py --rounds 3 --output report.md  # the complete run
 """
 
 from __future__ import annotations
@@ -33,6 +45,7 @@ for _name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUM
     os.environ.setdefault(_name, THREADS)  # before numpy/torch are imported
 
 import datetime  # noqa: E402
+import json  # noqa: E402
 import platform  # noqa: E402
 import subprocess  # noqa: E402
 import time  # noqa: E402
@@ -143,7 +156,7 @@ def ewc_methods(model, x, y, full: bool):
     return methods
 
 
-def reference_methods(model, x, y, full: bool, mods):
+def reference_methods(model, x, y, full: bool, mods, skip_torch_func: bool = False):
     """Other libraries and BLAS baselines, all on the same weights and data."""
     refs = {}
     if full:
@@ -165,6 +178,8 @@ def reference_methods(model, x, y, full: bool, mods):
         loss_fn(net(X), Y).backward()
 
     refs["torch gradient"] = grad
+    if skip_torch_func:
+        return _extension_methods(model, X, Y, net, loss_fn, full, mods, refs)
     from torch.func import functional_call, vmap
     from torch.func import grad as fgrad
 
@@ -192,6 +207,12 @@ def reference_methods(model, x, y, full: bool, mods):
             return Gt.T @ Gt / X.shape[0]
 
         refs["torch.func vmap(grad) + G^T G"] = torch_func_full
+    return _extension_methods(model, X, Y, net, loss_fn, full, mods, refs)
+
+
+def _extension_methods(model, X, Y, net, loss_fn, full, mods, refs):
+    """BackPACK and curvlinops methods (when installed) added to refs."""
+    torch = mods["torch"]
     if "backpack" in mods:
         from backpack import backpack, extend
         from backpack.extensions import DiagGGNExact, SumGradSquared
@@ -277,100 +298,238 @@ def matmul_peak(dtype, repeats: int) -> float:
     return 2 * n**3 / seconds / 1e9
 
 
+# --------------------------------------------------------------------------- isolated processes
+GROUPS = {
+    # group: (needs torch, methods it times; names as in the in-process table)
+    "ewc_ref": (False, ["ewc_ref gradient", "ewc_ref diag empirical", "ewc_ref diag exact", "ewc_ref HVP", "ewc_ref GGNVP"]),
+    "ewc_ref+torch": (True, ["ewc_ref gradient", "ewc_ref diag empirical", "ewc_ref diag exact"]),
+    "backpack": (True, ["torch gradient", "BackPACK SumGradSquared", "BackPACK DiagGGNExact"]),
+    "curvlinops": (True, ["curvlinops HVP", "curvlinops GGNVP"]),
+}
+
+
+def worker(args) -> int:
+    """One fresh process: build one group's methods, time the first call and `--calls` warm calls; print JSON."""
+    needs_torch, names = GROUPS[args.worker]
+    mods = torch_modules() if needs_torch else {}
+    model, x, y = problem(args.configs[0], args.dtypes[0], args.n)
+    methods = {f"ewc_ref {k}": fn for k, fn in ewc_methods(model, x, y, False).items()}
+    if needs_torch:
+        refs = reference_methods(model, x, y, False, mods, skip_torch_func=True)
+        refs.pop("_backpack_net", None)
+        if args.worker == "ewc_ref+torch":
+            refs["torch gradient"]()  # torch's thread pool and allocator are live before ewc_ref runs
+        methods |= refs
+    out = {"blas": blas_info()}
+    for name in names:
+        fn = methods.get(name)
+        if fn is None:
+            continue
+        t = time.perf_counter()
+        fn()
+        first = time.perf_counter() - t
+        warm = []
+        for _ in range(args.calls):
+            t = time.perf_counter()
+            fn()
+            warm.append(time.perf_counter() - t)
+        out[name] = {"first": first, "warm": float(np.median(warm))}
+    print(json.dumps(out))
+    return 0
+
+
+def isolated(config: str, dtype, args, groups) -> dict:
+    """{group: {method: {"first": [per round], "warm": [per round]}}} from fresh processes, alternating."""
+    results = {g: {} for g in groups}
+    for round_ in range(args.rounds):
+        for group in (groups if round_ % 2 == 0 else groups[::-1]):
+            command = [sys.executable, __file__, "--worker", group, "--configs", config, "--dtypes", np.dtype(dtype).name,
+                       "--n", str(args.n), "--calls", str(args.calls)]
+            done = subprocess.run(command, capture_output=True, text=True, env=os.environ.copy())
+            if done.returncode != 0:
+                print(f"[bench] worker {group} failed: {done.stderr.strip().splitlines()[-1:]}", file=sys.stderr)
+                continue
+            data = json.loads(done.stdout.strip().splitlines()[-1])
+            for name, item in data.items():
+                if name == "blas":
+                    results[group]["blas"] = item
+                    continue
+                entry = results[group].setdefault(name, {"first": [], "warm": []})
+                entry["first"].append(item["first"])
+                entry["warm"].append(item["warm"])
+    return results
+
+
+def full_peak_memory(sizes=(64, 218, 10)) -> tuple[int, int, float]:
+    """(P, tracemalloc peak bytes, seconds) of one fisher(empirical, full) at P = 16,360 on the digits."""
+    model, x, y = problem("-".join(map(str, sizes)), np.float64, 0)
+    tracemalloc.start()
+    try:
+        t = time.perf_counter()
+        er.fisher(model, Categorical(), x, y, "empirical", "full")
+        seconds = time.perf_counter() - t
+        return model.n_params, tracemalloc.get_traced_memory()[1], seconds
+    finally:
+        tracemalloc.stop()
+
+
 # --------------------------------------------------------------------------- report
 def fmt_s(t):
     return "n/a" if t is None else (f"{t:.3f}" if t >= 0.01 else f"{t * 1e3:.2f} ms")
 
 
+def _median(values):
+    return float(np.median(values)) if values else None
+
+
+def _ratio(a, b):
+    return None if a is None or b is None else a / b
+
+
+def _fmt_ratio(r):
+    return "n/a" if r is None else f"{r:.2f}"
+
+
+# (configuration, numerator, denominator, goal): the goals of issue 18, checked on the isolated figures
+GOALS = [
+    ("784-256-256-10", "ewc_ref diag exact", "ewc_ref gradient", 2.0),
+    ("784-256-256-10", "ewc_ref diag exact", "BackPACK DiagGGNExact", 0.25),
+    ("784-256-256-10", "ewc_ref diag empirical", "BackPACK SumGradSquared", 0.65),
+    ("64-128-128-10", "ewc_ref diag empirical", "BackPACK SumGradSquared", 0.5),
+    ("64-128-128-10", "ewc_ref diag exact", "BackPACK DiagGGNExact", 0.5),
+]
+
+# rows of the per-configuration table: (ewc_ref method, reference)
+ROWS = [("gradient", "torch gradient"), ("diag empirical", "BackPACK SumGradSquared"),
+        ("diag empirical", "torch.func vmap(grad) diag"), ("diag exact", "BackPACK DiagGGNExact"),
+        ("HVP", "curvlinops HVP"), ("GGNVP", "curvlinops GGNVP")]
+FULL_ROWS = [("full empirical", "numpy G.T @ G (G built)"), ("full empirical", "numpy gemm G.T @ G.copy() (G built)"),
+             ("full empirical", "torch.func vmap(grad) + G^T G")]
+
+
 def run(args) -> str:
     mods = torch_modules() if not args.no_torch else {}
-    lines = [f"### Run {datetime.datetime.now().astimezone():%Y-%m-%d %H:%M %Z}", "",
-             f"- machine: {machine()}", f"- versions: {versions()}",
-             f"- BLAS (threadpoolctl): {blas_info()}",
-             "- OPENBLAS_CORETYPE=" + os.environ.get("OPENBLAS_CORETYPE", "(unset)")
-             + ", OPENBLAS_L2_SIZE=" + os.environ.get("OPENBLAS_L2_SIZE", "(unset)"),
-             f"- threads: {os.environ.get('OMP_NUM_THREADS')} (OMP/OpenBLAS/MKL/numba), torch "
-             f"{mods['torch'].get_num_threads() if 'torch' in mods else '-'}; numba kernels: {kernels.USE_NUMBA}",
-             f"- median of up to {args.repeats} interleaved repeats per method (shared 2-core machine)", ""]
+    groups = ["ewc_ref"] if args.no_torch else (["ewc_ref", "backpack"] if args.quick else list(GROUPS))
+    head = [f"### Run {datetime.datetime.now().astimezone():%Y-%m-%d %H:%M %Z}", "",
+            f"- machine: {machine()}", f"- versions: {versions()}",
+            f"- BLAS (threadpoolctl): {blas_info()}",
+            "- OPENBLAS_CORETYPE=" + os.environ.get("OPENBLAS_CORETYPE", "(unset)")
+            + ", OPENBLAS_L2_SIZE=" + os.environ.get("OPENBLAS_L2_SIZE", "(unset)"),
+            f"- threads: {os.environ.get('OMP_NUM_THREADS')} (OMP/OpenBLAS/MKL/numba), torch "
+            f"{mods['torch'].get_num_threads() if 'torch' in mods else '-'}; numba kernels: {kernels.USE_NUMBA}",
+            f"- load average at start: {os.getloadavg()[0]:.2f} (1 min) / {os.getloadavg()[1]:.2f} (5 min)",
+            f"- isolated: groups {', '.join(groups)}, {args.rounds} alternating rounds of one fresh process each, "
+            f"{args.calls} warm calls per process after the first; in-process: median of up to {args.repeats} interleaved repeats", ""]
     for dtype in args.dtypes:
-        lines.append(f"- numpy matmul peak, {np.dtype(dtype).name}: {matmul_peak(dtype, args.repeats):.1f} GFLOP/s")
-    lines.append("")
-    memory_rows = []
+        head.append(f"- numpy matmul peak, {np.dtype(dtype).name}: {matmul_peak(dtype, args.repeats):.1f} GFLOP/s")
+    head.append("")
+    body, memory_rows, goal_figures = [], [], {}
     for config in args.configs:
         for dtype in args.dtypes:
             model, x, y = problem(config, dtype, args.n)
-            full = model.n_params <= 5000
-            ours = ewc_methods(model, x, y, full)
-            refs = reference_methods(model, x, y, full, mods)
-            notes = cross_check(model, x, y, refs, mods)
-            refs.pop("_backpack_net", None)
-            print(f"[bench] {config} {np.dtype(dtype).name}: {len(ours)} ewc_ref + {len(refs)} reference methods",
-                  file=sys.stderr)
-            both = {f"ewc_ref {k}": fn for k, fn in ours.items()} | refs
-            t = interleaved_medians(both, args.repeats)
-            g = t["ewc_ref gradient"]
-            lines += [f"#### {config}, N = {x.shape[0]}, P = {model.n_params}, {np.dtype(dtype).name}", ""]
-            lines += [f"- {note}" for note in notes]
-            lines += ["", "| method | ewc_ref s | x ewc_ref gradient | reference | reference s | ratio ewc_ref / reference | goal |",
-                      "|---|---|---|---|---|---|---|"]
-            rows = [("gradient", "torch gradient", None)]
-            rows += [("diag empirical", "BackPACK SumGradSquared", 0.75), ("diag empirical", "torch.func vmap(grad) diag", None),
-                     ("diag exact", "BackPACK DiagGGNExact", 0.33)]
-            if full:
-                rows += [("full empirical", "numpy G.T @ G (G built)", 1.3),
-                         ("full empirical", "numpy gemm G.T @ G.copy() (G built)", None),
-                         ("full empirical", "scipy syrk (G built)", None),
-                         ("full empirical", "torch.func vmap(grad) + G^T G", 1 / 1.5)]
-            rows += [("HVP", "curvlinops HVP", None), ("GGNVP", "curvlinops GGNVP", None)]
-            for method, ref, goal in rows:
-                ours_t, ref_t = t.get(f"ewc_ref {method}"), t.get(ref)
-                ratio = None if ref_t is None else ours_t / ref_t
-                goal_text = ""
-                if goal is not None and ratio is not None:
-                    goal_text = f"<= {goal:.2f}: {'met' if ratio <= goal else 'MISSED'}"
-                if method in ("HVP", "GGNVP"):
-                    bound = 3.0 if method == "HVP" else 2.5
-                    goal_text = f"<= {bound}x gradient: {'met' if ours_t / g <= bound else 'MISSED'}"
-                ratio_text = "n/a" if ratio is None else f"{ratio:.2f}"
-                lines.append(f"| {method} | {fmt_s(ours_t)} | {ours_t / g:.2f} | {ref if ref_t is not None else ref + ' (absent)'} | "
-                             f"{fmt_s(ref_t)} | {ratio_text} | {goal_text} |")
-            if "torch gradient" in t:
-                lines.append("\nRatios to one torch gradient: " + ", ".join(
-                    f"{k} {v / t['torch gradient']:.1f}x" for k, v in t.items() if k != "torch gradient" and "numpy" not in k and "scipy" not in k))
-            lines.append("")
-            if not args.no_memory:
-                for name, fn in ours.items():
-                    memory_rows.append((config, np.dtype(dtype).name, x.shape[0], name, traced_peak(fn)))
-    if not args.no_memory:
+            full = model.n_params <= 5000 and not args.quick
+            print(f"[bench] {config} {np.dtype(dtype).name}: isolated, {args.rounds} rounds", file=sys.stderr)
+            iso = isolated(config, dtype, args, groups)
+            fresh = {}  # method -> (warm median over rounds, first-call median) from its own group
+            own_group = {"ewc_ref": "ewc_ref", "backpack": "backpack", "curvlinops": "curvlinops"}
+            for group, data in iso.items():
+                if group not in own_group:
+                    continue
+                for name, entry in data.items():
+                    if name != "blas":
+                        fresh[name] = (_median(entry["warm"]), _median(entry["first"]))
+            t = {}
+            notes = []
+            if not args.no_in_process:
+                print(f"[bench] {config} {np.dtype(dtype).name}: in-process", file=sys.stderr)
+                ours = ewc_methods(model, x, y, full)
+                refs = reference_methods(model, x, y, full, mods, skip_torch_func=args.quick)
+                notes = cross_check(model, x, y, refs, mods)
+                refs.pop("_backpack_net", None)
+                t = interleaved_medians({f"ewc_ref {k}": fn for k, fn in ours.items()} | refs, args.repeats)
+                if not args.no_memory:
+                    for name, fn in ours.items():
+                        memory_rows.append((config, np.dtype(dtype).name, x.shape[0], name, traced_peak(fn)))
+            dt = np.dtype(dtype).name
+            if dt == "float64":
+                for name, (warm, _) in fresh.items():
+                    goal_figures[(config, name)] = warm
+                for name, value in t.items():
+                    goal_figures.setdefault((config, "in-process " + name), value)
+            g_iso, g_in = fresh.get("ewc_ref gradient", (None, None))[0], t.get("ewc_ref gradient")
+            body += [f"#### {config}, N = {x.shape[0]}, P = {model.n_params}, {dt}", ""]
+            body += [f"- {note}" for note in notes]
+            body += ["", "| method | reference | ewc_ref s (isolated, warm) | first call s | x ewc_ref gradient | reference s (isolated) "
+                     "| ratio (isolated) | ewc_ref s (in-process) | reference s (in-process) | ratio (in-process) |",
+                     "|---|---|---|---|---|---|---|---|---|---|"]
+            for method, ref in ROWS + (FULL_ROWS if full else []):
+                name = f"ewc_ref {method}"
+                ours_w, ours_first = fresh.get(name, (None, None))
+                ref_w = fresh.get(ref, (None, None))[0]
+                ours_in, ref_in = t.get(name), t.get(ref)
+                if (ours_w is None and ours_in is None) or (ref_w is None and ref_in is None and method != "HVP" and method != "GGNVP"):
+                    continue  # not measured in this run (--quick leaves out torch.func and curvlinops)
+                x_grad = _ratio(ours_w, g_iso) if ours_w is not None else _ratio(ours_in, g_in)
+                body.append(f"| {method} | {ref} | {fmt_s(ours_w)} | {fmt_s(ours_first)} | {_fmt_ratio(x_grad)} | {fmt_s(ref_w)} | "
+                            f"{_fmt_ratio(_ratio(ours_w, ref_w))} | {fmt_s(ours_in)} | {fmt_s(ref_in)} | {_fmt_ratio(_ratio(ours_in, ref_in))} |")
+            blas_seen = sorted({data.get("blas") for data in iso.values() if data.get("blas")})
+            if blas_seen:
+                body.append("\nBLAS in the isolated workers (threadpoolctl): " + " | ".join(blas_seen))
+            if "ewc_ref+torch" in iso:
+                side = iso["ewc_ref+torch"]
+                body.append("\newc_ref in a fresh process that imported torch and ran one torch gradient first (import state): "
+                            + ", ".join(f"{k.removeprefix('ewc_ref ')} {fmt_s(_median(v['warm']))} (first {fmt_s(_median(v['first']))})"
+                                        for k, v in side.items() if k != "blas"))
+            body.append("")
+    goals = ["#### Goals of issue 18 (float64, isolated processes, warm median; in-process in brackets)", "",
+             "| configuration | figure | goal | measured | verdict |", "|---|---|---|---|---|"]
+    for config, num, den, goal in GOALS:
+        r = _ratio(goal_figures.get((config, num)), goal_figures.get((config, den)))
+        r_in = _ratio(goal_figures.get((config, "in-process " + num)), goal_figures.get((config, "in-process " + den)))
+        if r is None and r_in is None:
+            continue
+        verdict = "n/a" if r is None else ("met" if r <= goal else f"MISSED by {100 * (r / goal - 1):.0f}%")
+        goals.append(f"| {config} | {num.removeprefix('ewc_ref ')} / {den.removeprefix('ewc_ref ')} | <= {goal} | "
+                     f"{_fmt_ratio(r)} [{_fmt_ratio(r_in)}] | {verdict} |")
+    if args.full_memory:
+        print("[bench] full peak memory at P = 16,360", file=sys.stderr)
+        p, peak, seconds = full_peak_memory()
+        ratio = peak / (8 * p * p)
+        goals.append(f"| 64-218-10 digits | full empirical tracemalloc peak / P x P matrix (P = {p}) | <= 1.3 | {ratio:.3f} "
+                     f"({peak / 2**20:.0f} MiB, {seconds:.1f} s) | {'met' if ratio <= 1.3 else 'MISSED'} |")
+    goals.append("")
+    lines = head + goals + body
+    if memory_rows:
         lines += ["#### tracemalloc peak of each ewc_ref method (NumPy allocations; BLAS work buffers are not traced)", "",
                   "| configuration | dtype | N | method | peak MiB |", "|---|---|---|---|---|"]
         lines += [f"| {c} | {d} | {n} | {m} | {p / 2**20:.1f} |" for c, d, n, m, p in memory_rows]
-        lines += ["", "#### diag peak memory against N (784-256-256-10, float64, random data)", "",
-                  "| N | diag empirical MiB | diag exact MiB | x MiB |", "|---|---|---|---|"]
-        peaks = {}
-        for n in (1000, 10000, 30000):
-            model, x, y = problem("784-256-256-10", np.float64, n)
-            lik = Categorical()
-            e = traced_peak(lambda: er.fisher(model, lik, x, y, "empirical", "diag"))
-            f = traced_peak(lambda: er.fisher(model, lik, x, y, "exact", "diag"))
-            peaks[n] = (e, f)
-            lines.append(f"| {n} | {e / 2**20:.2f} | {f / 2**20:.2f} | {x.nbytes / 2**20:.1f} |")
-        e_ratio, f_ratio = (peaks[10000][i] / peaks[1000][i] for i in range(2))
-        lines += ["", f"Peak N = 10,000 / N = 1,000: empirical {e_ratio:.3f}, exact {f_ratio:.3f} "
-                  f"(goal <= 1.10: {'met' if max(e_ratio, f_ratio) <= 1.1 else 'MISSED'})", ""]
+        lines.append("")
+    lines.append(f"- load average at end: {os.getloadavg()[0]:.2f} (1 min)")
     return "\n".join(lines)
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--repeats", type=int, default=5, help="interleaved repeats per method (median)")
+    parser.add_argument("--repeats", type=int, default=5, help="in-process interleaved repeats per method (median)")
+    parser.add_argument("--rounds", type=int, default=3, help="isolated: alternating rounds of fresh processes")
+    parser.add_argument("--calls", type=int, default=5, help="isolated: warm calls per process after the first")
     parser.add_argument("--configs", nargs="+", default=["64-128-128-10", "784-256-256-10", "64-64-10"])
     parser.add_argument("--dtypes", nargs="+", default=["float64", "float32"], type=np.dtype)
     parser.add_argument("--n", type=int, default=10000, help="rows of random data for 784-256-256-10")
     parser.add_argument("--no-torch", action="store_true", help="only ewc_ref and numpy")
     parser.add_argument("--no-memory", action="store_true", help="skip the tracemalloc measurements")
+    parser.add_argument("--no-in-process", action="store_true", help="skip the in-process column")
+    parser.add_argument("--full-memory", action="store_true", help="also the full-structure peak at P = 16,360 (~1 min)")
+    parser.add_argument("--quick", action="store_true",
+                        help="~1 minute: float64, 64-128-128-10 and 784-256-256-10, ewc_ref and BackPACK, 2 rounds")
+    parser.add_argument("--worker", choices=sorted(GROUPS), help=argparse.SUPPRESS)
     parser.add_argument("--output", type=Path, help="write the markdown report here as well")
     args = parser.parse_args(argv)
+    if args.worker is not None:
+        return worker(args)
+    if args.quick:
+        args.configs, args.dtypes = ["64-128-128-10", "784-256-256-10"], [np.dtype("float64")]
+        args.rounds, args.calls, args.repeats, args.no_memory = 2, 3, 3, True
     report = run(args)
     print(report)
     if args.output is not None:

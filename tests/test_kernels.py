@@ -72,6 +72,23 @@ def test_stacked_backward_matches_the_model_backward(case, k, strided):
         assert relative_error(a, b) <= rtol
 
 
+@given(models_and_data(max_width=8, dtype=np.float64) | models_and_data(max_width=8, dtype=np.float32),
+       st.integers(1, 4), st.sampled_from([1.0, 0.5]))
+def test_squared_delta_sums_match_the_squares_of_the_backward_deltas(case, k, weight):
+    model, _, x, _ = case
+    f, cache = model.forward(x)
+    df = np.random.default_rng(k).standard_normal((k, *f.shape)).astype(model.dtype)
+    fast = kernels.squared_delta_sums(model.weights, cache.activation_caches, df, weight)
+    naive = [weight * (d**2).sum(axis=0) for d in model.backward_deltas(cache, df)]
+    # phi'^2 (w sum_k da^2) against w sum_k (phi' da)^2: the same terms, rounded in another order,
+    # after the backward pass of test_stacked_backward_matches_the_model_backward (its tolerance).
+    rtol = 1e-12 if model.dtype == np.float64 else 1e-5
+    assert len(fast) == len(naive)
+    for a, b in zip(fast, naive, strict=True):
+        assert a.shape == b.shape and a.dtype == b.dtype
+        assert relative_error(a, b) <= rtol
+
+
 @given(layer_factors())
 def test_diag_second_moment_matches_squared_per_example_gradients(factors):
     delta, a, weight, has_bias, dtype = factors
@@ -123,6 +140,26 @@ def test_gram_matrices_match_the_sum_of_outer_products(m, p, dtype, seed):
         assert fast.dtype == dtype
         assert np.array_equal(fast, fast.T)  # one triangle computed, mirrored exactly
         assert np.all(np.abs(fast - naive) <= bound)
+
+
+@given(st.integers(1, 30), st.integers(1, 12), st.sampled_from(DTYPES), st.integers(0, 2**32 - 1), st.booleans())
+def test_in_place_gram_update_adds_to_the_lower_triangle(m, p, dtype, seed, strided):
+    rng = np.random.default_rng(seed)
+    G = rng.standard_normal((m, p)).astype(dtype)
+    if strided:  # a Fortran-ordered G: the strips are views with other strides
+        G = np.asfortranarray(G)
+    start = rng.standard_normal((p, p)).astype(dtype)
+    start = start + start.T  # a running sum is symmetric
+    total = start.copy()
+    kernels.gram_update(total, G, block=4)  # strips of 4 rows: diagonal blocks and strips both exercised
+    expected = start + kernels.gram_naive(G)
+    bound = 2 * m * unit_roundoff(dtype) * (np.abs(G).T @ np.abs(G)) + 2 * unit_roundoff(dtype) * np.abs(start)
+    lower = np.tril_indices(p)
+    assert total.dtype == dtype
+    assert np.all(np.abs(total - expected)[lower] <= bound[lower])
+    kernels.mirror_lower(total, block=3)  # blocks of 3 rows: diagonal blocks and strips both exercised
+    assert np.array_equal(total, total.T)
+    assert np.all(np.abs(total - expected) <= bound + bound.T)
 
 
 @given(layer_factors())

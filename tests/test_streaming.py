@@ -217,3 +217,25 @@ def test_accumulator_validates_every_chunk_and_its_partner():
     with pytest.raises(TypeError, match="^other: expected a FisherAccumulator"):
         acc.merge(acc.total)
     assert acc.count == 2  # the refused chunks added nothing
+
+
+@pytest.mark.parametrize("structure", ["full", "block"])
+def test_full_result_is_handed_over_in_place_and_taken_back_on_the_next_update(structure):
+    """result() divides the P x P sums in place and gives them to the Curvature (no second matrix);
+    updating afterwards must neither change that Curvature nor lose the sums."""
+    rng = np.random.default_rng(3)
+    model, lik = er.MLP.random([6, 5, 3], rng=0), er.Categorical()
+    x, y = rng.standard_normal((50, 6)), rng.integers(0, 3, 50)
+    acc = FisherAccumulator(model, lik, "empirical", structure)
+    acc.update(x[:20], y[:20])
+    first = acc.result()
+    first_dense = first.to_dense().copy()
+    acc.update(x[20:], y[20:])
+    second = acc.result()
+    np.testing.assert_array_equal(first.to_dense(), first_dense)
+    one_shot = er.fisher(model, lik, x, y, "empirical", structure)
+    np.testing.assert_allclose(second.to_dense(), one_shot.to_dense(), rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(first_dense, er.fisher(model, lik, x[:20], y[:20], "empirical", structure).to_dense(),
+                               rtol=1e-12, atol=1e-15)
+    assert np.array_equal(second.to_dense(), second.to_dense().T)
+

@@ -103,6 +103,10 @@ class FisherAccumulator:
         self.n_batches = 0  # completed minibatches (batched)
         self.partial: dict[int, list] = {}  # batch index -> [gradient sum (P,), rows]
         self.total = None  # the structure's running sum
+        # full/block outer sums: only the lower triangle of each matrix is summed (kernels.gram_update)
+        self.lower_only = False
+        # result() divided total in place and handed it to the Curvature: the divisor, else None
+        self.handed_over = None
         self._update_by_kind = {"outer": self._update_outer, "batched": self._update_batched,
                                 "hessian": self._update_hessian}[ESTIMATOR_TABLE[estimator].kind]
 
@@ -110,6 +114,7 @@ class FisherAccumulator:
     def _add(self, sums, owned: bool = True):
         """Add `sums` to the running total; `owned` = they are fresh arrays nobody else holds,
         so the first one can become the total without a copy (a pass over P x P saved)."""
+        self._reclaim()
         if self.total is None:
             self.total = sums if owned else _copy(sums)
         elif isinstance(self.total, list):
@@ -122,14 +127,24 @@ class FisherAccumulator:
         else:
             self.total += sums
 
-    def _outer_sums(self, cache, r: np.ndarray, weight: float):
+    def _reclaim(self):
+        """Take the running sums back after result() handed them over: a scaled copy (the
+        Curvature keeps its matrix); costs one P x P copy, only when updating after result()."""
+        if self.handed_over is not None:
+            divisor, self.handed_over = self.handed_over, None
+            self.total = [item * divisor for item in self.total] if isinstance(self.total, list) else self.total * divisor
+
+    def _outer_sums(self, cache, r: np.ndarray, weight: float, into=None):
         """sum_{n,k} weight * u_nk u_nk^T in the accumulator's structure, u = J^T r.
 
         Fast path by ewc_ref.curvature.kernels; the readable twin is naive.outer_sums_naive (tests/test_kernels.py).
+        full and block: with `into` (the running sums) the lower triangles of `into` are updated
+        in place (kernels.gram_update) and None is returned; without, fresh complete sums.
         """
         model = self.model
         if self.structure == "diag":
-            return _diag_sums(model, cache, kernels.backward_deltas(model.weights, cache.activation_caches, r), weight)
+            sums = kernels.squared_delta_sums(model.weights, cache.activation_caches, r, weight)
+            return _diag_sums(model, cache, sums, into)
         if self.structure == "kfac":
             # separate bias: A without the column of ones; G is the same (and the bias block, see result()).
             joined = self.kfac_bias == "joined"
@@ -139,11 +154,25 @@ class FisherAccumulator:
         # u_nk sqrt(w): a Python float keeps float32 models in float32 (a NumPy float64 would promote).
         deltas = kernels.backward_deltas(model.weights, cache.activation_caches, r * math.sqrt(weight))
         dtype = np.result_type(r, model.theta)
+        sums = self._zero_sums(dtype) if into is None else into
         if self.structure == "full":
-            return kernels.gram(kernels.per_sample_grads(deltas, cache.inputs, model.has_bias, dtype))
-        # block: each layer's G_l : (K n, P_l) on its own, never the whole G.
-        return [kernels.gram(kernels.per_sample_grads(deltas, cache.inputs, model.has_bias, dtype, layers=[l]))
-                for l in range(model.n_layers)]
+            kernels.gram_update(sums, kernels.per_sample_grads(deltas, cache.inputs, model.has_bias, dtype))
+        else:  # block: each layer's G_l : (K n, P_l) on its own, never the whole G.
+            for l in range(model.n_layers):
+                kernels.gram_update(sums[l], kernels.per_sample_grads(deltas, cache.inputs, model.has_bias, dtype, layers=[l]))
+        if into is not None:
+            return None
+        for item in sums if isinstance(sums, list) else [sums]:
+            kernels.mirror_lower(item)
+        return sums
+
+    def _zero_sums(self, dtype):
+        """Zero running sums of the diag, full or block structure."""
+        if self.structure == "diag":
+            return np.zeros(self.model.n_params, dtype=dtype)
+        if self.structure == "full":
+            return np.zeros((self.model.n_params,) * 2, dtype=dtype)
+        return [np.zeros((s.stop - s.start,) * 2, dtype=dtype) for s in self.model.layer_slices]
 
     def update(self, x_chunk, y_chunk) -> FisherAccumulator:
         """Add the next rows; x_chunk : (n, d_in) and y_chunk are validated (names in errors)."""
@@ -163,7 +192,15 @@ class FisherAccumulator:
     def _update_outer(self, x_chunk, y_chunk):
         f, cache = self.model.forward(x_chunk)
         r, weight = ESTIMATOR_TABLE[self.estimator].output_vectors(self.lik, f, y_chunk, self.samples, self.rng)
-        self._add(self._outer_sums(cache, r, weight))
+        if self.structure == "kfac":
+            self._add(self._outer_sums(cache, r, weight))
+            return
+        # diag, full, block: summed in place into the running total (no per-chunk (P,) or P x P array).
+        self._reclaim()
+        if self.total is None:
+            self.total = self._zero_sums(np.result_type(r, self.model.theta))
+        self.lower_only = self.structure != "diag"
+        self._outer_sums(cache, r, weight, into=self.total)
 
     def _update_hessian(self, x_chunk, y_chunk):
         from .dense_hessian import _hessian, _hessian_blocks
@@ -210,8 +247,10 @@ class FisherAccumulator:
             raise ValueError("other: accumulators differ in estimator, structure, batch_size or kfac_bias")
         if other.model.n_params != self.model.n_params:
             raise ValueError(f"other: has P = {other.model.n_params} parameters, this accumulator {self.model.n_params}")
+        other._reclaim()
         if other.total is not None:
             self._add(other.total, owned=False)
+            self.lower_only = self.lower_only or other.lower_only
         self.count += other.count
         self.n_batches += other.n_batches
         for index, (grad_sum, rows) in other.partial.items():
@@ -222,6 +261,7 @@ class FisherAccumulator:
         """The mean: sums / N (or / number of minibatches for batched)."""
         if self.count == 0:
             raise ValueError("no examples were added")
+        self._reclaim()
         model = self.model
         if self.estimator == "batched":
             # Only the last minibatch may be partial; it counts as a batch of its own.
@@ -233,7 +273,17 @@ class FisherAccumulator:
         else:
             divisor = self.count
         total = self.total
-        data = [_divide(item, divisor) for item in total] if isinstance(total, list) else total / divisor
+        if self.structure in ("full", "block"):
+            # The P x P sums become the result in place (no second P x P matrix); the accumulator
+            # takes them back by a copy if it is updated again (_reclaim).
+            for item in total if isinstance(total, list) else [total]:
+                if self.lower_only:
+                    kernels.mirror_lower(item)
+                item /= divisor
+            self.lower_only, self.handed_over = False, divisor
+            data = total
+        else:
+            data = [_divide(item, divisor) for item in total] if isinstance(total, list) else total / divisor
         if self.kfac_bias == "separate":
             # The bias block is sum_{n,k} w delta_nk delta_nk^T / N = G: exact, its own array.
             data = [(A, G, G.copy() if has_bias else None) for (A, G), has_bias in zip(data, model.has_bias, strict=True)]
@@ -257,17 +307,18 @@ def _copy(item):
     return item.copy()
 
 
-def _diag_sums(model: MLP, cache, deltas, weight: float) -> np.ndarray:
-    """diag(sum_{n,k} w u_nk u_nk^T) per layer: (sum_k w delta_nk^2)^T (a_n^2), one GEMM.
+def _diag_sums(model: MLP, cache, sums, into=None) -> np.ndarray:
+    """diag(sum_{n,k} w u_nk u_nk^T) per layer: s_l^T (a_n^2), one GEMM, s_l = w sum_k delta_nk^2.
 
-    Fast path: kernels.diag_second_moment. Twins: naive.diag_sums_naive (the same GEMM
-    written inline) and ``(per_sample_grads**2).sum`` (tests/test_curvature.py).
+    Added in place to `into` (the running (P,) sum) when given, else returned fresh. Fast path:
+    kernels.squared_delta_sums, then the GEMM of kernels.diag_second_moment. Twins:
+    naive.diag_sums_naive (the same GEMM written inline) and ``(per_sample_grads**2).sum``
+    (tests/test_curvature.py, tests/test_kernels.py).
     """
-    out = np.empty(model.n_params, dtype=np.result_type(cache.inputs[0], model.theta))
-    for l, delta in enumerate(deltas):
-        weight_diag, bias_diag = kernels.diag_second_moment(delta, cache.inputs[l], weight, model.has_bias[l])
-        out[model.weight_slices[l]] = weight_diag.ravel()
-        if bias_diag is not None:
-            out[model.bias_slices[l]] = bias_diag
+    out = np.zeros(model.n_params, dtype=np.result_type(cache.inputs[0], model.theta)) if into is None else into
+    for l, s in enumerate(sums):
+        a = cache.inputs[l]
+        out[model.weight_slices[l]].reshape(s.shape[1], a.shape[1])[...] += s.T @ np.square(a)
+        if model.has_bias[l]:
+            out[model.bias_slices[l]] += s.sum(axis=0)
     return out
-

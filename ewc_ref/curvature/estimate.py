@@ -28,9 +28,10 @@ def default_chunk_size(model: MLP, estimator: str, structure: str, samples: int,
       whose speed saturates at a few hundred rows; smaller chunks keep the peak flat from
       smaller N on (784-256-256-10: ~800 rows, so N = 1,000 and 10,000 peak alike).
     * hessian, diag (needs `lik`): diag_hessian.rows_per_chunk, the recursion's vectors near CHUNK_NUMBERS.
-    * full, block: max(CHUNK_BYTES, bytes of the output) of per-example gradients G. Every
-      chunk adds a freshly allocated Gram matrix (P x P, or P_l x P_l per layer) into the
-      running sum, which costs more than the rank-(K n) update itself when n << P.
+    * full, block: max(CHUNK_BYTES, 1/8 of the output's bytes) of per-example gradients G. Each
+      chunk is a rank-(K n) syrk update in place into the running sum (kernels.gram_update), so
+      the peak is the output plus G: <= 1.125x the P x P matrix beyond CHUNK_BYTES, and K n stays
+      in the hundreds or more, where syrk runs near the GEMM peak.
     """
     k = max(1, ESTIMATOR_TABLE[estimator].backward_vectors(samples, n_outputs))
     if ESTIMATOR_TABLE[estimator].kind == "hessian" and structure == "diag" and lik is not None:
@@ -39,7 +40,7 @@ def default_chunk_size(model: MLP, estimator: str, structure: str, samples: int,
         return max(1, budget.CHUNK_BYTES // (8 * max(1, model.n_params * 4)))
     if structure in ("full", "block"):
         sizes = [model.n_params] if structure == "full" else [s.stop - s.start for s in model.layer_slices]
-        chunk_bytes = max(budget.CHUNK_BYTES, 8 * sum(p * p for p in sizes))
+        chunk_bytes = max(budget.CHUNK_BYTES, sum(p * p for p in sizes))  # 8-byte numbers / 8
         return max(1, chunk_bytes // (8 * k * max(sizes)))
     return max(1, (budget.CHUNK_BYTES // 4) // (8 * k * max(1, sum(model.layer_sizes))))
 

@@ -19,6 +19,8 @@ fill_per_sample      rows k*n + j of G : (K n, P) <- [vec(dW_jk), db_jk]  the Nu
 grads                (numba; writes straight into G, no (K,n,out,in)     (fill_per_sample_grads_numpy)
                      temporary)
 gram                 G^T G (BLAS syrk: only one triangle is computed)    sum_n g_n g_n^T by einsum
+gram_update          total += G^T G in place on the lower triangle, in   gram_naive added to total
+                     strips of rows (a blocked syrk), then mirror_lower
 kfac_factors         A = sum_n abar_n abar_n^T, B = w sum_{n,k} d d^T     the same sums by einsum
 ===================  ==================================================  ===========================
 
@@ -101,6 +103,46 @@ def squared_delta_sum(delta: np.ndarray, weight: float) -> np.ndarray:
     if weight != 1.0:
         s *= weight
     return s
+
+
+def squared_delta_sums(weights: list, activation_caches: list, df: np.ndarray, weight: float) -> list[np.ndarray]:
+    """s_l = w sum_k delta_lk^2 : (n, out_l) for every layer, back-propagating only what is needed.
+
+    The diagonal needs the squared deltas, never the deltas of the first layer themselves. With
+    da_l = delta_{l+1} W_{l+1} (one stacked GEMM, as in backward_deltas) and delta_l = phi'(z_l) da_l,
+
+        s_l = w sum_k (phi'(z_l) da_lk)^2 = phi'(z_l)^2 (w sum_k da_lk^2)
+
+    so the K-fold product phi' * da is formed only where it is propagated further (in place, no new
+    (K, n, out) array), and the first layer's never. Twin: squared_delta_sum over backward_deltas
+    (equal up to the order of the roundings, tests/test_kernels.py).
+
+    Parameters
+    ----------
+    weights, activation_caches : as backward_deltas
+    df : (K, n, C) backward vectors at the output
+    weight : w
+
+    Returns
+    -------
+    s : list of (n, out_l)
+    """
+    sums = [None] * len(weights)
+    delta = df
+    sums[-1] = squared_delta_sum(delta, weight)
+    for l in range(len(weights) - 1, 0, -1):
+        weight_l = weights[l]
+        stacked = np.ascontiguousarray(delta).reshape(-1, delta.shape[-1])
+        da = (stacked @ weight_l).reshape(*delta.shape[:-1], weight_l.shape[1])
+        z, a, activation = activation_caches[l - 1]
+        derivative = activation.derivative(z, a)  # (n, out_l), computed once for the K vectors
+        s = squared_delta_sum(da, weight)
+        s *= derivative * derivative
+        sums[l - 1] = s
+        if l > 1:
+            da *= derivative  # delta_l, in place: the next GEMM's input
+            delta = da
+    return sums
 
 
 def diag_second_moment(delta: np.ndarray, a: np.ndarray, weight: float, has_bias: bool):
@@ -249,6 +291,44 @@ def gram_syrk(G: np.ndarray) -> np.ndarray:
     lower_part = np.tril_indices_from(upper, -1)
     upper[lower_part] = upper.T[lower_part]
     return upper
+
+
+def gram_update(total: np.ndarray, G: np.ndarray, block: int = 512) -> None:
+    """total += G^T G on the LOWER triangle of total, in place: no P x P temporary (a blocked syrk).
+
+    Row strip by row strip of `block` rows: total[i:j, :j] += G[:, i:j]^T G[:, :j], one GEMM
+    each on views of G and total (NumPy's BLAS; nothing is copied), so the only temporary is
+    one (block, P) strip and about half the GEMM's flops are spent, as in syrk. Entries above
+    the diagonal blocks are not touched; ``mirror_lower`` completes the matrix once at the end.
+    This keeps structure='full' near one P x P matrix at its peak (benchmarks/BENCHMARKS.md).
+    (scipy.linalg.blas.dsyrk with beta = 1 does the same without the strip, but SciPy's 32-bit
+    OpenBLAS segfaults on a 2 GiB C = P x P, P = 16,360.) Twin: gram_naive added to total,
+    compared on the lower triangle (tests/test_kernels.py).
+
+    Parameters
+    ----------
+    total : (P, P) running sum (lower triangle and diagonal blocks are kept)
+    G : (m, P) per-example gradients
+    block : rows per strip
+    """
+    n = total.shape[0]
+    for start in range(0, n, block):
+        stop = min(start + block, n)
+        total[start:stop, :stop] += G[:, start:stop].T @ G[:, :stop]
+
+
+def mirror_lower(total: np.ndarray, block: int = 1024) -> None:
+    """Copy the lower triangle of the square `total` onto its upper one, in place, `block` rows at a time.
+
+    total[i, j] <- total[j, i] for i < j, so total becomes exactly symmetric. Temporaries are one
+    (block, P) strip, never P x P index arrays (np.triu_indices of P = 16,384 would take 2 GiB).
+    """
+    n = total.shape[0]
+    for start in range(0, n, block):
+        stop = min(start + block, n)
+        diagonal = total[start:stop, start:stop]
+        diagonal[...] = np.tril(diagonal) + np.tril(diagonal, -1).T
+        total[start:stop, stop:] = total[stop:, start:stop].T
 
 
 def gram_naive(G: np.ndarray) -> np.ndarray:
