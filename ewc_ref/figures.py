@@ -11,7 +11,7 @@ laplace        the report's Fig. 3: true posterior (grid), its Laplace Gaussian 
                diagonal-Fisher Gaussian for 2-weight logistic regression, 1-D marginal and 2-D
                contours, KL(posterior || Gaussian) in the legend (data:
                ``ewc_ref.bayes.examples.figure_data``); and a small-N, separable 1-D
-               posterior whose skew the Laplace Gaussian misses (`laplace_skewed_data`)
+               posterior whose skew the Laplace Gaussian misses (``skewed_figure_data``)
                (derivations/03).
 trajectories   the report's Fig. 4, computed: a linear-Gaussian model with two weights, task A's
                loss flat along theta_1, task B's along theta_0. Gradient descent on task B from
@@ -65,42 +65,12 @@ def _save_png(fig, path: Path) -> None:
 # ----------------------------------------------------------------------------- Fig. 3: laplace
 def laplace_data(n_points: int = 121) -> dict[str, np.ndarray]:
     """Arrays of Fig. 3: ``ewc_ref.bayes.examples.figure_data`` (its docstring lists them) and,
-    prefixed ``skewed_``, the small-N panel of `laplace_skewed_data`."""
-    from .bayes.examples import figure_data
+    prefixed ``skewed_``, the small-N panel of ``ewc_ref.bayes.examples.skewed_figure_data``."""
+    from .bayes.examples import figure_data, skewed_figure_data
 
     data = figure_data(n_points=n_points)
-    data.update({f"skewed_{key}": value for key, value in laplace_skewed_data().items()})
+    data.update({f"skewed_{key}": value for key, value in skewed_figure_data().items()})
     return {key: np.asarray(value, dtype=np.float64) for key, value in data.items()}
-
-
-def laplace_skewed_data(n_points: int = 401, prior_variance: float = 25.0) -> dict[str, np.ndarray]:
-    """A posterior where the Laplace approximation visibly fails: small N, separable data.
-
-    1-D Bayesian logistic regression p(y = 1 | x, w) = sigmoid(w x) on the six points
-    x = (1, 2, -1, -2, 0.5, -0.5) with y = [x > 0] (linearly separable: the likelihood rises
-    monotonically in w and only the prior N(0, `prior_variance`) stops it). The posterior is skewed
-    towards large w; the Laplace Gaussian sits at the mode with the curvature there.
-
-    Returns
-    -------
-    dict with w (n_points,) grid; posterior, laplace (n_points,) densities; map, mean (scalars:
-    the posterior's mode and mean); kl_laplace (scalar): KL(posterior || Laplace) on the grid.
-    """
-    from .bayes.grid import grid_posterior
-    from .bayes.laplace import laplace_approximation
-    from .bayes.posterior import GaussianPrior, LogPosterior, Subspace
-    from .model.likelihoods import Bernoulli
-    from .model.mlp import MLP
-
-    x = np.array([1.0, 2.0, -1.0, -2.0, 0.5, -0.5])[:, None]
-    y = (x > 0).astype(np.float64)
-    model = MLP([np.zeros((1, 1))], [None], "identity")
-    post = LogPosterior(Subspace(model, [0]), Bernoulli(), x, y, GaussianPrior.isotropic(1, prior_variance))
-    laplace = laplace_approximation(post, kind="hessian")
-    grid = grid_posterior(post, laplace.mean, laplace.std, n_points=n_points)
-    points = grid.points()
-    return {"w": grid.axes[0], "posterior": grid.density, "laplace": np.exp(laplace.logpdf(points)),
-            "map": laplace.mean[0], "mean": grid.mean[0], "kl_laplace": grid.kl_to(laplace.logpdf)}
 
 
 def plot_laplace(data, plt):

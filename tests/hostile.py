@@ -21,6 +21,7 @@ METHODS = {"stored": zipfile.ZIP_STORED, "deflated": zipfile.ZIP_DEFLATED, "bzip
 def npy_bytes(array: np.ndarray) -> bytes:
     """The .npy encoding numpy writes for `array` (version 1.0 unless it needs more)."""
     stream = io.BytesIO()
+    # allow_pickle deliberately: this crafts the object-array payloads the readers must refuse.
     np.lib.format.write_array(stream, np.asarray(array), allow_pickle=True)
     return stream.getvalue()
 

@@ -120,3 +120,27 @@ def sequential_table(n_a_values=(30, 300), n_b: int = 30, rho: float = 0.9, n_po
             row[kind] = grid_exact.kl_to(lambda z: approx(z) - grid_approx.log_evidence)
         table[n_a] = row
     return table
+
+
+def skewed_figure_data(n_points: int = 401, prior_variance: float = 25.0) -> dict[str, np.ndarray]:
+    """A posterior where the Laplace approximation visibly fails: small N, separable data.
+
+    1-D Bayesian logistic regression p(y = 1 | x, w) = sigmoid(w x) on the six points
+    x = (1, 2, -1, -2, 0.5, -0.5) with y = [x > 0] (linearly separable: the likelihood rises
+    monotonically in w and only the prior N(0, `prior_variance`) stops it). The posterior is skewed
+    towards large w; the Laplace Gaussian sits at the mode with the curvature there.
+
+    Returns
+    -------
+    dict with w (n_points,) grid; posterior, laplace (n_points,) densities; map, mean (scalars:
+    the posterior's mode and mean); kl_laplace (scalar): KL(posterior || Laplace) on the grid.
+    """
+    x = np.array([1.0, 2.0, -1.0, -2.0, 0.5, -0.5])[:, None]
+    y = (x > 0).astype(np.float64)
+    model = MLP([np.zeros((1, 1))], [None], "identity")
+    post = LogPosterior(Subspace(model, [0]), Bernoulli(), x, y, GaussianPrior.isotropic(1, prior_variance))
+    laplace = laplace_approximation(post, kind="hessian")
+    grid = grid_posterior(post, laplace.mean, laplace.std, n_points=n_points)
+    points = grid.points()
+    return {"w": grid.axes[0], "posterior": grid.density, "laplace": np.exp(laplace.logpdf(points)),
+            "map": laplace.mean[0], "mean": grid.mean[0], "kl_laplace": grid.kl_to(laplace.logpdf)}
