@@ -19,7 +19,6 @@ from ..model.mlp import MLP
 #: 1e-4 leaves a factor ~170 for deeper nets and larger N and still separates N/(N-1) (1/N >= 5e-4 for
 #: N <= 2000 is absorbed by the scale, not the residual) and neighbouring batch sizes (>= 1e-2).
 ROUNDOFF_TOL = {"float64": 1e-8, "float32": 1e-4}
-COMMON_BATCH_SIZES = (1, 8, 16, 32, 64, 100, 128, 256)
 
 
 def fit_scale(theirs: np.ndarray, candidate: np.ndarray) -> tuple[float, float]:
@@ -155,11 +154,3 @@ def roundoff_tolerance(theirs: np.ndarray, model: MLP | None = None) -> tuple[st
     return precision, ROUNDOFF_TOL[precision]
 
 
-def candidate_batch_sizes(n: int) -> list[int]:
-    """Divisors of N, powers of two up to N and the common sizes, within [1, N], sorted."""
-    sizes = {d for d in range(1, math.isqrt(n) + 1) if n % d == 0}
-    sizes |= {n // d for d in sizes}
-    sizes |= {2**k for k in range(n.bit_length()) if 2**k <= n}
-    sizes |= {b for b in COMMON_BATCH_SIZES if b <= n}
-    sizes.add(n)
-    return sorted(sizes)
