@@ -83,13 +83,30 @@ def torch_modules():
 
 
 def blas_info() -> str:
+    """Every thread pool threadpoolctl sees in this process, with the package that shipped it.
+
+    The owner is read from the library's path (numpy.libs, scipy.libs, torch/lib): numpy and scipy
+    each bring their own OpenBLAS (scipy's is loaded by ``import scipy.special``, which ewc_ref
+    imports), torch its OpenMP runtime (its BLAS is linked in and invisible to threadpoolctl).
+    """
     try:
         from threadpoolctl import threadpool_info
     except ImportError:
         return "threadpoolctl not installed"
-    parts = [f"{i.get('internal_api')} {i.get('version')} kernel={i.get('architecture')} threads={i.get('num_threads')}"
-             for i in threadpool_info() if i.get("user_api") == "blas"]
-    return "; ".join(parts) or "no BLAS found by threadpoolctl"
+    parts = []
+    for info in threadpool_info():
+        path = info.get("filepath") or ""
+        owner = next((name for name in ("numpy", "scipy", "torch") if f"/{name}" in path), Path(path).name or "?")
+        what = f"{info.get('internal_api')} {info.get('version') or ''}".strip()
+        if info.get("architecture"):
+            what += f" kernel={info['architecture']}"
+        parts.append(f"{owner}'s {what} threads={info.get('num_threads')}")
+    return "; ".join(parts) or "no thread pool found by threadpoolctl"
+
+
+def torch_loaded() -> str:
+    """'torch loaded' or 'torch not loaded' in this process (sys.modules)."""
+    return "torch loaded" if "torch" in sys.modules else "torch not loaded"
 
 
 def machine() -> str:
@@ -320,7 +337,7 @@ def worker(args) -> int:
         if args.worker == "ewc_ref+torch":
             refs["torch gradient"]()  # torch's thread pool and allocator are live before ewc_ref runs
         methods |= refs
-    out = {"blas": blas_info()}
+    out = {}
     for name in names:
         fn = methods.get(name)
         if fn is None:
@@ -334,6 +351,10 @@ def worker(args) -> int:
             fn()
             warm.append(time.perf_counter() - t)
         out[name] = {"first": first, "warm": float(np.median(warm))}
+    # after the calls, so lazily loaded libraries count; a numpy-only group must not have torch
+    if not needs_torch and "torch" in sys.modules:
+        raise RuntimeError(f"worker {args.worker}: torch was imported, so this is not a numpy-only process")
+    out["blas"] = f"{args.worker}: {blas_info()}; {torch_loaded()}"
     print(json.dumps(out))
     return 0
 
@@ -474,7 +495,7 @@ def run(args) -> str:
                             f"{_fmt_ratio(_ratio(ours_w, ref_w))} | {fmt_s(ours_in)} | {fmt_s(ref_in)} | {_fmt_ratio(_ratio(ours_in, ref_in))} |")
             blas_seen = sorted({data.get("blas") for data in iso.values() if data.get("blas")})
             if blas_seen:
-                body.append("\nBLAS in the isolated workers (threadpoolctl): " + " | ".join(blas_seen))
+                body.append("\nThread pools in the isolated workers after their calls (threadpoolctl): " + " | ".join(blas_seen))
             if "ewc_ref+torch" in iso:
                 side = iso["ewc_ref+torch"]
                 body.append("\newc_ref in a fresh process that imported torch and ran one torch gradient first (import state): "
