@@ -315,6 +315,15 @@ def matmul_peak(dtype, repeats: int) -> float:
     return 2 * n**3 / seconds / 1e9
 
 
+def torch_matmul_peak(mods, dtype, repeats: int) -> float:
+    """The same 2000 x 2000 product by torch, whose BLAS is linked into torch (not numpy's)."""
+    torch = mods["torch"]
+    n = 2000
+    a = torch.from_numpy(np.random.default_rng(0).standard_normal((n, n)).astype(dtype))
+    seconds = interleaved_medians({"mm": lambda: a @ a}, repeats)["mm"]
+    return 2 * n**3 / seconds / 1e9
+
+
 # --------------------------------------------------------------------------- isolated processes
 GROUPS = {
     # group: (needs torch, methods it times; names as in the in-process table)
@@ -442,7 +451,9 @@ def run(args) -> str:
             f"- isolated: groups {', '.join(groups)}, {args.rounds} alternating rounds of one fresh process each, "
             f"{args.calls} warm calls per process after the first; in-process: median of up to {args.repeats} interleaved repeats", ""]
     for dtype in args.dtypes:
-        head.append(f"- numpy matmul peak, {np.dtype(dtype).name}: {matmul_peak(dtype, args.repeats):.1f} GFLOP/s")
+        head.append(f"- numpy matmul peak, {np.dtype(dtype).name}: {matmul_peak(dtype, args.repeats):.1f} GFLOP/s"
+                    + (f"; torch's (its own BLAS, the bound on any ratio to BackPACK): "
+                       f"{torch_matmul_peak(mods, dtype, args.repeats):.1f} GFLOP/s" if "torch" in mods else ""))
     head.append("")
     body, memory_rows, goal_figures = [], [], {}
     for config in args.configs:

@@ -210,9 +210,10 @@ def squared_delta_sums(weights: list, activation_caches: list, df: np.ndarray, w
         weight_l = weights[l]
         stacked = np.ascontiguousarray(delta).reshape(-1, delta.shape[-1])
         da = (stacked @ weight_l).reshape(*delta.shape[:-1], weight_l.shape[1])
+        stacked = delta = None  # delta_{l+1} is spent: freed before phi' and s exist (a lower peak)
         z, a, activation = activation_caches[l - 1]
-        derivative = activation.derivative(z, a)  # (n, out_l), computed once for the K vectors
-        sums[l - 1] = gated_square_sum(da, derivative, weight, gate=l > 1)
+        # phi'(z_l) : (n, out_l), once for the K vectors, freed when the kernel returns
+        sums[l - 1] = gated_square_sum(da, activation.derivative(z, a), weight, gate=l > 1)
         delta = da  # delta_l (gated in place) when l > 1; unused after the first layer
     return sums
 
