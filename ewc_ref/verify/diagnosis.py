@@ -73,6 +73,7 @@ from ..model.loss import check_model_data
 from ..model.mlp import MLP
 from ..progress import Progress
 from . import kfac
+from .one_pass import PASS_ESTIMATORS, diag_pass
 from .results import Candidate, Diagnosis, MCTest
 from .scale import ScaleFactor, fit_scale, match_scale, roundoff_tolerance, scale_factors
 from .shuffled import ShuffledTest, judge_shuffled
@@ -131,9 +132,23 @@ def diagnose(model: MLP, lik: Likelihood, x, y, theirs, batch_sizes=None, tol: f
     log = Progress(1, "diagnose", enabled=progress)
     t_diag = t if structure == "diag" else np.diag(t).copy()
     cols = _screen_entries(t_diag, rng)
-    log.stage(f"per-example gradients on {cols.size} tested entries")
-    grad_entries = _grad_entries(model, lik, x, y, cols)
-    matrices = _candidate_matrices(model, lik, x, y, structure, hessian, log)
+    if structure == "diag":  # everything from one pass over the rows (one_pass.py)
+        i_idx, j_idx = sample_entries(p, structure, rng)
+        log.stage(f"one pass over the rows: {', '.join(PASS_ESTIMATORS)}, the mean gradient, per-example gradients "
+                  f"on {cols.size} entries, mc moments on {i_idx.size}")
+        one = diag_pass(model, lik, x, y, cols, i_idx, MC_BOOTSTRAP, rng)
+        grad_entries, mean_gradient = one.grad_entries, one.mean_gradient
+        mc_moments = (i_idx, j_idx, one.mc_mean, one.mc_cov, one.mc_draws)
+        matrices = {(name, None): one.matrices[name] for name in PASS_ESTIMATORS}
+        if hessian:
+            log.stage("computing hessian (diag)")
+            matrices[("hessian", None)] = (diag_hessian.hessian_diag(model, lik, x, y) if model.activation.curved
+                                           else one.matrices["exact"])  # phi'' = 0: diag H = diag GGN = exact
+    else:
+        log.stage(f"per-example gradients on {cols.size} tested entries")
+        grad_entries = _grad_entries(model, lik, x, y, cols)
+        matrices = _candidate_matrices(model, lik, x, y, structure, hessian, log)
+        mean_gradient, mc_moments = None, None
     screened = None
     if batch_sizes is None:
         log.stage(f"screening batched for every B = 2..{n}")
@@ -150,9 +165,15 @@ def diagnose(model: MLP, lik: Likelihood, x, y, theirs, batch_sizes=None, tol: f
         c.fits = c.rel_error <= tol
     mc_test, shuffled = None, None
     if not any(c.fits for c in candidates):  # a deterministic fit within round-off beats any statistical one
-        mc_test = _mc_candidate(model, lik, x, t, structure, tol, candidates, rng, log)
+        if mc_moments is None:
+            log.stage("exact moments of a one-sample mc estimate")
+            mc_moments = _mc_moments(model, lik, x, structure, rng)
+        log.stage("judging mc against the exact per-example label distributions")
+        mc_test = _mc_candidate(t, structure, tol, candidates, mc_moments)
         log.stage("judging shuffled (random row order)")
-        shuffled = _shuffled_candidate(t, t_diag[cols], grad_entries, matrices, model, lik, x, y, structure, tol,
+        if mean_gradient is None:
+            mean_gradient = _mean_gradient(model, lik, x, y)
+        shuffled = _shuffled_candidate(t, t_diag[cols], grad_entries, matrices, mean_gradient, structure, tol,
                                        candidates, rng)
     else:
         candidates.append(Candidate("mc", next(c for c in candidates if c.estimator == "exact").scale,
@@ -233,12 +254,16 @@ def _mean_gradient(model: MLP, lik: Likelihood, x, y) -> np.ndarray:
     return total / n
 
 
-def _mc_candidate(model, lik, x, t, structure, tol, candidates, rng, log) -> MCTest | None:
+def _mc_moments(model, lik, x, structure, rng) -> tuple:
+    """(i, j, exact entries, one-sample covariance, bootstrap draws) on the mc test's entries (statistics eq 2)."""
+    i_idx, j_idx = sample_entries(model.n_params, structure, rng)
+    return (i_idx, j_idx, *entry_moments(model, lik, x, i_idx, j_idx, bootstrap=MC_BOOTSTRAP, rng=rng))
+
+
+def _mc_candidate(t, structure, tol, candidates, moments) -> MCTest | None:
     """Judge mc unless exact fits within round-off; append its Candidate (scale and error of exact)."""
     exact = next(c for c in candidates if c.estimator == "exact")
-    log.stage("judging mc against the exact per-example label distributions")
-    i_idx, j_idx = sample_entries(model.n_params, structure, rng)
-    exact_entries, cov, draws = entry_moments(model, lik, x, i_idx, j_idx, bootstrap=MC_BOOTSTRAP, rng=rng)
+    i_idx, j_idx, exact_entries, cov, draws = moments
     theirs_entries = t[i_idx] if structure == "diag" else t[i_idx, j_idx]
     roundoff = tol * float(np.linalg.norm(theirs_entries)) / math.sqrt(len(theirs_entries))
     mc_test = judge_mc(theirs_entries, exact.scale, exact_entries, cov, roundoff, draws)
@@ -247,8 +272,7 @@ def _mc_candidate(model, lik, x, t, structure, tol, candidates, rng, log) -> MCT
     return mc_test
 
 
-def _shuffled_candidate(t, t_entries, grad_entries, matrices, model, lik, x, y, structure, tol, candidates,
-                        rng) -> ShuffledTest:
+def _shuffled_candidate(t, t_entries, grad_entries, matrices, m, structure, tol, candidates, rng) -> ShuffledTest:
     """Judge shuffled on the screen's entries; append its Candidate (the expectation (1) fitted on all entries)."""
     roundoff = tol * float(np.linalg.norm(t_entries)) / math.sqrt(max(1, t_entries.size))
     test = judge_shuffled(t_entries, grad_entries, roundoff, rng)
@@ -257,7 +281,6 @@ def _shuffled_candidate(t, t_entries, grad_entries, matrices, model, lik, x, y, 
         # off-diagonal entries is not implemented), so it is named as a cause, never the verdict
         test.identified = False
         test.reason += "; judged on the diagonal of a full THEIRS only"
-    m = _mean_gradient(model, lik, x, y)
     mm = m * m if structure == "diag" else np.outer(m, m)
     design = np.stack([mm.ravel(), (matrices[("empirical", None)] - mm).ravel()], axis=1)
     coef, *_ = np.linalg.lstsq(design, t.ravel(), rcond=None)

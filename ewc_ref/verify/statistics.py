@@ -100,21 +100,34 @@ def _moments_per_example(lik: Likelihood, f: np.ndarray, A: np.ndarray, ii: np.n
     f : (n, C); A : (n, C, m) output-Jacobian columns J_n[:, cols]; ii, jj : (M,) indices into cols.
     Returns E : (n, M) and the covariance summed over the n examples, (M, M).
     """
-    A_i, A_j = A[:, :, ii], A[:, :, jj]
     cumulants = lik.gradient_cumulants(f)
     if cumulants is None:
-        # Dependent outputs (categorical): enumerate the labels, u_k = J^T (d l / d f at label k),
-        # q_k = u_ki u_kj with probability p_k.
+        # Dependent outputs (categorical): enumerate the labels, u_k = J^T (d l / d f at label k).
         labels, p = lik.label_quadrature(f)
         R = np.stack([lik.grad(f, label) for label in labels], axis=1)  # (n, K, C)
-        u_i, u_j = np.matmul(R, A_i), np.matmul(R, A_j)  # (n, K, M), batched BLAS
-        q = u_i * u_j
-        mean = np.einsum("nk,nkm->nm", p, q)
-        centred = (np.sqrt(p)[:, :, None] * (q - mean[:, None, :])).reshape(-1, q.shape[-1])
-        return mean, centred.T @ centred  # sum over n and k of the outer products, one GEMM
-    # g = J^T e with independent zero-mean e_c of variance m2_c and fourth cumulant k4_c:
-    # Cov(g_i g_j, g_k g_l) = sum_c k4_c a_ic a_jc a_kc a_lc + s_ik s_jl + s_il s_jk, s = A^T diag(m2) A.
-    m2, k4 = cumulants
+        return quadrature_moments(p, np.matmul(R, A), ii, jj)  # batched BLAS
+    return cumulant_moments(*cumulants, A, ii, jj)
+
+
+def quadrature_moments(p: np.ndarray, u: np.ndarray, ii: np.ndarray, jj: np.ndarray):
+    """Mean (n, M) and summed covariance (M, M) of q = u_{y,i} u_{y,j} with label k drawn with probability p_k.
+
+    p : (n, K) label probabilities; u : (n, K, m) the gradient entries J^T (d l / d f at label k).
+    """
+    diagonal = np.array_equal(ii, jj) and np.array_equal(ii, np.arange(u.shape[-1]))
+    q = u * u if diagonal else u[:, :, ii] * u[:, :, jj]
+    mean = np.einsum("nk,nkm->nm", p, q)
+    centred = (np.sqrt(p)[:, :, None] * (q - mean[:, None, :])).reshape(-1, q.shape[-1])
+    return mean, centred.T @ centred  # sum over n and k of the outer products, one GEMM
+
+
+def cumulant_moments(m2: np.ndarray, k4: np.ndarray, A: np.ndarray, ii: np.ndarray, jj: np.ndarray):
+    """Mean (n, M) and summed covariance (M, M) of q = g_i g_j for g = J^T e with independent e_c.
+
+    m2, k4 : (n, C) second moment and fourth cumulant of e_c; A : (n, C, m) = J_n[:, cols]:
+    Cov(g_i g_j, g_k g_l) = sum_c k4_c a_ic a_jc a_kc a_lc + s_ik s_jl + s_il s_jk, s = A^T diag(m2) A.
+    """
+    A_i, A_j = A[:, :, ii], A[:, :, jj]
     s = np.einsum("nca,ncb,nc->nab", A, A, m2)  # (n, m, m)
     mean = s[:, ii, jj]
     s_ik, s_jl = s[:, ii][:, :, ii], s[:, jj][:, :, jj]
