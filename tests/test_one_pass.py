@@ -152,3 +152,13 @@ def test_bootstrap_draws_are_genuine_one_sample_estimates(likelihood):
     assert np.all(np.abs(got.mc_draws.mean(axis=0) - got.mc_mean)[live] <= 5 * se[live])
     sd = got.mc_draws.std(axis=0, ddof=1)[live]
     assert np.all((sd > 0.7 * np.sqrt(np.diag(got.mc_cov))[live]) & (sd < 1.3 * np.sqrt(np.diag(got.mc_cov))[live]))
+
+
+def test_shuffled_simulation_by_sparse_indicator_equals_the_loop():
+    from ewc_ref.verify.shuffled import simulate, simulate_loop
+
+    grad_entries = np.random.default_rng(8).standard_normal((53, 4))
+    for batch_size in (1, 5, 53):  # one row per batch, a partial last batch, one batch
+        got = simulate(grad_entries, batch_size, 6, np.random.default_rng(9))
+        want = simulate_loop(grad_entries, batch_size, 6, np.random.default_rng(9))
+        _close(got, want)
