@@ -49,6 +49,14 @@ outputs), K (minibatches summed), ... A deterministic verdict takes the closest 
 (x 1 first), and "no simple factor" when none is inside. JSON "scale_factor" is that factor
 as an expression in N, C, K, B, S, or null.
 
+Cost. For a diag THEIRS one pass over the rows (``one_pass.diag_pass``: one forward and one
+backward pass of the C label gradients) gives empirical, exact and pred, the mean gradient, the
+screen's per-example gradients and the mc test's exact moments and bootstrap draws; the
+diagonal Hessian of a ReLU net is the exact diagonal (phi'' = 0), of a curved one a backward
+recursion; then the screen, one batched confirmation and the shuffled simulations. At
+784-256-256-10, N = 10^4 that is about 4x one exact diagonal Fisher (benchmarks/BENCHMARKS.md).
+A full THEIRS computes each candidate on its own (P x P products dominate).
+
 Candidates skipped for cost (the Hessian when P N > budget.HESSIAN_LIMIT) or by the caller
 (``batch_sizes``) are listed in ``not_tried`` with the flag that includes them. When nothing
 fits, the report names the likely causes, row order first when a shuffled loader fits the
