@@ -378,7 +378,11 @@ def _verdict(candidates, matrices, mc_test, shuffled, n, p, structure, precision
                          scale_factor=None, closest=best, causes=_causes(candidates, shuffled, not_tried), **common)
     if winner.estimator in _NATURAL:
         factor, words, _ = _statistical_scale(winner, tests[winner.estimator], n, c_out, lik.name, sigma)
-        others = [c for c in candidates if c is not winner and not (winner.estimator == "mc" and c.estimator == "exact")]
+        # mc's expectation is exact: neither exact nor a candidate equal to it (a ReLU net's hessian) is a runner-up
+        exact = matrices[("exact", None)]
+        others = [c for c in candidates if c is not winner and not (
+            winner.estimator == "mc" and (c.estimator, c.batch_size) in matrices
+            and fit_scale(matrices[(c.estimator, c.batch_size)], exact)[1] <= tol)]
         equivalent, runner_up = [], (others[0] if others else None)
     else:
         factors = scale_factors(n, winner.batch_size, c_out, lik.name, sigma)
