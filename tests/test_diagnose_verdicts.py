@@ -274,3 +274,22 @@ def test_json_schema_gains_the_new_keys():
     for key in ("not_tried", "shuffled_test", "batch_sizes_screened", "causes", "also_consistent"):
         assert key in obj
     assert re.fullmatch(r"[0-9NCKBS*/^()+-]+", obj["scale_factor"])
+
+
+@pytest.mark.parametrize("screen_rows", [1, 7, 2**14])
+def test_batched_screen_in_groups_equals_the_loop_for_every_batch_size(screen_rows, monkeypatch):
+    from ewc_ref.curvature import batched
+
+    monkeypatch.setattr(batched, "SCREEN_ROWS", screen_rows)  # groups of one B, a few B, all B
+    rng = np.random.default_rng(7)
+    n = 97
+    grad_entries = rng.standard_normal((n, 5))
+    grad_entries[:, 4] = 0.0  # an entry no B moves
+    theirs = rng.random(5)
+    sizes = range(1, n + 1)
+    got, want = batched.batched_screen(grad_entries, theirs, sizes), batched.batched_screen_loop(grad_entries, theirs, sizes)
+    assert got.keys() == want.keys()
+    for b in sizes:
+        np.testing.assert_allclose(got[b], want[b], rtol=1e-12, atol=1e-15)
+    zero = batched.batched_screen(np.zeros((n, 5)), theirs, [3, 4])
+    assert zero == {3: (0.0, 1.0), 4: (0.0, 1.0)}

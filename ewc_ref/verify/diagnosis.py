@@ -49,6 +49,14 @@ outputs), K (minibatches summed), ... A deterministic verdict takes the closest 
 (x 1 first), and "no simple factor" when none is inside. JSON "scale_factor" is that factor
 as an expression in N, C, K, B, S, or null.
 
+Cost. For a diag THEIRS one pass over the rows (``one_pass.diag_pass``: one forward and one
+backward pass of the C label gradients) gives empirical, exact and pred, the mean gradient, the
+screen's per-example gradients and the mc test's exact moments and bootstrap draws; the
+diagonal Hessian of a ReLU net is the exact diagonal (phi'' = 0), of a curved one a backward
+recursion; then the screen, one batched confirmation and the shuffled simulations. At
+784-256-256-10, N = 10^4 that is about 4x one exact diagonal Fisher (benchmarks/BENCHMARKS.md).
+A full THEIRS computes each candidate on its own (P x P products dominate).
+
 Candidates skipped for cost (the Hessian when P N > budget.HESSIAN_LIMIT) or by the caller
 (``batch_sizes``) are listed in ``not_tried`` with the flag that includes them. When nothing
 fits, the report names the likely causes, row order first when a shuffled loader fits the
@@ -73,6 +81,7 @@ from ..model.loss import check_model_data
 from ..model.mlp import MLP
 from ..progress import Progress
 from . import kfac
+from .one_pass import PASS_ESTIMATORS, diag_pass
 from .results import Candidate, Diagnosis, MCTest
 from .scale import ScaleFactor, fit_scale, match_scale, roundoff_tolerance, scale_factors
 from .shuffled import ShuffledTest, judge_shuffled
@@ -131,9 +140,23 @@ def diagnose(model: MLP, lik: Likelihood, x, y, theirs, batch_sizes=None, tol: f
     log = Progress(1, "diagnose", enabled=progress)
     t_diag = t if structure == "diag" else np.diag(t).copy()
     cols = _screen_entries(t_diag, rng)
-    log.stage(f"per-example gradients on {cols.size} tested entries")
-    grad_entries = _grad_entries(model, lik, x, y, cols)
-    matrices = _candidate_matrices(model, lik, x, y, structure, hessian, log)
+    if structure == "diag":  # everything from one pass over the rows (one_pass.py)
+        i_idx, j_idx = sample_entries(p, structure, rng)
+        log.stage(f"one pass over the rows: {', '.join(PASS_ESTIMATORS)}, the mean gradient, per-example gradients "
+                  f"on {cols.size} entries, mc moments on {i_idx.size}")
+        one = diag_pass(model, lik, x, y, cols, i_idx, MC_BOOTSTRAP, rng)
+        grad_entries, mean_gradient = one.grad_entries, one.mean_gradient
+        mc_moments = (i_idx, j_idx, one.mc_mean, one.mc_cov, one.mc_draws)
+        matrices = {(name, None): one.matrices[name] for name in PASS_ESTIMATORS}
+        if hessian:
+            log.stage("computing hessian (diag)")
+            matrices[("hessian", None)] = (diag_hessian.hessian_diag(model, lik, x, y) if model.activation.curved
+                                           else one.matrices["exact"])  # phi'' = 0: diag H = diag GGN = exact
+    else:
+        log.stage(f"per-example gradients on {cols.size} tested entries")
+        grad_entries = _grad_entries(model, lik, x, y, cols)
+        matrices = _candidate_matrices(model, lik, x, y, structure, hessian, log)
+        mean_gradient, mc_moments = None, None
     screened = None
     if batch_sizes is None:
         log.stage(f"screening batched for every B = 2..{n}")
@@ -150,9 +173,15 @@ def diagnose(model: MLP, lik: Likelihood, x, y, theirs, batch_sizes=None, tol: f
         c.fits = c.rel_error <= tol
     mc_test, shuffled = None, None
     if not any(c.fits for c in candidates):  # a deterministic fit within round-off beats any statistical one
-        mc_test = _mc_candidate(model, lik, x, t, structure, tol, candidates, rng, log)
+        if mc_moments is None:
+            log.stage("exact moments of a one-sample mc estimate")
+            mc_moments = _mc_moments(model, lik, x, structure, rng)
+        log.stage("judging mc against the exact per-example label distributions")
+        mc_test = _mc_candidate(t, structure, tol, candidates, mc_moments)
         log.stage("judging shuffled (random row order)")
-        shuffled = _shuffled_candidate(t, t_diag[cols], grad_entries, matrices, model, lik, x, y, structure, tol,
+        if mean_gradient is None:
+            mean_gradient = _mean_gradient(model, lik, x, y)
+        shuffled = _shuffled_candidate(t, t_diag[cols], grad_entries, matrices, mean_gradient, structure, tol,
                                        candidates, rng)
     else:
         candidates.append(Candidate("mc", next(c for c in candidates if c.estimator == "exact").scale,
@@ -233,12 +262,16 @@ def _mean_gradient(model: MLP, lik: Likelihood, x, y) -> np.ndarray:
     return total / n
 
 
-def _mc_candidate(model, lik, x, t, structure, tol, candidates, rng, log) -> MCTest | None:
+def _mc_moments(model, lik, x, structure, rng) -> tuple:
+    """(i, j, exact entries, one-sample covariance, bootstrap draws) on the mc test's entries (statistics eq 2)."""
+    i_idx, j_idx = sample_entries(model.n_params, structure, rng)
+    return (i_idx, j_idx, *entry_moments(model, lik, x, i_idx, j_idx, bootstrap=MC_BOOTSTRAP, rng=rng))
+
+
+def _mc_candidate(t, structure, tol, candidates, moments) -> MCTest | None:
     """Judge mc unless exact fits within round-off; append its Candidate (scale and error of exact)."""
     exact = next(c for c in candidates if c.estimator == "exact")
-    log.stage("judging mc against the exact per-example label distributions")
-    i_idx, j_idx = sample_entries(model.n_params, structure, rng)
-    exact_entries, cov, draws = entry_moments(model, lik, x, i_idx, j_idx, bootstrap=MC_BOOTSTRAP, rng=rng)
+    i_idx, j_idx, exact_entries, cov, draws = moments
     theirs_entries = t[i_idx] if structure == "diag" else t[i_idx, j_idx]
     roundoff = tol * float(np.linalg.norm(theirs_entries)) / math.sqrt(len(theirs_entries))
     mc_test = judge_mc(theirs_entries, exact.scale, exact_entries, cov, roundoff, draws)
@@ -247,8 +280,7 @@ def _mc_candidate(model, lik, x, t, structure, tol, candidates, rng, log) -> MCT
     return mc_test
 
 
-def _shuffled_candidate(t, t_entries, grad_entries, matrices, model, lik, x, y, structure, tol, candidates,
-                        rng) -> ShuffledTest:
+def _shuffled_candidate(t, t_entries, grad_entries, matrices, m, structure, tol, candidates, rng) -> ShuffledTest:
     """Judge shuffled on the screen's entries; append its Candidate (the expectation (1) fitted on all entries)."""
     roundoff = tol * float(np.linalg.norm(t_entries)) / math.sqrt(max(1, t_entries.size))
     test = judge_shuffled(t_entries, grad_entries, roundoff, rng)
@@ -257,7 +289,6 @@ def _shuffled_candidate(t, t_entries, grad_entries, matrices, model, lik, x, y, 
         # off-diagonal entries is not implemented), so it is named as a cause, never the verdict
         test.identified = False
         test.reason += "; judged on the diagonal of a full THEIRS only"
-    m = _mean_gradient(model, lik, x, y)
     mm = m * m if structure == "diag" else np.outer(m, m)
     design = np.stack([mm.ravel(), (matrices[("empirical", None)] - mm).ravel()], axis=1)
     coef, *_ = np.linalg.lstsq(design, t.ravel(), rcond=None)
@@ -347,7 +378,11 @@ def _verdict(candidates, matrices, mc_test, shuffled, n, p, structure, precision
                          scale_factor=None, closest=best, causes=_causes(candidates, shuffled, not_tried), **common)
     if winner.estimator in _NATURAL:
         factor, words, _ = _statistical_scale(winner, tests[winner.estimator], n, c_out, lik.name, sigma)
-        others = [c for c in candidates if c is not winner and not (winner.estimator == "mc" and c.estimator == "exact")]
+        # mc's expectation is exact: neither exact nor a candidate equal to it (a ReLU net's hessian) is a runner-up
+        exact = matrices[("exact", None)]
+        others = [c for c in candidates if c is not winner and not (
+            winner.estimator == "mc" and (c.estimator, c.batch_size) in matrices
+            and fit_scale(matrices[(c.estimator, c.batch_size)], exact)[1] <= tol)]
         equivalent, runner_up = [], (others[0] if others else None)
     else:
         factors = scale_factors(n, winner.batch_size, c_out, lik.name, sigma)

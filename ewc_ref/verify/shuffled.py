@@ -56,6 +56,7 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+from scipy import sparse
 from scipy.stats import chi2, norm
 
 #: Simulated shuffled-loader Fishers that calibrate the test and the interval of B.
@@ -107,7 +108,29 @@ def expectation_terms(grad_entries: np.ndarray) -> tuple[np.ndarray, np.ndarray]
 
 
 def simulate(grad_entries: np.ndarray, batch_size: int, draws: int, rng: np.random.Generator) -> np.ndarray:
-    """(draws, M) averaged shuffled-loader Fishers of the tested entries: random partitions into batches of B."""
+    """(draws, M) averaged shuffled-loader Fishers of the tested entries: random partitions into batches of B.
+
+    A partition is a permutation of the rows cut into runs of B (the last one partial); the
+    minibatch sums are one sparse (K, N) indicator matrix times the (N, M) gradients. Twin:
+    ``simulate_loop`` (the permuted rows summed run by run).
+    """
+    n = grad_entries.shape[0]
+    k = -(-n // batch_size)
+    starts = np.arange(0, n, batch_size)
+    counts = np.minimum(starts + batch_size, n) - starts
+    batch_of_position = np.arange(n) // batch_size
+    out = np.empty((draws, grad_entries.shape[1]))
+    for d in range(draws):
+        batch = np.empty(n, dtype=np.intp)
+        batch[rng.permutation(n)] = batch_of_position  # the row at position i of the permutation is in batch i // B
+        indicator = sparse.csr_matrix((np.ones(n), (batch, np.arange(n))), shape=(k, n))
+        gbar = (indicator @ grad_entries) / counts[:, None]
+        out[d] = np.einsum("km,km->m", gbar, gbar) / k
+    return out
+
+
+def simulate_loop(grad_entries: np.ndarray, batch_size: int, draws: int, rng: np.random.Generator) -> np.ndarray:
+    """simulate with the permuted rows summed run by run (its twin; the same partitions for the same rng)."""
     n = grad_entries.shape[0]
     k = -(-n // batch_size)
     starts = np.arange(0, n, batch_size)

@@ -1,0 +1,105 @@
+"""numba kernels of diagnose's one pass (verify/one_pass.py), each beside its NumPy twin.
+
+The pass back-propagates a basis of K output vectors per row (for categorical, the gradient at
+every label) and reads from the deltas delta : (K, n, out) of each layer:
+
+=================  ===========================================================  ======================
+kernel             computes                                                     NumPy twin
+=================  ===========================================================  ======================
+label_squares      s : (n, 3 out) = [delta_{y_n}^2 | sum_k w_nk delta_k^2 |      label_squares_numpy
+                   delta_{pred_n}^2]: the empirical, exact and pred squares,     (a gather, an einsum)
+                   one read of delta
+gather_entries     u[k, n, e] = delta[k, n, i_e] a[n, j_e] (a weight entry) or    gather_entries_numpy
+                   delta[k, n, i_e] (j_e < 0, a bias entry): per-example          (fancy indexing)
+                   gradients on a few entries
+=================  ===========================================================  ======================
+
+NumPy makes three passes and two (K, n, out) temporaries for the squares and gathers columns
+with fancy indexing; the loops read delta once. Compiled on first use with explicit signatures
+and ``cache=True`` (as curvature.kernels); ``EWC_REF_NO_NUMBA=1`` selects the twins. Results
+equal the twins up to the order of the additions (tests/test_one_pass.py).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+
+from .kernels import USE_NUMBA
+
+
+def label_squares_numpy(delta: np.ndarray, weights: np.ndarray, observed: np.ndarray, predicted: np.ndarray) -> np.ndarray:
+    """s : (n, 3 out) = [delta[y_n, n]^2 | sum_k w[n, k] delta[k, n]^2 | delta[pred_n, n]^2].
+
+    delta : (K, n, out); weights : (n, K); observed, predicted : (n,) indices into K.
+    """
+    rows = np.arange(delta.shape[1])
+    return np.concatenate([np.square(delta[observed, rows]), np.einsum("nk,kno->no", weights, delta * delta),
+                           np.square(delta[predicted, rows])], axis=1)
+
+
+def gather_entries_numpy(delta: np.ndarray, a: np.ndarray, i: np.ndarray, j: np.ndarray) -> np.ndarray:
+    """u : (K, n, M) with u[k, n, e] = delta[k, n, i[e]] * a[n, j[e]], or delta[k, n, i[e]] where j[e] < 0."""
+    u = delta[..., i] * np.where(j >= 0, a[:, np.maximum(j, 0)], 1.0)
+    return u
+
+
+@functools.cache
+def _compiled():
+    """Compile (or load from the on-disk cache) both kernels, float64."""
+    import numba
+
+    @numba.njit("void(float64[:, :, ::1], float64[:, ::1], int64[::1], int64[::1], float64[:, ::1])",
+                cache=True, nogil=True, boundscheck=False)
+    def squares(delta, weights, observed, predicted, out):  # pragma: no cover - compiled
+        K, n, o = delta.shape
+        for r in range(n):
+            e, p = observed[r], predicted[r]
+            for c in range(o):
+                out[r, c] = delta[e, r, c] * delta[e, r, c]
+                out[r, o + c] = 0.0
+                out[r, 2 * o + c] = delta[p, r, c] * delta[p, r, c]
+            for k in range(K):
+                w = weights[r, k]
+                for c in range(o):
+                    v = delta[k, r, c]
+                    out[r, o + c] += w * (v * v)
+
+    @numba.njit("void(float64[:, :, ::1], float64[:, ::1], int64[::1], int64[::1], float64[:, :, ::1])",
+                cache=True, nogil=True, boundscheck=False)
+    def gather(delta, a, i, j, out):  # pragma: no cover - compiled
+        K, n, _ = delta.shape
+        m = i.shape[0]
+        for r in range(n):
+            for e in range(m):
+                scale = a[r, j[e]] if j[e] >= 0 else 1.0
+                for k in range(K):
+                    out[k, r, e] = delta[k, r, i[e]] * scale
+
+    return squares, gather
+
+
+def label_squares(delta: np.ndarray, weights: np.ndarray, observed: np.ndarray, predicted: np.ndarray) -> np.ndarray:
+    """label_squares_numpy by one numba loop over delta (float64; other dtypes use the twin)."""
+    if not USE_NUMBA or delta.dtype != np.float64:
+        return label_squares_numpy(delta, weights, observed, predicted)
+    out = np.empty((delta.shape[1], 3 * delta.shape[2]))
+    _compiled()[0](_writeable(delta), _writeable(weights.astype(np.float64, copy=False)),
+                   np.ascontiguousarray(observed, dtype=np.int64), np.ascontiguousarray(predicted, dtype=np.int64), out)
+    return out
+
+
+def gather_entries(delta: np.ndarray, a: np.ndarray, i: np.ndarray, j: np.ndarray) -> np.ndarray:
+    """gather_entries_numpy by one numba loop (float64; other dtypes use the twin). Products are bit-identical."""
+    if not USE_NUMBA or delta.dtype != np.float64 or a.dtype != np.float64:
+        return gather_entries_numpy(delta, a, i, j)
+    out = np.empty(delta.shape[:2] + (len(i),))
+    _compiled()[1](_writeable(delta), _writeable(a), np.ascontiguousarray(i, dtype=np.int64),
+                   np.ascontiguousarray(j, dtype=np.int64), out)
+    return out
+
+
+def _writeable(array: np.ndarray) -> np.ndarray:
+    """A C-contiguous, writeable array (the kernels' signatures; a broadcast view is copied)."""
+    return np.require(array, requirements=["C", "W"])

@@ -1,0 +1,218 @@
+"""Everything ``diagnose`` needs of a diagonal THEIRS, from ONE forward and backward pass over the rows.
+
+The deterministic candidates (empirical, exact, pred), the mean gradient, the per-example
+gradients on the screen's entries and the exact moments of a one-sample mc estimate all derive
+from the output Jacobian J_n. Back-propagating a basis b_nk (k = 1..K) of the output space gives
+u_nk = J_n^T b_nk in every layer (the deltas), and each quantity is a per-row combination:
+
+=================  ==============================================  ===========================================
+likelihood         basis b_nk, weight w_nk                         a gradient r_n = d l / d f (y_n)
+=================  ==============================================  ===========================================
+categorical        b_nk = d l / d f at label k (= p_n - e_k),      b at the label's index (a gather):
+(dependent         w_nk = p_nk, K = C: the label enumeration of    empirical: y_n, pred: argmax p_n, mc: drawn
+outputs)           ``label_quadrature``
+gaussian,          b_nk = e_k (unit vectors), w_nk = m2_nk of       sum_k r_nk u_nk
+bernoulli          ``gradient_cumulants`` (= diag Lambda_n), K = C
+=================  ==============================================  ===========================================
+
+In both cases Lambda_n = sum_k w_nk b_nk b_nk^T (categorical: sum_k p_k (p - e_k)(p - e_k)^T =
+diag(p) - p p^T), so the exact Fisher's diagonal is sum_{n,k} w_nk u_nk^2 -- a sum of
+non-negative terms, accurate to round-off even for saturated outputs (no 1 - p_m cancels: the
+label gradient's own entry is -(1 - p_k) computed as the complement, ``softmax_and_complement``).
+For a Linear layer, u's weight entry (i, j) is delta_nki a_nj, so every diagonal is one GEMM
+s^T (a * a) with s_n = sum_k w_nk delta_nk^2 (exact) or delta_{n,y_n}^2 (empirical, pred).
+
+The categorical label gradients ARE the mc moments' quadrature vectors (``statistics``, eq 2),
+and the unit-vector deltas are the columns of J that the cumulant formulas need, so the mc test
+costs no backward pass of its own; a genuine one-sample draw is the gather of u at a label drawn
+from p_n (``draw_label_indices``, inverse-CDF sampling), summed over rows by one GEMM.
+
+Cost: one forward and a K = C-vector backward pass (the exact diagonal Fisher alone propagates
+C - 1), the three diagonal GEMMs and the mean gradient's GEMM; memory one chunk of rows.
+Naive twins: ``fisher_unchecked`` per estimator, ``statistics.entry_moments`` (its J columns from
+C unit backward vectors), ``diagnosis._grad_entries`` / ``curvature.entries.per_sample_grad_entries``
+(tests/test_one_pass.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..curvature import budget, kernels, label_kernels
+from ..curvature.entries import entry_locations
+from ..model.likelihoods import Likelihood
+from ..model.mlp import MLP
+from .statistics import cumulant_moments
+
+#: The deterministic candidates this pass computes (the estimator table's diagnose == 'fit' rows).
+PASS_ESTIMATORS = ("empirical", "exact", "pred")
+
+
+@dataclass
+class DiagPass:
+    """The arrays of one pass (module docstring), means over the N rows."""
+
+    matrices: dict  # {estimator: (P,) diagonal}, PASS_ESTIMATORS
+    mean_gradient: np.ndarray  # (P,) m = 1/N sum_n g_n at the observed labels
+    grad_entries: np.ndarray  # (N, M_screen) g_n on screen_cols, rows in order
+    mc_mean: np.ndarray  # (M_mc,) exact Fisher on mc_cols
+    mc_cov: np.ndarray  # (M_mc, M_mc) covariance of a one-sample mc estimate there, statistics eq (2)
+    mc_draws: np.ndarray  # (bootstrap, M_mc) genuine one-sample mc estimates there
+
+
+def draw_label_indices(weights: np.ndarray, draws: int, rng: np.random.Generator) -> np.ndarray:
+    """(n, draws) label indices k ~ weights[n] (rows summing to 1), by inverse-CDF sampling.
+
+    One uniform per draw; a label whose probability is below the CDF's round-off (~1e-16) is
+    never drawn, which changes a draw's distribution by less than that probability.
+    """
+    cdf = np.cumsum(weights, axis=1)
+    u = rng.random((weights.shape[0], draws)) * cdf[:, -1:]
+    idx = (u[:, :, None] >= cdf[:, None, :]).sum(axis=2)
+    return np.minimum(idx, weights.shape[1] - 1)
+
+
+def gathered_squares(q: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """(S, M) sum_n q[idx[n, s], n, :] for q : (K, n, M), idx : (n, S): one GEMM with the one-hot labels.
+
+    Naive twin: ``sum(q[idx[row, s], row] for row in range(n))`` for each s (tests/test_one_pass.py).
+    """
+    k, n, m = q.shape
+    onehot = np.zeros((idx.shape[1], k * n))
+    onehot[np.arange(idx.shape[1])[None, :], idx * n + np.arange(n)[:, None]] = 1.0
+    return onehot @ q.reshape(k * n, m)
+
+
+def rows_per_chunk(model: MLP, n_vectors: int, n_cols: int) -> int:
+    """Rows per chunk: K deltas of every layer, K x |cols| entries and the forward cache within CHUNK_BYTES."""
+    per_row = n_vectors * (sum(out for out, _ in model.shapes) + 2 * n_cols) + sum(model.layer_sizes)
+    return max(1, budget.CHUNK_BYTES // (8 * per_row))
+
+
+def diag_pass(model: MLP, lik: Likelihood, x: np.ndarray, y, screen_cols: np.ndarray, mc_cols: np.ndarray,
+              bootstrap: int, rng: np.random.Generator, chunk_size: int | None = None) -> DiagPass:
+    """One pass over the rows (trusted x, y from check_model_data; cols sorted, unique). Float64 throughout."""
+    model = model.with_theta(model.theta.astype(np.float64)) if model.theta.dtype != np.float64 else model
+    n, p, c = x.shape[0], model.n_params, model.n_outputs
+    dependent = lik.gradient_cumulants(np.zeros((1, c))) is None
+    n_basis = len(lik.label_quadrature(np.zeros((1, c)))[0]) if dependent else c
+    screen_at, mc_at = _locations(model, screen_cols), _locations(model, mc_cols)
+    chunk = chunk_size or rows_per_chunk(model, n_basis, mc_cols.size)
+    sums = np.zeros((len(PASS_ESTIMATORS), p))
+    grad_sum = np.zeros(p)
+    grad_entries = np.empty((n, screen_cols.size))
+    mc_mean, mc_cov = np.zeros(mc_cols.size), np.zeros((mc_cols.size, mc_cols.size))
+    draws = np.zeros((bootstrap, mc_cols.size))
+    for start in range(0, n, chunk):
+        rows = slice(start, min(n, start + chunk))
+        f, cache = model.forward(x[rows].astype(np.float64, copy=False))
+        basis = _Basis(lik, f, y[rows], dependent)
+        weights = basis.weights
+        deltas = kernels.backward_deltas(model.weights, cache.activation_caches, basis.vectors)  # (K, n, out_l) per layer
+        observed = []
+        for l, delta in enumerate(deltas):
+            gradient = basis.pick(delta, "empirical")
+            observed.append(gradient)
+            s = basis.squares(delta)  # (n, 3 out): PASS_ESTIMATORS side by side
+            a = cache.inputs[l]
+            sums[:, model.weight_slices[l]] += (s.T @ np.square(a)).reshape(len(PASS_ESTIMATORS), -1)  # one GEMM
+            grad_sum[model.weight_slices[l]] += (gradient.T @ a).ravel()
+            if model.has_bias[l]:
+                sums[:, model.bias_slices[l]] += s.sum(axis=0).reshape(len(PASS_ESTIMATORS), -1)
+                grad_sum[model.bias_slices[l]] += gradient.sum(axis=0)
+        for pos, l, i, j in screen_at:
+            grad_entries[rows, pos] = label_kernels.gather_entries(observed[l][None], cache.inputs[l], i, j)[0]
+        u = np.empty(basis.vectors.shape[:2] + (mc_cols.size,))  # u_nk on mc_cols : (K, n, M)
+        for pos, l, i, j in mc_at:
+            u[..., pos] = label_kernels.gather_entries(deltas[l], cache.inputs[l], i, j)
+        if dependent:  # u_nk = J^T (d l / d f at label k), drawn with probability w_nk
+            q = u * u
+            if bootstrap:
+                draws += gathered_squares(q, draw_label_indices(weights, bootstrap, rng))
+            mean, cov = label_moments(weights, q)
+        else:  # u = the columns of J, e_c independent with moments (m2, k4)
+            u = np.moveaxis(u, 0, 1)
+            diagonal = np.arange(mc_cols.size)
+            mean, cov = cumulant_moments(*lik.gradient_cumulants(f), u, diagonal, diagonal)
+            mean = mean.sum(axis=0)
+            if bootstrap:
+                labels = lik.sample(f, rng, bootstrap)  # (n, S, ...)
+                r = np.stack([lik.grad(f, labels[:, s]) for s in range(bootstrap)], axis=1)  # (n, S, C)
+                draws += np.einsum("nse,nse->se", g := np.matmul(r, u), g)
+        mc_mean += mean
+        mc_cov += cov
+    matrices = {name: total / n for name, total in zip(PASS_ESTIMATORS, sums, strict=True)}
+    return DiagPass(matrices, grad_sum / n, grad_entries, mc_mean / n, mc_cov / n**2, draws / n)
+
+
+def label_moments(weights: np.ndarray, q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """statistics.quadrature_moments on diagonal entries summed over rows, q = u^2 in (K, n, M) layout (overwritten).
+
+    Returns sum_n E_n[q] : (M,) and sum_n Cov_n[q] : (M, M), label k drawn with probability
+    w_nk; the covariance as one symmetric rank update (BLAS syrk) of sqrt(w) (q - E q). Twin:
+    ``quadrature_moments(weights, moveaxis(u, 0, 1), d, d)`` with d = arange(M) (tests/test_one_pass.py).
+    """
+    mean = np.einsum("kn,knm->nm", weights.T, q)
+    q -= mean
+    q *= np.sqrt(weights.T)[:, :, None]
+    return mean.sum(axis=0), kernels.gram(q.reshape(-1, q.shape[-1]))
+
+
+def _locations(model: MLP, cols: np.ndarray) -> list[tuple[slice, int, np.ndarray, np.ndarray]]:
+    """Per layer l with entries in `cols` (sorted): (their positions, l, output index i, input index j or -1 for a bias).
+
+    cols sorted puts a layer's weight entries and then its bias entries at consecutive positions.
+    """
+    by_layer = {}
+    for pos, l, i, j in entry_locations(model, cols):
+        by_layer.setdefault(l, []).append((pos, i, np.full(i.size, -1) if j is None else j))
+    out = []
+    for l, parts in sorted(by_layer.items()):
+        pos = np.concatenate([part[0] for part in parts])
+        if not np.array_equal(pos, np.arange(pos[0], pos[0] + pos.size)):
+            raise AssertionError("cols must be sorted")
+        out.append((slice(int(pos[0]), int(pos[0]) + pos.size), l, np.concatenate([part[1] for part in parts]),
+                    np.concatenate([part[2] for part in parts])))
+    return out
+
+
+class _Basis:
+    """The basis of the module docstring's table for one chunk of rows: vectors b : (K, n, C), weights w : (n, K)."""
+
+    def __init__(self, lik: Likelihood, f: np.ndarray, y, dependent: bool):
+        labels_of = {"empirical": y, "pred": lik.most_probable(f)}
+        self.dependent = dependent
+        if dependent:  # the gradient at every label: a row's gradient is one of them (an index)
+            labels, self.weights = lik.label_quadrature(f)
+            self.vectors = np.stack([lik.grad(f, label) for label in labels])
+            self.index = {name: _label_index(labels, value) for name, value in labels_of.items()}
+        else:  # unit vectors: a row's gradient r has coefficients r
+            self.weights = lik.gradient_cumulants(f)[0]
+            self.vectors = np.broadcast_to(np.eye(f.shape[1])[:, None, :], (f.shape[1],) + f.shape)
+            self.coefficients = {name: lik.grad(f, value) for name, value in labels_of.items()}
+
+    def pick(self, v: np.ndarray, name: str) -> np.ndarray:
+        """v : (K, n, ...) of the basis -> (n, ...) at the estimator's gradient (observed labels for
+        'empirical', the most probable for 'pred')."""
+        if self.dependent:
+            return v[self.index[name], np.arange(v.shape[1])]
+        return np.einsum("nk,kn...->n...", self.coefficients[name], v)
+
+    def squares(self, delta: np.ndarray) -> np.ndarray:
+        """(n, 3 out): the squares of the empirical, exact and pred gradients' deltas (PASS_ESTIMATORS order)."""
+        if self.dependent:
+            return label_kernels.label_squares(delta, self.weights, self.index["empirical"], self.index["pred"])
+        return np.concatenate([np.square(self.pick(delta, "empirical")),
+                               np.einsum("nk,kno->no", self.weights, delta * delta),
+                               np.square(self.pick(delta, "pred"))], axis=1)
+
+
+def _label_index(labels: list, y) -> np.ndarray:
+    """(n,) index k with labels[k][n] == y[n] (the enumeration holds every label exactly once)."""
+    n = len(labels[0])
+    match = np.stack([np.all((np.asarray(label) == y).reshape(n, -1), axis=1) for label in labels], axis=1)
+    if not np.all(match.sum(axis=1) == 1):
+        raise AssertionError("a label is not in the likelihood's enumeration exactly once")
+    return np.argmax(match, axis=1)
