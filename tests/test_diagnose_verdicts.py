@@ -311,6 +311,8 @@ def test_when_no_batch_size_fits_on_the_screen_the_closest_is_reported_on_the_sc
     closest = batched[0]
     assert closest.entries == model.n_params and not closest.fits  # P = 104 <= SCREEN_ENTRIES: every entry screened
     assert closest.to_json()["entries"] == model.n_params and "(on 104 screened entries)" in result.report()
+    assert result.candidates[-1] is closest  # listed after every error measured on all entries, never the "closest"
+    assert result.estimator != "none" or result.closest is not closest
     want = batched_diag(grads(model, lik, x, y), closest.batch_size)
     c = float(theirs @ want / (want @ want))
     assert closest.rel_error == pytest.approx(float(np.linalg.norm(theirs - c * want) / np.linalg.norm(theirs)), rel=1e-10)

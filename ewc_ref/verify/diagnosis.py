@@ -194,7 +194,8 @@ def diagnose(model: MLP, lik: Likelihood, x, y, theirs, batch_sizes=None, tol: f
         candidates.append(Candidate("mc", next(c for c in candidates if c.estimator == "exact").scale,
                                     next(c for c in candidates if c.estimator == "exact").rel_error, fits=False,
                                     note="not judged: a deterministic candidate fits within round-off"))
-    candidates.sort(key=lambda c: (c.rel_error, _rank(c.estimator), c.batch_size or 0))
+    # errors over all entries first: one measured on the screened entries only is not comparable with them
+    candidates.sort(key=lambda c: (c.entries is not None, c.rel_error, _rank(c.estimator), c.batch_size or 0))
     not_tried = _not_tried(hessian, screened, batch_sizes, n, p)
     return _verdict(candidates, matrices, mc_test, shuffled, n, p, structure, precision, tol, model, lik,
                     not_tried, screened)
