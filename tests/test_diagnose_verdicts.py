@@ -185,6 +185,8 @@ def test_ordered_b48_at_n1000_is_found_without_a_list_of_sizes():
     result = diagnose(model, lik, x, y, batched_diag(G, 48), hessian=False)
     assert (result.estimator, result.batch_size, result.scale_factor) == ("batched", 48, "1"), result.report()
     assert result.batch_sizes_screened == (2, 1000)
+    found = next(c for c in result.candidates if c.estimator == "batched")
+    assert found.entries is None and found.rel_error <= 1e-12  # confirmed on all entries
     summed = batched_diag(G, 48) * -(-1000 // 48)  # squared minibatch-mean gradients summed over the K = 21 batches
     result = diagnose(model, lik, x, y, summed, hessian=False)
     assert (result.estimator, result.batch_size, result.scale_factor) == ("batched", 48, "K"), result.scale_words
@@ -293,3 +295,24 @@ def test_batched_screen_in_groups_equals_the_loop_for_every_batch_size(screen_ro
         np.testing.assert_allclose(got[b], want[b], rtol=1e-12, atol=1e-15)
     zero = batched.batched_screen(np.zeros((n, 5)), theirs, [3, 4])
     assert zero == {3: (0.0, 1.0), 4: (0.0, 1.0)}
+
+
+def test_when_no_batch_size_fits_on_the_screen_the_closest_is_reported_on_the_screen_only():
+    """A Fisher at other weights fits no B on the screened entries, hence on none of all the entries
+    (a fit on all is a fit on every subset): no batched Fisher is computed on all entries, and the
+    closest B is listed with its error on the screened entries (JSON `entries`), never as a fit.
+    Its error there is that B's, recomputed here from the per-example gradients."""
+    model, lik, x, y = make_problem("categorical", n=300)
+    theta = model.theta + 0.05 * np.random.default_rng(3).standard_normal(model.n_params)
+    theirs = batched_diag(grads(model.with_theta(theta), lik, x, y), 16)
+    result = diagnose(model, lik, x, y, theirs, hessian=False)
+    batched = [c for c in result.candidates if c.estimator == "batched"]
+    assert result.estimator != "batched" and len(batched) == 1
+    closest = batched[0]
+    assert closest.entries == model.n_params and not closest.fits  # P = 104 <= SCREEN_ENTRIES: every entry screened
+    assert closest.to_json()["entries"] == model.n_params and "(on 104 screened entries)" in result.report()
+    assert result.candidates[-1] is closest  # listed after every error measured on all entries, never the "closest"
+    assert result.estimator != "none" or result.closest is not closest
+    want = batched_diag(grads(model, lik, x, y), closest.batch_size)
+    c = float(theirs @ want / (want @ want))
+    assert closest.rel_error == pytest.approx(float(np.linalg.norm(theirs - c * want) / np.linalg.norm(theirs)), rel=1e-10)

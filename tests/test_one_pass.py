@@ -162,3 +162,19 @@ def test_shuffled_simulation_by_sparse_indicator_equals_the_loop():
         got = simulate(grad_entries, batch_size, 6, np.random.default_rng(9))
         want = simulate_loop(grad_entries, batch_size, 6, np.random.default_rng(9))
         _close(got, want)
+
+
+@pytest.mark.parametrize("use_twin", [False, True])
+def test_minibatch_mean_squares_kernel_equals_the_definition(use_twin, monkeypatch):
+    rng = np.random.default_rng(10)
+    n, m = 23, 4
+    grad_entries = rng.standard_normal((n, m))
+    prefix = np.zeros((n + 1, m))
+    np.cumsum(grad_entries, axis=0, out=prefix[1:])
+    sizes = np.array([1, 2, 5, 22, 23])  # one row per batch, partial last batches, one batch
+    if use_twin:
+        monkeypatch.setattr(label_kernels, "USE_NUMBA", False)
+    got = label_kernels.minibatch_mean_squares(prefix, sizes, n)
+    for row, b in zip(got, sizes, strict=True):
+        means = [grad_entries[s:s + b].mean(axis=0) for s in range(0, n, b)]
+        _close(row, np.mean(np.square(means), axis=0))

@@ -27,13 +27,12 @@ mean loss per minibatch.
 from __future__ import annotations
 
 import numpy as np
-from scipy import sparse
 
 from .._validate import check_choice, check_positive_int
 from ..model.likelihoods import Likelihood
 from ..model.loss import check_model_data
 from ..model.mlp import MLP
-from . import budget
+from . import budget, label_kernels
 
 
 def batch_bounds(n: int, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -181,9 +180,9 @@ def batched_screen(grad_entries: np.ndarray, theirs_entries: np.ndarray, sizes) 
     -------
     {B: (c, relative error)} of the least-squares fit (diagnosis eq 1) on the M entries, with
     F_B[i] = 1/K sum_k (1/|b_k| sum_{n in b_k} g_ni)^2 from the prefix sums of `grad_entries`.
-    The B are taken in groups whose minibatches number at most SCREEN_ROWS, each group by one
-    gather of prefix-sum differences and one segmented sum (sum over B of K = N/B is N ln N
-    rows of M entries in all). Memory (N + 1) x M + SCREEN_ROWS x M. Twin: ``batched_screen_loop``.
+    The B are taken in groups whose minibatches number at most SCREEN_ROWS, each group by
+    ``label_kernels.minibatch_mean_squares`` (sum over B of K = N/B is N ln N rows of M entries
+    in all). Memory (N + 1) x M + SCREEN_ROWS x M. Twin: ``batched_screen_loop``.
     """
     n, m = grad_entries.shape
     prefix = np.zeros((n + 1, m))
@@ -196,19 +195,8 @@ def batched_screen(grad_entries: np.ndarray, theirs_entries: np.ndarray, sizes) 
     first = 0
     while first < sizes.size:
         last = first + max(1, int(np.searchsorted(np.cumsum(counts[first:]), SCREEN_ROWS, side="right")))
-        group, k = sizes[first:last], counts[first:last]
-        offsets = np.concatenate([[0], np.cumsum(k)[:-1]])  # first row of each B's minibatches
-        width = np.repeat(group, k)
-        starts = (np.arange(int(k.sum())) - np.repeat(offsets, k)) * width
-        ends = np.minimum(starts + width, n)
-        gbar = np.take(prefix, ends, axis=0)
-        gbar -= np.take(prefix, starts, axis=0)
-        gbar /= (ends - starts)[:, None]
-        gbar *= gbar
-        # the segmented sum over each B's minibatches as a sparse (|group|, rows) indicator product
-        owner = sparse.csr_matrix((1.0 / np.repeat(k, k), np.arange(width.size), np.append(offsets, width.size)),
-                                  shape=(group.size, width.size))
-        f_b = owner @ gbar  # (|group|, M)
+        group = sizes[first:last]
+        f_b = label_kernels.minibatch_mean_squares(prefix, group, n)  # (|group|, M)
         ff = np.einsum("bm,bm->b", f_b, f_b)
         c = np.divide(f_b @ t, ff, out=np.zeros_like(ff), where=ff > 0)
         err = np.linalg.norm(t - c[:, None] * f_b, axis=1) / np.sqrt(tt) if tt > 0 else np.ones_like(ff)

@@ -15,9 +15,10 @@ the same weights and data, ``diagnose`` computes every candidate F on our side a
   own; B = 1 is ``empirical`` itself). A screen finds B: the per-example gradients on
   SCREEN_ENTRIES tested diagonal entries (``curvature.entries``, no (N, P) matrix) and their
   prefix sums give F_B on those entries for every B at once (``batched_screen``, N ln N
-  subtractions of (M,) vectors); the B that fit there (at most CONFIRM; else the closest one)
-  are then computed on all entries (``batched_fisher_gemm``, one backward pass each) and
-  fitted by (1). A wrong B
+  subtractions of (M,) vectors); the B that fit there (at most CONFIRM) are then computed on
+  all entries (``batched_fisher_gemm``, one backward pass each) and fitted by (1). When none
+  fits there, none fits on all entries (a fit on all is a fit on every subset): the closest B
+  is reported with its error on the screened entries, noted as such, and not recomputed. A wrong B
   differs from the right one on a random entry subset as on the whole (relative errors
   >= 1e-3 against round-off 1e-14 on the catalogue), so the screen cannot miss an exact match.
   ``batch_sizes=[...]`` computes exactly those sizes instead (no screen);
@@ -157,13 +158,17 @@ def diagnose(model: MLP, lik: Likelihood, x, y, theirs, batch_sizes=None, tol: f
         grad_entries = _grad_entries(model, lik, x, y, cols)
         matrices = _candidate_matrices(model, lik, x, y, structure, hessian, log)
         mean_gradient, mc_moments = None, None
-    screened = None
+    screened, screened_closest = None, None
     if batch_sizes is None:
         log.stage(f"screening batched for every B = 2..{n}")
         screen = batched_screen(grad_entries, t_diag[cols], range(2, n + 1))
         ranked = sorted(screen, key=lambda b: (screen[b][1], b))
-        batch_sizes = sorted({b for b in ranked[:CONFIRM] if screen[b][1] <= 10 * tol} or {ranked[0]})
+        batch_sizes = sorted(b for b in ranked[:CONFIRM] if screen[b][1] <= 10 * tol)
         screened = (2, n) if n >= 2 else None
+        if not batch_sizes and ranked:  # no B fits on the screen, so none on all entries: the closest is not recomputed
+            closest_b = ranked[0]
+            screened_closest = Candidate("batched", *screen[closest_b], batch_size=closest_b, entries=int(cols.size),
+                                         note="the closest B on the screened entries (no B fits there, so none on all)")
     for b in batch_sizes:
         log.stage(f"computing batched, B = {b} ({structure})")
         matrices[("batched", b)] = batched_fisher_gemm(model, lik, x, y, b, structure)
@@ -171,6 +176,8 @@ def diagnose(model: MLP, lik: Likelihood, x, y, theirs, batch_sizes=None, tol: f
                             note=ESTIMATOR_TABLE[name].diagnose_note) for (name, b), matrix in matrices.items()]
     for c in candidates:
         c.fits = c.rel_error <= tol
+    if screened_closest is not None:
+        candidates.append(screened_closest)
     mc_test, shuffled = None, None
     if not any(c.fits for c in candidates):  # a deterministic fit within round-off beats any statistical one
         if mc_moments is None:
@@ -187,7 +194,8 @@ def diagnose(model: MLP, lik: Likelihood, x, y, theirs, batch_sizes=None, tol: f
         candidates.append(Candidate("mc", next(c for c in candidates if c.estimator == "exact").scale,
                                     next(c for c in candidates if c.estimator == "exact").rel_error, fits=False,
                                     note="not judged: a deterministic candidate fits within round-off"))
-    candidates.sort(key=lambda c: (c.rel_error, _rank(c.estimator), c.batch_size or 0))
+    # errors over all entries first: one measured on the screened entries only is not comparable with them
+    candidates.sort(key=lambda c: (c.entries is not None, c.rel_error, _rank(c.estimator), c.batch_size or 0))
     not_tried = _not_tried(hessian, screened, batch_sizes, n, p)
     return _verdict(candidates, matrices, mc_test, shuffled, n, p, structure, precision, tol, model, lik,
                     not_tried, screened)

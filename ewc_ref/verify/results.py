@@ -22,11 +22,12 @@ class Candidate:
     samples: int | None = None
     fits: bool = False
     note: str = ""
+    entries: int | None = None  # rel_error measured on this many screened diagonal entries (None: all)
 
     @property
     def label(self) -> str:
         if self.estimator == "batched":
-            return f"batched, B = {self.batch_size}"
+            return f"batched, B = {self.batch_size}" + (f" (on {self.entries} screened entries)" if self.entries else "")
         if self.estimator == "mc" and self.samples is not None:
             return f"mc, S = {self.samples}"
         if self.estimator == "shuffled" and self.batch_size is not None:
@@ -35,7 +36,8 @@ class Candidate:
 
     def to_json(self) -> dict:
         return {"estimator": self.estimator, "scale": self.scale, "rel_error": self.rel_error,
-                "batch_size": self.batch_size, "samples": self.samples, "fits": self.fits, "note": self.note}
+                "batch_size": self.batch_size, "samples": self.samples, "fits": self.fits, "note": self.note,
+                "entries": self.entries}
 
 
 @dataclass
@@ -45,7 +47,7 @@ class MCTest:
     accepted: bool
     reason: str
     implied_samples: float = math.nan  # S_hat: exp(mean log Q1 of genuine one-sample draws) / Q1, else M / Q1
-    samples: int | None = None  # max(1, round(S_hat))
+    samples: int | None = None  # 1 when inside samples_interval, else max(1, round(S_hat))
     entries: int = 0  # M, whitened directions tested
     chi2: float = math.nan  # Q = samples * Q1, ~ chi2_M under mc with that S
     p_noise: float = math.nan  # P(chi2_M >= Q1): THEIRS noisier than one sample per example?
@@ -53,7 +55,7 @@ class MCTest:
     p_shape: float = math.nan  # two-sided F-test p-value of shape_ratio
     scale_se: float = math.nan  # standard error of the fitted scale under mc with `samples`
     samples_interval: tuple = (math.nan, math.nan)  # 95% band of the implied S
-    implied_samples_chi2: float = math.nan  # M / Q1, the CLT estimate (biased up on confident nets)
+    implied_samples_chi2: float = math.nan  # M' / Q1, the CLT estimate (biased up on confident nets)
 
     def to_json(self) -> dict:
         def finite(value):
@@ -176,11 +178,12 @@ class Diagnosis:
         lines.append("")
         shown = self.candidates[:top]
         lines.append(f"candidates ({len(shown)} best of {len(self.candidates)}; scale c and relative error of THEIRS ~= c F):")
-        lines.append(f"  {'estimator':<22} {'scale c':>22} {'rel_error':>11}  fits")
+        width = max([22] + [len(c.label) for c in shown])
+        lines.append(f"  {'estimator':<{width}} {'scale c':>22} {'rel_error':>11}  fits")
         for c in shown:
             mark = "yes" if c.fits else "no"
             note = c.note if len(c.note) <= 200 else c.note[:197] + "..."
-            lines.append(f"  {c.label:<22} {c.scale:>22.15g} {c.rel_error:>11.3g}  {mark}{('  ' + note) if note else ''}")
+            lines.append(f"  {c.label:<{width}} {c.scale:>22.15g} {c.rel_error:>11.3g}  {mark}{('  ' + note) if note else ''}")
         return "\n".join(lines)
 
     @property
