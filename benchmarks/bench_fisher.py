@@ -83,13 +83,30 @@ def torch_modules():
 
 
 def blas_info() -> str:
+    """Every thread pool threadpoolctl sees in this process, with the package that shipped it.
+
+    The owner is read from the library's path (numpy.libs, scipy.libs, torch/lib): numpy and scipy
+    each bring their own OpenBLAS (scipy's is loaded by ``import scipy.special``, which ewc_ref
+    imports), torch its OpenMP runtime (its BLAS is linked in and invisible to threadpoolctl).
+    """
     try:
         from threadpoolctl import threadpool_info
     except ImportError:
         return "threadpoolctl not installed"
-    parts = [f"{i.get('internal_api')} {i.get('version')} kernel={i.get('architecture')} threads={i.get('num_threads')}"
-             for i in threadpool_info() if i.get("user_api") == "blas"]
-    return "; ".join(parts) or "no BLAS found by threadpoolctl"
+    parts = []
+    for info in threadpool_info():
+        path = info.get("filepath") or ""
+        owner = next((name for name in ("numpy", "scipy", "torch") if f"/{name}" in path), Path(path).name or "?")
+        what = f"{info.get('internal_api')} {info.get('version') or ''}".strip()
+        if info.get("architecture"):
+            what += f" kernel={info['architecture']}"
+        parts.append(f"{owner}'s {what} threads={info.get('num_threads')}")
+    return "; ".join(parts) or "no thread pool found by threadpoolctl"
+
+
+def torch_loaded() -> str:
+    """'torch loaded' or 'torch not loaded' in this process (sys.modules)."""
+    return "torch loaded" if "torch" in sys.modules else "torch not loaded"
 
 
 def machine() -> str:
@@ -298,6 +315,15 @@ def matmul_peak(dtype, repeats: int) -> float:
     return 2 * n**3 / seconds / 1e9
 
 
+def torch_matmul_peak(mods, dtype, repeats: int) -> float:
+    """The same 2000 x 2000 product by torch, whose BLAS is linked into torch (not numpy's)."""
+    torch = mods["torch"]
+    n = 2000
+    a = torch.from_numpy(np.random.default_rng(0).standard_normal((n, n)).astype(dtype))
+    seconds = interleaved_medians({"mm": lambda: a @ a}, repeats)["mm"]
+    return 2 * n**3 / seconds / 1e9
+
+
 # --------------------------------------------------------------------------- isolated processes
 GROUPS = {
     # group: (needs torch, methods it times; names as in the in-process table)
@@ -320,7 +346,7 @@ def worker(args) -> int:
         if args.worker == "ewc_ref+torch":
             refs["torch gradient"]()  # torch's thread pool and allocator are live before ewc_ref runs
         methods |= refs
-    out = {"blas": blas_info()}
+    out = {}
     for name in names:
         fn = methods.get(name)
         if fn is None:
@@ -334,6 +360,10 @@ def worker(args) -> int:
             fn()
             warm.append(time.perf_counter() - t)
         out[name] = {"first": first, "warm": float(np.median(warm))}
+    # after the calls, so lazily loaded libraries count; a numpy-only group must not have torch
+    if not needs_torch and "torch" in sys.modules:
+        raise RuntimeError(f"worker {args.worker}: torch was imported, so this is not a numpy-only process")
+    out["blas"] = f"{args.worker}: {blas_info()}; {torch_loaded()}"
     print(json.dumps(out))
     return 0
 
@@ -421,7 +451,9 @@ def run(args) -> str:
             f"- isolated: groups {', '.join(groups)}, {args.rounds} alternating rounds of one fresh process each, "
             f"{args.calls} warm calls per process after the first; in-process: median of up to {args.repeats} interleaved repeats", ""]
     for dtype in args.dtypes:
-        head.append(f"- numpy matmul peak, {np.dtype(dtype).name}: {matmul_peak(dtype, args.repeats):.1f} GFLOP/s")
+        head.append(f"- numpy matmul peak, {np.dtype(dtype).name}: {matmul_peak(dtype, args.repeats):.1f} GFLOP/s"
+                    + (f"; torch's (its own BLAS, the bound on any ratio to BackPACK): "
+                       f"{torch_matmul_peak(mods, dtype, args.repeats):.1f} GFLOP/s" if "torch" in mods else ""))
     head.append("")
     body, memory_rows, goal_figures = [], [], {}
     for config in args.configs:
@@ -474,7 +506,7 @@ def run(args) -> str:
                             f"{_fmt_ratio(_ratio(ours_w, ref_w))} | {fmt_s(ours_in)} | {fmt_s(ref_in)} | {_fmt_ratio(_ratio(ours_in, ref_in))} |")
             blas_seen = sorted({data.get("blas") for data in iso.values() if data.get("blas")})
             if blas_seen:
-                body.append("\nBLAS in the isolated workers (threadpoolctl): " + " | ".join(blas_seen))
+                body.append("\nThread pools in the isolated workers after their calls (threadpoolctl): " + " | ".join(blas_seen))
             if "ewc_ref+torch" in iso:
                 side = iso["ewc_ref+torch"]
                 body.append("\newc_ref in a fresh process that imported torch and ran one torch gradient first (import state): "

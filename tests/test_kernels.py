@@ -238,8 +238,9 @@ SCRIPT = textwrap.dedent(
 
 @pytest.mark.parametrize("flag", ["1", ""])
 def test_numpy_fallback_selected_by_environment_gives_identical_results(tmp_path, flag):
-    """EWC_REF_NO_NUMBA=1 in a fresh process swaps the numba kernel for its NumPy twin, and
-    every structure comes out bit-identical (the kernel only multiplies pairs of numbers)."""
+    """EWC_REF_NO_NUMBA=1 in a fresh process swaps the numba kernels for their NumPy twins, and
+    every structure comes out bit-identical (fill_per_sample_grads only multiplies pairs of
+    numbers; gated_square_sum rounds as its twin, and einsum sums over k in order here)."""
     paths = {}
     for name, value in (("run", flag), ("reference", "")):
         env = dict(os.environ, EWC_REF_NO_NUMBA=value)
@@ -250,3 +251,41 @@ def test_numpy_fallback_selected_by_environment_gives_identical_results(tmp_path
     assert bool(reference["use_numba"])
     for structure in ("full", "block", "diag", "kfac"):
         assert np.array_equal(run[structure], reference[structure]), structure
+
+
+@given(layer_factors(max_k=11, max_n=9, max_out=9), st.booleans(), st.sampled_from(["relu", "tanh"]))
+def test_gated_square_sum_matches_its_numpy_twin(factors, gate, activation):
+    delta, _, weight, _, dtype = factors
+    da = np.ascontiguousarray(delta)  # as the stacked GEMM returns it
+    rng = np.random.default_rng(da.shape[0])
+    z = rng.standard_normal(da.shape[1:]).astype(dtype)
+    # relu's phi' is 0/1, tanh's any value in (0, 1]: both kinds of gate
+    derivative = (z > 0).astype(dtype) if activation == "relu" else (1 - np.tanh(z) ** 2).astype(dtype)
+    fast_da, naive_da = da.copy(), da.copy()
+    fast = kernels.gated_square_sum(fast_da, derivative, weight, gate)
+    naive = kernels.gated_square_sum_numpy(naive_da, derivative, weight, gate)
+    assert fast.dtype == naive.dtype == dtype and fast.shape == naive.shape == da.shape[1:]
+    # The same roundings; the order over k is the twin's unless einsum reorders it (it does when
+    # da_k are single numbers, n * m = 1): a sum of K squares, then two products, both ways.
+    k = da.shape[0]
+    assert np.all(np.abs(fast - naive) <= 2 * (k + 2) * unit_roundoff(dtype) * np.abs(naive))
+    # da is gated in place exactly when asked, one product per entry
+    assert np.array_equal(fast_da, naive_da)
+    assert np.array_equal(fast_da, da * derivative if gate else da)
+    # and both are the definition w sum_k (phi' da_k)^2, to the bound of the module docstring
+    definition = weight * ((derivative * da) ** 2).sum(axis=0)
+    assert np.all(np.abs(fast - definition) <= 4 * da.shape[0] * unit_roundoff(dtype) * np.abs(definition))
+
+
+def test_gated_square_sum_falls_back_to_the_twin_for_strided_input():
+    da = np.random.default_rng(0).standard_normal((3, 4, 5))
+    strided = np.moveaxis(np.ascontiguousarray(np.moveaxis(da, 0, -1)), -1, 0)  # not C-contiguous
+    derivative = np.linspace(0.1, 1.0, 20).reshape(4, 5)
+    expected = kernels.gated_square_sum_numpy(strided, derivative, 0.5, False)
+    assert np.array_equal(kernels.gated_square_sum(strided, derivative, 0.5, False), expected)
+    gated = np.moveaxis(np.ascontiguousarray(np.moveaxis(da, 0, -1)), -1, 0)  # a fresh strided copy
+    assert not gated.flags.c_contiguous
+    kernels.gated_square_sum(gated, derivative, 0.5, True)
+    assert np.array_equal(gated, da * derivative)  # gated in place through the twin
+    if kernels.USE_NUMBA:
+        assert len(kernels._numba_gated_square_sum().signatures) == 2  # float64 and float32, compiled once

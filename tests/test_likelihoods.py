@@ -44,6 +44,16 @@ def test_hessian_factor_and_diagonal(case):
     np.testing.assert_allclose(lik.hessian_diag(f), np.diagonal(Lam, axis1=1, axis2=2), rtol=1e-12, atol=1e-15)
 
 
+def test_categorical_factor_columns_are_contiguous_backward_vectors():
+    """exact back-propagates np.moveaxis(Q, -1, 0) : (C - 1, N, C); Q is stored that way, so the
+    stacked backward GEMM reads it without a copy (and Q is still the factor, checked above)."""
+    f = np.random.default_rng(0).standard_normal((7, 4))
+    Q = er.Categorical().hessian_factor(f)
+    assert Q.shape == (7, 4, 3)
+    assert np.moveaxis(Q, -1, 0).flags.c_contiguous
+    np.testing.assert_allclose(Q @ np.swapaxes(Q, -1, -2), er.Categorical().hessian(f), rtol=1e-12, atol=1e-15)
+
+
 @given(outputs_and_labels())
 def test_nll_is_the_scipy_log_density(case):
     lik, f, y = case

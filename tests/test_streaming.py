@@ -239,3 +239,15 @@ def test_full_result_is_handed_over_in_place_and_taken_back_on_the_next_update(s
                                rtol=1e-12, atol=1e-15)
     assert np.array_equal(second.to_dense(), second.to_dense().T)
 
+
+
+@given(st.integers(1, 10**6), st.integers(1, 10**5))
+def test_balanced_chunks_are_as_few_as_the_budget_allows_and_nearly_equal(n, rows):
+    from ewc_ref.curvature.estimate import balanced_chunk_size
+
+    chunk = balanced_chunk_size(n, rows)
+    chunks = -(-n // rows)  # the fewest chunks of at most `rows` rows
+    assert 1 <= chunk <= rows
+    assert -(-n // chunk) == chunks  # no extra chunk
+    tail = n - (chunks - 1) * chunk
+    assert chunk - chunks < tail <= chunk  # the last chunk is short by fewer rows than there are chunks

@@ -22,11 +22,14 @@ def default_chunk_size(model: MLP, estimator: str, structure: str, samples: int,
                        lik: Likelihood | None = None) -> int:
     """Rows per chunk so that one chunk's temporaries stay near a fixed budget (never N).
 
-    Budget (benchmarks/BENCHMARKS.md measures both choices):
+    Budget (benchmarks/BENCHMARKS.md measures these choices):
 
-    * diag, kfac: budget.CHUNK_BYTES / 4 of (K rows x layer widths). Their chunk work is a few GEMMs
-      whose speed saturates at a few hundred rows; smaller chunks keep the peak flat from
-      smaller N on (784-256-256-10: ~800 rows, so N = 1,000 and 10,000 peak alike).
+    * diag: budget.CHUNK_BYTES of what one row holds at once: the forward pass's z_l, a_l and
+      s_l (3 x the layer widths), one squared layer input, and the K-fold backward vectors (r, and
+      da and delta of the widest layer). The forward and the s_l^T a^2 GEMMs run near BLAS speed
+      from about 500 rows on, while the K-fold elementwise work slows once a chunk leaves the
+      cache, so the budget lands near both (784-256-256-10: 554 rows exact, 1,460 empirical).
+    * kfac: budget.CHUNK_BYTES / 4 of (K rows x layer widths), a few GEMMs per chunk.
     * hessian, diag (needs `lik`): diag_hessian.rows_per_chunk, the recursion's vectors near CHUNK_NUMBERS.
     * full, block: max(CHUNK_BYTES, 1/8 of the output's bytes) of per-example gradients G. Each
       chunk is a rank-(K n) syrk update in place into the running sum (kernels.gram_update), so
@@ -42,7 +45,18 @@ def default_chunk_size(model: MLP, estimator: str, structure: str, samples: int,
         sizes = [model.n_params] if structure == "full" else [s.stop - s.start for s in model.layer_slices]
         chunk_bytes = max(budget.CHUNK_BYTES, sum(p * p for p in sizes))  # 8-byte numbers / 8
         return max(1, chunk_bytes // (8 * k * max(sizes)))
+    if structure == "diag":
+        widths = model.layer_sizes[1:]
+        per_row = 3 * sum(widths) + max(model.layer_sizes[:-1]) + k * (model.n_outputs + 2 * max(widths))
+        return max(1, budget.CHUNK_BYTES // (8 * per_row))
     return max(1, (budget.CHUNK_BYTES // 4) // (8 * k * max(1, sum(model.layer_sizes))))
+
+
+def balanced_chunk_size(n: int, rows: int) -> int:
+    """The fewest chunks of at most `rows` rows, made equal: ceil(n / ceil(n / rows)) rows each
+    (N = 1,797 with rows = 1,170 gives 2 x 899, not 1,170 + 627; no short tail chunk)."""
+    chunks = -(-n // rows)
+    return -(-n // chunks)
 
 
 def check_chunk_memory(model: MLP, estimator: str, structure: str, samples: int, rows: int) -> None:
@@ -127,7 +141,8 @@ def fisher_unchecked(model: MLP, lik: Likelihood, x, y, estimator: str = "empiri
     if batch_size is not None:
         check_positive_int(batch_size, "batch_size", upper=n)
     if chunk_size is None:
-        chunk_size = default_chunk_size(model, estimator, structure, accumulator.samples, model.n_outputs, lik)
+        chunk_size = balanced_chunk_size(n, default_chunk_size(model, estimator, structure, accumulator.samples,
+                                                               model.n_outputs, lik))
     else:
         chunk_size = check_positive_int(chunk_size, "chunk_size")
     check_chunk_memory(model, estimator, structure, accumulator.samples, min(chunk_size, n))

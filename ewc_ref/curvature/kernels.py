@@ -13,6 +13,8 @@ below turn these factors into the four structures without ever looping over exam
 kernel               computes                                            naive twin
 ===================  ==================================================  ===========================
 backward_deltas      delta_l for K backward vectors, one GEMM per layer  MLP.backward_deltas
+gated_square_sum     s = w phi'^2 sum_k da_k^2 and da *= phi' in place,  the NumPy passes
+                     one numba pass over the K-fold da                   (gated_square_sum_numpy)
 diag_second_moment   sum_{n,k} w dW_nk^2 = (sum_k w delta_nk^2)^T a^2     per-example gradients, squared
                      (one GEMM), sum_{n,k} w db_nk^2                     and summed
 fill_per_sample      rows k*n + j of G : (K n, P) <- [vec(dW_jk), db_jk]  the NumPy broadcast
@@ -26,12 +28,14 @@ kfac_factors         A = sum_n abar_n abar_n^T, B = w sum_{n,k} d d^T     the sa
 
 Every fast path equals its twin up to floating-point summation order (tests/test_kernels.py).
 
-numba is used for the one kernel where NumPy needs a large temporary (fill_per_sample_grads).
-It is imported and compiled on first use only, with explicit signatures and ``cache=True``, so a
-diagonal Fisher never imports numba and a second process loads the compiled kernel from disk.
+numba is used where NumPy needs a large temporary (fill_per_sample_grads) or several passes over
+a K-fold array (gated_square_sum). Each kernel is imported and compiled on first use only, with
+explicit signatures and ``cache=True``, so a second process loads the compiled kernel from disk
+(importing numba costs a fresh process about 0.15 s once).
 Set the environment variable ``EWC_REF_NO_NUMBA=1`` (before importing ewc_ref) to replace every
 numba kernel by its NumPy twin, e.g. for debugging or on a platform without numba; results are
-the same (the kernel only multiplies pairs of numbers, so G is bit-identical).
+the same (fill_per_sample_grads only multiplies pairs of numbers, so G is bit-identical;
+gated_square_sum rounds in another order, equal to ~1e-16 relative).
 """
 
 from __future__ import annotations
@@ -105,6 +109,77 @@ def squared_delta_sum(delta: np.ndarray, weight: float) -> np.ndarray:
     return s
 
 
+def gated_square_sum_numpy(da: np.ndarray, derivative: np.ndarray, weight: float, gate: bool) -> np.ndarray:
+    """s = w phi'^2 sum_k da_k^2 : (n, m), and da *= phi' in place when `gate` (the NumPy twin).
+
+    One hidden layer's step of squared_delta_sums: with da_k = delta_{l+1,k} W_{l+1} : (n, m) and
+    derivative = phi'(z_l), delta_lk = phi' da_k, so w sum_k delta_lk^2 = phi'^2 (w sum_k da_k^2).
+
+    Parameters
+    ----------
+    da : (K, n, m), overwritten by delta = phi' * da when `gate` (the next layer's input)
+    derivative : (n, m) phi'(z_l)
+    weight : w
+    gate : whether delta is needed further down (every hidden layer but the first)
+
+    Returns
+    -------
+    s : (n, m)
+    """
+    s = squared_delta_sum(da, weight)
+    s *= derivative * derivative
+    if gate:
+        da *= derivative
+    return s
+
+
+@functools.cache
+def _numba_gated_square_sum():
+    """Compile (or load from the on-disk cache) the fused kernel, float64 and float32."""
+    import numba
+
+    signatures = [f"void({t}[:, :, ::1], {t}[:, ::1], {t}, boolean, {t}[:, ::1])" for t in ("float64", "float32")]
+
+    @numba.njit(signatures, cache=True, nogil=True, boundscheck=False)
+    def gated_square_sum(da, derivative, weight, gate, s):  # pragma: no cover - compiled
+        K, n, m = da.shape
+        for j in range(n):  # example by example: row j of every da_k and of s stays in cache
+            s_j, d_j = s[j], derivative[j]
+            s_j[:] = 0
+            for k in range(K):
+                row = da[k, j]
+                for o in range(m):
+                    v = row[o]
+                    s_j[o] += v * v
+                    if gate:
+                        row[o] = v * d_j[o]
+            for o in range(m):  # the twin's order of roundings: (sum * w) * phi'^2
+                if weight != 1.0:
+                    s_j[o] *= weight
+                s_j[o] *= d_j[o] * d_j[o]
+
+    return gated_square_sum
+
+
+def gated_square_sum(da: np.ndarray, derivative: np.ndarray, weight: float, gate: bool) -> np.ndarray:
+    """gated_square_sum_numpy by one numba pass over da (same signature, the same roundings; the sum
+    over k in order, as NumPy's einsum does unless each da_k is a single number).
+
+    NumPy makes three passes over the K-fold da (square and sum over k, then gate in place, plus
+    phi'^2 over s); the loop reads and writes each entry of da once, example by example
+    (3x faster on (9, 500, 256), benchmarks/BENCHMARKS.md). Falls back to the twin when
+    EWC_REF_NO_NUMBA is set or the arrays are not C-contiguous float32/float64 of one dtype.
+    """
+    usable = (USE_NUMBA and da.dtype in (np.float64, np.float32) and derivative.dtype == da.dtype
+              and da.flags.c_contiguous and derivative.flags.c_contiguous)
+    if not usable:
+        return gated_square_sum_numpy(da, derivative, weight, gate)
+    s = np.empty(da.shape[1:], dtype=da.dtype)
+    # w in the arrays' dtype, as NumPy's `s *= w` casts a Python float (the same roundings)
+    _numba_gated_square_sum()(da, derivative, da.dtype.type(weight), bool(gate), s)
+    return s
+
+
 def squared_delta_sums(weights: list, activation_caches: list, df: np.ndarray, weight: float) -> list[np.ndarray]:
     """s_l = w sum_k delta_lk^2 : (n, out_l) for every layer, back-propagating only what is needed.
 
@@ -114,8 +189,9 @@ def squared_delta_sums(weights: list, activation_caches: list, df: np.ndarray, w
         s_l = w sum_k (phi'(z_l) da_lk)^2 = phi'(z_l)^2 (w sum_k da_lk^2)
 
     so the K-fold product phi' * da is formed only where it is propagated further (in place, no new
-    (K, n, out) array), and the first layer's never. Twin: squared_delta_sum over backward_deltas
-    (equal up to the order of the roundings, tests/test_kernels.py).
+    (K, n, out) array), and the first layer's never; both happen in one pass (gated_square_sum).
+    Twin: squared_delta_sum over backward_deltas (equal up to the order of the roundings,
+    tests/test_kernels.py).
 
     Parameters
     ----------
@@ -134,14 +210,11 @@ def squared_delta_sums(weights: list, activation_caches: list, df: np.ndarray, w
         weight_l = weights[l]
         stacked = np.ascontiguousarray(delta).reshape(-1, delta.shape[-1])
         da = (stacked @ weight_l).reshape(*delta.shape[:-1], weight_l.shape[1])
+        stacked = delta = None  # delta_{l+1} is spent: freed before phi' and s exist (a lower peak)
         z, a, activation = activation_caches[l - 1]
-        derivative = activation.derivative(z, a)  # (n, out_l), computed once for the K vectors
-        s = squared_delta_sum(da, weight)
-        s *= derivative * derivative
-        sums[l - 1] = s
-        if l > 1:
-            da *= derivative  # delta_l, in place: the next GEMM's input
-            delta = da
+        # phi'(z_l) : (n, out_l), once for the K vectors, freed when the kernel returns
+        sums[l - 1] = gated_square_sum(da, activation.derivative(z, a), weight, gate=l > 1)
+        delta = da  # delta_l (gated in place) when l > 1; unused after the first layer
     return sums
 
 

@@ -33,7 +33,7 @@ def affine_forward(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None):
     """
     z = x @ weight.T
     if bias is not None:
-        z = z + bias
+        z += bias  # z is the product's fresh array: no second (N, out) array
     return z, (x, weight)
 
 
