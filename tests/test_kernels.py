@@ -36,6 +36,26 @@ from ewc_ref.verify.gradcheck import relative_error
 DTYPES = [np.float64, np.float32]
 
 
+
+@pytest.fixture(autouse=True)
+def _numba_for_any_size(monkeypatch):
+    """The kernels run in numba whatever the array size (unless EWC_REF_NO_NUMBA), so the small
+    arrays of these tests exercise the compiled loops (kernels.NUMBA_MIN_SIZE)."""
+    monkeypatch.setattr(kernels, "NUMBA_MIN_SIZE", 0)
+
+
+def test_numba_is_loaded_only_for_big_arrays_or_when_already_loaded(monkeypatch):
+    import sys
+
+    monkeypatch.setattr(kernels, "USE_NUMBA", True)
+    monkeypatch.setattr(kernels, "NUMBA_MIN_SIZE", 100)
+    assert kernels.numba_pays(100)
+    assert kernels.numba_pays(99) == ("numba" in sys.modules)
+    monkeypatch.setitem(sys.modules, "numba", sys.modules.get("numba", object()))
+    assert kernels.numba_pays(1)  # once loaded, a kernel costs nothing more to use
+    monkeypatch.setattr(kernels, "USE_NUMBA", False)
+    assert not kernels.numba_pays(10**9)  # EWC_REF_NO_NUMBA wins
+
 def unit_roundoff(dtype) -> float:
     return float(np.finfo(dtype).eps) / 2
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ewc_ref.curvature import label_kernels
+from ewc_ref.curvature import kernels, label_kernels
 from ewc_ref.curvature.entries import per_sample_grad_entries
 from ewc_ref.curvature.estimate import fisher_unchecked
 from ewc_ref.curvature.estimators import ESTIMATOR_TABLE
@@ -20,6 +20,13 @@ from ewc_ref.verify import one_pass
 from ewc_ref.verify.statistics import entry_moments, quadrature_moments
 
 LIKELIHOODS = ("categorical", "gaussian", "bernoulli")
+
+
+@pytest.fixture(autouse=True)
+def _numba_for_any_size(monkeypatch):
+    """The kernels run in numba whatever the array size (unless EWC_REF_NO_NUMBA), so these small
+    arrays test the compiled loops and not only the twins (kernels.NUMBA_MIN_SIZE)."""
+    monkeypatch.setattr(kernels, "NUMBA_MIN_SIZE", 0)
 
 
 def _problem(likelihood, activation, n=37, seed=0, logit_scale=1.0):
@@ -93,7 +100,7 @@ def test_label_squares_kernel_equals_its_twin(use_twin, monkeypatch):
     weights = rng.dirichlet(np.ones(k), n)
     observed, predicted = rng.integers(0, k, n), rng.integers(0, k, n)
     if use_twin:
-        monkeypatch.setattr(label_kernels, "USE_NUMBA", False)
+        monkeypatch.setattr(kernels, "USE_NUMBA", False)
     got = label_kernels.label_squares(delta, weights, observed, predicted)
     rows = np.arange(n)
     want = np.concatenate([delta[observed, rows] ** 2, sum(weights[:, j, None] * delta[j] ** 2 for j in range(k)),
@@ -107,7 +114,7 @@ def test_gather_entries_kernel_equals_its_twin_bit_for_bit(use_twin, monkeypatch
     delta, a = rng.standard_normal((3, 8, 6)), rng.standard_normal((8, 4))
     i, j = np.array([0, 5, 2, 2, 1]), np.array([3, 0, -1, 1, -1])  # two bias entries (j = -1)
     if use_twin:
-        monkeypatch.setattr(label_kernels, "USE_NUMBA", False)
+        monkeypatch.setattr(kernels, "USE_NUMBA", False)
     got = label_kernels.gather_entries(delta, a, i, j)
     want = np.stack([delta[..., ie] * (a[:, je] if je >= 0 else 1.0) for ie, je in zip(i, j, strict=True)], axis=-1)
     np.testing.assert_array_equal(got, want)
@@ -173,7 +180,7 @@ def test_minibatch_mean_squares_kernel_equals_the_definition(use_twin, monkeypat
     np.cumsum(grad_entries, axis=0, out=prefix[1:])
     sizes = np.array([1, 2, 5, 22, 23])  # one row per batch, partial last batches, one batch
     if use_twin:
-        monkeypatch.setattr(label_kernels, "USE_NUMBA", False)
+        monkeypatch.setattr(kernels, "USE_NUMBA", False)
     got = label_kernels.minibatch_mean_squares(prefix, sizes, n)
     for row, b in zip(got, sizes, strict=True):
         means = [grad_entries[s:s + b].mean(axis=0) for s in range(0, n, b)]

@@ -42,12 +42,23 @@ from __future__ import annotations
 
 import functools
 import os
+import sys
 
 import numpy as np
 from scipy.linalg import blas as _blas
 
 #: True unless the environment variable EWC_REF_NO_NUMBA is set to a true value (1, true, yes).
 USE_NUMBA = os.environ.get("EWC_REF_NO_NUMBA", "").strip().lower() not in ("1", "true", "yes", "on")
+#: A numba kernel runs on an array of at least this many numbers, or on any array once numba is
+#: loaded. Importing numba and loading the cached kernels costs ~0.3 s once per process; a small
+#: job (the 64-128-128-10 digits diag Fisher: 7 ms) would pay 50x its own time for a kernel that
+#: saves ~1 ms, while a 784-256-256-10 job (chunks of ~10^6 numbers) repays it within a few calls.
+NUMBA_MIN_SIZE = 2**20
+
+
+def numba_pays(size: int) -> bool:
+    """Whether a kernel on an array of `size` numbers runs in numba (USE_NUMBA, and big enough or numba already loaded)."""
+    return USE_NUMBA and (size >= NUMBA_MIN_SIZE or "numba" in sys.modules)
 
 
 # --------------------------------------------------------------------------- backward pass
@@ -170,7 +181,7 @@ def gated_square_sum(da: np.ndarray, derivative: np.ndarray, weight: float, gate
     (3x faster on (9, 500, 256), benchmarks/BENCHMARKS.md). Falls back to the twin when
     EWC_REF_NO_NUMBA is set or the arrays are not C-contiguous float32/float64 of one dtype.
     """
-    usable = (USE_NUMBA and da.dtype in (np.float64, np.float32) and derivative.dtype == da.dtype
+    usable = (numba_pays(da.size) and da.dtype in (np.float64, np.float32) and derivative.dtype == da.dtype
               and da.flags.c_contiguous and derivative.flags.c_contiguous)
     if not usable:
         return gated_square_sum_numpy(da, derivative, weight, gate)
@@ -309,7 +320,7 @@ def fill_per_sample_grads(G: np.ndarray, delta: np.ndarray, a: np.ndarray, colum
     once, contiguously. Falls back to the twin when EWC_REF_NO_NUMBA is set or G is not a
     C-contiguous float32/float64 matrix.
     """
-    if not USE_NUMBA or G.dtype not in (np.float64, np.float32) or not G.flags.c_contiguous:
+    if not numba_pays(G.size) or G.dtype not in (np.float64, np.float32) or not G.flags.c_contiguous:
         fill_per_sample_grads_numpy(G, delta, a, column, has_bias)
         return
     delta = np.ascontiguousarray(delta, dtype=G.dtype)

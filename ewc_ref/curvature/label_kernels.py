@@ -21,7 +21,8 @@ minibatch_mean_squares  F_B[e] = 1/K sum_k ((s[end_k, e] - s[start_k, e]) /     
 NumPy makes three passes and two (K, n, out) temporaries for the squares, gathers columns with
 fancy indexing, and copies the prefix rows of every minibatch for the screen; the loops read
 their input once. Compiled on first use with explicit signatures and ``cache=True`` (as
-curvature.kernels); ``EWC_REF_NO_NUMBA=1`` selects the twins. Results equal the twins up to the
+curvature.kernels, and like them used only for arrays of at least ``kernels.NUMBA_MIN_SIZE``
+numbers or once numba is loaded); ``EWC_REF_NO_NUMBA=1`` selects the twins. Results equal the twins up to the
 order of the additions (tests/test_one_pass.py, tests/test_diagnose_verdicts.py).
 """
 
@@ -32,7 +33,7 @@ import functools
 import numpy as np
 from scipy import sparse
 
-from .kernels import USE_NUMBA
+from .kernels import numba_pays
 
 
 def label_squares_numpy(delta: np.ndarray, weights: np.ndarray, observed: np.ndarray, predicted: np.ndarray) -> np.ndarray:
@@ -121,7 +122,7 @@ def _compiled():
 
 def label_squares(delta: np.ndarray, weights: np.ndarray, observed: np.ndarray, predicted: np.ndarray) -> np.ndarray:
     """label_squares_numpy by one numba loop over delta (float64; other dtypes use the twin)."""
-    if not USE_NUMBA or delta.dtype != np.float64:
+    if not numba_pays(delta.size) or delta.dtype != np.float64:
         return label_squares_numpy(delta, weights, observed, predicted)
     out = np.empty((delta.shape[1], 3 * delta.shape[2]))
     _compiled()[0](_writeable(delta), _writeable(weights.astype(np.float64, copy=False)),
@@ -131,7 +132,7 @@ def label_squares(delta: np.ndarray, weights: np.ndarray, observed: np.ndarray, 
 
 def gather_entries(delta: np.ndarray, a: np.ndarray, i: np.ndarray, j: np.ndarray) -> np.ndarray:
     """gather_entries_numpy by one numba loop (float64; other dtypes use the twin). Products are bit-identical."""
-    if not USE_NUMBA or delta.dtype != np.float64 or a.dtype != np.float64:
+    if not numba_pays(delta.size) or delta.dtype != np.float64 or a.dtype != np.float64:
         return gather_entries_numpy(delta, a, i, j)
     out = np.empty(delta.shape[:2] + (len(i),))
     _compiled()[1](_writeable(delta), _writeable(a), np.ascontiguousarray(i, dtype=np.int64),
@@ -146,7 +147,7 @@ def _writeable(array: np.ndarray) -> np.ndarray:
 
 def minibatch_mean_squares(prefix: np.ndarray, sizes: np.ndarray, n: int) -> np.ndarray:
     """minibatch_mean_squares_numpy by one numba loop (no gathered copy of the prefix rows)."""
-    if not USE_NUMBA:
+    if not numba_pays(prefix.size):
         return minibatch_mean_squares_numpy(prefix, sizes, n)
     out = np.zeros((len(sizes), prefix.shape[1]))
     _compiled()[2](_writeable(prefix.astype(np.float64, copy=False)), np.ascontiguousarray(sizes, dtype=np.int64),
