@@ -93,7 +93,22 @@ def rows_per_chunk(model: MLP, n_vectors: int, n_cols: int) -> int:
 
 def diag_pass(model: MLP, lik: Likelihood, x: np.ndarray, y, screen_cols: np.ndarray, mc_cols: np.ndarray,
               bootstrap: int, rng: np.random.Generator, chunk_size: int | None = None) -> DiagPass:
-    """One pass over the rows (trusted x, y from check_model_data; cols sorted, unique). Float64 throughout."""
+    """One pass over the rows: every array of DiagPass (module docstring), in float64 whatever the model's dtype.
+
+    Parameters
+    ----------
+    model, lik, x, y : trusted (x, y from check_model_data)
+    screen_cols : (M_s,) sorted, unique flat indices for the per-example gradients (the batched screen)
+    mc_cols : (M_mc,) sorted, unique flat indices for the mc moments (statistics eq 2)
+    bootstrap : genuine one-sample mc estimates to draw on mc_cols (labels from the model, with `rng`)
+    chunk_size : rows per chunk (default ``rows_per_chunk``); results do not depend on it beyond round-off
+
+    Returns
+    -------
+    DiagPass with means over the N rows: empirical, exact, pred diagonals (P,), m (P,), the
+    (N, M_s) per-example gradients, and on mc_cols the exact Fisher, the one-sample covariance
+    (1/N^2 sum_n Cov_n) and the (bootstrap, M_mc) draws.
+    """
     model = model.with_theta(model.theta.astype(np.float64)) if model.theta.dtype != np.float64 else model
     n, p, c = x.shape[0], model.n_params, model.n_outputs
     dependent = lik.gradient_cumulants(np.zeros((1, c))) is None
