@@ -216,7 +216,7 @@ def judge_mc(theirs_entries: np.ndarray, scale: float, exact_entries: np.ndarray
     if scale <= 0:
         return MCTest(False, "the fitted scale is not positive")
     # With c fitted by least squares, r = T/c - F = (c_0/c) Pi eps exactly, Pi = I - F F^T / |F|^2
-    # (module docstring, eq 3'): the residual's covariance is Pi Sigma Pi / S, not Sigma / S.
+    # (module docstring, eq 2'): the residual's covariance is Pi Sigma Pi / S, not Sigma / S.
     direction = exact_entries / max(float(np.linalg.norm(exact_entries)), 1e-300)
     projected = cov - np.outer(direction, direction @ cov)
     projected -= np.outer(projected @ direction, direction)
@@ -255,7 +255,7 @@ def judge_mc(theirs_entries: np.ndarray, scale: float, exact_entries: np.ndarray
     p_noise = float(chi2.sf(q1, dof))
     p_shape = float(2 * min(f_dist.sf(ratio, m - half, half), f_dist.cdf(ratio, m - half, half)))
     if draws is not None and len(draws) >= 10:
-        # each draw through the same pipeline as THEIRS: its own least-squares scale, then the scale error removed
+        # each draw through the same pipeline as THEIRS: its own least-squares scale, whitened in Pi Sigma Pi
         null = np.array([statistics(d * (float(exact_entries @ exact_entries) / max(float(d @ exact_entries), 1e-300))
                                     - exact_entries) for d in draws])
         log_q, log_r = np.log(null[:, 0]), np.log(null[:, 1])
