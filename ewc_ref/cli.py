@@ -1,8 +1,9 @@
 """The ``ewc-ref`` command line (docs/file-format.md, "Command line").
 
 Each subcommand lives in ``ewc_ref/commands/<name>.py`` with two functions,
-``add_arguments(parser)`` and ``run(args) -> int``, an optional tuple INPUT_FILES of the
-arguments that name files it reads (-o may never be one of them), and one row in COMMANDS. Only the module of
+``add_arguments(parser)`` and ``run(args) -> int``, an optional OUTPUT_IS_FOLDER = True when -o
+names a folder, and one row in COMMANDS. -o is guarded here for every command (never an input:
+every argument naming an existing path counts; never an existing device, FIFO or folder). Only the module of
 the command being run is imported (``python -X importtime -m ewc_ref.cli inspect --help``).
 Flags are validated by the shared argparse types of ``ewc_ref/commands/_args.py``.
 
@@ -77,7 +78,7 @@ def build_parser(commands=None) -> argparse.ArgumentParser:
         subparser = sub.add_parser(name, help=help_text, description=(module.__doc__ or help_text).strip(),
                                    formatter_class=_HelpFormatter)
         module.add_arguments(subparser)
-        subparser.set_defaults(_run=module.run, _inputs=getattr(module, "INPUT_FILES", ()))
+        subparser.set_defaults(_run=module.run, _output_is_folder=getattr(module, "OUTPUT_IS_FOLDER", False))
     return parser
 
 
@@ -117,7 +118,7 @@ def main(argv=None) -> int:
 
 
 def _run(argv: list[str], command: str | None, prog: str, debug: bool) -> int:
-    from .commands._args import refuse_input_as_output
+    from .commands._args import guard_output, input_paths
 
     parser = build_parser([] if command is None else [command])
     if not argv:
@@ -128,7 +129,7 @@ def _run(argv: list[str], command: str | None, prog: str, debug: bool) -> int:
     except SystemExit as exit_:  # usage error (already reported by fail), --help or --version
         return exit_.code if isinstance(exit_.code, int) else 2
     try:
-        refuse_input_as_output(getattr(args, "output", None), **{dest.upper(): getattr(args, dest) for dest in args._inputs})
+        guard_output(getattr(args, "output", None), input_paths(args), folder=args._output_is_folder)
         return int(args._run(args) or 0)
     except USER_ERRORS as error:
         if debug:

@@ -156,7 +156,7 @@ def test_cli_out_must_be_a_folder(tmp_path, capsys):
     target = tmp_path / "file.txt"
     target.write_text("x")
     assert main(["figures", "--data-only", "--only", "trajectories", "-o", str(target)]) == 2
-    assert capsys.readouterr().err == f"ewc-ref figures: error: -o/--output: {target} exists and is not a folder\n"
+    assert capsys.readouterr().err == f"ewc-ref figures: error: -o {target}: exists and is not a folder\n"
 
 
 def test_png_is_written_when_matplotlib_is_installed(tmp_path):

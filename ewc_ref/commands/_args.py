@@ -11,9 +11,11 @@ output_file        a file name whose folder exists and that is not a folder: -o/
 add_output, add_report_output, add_json, add_quiet: the flags every command spells the same way
 =================  ==========================================================================
 
-Two output guards every command that writes or prints uses: `refuse_input_as_output` (-o may
-not be the same file as an input, compared by device and inode, so links and other spellings of
-the path count) and `write_json` (strictly valid JSON: NaN and +-inf become null).
+Two output guards every command passes: `guard_output`, which ewc_ref/cli.py applies to -o of
+every command before it runs (-o may not be an input, compared by device and inode, so links and
+other spellings of the path count, nor an existing device, FIFO, socket or folder; the inputs are
+every parsed argument that names an existing path, found by `input_paths`), and `write_json`
+(strictly valid JSON: NaN and +-inf become null).
 
 Checks that need the data (a batch size <= N) stay in the library, which names its Python
 argument; `flags_named` relabels those errors with the flag the user typed.
@@ -25,6 +27,7 @@ import argparse
 import json
 import math
 import os
+import stat
 import sys
 from contextlib import contextmanager, redirect_stdout
 from pathlib import Path
@@ -85,14 +88,39 @@ def number_list(low: float):
     return parse
 
 
+def _check_name_lengths(path: Path) -> None:
+    """ArgumentTypeError when a component of `path` or the whole is longer than the file system allows."""
+    folder = path.parent if str(path.parent) else Path(".")
+    try:
+        name_max = os.pathconf(folder if folder.is_dir() else ".", "PC_NAME_MAX")
+        path_max = os.pathconf(folder if folder.is_dir() else ".", "PC_PATH_MAX")
+    except (OSError, ValueError):
+        name_max, path_max = 255, 4096
+    longest = max((len(os.fsencode(part)) for part in path.parts), default=0)
+    if longest > name_max or len(os.fsencode(str(path))) >= path_max:
+        raise argparse.ArgumentTypeError(
+            f"name too long ({longest} bytes in one component, the file system allows {name_max})")
+
+
 def output_file(text: str) -> Path:
     """Type for an output file: fails before any work if it could not be written."""
     path = Path(text)
-    if path.is_dir():
-        raise argparse.ArgumentTypeError(f"{path} is a folder, expected a file name")
-    folder = path.parent if str(path.parent) else Path(".")
-    if not folder.is_dir():
-        raise argparse.ArgumentTypeError(f"folder {folder} of {path} does not exist")
+    _check_name_lengths(path)
+    try:
+        if path.is_dir():
+            raise argparse.ArgumentTypeError(f"{path} is a folder, expected a file name")
+        folder = path.parent if str(path.parent) else Path(".")
+        if not folder.is_dir():
+            raise argparse.ArgumentTypeError(f"folder {folder} of {path} does not exist")
+    except OSError as error:
+        raise argparse.ArgumentTypeError(f"{path}: {error.strerror or error}") from None
+    return path
+
+
+def output_folder(text: str) -> Path:
+    """Type for an output folder (created if missing): the name must be one the file system takes."""
+    path = Path(text)
+    _check_name_lengths(path)
     return path
 
 
@@ -142,17 +170,71 @@ def flags_named(**flags: str):
         raise kind(f"{flags[name]}: {rest}") from error
 
 
-def refuse_input_as_output(output, **inputs) -> None:
-    """ValueError naming -o when `output` is the same file as one of `inputs` (label=path).
+def guard_output(output, inputs: dict, *, folder: bool = False) -> None:
+    """The one output guard of every command (called by ewc_ref/cli.py, never by a command).
 
-    Same file means os.path.samefile (st_dev and st_ino), so ``./model.npz``, a symbolic link to
-    it or a hard link all count; a path that does not exist yet cannot be an input.
+    ValueError naming -o when `output`
+    - is the same file as one of `inputs` (label -> path): os.path.samefile compares device and
+      inode, so ``./d.npz``, ``../dir/d.npz``, ``.//d.npz``, a symbolic link or a hard link all count;
+      with `folder`, an input inside the output folder counts too (the command writes there);
+    - exists and is not a regular file (a device, FIFO, socket; a folder, unless `folder`), which a
+      rename would silently replace;
+    - with `folder`, exists and is not a folder.
+    A path that does not exist yet cannot be an input.
     """
-    if output is None or not os.path.exists(output):
+    if output is None:
+        return
+    output = Path(output)
+    try:
+        exists = os.path.lexists(output)
+        mode = os.stat(output).st_mode if os.path.exists(output) else None
+    except OSError as error:
+        raise ValueError(f"-o {output}: {error.strerror or error}") from None
+    if folder:
+        if exists and (mode is None or not stat.S_ISDIR(mode)):
+            raise ValueError(f"-o {output}: exists and is not a folder")
+    elif mode is not None and not stat.S_ISREG(mode):
+        kind = "a folder" if stat.S_ISDIR(mode) else "not a regular file (a device, FIFO or socket)"
+        raise ValueError(f"-o {output}: is {kind}; expected a regular file or a new name")
+    if mode is None:
         return
     for label, path in inputs.items():
-        if path is not None and os.path.exists(path) and os.path.samefile(output, path):
+        if not os.path.exists(path):
+            continue
+        if os.path.samefile(output, path):
             raise ValueError(f"-o {output}: is the same file as the input {label} {path}; refusing to overwrite an input")
+        if folder and _inside(os.path.realpath(path), os.path.realpath(output)):
+            raise ValueError(f"-o {output}: the input {label} {path} is inside this output folder; refusing to write over it")
+
+
+def _exists(path) -> bool:
+    """os.path.exists that says False for names the system cannot even look up (too long, NUL)."""
+    try:
+        return os.path.exists(path)
+    except (OSError, ValueError):
+        return False
+
+
+def _inside(path: str, folder: str) -> bool:
+    """True when the real path `path` lies in the real folder `folder`."""
+    return os.path.commonpath([path, folder]) == folder
+
+
+def input_paths(args) -> dict:
+    """label -> path of every argument the user gave that names an existing file or folder (not -o).
+
+    The command line's inputs are found from what was parsed, not from a list each command keeps,
+    so a new command (or a new input flag) is guarded without declaring anything.
+    """
+    found = {}
+    for dest, value in vars(args).items():
+        if dest == "output" or dest.startswith("_"):
+            continue
+        items = list(value) if isinstance(value, list | tuple) else [value]
+        for index, item in enumerate(items):
+            if isinstance(item, str | os.PathLike) and str(item) and _exists(item):
+                found[dest.upper() if len(items) == 1 else f"{dest.upper()}[{index}]"] = item
+    return found
 
 
 def strict_json(value):

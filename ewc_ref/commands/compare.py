@@ -20,7 +20,6 @@ from ..verify.kfac import compare_kfac, is_kfac
 from ._args import add_json, add_quiet, add_report_output, number, report_to, write_json
 
 #: the arguments that name files this command reads (ewc_ref/cli.py refuses them as -o)
-INPUT_FILES = ("a", "b")
 
 
 def add_arguments(parser) -> None:

@@ -24,7 +24,6 @@ from ._args import (
 )
 
 #: the arguments that name files this command reads (ewc_ref/cli.py refuses them as -o)
-INPUT_FILES = ("model", "data", "theirs")
 
 
 def add_arguments(parser) -> None:

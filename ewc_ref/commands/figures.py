@@ -17,11 +17,13 @@ from pathlib import Path
 
 from ..figures import FIGURES, make_figure, require_matplotlib
 from ..progress import Progress
-from ._args import add_json, add_output, add_quiet, write_json
+from ._args import add_json, add_output, add_quiet, output_folder, write_json
+
+OUTPUT_IS_FOLDER = True
 
 
 def add_arguments(parser) -> None:
-    add_output(parser, required=False, type=Path, default=Path("figures"), metavar="DIR",
+    add_output(parser, required=False, type=output_folder, default=Path("figures"), metavar="DIR",
                help="output folder, created if missing (default: ./figures)")
     parser.add_argument("--only", choices=FIGURES, action="append", metavar="NAME",
                         help="make only this figure (repeatable): " + ", ".join(FIGURES))
@@ -40,8 +42,6 @@ def run(args) -> int:
         except ImportError as error:
             raise OSError(f"{error} (or use --data-only for the .npz files alone)") from None
     out = args.output
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"-o/--output: {out} exists and is not a folder")
     out.mkdir(parents=True, exist_ok=True)
     progress = Progress(len(names), "figures", enabled=not args.quiet)
     report = {"output": str(out), "figures": {}}

@@ -38,7 +38,6 @@ from ._args import (
 )
 
 #: the arguments that name files this command reads (ewc_ref/cli.py refuses them as -o)
-INPUT_FILES = ("model", "data")
 #: flag -> (attribute of args, the option of the estimator table it sets)
 FLAG_OPTIONS = {"--samples": ("samples", "samples"), "--seed": ("seed", "rng"), "--batch-size": ("batch_size", "batch_size")}
 #: flag -> (attribute of args, the estimators whose row lists its option); any other estimator refuses it.

@@ -6,7 +6,6 @@ from ..io import load_data, load_model
 from ._args import add_json, add_quiet, add_report_output, report_to, write_json
 
 #: the arguments that name files this command reads (ewc_ref/cli.py refuses them as -o)
-INPUT_FILES = ("model", "data")
 
 
 def add_arguments(parser) -> None:
