@@ -22,6 +22,12 @@ accuracy       accuracy matrices R[i, j] of SGD, L2 and EWC in the three scenari
                (small configuration of ``ewc-ref demo``, derivations/06).
 estimators     Fisher diagonals of a digits MLP: empirical vs exact, and Hessian diagonal vs exact
                (derivations/04), one point per parameter.
+regions        the report's Figs. 1-2: solution regions of two tasks, their overlap D, the sign
+               symmetry of f(x) = b tanh(a x) and one Laplace Gaussian at theta*_A against the
+               two-mode posterior (ewc_ref.figures_regions, derivations/03).
+ellipses       EWC penalty level sets at theta*_A for the exact and empirical Fisher, the diagonal
+               and the Hessian, on Fig. 4's landscape and on the regions network; conditional vs
+               marginal half-widths (ewc_ref.figures_regions, derivations/03).
 =============  ====================================================================================
 
 matplotlib is optional (the ``plot`` extra). `require_matplotlib` raises ImportError with the
@@ -34,10 +40,12 @@ from pathlib import Path
 
 import numpy as np
 
+from . import figures_regions
 from .continual.experiments import METHODS, SCENARIOS
+from .figures_regions import plot_ellipses, plot_regions, regions_data
 from .io import atomic_output, atomic_savez
 
-FIGURES = ("laplace", "trajectories", "accuracy", "estimators")
+FIGURES = ("laplace", "trajectories", "accuracy", "estimators", "regions", "ellipses")
 #: (number of tasks, EWC lambda or None for the demo's tuned default) per scenario. Small enough
 #: to run in seconds; class-incremental needs lambda <= ~40 at this size for stable SGD
 #: (lr * lambda * max F < 2), see derivations/06.
@@ -76,13 +84,13 @@ def laplace_data(n_points: int = 121) -> dict[str, np.ndarray]:
 def plot_laplace(data, plt):
     fig, (left, right, skewed) = plt.subplots(1, 3, figsize=(14, 4))
     left.plot(data["w0"], data["marginal_posterior"], "k", label="posterior (grid)")
-    left.plot(data["w0"], data["marginal_laplace"], "C0--", label=f"Laplace, KL = {float(data['kl_laplace']):.3f}")
+    left.plot(data["w0"], data["marginal_laplace"], "C0--", label=f"Laplace (2-D KL {float(data['kl_laplace']):.3f})")
     left.plot(data["w0"], data["marginal_diag_fisher"], "C3:",
-              label=f"diag Fisher (EWC), KL = {float(data['kl_diag_fisher']):.3f}")
+              label=f"diag Fisher, EWC (2-D KL {float(data['kl_diag_fisher']):.3f})")
     left.set_xlabel("$w_0$")
     left.set_ylabel("marginal density of $w_0$")
     left.legend(fontsize=8)
-    left.set_title("N = 30, inputs correlated 0.9: marginal of $w_0$", fontsize=10)
+    left.set_title("N = 30, inputs correlated 0.9: marginal of $w_0$\n(legend: KL(posterior || Gaussian) in 2-D)", fontsize=9)
     W0, W1 = np.meshgrid(data["w0"], data["w1"], indexing="ij")
     for key, color, style in (("posterior", "k", "solid"), ("laplace", "C0", "dashed"), ("diag_fisher", "C3", "dotted")):
         density = data[key]
@@ -99,7 +107,8 @@ def plot_laplace(data, plt):
             left.set_xlim(kept[0] - pad, kept[-1] + pad)
     right.set_xlabel("$w_0$")
     right.set_ylabel("$w_1$")
-    right.set_title("2-D: black posterior, blue Laplace, red diag Fisher", fontsize=10)
+    right.set_title("2-D: black posterior, blue Laplace, red diag Fisher\ncontours at max x exp(-1/2, -2, -9/2): "
+                    "1, 2, 3 sigma for a Gaussian", fontsize=9)
     if "skewed_w" in data:
         _plot_laplace_skewed(data, skewed)
     fig.suptitle("Fig. 3: Laplace approximation of the true posterior (logistic regression)")
@@ -384,11 +393,16 @@ def plot_estimators(data, plt):
     return fig
 
 
+def ellipses_data() -> dict[str, np.ndarray]:
+    """Arrays of the penalty-ellipse figure: ``ewc_ref.figures_regions.ellipses_data`` on Fig. 4's data."""
+    return figures_regions.ellipses_data(trajectories_data(n_contour=61))
+
+
 # ----------------------------------------------------------------------------- driver
 DATA = {"laplace": laplace_data, "trajectories": trajectories_data, "accuracy": accuracy_data,
-        "estimators": estimators_data}
+        "estimators": estimators_data, "regions": regions_data, "ellipses": ellipses_data}
 PLOTS = {"laplace": plot_laplace, "trajectories": plot_trajectories, "accuracy": plot_accuracy,
-         "estimators": plot_estimators}
+         "estimators": plot_estimators, "regions": plot_regions, "ellipses": plot_ellipses}
 
 
 def check_name(name: str) -> str:

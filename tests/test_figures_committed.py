@@ -25,7 +25,7 @@ from ewc_ref.io import read_npz
 FIGURE_DIR = Path(__file__).resolve().parent.parent / "derivations" / "figures"
 
 
-@pytest.mark.parametrize("name", ["laplace", "trajectories", "estimators"])
+@pytest.mark.parametrize("name", ["laplace", "trajectories", "estimators", "regions", "ellipses"])
 def test_committed_figure_data_match_a_fresh_computation(name):
     stored = read_npz(FIGURE_DIR / f"{name}.npz")
     fresh = figures.DATA[name]()
