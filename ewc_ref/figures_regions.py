@@ -107,6 +107,7 @@ def _levels(density):
 
 
 def plot_regions(data, plt):
+    """Figs. 1-2 and the posterior of A from the arrays of `regions_data`; returns the matplotlib figure."""
     fig, axes = plt.subplots(1, 3, figsize=(14, 4.6))
     A, B = np.meshgrid(data["a"], data["b"], indexing="ij")
     tol = float(data["tolerance"])
@@ -209,6 +210,7 @@ def _ellipse(matrix, level, n=400):
 
 
 def plot_ellipses(data, plt):
+    """The penalty level sets of `ellipses_data` over task A's loss, one panel per landscape."""
     fig, axes = plt.subplots(1, 2, figsize=(11.5, 4.9))
     level = float(data["level"])
     titles = {"fig4": "Fig. 4's landscape (linear model: Hessian = exact Fisher)",
