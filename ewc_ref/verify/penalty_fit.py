@@ -43,6 +43,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .._validate import as_float_array, as_generator
+from ..io import read_npz
 
 #: Relative residual accepted as round-off. float64: a correct penalty's gradient is a few
 #: elementwise products (lambda, F, theta - a), each exact to eps64 = 1.1e-16 relative, and the
@@ -312,3 +313,43 @@ def sample_penalty(penalty_fn, points) -> tuple[np.ndarray, np.ndarray, np.ndarr
             raise ValueError(f"penalty_fn: grad at point {m} has shape {grad.shape}, expected ({points.shape[1]},)")
         grads.append(grad)
     return points, np.array(values), np.stack(grads)
+
+
+PENALTY_KEYS = ("theta", "value", "grad")
+
+
+def read_penalty_samples(path, n_params: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(theta (M, P), value (M,), grad (M, P)) of a penalty file (docs/file-format.md section 11).
+
+    Exactly the keys theta, value, grad; shapes checked from the headers before any data is read
+    (P = `n_params` when given); finite float values. ValueError naming the file and key.
+    """
+    def check(headers):
+        keys = set(headers)
+        missing, unknown = sorted(set(PENALTY_KEYS) - keys), sorted(keys - set(PENALTY_KEYS))
+        if missing or unknown:
+            raise ValueError(f"{path}: expected exactly the keys theta, value, grad"
+                             + (f"; missing {missing}" if missing else "") + (f"; unknown {unknown}" if unknown else ""))
+        shapes = {key: headers[key].shape for key in PENALTY_KEYS}
+        for key, ndim in (("theta", 2), ("value", 1), ("grad", 2)):
+            if len(shapes[key]) != ndim or headers[key].dtype.kind != "f":
+                raise ValueError(f"{path}: key {key!r} must be a {ndim}-d float array, got dtype {headers[key].dtype} "
+                                 f"shape {shapes[key]}")
+        m, p = shapes["theta"]
+        if shapes["grad"] != (m, p):
+            raise ValueError(f"{path}: key 'grad' must have the shape of 'theta' {(m, p)}, got {shapes['grad']}")
+        if shapes["value"] != (m,):
+            raise ValueError(f"{path}: key 'value' must have shape ({m},), one value per row of 'theta', got {shapes['value']}")
+        if n_params is not None and p != n_params:
+            raise ValueError(f"{path}: key 'theta' has P = {p} columns, expected the models' P = {n_params} "
+                             "(flat parameter order, docs/file-format.md section 4)")
+        if m < 2:
+            raise ValueError(f"{path}: key 'theta' has M = {m} row(s); expected M >= 2 parameter vectors (M >= 3 to "
+                             "test quadraticity)")
+
+    arrays = read_npz(path, "penalty file", check=check)
+    for key in PENALTY_KEYS:
+        if not np.all(np.isfinite(arrays[key])):
+            bad = int(arrays[key].size - np.count_nonzero(np.isfinite(arrays[key])))
+            raise ValueError(f"{path}: key {key!r} contains {bad} non-finite value(s) (NaN or inf)")
+    return arrays["theta"], arrays["value"], arrays["grad"]
