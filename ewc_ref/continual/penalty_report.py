@@ -97,10 +97,17 @@ def lambda_factors(n: int, p: int, gamma: float | None) -> list[tuple[float, str
            (2.0 * n, "2*N", f"no 1/2 and F summed over the N = {n} examples"),
            (1.0 / p, "1/P", f"a mean over the P = {p} parameters instead of a sum, with the 1/2"),
            (2.0 / p, "2/P", f"no 1/2 and a mean over the P = {p} parameters: lambda mean_i F_i d_i^2")]
+    if n > 1:
+        out += [(n / (n - 1), "N/(N-1)", f"F divided by N - 1 = {n - 1} instead of N, with the 1/2"),
+                (2.0 * n / (n - 1), "2*N/(N-1)", f"no 1/2 and F divided by N - 1 = {n - 1} instead of N")]
     if gamma is not None and gamma != 1.0:
         out += [(gamma, "gamma", f"gamma = {gamma:g} applied to the latest task too, with the 1/2 (Schwarz et al. "
                                  "2018: lambda/2 ||theta - theta*||^2 weighted by gamma F*)"),
                 (2.0 * gamma, "2*gamma", f"no 1/2 and gamma = {gamma:g} applied to the latest task too")]
+        if n > 1:
+            out.append((gamma * n / (n - 1), "gamma*N/(N-1)",
+                        f"gamma = {gamma:g} applied to the latest task too and F divided by N - 1 = {n - 1} instead of "
+                        "N (van de Ven's continual-learning: the loop index), with the 1/2"))
     return out
 
 
