@@ -97,7 +97,10 @@ def test_a_fisher_at_other_weights_is_none_with_causes(tasks):
     weights = LAM * er.fisher(elsewhere, LIK, x, y, estimator="exact").diagonal
     d = diagnose_penalty(models, LIK, data, _samples(_quadratic(weights, models[-1].theta), models), lam=LAM)
     assert d.combination == "none" and d.curvature is None
-    assert "closest" in d.causes[0] and any("other weights" in c for c in d.causes)
+    # causes are computed: the closest fit and its rows with their errors, and diagnose's own verdict on W
+    assert d.causes[0].startswith("no estimator and combination fit W within round-off: closest exact / ")
+    assert "its rows: " in d.causes[0] and "latest only 0.04" in d.causes[0]
+    assert any(c.startswith("diagnose of W against task 3's model: none") for c in d.causes)
     assert d.anchor is not None and d.anchor.task == 3  # the anchor is still named
 
 
@@ -146,3 +149,56 @@ def test_models_and_data_must_match(tasks):
         diagnose_penalty([models[0], er.MLP.random([4, 6, 3], "tanh", rng=0)], LIK, data[:2], theirs)
     with pytest.raises(ValueError, match="^theirs:"):
         diagnose_penalty(models, LIK, data, (theirs[0][:, :5], theirs[1], theirs[2][:, :5]))
+
+
+def test_a_fisher_recomputed_at_theta_is_named_as_such(tasks):
+    models, data = tasks
+    x, y = data[-1]
+    anchor = models[-1].theta
+
+    def recomputed(t):
+        f = er.fisher(models[-1].with_theta(t), LIK, x, y, estimator="empirical").diagonal
+        return 0.5 * LAM * float(np.sum(f * (t - anchor) ** 2)), LAM * f * (t - anchor)
+
+    d = diagnose_penalty(models, LIK, data, recomputed, lam=LAM)
+    assert d.fit.quadratic == "not quadratic"
+    assert d.combination == "not quadratic: the Fisher recomputed at the current weights"
+    assert (d.curvature.estimator, d.curvature.row) == ("empirical", "at theta") and d.factor_expression == "1"
+
+
+def test_sign_flipped_penalty_is_named_with_a_negative_factor(tasks):
+    models, data = tasks
+    weights = -LAM * _fishers(tasks, "exact")[-1]  # ERRATA E9: the penalty subtracted
+    d = diagnose_penalty(models[-1:], LIK, data[-1:], _samples(_quadratic(weights, models[-1].theta), models), lam=LAM)
+    assert d.combination == "sign flipped (ERRATA E9): single task"
+    assert d.factor == pytest.approx(-1.0, rel=1e-10) and "negative" in d.factor_words
+    assert d.fit.negative == models[-1].n_params - int(np.sum(weights == 0))
+
+
+def test_l2_around_the_latest_optimum_is_one_quadratic(tasks):
+    models, data = tasks
+    weights = LAM * np.ones(models[0].n_params)  # lambda/2 ||theta - theta*_3||^2: W = lambda, not T lambda
+    d = diagnose_penalty(models, LIK, data, _samples(_quadratic(weights, models[-1].theta), models), lam=LAM)
+    assert d.combination.startswith("l2 around theta*_3")
+    assert d.curvature.row == "latest only" and d.factor == pytest.approx(1.0, rel=1e-10)
+
+
+def test_two_tasks_online_says_gamma_is_only_a_ratio(tasks):
+    models, data = tasks
+    fs = _fishers(tasks, "exact")[:2]
+    weights = LAM * (fs[1] + GAMMA * fs[0])
+    d = diagnose_penalty(models[:2], LIK, data[:2], _samples(_quadratic(weights, models[1].theta), models[:2]), lam=LAM)
+    assert d.combination == "online" and d.curvature.gamma == pytest.approx(GAMMA, rel=1e-10)
+    assert "T = 2" in d.gamma_words
+
+
+def test_a_sampled_fisher_of_one_task_is_a_statistical_verdict_with_its_band():
+    rng = np.random.default_rng(0)
+    model = er.MLP.random([4, 5, 3], "tanh", rng=0)
+    x, y = rng.standard_normal((200, 4)), rng.integers(0, 3, 200)
+    weights = 2 * LAM * er.fisher(model, LIK, x, y, estimator="mc", samples=1, rng=5).diagonal  # lambda sum F d^2
+    d = diagnose_penalty([model], LIK, [(x, y)], _samples(_quadratic(weights, model.theta), [model]), lam=LAM)
+    assert d.combination == "single task" and d.curvature.estimator == "mc" and d.curvature.scale_se > 0
+    # fitted 2.04 +/- 0.077: "2" is the simplest factor inside the band, "1" is far outside it
+    assert d.factor_expression == "2" and abs(d.factor - 2) <= 2 * d.curvature.scale_se / LAM
+    assert "statistical" in d.report()

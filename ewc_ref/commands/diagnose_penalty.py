@@ -18,7 +18,7 @@ import sys
 
 from ..continual.penalty_names import diagnose_penalty
 from ..io import load_data, load_model
-from ..verify.penalty_fit import fit_penalty, read_penalty_samples
+from ..verify.penalty_fit import read_penalty_samples
 from ._args import (
     add_json,
     add_quiet,
@@ -69,8 +69,8 @@ def run(args) -> int:
     data = [load_data(path, m, lik) for path, m in zip(data_paths, models, strict=True)]
     theta, value, grad = read_penalty_samples(theirs_path, models[0].n_params)
     with flags_named(tol="--tol", batch_sizes="--batch-sizes", lam="--lambda", gamma="--gamma"):
-        fit = fit_penalty(theta, value, grad, tol=args.tol)
-        result = diagnose_penalty(models, lik, data, fit, lam=args.lam, gamma=args.gamma, batch_sizes=args.batch_sizes,
+        result = diagnose_penalty(models, lik, data, (theta, value, grad), lam=args.lam, gamma=args.gamma,
+                                  batch_sizes=args.batch_sizes,
                                   tol=args.tol, rng=args.seed, progress=not args.quiet and not args.json)
     with report_to(args.output):
         if args.json:

@@ -62,8 +62,9 @@ from .penalty_report import AnchorCandidate, CurvatureCandidate, PenaltyDiagnosi
 BASE_ESTIMATORS = ("exact", "empirical", "pred")
 #: Above this many operations (T N ln N P) 'batched' is not fitted for every B; --batch-sizes gives B.
 BATCHED_LIMIT = 5e8
-#: The rows of (N1), simplest first (the number of parameters each fits).
-ROWS = ("latest only", "sum", "online", "weights")
+#: The rows of (N1), simplest first (the number of parameters each fits); 'at theta' is the
+#: non-quadratic hypothesis of a Fisher recomputed at the current weights.
+ROWS = ("latest only", "sum", "online", "weights", "at theta")
 
 
 def diagnose_penalty(models, lik: Likelihood, data, theirs, lam: float | None = None, gamma: float | None = None,
@@ -96,6 +97,7 @@ def diagnose_penalty(models, lik: Likelihood, data, theirs, lam: float | None = 
     lam = _check_positive(lam, "lam")
     gamma = _check_gamma(gamma)
     p = models[0].n_params
+    samples = None
     if isinstance(theirs, PenaltyFit):
         fit = theirs
     else:
@@ -103,8 +105,8 @@ def diagnose_penalty(models, lik: Likelihood, data, theirs, lam: float | None = 
             theirs = sample_penalty(theirs, probe_points(models[-1].theta, 0.1))
         if not (isinstance(theirs, tuple | list) and len(theirs) == 3):
             raise TypeError("theirs: expected (theta, value, grad), a PenaltyFit or a callable theta -> (value, grad)")
-        theta, value, grad = check_samples(*theirs)
-        fit = fit_penalty(theta, value, grad, tol)
+        samples = check_samples(*theirs)
+        fit = fit_penalty(*samples, tol)
     if fit.weights.shape != (p,):
         raise ValueError(f"theirs: expected P = {p} parameters like the models, got {fit.weights.shape[0]}")
     tol = fit.tol if tol is None else tol
@@ -113,6 +115,9 @@ def diagnose_penalty(models, lik: Likelihood, data, theirs, lam: float | None = 
                               n_examples=int(data[-1][0].shape[0]))
     if fit.quadratic not in ("diagonal quadratic", "cannot tell", "value inconsistent"):
         result.causes = [f"THEIR penalty is {fit.quadratic}: {fit.reason}"]
+        if fit.quadratic != "quadratic, not diagonal":
+            result.curvature = _fisher_at_theta(models, lik, data, samples, tol, log, result)
+            result.name(lam, gamma)
         return result
     known = np.ones(p, dtype=bool)
     known[fit.undetermined] = False
@@ -120,37 +125,115 @@ def diagnose_penalty(models, lik: Likelihood, data, theirs, lam: float | None = 
     if not np.any(weights):
         result.causes = ["W = 0 at every determined coordinate: THEIR penalty is constant (lambda = 0, or no task consolidated)"]
         return result
+    fishers = _candidate_fishers(models, lik, data, weights, batch_sizes, rng, log, result)
+    candidates = [row for key, fs in fishers.items() for row in _fit_rows(weights[known], [f[known] for f in fs], key)]
+    # the rule: rows within round-off first, the fewest parameters among them, then the smaller error
+    result.candidates = sorted(candidates, key=lambda c: (c.rel_error > tol, ROWS.index(c.row) if c.rel_error <= tol else 0,
+                                                          c.rel_error))
+    best = result.candidates[0]
+    anchors = [np.asarray(m.theta, dtype=np.float64) for m in models]
+    if best.rel_error <= tol:
+        combined = fishers[(best.estimator, best.batch_size)]
+        result.anchors = _anchor_candidates(fit.anchor, weights, anchors, best.coefficients, combined)
+        result.anchor = next((a for a in result.anchors if a.rel_error <= tol), None)
+        if best.estimator == "identity":  # l2: every F_t = 1, so the anchor tells one quadratic (W = s) from T (W = s T)
+            row = "sum" if result.anchor is not None and result.anchor.kind in ("mean", "weighted mean") else "latest only"
+            best = next(c for c in result.candidates if c.estimator == "identity" and c.row == row)
+        result.curvature = best
+        result.equivalent = [c.label for c in result.candidates if c is not best and c.rel_error <= tol and c.row == best.row]
+        result.per_task = _per_task(models, lik, data, weights, best, combined, rng, log)
+    else:
+        result.anchors = _anchor_candidates(fit.anchor, weights, anchors, None, None)
+        result.anchor = next((a for a in result.anchors if a.rel_error <= tol), None)
+        result.curvature = _statistical(result.proposal_diagnoses, len(models))
+        if result.curvature is None:
+            result.causes = _causes(result, weights[known], fishers, known, data)
+    result.name(lam, gamma)
+    return result
+
+
+def _candidate_fishers(models, lik, data, weights, batch_sizes, rng, log, result) -> dict:
+    """{(estimator, B): [F_t (P,) for each task]} for the base estimators, diagnose's winner, batched B and F = I."""
+    p = models[0].n_params
     proposals = _proposals(models, lik, data, weights, rng, log, result)
-    estimators = list(dict.fromkeys([*((e, None) for e in BASE_ESTIMATORS), *proposals]))
     fishers = {}
-    for name, b in estimators:
+    for name, b in dict.fromkeys([*((e, None) for e in BASE_ESTIMATORS), *proposals]):
         if b is not None and any(b > x.shape[0] for x, _ in data):
             continue
         log.stage(f"computing {name}{'' if b is None else f', B = {b}'} for {len(models)} task(s)")
         fishers[(name, b)] = [fisher(m, lik, x, y, estimator=name, structure="diag", batch_size=b).diagonal
                               for m, (x, y) in zip(models, data, strict=True)]
-    sizes = _batch_sizes_to_fit(batch_sizes, data, p, len(models), result)
+    # one task: diagnose has screened every B already; T tasks: every B here, by prefix sums
+    sizes = _batch_sizes_to_fit(batch_sizes, data, p, len(models), result) if len(models) > 1 or batch_sizes else []
     if sizes:
         log.stage(f"computing batched for B in {sizes[0]}..{sizes[-1]} ({len(sizes)} sizes) for {len(models)} task(s)")
         per_task = [batched_fishers(m, lik, x, y, sizes) for m, (x, y) in zip(models, data, strict=True)]
         for b in sizes:
             fishers.setdefault(("batched", b), [f[b] for f in per_task])
     fishers[("identity", None)] = [np.ones(p) for _ in models]  # the l2 baseline: F = I
-    candidates = [row for key, fs in fishers.items() for row in _fit_rows(weights[known], [f[known] for f in fs], key)]
-    # the rule: rows within round-off first, the fewest parameters among them, then the smaller error
-    result.candidates = sorted(candidates, key=lambda c: (c.rel_error > tol, ROWS.index(c.row) if c.rel_error <= tol else 0,
-                                                          c.rel_error))
-    best = result.candidates[0]
-    result.curvature = best if best.rel_error <= tol else _statistical(result.proposal_diagnoses, len(models))
-    result.equivalent = [c.label for c in result.candidates[1:] if c.rel_error <= tol and c.row == best.row]
-    anchors = [np.asarray(m.theta, dtype=np.float64) for m in models]
-    combined = fishers[(best.estimator, best.batch_size)] if result.curvature is not None else None
-    result.anchors = _anchor_candidates(fit.anchor, weights, anchors, best.coefficients if combined else None, combined)
-    result.anchor = next((a for a in result.anchors if a.rel_error <= tol), None)
-    if result.curvature is not None:
-        result.per_task = _per_task(models, lik, data, weights, best, combined, rng, log)
-    result.name(lam, gamma)
-    return result
+    return fishers
+
+
+def _causes(result, w, fishers, known, data) -> list[str]:
+    """Computed causes of a curvature 'none': the closest fits, diagnose's own causes, N-weighted tasks, not tried."""
+    causes = []
+    closest = result.candidates[0]
+    by_row = {}
+    for c in result.candidates:
+        if (c.estimator, c.batch_size) == (closest.estimator, closest.batch_size):
+            by_row.setdefault(c.row, c.rel_error)
+    causes.append(f"no estimator and combination fit W within round-off: closest {closest.label}, relative error "
+                  f"{closest.rel_error:.3g} ({closest.rel_error / result.tol:.3g} x the threshold); its rows: "
+                  + ", ".join(f"{row} {error:.3g}" for row, error in by_row.items()))
+    sizes = np.array([x.shape[0] for x, _ in data], dtype=np.float64)
+    if len(data) > 1 and np.ptp(sizes) > 0:  # the Fishers summed over examples: tasks weighted by N_t
+        design = np.stack([n * f[known] for n, f in zip(sizes, fishers[(closest.estimator, closest.batch_size)],
+                                                      strict=True)], axis=1).sum(axis=1)
+        s = float(w @ design) / float(design @ design)
+        causes.append(f"tasks weighted by their sizes N_t = {sizes.astype(int).tolist()} (Fishers summed over examples): "
+                      f"relative error {float(np.linalg.norm(w - s * design)) / float(np.linalg.norm(w)):.3g}")
+    for d in result.proposal_diagnoses:
+        causes.append(f"diagnose of W against task {d.task}'s model: {d.label}"
+                      + (f", relative error {d.rel_error:.3g}" if d.estimator != "none" else ""))
+        causes += [f"  diagnose: {cause}" for cause in d.causes]
+    causes += [f"a candidate not tried: {item['estimator']} ({item['why']}; {item['flag']})" for item in result.not_tried]
+    return causes
+
+
+def _fisher_at_theta(models, lik, data, samples, tol, log, result) -> CurvatureCandidate | None:
+    """grad_m = s F_e(theta_m) (theta_m - theta*_T): the Fisher recomputed at each point, latest task and anchor.
+
+    Tried for the base estimators when THEIR samples are known and M N_T P is affordable; the
+    candidate within round-off (relative residual over all points and entries), else None.
+    """
+    if samples is None:
+        return None
+    theta, _, grad = samples
+    model, (x, y) = models[-1], data[-1]
+    cost = theta.shape[0] * x.shape[0] * model.n_params * len(BASE_ESTIMATORS)
+    if cost > BATCHED_LIMIT:
+        result.not_tried.append({"estimator": "Fisher at theta", "why": f"M N P x 3 = {cost:.3g} > {BATCHED_LIMIT:g}",
+                                 "flag": "fewer points"})
+        return None
+    grad = np.asarray(grad, dtype=np.float64)
+    anchor = np.asarray(model.theta, dtype=np.float64)
+    best = None
+    for name in BASE_ESTIMATORS:
+        log.stage(f"the Fisher recomputed at each point: {name}")
+        direction = np.stack([fisher(model.with_theta(point.astype(model.dtype)), lik, x, y, estimator=name).diagonal
+                              * (point - anchor) for point in np.asarray(theta, dtype=np.float64)])
+        uu = float(np.sum(direction * direction))
+        s = float(np.sum(direction * grad)) / uu if uu > 0 else 0.0
+        error = float(np.linalg.norm(grad - s * direction) / np.linalg.norm(grad))
+        candidate = CurvatureCandidate(name, None, "at theta", s, error, [1.0])
+        result.candidates.append(candidate)
+        if best is None or error < best.rel_error:
+            best = candidate
+    if best.rel_error > tol:
+        result.causes.append(f"not the Fisher recomputed at each point either: closest {best.estimator} of task "
+                             f"{len(models)} at theta, anchor theta*_{len(models)}, relative error {best.rel_error:.3g}")
+        return None
+    return best
 
 
 def _check_tasks(models, lik, data):
@@ -232,11 +315,12 @@ def _proposals(models, lik, data, weights, rng, log, result) -> list:
 
 
 def _statistical(proposals, t_count) -> CurvatureCandidate | None:
-    """One task whose W diagnose names statistically (mc, shuffled): its verdict, else None."""
-    if t_count != 1 or proposals[0].estimator == "none":
+    """One task whose W diagnose names statistically (mc, shuffled): its verdict with the scale's standard error."""
+    if t_count != 1 or proposals[0].estimator not in ("mc", "shuffled"):
         return None
     d = proposals[0]
-    return CurvatureCandidate(d.estimator, d.batch_size, "latest only", d.scale, d.rel_error, [1.0], samples=d.samples)
+    return CurvatureCandidate(d.estimator, d.batch_size, "latest only", d.scale, d.rel_error, [1.0], samples=d.samples,
+                              scale_se=d.scale_se)
 
 
 def _fit_rows(w: np.ndarray, fs: list, key) -> list[CurvatureCandidate]:
@@ -254,9 +338,9 @@ def _fit_rows(w: np.ndarray, fs: list, key) -> list[CurvatureCandidate]:
         error = float(np.linalg.norm(w - s * basis)) / norm
         return CurvatureCandidate(estimator, b, name, s, error, list(map(float, coefficients)), gamma)
 
-    if estimator == "identity":  # l2: every F_t = 1, so only the number of terms is seen: sum_t 1 = T
-        return [row("sum" if t_count >= 2 else "latest only", [1.0] * t_count)]
     rows = [row("latest only", [0.0] * (t_count - 1) + [1.0])]
+    if estimator == "identity":  # l2: every F_t = 1, so only the number of terms is seen (the anchor decides)
+        return rows + ([row("sum", [1.0] * t_count)] if t_count >= 2 else [])
     if t_count >= 2:
         rows.append(row("sum", [1.0] * t_count))
         free, *_ = np.linalg.lstsq(design, w, rcond=None)

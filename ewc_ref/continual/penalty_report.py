@@ -33,6 +33,7 @@ class CurvatureCandidate:
     coefficients: list  # c_t, c_T = 1
     gamma: float | None = None
     samples: int | None = None  # statistical (T = 1, from diagnose): mc's S
+    scale_se: float | None = None  # statistical: the standard error of s (diagnose's sampling noise)
 
     @property
     def label(self) -> str:
@@ -44,7 +45,7 @@ class CurvatureCandidate:
     def to_json(self) -> dict:
         return {"estimator": self.estimator, "batch_size": self.batch_size, "samples": self.samples, "row": self.row,
                 "scale": self.scale, "rel_error": self.rel_error, "coefficients": list(self.coefficients),
-                "gamma": self.gamma}
+                "gamma": self.gamma, "scale_se": self.scale_se}
 
 
 @dataclass
@@ -73,10 +74,17 @@ class TaskCurvature:
     scale: float
     rel_error: float
     scale_words: str
+    scale_se: float | None = None  # mc / shuffled: the standard error of the scale
+    causes: list = field(default_factory=list)  # diagnose's computed causes of a 'none'
 
     @classmethod
     def from_diagnosis(cls, task: int, d) -> TaskCurvature:
-        return cls(task, d.estimator, d.batch_size, d.samples, float(d.scale), float(d.rel_error), d.scale_words)
+        """The public fields of a verify.diagnosis.Diagnosis (the statistical tests' scale_se where judged)."""
+        test = {"mc": getattr(d, "mc", None), "shuffled": getattr(d, "shuffled", None)}.get(d.estimator)
+        se = getattr(test, "scale_se", None)
+        se = float(se) if se is not None and math.isfinite(se) else None
+        return cls(task, d.estimator, d.batch_size, d.samples, float(d.scale), float(d.rel_error), d.scale_words,
+                   se, list(getattr(d, "causes", [])))
 
     @property
     def label(self) -> str:
@@ -85,7 +93,8 @@ class TaskCurvature:
 
     def to_json(self) -> dict:
         return {"task": self.task, "estimator": self.estimator, "batch_size": self.batch_size, "samples": self.samples,
-                "scale": self.scale, "rel_error": self.rel_error, "scale_words": self.scale_words}
+                "scale": self.scale, "rel_error": self.rel_error, "scale_words": self.scale_words,
+                "scale_se": self.scale_se, "causes": list(self.causes)}
 
 
 def lambda_factors(n: int, p: int, gamma: float | None) -> list[tuple[float, str, str]]:
@@ -148,21 +157,13 @@ class PenaltyDiagnosis:
     batch_sizes_screened: tuple | None = None  # (2, min N_t) when batched was fitted for every B
 
     def name(self, lam, gamma) -> None:
-        """Fill combination, lambda and gamma from the winning curvature row and anchor."""
+        """Fill combination, lambda and gamma from the winning curvature row and anchor (causes already computed)."""
         c, a, t_count = self.curvature, self.anchor, self.n_tasks
         if c is None:
-            closest = self.candidates[0] if self.candidates else None
-            self.causes.append("no estimator and combination fit W within round-off" + (
-                f"; closest {closest.label}: relative error {closest.rel_error:.3g} ({closest.rel_error / self.tol:.3g} x "
-                "the threshold)" if closest else ""))
-            self.causes += [f"a candidate not tried: {item['estimator']} ({item['why']}; {item['flag']})"
-                            for item in self.not_tried]
-            self.causes += [f"task {d.task}: diagnose of W against its model says {d.label}"
-                            + (f" (relative error {d.rel_error:.3g})" if d.estimator != "none" else "")
-                            for d in self.proposal_diagnoses]
-            self.causes += ["a Fisher of another estimator or minibatch size (pass --batch-sizes B for minibatch Fishers)",
-                            "a Fisher at other weights than the models given, or of other data / row order",
-                            "tasks weighted otherwise than sum, online or latest only (e.g. by their sizes N_t)"]
+            return
+        if c.row == "at theta":
+            self.combination = "not quadratic: the Fisher recomputed at the current weights"
+            self._lambda(lam, gamma)
             return
         if a is None:
             self.causes.append("the curvature is named but no anchor candidate is within round-off: "
@@ -172,7 +173,7 @@ class PenaltyDiagnosis:
         if t_count == 1:
             self.combination = "single task"
         elif c.estimator == "identity":
-            self.combination = "l2" if (c.row == "sum" and a.kind in ("mean", "weighted mean")) else "l2, " + c.row
+            self.combination = {"mean": "l2", "weighted mean": "l2"}.get(a.kind, f"l2 around {a.name}")
         elif a.kind == "task" and a.task != t_count:
             self.combination = f"wrong anchor: task {a.task}'s optimum with {c.row} curvature"
         elif c.row == "sum":
@@ -184,31 +185,45 @@ class PenaltyDiagnosis:
         else:
             self.combination = (f"other: weights c = [{', '.join(f'{v:.6g}' for v in c.coefficients)}], "
                                 f"anchor {a.name}")
+        if c.scale < 0:  # the penalty is subtracted: minimising pushes theta away from the anchor
+            self.combination = f"sign flipped (ERRATA E9): {self.combination}"
         self._lambda(lam, gamma)
         if c.row == "online":
-            rtol = math.sqrt(self.tol)  # gamma is a ratio of fitted coefficients: sqrt(tol), 1e-4 in float64
-            if gamma is None:
-                self.gamma_words = f"gamma = {c.gamma:.12g} fitted (pass your gamma to compare)"
-            elif abs(c.gamma / gamma - 1) <= rtol:
-                self.gamma_words = f"gamma = {c.gamma:.12g} = your gamma"
-            elif abs(c.gamma / gamma**2 - 1) <= rtol:
-                self.gamma_words = (f"gamma = {c.gamma:.12g} = your gamma^2 = {gamma:g}^2: the decay is applied twice per "
-                                    "task (double decay)")
-                self.combination = "online, double decay"
-            else:
-                self.gamma_words = f"gamma = {c.gamma:.12g}, not your gamma = {gamma:g} nor its square"
+            self._gamma(c, gamma, t_count)
+
+    def _gamma(self, c, gamma, t_count) -> None:
+        rtol = math.sqrt(self.tol)  # gamma is a ratio of fitted coefficients: sqrt(tol), 1e-4 in float64
+        if gamma is None:
+            self.gamma_words = f"gamma = {c.gamma:.12g} fitted (pass your gamma to compare)"
+            if t_count == 2:  # two weights, two parameters: the online row fits any c_1 <= c_2
+                self.gamma_words += ("; with T = 2 any weights c_1 <= c_2 fit an online row, so gamma is their ratio, "
+                                     "confirmed only by a third task or your --gamma")
+        elif abs(c.gamma / gamma - 1) <= rtol:
+            self.gamma_words = f"gamma = {c.gamma:.12g} = your gamma"
+        elif abs(c.gamma / gamma**2 - 1) <= rtol:
+            self.gamma_words = (f"gamma = {c.gamma:.12g} = your gamma^2 = {gamma:g}^2: the decay is applied twice per "
+                                "task (double decay)")
+            self.combination = self.combination.replace("online", "online, double decay", 1)
+        else:
+            self.gamma_words = f"gamma = {c.gamma:.12g}, not your gamma = {gamma:g} nor its square"
 
     def _lambda(self, lam, gamma) -> None:
         c = self.curvature
         self.lambda_paper = c.scale
+        band = "" if c.scale_se is None else f" +/- {2 * c.scale_se:.2g} (2 standard errors of {c.estimator}'s noise)"
         if lam is None:
-            self.factor_words = (f"lambda_paper = {c.scale:.12g} for eq. (11) with F = F_{c.estimator} (a mean over "
+            self.factor_words = (f"lambda_paper = {c.scale:.12g}{band} for eq. (11) with F = F_{c.estimator} (a mean over "
                                  "the examples); pass your lambda for the conversion")
             return
         self.factor = c.scale / lam
-        rtol = max(100 * c.rel_error, 1e-9)
-        self.factor_expression, words = name_factor(self.factor, self.n_examples, self.n_params, gamma, rtol)
-        self.factor_words = f"your lambda corresponds to lambda_paper = {self.factor:.12g} x yours: {words}"
+        # a deterministic fit: within 100 x its residual; a statistical one: the simplest inside 2 standard errors
+        rtol = max(100 * c.rel_error, 1e-9) if c.scale_se is None else 2 * c.scale_se / abs(c.scale)
+        self.factor_expression, words = name_factor(abs(self.factor), self.n_examples, self.n_params, gamma, rtol)
+        band = "" if c.scale_se is None else f" +/- {2 * c.scale_se / lam:.2g}"
+        sign = "-" if self.factor < 0 else ""
+        self.factor_words = f"your lambda corresponds to lambda_paper = {sign}{abs(self.factor):.12g}{band} x yours: {words}"
+        if sign:
+            self.factor_words += " (negative: the penalty is subtracted from the loss, ERRATA E9)"
 
     def to_json(self) -> dict:
         return {"combination": self.combination, "n_tasks": self.n_tasks, "n_params": self.n_params, "tol": self.tol,
@@ -233,16 +248,23 @@ class PenaltyDiagnosis:
                  f"quadratic   {f.quadratic}: {f.reason}"]
         if self.combination == "none":
             lines.append("verdict     none: THEIR penalty is not named")
-            lines += [f"{'causes' if i == 0 else '':<11} {i + 1}. {cause}" for i, cause in enumerate(self.causes)]
         else:
             lines.append(f"verdict     {self.combination}: {COMBINATION_WORDS.get(self.combination, '')}".rstrip(": "))
+        lines += [f"{'causes' if i == 0 else '':<11} {i + 1}. {cause}" for i, cause in enumerate(self.causes)]
         c, a = self.curvature, self.anchor
         if a is not None:
             lines.append(f"anchor      {a.name} (W-weighted relative distance {a.rel_error:.3g})")
         if c is not None:
             coefficients = ", ".join(f"{v:.6g}" for v in c.coefficients)
-            lines.append(f"curvature   W = {c.scale:.12g} x sum_t c_t F_t with F = {c.label.split(' / ')[0]}, "
-                         f"c = [{coefficients}] (relative error {c.rel_error:.3g})")
+            if c.row == "at theta":
+                lines.append(f"curvature   grad = {c.scale:.12g} x F(theta) (theta - theta*_{self.n_tasks}) with F = "
+                             f"{c.estimator} of task {self.n_tasks} recomputed at each point (relative error {c.rel_error:.3g})")
+            else:
+                lines.append(f"curvature   W = {c.scale:.12g} x sum_t c_t F_t with F = {c.label.split(' / ')[0]}, "
+                             f"c = [{coefficients}] (relative error {c.rel_error:.3g})")
+            if c.scale_se is not None:
+                lines.append(f"            a statistical verdict (diagnose): {c.estimator} judged against its sampling noise, "
+                             f"s = {c.scale:.6g} +/- {2 * c.scale_se:.2g} (2 standard errors)")
             if self.equivalent:
                 lines.append(f"same here   {', '.join(self.equivalent)}")
             for d in self.per_task:
