@@ -202,3 +202,23 @@ def test_a_sampled_fisher_of_one_task_is_a_statistical_verdict_with_its_band():
     # fitted 2.04 +/- 0.077: "2" is the simplest factor inside the band, "1" is far outside it
     assert d.factor_expression == "2" and abs(d.factor - 2) <= 2 * d.curvature.scale_se / LAM
     assert "statistical" in d.report()
+
+
+def test_conventions_that_coincide_are_named_as_indistinguishable():
+    from ewc_ref.continual.penalty_report import name_factor
+
+    expression, words = name_factor(1.0, n=32, p=51, gamma=0.5, rtol=1e-9)  # 2 gamma = 1 at gamma = 1/2
+    assert expression == "1" and "equally 2*gamma" in words and "cannot be told apart" in words
+    expression, words = name_factor(1.0, n=32, p=51, gamma=0.9, rtol=1e-9)
+    assert expression == "1" and "equally" not in words
+    assert name_factor(3.0, n=32, p=51, gamma=None, rtol=1e-9)[0] is None
+
+
+def test_equal_optima_make_separate_and_accumulated_the_same_and_say_so(tasks):
+    models, data = tasks
+    same = [models[-1]] * 3  # every task ended at the same weights
+    fs = [er.fisher(models[-1], LIK, x, y, estimator="exact").diagonal for x, y in data]
+    weights = LAM * np.sum(fs, axis=0)
+    d = diagnose_penalty(same, LIK, data, _samples(_quadratic(weights, models[-1].theta), same), lam=LAM)
+    assert d.combination == "accumulated"
+    assert any("precision-weighted mean" in name for name in d.anchor_equivalent) and "same here" in d.report()

@@ -121,11 +121,20 @@ def lambda_factors(n: int, p: int, gamma: float | None) -> list[tuple[float, str
 
 
 def name_factor(factor: float, n: int, p: int, gamma: float | None, rtol: float):
-    """(expression or None, words): the convention whose factor is within relative `rtol` of `factor`."""
-    for value, expression, words in lambda_factors(n, p, gamma):
-        if abs(factor / value - 1) <= rtol:
-            return expression, words
-    return None, f"no convention of the catalogue gives {factor:.12g} (docs/penalty-conventions.md)"
+    """(expression or None, words): the simplest convention within relative `rtol` of `factor`.
+
+    Conventions whose values coincide here (2 gamma = 1 at gamma = 1/2, N = 2 at N = 2) are all
+    inside the band: the simplest is reported and the others are named as indistinguishable.
+    """
+    inside = [(expression, words) for value, expression, words in lambda_factors(n, p, gamma)
+              if abs(factor / value - 1) <= rtol]
+    if not inside:
+        return None, f"no convention of the catalogue gives {factor:.12g} (docs/penalty-conventions.md)"
+    expression, words = inside[0]
+    if len(inside) > 1:
+        words += ("; equally " + "; ".join(f"{e} ({w})" for e, w in inside[1:])
+                  + " -- these give the same factor here and cannot be told apart")
+    return expression, words
 
 
 @dataclass
@@ -155,6 +164,7 @@ class PenaltyDiagnosis:
     n_examples: int = 0  # N of the latest task (for the factor N)
     not_tried: list = field(default_factory=list)  # [{"estimator", "why", "flag"}]
     batch_sizes_screened: tuple | None = None  # (2, min N_t) when batched was fitted for every B
+    anchor_equivalent: list = field(default_factory=list)  # other anchor candidates within round-off
 
     def name(self, lam, gamma) -> None:
         """Fill combination, lambda and gamma from the winning curvature row and anchor (causes already computed)."""
@@ -233,7 +243,7 @@ class PenaltyDiagnosis:
                 "lambda": self.lam, "gamma": self.gamma_theirs, "lambda_paper": self.lambda_paper,
                 "factor": self.factor, "factor_expression": self.factor_expression, "factor_words": self.factor_words,
                 "gamma_fitted": None if self.curvature is None else self.curvature.gamma, "gamma_words": self.gamma_words,
-                "equivalent": list(self.equivalent), "per_task": [d.to_json() for d in self.per_task],
+                "equivalent": list(self.equivalent), "anchor_equivalent": list(self.anchor_equivalent), "per_task": [d.to_json() for d in self.per_task],
                 "proposals": [d.to_json() for d in self.proposal_diagnoses],
                 "candidates": [c.to_json() for c in self.candidates], "anchors": [a.to_json() for a in self.anchors],
                 "not_tried": list(self.not_tried),
@@ -254,6 +264,9 @@ class PenaltyDiagnosis:
         c, a = self.curvature, self.anchor
         if a is not None:
             lines.append(f"anchor      {a.name} (W-weighted relative distance {a.rel_error:.3g})")
+            if self.anchor_equivalent:
+                lines.append(f"same here   {', '.join(self.anchor_equivalent)} (equal anchors: the combinations they "
+                             "name are the same penalty on these models)")
         if c is not None:
             coefficients = ", ".join(f"{v:.6g}" for v in c.coefficients)
             if c.row == "at theta":
