@@ -118,3 +118,14 @@ def test_one_data_per_model(files, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--data: expected one DATA per MODEL" in err
+
+
+@pytest.mark.parametrize("factor", [1e-300, 1e300])
+def test_extreme_penalty_scales_keep_the_name_and_scale_lambda(files, tmp_path, capsys, factor):
+    arrays = dict(np.load(files["theirs"]))
+    path = _bad_penalty(tmp_path, theta=arrays["theta"], value=arrays["value"] * factor, grad=arrays["grad"] * factor)
+    argv = ["diagnose-penalty", files["m1"], files["m2"], "--data", files["d1"], files["d2"], path, "--json", "--quiet"]
+    assert main(argv) == 0
+    result = json.loads(capsys.readouterr().out)  # strictly valid JSON
+    assert result["combination"] == "separate"
+    assert result["lambda_paper"] == pytest.approx(factor, rel=1e-10)

@@ -144,3 +144,27 @@ def test_constant_coordinates_are_undetermined_and_negative_weights_counted():
 def test_bad_input_names_the_argument(args, name):
     with pytest.raises(ValueError, match=f"^{name}:"):
         fit_penalty(*args)
+
+
+@pytest.mark.parametrize("factor", [1e-300, 1e-150, 1e150, 1e300])
+def test_extreme_scales_fit_as_well_as_unit_ones(factor):
+    weights, anchor, constant = _problem(10)
+    theta, value, grad = sample_penalty(_diag_quadratic(weights, anchor, constant), probe_points(anchor, 0.3))
+    fit = fit_penalty(theta, value * factor, grad * factor)  # squares of 1e300 overflow, of 1e-300 underflow
+    assert fit.quadratic == "diagonal quadratic", fit.reason
+    np.testing.assert_allclose(fit.weights, weights * factor, rtol=1e-12)
+    np.testing.assert_allclose(fit.anchor, anchor, rtol=1e-12, atol=1e-12)
+
+
+def test_different_gradients_at_the_same_point_are_not_a_function():
+    weights, anchor, constant = _problem(11)
+    theta, value, grad = sample_penalty(_diag_quadratic(weights, anchor, constant), probe_points(anchor, 0.3))
+    theta[1] = theta[0]  # the row of theta no longer matches its gradient
+    fit = fit_penalty(theta, value, grad)
+    assert fit.quadratic == "not quadratic" and "not a function of theta: points 0 and 1" in fit.reason
+
+
+def test_points_that_never_vary_cannot_tell():
+    theta = np.tile(np.arange(4.0), (3, 1))
+    fit = fit_penalty(theta, np.zeros(3), np.tile(np.ones(4), (3, 1)))
+    assert fit.quadratic == "cannot tell" and "same value at all M points" in fit.reason

@@ -53,6 +53,7 @@ from ..verify.penalty_fit import (
     PenaltyFit,
     check_samples,
     fit_penalty,
+    power_of_two,
     probe_points,
     sample_penalty,
 )
@@ -127,6 +128,9 @@ def diagnose_penalty(models, lik: Likelihood, data, theirs, lam: float | None = 
     if not np.any(weights):
         result.causes = ["W = 0 at every determined coordinate: THEIR penalty is constant (lambda = 0, or no task consolidated)"]
         return result
+    # W / 2^e, max |W| in [0.5, 1): norms neither overflow nor underflow; every scale is multiplied back exactly
+    unit = power_of_two(float(np.max(np.abs(weights))))
+    weights = weights / unit
     fishers = _candidate_fishers(models, lik, data, weights, batch_sizes, rng, log, result)
     candidates = [row for key, fs in fishers.items() for row in _fit_rows(weights[known], [f[known] for f in fs], key)]
     # the rule: rows within round-off first, the fewest parameters among them, then the smaller error
@@ -152,8 +156,23 @@ def diagnose_penalty(models, lik: Likelihood, data, theirs, lam: float | None = 
         result.curvature = _statistical(result.proposal_diagnoses, len(models))
         if result.curvature is None:
             result.causes = _causes(result, weights[known], fishers, known, data)
+    _rescale(result, unit)
     result.name(lam, gamma)
     return result
+
+
+def _rescale(result, unit: float) -> None:
+    """Multiply every scale fitted to W / unit by unit (a power of two: exact)."""
+    for c in result.candidates:
+        c.scale *= unit
+        c.scale_se = None if c.scale_se is None else c.scale_se * unit
+    for d in [*result.per_task, *result.proposal_diagnoses]:
+        d.scale *= unit
+        d.scale_se = None if d.scale_se is None else d.scale_se * unit
+    c = result.curvature
+    if c is not None and all(c is not x for x in result.candidates):  # a statistical verdict from diagnose's scale
+        c.scale *= unit
+        c.scale_se = None if c.scale_se is None else c.scale_se * unit
 
 
 def _candidate_fishers(models, lik, data, weights, batch_sizes, rng, log, result) -> dict:
@@ -220,6 +239,8 @@ def _fisher_at_theta(models, lik, data, samples, tol, log, result) -> CurvatureC
                                  "flag": "fewer points"})
         return None
     grad = np.asarray(grad, dtype=np.float64)
+    unit = power_of_two(float(np.max(np.abs(grad))))  # exact rescaling, as for W
+    grad = grad / unit
     anchor = np.asarray(model.theta, dtype=np.float64)
     best = None
     for name in BASE_ESTIMATORS:
@@ -229,7 +250,7 @@ def _fisher_at_theta(models, lik, data, samples, tol, log, result) -> CurvatureC
         uu = float(np.sum(direction * direction))
         s = float(np.sum(direction * grad)) / uu if uu > 0 else 0.0
         error = float(np.linalg.norm(grad - s * direction) / np.linalg.norm(grad))
-        candidate = CurvatureCandidate(name, None, "at theta", s, error, [1.0])
+        candidate = CurvatureCandidate(name, None, "at theta", s * unit, error, [1.0])
         result.candidates.append(candidate)
         if best is None or error < best.rel_error:
             best = candidate

@@ -102,7 +102,8 @@ def penalty_precision(grad: np.ndarray) -> str:
     """'float32' when the gradients are float32 or float32 numbers written as float64, else 'float64'."""
     if grad.dtype == np.float32:
         return "float32"
-    return "float32" if np.array_equal(grad, grad.astype(np.float32).astype(grad.dtype)) else "float64"
+    with np.errstate(over="ignore"):  # values beyond float32's range are float64 (the cast gives inf)
+        return "float32" if np.array_equal(grad, grad.astype(np.float32).astype(grad.dtype)) else "float64"
 
 
 def check_samples(theta, value, grad) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -149,7 +150,13 @@ def fit_penalty(theta, value, grad, tol: float | None = None) -> PenaltyFit:
         raise ValueError(f"tol: expected a number in (0, 1), got {tol!r}")
     theta, value, grad = (np.asarray(a, dtype=np.float64) for a in (theta, value, grad))
     m = theta.shape[0]
+    # an exact power of two brings the largest |grad| and |value| near 1, so that squares neither
+    # overflow nor underflow (a penalty of 1e300 or 1e-300); W, b and c are scaled back exactly
+    unit = power_of_two(max(float(np.max(np.abs(grad))), float(np.max(np.abs(value)))))
+    grad, value = grad / unit, value / unit
     weights, offset, residual, spread = _fit_lines(theta, grad)
+    if not (np.all(np.isfinite(weights)) and np.all(np.isfinite(offset))):
+        raise ValueError("theta: the fit overflows (|theta| too large for float64 squares); expected parameter values")
     undetermined = np.flatnonzero(spread == 0)
     scale = np.max(np.abs(grad) + np.abs(weights * theta) + np.abs(offset), axis=0)  # s_i : (P,)
     ratio = np.divide(np.max(np.abs(residual), axis=0), scale, out=np.zeros_like(scale), where=scale > 0)
@@ -161,10 +168,38 @@ def fit_penalty(theta, value, grad, tol: float | None = None) -> PenaltyFit:
     negative = int(np.sum(weights * np.sqrt(np.maximum(spread, 0)) < -10 * tol * np.maximum(scale, 1e-300)))
     constant, value_residual, k, k_residual = _check_value(theta, value, grad, weights)
     triples, mid_residual = _midpoint_test(theta, grad, tol)
-    fit = PenaltyFit(weights, anchor, constant, m, precision, float(tol), "", "", grad_residual, value_residual,
-                     k, k_residual, len(triples), mid_residual, undetermined, negative)
+    fit = PenaltyFit(weights * unit, anchor, constant * unit, m, precision, float(tol), "", "", grad_residual,
+                     value_residual, k, k_residual, len(triples), mid_residual, undetermined, negative)
     fit.quadratic, fit.reason = _verdict(fit, grad, residual, scale)
+    twins = _repeated_points(theta, grad, tol)
+    if twins:
+        fit.quadratic, fit.reason = "not quadratic", (
+            f"not a function of theta: points {twins[0][0]} and {twins[0][1]} are the same parameter vector with "
+            f"gradients that differ by {twins[0][2]:.3g} relative ({len(twins)} such pair(s)): a stochastic penalty "
+            "(a Fisher re-estimated at each call?) or rows of theta and grad out of step")
+    elif undetermined.size == theta.shape[1]:
+        fit.quadratic, fit.reason = "cannot tell", "every coordinate has the same value at all M points: nothing to fit"
     return fit
+
+
+def power_of_two(x: float) -> float:
+    """2^e with x / 2^e in [0.5, 1) (1 for x = 0 or not finite): an exact rescaling."""
+    if not (math.isfinite(x) and x > 0):
+        return 1.0
+    return math.ldexp(1.0, math.frexp(x)[1])
+
+
+def _repeated_points(theta, grad, tol) -> list[tuple[int, int, float]]:
+    """(i, j, relative gradient difference) for identical rows theta_i = theta_j whose gradients differ beyond tol."""
+    out = []
+    for i in range(theta.shape[0]):
+        for j in range(i + 1, theta.shape[0]):
+            if np.array_equal(theta[i], theta[j]):
+                size = float(np.max(np.abs(grad[[i, j]])))
+                diff = float(np.max(np.abs(grad[i] - grad[j]))) / size if size > 0 else 0.0
+                if diff > tol:
+                    out.append((i, j, diff))
+    return out
 
 
 def _fit_lines(theta, grad):
