@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from ewc_ref.verify.penalty_fit import PENALTY_TOL, fit_penalty, probe_points, sample_penalty
 
@@ -168,3 +170,32 @@ def test_points_that_never_vary_cannot_tell():
     theta = np.tile(np.arange(4.0), (3, 1))
     fit = fit_penalty(theta, np.zeros(3), np.tile(np.ones(4), (3, 1)))
     assert fit.quadratic == "cannot tell" and "same value at all M points" in fit.reason
+
+
+@given(p=st.integers(1, 30), directions=st.integers(1, 4), seed=st.integers(0, 2**32 - 1),
+       decades=st.integers(0, 12), zeros=st.booleans())
+def test_property_any_diagonal_quadratic_is_recovered(p, directions, seed, decades, zeros):
+    """Covers: P from 1, M = 3..9 probe points, W spanning up to 12 decades, some W_i = 0 (no penalty there)."""
+    rng = np.random.default_rng(seed)
+    weights = 10.0 ** rng.uniform(-decades, 0, p)
+    if zeros:
+        weights[rng.random(p) < 0.3] = 0.0
+    anchor, constant = rng.standard_normal(p), float(rng.standard_normal())
+    fit = fit_penalty(*sample_penalty(_diag_quadratic(weights, anchor, constant), probe_points(anchor + 0.1, 0.3, directions, rng)))
+    assert fit.quadratic == "diagonal quadratic", fit.reason
+    np.testing.assert_allclose(fit.weights, weights, rtol=1e-10, atol=1e-12 * weights.max(initial=1.0))
+    penalised = weights > 0
+    np.testing.assert_allclose(fit.anchor[penalised], anchor[penalised], rtol=1e-8, atol=1e-8)
+    assert np.all(np.isnan(fit.anchor[~penalised]))
+
+
+@given(p=st.integers(2, 20), seed=st.integers(0, 2**32 - 1), coupling=st.floats(0.05, 1.0))
+def test_property_off_diagonal_quadratics_are_never_called_diagonal(p, seed, coupling):
+    """Covers: P >= 2, an SPD matrix D + c u u^T with the off-diagonal part c in [0.05, 1]: 'quadratic, not diagonal'."""
+    rng = np.random.default_rng(seed)
+    u = rng.standard_normal(p)
+    matrix = np.diag(rng.random(p) + 0.1) + coupling * np.outer(u, u)
+    anchor = rng.standard_normal(p)
+    fn = lambda t: (0.5 * float((t - anchor) @ matrix @ (t - anchor)), matrix @ (t - anchor))  # noqa: E731
+    fit = fit_penalty(*sample_penalty(fn, probe_points(anchor, 0.3, 3, rng)))
+    assert fit.quadratic == "quadratic, not diagonal", fit.reason
