@@ -143,7 +143,8 @@ def diagnose_penalty(models, lik: Likelihood, data, theirs, lam: float | None = 
         result.anchors = _anchor_candidates(fit.anchor, weights, anchors, best.coefficients, combined)
         result.anchor = next((a for a in result.anchors if a.rel_error <= tol), None)
         # e.g. equal optima: separate and accumulated are then the same penalty (continual/penalty.py)
-        result.anchor_equivalent = [a.name for a in result.anchors if a.rel_error <= tol and a is not result.anchor]
+        result.anchor_equivalent = [a.name for a in result.anchors if a.rel_error <= tol and a is not result.anchor
+                                    and a.kind != "mixture"]  # a fitted mixture reproduces any single optimum
         if best.estimator == "identity":  # l2: every F_t = 1, so the anchor tells one quadratic (W = s) from T (W = s T)
             row = "sum" if result.anchor is not None and result.anchor.kind in ("mean", "weighted mean") else "latest only"
             best = next(c for c in result.candidates if c.estimator == "identity" and c.row == row)
@@ -254,6 +255,7 @@ def _fisher_at_theta(models, lik, data, samples, tol, log, result) -> CurvatureC
         result.candidates.append(candidate)
         if best is None or error < best.rel_error:
             best = candidate
+    result.candidates.sort(key=lambda c: c.rel_error)
     if best.rel_error > tol:
         result.causes.append(f"not the Fisher recomputed at each point either: closest {best.estimator} of task "
                              f"{len(models)} at theta, anchor theta*_{len(models)}, relative error {best.rel_error:.3g}")
