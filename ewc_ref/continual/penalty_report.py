@@ -10,6 +10,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+#: The best candidates kept in the JSON (every B x every row would be ~4 N objects).
+JSON_CANDIDATES = 50
+
 COMBINATION_WORDS = {
     "single task": "one task: Omega = s/2 sum_i F_i (theta_i - theta*_i)^2",
     "separate": "separate (Kirkpatrick et al. 2017, Avalanche mode='separate'): one penalty per past task, "
@@ -245,7 +248,8 @@ class PenaltyDiagnosis:
                 "gamma_fitted": None if self.curvature is None else self.curvature.gamma, "gamma_words": self.gamma_words,
                 "equivalent": list(self.equivalent), "anchor_equivalent": list(self.anchor_equivalent), "per_task": [d.to_json() for d in self.per_task],
                 "proposals": [d.to_json() for d in self.proposal_diagnoses],
-                "candidates": [c.to_json() for c in self.candidates], "anchors": [a.to_json() for a in self.anchors],
+                "candidates": [c.to_json() for c in self.candidates[:JSON_CANDIDATES]],
+                "candidates_total": len(self.candidates), "anchors": [a.to_json() for a in self.anchors],
                 "not_tried": list(self.not_tried),
                 "batch_sizes_screened": None if self.batch_sizes_screened is None else list(self.batch_sizes_screened),
                 "causes": list(self.causes)}
