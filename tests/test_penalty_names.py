@@ -222,3 +222,23 @@ def test_equal_optima_make_separate_and_accumulated_the_same_and_say_so(tasks):
     d = diagnose_penalty(same, LIK, data, _samples(_quadratic(weights, models[-1].theta), same), lam=LAM)
     assert d.combination == "accumulated"
     assert any("precision-weighted mean" in name for name in d.anchor_equivalent) and "same here" in d.report()
+
+
+@pytest.mark.parametrize("kind", ["separate", "online"])
+def test_the_entry_screen_finds_the_batch_size_the_full_fit_finds(tasks, monkeypatch, kind):
+    import ewc_ref.continual.penalty_names as names
+
+    models, data = tasks
+    omega = er.Penalty(lam=LAM, kind=kind, gamma=GAMMA)
+    for m, f in zip(models, _fishers(tasks, "batched", 5), strict=True):
+        omega.consolidate(m.theta, f)
+    theirs = _samples(omega.value_and_grad, models)
+    monkeypatch.setattr(names, "BATCHED_LIMIT", 0.0)  # every B on all entries "too costly": screen on entries
+    d = diagnose_penalty(models, LIK, data, theirs, lam=LAM, gamma=GAMMA)
+    assert d.batch_screen is not None and d.batch_screen["confirmed"][0] == 5 and d.batch_screen["rel_error"] < 1e-12
+    assert d.combination == kind and (d.curvature.estimator, d.curvature.batch_size) == ("batched", 5)
+    # a penalty whose Fisher is no batched one: nothing confirmed, the closest B named as a cause with its error
+    weights = LAM * _fishers(tasks, "exact")[-1] * (1 + 0.1 * np.arange(models[0].n_params) / models[0].n_params)
+    d = diagnose_penalty(models, LIK, data, _samples(_quadratic(weights, models[-1].theta), models), lam=LAM)
+    assert d.combination == "none" and d.batch_screen["confirmed"] == []
+    assert any(c.startswith("batched: no B fits on the") for c in d.causes)

@@ -40,7 +40,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--gamma", type=number(0.0, 1.0, open_low=True), metavar="G",
                         help="YOUR online decay: compared with the fitted gamma and its square (double decay)")
     parser.add_argument("--batch-sizes", type=integer(2), nargs="+", metavar="B",
-                        help="fit exactly these minibatch sizes as 'batched' (default: every B = 2..N when affordable)")
+                        help="fit exactly these minibatch sizes as 'batched' (default: every B = 2..N, on a few entries of W when large)")
     parser.add_argument("--tol", type=number(0.0, 1.0, open_low=True, open_high=True),
                         help="round-off threshold on relative residuals (default 1e-8, 1e-4 for float32 gradients)")
     parser.add_argument("--seed", type=integer(0), default=0, help="seed of diagnose's statistical tests (default 0)")

@@ -42,6 +42,7 @@ import math
 
 import numpy as np
 
+from .._validate import as_generator
 from ..curvature.batched import batched_fishers
 from ..curvature.estimate import fisher
 from ..model.likelihoods import Likelihood
@@ -58,6 +59,7 @@ from ..verify.penalty_fit import (
     sample_penalty,
 )
 from .penalty_report import AnchorCandidate, CurvatureCandidate, PenaltyDiagnosis, TaskCurvature
+from .penalty_screen import screen_batch_sizes
 
 #: Estimators fitted by (N1) for every task, before diagnose's proposals.
 BASE_ESTIMATORS = ("exact", "empirical", "pred")
@@ -188,7 +190,8 @@ def _candidate_fishers(models, lik, data, weights, batch_sizes, rng, log, result
         fishers[(name, b)] = [fisher(m, lik, x, y, estimator=name, structure="diag", batch_size=b).diagonal
                               for m, (x, y) in zip(models, data, strict=True)]
     # one task: diagnose has screened every B already; T tasks: every B here, by prefix sums
-    sizes = _batch_sizes_to_fit(batch_sizes, data, p, len(models), result) if len(models) > 1 or batch_sizes else []
+    sizes = (_batch_sizes_to_fit(batch_sizes, models, lik, data, weights, rng, log, result)
+             if len(models) > 1 or batch_sizes else [])
     if sizes:
         log.stage(f"computing batched for B in {sizes[0]}..{sizes[-1]} ({len(sizes)} sizes) for {len(models)} task(s)")
         per_task = [batched_fishers(m, lik, x, y, sizes) for m, (x, y) in zip(models, data, strict=True)]
@@ -220,6 +223,10 @@ def _causes(result, w, fishers, known, data) -> list[str]:
         causes.append(f"diagnose of W against task {d.task}'s model: {d.label}"
                       + (f", relative error {d.rel_error:.3g}" if d.estimator != "none" else ""))
         causes += [f"  diagnose: {cause}" for cause in d.causes]
+    screen = result.batch_screen
+    if screen is not None and not screen["confirmed"]:
+        causes.append(f"batched: no B fits on the {screen['entries']} screened entries of W (so none on all); closest "
+                      f"B = {screen['closest']} at relative error {screen['rel_error']:.3g} there")
     causes += [f"a candidate not tried: {item['estimator']} ({item['why']}; {item['flag']})" for item in result.not_tried]
     return causes
 
@@ -300,20 +307,23 @@ def _check_gamma(gamma):
     return gamma
 
 
-def _batch_sizes_to_fit(batch_sizes, data, p: int, t_count: int, result) -> list[int]:
-    """The B fitted as 'batched': those given, else every B = 2..min N_t when affordable (else none, noted)."""
+def _batch_sizes_to_fit(batch_sizes, models, lik, data, weights, rng, log, result) -> list[int]:
+    """The B fitted as 'batched' on all entries: those given; else every B = 2..min N_t when affordable,
+    else the B that the screen on a few entries of W finds (penalty_screen.py; none when none fits there)."""
     n = min(x.shape[0] for x, _ in data)
     if batch_sizes is not None:
         return _check_batch_sizes(batch_sizes, n)
     if n < 2:
         return []
-    cost = t_count * n * p * max(1.0, math.log(n))  # prefix sums: sum_B K (P,) subtractions per task
-    if cost > BATCHED_LIMIT:
-        result.not_tried.append({"estimator": "batched", "why": f"every B = 2..{n} costs T N ln N P = {cost:.3g} > "
-                                 f"{BATCHED_LIMIT:g} operations", "flag": "--batch-sizes B ..."})
-        return []
     result.batch_sizes_screened = (2, n)
-    return list(range(2, n + 1))
+    cost = len(models) * n * models[0].n_params * max(1.0, math.log(n))  # prefix sums: sum_B K (P,) subtractions
+    if cost <= BATCHED_LIMIT:
+        return list(range(2, n + 1))
+    log.stage(f"screening batched for every B = 2..{n} on a few entries of W")
+    chosen, (closest, error, entries) = screen_batch_sizes(models, lik, data, weights, _fit_rows, result.tol,
+                                                           as_generator(rng))
+    result.batch_screen = {"entries": entries, "closest": closest, "rel_error": error, "confirmed": chosen}
+    return chosen
 
 
 def _check_batch_sizes(batch_sizes, n: int) -> list[int]:

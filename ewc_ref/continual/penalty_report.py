@@ -168,6 +168,7 @@ class PenaltyDiagnosis:
     not_tried: list = field(default_factory=list)  # [{"estimator", "why", "flag"}]
     batch_sizes_screened: tuple | None = None  # (2, min N_t) when batched was fitted for every B
     anchor_equivalent: list = field(default_factory=list)  # other anchor candidates within round-off
+    batch_screen: dict | None = None  # {"entries", "closest", "rel_error", "confirmed"} when B was screened on entries
 
     def name(self, lam, gamma) -> None:
         """Fill combination, lambda and gamma from the winning curvature row and anchor (causes already computed)."""
@@ -252,6 +253,7 @@ class PenaltyDiagnosis:
                 "candidates_total": len(self.candidates), "anchors": [a.to_json() for a in self.anchors],
                 "not_tried": list(self.not_tried),
                 "batch_sizes_screened": None if self.batch_sizes_screened is None else list(self.batch_sizes_screened),
+                "batch_screen": self.batch_screen,
                 "causes": list(self.causes)}
 
     def report(self, theirs_name: str = "THEIRS", top: int = 10) -> str:
