@@ -242,3 +242,16 @@ def test_the_entry_screen_finds_the_batch_size_the_full_fit_finds(tasks, monkeyp
     d = diagnose_penalty(models, LIK, data, _samples(_quadratic(weights, models[-1].theta), models), lam=LAM)
     assert d.combination == "none" and d.batch_screen["confirmed"] == []
     assert any(c.startswith("batched: no B fits on the") for c in d.causes)
+
+
+def test_a_head_left_out_of_the_penalty_is_named_and_the_rest_fitted(tasks):
+    models, data = tasks
+    fs = _fishers(tasks, "empirical")
+    head = models[0].param_slices[2:]  # the last Linear layer's weight and bias: a new head, not penalised
+    weights = LAM * np.sum(fs, axis=0)
+    for cut in head:
+        weights[cut] = 0.0
+    d = diagnose_penalty(models, LIK, data, _samples(_quadratic(weights, models[-1].theta), models), lam=LAM)
+    assert d.unpenalised == models[0].param_names[2:]
+    assert d.combination == "accumulated" and d.curvature.estimator == "empirical" and d.factor_expression == "1"
+    assert d.per_task == [] and "unpenalised" in d.report()

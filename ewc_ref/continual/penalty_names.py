@@ -130,6 +130,11 @@ def diagnose_penalty(models, lik: Likelihood, data, theirs, lam: float | None = 
     if not np.any(weights):
         result.causes = ["W = 0 at every determined coordinate: THEIR penalty is constant (lambda = 0, or no task consolidated)"]
         return result
+    # whole tensors with W = 0 are not penalised (a new head, a param_list): fitted without them
+    for name, cut in zip(models[0].param_names, models[0].param_slices, strict=True):
+        if not np.any(weights[cut]):
+            result.unpenalised.append(name)
+            known[cut] = False
     # W / 2^e, max |W| in [0.5, 1): norms neither overflow nor underflow; every scale is multiplied back exactly
     unit = power_of_two(float(np.max(np.abs(weights))))
     weights = weights / unit
@@ -152,7 +157,8 @@ def diagnose_penalty(models, lik: Likelihood, data, theirs, lam: float | None = 
             best = next(c for c in result.candidates if c.estimator == "identity" and c.row == row)
         result.curvature = best
         result.equivalent = [c.label for c in result.candidates if c is not best and c.rel_error <= tol and c.row == best.row]
-        result.per_task = _per_task(models, lik, data, weights, best, combined, rng, log)
+        if not result.unpenalised:  # diagnose compares whole Fishers; W has none on the unpenalised tensors
+            result.per_task = _per_task(models, lik, data, weights, best, combined, rng, log)
     else:
         result.anchors = _anchor_candidates(fit.anchor, weights, anchors, None, None)
         result.anchor = next((a for a in result.anchors if a.rel_error <= tol), None)

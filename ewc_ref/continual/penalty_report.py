@@ -169,6 +169,7 @@ class PenaltyDiagnosis:
     batch_sizes_screened: tuple | None = None  # (2, min N_t) when batched was fitted for every B
     anchor_equivalent: list = field(default_factory=list)  # other anchor candidates within round-off
     batch_screen: dict | None = None  # {"entries", "closest", "rel_error", "confirmed"} when B was screened on entries
+    unpenalised: list = field(default_factory=list)  # parameter names whose whole tensor has W = 0
 
     def name(self, lam, gamma) -> None:
         """Fill combination, lambda and gamma from the winning curvature row and anchor (causes already computed)."""
@@ -253,7 +254,7 @@ class PenaltyDiagnosis:
                 "candidates_total": len(self.candidates), "anchors": [a.to_json() for a in self.anchors],
                 "not_tried": list(self.not_tried),
                 "batch_sizes_screened": None if self.batch_sizes_screened is None else list(self.batch_sizes_screened),
-                "batch_screen": self.batch_screen,
+                "batch_screen": self.batch_screen, "unpenalised": list(self.unpenalised),
                 "causes": list(self.causes)}
 
     def report(self, theirs_name: str = "THEIRS", top: int = 10) -> str:
@@ -267,6 +268,9 @@ class PenaltyDiagnosis:
         else:
             lines.append(f"verdict     {self.combination}: {COMBINATION_WORDS.get(self.combination, '')}".rstrip(": "))
         lines += [f"{'causes' if i == 0 else '':<11} {i + 1}. {cause}" for i, cause in enumerate(self.causes)]
+        if self.unpenalised:
+            lines.append(f"unpenalised {', '.join(self.unpenalised)}: W = 0 on these whole tensors (excluded from the fit; "
+                         "diagnose per task not run, it compares whole Fishers)")
         c, a = self.curvature, self.anchor
         if a is not None:
             lines.append(f"anchor      {a.name} (W-weighted relative distance {a.rel_error:.3g})")
