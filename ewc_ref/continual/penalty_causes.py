@@ -35,6 +35,12 @@ def curvature_causes(result, w, fishers, known, data) -> list[str]:
         s = float(w @ design) / float(design @ design)
         causes.append(f"tasks weighted by their sizes N_t = {sizes.astype(int).tolist()} (Fishers summed over examples): "
                       f"relative error {float(np.linalg.norm(w - s * design)) / float(np.linalg.norm(w)):.3g}")
+    exact = [c for c in result.candidates if c.estimator == "exact"]
+    if len(data) > 1 and exact:  # mc's expectation is exact; its noise is judged by diagnose for one task only
+        best = min(exact, key=lambda c: c.rel_error)
+        causes.append(f"a sampled Fisher (mc) per task: its expectation, the exact Fisher, fits at best {best.label} with "
+                      f"relative error {best.rel_error:.3g}; sampling noise is judged for one task only (diagnose), not "
+                      "for a combination of tasks")
     for d in result.proposal_diagnoses:
         causes.append(f"diagnose of W against task {d.task}'s model: {d.label}"
                       + (f", relative error {d.rel_error:.3g}" if d.estimator != "none" else ""))
