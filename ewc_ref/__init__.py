@@ -68,6 +68,8 @@ _LAZY = {
     "fisher_weighted_drift": "ewc_ref.continual.metrics",
     "diagnose": "ewc_ref.verify.diagnosis",
     "Diagnosis": "ewc_ref.verify.diagnosis",
+    "fit_penalty": "ewc_ref.verify.penalty_fit",
+    "diagnose_penalty": "ewc_ref.continual.penalty_names",
     "assert_curvature_close": "ewc_ref.testing",
     "assert_is_estimator": "ewc_ref.testing",
     "GaussianPrior": "ewc_ref.bayes.posterior",

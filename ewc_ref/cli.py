@@ -30,6 +30,7 @@ COMMANDS = {
     "inspect": ("ewc_ref.commands.inspect", "print a model's architecture, P, likelihood, loss and accuracy"),
     "demo": ("ewc_ref.commands.demo", "continual learning on digits: SGD vs L2 vs EWC in three scenarios"),
     "diagnose": ("ewc_ref.commands.diagnose", "say which estimator and scale a foreign Fisher file is (or none)"),
+    "diagnose-penalty": ("ewc_ref.commands.diagnose_penalty", "name a foreign EWC penalty: anchor, Fisher, combination, lambda (or none)"),
     "fisher": ("ewc_ref.commands.fisher", "compute a Fisher / GGN / Hessian estimate and write it as npz"),
     "laplace": ("ewc_ref.commands.laplace", "the Laplace log evidence of a model (laplace-torch's log marginal likelihood)"),
     "compare": ("ewc_ref.commands.compare", "compare two curvature npz files (exit 0 match, 1 mismatch, 2 bad input)"),

@@ -24,6 +24,7 @@ COMMAND_ARGV = {
     "laplace": ["laplace", "MODEL", "DATA", "--prior-precision", "1"],
     "compare": ["compare", "THEIRS", "THEIRS2"],
     "diagnose": ["diagnose", "MODEL", "DATA", "THEIRS"],
+    "diagnose-penalty": ["diagnose-penalty", "MODEL", "--data", "DATA", "THEIRS"],
     "demo": ["demo", "--epochs", "1"],
     "figures": ["figures", "--data-only", "--only", "laplace"],
 }
