@@ -246,7 +246,7 @@ def fisher(module, data, estimator: str = "empirical", structure: str = "diag", 
     reference = _float64(model)
     data_rows = model_rows(module, model, traced, data)
     if estimator == "batched" and batch_size is None and data_rows.batches is not None:
-        batch_size = _uniform_batch_size(data_rows.batches)
+        batch_size = uniform_batch_size(data_rows.batches)
     curvature = reference_fisher(reference, lik, data_rows.x, data_rows.y, estimator=estimator, structure=structure,
                                  samples=samples, batch_size=batch_size, rng=rng, kfac_bias=kfac_bias)
     if structure == "diag":
@@ -259,7 +259,7 @@ def fisher(module, data, estimator: str = "empirical", structure: str = "diag", 
             if not key.startswith("__")}
 
 
-def _uniform_batch_size(batches: np.ndarray) -> int:
+def uniform_batch_size(batches: np.ndarray) -> int:
     b = int(batches[0])
     if np.any(batches[:-1] != b) or batches[-1] > b:
         raise ValueError(f"batch_size: the recorded batches are not B rows each (the last <= B): {batches.tolist()}; "
@@ -342,16 +342,29 @@ def diagnose(module, theirs, data, likelihood=None, **options):
     """
     if likelihood is None:
         raise TypeError("likelihood: required (a name, an ewc_ref Likelihood or the torch loss, e.g. nn.CrossEntropyLoss())")
+    reference, lik, data_rows, their = reference_inputs(module, theirs, data, likelihood)
+    return reference_diagnose(reference, lik, data_rows.x, data_rows.y, their, **diagnose_options(data_rows, options))
+
+
+def reference_inputs(module, theirs, data, likelihood) -> tuple[MLP, Likelihood, Rows, object]:
+    """(float64 MLP, Likelihood, Rows, THEIRS as ewc_ref reads it) for ``diagnose`` and
+    ``ewc_ref.testing.assert_fisher_is``: everything converted and checked once."""
     model, lik, names, traced = _convert(module, likelihood)
     reference = _float64(model)
     data_rows = model_rows(module, model, traced, data)
-    their = theirs_arrays(theirs, reference, names, module)
-    # The rows are in yielded order, so the batched screen already finds a recorded B exactly. Once
-    # er.diagnose takes the recorded batch sizes (LOADER_CONTRACT.md), pass them: then the minibatch
-    # candidate over exactly those batches is compared (non-uniform batches too). Simplify after merge.
+    return reference, lik, data_rows, theirs_arrays(theirs, reference, names, module)
+
+
+def diagnose_options(data_rows: Rows, options: dict) -> dict:
+    """`options` for er.diagnose, with the recorded batch sizes when it takes them.
+
+    The rows are in yielded order, so the batched screen already finds a recorded B exactly. Once
+    er.diagnose takes the recorded batch sizes (LOADER_CONTRACT.md), they are passed: then the
+    minibatch candidate over exactly those batches is compared (non-uniform batches too).
+    The lead simplifies this to a plain keyword after the merge."""
     if data_rows.batches is not None and "batches" in inspect.signature(reference_diagnose).parameters:
-        options["batches"] = data_rows.batches
-    return reference_diagnose(reference, lik, data_rows.x, data_rows.y, their, **options)
+        return {**options, "batches": data_rows.batches}
+    return dict(options)
 
 
 def save(module, path, likelihood) -> None:
