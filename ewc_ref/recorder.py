@@ -17,6 +17,7 @@ data.npz with the key ``batches`` (docs/file-format.md, data section; no ``order
 rows ARE in yielded order), which ``ewc-ref diagnose`` reads to compare THEIRS with the minibatch
 Fisher over exactly those batches.
 
+Everything else (``len(loader)``, ``loader.dataset``, ``loader.batch_size``) is the wrapped loader's.
 Torch-free: a batch item is anything ``np.asarray`` converts (NumPy arrays, CPU torch tensors
 through ``__array__``). Each new iteration starts a new record (the last pass is the one kept),
 and the arrays are copied as they pass, so a loader that reuses its buffers cannot change them.
@@ -69,6 +70,13 @@ class Recorder:
             self._record(index, batch)
             yield batch
         self.complete = True
+
+    def __getattr__(self, name: str):
+        # A drop-in for the loader: their loop may read loader.dataset, loader.batch_size, ...
+        iterable = self.__dict__.get("iterable")
+        if iterable is None or name.startswith("__"):
+            raise AttributeError(name)
+        return getattr(iterable, name)
 
     def __len__(self) -> int:
         return len(self.iterable)  # TypeError for iterables without a length, as for the original

@@ -188,10 +188,24 @@ def _verdict(result) -> str:
     return f"{result.winner.label if result.winner is not None else result.estimator} x {factor}"
 
 
+def _verdict_is(result, estimator: str, batch_size: int | None, scale: float, rtol: float | None) -> bool:
+    """Diagnose's verdict is `estimator` (with `batch_size`) at `scale` within rtol (default 1e-7)."""
+    if result.estimator != estimator or (batch_size is not None and result.batch_size != batch_size):
+        return False
+    if estimator == "mc":
+        return False  # assert_is_estimator already judged mc statistically
+    return abs(result.scale - scale) <= (1e-7 if rtol is None else rtol) * abs(scale)
+
+
 def assert_fisher_is(theirs, module, data, estimator: str = "exact", batch_size: int | None = None,
                      samples: int | None = None, rtol: float | None = None, *, likelihood=None,
                      scale: float = 1.0, seed: int = 0) -> None:
     """Assert THEIRS == scale x F_estimator on `module` and `data`; else fail with diagnose's verdict.
+
+    THEIRS passes when it equals scale x F entrywise within `rtol` (``assert_is_estimator``), or
+    when diagnose's verdict is `estimator` (and `batch_size`) with a scale within `rtol` of `scale`:
+    a normwise fit within diagnose's round-off threshold (1e-8 float64, 1e-4 float32), which
+    tolerates the float32 round-off of entries far below the largest that an entrywise check does not.
 
     For a pytest suite of someone's EWC code::
 
@@ -240,6 +254,8 @@ def assert_fisher_is(theirs, module, data, estimator: str = "exact", batch_size:
         assert_is_estimator(their, model, lik, x, y, estimator, scale, rtol, batch_size=batch_size, samples=samples)
     except AssertionError as mismatch:
         result = diagnose(model, lik, x, y, their, rng=seed, **options)
+        if _verdict_is(result, estimator, batch_size, scale, rtol):
+            return  # entrywise too strict (float32 round-off on tiny entries), normwise within round-off
         raise AssertionError(f"THEIRS is {_verdict(result)}, not {_expected(estimator, batch_size, scale)}\n\n"
                              f"{result.report()}\n\nentrywise against {_expected(estimator, batch_size, scale)}:\n"
                              f"{mismatch}") from None

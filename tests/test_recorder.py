@@ -80,3 +80,13 @@ def test_the_recorder_and_testing_do_not_import_torch():
     code = "import sys, ewc_ref.recorder, ewc_ref.testing; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_attributes_are_the_loaders():
+    class Loader(list):
+        dataset, batch_size = "the dataset", 3
+
+    recorder = Recorder(Loader(batches([3, 1])))
+    assert (recorder.dataset, recorder.batch_size, len(recorder)) == ("the dataset", 3, 2)
+    with pytest.raises(AttributeError):
+        _ = recorder.no_such_attribute

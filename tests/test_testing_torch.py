@@ -74,3 +74,17 @@ def test_bad_arguments_name_the_argument():
         assert_fisher_is({}, net, (x, y))
     with pytest.raises(TypeError, match="data: with an ewc_ref MLP"):
         assert_fisher_is(np.ones(3), er.MLP.random([1, 1]), [1], likelihood="gaussian")
+
+
+def test_a_float32_fisher_passes_normwise_where_tiny_entries_miss_entrywise():
+    net, x, y = net_and_data(n=40)
+    net = net.float()
+    loader = ep.Recorder(DataLoader(TensorDataset(x.float(), y), batch_size=8))
+    theirs = script_fisher(net, loader)
+    theirs = {k: v.clone() for k, v in theirs.items()}
+    smallest = min(theirs, key=lambda k: theirs[k].abs().min())
+    flat = theirs[smallest].view(-1)
+    flat[flat.abs().argmin()] *= 1.01  # one tiny entry 1% off: entrywise fails, normwise it is round-off
+    assert_fisher_is(theirs, net, loader, estimator="batched", rtol=1e-4, likelihood="categorical")
+    with pytest.raises(AssertionError, match="THEIRS is batched, B = 8 x 1, not batched, B = 8 x 2"):
+        assert_fisher_is(theirs, net, loader, estimator="batched", scale=2.0, rtol=1e-4, likelihood="categorical")
