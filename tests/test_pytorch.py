@@ -465,3 +465,14 @@ def test_save_and_save_data_give_the_cli_the_same_verdict(tmp_path):
     assert (cli["estimator"], cli["batch_size"]) == (bridge["estimator"], bridge["batch_size"]) == ("batched", 5)
     assert abs(cli["scale"] - bridge["scale"]) <= 1e-12
     assert er.load_loader(tmp_path / "data.npz").batches.tolist() == [5, 5, 5, 3]
+
+
+def test_batch_sizes_are_kept_only_when_the_order_is_theirs():
+    """A Recorder, a list of batches and a non-shuffling DataLoader yield their loop's order; a shuffling
+    DataLoader iterated again yields another, so its batch sizes would describe other batches."""
+    x, y = data(n=10)
+    dataset = TensorDataset(x, y)
+    assert ep.rows(DataLoader(dataset, batch_size=4)).batches.tolist() == [4, 4, 2]
+    assert ep.rows([(x[:6], y[:6]), (x[6:], y[6:])]).batches.tolist() == [6, 4]
+    assert ep.rows(DataLoader(dataset, batch_size=4, shuffle=True)).batches is None
+    assert ep.rows((x, y)).batches is None

@@ -11,6 +11,7 @@ bridge then compares the module's forward with the MLP on the data.
 
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass
 
 import torch
@@ -35,6 +36,7 @@ _WHY = {  # refused modules and functions: why ewc_ref's MLP cannot be them
                    "on the logits",
     nn.Embedding: "an embedding lookup is not a Linear layer",
 }
+_ADDS = {operator.add, operator.iadd, torch.add}
 _SOFTMAX = {torch.softmax, F.softmax, torch.log_softmax, F.log_softmax}
 
 
@@ -92,13 +94,12 @@ def trace_mlp(module) -> TracedMLP:
                 _refuse("the output of forward", "forward must return the last layer's output alone")
             break
         if current not in inputs or inputs - size_nodes - {current}:
-            kind = "a residual add" if node.target in (torch.add, getattr(torch, "add", None)) or \
-                getattr(node.target, "__name__", "") in ("add", "iadd") else "a branch"
+            kind = "a residual add" if node.target in _ADDS or node.target in ("add", "add_") else "a branch"
             _refuse(where, f"{kind}: forward combines values other than the previous step's output; ewc_ref's "
                     "model is a single chain of layers")
         if node.op == "call_module":
             sub = module.get_submodule(node.target)
-            if node.target in used and any(True for _ in sub.parameters()):  # a reused ReLU() is fine
+            if node.target in used and next(sub.parameters(), None) is not None:  # a reused ReLU() is fine
                 _refuse(f"module {node.target!r} ({type(sub).__name__})",
                         "called twice in forward: shared weights are not an MLP's independent layers")
             used.add(node.target)
