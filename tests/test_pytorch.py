@@ -476,3 +476,20 @@ def test_batch_sizes_are_kept_only_when_the_order_is_theirs():
     assert ep.rows([(x[:6], y[:6]), (x[6:], y[6:])]).batches.tolist() == [6, 4]
     assert ep.rows(DataLoader(dataset, batch_size=4, shuffle=True)).batches is None
     assert ep.rows((x, y)).batches is None
+
+
+def test_without_torch_the_bridge_names_the_extra():
+    code = """
+import sys
+class Block:
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch" or name.startswith("torch."):
+            raise ModuleNotFoundError("No module named 'torch'", name="torch")
+sys.meta_path.insert(0, Block())
+try:
+    import ewc_ref.pytorch
+except ImportError as error:
+    print(error)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "ewc_ref.pytorch needs PyTorch: pip install 'ewc_ref[torch]'"
