@@ -25,6 +25,10 @@ process; with a client (``Client()`` for a local cluster of processes, ``Client(
 for a real one, see README "Scale-out") on its workers. An MLP pickles as its state_dict and
 activation name (``MLP.__reduce__``), so the model travels to workers as a few arrays.
 
+NumPy x and y with a Client are scattered to the workers once per call (``_fisher_scattered``), so the
+graph holds futures, not the data. Dask pays when the rows do not fit in one process or already live
+on the workers; on one 2-core machine one process is as fast or faster (benchmarks/bench_dask.py).
+
 The sweep (``sweep``): every (method, lambda, seed) run of
 ``ewc_ref.continual.experiments.run_sequence`` is one task submitted to a client.
 """
@@ -91,7 +95,8 @@ def fisher(model: MLP, lik: Likelihood, x, y, estimator: str = "empirical", stru
         x's row blocks when they differ)
     estimator, structure, samples, batch_size : as ``er.fisher``
     seed : int seed of the 'mc' labels (module docstring: one child SeedSequence per block)
-    chunk_rows : rows per block when x is a NumPy array (default: one block)
+    chunk_rows : rows per block when x is a NumPy array (default: one block); with a dask.distributed
+        Client (and compute=True) those blocks are scattered to the workers once, never put in the graph
     split_every : accumulators merged per node of the reduction tree (>= 2)
     compute : False returns the dask Delayed of the Curvature instead of computing it
 
@@ -114,22 +119,37 @@ def fisher(model: MLP, lik: Likelihood, x, y, estimator: str = "empirical", stru
         raise ValueError(f"split_every: expected an integer >= 2, got {split_every}")
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int | np.integer)):
         raise TypeError(f"seed: expected an integer or None, got {type(seed).__name__}")
-    x = _as_row_blocks(da, x, "x", chunk_rows)
-    y = _as_row_blocks(da, y, "y", chunk_rows)
+    # NumPy rows computed now on a cluster: send the blocks once, not inside the graph (_fisher_scattered).
+    # A graph returned (compute=False) holds the data itself, so any scheduler can run it.
+    client = _active_client() if compute else None
+    scatter = client is not None and not isinstance(x, da.Array) and not isinstance(y, da.Array)
+    if scatter:
+        x, y = np.asarray(x), np.asarray(y)
+    else:
+        x, y = _as_row_blocks(da, x, "x", chunk_rows), _as_row_blocks(da, y, "y", chunk_rows)
     if x.ndim != 2 or x.shape[1] != model.n_inputs:
         raise ValueError(f"x: expected shape (N, {model.n_inputs}) to match the model, got {x.shape}")
-    if y.shape[0] != x.shape[0]:
-        raise ValueError(f"y: expected {x.shape[0]} rows like x, got shape {y.shape}")
+    if y.ndim not in (1, 2) or y.shape[0] != x.shape[0]:
+        raise ValueError(f"y: expected {x.shape[0]} rows like x (a 1-d or 2-d array), got shape {y.shape}")
     if batch_size is not None:
         check_positive_int(batch_size, "batch_size", upper=x.shape[0])
+    if scatter:
+        return _fisher_scattered(dask, client, model, lik, x, y, estimator, structure, samples, batch_size, seed,
+                                 chunk_rows, split_every, compute)
     if y.chunks[0] != x.chunks[0]:
         y = y.rechunk({0: x.chunks[0]})
     starts = np.concatenate([[0], np.cumsum(x.chunks[0])[:-1]]).astype(int)
+    return _reduce(dask, model, lik, x.to_delayed().ravel(), y.to_delayed().ravel(), starts, estimator, structure,
+                   samples, batch_size, seed, split_every, compute)
+
+
+def _reduce(dask, model, lik, x_blocks, y_blocks, starts, estimator, structure, samples, batch_size, seed,
+            split_every, compute):
+    """The map (one _block_sums task per block) and the merge tree; x_blocks are Delayed or Futures."""
     n_blocks = len(starts)
     seeds = [None] * n_blocks
     if "rng" in _estimator_options(estimator):
         seeds = np.random.SeedSequence(seed).spawn(n_blocks)
-    x_blocks, y_blocks = x.to_delayed().ravel(), y.to_delayed().ravel()
     block_sums = dask.delayed(_block_sums, pure=True)
     level = [block_sums(model, lik, xb, yb, int(start), estimator, structure, samples, batch_size, s)
              for xb, yb, start, s in zip(x_blocks, y_blocks, starts, seeds, strict=True)]
@@ -138,6 +158,32 @@ def fisher(model: MLP, lik: Likelihood, x, y, estimator: str = "empirical", stru
         level = [merge(*level[i : i + split_every]) for i in range(0, len(level), split_every)]
     result = dask.delayed(FisherAccumulator.result, pure=True)(level[0])
     return result.compute() if compute else result
+
+
+def _active_client():
+    """The dask.distributed Client computations go to, or None (then this process's threads run them)."""
+    try:
+        from distributed import default_client
+    except ImportError:
+        return None
+    try:
+        return default_client()
+    except ValueError:  # no client: the threaded scheduler shares memory, nothing is sent
+        return None
+
+
+def _fisher_scattered(dask, client, model, lik, x, y, estimator, structure, samples, batch_size, seed, chunk_rows,
+                      split_every, compute):
+    """NumPy x, y with a Client: the row blocks go to the workers once (client.scatter), and the graph
+    holds their futures, not the data (a 31 MB x in the graph makes distributed warn "Sending large
+    graph" and re-sends it with every graph). The model, a few arrays, is broadcast once likewise."""
+    rows = chunk_rows or max(1, x.shape[0])
+    starts = np.arange(0, x.shape[0], rows)
+    x_blocks = client.scatter([x[lo:lo + rows] for lo in starts])
+    y_blocks = client.scatter([y[lo:lo + rows] for lo in starts])
+    shared_model = client.scatter(model, broadcast=True)
+    return _reduce(dask, shared_model, lik, x_blocks, y_blocks, starts, estimator, structure, samples, batch_size,
+                   seed, split_every, compute)
 
 
 # ----------------------------------------------------------------------------- the sweep

@@ -16,6 +16,7 @@ import tempfile
 import time
 from collections.abc import Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -210,9 +211,9 @@ def _check_data_headers(path, headers: dict, model: MLP | None) -> None:
     for key in ("x", "y"):
         if key not in headers:
             raise ValueError(f"{path}: missing key {key!r} (see docs/file-format.md, section 3: data.npz)")
-    unknown = sorted(set(headers) - {"x", "y"})
+    unknown = sorted(set(headers) - {"x", "y", *LOADER_KEYS})
     if unknown:
-        raise ValueError(f"{path}: unknown key(s) {unknown}; data.npz holds only 'x' and 'y'")
+        raise ValueError(f"{path}: unknown key(s) {unknown}; data.npz holds only 'x', 'y', 'order' and 'batches'")
     x, y = headers["x"], headers["y"]
     if len(x.shape) != 2:
         raise ValueError(f"{path}: key 'x': expected a 2-d array, got shape {x.shape}")
@@ -335,9 +336,64 @@ def load_data(path, model: MLP | None = None, lik: Likelihood | None = None):
     return x, y
 
 
-def save_data(path, x: np.ndarray, y: np.ndarray) -> None:
-    """Write data.npz per docs/file-format.md (atomic); TypeError names `x` or `y` when not numeric."""
-    atomic_savez(path, {"x": x, "y": y})
+LOADER_KEYS = ("order", "batches")
+
+
+@dataclass(frozen=True)
+class LoaderOrder:
+    """How a loader yielded the rows of a data file (docs/file-format.md, data section).
+
+    order : (M,) int64 row indices in the order yielded, or None (file order, all N rows)
+    batches : (K,) int64 rows per batch in turn (sum M), or None (unknown)
+    """
+
+    order: np.ndarray | None = None
+    batches: np.ndarray | None = None
+
+    def rows(self, n: int) -> np.ndarray:
+        """The yielded row indices: `order`, or arange(n) when absent."""
+        return np.arange(n) if self.order is None else self.order
+
+
+def check_loader_order(n: int, order=None, batches=None, where: str = "") -> LoaderOrder:
+    """Validate `order` (ints in [0, n)) and `batches` (ints >= 1 summing to len(order) or n)."""
+    checked = []
+    for name, value in (("order", order), ("batches", batches)):
+        if value is None:
+            checked.append(None)
+            continue
+        array = np.asarray(value)
+        if array.ndim != 1 or array.dtype.kind not in "iu":
+            raise ValueError(f"{where}{name}: expected a 1-d integer array, got dtype {array.dtype} shape {array.shape}")
+        checked.append(array.astype(np.int64))
+    order, batches = checked
+    if order is not None and order.size and (order.min() < 0 or order.max() >= n):
+        raise ValueError(f"{where}order: expected row indices in [0, {n}), got values in [{order.min()}, {order.max()}]")
+    if batches is not None:
+        m = n if order is None else order.size
+        if batches.size and batches.min() < 1:
+            raise ValueError(f"{where}batches: expected batch sizes >= 1, got {batches.min()}")
+        if int(batches.sum()) != m:
+            raise ValueError(f"{where}batches: expected sizes summing to {m} (the rows yielded), got {int(batches.sum())}")
+    return LoaderOrder(order, batches)
+
+
+def save_data(path, x: np.ndarray, y: np.ndarray, *, order=None, batches=None) -> None:
+    """Write data.npz per docs/file-format.md (atomic); TypeError names `x` or `y` when not numeric.
+
+    `order` (M,) and `batches` (K,) record how a loader yielded the rows (``LoaderOrder``);
+    ValueError names `order` or `batches` when they do not fit the N rows of x."""
+    loader = check_loader_order(len(np.asarray(x)), order, batches)
+    arrays = {"x": x, "y": y}
+    arrays.update({key: value for key, value in (("order", loader.order), ("batches", loader.batches))
+                   if value is not None})
+    atomic_savez(path, arrays)
+
+
+def load_loader(path) -> LoaderOrder:
+    """The `order` and `batches` keys of data.npz (None when absent), validated against its N rows."""
+    arrays = read_npz(path, "data file", check=lambda headers: _check_data_headers(path, headers, None))
+    return check_loader_order(arrays["x"].shape[0], arrays.get("order"), arrays.get("batches"), f"{path}: key ")
 
 
 def _check_model_and_likelihood(model, lik, optional: bool = False) -> None:

@@ -1,4 +1,4 @@
-"""Hypothesis strategies for property tests of curvature code (needs the `test` extra).
+"""Hypothesis strategies for property tests of curvature code (needs the `strategies` extra).
 
 Every strategy shrinks towards small networks (one layer, width 1) and few
 examples, so a failing property is reported on the smallest model that breaks it.
@@ -11,12 +11,19 @@ such as ``dtypes()`` (float64 and float32, shrinking to float64) to test float32
     @given(models_and_data())
     def test_something(case):
         model, lik, x, y = case
+
+The same networks as torch modules (nn.Sequential or custom-named): ewc_ref.pytorch.strategies.
 """
 
 from __future__ import annotations
 
 import numpy as np
-from hypothesis import strategies as st
+
+try:
+    from hypothesis import strategies as st
+except ImportError as error:  # an optional extra: say which one
+    raise ImportError("ewc_ref.strategies needs Hypothesis: pip install 'ewc_ref[strategies]' "
+                      "(the test extra includes it)") from error
 
 from .model.activations import ACTIVATIONS
 from .model.likelihoods import Bernoulli, Categorical, Gaussian, Likelihood

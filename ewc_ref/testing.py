@@ -7,7 +7,9 @@
         assert_is_estimator(theirs, model, lik, x, y, estimator="exact")
 
 Both raise AssertionError with a diff that names the parameter and the worst entries, so a
-failing test says where the matrices disagree, not only that they do. ``check_gradients`` is
+failing test says where the matrices disagree, not only that they do. ``assert_fisher_is`` takes a
+torch module and loader as they are (through ewc_ref.pytorch, imported only then) and fails with
+diagnose's verdict: "THEIRS is batched, B = 64 x K, not exact x 1". ``check_gradients`` is
 re-exported from ewc_ref.verify.gradcheck (relative error of the analytic gradient against central
 differences).
 """
@@ -22,7 +24,7 @@ from .model.likelihoods import Likelihood
 from .model.mlp import MLP
 from .verify.gradcheck import check_gradients
 
-__all__ = ["assert_curvature_close", "assert_is_estimator", "check_gradients"]
+__all__ = ["assert_curvature_close", "assert_fisher_is", "assert_is_estimator", "check_gradients"]
 
 
 def _as_named(value, name: str, names: list | None = None):
@@ -171,3 +173,89 @@ def assert_is_estimator(theirs, model: MLP, lik: Likelihood, x, y, estimator: st
     except AssertionError as error:
         label = estimator + (f" (B = {batch_size})" if batch_size else "")
         raise AssertionError(f"THEIRS != {scale:g} x F_{label}:\n{error}") from None
+
+
+def _expected(estimator: str, batch_size: int | None, scale: float) -> str:
+    return f"{estimator}{f', B = {batch_size}' if batch_size else ''} x {scale:g}"
+
+
+def _verdict(result) -> str:
+    """'batched, B = 64 x K' / 'mc, S = 3 x 1' / 'none (closest: exact, relative error 0.3)': what THEIRS is."""
+    if result.estimator == "none":
+        closest = result.closest
+        return f"none of the estimators (closest: {closest.label}, relative error {closest.rel_error:.3g})"
+    factor = result.scale_factor or f"{result.scale:.6g}"
+    return f"{result.winner.label if result.winner is not None else result.estimator} x {factor}"
+
+
+def _verdict_is(result, estimator: str, batch_size: int | None, scale: float, rtol: float | None) -> bool:
+    """Diagnose's verdict is `estimator` (with `batch_size`) at `scale` within rtol (default 1e-7)."""
+    if result.estimator != estimator or (batch_size is not None and result.batch_size != batch_size):
+        return False
+    if estimator == "mc":
+        return False  # assert_is_estimator already judged mc statistically
+    return abs(result.scale - scale) <= (1e-7 if rtol is None else rtol) * abs(scale)
+
+
+def assert_fisher_is(theirs, module, data, estimator: str = "exact", batch_size: int | None = None,
+                     samples: int | None = None, rtol: float | None = None, *, likelihood=None,
+                     scale: float = 1.0, seed: int = 0) -> None:
+    """Assert THEIRS == scale x F_estimator on `module` and `data`; else fail with diagnose's verdict.
+
+    THEIRS passes when it equals scale x F entrywise within `rtol` (``assert_is_estimator``), or
+    when diagnose's verdict is `estimator` (and `batch_size`) with a scale within `rtol` of `scale`:
+    a normwise fit within diagnose's round-off threshold (1e-8 float64, 1e-4 float32), which
+    tolerates the float32 round-off of entries far below the largest that an entrywise check does not.
+
+    For a pytest suite of someone's EWC code::
+
+        loader = Recorder(DataLoader(dataset, batch_size=64, shuffle=True))
+        fisher = their_ewc_fisher(net, loader)
+        assert_fisher_is(fisher, net, loader, estimator="batched", likelihood=nn.CrossEntropyLoss())
+
+    Parameters
+    ----------
+    theirs : their curvature: for a torch module anything ``ewc_ref.pytorch.diagnose`` takes (a dict of
+        tensors by name, a list in parameters() order, Avalanche/nngeometry-style objects, a flat
+        tensor); for an MLP what ``assert_is_estimator`` takes
+    module : a torch.nn.Module (converted by ewc_ref.pytorch, imported only for it) or an ewc_ref MLP
+    data : for a torch module (x, y), a Recorder their loop iterated or a loader; for an MLP (x, y)
+    estimator, batch_size, samples, rtol, scale : as ``assert_is_estimator``; 'batched' without
+        batch_size takes B from a Recorder whose batches are all B rows but the last
+    likelihood : a name, an ewc_ref Likelihood or (torch module) the torch loss; required
+    seed : seed of diagnose's statistical tests (mc, and the message of a failure)
+
+    Raises
+    ------
+    AssertionError "THEIRS is <what diagnose finds>, not <expected>" with diagnose's report and the
+    entrywise differences; TypeError / ValueError for bad arguments (as the bridge and er.diagnose).
+    """
+    from .verify.diagnosis import diagnose
+
+    if likelihood is None:
+        raise TypeError("likelihood: required (a name, an ewc_ref Likelihood or the torch loss)")
+    options = {}
+    if isinstance(module, MLP):
+        from .model.likelihoods import get_likelihood
+
+        lik = likelihood if isinstance(likelihood, Likelihood) else get_likelihood(likelihood)
+        if not (isinstance(data, tuple) and len(data) == 2):
+            raise TypeError(f"data: with an ewc_ref MLP, expected (x, y), got {type(data).__name__}")
+        model, (x, y), their, batches = module, data, theirs, None
+    else:  # a torch module: the bridge is the only importer of torch, loaded only now
+        from .pytorch import diagnose_options, reference_inputs, uniform_batch_size
+
+        model, lik, rows, their = reference_inputs(module, theirs, data, likelihood)
+        x, y, batches = rows.x, rows.y, rows.batches
+        options = diagnose_options(rows, {})
+        if estimator == "batched" and batch_size is None and batches is not None:
+            batch_size = uniform_batch_size(batches)
+    try:
+        assert_is_estimator(their, model, lik, x, y, estimator, scale, rtol, batch_size=batch_size, samples=samples)
+    except AssertionError as mismatch:
+        result = diagnose(model, lik, x, y, their, rng=seed, **options)
+        if _verdict_is(result, estimator, batch_size, scale, rtol):
+            return  # entrywise too strict (float32 round-off on tiny entries), normwise within round-off
+        raise AssertionError(f"THEIRS is {_verdict(result)}, not {_expected(estimator, batch_size, scale)}\n\n"
+                             f"{result.report()}\n\nentrywise against {_expected(estimator, batch_size, scale)}:\n"
+                             f"{mismatch}") from None

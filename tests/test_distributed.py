@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import dask.array as da  # the 'dask' extra: pip install '.[test,plot,dask]' (never skipped)
 import distributed as dask_distributed
 import numpy as np
@@ -48,6 +50,23 @@ def test_blocks_on_two_processes_equal_one_process(client, estimator, structure,
     reference = er.fisher(model, lik, x, y, estimator, structure, **options)
     assert (ours.estimator, ours.structure, ours.n, ours.batch_size) == (reference.estimator, structure, 103, reference.batch_size)
     assert relative(ours.to_dense(), reference.to_dense()) <= RTOL
+
+
+def test_a_31_mb_numpy_array_is_sent_once_not_in_the_graph(client):
+    """NumPy rows with a client are scattered: no "Sending large graph" warning (warnings are errors
+    here), and the result is er.fisher's; mc's per-block seeds are those of the dask-array path."""
+    rng = np.random.default_rng(1)
+    model = er.MLP.random([1000, 4, 3], "tanh", rng=rng)
+    x, y = rng.standard_normal((3900, 1000)), rng.integers(0, 3, 3900)
+    assert x.nbytes > 31e6
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ours = distributed.fisher(model, er.Categorical(), x, y, "exact", "diag", chunk_rows=1000)
+        mc = distributed.fisher(model, er.Categorical(), x[:50], y[:50], "mc", "diag", seed=3, chunk_rows=20)
+    assert relative(ours.diagonal, er.fisher(model, er.Categorical(), x, y, "exact").diagonal) <= RTOL
+    blocks = distributed.fisher(model, er.Categorical(), da.from_array(x[:50], chunks=(20, 1000)),
+                                da.from_array(y[:50], chunks=20), "mc", "diag", seed=3)
+    assert relative(mc.diagonal, blocks.diagonal) <= RTOL
 
 
 def test_mc_draws_one_child_seed_per_block(client):

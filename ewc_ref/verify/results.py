@@ -186,6 +186,14 @@ class Diagnosis:
             lines.append(f"  {c.label:<{width}} {c.scale:>22.15g} {c.rel_error:>11.3g}  {mark}{('  ' + note) if note else ''}")
         return "\n".join(lines)
 
+    def __str__(self) -> str:
+        """The text report ``ewc-ref diagnose`` prints (``print(d)``)."""
+        return self.report()
+
+    def to_dict(self) -> dict:
+        """Alias of ``to_json``: the JSON object of ``ewc-ref diagnose --json``."""
+        return self.to_json()
+
     @property
     def winner(self) -> Candidate | None:
         for c in self.candidates:
