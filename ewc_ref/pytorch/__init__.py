@@ -380,5 +380,8 @@ def save_data(path, data) -> None:
     write_data(path, got.x.reshape(got.x.shape[0], -1), got.y, batches=got.batches)
 
 
-__all__ = ["Recorder", "diagnose", "fisher", "likelihood_from", "rows", "save", "save_data", "theirs_arrays",
-           "to_model", "trace_mlp"]
+# THEIR penalty (penalty.py) builds on the converters above, so it is imported once they exist
+from .penalty import diagnose_penalty, penalty_samples, save_penalty  # noqa: E402
+
+__all__ = ["Recorder", "diagnose", "diagnose_penalty", "fisher", "likelihood_from", "penalty_samples", "rows", "save",
+           "save_data", "save_penalty", "theirs_arrays", "to_model", "trace_mlp"]
