@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -202,6 +203,62 @@ def test_past_modules_state_dicts_recorders_and_loaders_give_the_same_verdict(ca
     assert results[1] == results[0] and results[2] == results[0]
 
 
+class EWCPluginLike:
+    """A stand-in with the layout and arithmetic of Avalanche 0.6's EWCPlugin(mode='separate').before_backward:
+    saved_params and importances per experience by parameter name, the penalty accumulated in a float32
+    tensor, ewc_lambda times the sum over experiences (no 1/2) added to strategy.loss."""
+
+    def __init__(self, ewc_lambda, saved_params, importances):
+        self.ewc_lambda, self.saved_params, self.importances = ewc_lambda, saved_params, importances
+
+    def before_backward(self, strategy):
+        accumulated = torch.tensor(0).float()
+        for experience in range(strategy.clock.train_exp_counter):
+            for name, current in strategy.model.named_parameters():
+                imp, saved = self.importances[experience][name], self.saved_params[experience][name]
+                accumulated += (imp.expand(current.shape) * (current - saved.expand(current.shape)).pow(2)).sum()
+        strategy.loss += self.ewc_lambda * accumulated
+
+
+def test_an_avalanche_style_before_backward_wrapped_as_a_penalty_of_a_float32_module(catalogue):
+    """The importances by the catalogue's avalanche_importances (minibatches of 8); the plugin's penalty,
+    called as a training step would, is named separate, batched B = 8, lambda_paper = 2 x ewc_lambda."""
+    states, tasks = catalogue.states32, catalogue.tasks32
+    net = net_of(torch.float32)
+    importances = []
+    for state, (x, y) in zip(states, tasks, strict=True):
+        net.load_state_dict(state)
+        importances.append(MAKE.avalanche_importances(net, x, y))
+    plugin = EWCPluginLike(LAMBDA, states, importances)
+
+    def penalty(model):  # what before_backward adds to the loss of a training step after three experiences
+        strategy = SimpleNamespace(model=model, loss=torch.zeros(()), clock=SimpleNamespace(train_exp_counter=3))
+        plugin.before_backward(strategy)
+        return strategy.loss
+
+    result = ep.diagnose_penalty(states, tasks, penalty, model=net, likelihood=nn.CrossEntropyLoss(), lam=LAMBDA)
+    assert (result.fit.quadratic, result.fit.precision) == ("diagonal quadratic", "float32")
+    assert (result.combination, result.factor_expression) == ("separate", "2")
+    assert (result.curvature.estimator, result.curvature.batch_size) == ("batched", 8)
+
+
+def test_a_float32_value_of_a_float64_module_is_judged_at_float32_round_off(catalogue):
+    """A penalty cast to float32 at the end: float64 gradients, a value rounded to ~6e-8 relative. The
+    gradients alone say float64 (threshold 1e-8, so the value would be 'inconsistent'); the torch path
+    knows the value's dtype and judges at 1e-4."""
+    states, tasks, kirkpatrick, _ = catalogue.inputs("kirkpatrick_separate")
+
+    def penalty(params):
+        return kirkpatrick(params).float()
+
+    samples = ep.penalty_samples(states, penalty, model=net_of(torch.float64), takes="named_parameters")
+    assert er.fit_penalty(*samples).quadratic == "value inconsistent"
+    result = ep.diagnose_penalty(states, tasks, penalty, model=net_of(torch.float64), likelihood="categorical",
+                                 takes="named_parameters", lam=LAMBDA)
+    assert (result.fit.quadratic, result.tol) == ("diagonal quadratic", PENALTY_TOL["float32"])
+    assert (result.combination, result.curvature.estimator, result.factor_expression) == ("separate", "exact", "1")
+
+
 class Custom(nn.Module):
     """Parameters registered in another order than forward uses them (head first), one layer without bias,
     and a buffer forward does not use (a step counter)."""
@@ -296,7 +353,7 @@ class Fails:
         if self.how == "raise":
             raise RuntimeError("their code failed")
         make = {"nan": lambda: value * float("nan"), "inf": lambda: value / 0.0,
-                "vector": lambda: torch.stack([value, value]), "detached": value.detach, "float": lambda: float(value.detach())}
+                "vector": lambda: torch.stack([value, value]), "detached": value.detach, "float": lambda: float(value.detach()), "half": value.half}
         return make[self.how]()
 
 
@@ -307,6 +364,7 @@ class Fails:
     ("inf", ValueError, r"^penalty: non-finite value or gradient at point 2"),
     ("vector", ValueError, r"^penalty: expected a scalar tensor, got shape \(2,\) at point 2"),
     ("detached", ValueError, r"^penalty: returned a tensor not connected to the module's parameters at point 2 \(requires_grad is False\)"),
+    ("half", ValueError, r"^penalty: expected a float32 or float64 tensor, got torch.float16 at point 2"),
     ("float", TypeError, r"^penalty: expected it to return a scalar torch tensor, got float at point 2"),
 ])
 def test_a_failing_penalty_is_refused_naming_it_and_the_module_restored(how, error, words, dtype):

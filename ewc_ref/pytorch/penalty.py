@@ -22,7 +22,8 @@ values, so (P2) of penalty_fit.py has M - 2 residuals to test quadraticity with,
 and each line is a collinear, equally spaced triple, so the midpoint test tells a quadratic with
 off-diagonal curvature from a non-quadratic penalty. The points are rounded to the module's dtype
 (a float32 module is evaluated, and reported, at float32 points); value and gradient come back in
-the flat order of the model file ``ep.save`` writes (docs/file-format.md, section 4).
+the flat order of the model file ``ep.save`` writes (docs/file-format.md, section 4). The round-off
+threshold is float32's (1e-4) when the module or the returned value is float32, else float64's (1e-8).
 
 The module is changed in place while the penalty is evaluated (its parameters copied in, so the
 penalty sees the module it expects) and restored exactly afterwards, also on error: the parameter
@@ -44,7 +45,7 @@ from ..continual.penalty_report import PenaltyDiagnosis
 from ..io import atomic_savez
 from ..model.mlp import MLP
 from ..recorder import Recorder
-from ..verify.penalty_fit import probe_points
+from ..verify.penalty_fit import PENALTY_TOL, probe_points
 from . import _float64, _is_array, _mlp_positions, _numpy, likelihood_from, model_rows
 from .trace import TracedMLP, trace_mlp
 
@@ -91,7 +92,7 @@ def penalty_samples(models, penalty, *, model, takes: str = "module", scale: flo
     _check_penalty(penalty, takes)
     _, current, optima, _ = _past_models(models, model)
     return _samples(penalty, model, takes, current, [m.theta.astype(np.float64) for m in optima],
-                    scale, directions, seed)
+                    scale, directions, seed)[:3]
 
 
 def diagnose_penalty(models, data, penalty, *, model, likelihood, takes: str = "module", scale: float = 0.1,
@@ -129,18 +130,27 @@ def diagnose_penalty(models, data, penalty, *, model, likelihood, takes: str = "
     task_rows = [model_rows(model, current, traced, rows_t) if module is None else model_rows(module, optimum, traced, rows_t)
                  for module, optimum, rows_t in zip(modules, optima, data, strict=True)]
     references = [_float64(m) for m in optima]
-    samples = _samples(penalty, model, takes, current, [m.theta for m in references], scale, directions, seed)
-    return reference_diagnose_penalty(references, lik, [(r.x, r.y) for r in task_rows], samples, **options)
+    *samples, tol = _samples(penalty, model, takes, current, [m.theta for m in references], scale, directions, seed)
+    options.setdefault("tol", tol)
+    return reference_diagnose_penalty(references, lik, [(r.x, r.y) for r in task_rows], tuple(samples), **options)
 
 
 def save_penalty(path, models, penalty, *, model, takes: str = "module", scale: float = 0.1, directions: int = 3,
-                 seed: int = 0) -> None:
+                 seed: int = 0) -> float:
     """Write THEIR penalty file (theta, value, grad; docs/file-format.md, section 11) for ``ewc-ref
     diagnose-penalty``, at the points ``penalty_samples`` uses (atomic). Save the past models with
-    ``ep.save`` and their data with ``ep.save_data``: the columns are in those model files' order."""
-    theta, value, grad = penalty_samples(models, penalty, model=model, takes=takes, scale=scale,
-                                         directions=directions, seed=seed)
+    ``ep.save`` and their data with ``ep.save_data``: the columns are in those model files' order.
+
+    Returns the round-off threshold ``diagnose_penalty`` uses for these samples (``_samples``): 1e-4
+    when the module or the penalty's value is float32, else 1e-8. The file stores float64 numbers, so
+    a float32 value with float64 gradients (a float32 accumulator) needs ``--tol 1e-4`` on the command line.
+    """
+    _check_penalty(penalty, takes)
+    _, current, optima, _ = _past_models(models, model)
+    theta, value, grad, tol = _samples(penalty, model, takes, current, [m.theta.astype(np.float64) for m in optima],
+                                       scale, directions, seed)
     atomic_savez(path, {"theta": theta, "value": value, "grad": grad})
+    return tol
 
 
 # ----------------------------------------------------------------------------- the past tasks
@@ -207,22 +217,30 @@ def _check_penalty(penalty, takes) -> None:
 
 
 def _samples(penalty, model, takes, current: MLP, optima: list[np.ndarray], scale, directions, seed):
-    """(theta, value, grad) in the MLP's flat order: the points rounded to the module's dtype, evaluated."""
+    """(theta, value, grad, tol): the points rounded to the module's dtype, evaluated, in the MLP's flat order,
+    and the round-off threshold of the lowest precision the evaluation went through.
+
+    The core reads the precision from the gradients alone; here the dtypes are known. A float32 value
+    of a float64 module (Avalanche accumulates its penalty in ``torch.tensor(0).float()``) has float64
+    gradients but a value rounded to ~6e-8 relative, which the float64 threshold would call inconsistent.
+    """
     dtype = next(model.parameters()).dtype
     points = penalty_points(optima, scale, directions, seed)
     points = points.astype(np.float32 if dtype == torch.float32 else np.float64).astype(np.float64)
     order = _mlp_positions(current, [n for n, _ in model.named_parameters()], model)  # torch flat i = MLP flat order[i]
-    values, torch_grads = _evaluate(penalty, model, takes, points[:, order])
+    values, torch_grads, value_dtypes = _evaluate(penalty, model, takes, points[:, order])
     grads = np.empty_like(torch_grads)
     grads[:, order] = torch_grads
-    return points, values, grads
+    precision = "float32" if torch.float32 in {dtype, *value_dtypes} else "float64"
+    return points, values, grads, PENALTY_TOL[precision]
 
 
-def _evaluate(penalty, module: nn.Module, takes: str, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(value (M,), grad (M, P)) float64 of penalty at each row of points (M, P), in parameters() order."""
+def _evaluate(penalty, module: nn.Module, takes: str, points: np.ndarray) -> tuple[np.ndarray, np.ndarray, set]:
+    """(value (M,), grad (M, P)) float64 of penalty at each row of points (M, P), in parameters() order,
+    and the dtypes of the values it returned."""
     params = list(module.parameters())
     sizes = [p.numel() for p in params]
-    values, grads = np.empty(points.shape[0]), np.empty(points.shape)
+    values, grads, value_dtypes = np.empty(points.shape[0]), np.empty(points.shape), set()
     with _restored(module):
         for p in params:
             p.requires_grad_(True)
@@ -233,8 +251,10 @@ def _evaluate(penalty, module: nn.Module, takes: str, points: np.ndarray) -> tup
                     p.copy_(piece.view_as(p))
             argument = {"module": module, "named_parameters": dict(module.named_parameters()),
                         "parameters": params}[takes]
-            values[m], grads[m] = _value_and_grad(penalty(argument), params, m)
-    return values, grads
+            out = penalty(argument)
+            values[m], grads[m] = _value_and_grad(out, params, m)
+            value_dtypes.add(out.dtype)
+    return values, grads, value_dtypes
 
 
 def _value_and_grad(out, params: list, m: int) -> tuple[float, np.ndarray]:
@@ -243,6 +263,8 @@ def _value_and_grad(out, params: list, m: int) -> tuple[float, np.ndarray]:
         raise TypeError(f"penalty: expected it to return a scalar torch tensor, got {type(out).__name__} at point {m}")
     if out.numel() != 1:
         raise ValueError(f"penalty: expected a scalar tensor, got shape {tuple(out.shape)} at point {m}")
+    if out.dtype not in (torch.float32, torch.float64):
+        raise ValueError(f"penalty: expected a float32 or float64 tensor, got {out.dtype} at point {m}")
     unconnected = ("penalty: returned a tensor not connected to the module's parameters at point "
                    f"{m} ({{why}}); compute it from the module or parameters it is given, not from copies or .data")
     if not out.requires_grad:
