@@ -220,26 +220,48 @@ class EWCPluginLike:
         strategy.loss += self.ewc_lambda * accumulated
 
 
-def test_an_avalanche_style_before_backward_wrapped_as_a_penalty_of_a_float32_module(catalogue):
-    """The importances by the catalogue's avalanche_importances (minibatches of 8); the plugin's penalty,
-    called as a training step would, is named separate, batched B = 8, lambda_paper = 2 x ewc_lambda."""
-    states, tasks = catalogue.states32, catalogue.tasks32
-    net = net_of(torch.float32)
+def avalanche_style_penalty(catalogue, dtype):
+    """(states, tasks, penalty): the plugin after three experiences, importances by the catalogue's
+    avalanche_importances (minibatches of 8), its before_backward called as a training step would."""
+    states, tasks = (catalogue.states32, catalogue.tasks32) if dtype == torch.float32 else (catalogue.states, catalogue.tasks)
+    net = net_of(dtype)
     importances = []
     for state, (x, y) in zip(states, tasks, strict=True):
         net.load_state_dict(state)
         importances.append(MAKE.avalanche_importances(net, x, y))
     plugin = EWCPluginLike(LAMBDA, states, importances)
 
-    def penalty(model):  # what before_backward adds to the loss of a training step after three experiences
-        strategy = SimpleNamespace(model=model, loss=torch.zeros(()), clock=SimpleNamespace(train_exp_counter=3))
+    def penalty(model):
+        strategy = SimpleNamespace(model=model, loss=torch.zeros((), dtype=dtype), clock=SimpleNamespace(train_exp_counter=3))
         plugin.before_backward(strategy)
         return strategy.loss
 
-    result = ep.diagnose_penalty(states, tasks, penalty, model=net, likelihood=nn.CrossEntropyLoss(), lam=LAMBDA)
+    return states, tasks, penalty
+
+
+def test_an_avalanche_style_before_backward_wrapped_as_a_penalty_of_a_float32_module(catalogue):
+    """Avalanche's default precision: named separate, batched B = 8, lambda_paper = 2 x ewc_lambda."""
+    states, tasks, penalty = avalanche_style_penalty(catalogue, torch.float32)
+    result = ep.diagnose_penalty(states, tasks, penalty, model=net_of(torch.float32), likelihood=nn.CrossEntropyLoss(),
+                                 lam=LAMBDA)
     assert (result.fit.quadratic, result.fit.precision) == ("diagonal quadratic", "float32")
     assert (result.combination, result.factor_expression) == ("separate", "2")
     assert (result.curvature.estimator, result.curvature.batch_size) == ("batched", 8)
+
+
+def test_the_avalanche_style_float32_accumulator_on_a_float64_module_as_docs_penalty_conventions_says(catalogue):
+    """The float32 accumulator inside a float64 loss: float64 gradients, the value rounded to float32
+    (value check 'value inconsistent', residual ~6e-8) and lambda rounded to float32(0.4), so the factor
+    is 2 float32(0.4) / 0.4 = 2.0000000298 and names no convention, unless lam is given as float32(0.4)."""
+    states, tasks, penalty = avalanche_style_penalty(catalogue, torch.float64)
+    results = [ep.diagnose_penalty(states, tasks, penalty, model=net_of(torch.float64), likelihood="categorical", lam=lam)
+               for lam in (LAMBDA, float(np.float32(LAMBDA)))]
+    for result in results:
+        assert (result.fit.quadratic, result.fit.precision) == ("value inconsistent", "float64")
+        assert 1e-8 < result.fit.value_residual < 1e-6
+        assert (result.combination, result.curvature.estimator, result.curvature.batch_size) == ("separate", "batched", 8)
+        assert result.curvature.scale == pytest.approx(2 * float(np.float32(LAMBDA)), rel=1e-12)
+    assert [r.factor_expression for r in results] == [None, "2"]
 
 
 def test_a_float32_value_of_a_float64_module_is_judged_at_float32_round_off(catalogue):
