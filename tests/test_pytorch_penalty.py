@@ -267,7 +267,7 @@ def test_the_avalanche_style_float32_accumulator_on_a_float64_module_as_docs_pen
     assert [r.factor_expression for r in results] == [None, "2"]
 
 
-def test_a_float32_value_of_a_float64_module_is_judged_at_float32_round_off(catalogue):
+def test_a_float32_value_of_a_float64_module_is_judged_at_float32_round_off(catalogue, tmp_path):
     """A penalty cast to float32 at the end: float64 gradients, a value rounded to ~6e-8 relative. The
     gradients alone say float64 (threshold 1e-8, so the value would be 'inconsistent'); the torch path
     knows the value's dtype and judges at 1e-4."""
@@ -278,6 +278,8 @@ def test_a_float32_value_of_a_float64_module_is_judged_at_float32_round_off(cata
 
     samples = ep.penalty_samples(states, penalty, model=net_of(torch.float64), takes="named_parameters")
     assert er.fit_penalty(*samples).quadratic == "value inconsistent"
+    assert ep.save_penalty(tmp_path / "theirs.npz", states, penalty, model=net_of(torch.float64),
+                           takes="named_parameters") == PENALTY_TOL["float32"]  # the --tol the command line needs
     result = ep.diagnose_penalty(states, tasks, penalty, model=net_of(torch.float64), likelihood="categorical",
                                  takes="named_parameters", lam=LAMBDA)
     assert (result.fit.quadratic, result.tol) == ("diagonal quadratic", PENALTY_TOL["float32"])
@@ -453,6 +455,9 @@ def test_a_penalty_of_other_tensors_than_the_parameters_is_refused():
     (dict(models=[3]), TypeError, r"^models\[0\]: expected an nn.Module or a state_dict"),
     (dict(data=[(torch.zeros(20, 4), torch.zeros(20, dtype=torch.long))]), ValueError, r"^data: expected one .* per past task \(2\)"),
     (dict(directions=0), ValueError, r"^directions: expected an integer >= 1"),
+    (dict(scale=-0.1), ValueError, r"^scale: expected a finite number > 0"),
+    (dict(seed=0.5), TypeError, r"^seed: expected an integer"),
+    (dict(models=[]), TypeError, r"^models: expected a list .*, got an empty list"),
     (dict(lam=-1.0), ValueError, r"^lam: expected a finite number > 0"),
 ])
 def test_bad_arguments_are_refused_naming_them(change, error, words):
@@ -478,7 +483,8 @@ def test_save_penalty_gives_the_command_line_the_verdict_of_the_torch_path(catal
         ep.save(past, tmp_path / f"model_{t}.npz", likelihood="categorical")
         ep.save_data(tmp_path / f"data_{t}.npz", task)
         paths.append((str(tmp_path / f"model_{t}.npz"), str(tmp_path / f"data_{t}.npz")))
-    ep.save_penalty(tmp_path / "theirs.npz", states, penalty, model=module, takes="named_parameters")
+    assert ep.save_penalty(tmp_path / "theirs.npz", states, penalty, model=module,
+                           takes="named_parameters") == PENALTY_TOL["float64"]
     with np.load(tmp_path / "theirs.npz", allow_pickle=False) as f:
         assert sorted(f.files) == ["grad", "theta", "value"] and f["theta"].shape == (11, 51)
     code = main(["diagnose-penalty", *(m for m, _ in paths), "--data", *(d for _, d in paths), str(tmp_path / "theirs.npz"),

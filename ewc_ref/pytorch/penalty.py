@@ -89,7 +89,7 @@ def penalty_samples(models, penalty, *, model, takes: str = "module", scale: flo
     TypeError / ValueError naming `models`, `model`, `penalty` (not callable; at a point: not a
     scalar tensor, not connected to the parameters, not finite), `takes`, `scale`, `directions`.
     """
-    _check_penalty(penalty, takes)
+    _check_penalty(penalty, takes, seed)
     _, current, optima, _ = _past_models(models, model)
     return _samples(penalty, model, takes, current, [m.theta.astype(np.float64) for m in optima],
                     scale, directions, seed)[:3]
@@ -115,7 +115,7 @@ def diagnose_penalty(models, data, penalty, *, model, likelihood, takes: str = "
     PenaltyDiagnosis, the object ``er.diagnose_penalty`` and ``ewc-ref diagnose-penalty`` return
     (``.report()``, ``.to_json()``), computed in float64 at the past weights.
     """
-    _check_penalty(penalty, takes)
+    _check_penalty(penalty, takes, seed)
     if likelihood is None:
         raise TypeError("likelihood: required (a name, an ewc_ref Likelihood or the torch loss, e.g. nn.CrossEntropyLoss())")
     lik = likelihood_from(likelihood)
@@ -145,7 +145,7 @@ def save_penalty(path, models, penalty, *, model, takes: str = "module", scale: 
     when the module or the penalty's value is float32, else 1e-8. The file stores float64 numbers, so
     a float32 value with float64 gradients (a float32 accumulator) needs ``--tol 1e-4`` on the command line.
     """
-    _check_penalty(penalty, takes)
+    _check_penalty(penalty, takes, seed)
     _, current, optima, _ = _past_models(models, model)
     theta, value, grad, tol = _samples(penalty, model, takes, current, [m.theta.astype(np.float64) for m in optima],
                                        scale, directions, seed)
@@ -167,7 +167,8 @@ def _past_models(models, model) -> tuple[TracedMLP, MLP, list[MLP], list]:
     if isinstance(models, nn.Module | Mapping):
         models = [models]
     if not isinstance(models, list | tuple) or not models:
-        raise TypeError(f"models: expected a list of the past tasks' nn.Modules or state_dicts, got {type(models).__name__}")
+        raise TypeError("models: expected a list of the past tasks' nn.Modules or state_dicts, got "
+                        + ("an empty list" if isinstance(models, list | tuple) else type(models).__name__))
     optima, modules = [], []
     for t, past in enumerate(models):
         if isinstance(past, nn.Module):
@@ -208,12 +209,14 @@ def _mlp(traced: TracedMLP, arrays: dict) -> MLP:
 
 
 # ----------------------------------------------------------------------------- the evaluation
-def _check_penalty(penalty, takes) -> None:
+def _check_penalty(penalty, takes, seed) -> None:
     if not callable(penalty):
         raise TypeError(f"penalty: expected a callable taking the module (or its parameters) and returning a scalar "
                         f"tensor, got {type(penalty).__name__}")
     if takes not in TAKES:
         raise ValueError(f"takes: expected one of {TAKES}, got {takes!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int | np.integer):
+        raise TypeError(f"seed: expected an integer seed of the random directions, got {seed!r}")
 
 
 def _samples(penalty, model, takes, current: MLP, optima: list[np.ndarray], scale, directions, seed):
