@@ -33,7 +33,9 @@ def as_float_array(value, name: str, ndim: int | None = None, finite: bool = Tru
         raise ValueError(f"{name}: expected a {ndim}-d array, got shape {array.shape}")
     # The sum is finite for finite data unless it overflows; only then (or with a real NaN/inf)
     # pay for the elementwise check, whose boolean temporary is as large as the data.
-    if finite and not np.isfinite(array.sum()) and not np.all(np.isfinite(array)):
+    with np.errstate(over="ignore", invalid="ignore"):  # an overflowing sum of finite values is no warning
+        suspect = finite and not np.isfinite(array.sum())
+    if suspect and not np.all(np.isfinite(array)):
         bad = int(np.size(array) - np.count_nonzero(np.isfinite(array)))
         raise ValueError(f"{name}: contains {bad} non-finite value(s) (NaN or inf)")
     return array
@@ -64,3 +66,54 @@ def as_generator(rng) -> np.random.Generator:
     if rng is None or isinstance(rng, int | np.integer):
         return np.random.default_rng(rng)
     raise TypeError(f"rng: expected a numpy.random.Generator, an integer seed or None, got {type(rng).__name__}")
+
+
+def _leaves(value, path: str):
+    """(path, ndarray or float) of every number inside `value`: arrays, floats, lists, tuples, dicts."""
+    if isinstance(value, np.ndarray | np.generic | float | int) and not isinstance(value, bool):
+        yield path, value
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield from _leaves(item, f"{path}[{key!r}]")
+    elif isinstance(value, list | tuple):
+        for index, item in enumerate(value):
+            yield from _leaves(item, f"{path}[{index}]")
+
+
+def largest_magnitude(value) -> float:
+    """The largest |finite number| inside `value` (arrays, floats, nested lists/tuples/dicts), 0.0 if none."""
+    largest = 0.0
+    for _, leaf in _leaves(value, ""):
+        array = np.asarray(leaf)
+        if array.dtype.kind in "biuf" and array.size:
+            finite = np.abs(array[np.isfinite(array)]) if array.dtype.kind == "f" else np.abs(array)
+            largest = max(largest, float(finite.max(initial=0.0)))
+    return largest
+
+
+def most_extreme_input(inputs: dict) -> str:
+    """'NAME (|value| up to M)' for the input furthest from 1 in orders of magnitude.
+
+    `inputs` maps an argument name to its numbers (an array, a float, nested lists); a scalar
+    counts by its own size too (a Gaussian's sigma of 1e-200 is as extreme as weights of 1e200).
+    Used to name the input that drove an overflow: the most likely driver, not a proof.
+    """
+    best, best_distance = "(no numeric input)", -1.0
+    for name, numbers in inputs.items():
+        magnitudes = [largest_magnitude(numbers)]
+        if np.ndim(numbers) == 0 and not isinstance(numbers, list | tuple | dict):
+            magnitudes.append(abs(float(numbers)))
+        for magnitude in magnitudes:
+            distance = abs(float(np.log10(magnitude))) if 0 < magnitude < np.inf else 0.0
+            if distance > best_distance:
+                best, best_distance = f"{name} (|value| up to {magnitude:.3g})", distance
+    return best
+
+
+def first_non_finite(value, name: str) -> str | None:
+    """The path of the first non-finite number inside `value` (see `_leaves`), or None when all are finite."""
+    for path, leaf in _leaves(value, name):
+        array = np.asarray(leaf)
+        if array.dtype.kind in "fc" and not np.all(np.isfinite(array)):
+            return path
+    return None
