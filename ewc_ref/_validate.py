@@ -59,13 +59,24 @@ def check_choice(value, name: str, choices) -> str:
     return value
 
 
-def as_generator(rng) -> np.random.Generator:
-    """Accept a Generator, an integer seed or None (fresh entropy)."""
+def as_generator(rng, name: str = "rng") -> np.random.Generator:
+    """Accept a Generator, an integer seed >= 0 or None (fresh entropy); else raise naming `name`."""
     if isinstance(rng, np.random.Generator):
         return rng
-    if rng is None or isinstance(rng, int | np.integer):
-        return np.random.default_rng(rng)
-    raise TypeError(f"rng: expected a numpy.random.Generator, an integer seed or None, got {type(rng).__name__}")
+    if rng is None:
+        return np.random.default_rng()
+    if isinstance(rng, int | np.integer) and not isinstance(rng, bool):
+        if rng < 0:
+            raise ValueError(f"{name}: expected an integer seed >= 0, got {rng}")
+        return np.random.default_rng(int(rng))
+    raise TypeError(f"{name}: expected a numpy.random.Generator, an integer seed >= 0 or None, got {type(rng).__name__}")
+
+
+def check_number(value, name: str) -> float:
+    """`value` as a float when it is a real number (int, float, numpy scalar; not bool or str), else TypeError."""
+    if isinstance(value, bool) or not isinstance(value, int | float | np.integer | np.floating):
+        raise TypeError(f"{name}: expected a number, got {type(value).__name__}")
+    return float(value)
 
 
 def _leaves(value, path: str):

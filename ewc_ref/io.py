@@ -52,8 +52,10 @@ def atomic_output(path):
     than this process's start (taken as the moment it imported ewc_ref.io, at or after the true
     start: for the CLI, within its first second), so a concurrent writer's file is never touched.
     """
-    path = Path(path)
+    path = Path(safe_files.check_path(path))
     folder = path.parent if str(path.parent) else Path(".")
+    if os.path.isdir(path):  # os.replace would fail naming the temporary file, or replace an empty folder
+        raise ValueError(f"path: {path} is a folder; expected a file name")
     if not folder.is_dir():
         raise ValueError(f"{path}: output folder {folder} does not exist")
     try:

@@ -219,8 +219,25 @@ def canonical_key(key: str) -> tuple:
     return tuple(int(part) if i % 2 else part for i, part in enumerate(re.split(r"(\d+)", key)))
 
 
+def check_path(path, name: str = "path") -> str:
+    """`path` as a str when it is a str or an os.PathLike naming a str; else TypeError naming `name`.
+
+    bytes paths are refused (every message of ewc_ref names files as text); an empty name is a ValueError.
+    """
+    if not isinstance(path, str | os.PathLike):
+        raise TypeError(f"{name}: expected a path (str or os.PathLike), got {type(path).__name__}")
+    text = os.fspath(path)
+    if not isinstance(text, str):
+        raise TypeError(f"{name}: expected a path (str or os.PathLike) naming text, got {type(text).__name__}")
+    if not text:
+        raise ValueError(f"{name}: expected a file name, got an empty path")
+    if "\x00" in text:
+        raise ValueError(f"{name}: a path may not contain a NUL character, got {text!r}")
+    return text
+
+
 def _check_path(path, what: str) -> str:
-    path = os.fspath(path)
+    path = check_path(path)
     if not os.path.isfile(path):
         raise FileFormatError(f"{path}: {what} not found" if not os.path.exists(path) else f"{path}: {what} is not a regular file")
     return path
@@ -427,5 +444,5 @@ def read_idx(path, max_bytes: int | None = None) -> np.ndarray:
 
 __all__ = [
     "MAX_FILE_BYTES", "MAX_HEADER_BYTES", "CHUNK_BYTES", "ArrayHeader", "FileFormatError", "canonical_key",
-    "check_budget", "format_bytes", "idx_header", "parse_npy_header", "read_idx", "read_npy", "read_npz",
+    "check_budget", "check_path", "format_bytes", "idx_header", "parse_npy_header", "read_idx", "read_npy", "read_npz",
 ]
