@@ -210,7 +210,14 @@ def _fill(stream, header: ArrayHeader, where: str) -> np.ndarray:
     if stream.read(1):
         raise FileFormatError(f"{where}: more data than shape {header.shape} {header.dtype} declares ({nbytes} bytes)")
     order = "F" if header.fortran_order else "C"
-    return raw.view(header.dtype).reshape(header.shape, order=order)
+    return _native(raw.view(header.dtype).reshape(header.shape, order=order))
+
+
+def _native(array: np.ndarray) -> np.ndarray:
+    """`array` in the machine's byte order: big-endian ('>f8', '>i4', '>U5') swapped in place, no copy."""
+    if array.dtype.isnative:
+        return array
+    return array.byteswap(inplace=True).view(array.dtype.newbyteorder("="))
 
 
 # ----------------------------------------------------------------------------- .npz
@@ -302,7 +309,8 @@ def read_npz(path, what: str = "file", check=None, max_bytes: int | None = None)
 
     Returns
     -------
-    dict key -> ndarray, in the order of the zip directory, dtypes as stored.
+    dict key -> ndarray, in the order of the zip directory, dtypes as stored but in the machine's
+    byte order (a big-endian '>f8' member comes back as float64, swapped in place).
 
     Raises
     ------
@@ -437,9 +445,7 @@ def read_idx(path, max_bytes: int | None = None) -> np.ndarray:
         raise
     except DECODE_ERRORS as error:
         raise FileFormatError(f"{path}: cannot read IDX file ({_one_line(error)})") from None
-    if not array.dtype.isnative:  # IDX is big-endian; swap in place rather than copy
-        array = array.byteswap(inplace=True).view(array.dtype.newbyteorder("="))
-    return array
+    return array  # IDX is big-endian: _fill swapped it to native order in place
 
 
 __all__ = [
