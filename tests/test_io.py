@@ -182,7 +182,7 @@ def test_sigkilled_writer_leaves_a_temporary_that_the_next_write_removes(tmp_pat
         killed_tmp, live_tmp = killed.stdout.readline().strip(), live.stdout.readline().strip()
         os.kill(killed.pid, signal.SIGKILL)
         killed.wait()
-        assert re.fullmatch(rf"\.d\.npz\.{killed.pid}\.[a-z0-9_]{{8}}\.tmp", os.path.basename(killed_tmp))
+        assert re.fullmatch(rf"\.d\.npz\.ewc-ref\.{killed.pid}\.[a-z0-9_]{{8}}\.tmp", os.path.basename(killed_tmp))
         assert _temporaries(tmp_path) == sorted([os.path.basename(killed_tmp), os.path.basename(live_tmp)])
         assert not out.exists()  # nothing half-written at the output path
         subprocess.run([sys.executable, "-c", _WRITER, str(out)], check=True)
@@ -204,22 +204,96 @@ def test_stale_temporary_needs_a_dead_pid_and_an_mtime_before_our_start(tmp_path
 
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True)
     dead_pid = int(dead.stdout)
-    fresh, old, alive, other_name = (
-        tmp_path / f".d.npz.{dead_pid}.abcdefgh.tmp",
-        tmp_path / f".d.npz.{dead_pid}.ijklmnop.tmp",
-        tmp_path / f".d.npz.{os.getppid()}.qrstuvwx.tmp",
-        tmp_path / f".e.npz.{dead_pid}.abcdefgh.tmp",
-    )
-    for p in (fresh, old, alive, other_name):
-        p.write_bytes(b"partial")
+    names = {
+        "fresh": f".d.npz.ewc-ref.{dead_pid}.abcdefgh.tmp",  # dead, but modified since we started: kept
+        "old": f".d.npz.ewc-ref.{dead_pid}.ijklmnop.tmp",  # dead and older than us: removed
+        "alive": f".d.npz.ewc-ref.{os.getppid()}.qrstuvwx.tmp",  # a live process's: kept
+        "other output": f".e.npz.ewc-ref.{dead_pid}.abcdefgh.tmp",  # another output in the folder: removed
+        "staging folder": f".figs.ewc-ref.{dead_pid}.abcdefgh.tmp",  # a killed figures run's: removed
+        "earlier naming": f".d.npz.{dead_pid}.abcdefgh.tmp",  # same output, earlier naming: removed
+        "earlier naming, other output": f".e.npz.{dead_pid}.abcdefgh.tmp",  # not provably ours: kept
+        "user file": f".notes.{dead_pid}.abcdefgh.txt",  # not our naming: kept
+        "user tmp": "data.npz.tmp",  # not our naming: kept
+    }
+    paths = {key: tmp_path / name for key, name in names.items()}
+    for key, p in paths.items():
+        if key == "staging folder":
+            p.mkdir()
+            (p / "laplace.npz").write_bytes(b"partial")
+        else:
+            p.write_bytes(b"partial")
     before_start = io._PROCESS_START - 10
-    for p in (old, alive, other_name):
-        os.utime(p, (before_start, before_start))
+    for key, p in paths.items():
+        if key != "fresh":
+            os.utime(p, (before_start, before_start))
     er.save_data(tmp_path / "d.npz", np.ones((2, 2)), np.zeros(2, int))
-    # removed: dead pid AND modified before this process started; kept: one modified since
-    # (not provably older than us), one of a live process, another output's temporary
-    assert not old.exists()
-    assert fresh.exists() and alive.exists() and other_name.exists()
+    removed = {"old", "other output", "staging folder", "earlier naming"}
+    assert {key for key, p in paths.items() if not p.exists()} == removed
+
+
+_NAMED_WRITER = """
+import sys, time
+from ewc_ref.io import atomic_output
+with atomic_output(sys.argv[1]) as tmp:
+    open(tmp, "wb").write(b"partial")
+    print(tmp, flush=True)
+    time.sleep(float(sys.argv[2]))
+"""
+
+
+def test_two_concurrent_writers_in_one_folder_keep_their_temporaries(tmp_path):
+    """Writers of a.npz and b.npz at once in one folder: a write of c.npz while both live removes
+    neither temporary; once a's writer is killed, the next write into the folder removes its file only."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    writers = {name: subprocess.Popen([sys.executable, "-c", _NAMED_WRITER, str(tmp_path / name), "120"],
+                                      stdout=subprocess.PIPE, text=True) for name in ("a.npz", "b.npz")}
+    try:
+        temporaries = {name: os.path.basename(w.stdout.readline().strip()) for name, w in writers.items()}
+        time.sleep(0.05)  # the temporaries are older than the cleaner below (mtime < its start)
+        subprocess.run([sys.executable, "-c", _WRITER, str(tmp_path / "c.npz")], check=True)
+        assert _temporaries(tmp_path) == sorted(temporaries.values())  # both writers alive: both kept
+        os.kill(writers["a.npz"].pid, signal.SIGKILL)
+        writers["a.npz"].wait()
+        subprocess.run([sys.executable, "-c", _WRITER, str(tmp_path / "c.npz")], check=True)
+        assert _temporaries(tmp_path) == [temporaries["b.npz"]]  # the dead writer's only
+        assert not (tmp_path / "a.npz").exists() and not (tmp_path / "b.npz").exists()
+    finally:
+        for writer in writers.values():
+            writer.kill()
+            writer.wait()
+
+
+def test_atomic_folder_moves_files_in_only_on_success_and_keeps_other_files(tmp_path):
+    from ewc_ref.io import atomic_folder
+
+    out = tmp_path / "figs"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    (out / "a.npz").write_text("old a")
+    with pytest.raises(RuntimeError):
+        with atomic_folder(out) as staging:
+            (staging / "a.npz").write_text("new a")
+            raise RuntimeError("interrupted after one of two figures")
+    assert sorted(p.name for p in out.iterdir()) == ["a.npz", "notes.txt"] and (out / "a.npz").read_text() == "old a"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["figs"]  # the staging folder is gone
+    with atomic_folder(out) as staging:
+        (staging / "a.npz").write_text("new a")
+        (staging / "b.npz").write_text("new b")
+    assert {p.name: p.read_text() for p in out.iterdir()} == {"a.npz": "new a", "b.npz": "new b", "notes.txt": "mine"}
+    fresh = tmp_path / "new" / "figs"
+    with atomic_folder(fresh) as staging:
+        (staging / "a.npz").write_text("a")
+    assert [p.name for p in fresh.iterdir()] == ["a.npz"]
+    assert sorted(p.name for p in (tmp_path / "new").iterdir()) == ["figs"]
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ValueError, match="path: .*file exists and is not a folder"):
+        with atomic_folder(tmp_path / "file"):
+            pass
 
 
 def test_full_disk_names_the_output_and_leaves_nothing(tmp_path, monkeypatch):
@@ -259,7 +333,7 @@ def test_unwritable_folder_names_the_output(tmp_path, monkeypatch):
     import tempfile
 
     def refused(*args, **kwargs):
-        raise PermissionError(errno.EACCES, "Permission denied", str(tmp_path / ".d.npz.1.abcdefgh.tmp"))
+        raise PermissionError(errno.EACCES, "Permission denied", str(tmp_path / ".d.npz.ewc-ref.1.abcdefgh.tmp"))
 
     monkeypatch.setattr(tempfile, "mkstemp", refused)
     with pytest.raises(OSError, match=f"d.npz: cannot create the output in {tmp_path} \\(Permission denied\\)"):
