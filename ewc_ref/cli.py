@@ -149,6 +149,10 @@ def _run(argv: list[str], command: str | None, prog: str, debug: bool) -> int:
         if debug:
             raise
         return fail(prog, error)
+    except MemoryError as error:  # numpy's "Unable to allocate ...": one line, not a traceback
+        if debug:
+            raise
+        return fail(prog, f"out of memory: {error or 'MemoryError'}")
 
 
 if __name__ == "__main__":

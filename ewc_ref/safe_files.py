@@ -13,11 +13,16 @@ which can refuse the file before the next one spends memory:
    declared size ``prod(shape) x itemsize`` is checked against the memory budget
    ``MAX_FILE_BYTES`` (summed over the file) and against the member's recorded uncompressed size
    in the zip directory; a caller's ``check`` sees the headers here, before any data is read.
-3. **Data.** The array is preallocated at its declared size and filled by reading the member's
-   decompressing stream in chunks of ``CHUNK_BYTES``; never more than the declared bytes are
-   inflated (zipfile stops at the recorded size, the gzip reader is asked for exactly the declared
-   bytes plus one to detect trailing data). The zip CRC-32 and the gzip CRC and length are
-   verified at the end of each stream.
+   Before a member is opened its recorded sizes are checked (``safe_zip.check_ratio``: a large
+   member at a compression ratio no real float array reaches is refused uninflated), and a
+   header is inflated only as far as it goes (``safe_zip.MemberReader`` asks every decompressor,
+   bzip2 and lzma included, for at most the bytes wanted).
+3. **Data.** The array is preallocated at its declared size and the decompressed bytes are
+   written straight into it, ``CHUNK_BYTES`` at a time (stored members are read from the file into
+   it with no copy): peak memory is the array plus a few MiB. Never more than the declared bytes
+   are inflated (the zip member stops at its recorded size, the gzip reader is asked for exactly
+   the declared bytes plus one to detect trailing data). The zip CRC-32 and the gzip CRC and
+   length are verified at the end of each stream.
 
 Every failure is one :class:`ValueError` whose message is a single line naming the file and,
 when there is one, the key: zlib, zip, gzip, LZMA/BZ2, truncation, header and budget errors alike.
@@ -57,6 +62,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .safe_zip import FileFormatError, MemberReader, check_ratio
+
 MAX_FILE_BYTES = 4 * 1024**3
 MAX_HEADER_BYTES = 10_000
 CHUNK_BYTES = 4 * 1024**2
@@ -78,10 +85,6 @@ DECODE_ERRORS = (
     zipfile.BadZipFile, zlib.error, gzip.BadGzipFile, lzma.LZMAError, EOFError, OSError,
     NotImplementedError, RuntimeError, struct.error, UnicodeDecodeError, OverflowError,
 )
-
-
-class FileFormatError(ValueError):
-    """A hostile or damaged file: the message is one line naming the file (and key)."""
 
 
 @dataclass(frozen=True)
@@ -200,13 +203,12 @@ def _fill(stream, header: ArrayHeader, where: str) -> np.ndarray:
         raw = np.empty(nbytes, dtype=np.uint8)
     except MemoryError:
         raise FileFormatError(f"{where}: cannot allocate {format_bytes(nbytes)} for shape {header.shape} {header.dtype}") from None
-    filled = 0
-    while filled < nbytes:
-        chunk = stream.read(min(CHUNK_BYTES, nbytes - filled))
-        if not chunk:
+    view, filled = memoryview(raw), 0
+    while filled < nbytes:  # straight into the array: no second copy of the data is ever held
+        got = stream.readinto(view[filled : filled + min(CHUNK_BYTES, nbytes - filled)])
+        if not got:
             raise FileFormatError(f"{where}: truncated data: {filled} of {nbytes} bytes declared by shape {header.shape} {header.dtype}")
-        raw[filled : filled + len(chunk)] = np.frombuffer(chunk, dtype=np.uint8)
-        filled += len(chunk)
+        filled += got
     if stream.read(1):
         raise FileFormatError(f"{where}: more data than shape {header.shape} {header.dtype} declares ({nbytes} bytes)")
     order = "F" if header.fortran_order else "C"
@@ -272,13 +274,17 @@ def _members(archive: zipfile.ZipFile, path: str) -> dict[str, zipfile.ZipInfo]:
     return members
 
 
-def _npz_headers(archive, members, path, max_bytes) -> dict[str, ArrayHeader]:
-    """Step 2: every member's .npy header, sizes checked against the budget and the directory."""
-    headers, total = {}, 0
+def _npz_headers(members, path, max_bytes) -> dict[str, ArrayHeader]:
+    """Step 2: every member's .npy header, sizes checked against the budget and the directory.
+
+    A member's recorded sizes are checked (safe_zip.check_ratio) before a byte of it is inflated,
+    and the header is inflated only as far as it goes (safe_zip.MemberReader)."""
+    headers, total, size = {}, 0, os.path.getsize(path)
     for key, info in members.items():
         where = f"{path}: key {key!r}"
+        check_ratio(info, size, where)
         try:
-            with archive.open(info) as stream:
+            with MemberReader(path, info) as stream:
                 header = parse_npy_header(stream, where)
         except FileFormatError:
             raise
@@ -324,14 +330,14 @@ def read_npz(path, what: str = "file", check=None, max_bytes: int | None = None)
         raise FileFormatError(f"{path}: not a readable .npz file ({_one_line(error)}; expected a zip archive of .npy arrays)") from None
     with archive:
         members = _members(archive, path)
-        headers = _npz_headers(archive, members, path, max_bytes)
+        headers = _npz_headers(members, path, max_bytes)
         if check is not None:
             check(headers)
         arrays = {}
         for key, info in members.items():
             where = f"{path}: key {key!r}"
             try:
-                with archive.open(info) as stream:
+                with MemberReader(path, info) as stream:
                     stream.read(headers[key].offset)
                     arrays[key] = _fill(stream, headers[key], where)
             except FileFormatError:

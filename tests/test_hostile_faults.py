@@ -106,3 +106,19 @@ def test_demo_size_is_parameters_times_copies_plus_a_batch(hidden, n_params, tas
     monkeypatch.setattr(budget, "MAX_DENSE_BYTES", need - 1)
     with pytest.raises(ValueError, match=f"--hidden: .* P = {n_params} parameters"):
         demo._check_network_size(args, n_inputs=64)
+
+
+def test_running_out_of_memory_is_one_line_and_exit_2(tmp_path, monkeypatch, capsys):
+    """A MemoryError anywhere in a command (numpy's 'Unable to allocate ...') is an error line, not a traceback."""
+    import ewc_ref.commands.inspect as inspect_command
+
+    er.save_model(tmp_path / "m.npz", er.MLP.random([3, 4, 2], "relu", rng=0), er.Categorical())
+
+    def exhausted(args):
+        np.empty(2**45)  # 256 TiB: numpy raises _ArrayMemoryError, a MemoryError
+
+    monkeypatch.setattr(inspect_command, "run", exhausted)
+    code = main(["inspect", str(tmp_path / "m.npz")])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.count("\n") == 1 and err.startswith("ewc-ref inspect: error: out of memory: Unable to allocate"), err
