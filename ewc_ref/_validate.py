@@ -7,6 +7,10 @@ Every error names the argument and says what was expected.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import inspect
+
 import numpy as np
 
 FLOAT_DTYPES = (np.float32, np.float64)
@@ -128,3 +132,77 @@ def first_non_finite(value, name: str) -> str | None:
         if array.dtype.kind in "fc" and not np.all(np.isfinite(array)):
             return path
     return None
+
+
+def _input_numbers(value):
+    """The numbers of one argument that could drive an overflow (None for anything else): an MLP's
+    weights, a likelihood's sigma, an ndarray, a float. Lazy arrays (dask) are never computed."""
+    theta = getattr(value, "theta", None)
+    if isinstance(theta, np.ndarray):
+        return theta
+    sigma = getattr(value, "sigma", None)
+    if isinstance(sigma, float):
+        return sigma
+    if isinstance(value, np.ndarray) and value.dtype.kind in "biuf":
+        return value
+    if isinstance(value, float | int | np.integer | np.floating) and not isinstance(value, bool):
+        return value
+    return None
+
+
+def _non_finite_part(result, path: str) -> str | None:
+    """Where `result` holds a NaN or inf ('the curvature of parameter '0.weight'', 'result[1]'), or None."""
+    if callable(getattr(type(result), "first_non_finite", None)):  # a Curvature (not a lazy dask Delayed)
+        bad = result.first_non_finite()
+        return None if bad is None else f"a curvature not finite in parameter {bad!r}"
+    if dataclasses.is_dataclass(result) and not isinstance(result, type):
+        for item in dataclasses.fields(result):
+            found = _non_finite_part(getattr(result, item.name), item.name)
+            if found is not None:
+                return found
+        return None
+    if isinstance(result, list | tuple):
+        for index, item in enumerate(result):
+            found = _non_finite_part(item, f"{path}[{index}]")
+            if found is not None:
+                return found
+        return None
+    if isinstance(result, np.ndarray | np.generic | float) and np.asarray(result).dtype.kind in "fc":
+        array = np.asarray(result)
+        with np.errstate(over="ignore", invalid="ignore"):
+            if np.isfinite(array.sum()) or np.all(np.isfinite(array)):
+                return None
+        bad = array.size - np.count_nonzero(np.isfinite(array))
+        return f"{path}, {bad} of its {array.size} numbers not finite"
+    return None
+
+
+def finite_or_refused(func):
+    """The guard of every public function that returns numbers: finite numbers, or a ValueError.
+
+    Applied as a decorator where the function is defined (so ``er.fisher`` and
+    ``ewc_ref.curvature.estimate.fisher`` are the same guarded object). When the result holds a NaN
+    or inf -- an overflow of finite inputs, e.g. weights of 1e200, inputs of 1e300, a Gaussian's sigma
+    of 1e-200 -- nothing is returned: ValueError names the quantity and the argument that most likely
+    drove it, the input furthest from 1 in orders of magnitude (`most_extreme_input`), first::
+
+        model: fisher would return a curvature not finite in parameter '0.weight' (NaN or inf): an
+        overflow of finite inputs, most likely driven by model (|value| up to 1e+200); nothing is returned
+        x: hessian would return the result, 676 of its 676 numbers not finite (NaN or inf): ...
+    """
+    signature = inspect.signature(func)
+
+    @functools.wraps(func)
+    def guarded(*args, **kwargs):
+        result = func(*args, **kwargs)
+        where = _non_finite_part(result, "the result")
+        if where is None:
+            return result
+        arguments = signature.bind_partial(*args, **kwargs).arguments
+        inputs = {name: numbers for name, value in arguments.items() if (numbers := _input_numbers(value)) is not None}
+        driver = most_extreme_input(inputs)
+        name = driver.split()[0] if inputs else func.__name__
+        raise ValueError(f"{name}: {func.__name__} would return {where} (NaN or inf): an overflow of "
+                         f"finite inputs, most likely driven by {driver}; nothing is returned")
+
+    return guarded

@@ -34,7 +34,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import scipy.linalg
 
-from .._validate import check_choice, first_non_finite, most_extreme_input
+from .._validate import check_choice, finite_or_refused, first_non_finite, most_extreme_input
 from ..curvature.estimate import fisher_unchecked
 from ..curvature.structures import KFAC_BIASES
 from ..model.likelihoods import Likelihood
@@ -118,6 +118,7 @@ LOG_DET_TABLE = {
 EVIDENCE_STRUCTURES = tuple(LOG_DET_TABLE)
 
 
+@finite_or_refused
 def laplace_evidence(model: MLP, lik: Likelihood, x, y, prior_precision: float, estimator: str = "exact",
                      structure: str = "diag", kfac_bias: str | None = None,
                      chunk_size: int | None = None, progress: bool = False) -> LaplaceEvidence:
