@@ -200,7 +200,9 @@ def load_model(path) -> tuple[MLP, Likelihood]:
         unknown activation or likelihood, sigma not > 0 or given for a non-gaussian.
     TypeError-like problems (non-float parameters) are reported as ValueError naming the key.
     """
-    arrays = read_npz(path, "model file", check=lambda headers: _check_model_headers(path, headers))
+    flat: dict = {}
+    arrays = safe_files.read_npz(path, "model file", check=lambda headers: _check_model_headers(path, headers),
+                                 into=lambda headers: _flat_targets(headers, flat))
     for key in ("__activation__", "__likelihood__"):
         if key not in arrays:
             raise ValueError(f"{path}: missing key {key!r} (see docs/file-format.md, section 2: model.npz)")
@@ -222,10 +224,41 @@ def load_model(path) -> tuple[MLP, Likelihood]:
             continue
         params[key] = value  # names, dtypes and shapes were checked from the headers
     try:
-        model = MLP.from_state_dict(params, activation)
+        if flat:  # read straight into one parameter vector: check the values, adopt it (no copy)
+            for key in flat["keys"]:
+                as_float_array(params[key], f"'{key}'")  # the message MLP() gives
+            model = MLP._adopt(flat["theta"], flat["shapes"], flat["has_bias"], activation, flat["modules"])
+        else:
+            model = MLP.from_state_dict(params, activation)
     except (ValueError, TypeError) as error:
         raise ValueError(f"{path}: {error}") from None
     return model, get_likelihood(name, sigma)
+
+
+def _flat_targets(headers: dict, flat: dict) -> dict:
+    """Views of one new parameter vector (P,) in flat order, one per weight and bias of a model file whose
+    parameters share one float32/float64 dtype in C order (else {}: the arrays are read on their own).
+    Fills `flat` with theta, the keys, shapes, biases and modules for MLP._adopt."""
+    params = {key: header for key, header in headers.items() if key not in MODEL_META_KEYS}
+    dtypes = {header.dtype.newbyteorder("=") for header in params.values()}
+    if len(dtypes) != 1 or dtypes.pop() not in (np.float32, np.float64) or any(h.fortran_order for h in params.values()):
+        return {}
+    modules: dict[str, dict] = {}
+    for key in params:
+        match = PARAM_KEY.match(key)
+        modules.setdefault(match.group(1), {})[match.group(2)] = key
+    order = layer_order(list(modules))
+    keys = [modules[m][kind] for m in order for kind in ("weight", "bias") if kind in modules[m]]
+    theta = np.empty(sum(params[key].nbytes // params[key].dtype.itemsize for key in keys),
+                     dtype=params[keys[0]].dtype.newbyteorder("="))
+    views, offset = {}, 0
+    for key in keys:
+        size = params[key].nbytes // params[key].dtype.itemsize
+        views[key] = theta[offset : offset + size].reshape(params[key].shape)
+        offset += size
+    flat.update(theta=theta, keys=keys, modules=order, shapes=[params[modules[m]["weight"]].shape for m in order],
+                has_bias=["bias" in modules[m] for m in order])
+    return views
 
 
 def _check_model_headers(path, headers: dict) -> None:

@@ -196,11 +196,18 @@ def parse_npy_header(stream, where: str) -> ArrayHeader:
     return ArrayHeader(tuple(shape), dtype, fortran_order, len(prefix) + length_size + length)
 
 
-def _fill(stream, header: ArrayHeader, where: str) -> np.ndarray:
-    """Preallocate header.nbytes and fill it from `stream` in CHUNK_BYTES pieces; refuse extra bytes."""
+def _fits(out, header: ArrayHeader) -> bool:
+    """`out` can receive the data of `header` as they are: same shape, the dtype in native order, C order."""
+    return (isinstance(out, np.ndarray) and out.shape == header.shape and out.flags.c_contiguous and out.flags.writeable
+            and out.dtype == header.dtype.newbyteorder("=") and not header.fortran_order)
+
+
+def _fill(stream, header: ArrayHeader, where: str, out: np.ndarray | None = None) -> np.ndarray:
+    """Fill `out` (when it fits the header) or a new array of header.nbytes from `stream` in CHUNK_BYTES
+    pieces; refuse extra bytes."""
     nbytes = header.nbytes
     try:
-        raw = np.empty(nbytes, dtype=np.uint8)
+        raw = out.reshape(-1).view(np.uint8) if _fits(out, header) else np.empty(nbytes, dtype=np.uint8)
     except MemoryError:
         raise FileFormatError(f"{where}: cannot allocate {format_bytes(nbytes)} for shape {header.shape} {header.dtype}") from None
     view, filled = memoryview(raw), 0
@@ -211,6 +218,8 @@ def _fill(stream, header: ArrayHeader, where: str) -> np.ndarray:
         filled += got
     if stream.read(1):
         raise FileFormatError(f"{where}: more data than shape {header.shape} {header.dtype} declares ({nbytes} bytes)")
+    if _fits(out, header):
+        return out if header.dtype.isnative else out.byteswap(inplace=True)
     order = "F" if header.fortran_order else "C"
     return _native(raw.view(header.dtype).reshape(header.shape, order=order))
 
@@ -301,7 +310,7 @@ def _npz_headers(members, path, max_bytes) -> dict[str, ArrayHeader]:
     return headers
 
 
-def read_npz(path, what: str = "file", check=None, max_bytes: int | None = None) -> dict[str, np.ndarray]:
+def read_npz(path, what: str = "file", check=None, max_bytes: int | None = None, into=None) -> dict[str, np.ndarray]:
     """Every array of an .npz archive, read through the three steps of the module docstring.
 
     Parameters
@@ -312,6 +321,10 @@ def read_npz(path, what: str = "file", check=None, max_bytes: int | None = None)
         data is read; it raises ValueError to refuse the file (e.g. keys or shapes that cannot
         be right), so a bomb with a wrong layout is never inflated
     max_bytes : memory budget for the declared arrays of this file (default MAX_FILE_BYTES)
+    into : optional callable(headers) -> {key: ndarray}, called after `check`: the arrays the data of
+        those keys are read straight into (each must have the key's shape and dtype in native byte
+        order, C order; one that does not fit is ignored), so a caller's final buffer is filled
+        without a second copy (load_model reads every weight into the model's one parameter vector)
 
     Returns
     -------
@@ -333,13 +346,14 @@ def read_npz(path, what: str = "file", check=None, max_bytes: int | None = None)
         headers = _npz_headers(members, path, max_bytes)
         if check is not None:
             check(headers)
+        targets = into(headers) if into is not None else {}
         arrays = {}
         for key, info in members.items():
             where = f"{path}: key {key!r}"
             try:
                 with MemberReader(path, info) as stream:
                     stream.read(headers[key].offset)
-                    arrays[key] = _fill(stream, headers[key], where)
+                    arrays[key] = _fill(stream, headers[key], where, targets.get(key))
             except FileFormatError:
                 raise
             except DECODE_ERRORS as error:

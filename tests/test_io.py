@@ -338,3 +338,54 @@ def test_unwritable_folder_names_the_output(tmp_path, monkeypatch):
     monkeypatch.setattr(tempfile, "mkstemp", refused)
     with pytest.raises(OSError, match=f"d.npz: cannot create the output in {tmp_path} \\(Permission denied\\)"):
         er.save_data(tmp_path / "d.npz", np.ones((2, 2)), np.zeros(2, int))
+
+
+def _state(order="<", dtype="f8", bias=(True, False, True), names=("0", "2", "10")):
+    rng = np.random.default_rng(5)
+    sizes = [3, 5, 4, 2]
+    state = {}
+    for i, name in enumerate(names):
+        state[f"{name}.weight"] = rng.standard_normal((sizes[i + 1], sizes[i])).astype(f"{order}{dtype}")
+        if bias[i]:
+            state[f"{name}.bias"] = rng.standard_normal(sizes[i + 1]).astype(f"{order}{dtype}")
+    return state
+
+
+@pytest.mark.parametrize(("case", "state"), [
+    ("float64, keys reordered ('10' before '2')", dict(reversed(list(_state().items())))),
+    ("float32", _state(dtype="f4")),
+    ("big-endian", _state(order=">")),
+    ("named modules, every bias", _state(bias=(True, True, True), names=("features.0", "features.2", "head"))),
+    ("no biases", _state(bias=(False, False, False))),
+    ("mixed dtypes (read one by one)", {**_state(), "0.weight": _state()["0.weight"].astype(np.float32)}),
+    ("Fortran order (read one by one)", {**_state(), "2.weight": np.asfortranarray(_state()["2.weight"])}),
+])
+def test_load_model_reads_into_one_parameter_vector_like_from_state_dict(tmp_path, case, state):
+    """The no-copy path of load_model (weights read straight into theta) gives the model
+    MLP.from_state_dict builds from the same arrays: same theta, shapes, names, biases, outputs."""
+    np.savez(tmp_path / "m.npz", **state, __activation__=np.array("tanh"), __likelihood__=np.array("categorical"))
+    loaded, _ = er.load_model(tmp_path / "m.npz")
+    native = {k: v.astype(v.dtype.newbyteorder("=")) for k, v in state.items()}
+    expected = er.MLP.from_state_dict(native, "tanh")
+    np.testing.assert_array_equal(loaded.theta, expected.theta)
+    assert loaded.theta.dtype == expected.theta.dtype
+    assert (loaded.shapes, loaded.has_bias, loaded.param_names) == (expected.shapes, expected.has_bias, expected.param_names)
+    x = np.random.default_rng(0).standard_normal((4, 3))
+    np.testing.assert_array_equal(loaded.forward(x)[0], expected.forward(x)[0])
+    for key, value in loaded.state_dict().items():  # the views are the parameter vector's
+        np.testing.assert_array_equal(value, native[key])
+
+
+def test_load_model_holds_one_copy_of_the_parameters(tmp_path):
+    """tracemalloc peak of load_model on a 16 MiB weight: the parameter vector plus a chunk, not two copies."""
+    import tracemalloc
+
+    weight = np.random.default_rng(0).standard_normal((2, 2**20))
+    np.savez(tmp_path / "m.npz", **{"0.weight": weight, "0.bias": np.zeros(2)},
+             __activation__=np.array("relu"), __likelihood__=np.array("categorical"))
+    tracemalloc.start()
+    model, _ = er.load_model(tmp_path / "m.npz")
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    np.testing.assert_array_equal(model.weights[0], weight)
+    assert peak < 1.3 * weight.nbytes, (peak, weight.nbytes)

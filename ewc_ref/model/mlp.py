@@ -137,6 +137,19 @@ class MLP:
                 offset += b.size
         self._bind_views()
 
+    @classmethod
+    def _adopt(cls, theta: np.ndarray, shapes, has_bias, activation: str, module_names) -> MLP:
+        """An MLP whose parameter vector IS `theta` (P,) (no copy), in flat order; for ``load_model``,
+        which reads a file straight into it. The caller has checked that the shapes chain and the
+        values are finite; __init__ would copy every parameter once more."""
+        model = cls.__new__(cls)
+        model.activation = get_activation(activation)
+        model.module_names = [str(m) for m in module_names]
+        model.has_bias, model.shapes = list(has_bias), [tuple(shape) for shape in shapes]
+        model.theta = theta
+        model._bind_views()
+        return model
+
     # ----------------------------------------------------------------- parameters
     def _bind_views(self) -> None:
         self.weights, self.biases, self.weight_slices, self.bias_slices = [], [], [], []
