@@ -56,6 +56,12 @@ def files(tmp_path):
     for name, change in {"theirs1e300": lambda v: v * 1e300, "plus1e308": lambda v: np.full_like(v, 1e308),
                          "minus1e308": lambda v: np.full_like(v, -1e308)}.items():
         np.savez(tmp_path / f"{name}.npz", **{k: change(v) if k in params else v for k, v in arrays.items()})
+    # THEIR penalty lam/2 sum F d^2 (docs/file-format.md section 11) at 3 points, and the same x 1e300
+    points = good.theta + 0.1 * np.random.default_rng(2).standard_normal((3, good.n_params))
+    weighted = fisher.flat * (points - good.theta)
+    for name, scale in (("penalty", 1.0), ("penalty1e300", 1e300)):
+        np.savez(tmp_path / f"{name}.npz", theta=points, value=scale * 0.5 * np.sum(weighted * (points - good.theta), axis=1),
+                 grad=scale * weighted)
     return tmp_path
 
 
@@ -79,6 +85,12 @@ CASES = {
     "figures": (["figures", "--data-only", "--only", "laplace", "-o", "figs"], 0, None),
     "demo": (["demo", "--epochs", "1", "--tasks", "2", "--scenario", "task", "--lambda", "1e300"], 2, "--lambda"),
 }
+if "diagnose-penalty" in COMMANDS:  # the command of issue 23 (merged separately)
+    CASES.update({
+        "diagnose-penalty": (["diagnose-penalty", "model.npz", "--data", "data.npz", "penalty.npz"], 0, None),
+        "diagnose-penalty x 1e300": (["diagnose-penalty", "model.npz", "--data", "data.npz", "penalty1e300.npz"], 0, None),
+        "diagnose-penalty bias 1e308": (["diagnose-penalty", "bias1e308.npz", "--data", "data.npz", "penalty.npz"], 0, None),
+    })
 
 
 def test_the_table_covers_every_command():
