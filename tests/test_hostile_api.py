@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 import ewc_ref as er
+from ewc_ref.continual.datasets import write_idx
 from ewc_ref.io import atomic_savez, read_npz
 from ewc_ref.safe_files import read_idx, read_npy
 
@@ -49,6 +50,9 @@ def _cases(model, x, y):
         "read_npz(bytes)": (lambda: read_npz(b"F.npz"), TypeError, "path: expected a path"),
         "read_npy(list)": (lambda: read_npy(["a"]), TypeError, "path: expected a path"),
         "read_idx(bytes)": (lambda: read_idx(b"x.idx"), TypeError, "path: expected a path"),
+        "load_mnist(int)": (lambda: er.load_mnist(3), TypeError, "data_dir: expected a path"),
+        "write_idx(bytes)": (lambda: write_idx(b"x.idx", np.zeros(3, np.uint8)), TypeError, "path: expected a path"),
+        "write_idx(folder)": (lambda: write_idx("folder", np.zeros(3, np.uint8)), ValueError, "path: folder is a folder"),
         "load_model('')": (lambda: er.load_model(""), ValueError, "path: expected a file name"),
         "load_model(NUL)": (lambda: er.load_model("m\x00.npz"), ValueError, "path: a path may not contain a NUL"),
         "save_model(bytes)": (lambda: er.save_model(b"out.npz", model, lik), TypeError, "path: expected a path"),
