@@ -62,7 +62,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .safe_zip import FileFormatError, MemberReader, check_ratio
+from .safe_zip import FileFormatError, MemberReader, check_ratio, check_sizes
 
 MAX_FILE_BYTES = 4 * 1024**3
 MAX_HEADER_BYTES = 10_000
@@ -460,6 +460,8 @@ def read_idx(path, max_bytes: int | None = None) -> np.ndarray:
             header = _idx_header(stream, path)
             check_budget(header.nbytes, f"{path}: IDX shape {header.shape} {header.dtype.str[1:]}", max_bytes)
             _check_idx_size(path, header)
+            if path.endswith(".gz"):  # the ratio cap of the npz members, on the gzip file as a whole
+                check_sizes(os.path.getsize(path), header.offset + header.nbytes, path)
             array = _fill(stream, header, path)
     except FileFormatError:
         raise

@@ -55,13 +55,20 @@ def check_ratio(info: zipfile.ZipInfo, archive_size: int, where: str) -> None:
     if info.header_offset + info.compress_size > archive_size:
         raise FileFormatError(f"{where}: the zip directory records {info.compress_size} compressed bytes at offset "
                               f"{info.header_offset}, beyond the end of the {archive_size}-byte file")
-    if info.compress_type == zipfile.ZIP_STORED or info.file_size <= RATIO_FLOOR_BYTES:
+    if info.compress_type != zipfile.ZIP_STORED:
+        check_sizes(info.compress_size, info.file_size, where)
+
+
+def check_sizes(compressed: int, inflated: int, where: str) -> None:
+    """The ratio cap of the module docstring on `compressed` bytes that declare `inflated` (a zip member,
+    a gzip IDX file)."""
+    if inflated <= RATIO_FLOOR_BYTES:
         return
-    ratio = info.file_size / max(info.compress_size, 1)
+    ratio = inflated / max(compressed, 1)
     if ratio > MAX_COMPRESSION_RATIO and os.environ.get(ALLOW_RATIO_ENV) != "1":
         raise FileFormatError(
-            f"{where}: {info.compress_size} compressed bytes would inflate to {info.file_size} "
-            f"({ratio:.0f}:1, above the {MAX_COMPRESSION_RATIO}:1 no real float array of more than "
+            f"{where}: {compressed} compressed bytes would inflate to {inflated} "
+            f"({ratio:.0f}:1, above the {MAX_COMPRESSION_RATIO}:1 no real array of more than "
             f"{RATIO_FLOOR_BYTES // 1024**2} MiB reaches); refused as a compression bomb before inflating it. "
             f"If the file is genuine, set {ALLOW_RATIO_ENV}=1"
         )

@@ -194,3 +194,18 @@ def test_load_model_of_a_weight_bomb_is_one_line_and_exit_2(tmp_path, monkeypatc
         assert err.count("\n") == 1 and "key '0.weight'" in err and "compression bomb" in err, err
         with pytest.raises(ValueError, match="compression bomb"):
             er.load_model(path)
+
+
+def test_a_gzip_idx_at_a_bombs_ratio_is_refused_before_inflating(tmp_path, monkeypatch):
+    """The same cap on a gzip IDX file (MNIST): 8 MiB of zero pixels from a few KiB."""
+    from hostile import gzip_bytes, idx_bytes
+
+    from ewc_ref.safe_files import read_idx
+
+    monkeypatch.setattr(safe_zip, "RATIO_FLOOR_BYTES", 4 * MiB)
+    path = tmp_path / "train-images-idx3-ubyte.gz"
+    path.write_bytes(gzip_bytes(idx_bytes(np.zeros((10_700, 28, 28), np.uint8))))
+    with pytest.raises(FileFormatError, match="train-images-idx3-ubyte.gz: .* compressed bytes would inflate to 8388816"):
+        read_idx(path)
+    monkeypatch.setenv("EWC_REF_ALLOW_COMPRESSION_RATIO", "1")
+    assert read_idx(path).shape == (10_700, 28, 28)
