@@ -8,31 +8,21 @@ which can refuse the file before the next one spends memory:
 1. **Directory.** The zip central directory (or the IDX header) is read and every member is
    checked by name and kind: a .npz member must be ``KEY.npy``, unencrypted, not a folder, named
    once, and no two keys may be *ambiguous* (rule below).
-2. **Headers.** Each member's .npy header is parsed (``ast.literal_eval`` of a dict with exactly
-   ``descr``, ``fortran_order`` and ``shape``, at most ``MAX_HEADER_BYTES``; never pickle). The
-   declared size ``prod(shape) x itemsize`` is checked against the memory budget
-   ``MAX_FILE_BYTES`` (summed over the file) and against the member's recorded uncompressed size
-   in the zip directory; a caller's ``check`` sees the headers here, before any data is read.
-   Before a member is opened its recorded sizes are checked (``safe_zip.check_ratio``: a large
-   member at a compression ratio no real float array reaches is refused uninflated), and a
-   header is inflated only as far as it goes (``safe_zip.MemberReader`` asks every decompressor,
-   bzip2 and lzma included, for at most the bytes wanted).
-3. **Data.** The array is preallocated at its declared size and the decompressed bytes are
-   written straight into it, ``CHUNK_BYTES`` at a time (stored members are read from the file into
-   it with no copy): peak memory is the array plus a few MiB. Never more than the declared bytes
-   are inflated (the zip member stops at its recorded size, the gzip reader is asked for exactly
-   the declared bytes plus one to detect trailing data). The zip CRC-32 and the gzip CRC and
-   length are verified at the end of each stream.
+2. **Headers.** A member's recorded sizes are checked first (``safe_zip.check_ratio``: a large
+   member at a ratio no real array reaches is refused uninflated); its .npy header is inflated only
+   as far as it goes (``safe_zip.MemberReader``) and parsed (``ast.literal_eval`` of a dict with
+   exactly ``descr``, ``fortran_order``, ``shape``, at most ``MAX_HEADER_BYTES``; never pickle).
+   ``prod(shape) x itemsize`` is checked against ``MAX_FILE_BYTES`` (summed over the file) and the
+   recorded size; a caller's ``check`` sees the headers here, before any data is read.
+3. **Data.** The decompressed bytes go straight into the preallocated array (or a caller's
+   buffer, ``into=``), ``CHUNK_BYTES`` at a time, never more than declared; peak memory is the
+   array plus a few MiB. The zip CRC-32 and the gzip CRC and length are verified at the end.
 
 Every failure is one :class:`ValueError` whose message is a single line naming the file and,
 when there is one, the key: zlib, zip, gzip, LZMA/BZ2, truncation, header and budget errors alike.
 
-Ambiguous keys
---------------
-Two keys are ambiguous when they are equal after every run of decimal digits is read as an
-integer: ``0.weight`` and ``00.weight`` both mean the weight of module 0 (``int('00') == 0``), as
-do ``block.1`` and ``block.01``. Such a file is refused, naming both keys, instead of letting one
-silently win.
+Ambiguous keys: equal once every run of digits is read as an integer (``0.weight`` and
+``00.weight``, ``block.1`` and ``block.01``); such a file is refused naming both, not one silently kept.
 
 Budgets (module constants, read at call time, so a user with more memory can raise them)
 ----------------------------------------------------------------------------------------
