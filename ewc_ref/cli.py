@@ -90,6 +90,7 @@ def main(argv=None) -> int:
     line and no traceback. Floating-point RuntimeWarnings are silenced: a non-finite result is an
     error the command reports itself (never a number written), and stderr stays one line.
     """
+    argv_given = argv
     argv = sys.argv[1:] if argv is None else list(argv)
     command = _command_in(argv)
     prog = "ewc-ref" if command is None else f"ewc-ref {command}"
@@ -98,7 +99,8 @@ def main(argv=None) -> int:
 
     def on_interrupt(signum, frame):
         interrupts.append(signum)
-        raise KeyboardInterrupt
+        if len(interrupts) == 1:  # a second Ctrl-C while the first is handled must not raise inside it
+            raise KeyboardInterrupt
 
     # A Ctrl-C inside a C extension's import (numpy's) can surface as an ImportError instead of
     # KeyboardInterrupt; the handler remembers the signal so any exception after it means 130.
@@ -115,7 +117,19 @@ def main(argv=None) -> int:
         return 130
     finally:
         if handler is not None:
-            signal.signal(signal.SIGINT, handler)
+            # As a program (argv None), a Ctrl-C after main returns, while Python shuts down, would
+            # kill the process by the signal (exit -2); it exits 130 like any other Ctrl-C instead.
+            signal.signal(signal.SIGINT, _exit_interrupted if argv_given is None else handler)
+
+
+def _exit_interrupted(signum, frame) -> None:
+    """SIGINT after the command finished: flush what it wrote, then exit 130 without a traceback."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(130)
 
 
 def _run(argv: list[str], command: str | None, prog: str, debug: bool) -> int:
@@ -136,6 +150,10 @@ def _run(argv: list[str], command: str | None, prog: str, debug: bool) -> int:
         if debug:
             raise
         return fail(prog, error)
+    except MemoryError as error:  # numpy's "Unable to allocate ...": one line, not a traceback
+        if debug:
+            raise
+        return fail(prog, f"out of memory: {error or 'MemoryError'}")
 
 
 if __name__ == "__main__":

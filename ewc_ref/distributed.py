@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._validate import check_choice, check_positive_int
+from ._validate import check_choice, check_positive_int, finite_or_refused
 from .curvature.accumulator import FisherAccumulator, check_estimator_options
 from .curvature.result import Curvature
 from .model.likelihoods import Likelihood
@@ -83,6 +83,7 @@ def _as_row_blocks(da, array, name: str, chunk_rows):
     return array
 
 
+@finite_or_refused
 def fisher(model: MLP, lik: Likelihood, x, y, estimator: str = "empirical", structure: str = "diag",
            samples: int | None = None, batch_size: int | None = None, seed: int | None = None,
            chunk_rows: int | None = None, split_every: int = 4, compute: bool = True):

@@ -4,14 +4,16 @@ Everything is loaded with ``allow_pickle=False`` and validated key by key;
 every error names the file and the key. Writes are atomic: the arrays go to a
 temporary file in the destination folder, which is then renamed over the
 target, so a crash never leaves a half-written file; the temporary files of a
-writer killed by SIGKILL are removed by the next successful write to the same
-path (see :func:`atomic_output`).
+writer killed by SIGKILL are removed by the next successful write into the same
+folder (see :func:`atomic_output`). A folder of outputs (``figures``) is staged
+whole and moved in only on success (:func:`atomic_folder`).
 """
 
 from __future__ import annotations
 
 import os
 import re
+import shutil
 import tempfile
 import time
 from collections.abc import Mapping
@@ -36,10 +38,15 @@ def read_npz(path, what: str = "file", check=None) -> dict[str, np.ndarray]:
     return safe_files.read_npz(path, what, check=check)
 
 
-# Temporary files of atomic_output: ".NAME.PID.XXXXXXXX.tmp" beside the output NAME, where PID
-# is the writing process and XXXXXXXX mkstemp's random part.
-TEMPORARY_PATTERN = ".{name}.{pid}.XXXXXXXX.tmp"
+# Temporary files of atomic_output (and staging folders of atomic_folder): ".NAME.ewc-ref.PID.XXXXXXXX.tmp"
+# beside the output NAME, where PID is the writing process and XXXXXXXX mkstemp's random part.
+TEMPORARY_PATTERN = ".{name}.ewc-ref.{pid}.XXXXXXXX.tmp"
+_OURS = re.compile(r"^\..+\.ewc-ref\.([0-9]+)\.[a-z0-9_]{8}\.tmp$")
 _PROCESS_START = time.time()  # when this process imported ewc_ref.io: no write of ours is older
+
+
+def _prefix(path: Path) -> str:
+    return f".{path.name}.ewc-ref.{os.getpid()}."
 
 
 @contextmanager
@@ -47,18 +54,26 @@ def atomic_output(path):
     """Yield a temporary path next to `path`; on success give it the usual file mode and rename
     it over `path`, on any failure delete it. Nothing is ever half-written at `path`.
 
-    The temporary file is named ``.NAME.PID.XXXXXXXX.tmp`` (TEMPORARY_PATTERN). A writer killed
-    by SIGKILL cannot delete its own; the next successful write to the same path removes every
-    such file whose PID is no longer a running process AND whose modification time is older
-    than this process's start (taken as the moment it imported ewc_ref.io, at or after the true
-    start: for the CLI, within its first second), so a concurrent writer's file is never touched.
+    The temporary file is named ``.NAME.ewc-ref.PID.XXXXXXXX.tmp`` (TEMPORARY_PATTERN). A writer
+    killed by SIGKILL cannot delete its own; the next successful write into the same FOLDER removes
+    every file or staging folder of that naming whose PID is no longer a running process AND whose
+    modification time is older than this process's start (taken as the moment it imported
+    ewc_ref.io, at or after the true start: for the CLI, within its first second), so a
+    concurrent writer's file is never touched (`remove_stale_temporaries`).
+
+    Raises
+    ------
+    TypeError naming `path` when it is not a str or os.PathLike; ValueError when it is a folder or
+    its folder does not exist; OSError naming `path` (never the temporary) when it cannot be written.
     """
-    path = Path(path)
+    path = Path(safe_files.check_path(path))
     folder = path.parent if str(path.parent) else Path(".")
+    if os.path.isdir(path):  # os.replace would fail naming the temporary file, or replace an empty folder
+        raise ValueError(f"path: {path} is a folder; expected a file name")
     if not folder.is_dir():
         raise ValueError(f"{path}: output folder {folder} does not exist")
     try:
-        handle, tmp = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp")
+        handle, tmp = tempfile.mkstemp(dir=folder, prefix=_prefix(path), suffix=".tmp")
     except OSError as error:  # a read-only folder, a full disk: name the output, not the temporary
         raise OSError(f"{path}: cannot create the output in {folder} ({error.strerror or error})") from error
     os.close(handle)
@@ -75,24 +90,64 @@ def atomic_output(path):
     remove_stale_temporaries(path)
 
 
-def remove_stale_temporaries(path) -> list[Path]:
-    """Delete the temporary files of killed writers of `path` (see atomic_output); return them.
+@contextmanager
+def atomic_folder(path):
+    """Yield a staging folder beside the output folder `path`; on success move its files into `path`.
 
-    A file ``.NAME.PID.XXXXXXXX.tmp`` is stale when no process PID is running and it was last
-    modified before this process imported ewc_ref.io. Best effort: a file that cannot be removed is left.
+    Every file is made in ``.NAME.ewc-ref.PID.XXXXXXXX.tmp/`` (same file system), so an interrupted
+    run changes nothing at `path`. On success: a `path` that does not exist is the staging folder
+    renamed whole (one rename); an existing `path` (which may hold the user's other files) gets each
+    staged file by one ``os.replace``, only after every file was made; files of other names in it
+    are never touched. On any failure the staging folder is deleted.
+    """
+    path = Path(safe_files.check_path(path))
+    parent = path.parent if str(path.parent) else Path(".")
+    if os.path.lexists(path) and not os.path.isdir(path):
+        raise ValueError(f"path: {path} exists and is not a folder")
+    parent.mkdir(parents=True, exist_ok=True)
+    try:
+        staging = Path(tempfile.mkdtemp(dir=parent, prefix=_prefix(path), suffix=".tmp"))
+    except OSError as error:
+        raise OSError(f"{path}: cannot create the output folder in {parent} ({error.strerror or error})") from error
+    try:
+        yield staging
+        os.chmod(staging, 0o777 & ~_umask())  # mkdtemp makes 0700; give the folder the usual mode
+        try:
+            os.rename(staging, path)  # atomic when `path` does not exist (or is an empty folder)
+        except OSError:
+            for item in sorted(staging.iterdir()):
+                os.replace(item, path / item.name)
+            staging.rmdir()
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    remove_stale_temporaries(path)
+
+
+def remove_stale_temporaries(path) -> list[Path]:
+    """Delete the temporary files and staging folders of killed writers beside `path`; return them.
+
+    A file or folder ``.NAME.ewc-ref.PID.XXXXXXXX.tmp`` in the folder of `path`, for ANY name, is
+    stale when no process PID is running and it was last modified before this process imported
+    ewc_ref.io. So is the same-name file of the earlier naming ``.NAME.PID.XXXXXXXX.tmp``. Best
+    effort: what cannot be removed is left.
     """
     path = Path(path)
     folder = path.parent if str(path.parent) else Path(".")
-    pattern = re.compile(rf"^\.{re.escape(path.name)}\.([0-9]+)\.[a-z0-9_]{{8}}\.tmp$")
+    earlier = re.compile(rf"^\.{re.escape(path.name)}\.([0-9]+)\.[a-z0-9_]{{8}}\.tmp$")
     removed = []
     for candidate in folder.iterdir():
-        match = pattern.match(candidate.name)
+        match = _OURS.match(candidate.name) or earlier.match(candidate.name)
         if match is None or _process_alive(int(match.group(1))):
             continue
         try:
-            if candidate.stat().st_mtime < _PROCESS_START:
+            if candidate.lstat().st_mtime >= _PROCESS_START:
+                continue
+            if candidate.is_dir() and not candidate.is_symlink():
+                shutil.rmtree(candidate)
+            else:
                 candidate.unlink()
-                removed.append(candidate)
+            removed.append(candidate)
         except OSError:
             pass
     return removed
@@ -146,7 +201,9 @@ def load_model(path) -> tuple[MLP, Likelihood]:
         unknown activation or likelihood, sigma not > 0 or given for a non-gaussian.
     TypeError-like problems (non-float parameters) are reported as ValueError naming the key.
     """
-    arrays = read_npz(path, "model file", check=lambda headers: _check_model_headers(path, headers))
+    flat: dict = {}
+    arrays = safe_files.read_npz(path, "model file", check=lambda headers: _check_model_headers(path, headers),
+                                 into=lambda headers: _flat_targets(headers, flat))
     for key in ("__activation__", "__likelihood__"):
         if key not in arrays:
             raise ValueError(f"{path}: missing key {key!r} (see docs/file-format.md, section 2: model.npz)")
@@ -168,10 +225,41 @@ def load_model(path) -> tuple[MLP, Likelihood]:
             continue
         params[key] = value  # names, dtypes and shapes were checked from the headers
     try:
-        model = MLP.from_state_dict(params, activation)
+        if flat:  # read straight into one parameter vector: check the values, adopt it (no copy)
+            for key in flat["keys"]:
+                as_float_array(params[key], f"'{key}'")  # the message MLP() gives
+            model = MLP._adopt(flat["theta"], flat["shapes"], flat["has_bias"], activation, flat["modules"])
+        else:
+            model = MLP.from_state_dict(params, activation)
     except (ValueError, TypeError) as error:
         raise ValueError(f"{path}: {error}") from None
     return model, get_likelihood(name, sigma)
+
+
+def _flat_targets(headers: dict, flat: dict) -> dict:
+    """Views of one new parameter vector (P,) in flat order, one per weight and bias of a model file whose
+    parameters share one float32/float64 dtype in C order (else {}: the arrays are read on their own).
+    Fills `flat` with theta, the keys, shapes, biases and modules for MLP._adopt."""
+    params = {key: header for key, header in headers.items() if key not in MODEL_META_KEYS}
+    dtypes = {header.dtype.newbyteorder("=") for header in params.values()}
+    if len(dtypes) != 1 or dtypes.pop() not in (np.float32, np.float64) or any(h.fortran_order for h in params.values()):
+        return {}
+    modules: dict[str, dict] = {}
+    for key in params:
+        match = PARAM_KEY.match(key)
+        modules.setdefault(match.group(1), {})[match.group(2)] = key
+    order = layer_order(list(modules))
+    keys = [modules[m][kind] for m in order for kind in ("weight", "bias") if kind in modules[m]]
+    theta = np.empty(sum(params[key].nbytes // params[key].dtype.itemsize for key in keys),
+                     dtype=params[keys[0]].dtype.newbyteorder("="))
+    views, offset = {}, 0
+    for key in keys:
+        size = params[key].nbytes // params[key].dtype.itemsize
+        views[key] = theta[offset : offset + size].reshape(params[key].shape)
+        offset += size
+    flat.update(theta=theta, keys=keys, modules=order, shapes=[params[modules[m]["weight"]].shape for m in order],
+                has_bias=["bias" in modules[m] for m in order])
+    return views
 
 
 def _check_model_headers(path, headers: dict) -> None:

@@ -8,26 +8,21 @@ which can refuse the file before the next one spends memory:
 1. **Directory.** The zip central directory (or the IDX header) is read and every member is
    checked by name and kind: a .npz member must be ``KEY.npy``, unencrypted, not a folder, named
    once, and no two keys may be *ambiguous* (rule below).
-2. **Headers.** Each member's .npy header is parsed (``ast.literal_eval`` of a dict with exactly
-   ``descr``, ``fortran_order`` and ``shape``, at most ``MAX_HEADER_BYTES``; never pickle). The
-   declared size ``prod(shape) x itemsize`` is checked against the memory budget
-   ``MAX_FILE_BYTES`` (summed over the file) and against the member's recorded uncompressed size
-   in the zip directory; a caller's ``check`` sees the headers here, before any data is read.
-3. **Data.** The array is preallocated at its declared size and filled by reading the member's
-   decompressing stream in chunks of ``CHUNK_BYTES``; never more than the declared bytes are
-   inflated (zipfile stops at the recorded size, the gzip reader is asked for exactly the declared
-   bytes plus one to detect trailing data). The zip CRC-32 and the gzip CRC and length are
-   verified at the end of each stream.
+2. **Headers.** A member's recorded sizes are checked first (``safe_zip.check_ratio``: a large
+   member at a ratio no real array reaches is refused uninflated); its .npy header is inflated only
+   as far as it goes (``safe_zip.MemberReader``) and parsed (``ast.literal_eval`` of a dict with
+   exactly ``descr``, ``fortran_order``, ``shape``, at most ``MAX_HEADER_BYTES``; never pickle).
+   ``prod(shape) x itemsize`` is checked against ``MAX_FILE_BYTES`` (summed over the file) and the
+   recorded size; a caller's ``check`` sees the headers here, before any data is read.
+3. **Data.** The decompressed bytes go straight into the preallocated array (or a caller's
+   buffer, ``into=``), ``CHUNK_BYTES`` at a time, never more than declared; peak memory is the
+   array plus a few MiB. The zip CRC-32 and the gzip CRC and length are verified at the end.
 
 Every failure is one :class:`ValueError` whose message is a single line naming the file and,
 when there is one, the key: zlib, zip, gzip, LZMA/BZ2, truncation, header and budget errors alike.
 
-Ambiguous keys
---------------
-Two keys are ambiguous when they are equal after every run of decimal digits is read as an
-integer: ``0.weight`` and ``00.weight`` both mean the weight of module 0 (``int('00') == 0``), as
-do ``block.1`` and ``block.01``. Such a file is refused, naming both keys, instead of letting one
-silently win.
+Ambiguous keys: equal once every run of digits is read as an integer (``0.weight`` and
+``00.weight``, ``block.1`` and ``block.01``); such a file is refused naming both, not one silently kept.
 
 Budgets (module constants, read at call time, so a user with more memory can raise them)
 ----------------------------------------------------------------------------------------
@@ -57,6 +52,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .safe_zip import FileFormatError, MemberReader, check_ratio, check_sizes
+
 MAX_FILE_BYTES = 4 * 1024**3
 MAX_HEADER_BYTES = 10_000
 CHUNK_BYTES = 4 * 1024**2
@@ -78,10 +75,6 @@ DECODE_ERRORS = (
     zipfile.BadZipFile, zlib.error, gzip.BadGzipFile, lzma.LZMAError, EOFError, OSError,
     NotImplementedError, RuntimeError, struct.error, UnicodeDecodeError, OverflowError,
 )
-
-
-class FileFormatError(ValueError):
-    """A hostile or damaged file: the message is one line naming the file (and key)."""
 
 
 @dataclass(frozen=True)
@@ -193,24 +186,39 @@ def parse_npy_header(stream, where: str) -> ArrayHeader:
     return ArrayHeader(tuple(shape), dtype, fortran_order, len(prefix) + length_size + length)
 
 
-def _fill(stream, header: ArrayHeader, where: str) -> np.ndarray:
-    """Preallocate header.nbytes and fill it from `stream` in CHUNK_BYTES pieces; refuse extra bytes."""
+def _fits(out, header: ArrayHeader) -> bool:
+    """`out` can receive the data of `header` as they are: same shape, the dtype in native order, C order."""
+    return (isinstance(out, np.ndarray) and out.shape == header.shape and out.flags.c_contiguous and out.flags.writeable
+            and out.dtype == header.dtype.newbyteorder("=") and not header.fortran_order)
+
+
+def _fill(stream, header: ArrayHeader, where: str, out: np.ndarray | None = None) -> np.ndarray:
+    """Fill `out` (when it fits the header) or a new array of header.nbytes from `stream` in CHUNK_BYTES
+    pieces; refuse extra bytes."""
     nbytes = header.nbytes
     try:
-        raw = np.empty(nbytes, dtype=np.uint8)
+        raw = out.reshape(-1).view(np.uint8) if _fits(out, header) else np.empty(nbytes, dtype=np.uint8)
     except MemoryError:
         raise FileFormatError(f"{where}: cannot allocate {format_bytes(nbytes)} for shape {header.shape} {header.dtype}") from None
-    filled = 0
-    while filled < nbytes:
-        chunk = stream.read(min(CHUNK_BYTES, nbytes - filled))
-        if not chunk:
+    view, filled = memoryview(raw), 0
+    while filled < nbytes:  # straight into the array: no second copy of the data is ever held
+        got = stream.readinto(view[filled : filled + min(CHUNK_BYTES, nbytes - filled)])
+        if not got:
             raise FileFormatError(f"{where}: truncated data: {filled} of {nbytes} bytes declared by shape {header.shape} {header.dtype}")
-        raw[filled : filled + len(chunk)] = np.frombuffer(chunk, dtype=np.uint8)
-        filled += len(chunk)
+        filled += got
     if stream.read(1):
         raise FileFormatError(f"{where}: more data than shape {header.shape} {header.dtype} declares ({nbytes} bytes)")
+    if _fits(out, header):
+        return out if header.dtype.isnative else out.byteswap(inplace=True)
     order = "F" if header.fortran_order else "C"
-    return raw.view(header.dtype).reshape(header.shape, order=order)
+    return _native(raw.view(header.dtype).reshape(header.shape, order=order))
+
+
+def _native(array: np.ndarray) -> np.ndarray:
+    """`array` in the machine's byte order: big-endian ('>f8', '>i4', '>U5') swapped in place, no copy."""
+    if array.dtype.isnative:
+        return array
+    return array.byteswap(inplace=True).view(array.dtype.newbyteorder("="))
 
 
 # ----------------------------------------------------------------------------- .npz
@@ -219,8 +227,25 @@ def canonical_key(key: str) -> tuple:
     return tuple(int(part) if i % 2 else part for i, part in enumerate(re.split(r"(\d+)", key)))
 
 
+def check_path(path, name: str = "path") -> str:
+    """`path` as a str when it is a str or an os.PathLike naming a str; else TypeError naming `name`.
+
+    bytes paths are refused (every message of ewc_ref names files as text); an empty name is a ValueError.
+    """
+    if not isinstance(path, str | os.PathLike):
+        raise TypeError(f"{name}: expected a path (str or os.PathLike), got {type(path).__name__}")
+    text = os.fspath(path)
+    if not isinstance(text, str):
+        raise TypeError(f"{name}: expected a path (str or os.PathLike) naming text, got {type(text).__name__}")
+    if not text:
+        raise ValueError(f"{name}: expected a file name, got an empty path")
+    if "\x00" in text:
+        raise ValueError(f"{name}: a path may not contain a NUL character, got {text!r}")
+    return text
+
+
 def _check_path(path, what: str) -> str:
-    path = os.fspath(path)
+    path = check_path(path)
     if not os.path.isfile(path):
         raise FileFormatError(f"{path}: {what} not found" if not os.path.exists(path) else f"{path}: {what} is not a regular file")
     return path
@@ -248,13 +273,17 @@ def _members(archive: zipfile.ZipFile, path: str) -> dict[str, zipfile.ZipInfo]:
     return members
 
 
-def _npz_headers(archive, members, path, max_bytes) -> dict[str, ArrayHeader]:
-    """Step 2: every member's .npy header, sizes checked against the budget and the directory."""
-    headers, total = {}, 0
+def _npz_headers(members, path, max_bytes) -> dict[str, ArrayHeader]:
+    """Step 2: every member's .npy header, sizes checked against the budget and the directory.
+
+    A member's recorded sizes are checked (safe_zip.check_ratio) before a byte of it is inflated,
+    and the header is inflated only as far as it goes (safe_zip.MemberReader)."""
+    headers, total, size = {}, 0, os.path.getsize(path)
     for key, info in members.items():
         where = f"{path}: key {key!r}"
+        check_ratio(info, size, where)
         try:
-            with archive.open(info) as stream:
+            with MemberReader(path, info) as stream:
                 header = parse_npy_header(stream, where)
         except FileFormatError:
             raise
@@ -271,7 +300,7 @@ def _npz_headers(archive, members, path, max_bytes) -> dict[str, ArrayHeader]:
     return headers
 
 
-def read_npz(path, what: str = "file", check=None, max_bytes: int | None = None) -> dict[str, np.ndarray]:
+def read_npz(path, what: str = "file", check=None, max_bytes: int | None = None, into=None) -> dict[str, np.ndarray]:
     """Every array of an .npz archive, read through the three steps of the module docstring.
 
     Parameters
@@ -282,10 +311,15 @@ def read_npz(path, what: str = "file", check=None, max_bytes: int | None = None)
         data is read; it raises ValueError to refuse the file (e.g. keys or shapes that cannot
         be right), so a bomb with a wrong layout is never inflated
     max_bytes : memory budget for the declared arrays of this file (default MAX_FILE_BYTES)
+    into : optional callable(headers) -> {key: ndarray}, called after `check`: the arrays the data of
+        those keys are read straight into (each must have the key's shape and dtype in native byte
+        order, C order; one that does not fit is ignored), so a caller's final buffer is filled
+        without a second copy (load_model reads every weight into the model's one parameter vector)
 
     Returns
     -------
-    dict key -> ndarray, in the order of the zip directory, dtypes as stored.
+    dict key -> ndarray, in the order of the zip directory, dtypes as stored but in the machine's
+    byte order (a big-endian '>f8' member comes back as float64, swapped in place).
 
     Raises
     ------
@@ -299,16 +333,17 @@ def read_npz(path, what: str = "file", check=None, max_bytes: int | None = None)
         raise FileFormatError(f"{path}: not a readable .npz file ({_one_line(error)}; expected a zip archive of .npy arrays)") from None
     with archive:
         members = _members(archive, path)
-        headers = _npz_headers(archive, members, path, max_bytes)
+        headers = _npz_headers(members, path, max_bytes)
         if check is not None:
             check(headers)
+        targets = into(headers) if into is not None else {}
         arrays = {}
         for key, info in members.items():
             where = f"{path}: key {key!r}"
             try:
-                with archive.open(info) as stream:
+                with MemberReader(path, info) as stream:
                     stream.read(headers[key].offset)
-                    arrays[key] = _fill(stream, headers[key], where)
+                    arrays[key] = _fill(stream, headers[key], where, targets.get(key))
             except FileFormatError:
                 raise
             except DECODE_ERRORS as error:
@@ -415,17 +450,17 @@ def read_idx(path, max_bytes: int | None = None) -> np.ndarray:
             header = _idx_header(stream, path)
             check_budget(header.nbytes, f"{path}: IDX shape {header.shape} {header.dtype.str[1:]}", max_bytes)
             _check_idx_size(path, header)
+            if path.endswith(".gz"):  # the ratio cap of the npz members, on the gzip file as a whole
+                check_sizes(os.path.getsize(path), header.offset + header.nbytes, path)
             array = _fill(stream, header, path)
     except FileFormatError:
         raise
     except DECODE_ERRORS as error:
         raise FileFormatError(f"{path}: cannot read IDX file ({_one_line(error)})") from None
-    if not array.dtype.isnative:  # IDX is big-endian; swap in place rather than copy
-        array = array.byteswap(inplace=True).view(array.dtype.newbyteorder("="))
-    return array
+    return array  # IDX is big-endian: _fill swapped it to native order in place
 
 
 __all__ = [
     "MAX_FILE_BYTES", "MAX_HEADER_BYTES", "CHUNK_BYTES", "ArrayHeader", "FileFormatError", "canonical_key",
-    "check_budget", "format_bytes", "idx_header", "parse_npy_header", "read_idx", "read_npy", "read_npz",
+    "check_budget", "check_path", "format_bytes", "idx_header", "parse_npy_header", "read_idx", "read_npy", "read_npz",
 ]

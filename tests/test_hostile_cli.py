@@ -130,7 +130,7 @@ def _hard_link(folder):
 FISHER = ["fisher", "MODEL", "DATA", "--estimator", "exact", "--quiet", "-o", "OUT"]
 # name, prepare(folder), argv (MODEL, DATA, OUT, DIR, F are replaced by paths), fragments of the one line
 CASES = [
-    ("damaged deflate in the model", _bad_model("deflate"), FISHER, ["model.npz: key '0.weight': damaged member"]),
+    ("damaged deflate in the model", _bad_model("deflate"), FISHER, ["model.npz: key '0.weight': malformed .npy header"]),
     ("raw bytes as a member", _bad_model("raw member"), ["inspect", "MODEL"], ["model.npz: key '0.weight': not a .npy array"]),
     ("shape of 10**12 entries", _bad_model("huge shape"), ["inspect", "MODEL"], ["key '0.weight': shape (1000000, 1000000)", "7.3 TiB", "memory budget"]),
     ("ambiguous keys", _bad_model("ambiguous"), FISHER, ["keys '0.weight' and '00.weight' are ambiguous"]),

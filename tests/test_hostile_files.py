@@ -167,8 +167,13 @@ def _assert_one_line_naming(error: ValueError, path) -> None:
 
 
 def _npz_oracle(raw: bytes) -> dict:
+    """np.load's arrays in the machine's byte order (the reader converts '>f8' and the like)."""
     with np.load(io.BytesIO(raw), allow_pickle=False) as archive:
-        return {key: archive[key] for key in archive.files}
+        return {key: _native(archive[key]) for key in archive.files}
+
+
+def _native(array: np.ndarray) -> np.ndarray:
+    return array if array.dtype.isnative else array.astype(array.dtype.newbyteorder("="))
 
 
 def _same_arrays(a: dict, b: dict) -> bool:

@@ -182,7 +182,7 @@ def test_sigkilled_writer_leaves_a_temporary_that_the_next_write_removes(tmp_pat
         killed_tmp, live_tmp = killed.stdout.readline().strip(), live.stdout.readline().strip()
         os.kill(killed.pid, signal.SIGKILL)
         killed.wait()
-        assert re.fullmatch(rf"\.d\.npz\.{killed.pid}\.[a-z0-9_]{{8}}\.tmp", os.path.basename(killed_tmp))
+        assert re.fullmatch(rf"\.d\.npz\.ewc-ref\.{killed.pid}\.[a-z0-9_]{{8}}\.tmp", os.path.basename(killed_tmp))
         assert _temporaries(tmp_path) == sorted([os.path.basename(killed_tmp), os.path.basename(live_tmp)])
         assert not out.exists()  # nothing half-written at the output path
         subprocess.run([sys.executable, "-c", _WRITER, str(out)], check=True)
@@ -204,22 +204,96 @@ def test_stale_temporary_needs_a_dead_pid_and_an_mtime_before_our_start(tmp_path
 
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True)
     dead_pid = int(dead.stdout)
-    fresh, old, alive, other_name = (
-        tmp_path / f".d.npz.{dead_pid}.abcdefgh.tmp",
-        tmp_path / f".d.npz.{dead_pid}.ijklmnop.tmp",
-        tmp_path / f".d.npz.{os.getppid()}.qrstuvwx.tmp",
-        tmp_path / f".e.npz.{dead_pid}.abcdefgh.tmp",
-    )
-    for p in (fresh, old, alive, other_name):
-        p.write_bytes(b"partial")
+    names = {
+        "fresh": f".d.npz.ewc-ref.{dead_pid}.abcdefgh.tmp",  # dead, but modified since we started: kept
+        "old": f".d.npz.ewc-ref.{dead_pid}.ijklmnop.tmp",  # dead and older than us: removed
+        "alive": f".d.npz.ewc-ref.{os.getppid()}.qrstuvwx.tmp",  # a live process's: kept
+        "other output": f".e.npz.ewc-ref.{dead_pid}.abcdefgh.tmp",  # another output in the folder: removed
+        "staging folder": f".figs.ewc-ref.{dead_pid}.abcdefgh.tmp",  # a killed figures run's: removed
+        "earlier naming": f".d.npz.{dead_pid}.abcdefgh.tmp",  # same output, earlier naming: removed
+        "earlier naming, other output": f".e.npz.{dead_pid}.abcdefgh.tmp",  # not provably ours: kept
+        "user file": f".notes.{dead_pid}.abcdefgh.txt",  # not our naming: kept
+        "user tmp": "data.npz.tmp",  # not our naming: kept
+    }
+    paths = {key: tmp_path / name for key, name in names.items()}
+    for key, p in paths.items():
+        if key == "staging folder":
+            p.mkdir()
+            (p / "laplace.npz").write_bytes(b"partial")
+        else:
+            p.write_bytes(b"partial")
     before_start = io._PROCESS_START - 10
-    for p in (old, alive, other_name):
-        os.utime(p, (before_start, before_start))
+    for key, p in paths.items():
+        if key != "fresh":
+            os.utime(p, (before_start, before_start))
     er.save_data(tmp_path / "d.npz", np.ones((2, 2)), np.zeros(2, int))
-    # removed: dead pid AND modified before this process started; kept: one modified since
-    # (not provably older than us), one of a live process, another output's temporary
-    assert not old.exists()
-    assert fresh.exists() and alive.exists() and other_name.exists()
+    removed = {"old", "other output", "staging folder", "earlier naming"}
+    assert {key for key, p in paths.items() if not p.exists()} == removed
+
+
+_NAMED_WRITER = """
+import sys, time
+from ewc_ref.io import atomic_output
+with atomic_output(sys.argv[1]) as tmp:
+    open(tmp, "wb").write(b"partial")
+    print(tmp, flush=True)
+    time.sleep(float(sys.argv[2]))
+"""
+
+
+def test_two_concurrent_writers_in_one_folder_keep_their_temporaries(tmp_path):
+    """Writers of a.npz and b.npz at once in one folder: a write of c.npz while both live removes
+    neither temporary; once a's writer is killed, the next write into the folder removes its file only."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    writers = {name: subprocess.Popen([sys.executable, "-c", _NAMED_WRITER, str(tmp_path / name), "120"],
+                                      stdout=subprocess.PIPE, text=True) for name in ("a.npz", "b.npz")}
+    try:
+        temporaries = {name: os.path.basename(w.stdout.readline().strip()) for name, w in writers.items()}
+        time.sleep(0.05)  # the temporaries are older than the cleaner below (mtime < its start)
+        subprocess.run([sys.executable, "-c", _WRITER, str(tmp_path / "c.npz")], check=True)
+        assert _temporaries(tmp_path) == sorted(temporaries.values())  # both writers alive: both kept
+        os.kill(writers["a.npz"].pid, signal.SIGKILL)
+        writers["a.npz"].wait()
+        subprocess.run([sys.executable, "-c", _WRITER, str(tmp_path / "c.npz")], check=True)
+        assert _temporaries(tmp_path) == [temporaries["b.npz"]]  # the dead writer's only
+        assert not (tmp_path / "a.npz").exists() and not (tmp_path / "b.npz").exists()
+    finally:
+        for writer in writers.values():
+            writer.kill()
+            writer.wait()
+
+
+def test_atomic_folder_moves_files_in_only_on_success_and_keeps_other_files(tmp_path):
+    from ewc_ref.io import atomic_folder
+
+    out = tmp_path / "figs"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    (out / "a.npz").write_text("old a")
+    with pytest.raises(RuntimeError):
+        with atomic_folder(out) as staging:
+            (staging / "a.npz").write_text("new a")
+            raise RuntimeError("interrupted after one of two figures")
+    assert sorted(p.name for p in out.iterdir()) == ["a.npz", "notes.txt"] and (out / "a.npz").read_text() == "old a"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["figs"]  # the staging folder is gone
+    with atomic_folder(out) as staging:
+        (staging / "a.npz").write_text("new a")
+        (staging / "b.npz").write_text("new b")
+    assert {p.name: p.read_text() for p in out.iterdir()} == {"a.npz": "new a", "b.npz": "new b", "notes.txt": "mine"}
+    fresh = tmp_path / "new" / "figs"
+    with atomic_folder(fresh) as staging:
+        (staging / "a.npz").write_text("a")
+    assert [p.name for p in fresh.iterdir()] == ["a.npz"]
+    assert sorted(p.name for p in (tmp_path / "new").iterdir()) == ["figs"]
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ValueError, match="path: .*file exists and is not a folder"):
+        with atomic_folder(tmp_path / "file"):
+            pass
 
 
 def test_full_disk_names_the_output_and_leaves_nothing(tmp_path, monkeypatch):
@@ -259,8 +333,59 @@ def test_unwritable_folder_names_the_output(tmp_path, monkeypatch):
     import tempfile
 
     def refused(*args, **kwargs):
-        raise PermissionError(errno.EACCES, "Permission denied", str(tmp_path / ".d.npz.1.abcdefgh.tmp"))
+        raise PermissionError(errno.EACCES, "Permission denied", str(tmp_path / ".d.npz.ewc-ref.1.abcdefgh.tmp"))
 
     monkeypatch.setattr(tempfile, "mkstemp", refused)
     with pytest.raises(OSError, match=f"d.npz: cannot create the output in {tmp_path} \\(Permission denied\\)"):
         er.save_data(tmp_path / "d.npz", np.ones((2, 2)), np.zeros(2, int))
+
+
+def _state(order="<", dtype="f8", bias=(True, False, True), names=("0", "2", "10")):
+    rng = np.random.default_rng(5)
+    sizes = [3, 5, 4, 2]
+    state = {}
+    for i, name in enumerate(names):
+        state[f"{name}.weight"] = rng.standard_normal((sizes[i + 1], sizes[i])).astype(f"{order}{dtype}")
+        if bias[i]:
+            state[f"{name}.bias"] = rng.standard_normal(sizes[i + 1]).astype(f"{order}{dtype}")
+    return state
+
+
+@pytest.mark.parametrize(("case", "state"), [
+    ("float64, keys reordered ('10' before '2')", dict(reversed(list(_state().items())))),
+    ("float32", _state(dtype="f4")),
+    ("big-endian", _state(order=">")),
+    ("named modules, every bias", _state(bias=(True, True, True), names=("features.0", "features.2", "head"))),
+    ("no biases", _state(bias=(False, False, False))),
+    ("mixed dtypes (read one by one)", {**_state(), "0.weight": _state()["0.weight"].astype(np.float32)}),
+    ("Fortran order (read one by one)", {**_state(), "2.weight": np.asfortranarray(_state()["2.weight"])}),
+])
+def test_load_model_reads_into_one_parameter_vector_like_from_state_dict(tmp_path, case, state):
+    """The no-copy path of load_model (weights read straight into theta) gives the model
+    MLP.from_state_dict builds from the same arrays: same theta, shapes, names, biases, outputs."""
+    np.savez(tmp_path / "m.npz", **state, __activation__=np.array("tanh"), __likelihood__=np.array("categorical"))
+    loaded, _ = er.load_model(tmp_path / "m.npz")
+    native = {k: v.astype(v.dtype.newbyteorder("=")) for k, v in state.items()}
+    expected = er.MLP.from_state_dict(native, "tanh")
+    np.testing.assert_array_equal(loaded.theta, expected.theta)
+    assert loaded.theta.dtype == expected.theta.dtype
+    assert (loaded.shapes, loaded.has_bias, loaded.param_names) == (expected.shapes, expected.has_bias, expected.param_names)
+    x = np.random.default_rng(0).standard_normal((4, 3))
+    np.testing.assert_array_equal(loaded.forward(x)[0], expected.forward(x)[0])
+    for key, value in loaded.state_dict().items():  # the views are the parameter vector's
+        np.testing.assert_array_equal(value, native[key])
+
+
+def test_load_model_holds_one_copy_of_the_parameters(tmp_path):
+    """tracemalloc peak of load_model on a 16 MiB weight: the parameter vector plus a chunk, not two copies."""
+    import tracemalloc
+
+    weight = np.random.default_rng(0).standard_normal((2, 2**20))
+    np.savez(tmp_path / "m.npz", **{"0.weight": weight, "0.bias": np.zeros(2)},
+             __activation__=np.array("relu"), __likelihood__=np.array("categorical"))
+    tracemalloc.start()
+    model, _ = er.load_model(tmp_path / "m.npz")
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    np.testing.assert_array_equal(model.weights[0], weight)
+    assert peak < 1.3 * weight.nbytes, (peak, weight.nbytes)

@@ -202,7 +202,8 @@ def test_accumulator_fast_path_matches_the_original_numpy(case, estimator, struc
     model, lik, x, y = case
     structure, _, kfac_bias = structure.partition("-")
     kfac_bias = kfac_bias or None
-    acc = FisherAccumulator(model, lik, estimator, structure, samples=2 if estimator == "mc" else None, rng=5,
+    acc = FisherAccumulator(model, lik, estimator, structure, samples=2 if estimator == "mc" else None,
+                            rng=5 if estimator == "mc" else None,
                             kfac_bias=kfac_bias)
     f, cache = model.forward(x)
     r, weight = output_vectors(lik, f, y, estimator, 2, np.random.default_rng(5))

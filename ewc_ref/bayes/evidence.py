@@ -34,7 +34,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import scipy.linalg
 
-from .._validate import check_choice
+from .._validate import check_choice, finite_or_refused, first_non_finite, most_extreme_input
 from ..curvature.estimate import fisher_unchecked
 from ..curvature.structures import KFAC_BIASES
 from ..model.likelihoods import Likelihood
@@ -118,6 +118,7 @@ LOG_DET_TABLE = {
 EVIDENCE_STRUCTURES = tuple(LOG_DET_TABLE)
 
 
+@finite_or_refused
 def laplace_evidence(model: MLP, lik: Likelihood, x, y, prior_precision: float, estimator: str = "exact",
                      structure: str = "diag", kfac_bias: str | None = None,
                      chunk_size: int | None = None, progress: bool = False) -> LaplaceEvidence:
@@ -165,6 +166,11 @@ def laplace_evidence(model: MLP, lik: Likelihood, x, y, prior_precision: float, 
                          "estimator 'exact' or 'empirical' with kfac")
     n, p = x.shape[0], model.n_params
     curvature = _curvature(model, lik, x, y, estimator, structure, kfac_bias, chunk_size, progress)
+    if first_non_finite(curvature.data, "C") is not None:
+        inputs = {"model": model.theta, "x": x, **({"lik": lik.sigma} if hasattr(lik, "sigma") else {})}
+        driver = most_extreme_input(inputs)
+        raise ValueError(f"{driver.split()[0]}: the {estimator} curvature is not finite (NaN or inf): overflow, most "
+                         f"likely driven by {driver}; no evidence to report")
     log_det, smallest = LOG_DET_TABLE[structure](curvature, n, alpha)
     if not smallest > 0 and not math.isnan(smallest) or not math.isfinite(log_det):
         raise NotPositiveDefinite(smallest, estimator, structure, alpha)
@@ -172,8 +178,30 @@ def laplace_evidence(model: MLP, lik: Likelihood, x, y, prior_precision: float, 
     log_likelihood = -float(np.sum(per_example_losses_unchecked(model, lik, x, y), dtype=np.float64))
     log_prior = -0.5 * alpha * float(theta @ theta) + 0.5 * p * math.log(alpha) - 0.5 * p * math.log(2 * math.pi)
     log_evidence = log_likelihood + log_prior + 0.5 * p * math.log(2 * math.pi) - 0.5 * log_det
+    _check_finite_parts(log_likelihood, log_prior, log_det, log_evidence, alpha, theta, x)
     return LaplaceEvidence(log_evidence, log_likelihood, log_prior, log_det, alpha, estimator, structure,
                            kfac_bias, n, p)
+
+
+def _check_finite_parts(log_likelihood, log_prior, log_det, log_evidence, alpha, theta, x) -> None:
+    """ValueError naming the first part of the evidence that overflowed and the input that drove it."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        norm2 = float(theta @ theta)
+    largest_x, largest_theta = float(np.max(np.abs(x))), float(np.max(np.abs(theta), initial=0.0))
+    drivers = {
+        "log_likelihood": f"model: the weights (largest |theta| {largest_theta:.3g}) and x (largest |x| {largest_x:.3g})",
+        "log_prior": (f"model: the weights (|theta|^2 = {norm2:.3g})" if not math.isfinite(norm2)
+                      else f"prior_precision: alpha = {alpha:.3g} times |theta|^2 = {norm2:.3g}"),
+        "log_det_precision": f"prior_precision: alpha = {alpha:.3g} with N = {x.shape[0]} times the curvature",
+        "log_evidence": f"prior_precision: alpha = {alpha:.3g} and the weights (largest |theta| {largest_theta:.3g})",
+    }
+    parts = {"log_likelihood": log_likelihood, "log_prior": log_prior, "log_det_precision": log_det,
+             "log_evidence": log_evidence}
+    for name, value in parts.items():
+        if not math.isfinite(value):
+            driver, _, detail = drivers[name].partition(": ")
+            raise ValueError(f"{driver}: the Laplace {name} is {value} (overflow), driven by {detail}; "
+                             "no finite evidence to report")
 
 
 def _check_prior_precision(value) -> float:

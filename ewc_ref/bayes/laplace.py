@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.optimize import minimize
 
-from .._validate import as_float_array, check_choice
+from .._validate import as_float_array, check_choice, finite_or_refused
 from ..curvature.estimate import fisher_unchecked
 from ..curvature.second_order import hessian_vector_product
 from ..verify.gradcheck import numerical_jacobian
@@ -117,6 +117,7 @@ def _posterior_precision(post: LogPosterior, z: np.ndarray, kind: str) -> np.nda
     return data_part + _prior_precision(post.prior, z, kind)
 
 
+@finite_or_refused
 def posterior_precision(post: LogPosterior, z, kind: str = "hessian") -> np.ndarray:
     """Lambda : (d, d), the precision of the Laplace Gaussian at z (eq 8, table above).
 

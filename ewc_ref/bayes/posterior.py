@@ -44,7 +44,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .._validate import as_float_array
+from .._validate import as_float_array, finite_or_refused
 from ..model.likelihoods import Likelihood
 from ..model.loss import check_model_data
 from ..model.mlp import MLP
@@ -186,6 +186,7 @@ class PosteriorPrior:
 
 
 # ----------------------------------------------------------------------------- likelihood
+@finite_or_refused
 def log_likelihood(model: MLP, lik: Likelihood, x, y) -> float:
     """log p(D | theta) = sum_n log p(y_n | f(x_n; theta)) = -sum_n l_n, eq (3): a SUM, not a mean."""
     x, y = check_model_data(model, lik, x, y)

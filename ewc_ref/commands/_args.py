@@ -14,8 +14,9 @@ add_output, add_report_output, add_json, add_quiet: the flags every command spel
 Two output guards every command passes: `guard_output`, which ewc_ref/cli.py applies to -o of
 every command before it runs (-o may not be an input, compared by device and inode, so links and
 other spellings of the path count, nor an existing device, FIFO, socket or folder; the inputs are
-every parsed argument that names an existing path, found by `input_paths`), and `write_json`
-(strictly valid JSON: NaN and +-inf become null).
+every parsed argument that names an existing path, found by `input_paths`), and `write_json`,
+the one JSON writer (strictly valid JSON: NaN and +-inf become null, each named with its reason
+under the key "non_finite").
 
 Checks that need the data (a batch size <= N) stay in the library, which names its Python
 argument; `flags_named` relabels those errors with the flag the user typed.
@@ -27,10 +28,13 @@ import argparse
 import json
 import math
 import os
+import re
 import stat
 import sys
 from contextlib import contextmanager, redirect_stdout
 from pathlib import Path
+
+import numpy as np
 
 
 def integer(low: int, high: int | None = None):
@@ -237,17 +241,51 @@ def input_paths(args) -> dict:
     return found
 
 
-def strict_json(value):
-    """`value` with every non-finite float (NaN, inf) replaced by None, recursively."""
+def strict_json(value, path: str = "", found: dict | None = None):
+    """`value` with every non-finite float (NaN, +-inf) replaced by None, recursively.
+
+    Each replaced number is recorded in `found` as JSON path -> what it was ('inf', '-inf',
+    'nan'): ``{"keys": {"0.weight": {"max_abs_error": inf}}}`` records
+    ``keys["0.weight"].max_abs_error``, ``{"b": [1.0, nan]}`` records ``b[1]``.
+    NumPy scalars are converted to Python numbers first (np.float64 is a float; np.float32 and
+    the integer types are not, and json.dumps would refuse them).
+    """
+    found = {} if found is None else found
+    if isinstance(value, np.generic):
+        value = value.item()
     if isinstance(value, float):
-        return value if math.isfinite(value) else None
+        if math.isfinite(value):
+            return value
+        found[path or "(the value)"] = "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
+        return None
     if isinstance(value, dict):
-        return {key: strict_json(item) for key, item in value.items()}
+        return {key: strict_json(item, _json_path(path, key), found) for key, item in value.items()}
     if isinstance(value, list | tuple):
-        return [strict_json(item) for item in value]
+        return [strict_json(item, f"{path}[{index}]", found) for index, item in enumerate(value)]
     return value
 
 
-def write_json(value) -> None:
-    """Print `value` as one line of strictly valid JSON (RFC 8259: no NaN or Infinity; they become null)."""
-    sys.stdout.write(json.dumps(strict_json(value), allow_nan=False) + "\n")
+def _json_path(path: str, key) -> str:
+    """`path` extended by `key`: '.name' for a plain name, '["0.weight"]' for any other key."""
+    key = str(key)
+    if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
+        return f"{path}.{key}" if path else key
+    return f"{path}[{json.dumps(key)}]"
+
+
+def write_json(value: dict) -> None:
+    """Print `value` as one line of strictly valid JSON (RFC 8259): the one JSON writer of every command.
+
+    A non-finite number is never printed: it becomes null, and the object gains the key
+    ``"non_finite"``, {JSON path: 'nan' | 'inf' | '-inf'}, the reason for each such null
+    (docs/file-format.md, section 9). Fields a result type documents as null when not measured
+    are null already and are not listed. A quantity that is the command's answer is refused
+    before it gets here (e.g. laplace's log evidence, ewc_ref.bayes.evidence).
+    """
+    if not isinstance(value, dict):
+        raise TypeError(f"value: expected a dict (one JSON object), got {type(value).__name__}")
+    found: dict[str, str] = {}
+    clean = strict_json(value, "", found)
+    if found:
+        clean["non_finite"] = found
+    sys.stdout.write(json.dumps(clean, allow_nan=False) + "\n")

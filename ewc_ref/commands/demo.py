@@ -77,6 +77,28 @@ def _load(args):
     return "UCI 8x8 digits (shipped)", load_digits()
 
 
+# Copies of the P parameters the demo holds at once: weights, gradient, momentum, penalty anchor and
+# weights (EWC/L2), one Fisher, and per task the weights and Fisher kept for the report (2 T).
+PARAMETER_COPIES = 6
+
+
+def _check_network_size(args, n_inputs: int) -> None:
+    """ValueError naming --hidden when the network's parameters (x copies) or one batch's activations
+    exceed the memory budget (ewc_ref.curvature.budget.MAX_DENSE_BYTES), before any data is loaded."""
+    from ..curvature import budget
+
+    widths = [n_inputs, *args.hidden, 10]
+    n_params = sum((fan_in + 1) * fan_out for fan_in, fan_out in zip(widths[:-1], widths[1:], strict=False))
+    # 3 arrays per layer and example in a batch: pre-activation, activation, backpropagated delta
+    need = 8 * (n_params * (PARAMETER_COPIES + 2 * args.tasks) + 3 * args.batch_size * sum(widths))
+    if need > budget.MAX_DENSE_BYTES:
+        raise ValueError(
+            f"--hidden: a {'-'.join(map(str, widths))} network has P = {n_params} parameters; the demo holds "
+            f"{PARAMETER_COPIES + 2 * args.tasks} copies of them and a batch of activations, {need / 1024**3:.1f} GiB, "
+            f"above the memory budget of {budget.MAX_DENSE_BYTES / 1024**3:.1f} GiB "
+            "(ewc_ref.curvature.budget.MAX_DENSE_BYTES)")
+
+
 def run(args) -> int:
     start = time.perf_counter()
     scenarios = SCENARIOS if args.scenario == "all" else (args.scenario,)
@@ -86,6 +108,7 @@ def run(args) -> int:
     with flags_named(tasks="--tasks"):
         for name in scenarios:
             check_n_tasks(name, args.tasks)
+    _check_network_size(args, n_inputs=784 if args.data_dir is not None else 64)
     source, data = _load(args)
     settings = dict(
         kind=args.kind, gamma=gamma, hidden=tuple(args.hidden), epochs=args.epochs, batch_size=args.batch_size,

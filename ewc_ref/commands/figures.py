@@ -6,7 +6,8 @@
   estimators    empirical vs exact Fisher vs Hessian diagonal, one point per parameter
 
 Each NAME.png comes with NAME.npz holding every array drawn (ewc_ref/figures.py documents the
-keys), both written atomically. PNGs need matplotlib (pip install 'ewc_ref[plot]');
+keys); the files are made in a staging folder beside DIR and moved in only when every figure
+is made, so an interrupted run leaves DIR as it was. PNGs need matplotlib (pip install 'ewc_ref[plot]');
 --data-only writes the .npz files without it.
 """
 
@@ -16,6 +17,7 @@ import time
 from pathlib import Path
 
 from ..figures import FIGURES, make_figure, require_matplotlib
+from ..io import atomic_folder
 from ..progress import Progress
 from ._args import add_json, add_output, add_quiet, output_folder, write_json
 
@@ -42,15 +44,17 @@ def run(args) -> int:
         except ImportError as error:
             raise OSError(f"{error} (or use --data-only for the .npz files alone)") from None
     out = args.output
-    out.mkdir(parents=True, exist_ok=True)
     progress = Progress(len(names), "figures", enabled=not args.quiet)
     report = {"output": str(out), "figures": {}}
-    for name in names:
-        start = time.perf_counter()
-        written = make_figure(name, out, png=not args.data_only, plt=plt)
-        report["figures"][name] = {"files": [str(path) for path in written],
-                                   "seconds": time.perf_counter() - start}
-        progress.update()
+    # Staged beside OUT and moved in only when every figure is made (ewc_ref.io.atomic_folder): an
+    # interrupted run leaves OUT as it was; files of other names in OUT are never touched.
+    with atomic_folder(out) as staging:
+        for name in names:
+            start = time.perf_counter()
+            written = make_figure(name, staging, png=not args.data_only, plt=plt)
+            report["figures"][name] = {"files": [str(out / path.name) for path in written],
+                                       "seconds": time.perf_counter() - start}
+            progress.update()
     progress.close()
     if args.json:
         write_json(report)

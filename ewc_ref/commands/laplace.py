@@ -15,12 +15,18 @@ with its smallest eigenvalue. docs/file-format.md, "laplace".
 
 from __future__ import annotations
 
-import json
-import sys
-
 from ..bayes.evidence import EVIDENCE_ESTIMATORS, EVIDENCE_STRUCTURES, KFAC_BIASES, laplace_evidence
 from ..io import load_data, load_model
-from ._args import add_json, add_quiet, add_report_output, flags_named, integer, number, report_to
+from ._args import (
+    add_json,
+    add_quiet,
+    add_report_output,
+    flags_named,
+    integer,
+    number,
+    report_to,
+    write_json,
+)
 
 FLAG_NAMES = {"prior_precision": "--prior-precision", "estimator": "--estimator", "structure": "--structure",
               "kfac_bias": "--kfac-bias", "chunk_size": "--chunk-size", "structure='full'": "--structure full"}
@@ -54,7 +60,7 @@ def run(args) -> int:
     report = {"model": str(args.model), "data": str(args.data), **evidence.to_dict()}
     with report_to(args.output):
         if args.json:
-            sys.stdout.write(json.dumps(report) + "\n")
+            write_json(report)
         else:
             _print(report)
     return 0

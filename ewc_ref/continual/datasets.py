@@ -45,6 +45,7 @@ import numpy as np
 
 from .. import safe_files
 from .._validate import as_generator, check_choice
+from ..io import atomic_output
 from ..safe_files import IDX_TYPES
 
 N_CLASSES = 10
@@ -142,7 +143,7 @@ def load_mnist(data_dir):
         naming the directory or file when a file is missing, not IDX, of the wrong type or
         dimensions, or when images and labels disagree in number, or labels are outside 0..9.
     """
-    data_dir = os.fspath(data_dir)
+    data_dir = safe_files.check_path(data_dir, "data_dir")
     if not os.path.isdir(data_dir):
         raise ValueError(f"--data-dir {data_dir}: not a directory")
     paths = {key: _find_idx(data_dir, stem) for key, stem in MNIST_FILES.items()}
@@ -189,8 +190,8 @@ def write_idx(path, array: np.ndarray) -> None:
         raise TypeError(f"array: dtype {array.dtype} has no IDX type code")
     header = bytes([0, 0, code, array.ndim]) + np.asarray(array.shape, dtype=">u4").tobytes()
     payload = header + array.astype(_IDX_TYPES[code]).tobytes()
-    path = os.fspath(path)
-    with (gzip.open if path.endswith(".gz") else open)(path, "wb") as handle:
+    path = safe_files.check_path(path)
+    with atomic_output(path) as tmp, (gzip.open if path.endswith(".gz") else open)(tmp, "wb") as handle:
         handle.write(payload)
 
 

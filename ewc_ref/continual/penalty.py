@@ -57,7 +57,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .._validate import as_float_array, check_choice
+from .._validate import as_float_array, check_choice, finite_or_refused
 
 PENALTIES = ("separate", "accumulated", "online", "l2")
 
@@ -165,6 +165,7 @@ def _quadratic_penalty(theta, anchor, operator, lam):
     return 0.5 * lam * float(d @ Fd), lam * Fd
 
 
+@finite_or_refused
 def penalty_and_grad(theta, anchor, curvature, lam) -> tuple[float, np.ndarray]:
     """Omega(theta) = lambda/2 (theta - theta*)^T F (theta - theta*) and its gradient lambda F (theta - theta*).
 

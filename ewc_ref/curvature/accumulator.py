@@ -97,7 +97,12 @@ class FisherAccumulator:
         self.model, self.lik = model, lik
         self.estimator, self.structure = estimator, structure
         self.samples, self.batch_size = samples or 1, batch_size
-        self.rng = as_generator(rng) if "rng" in ESTIMATOR_TABLE[estimator].options else None
+        if "rng" in ESTIMATOR_TABLE[estimator].options:
+            self.rng = as_generator(rng)
+        elif rng is not None:  # like the CLI's --seed: an argument that would mean nothing is refused
+            raise ValueError(f"rng: only used by estimator='mc' (it draws labels), got rng={rng!r} with estimator={estimator!r}")
+        else:
+            self.rng = None
         self.start = self.position = int(start)
         self.count = 0  # rows seen
         self.n_batches = 0  # completed minibatches (batched)

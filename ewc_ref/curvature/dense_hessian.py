@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .._validate import check_positive_int
+from .._validate import check_positive_int, finite_or_refused
 from ..model.likelihoods import Likelihood
 from ..model.loss import check_model_data
 from ..model.mlp import MLP, ForwardCache
@@ -90,6 +90,7 @@ def _check_chunk_size(chunk_size) -> int | None:
     return None if chunk_size is None else check_positive_int(chunk_size, "chunk_size")
 
 
+@finite_or_refused
 def hessian(model: MLP, lik: Likelihood, x, y, chunk_size: int | None = None) -> np.ndarray:
     """The dense Hessian of the mean loss, H = 1/N sum_n d^2 l_n / d theta^2 : (P, P).
 
@@ -141,6 +142,7 @@ def hessian_diag_by_hvp(model: MLP, lik: Likelihood, x, y, chunk_size: int | Non
     return _hessian_diag_by_hvp(model, lik, x, y, _check_chunk_size(chunk_size))
 
 
+@finite_or_refused
 def hessian_blocks(model: MLP, lik: Likelihood, x, y, chunk_size: int | None = None) -> list[np.ndarray]:
     """Per-layer diagonal blocks of H: a list with one (P_l, P_l) array per layer.
 
@@ -219,6 +221,7 @@ def _hessian_residual(model: MLP, lik: Likelihood, x, y, chunk_size: int | None 
     return residual
 
 
+@finite_or_refused
 def hessian_residual(model: MLP, lik: Likelihood, x, y, chunk_size: int | None = None) -> np.ndarray:
     """The residual H - GGN = 1/N sum_n sum_c r_nc d^2 f_c(x_n) / d theta^2 : (P, P).
 

@@ -38,13 +38,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from .._validate import check_positive_int
+from .._validate import check_positive_int, finite_or_refused
 from ..model.likelihoods import Likelihood
 from ..model.loss import check_model_data
 from ..model.mlp import MLP
 from . import budget
 
 
+@finite_or_refused
 def hessian_diag(model: MLP, lik: Likelihood, x, y, chunk_size: int | None = None) -> np.ndarray:
     """diag(H) : (P,), H_ii = 1/N sum_n d^2 l_n / d theta_i^2, exactly, by the recursion (1)-(3).
 

@@ -7,7 +7,7 @@ the common case of all the data in memory.
 
 from __future__ import annotations
 
-from .._validate import check_positive_int
+from .._validate import check_positive_int, finite_or_refused
 from ..model.likelihoods import Likelihood
 from ..model.loss import check_model_data
 from ..model.mlp import MLP
@@ -86,6 +86,7 @@ def check_chunk_memory(model: MLP, estimator: str, structure: str, samples: int,
         )
 
 
+@finite_or_refused
 def fisher(model: MLP, lik: Likelihood, x, y, estimator: str = "empirical", structure: str = "diag",
            samples: int | None = None, batch_size: int | None = None, rng=None,
            chunk_size: int | None = None, progress: bool = False, kfac_bias: str | None = None) -> Curvature:

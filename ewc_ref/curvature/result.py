@@ -166,6 +166,8 @@ class Curvature:
         diag files are taken in file order and full files need '__param_names__' or get a
         single anonymous parameter.
         """
+        if model is not None and not isinstance(model, MLP):
+            raise TypeError(f"model: expected an ewc_ref.MLP or None, got {type(model).__name__}")
         arrays = read_npz(path, "curvature file")
         return curvature_from_arrays(arrays, model, source=str(path))
 
@@ -363,8 +365,23 @@ def save_curvature(path, arrays_by_name, *, estimator: str = "unknown", n: int |
         if value is not None:
             arrays[f"__{key}__"] = np.array(check_positive_int(value, key))
     if param_names is not None:
-        arrays["__param_names__"] = np.array([str(name) for name in param_names])
+        arrays["__param_names__"] = np.array(_check_param_names(param_names, model, arrays))
     # Every check of the readers, before writing (a full matrix's names are checked against a model only).
     checked = arrays if model is not None else {k: v for k, v in arrays.items() if k != "__param_names__"}
     curvature_from_arrays(checked, model, source="arrays_by_name")
     atomic_savez(path, arrays)
+
+
+def _check_param_names(param_names, model, arrays) -> list[str]:
+    """param_names as a list of distinct strings matching `model` (flat order) and a diag file's keys."""
+    if isinstance(param_names, str) or not isinstance(param_names, list | tuple):
+        raise TypeError(f"param_names: expected a list of parameter names, got {type(param_names).__name__}")
+    names = list(param_names)
+    if not all(isinstance(name, str) for name in names) or len(set(names)) != len(names):
+        raise ValueError(f"param_names: expected distinct strings, got {names!r}")
+    if model is not None and names != model.param_names:
+        raise ValueError(f"param_names: expected the model's parameter names {model.param_names} in flat order, got {names!r}")
+    keys = [key for key in arrays if not key.startswith("__")]
+    if keys != ["full"] and sorted(names) != sorted(keys):
+        raise ValueError(f"param_names: a diag file's parameters are its keys {keys}, got {names!r}")
+    return names

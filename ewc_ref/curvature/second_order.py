@@ -72,7 +72,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .._validate import as_float_array
+from .._validate import as_float_array, finite_or_refused
 from ..model.likelihoods import Likelihood
 from ..model.loss import check_model_data
 from ..model.mlp import MLP, ForwardCache
@@ -233,6 +233,7 @@ def _check_vector(model: MLP, v, name: str = "v") -> np.ndarray:
     return v
 
 
+@finite_or_refused
 def hessian_vector_product(model: MLP, lik: Likelihood, x, y, v) -> np.ndarray:
     """Exact Hessian-vector product of the mean loss, H v = 1/N sum_n (d^2 l_n / d theta^2) v.
 
@@ -265,6 +266,7 @@ def hessian_vector_product(model: MLP, lik: Likelihood, x, y, v) -> np.ndarray:
     return _hessian_vector_product(model, lik, x, y, _check_vector(model, v))
 
 
+@finite_or_refused
 def ggn_vector_product(model: MLP, lik: Likelihood, x, y, v) -> np.ndarray:
     """GGN-vector product G v = 1/N sum_n J_n^T Lambda_n J_n v, no Jacobian formed.
 

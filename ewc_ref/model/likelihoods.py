@@ -26,7 +26,7 @@ import itertools
 import numpy as np
 from scipy.special import expit, log_softmax, logsumexp, softmax
 
-from .._validate import as_float_array
+from .._validate import as_float_array, check_number
 
 
 class Likelihood:
@@ -264,7 +264,7 @@ class Gaussian(Likelihood):
     name = "gaussian"
 
     def __init__(self, sigma: float = 1.0):
-        sigma = float(sigma)
+        sigma = check_number(sigma, "sigma")  # Gaussian('1') is a mistake, not a sigma
         if not np.isfinite(sigma) or sigma <= 0:
             raise ValueError(f"sigma: expected a finite number > 0, got {sigma}")
         self.sigma = sigma

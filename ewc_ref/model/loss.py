@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .._validate import finite_or_refused
 from .likelihoods import Likelihood
 from .mlp import MLP
 
@@ -45,17 +46,21 @@ def per_sample_gradients_unchecked(model: MLP, lik: Likelihood, x, y) -> np.ndar
     return model.per_sample_grads(cache, lik.grad(f, y))
 
 
+@finite_or_refused
 def per_example_losses(model: MLP, lik: Likelihood, x, y) -> np.ndarray:
     """l_n = -log p(y_n | f(x_n)), shape (N,)."""
     x, y = check_model_data(model, lik, x, y)
     return per_example_losses_unchecked(model, lik, x, y)
 
 
+@finite_or_refused
 def mean_loss(model: MLP, lik: Likelihood, x, y) -> float:
     """L(theta) = 1/N sum_n l_n."""
-    return float(per_example_losses(model, lik, x, y).mean())
+    x, y = check_model_data(model, lik, x, y)
+    return float(per_example_losses_unchecked(model, lik, x, y).mean())
 
 
+@finite_or_refused
 def loss_and_grad(model: MLP, lik: Likelihood, x, y):
     """(L(theta), grad L(theta)) with grad : (P,) = 1/N sum_n g_n, one forward and one backward pass."""
     x, y = check_model_data(model, lik, x, y)
@@ -63,6 +68,7 @@ def loss_and_grad(model: MLP, lik: Likelihood, x, y):
     return float(loss), grad
 
 
+@finite_or_refused
 def per_sample_gradients(model: MLP, lik: Likelihood, x, y) -> np.ndarray:
     """G : (N, P), G[n] = g_n = d l_n / d theta = J_n^T (d l_n / d f).
 

@@ -125,10 +125,30 @@ class MLP:
         dtype = np.result_type(*weights, *[b for b in biases if b is not None])
         self.has_bias = [b is not None for b in biases]
         self.shapes = [w.shape for w in weights]
-        self.theta = np.concatenate(
-            [np.concatenate([w.ravel(), b if b is not None else np.empty(0)]) for w, b in zip(weights, biases, strict=True)]
-        ).astype(dtype, copy=False)
+        # One allocation, filled layer by layer: a nested concatenate held 3x the parameters at its peak.
+        sizes = [w.size + (0 if b is None else b.size) for w, b in zip(weights, biases, strict=True)]
+        self.theta = np.empty(sum(sizes), dtype=dtype)
+        offset = 0
+        for w, b in zip(weights, biases, strict=True):
+            self.theta[offset : offset + w.size] = w.ravel()
+            offset += w.size
+            if b is not None:
+                self.theta[offset : offset + b.size] = b
+                offset += b.size
         self._bind_views()
+
+    @classmethod
+    def _adopt(cls, theta: np.ndarray, shapes, has_bias, activation: str, module_names) -> MLP:
+        """An MLP whose parameter vector IS `theta` (P,) (no copy), in flat order; for ``load_model``,
+        which reads a file straight into it. The caller has checked that the shapes chain and the
+        values are finite; __init__ would copy every parameter once more."""
+        model = cls.__new__(cls)
+        model.activation = get_activation(activation)
+        model.module_names = [str(m) for m in module_names]
+        model.has_bias, model.shapes = list(has_bias), [tuple(shape) for shape in shapes]
+        model.theta = theta
+        model._bind_views()
+        return model
 
     # ----------------------------------------------------------------- parameters
     def _bind_views(self) -> None:
