@@ -10,6 +10,8 @@ path (see :func:`atomic_output`).
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import re
 import tempfile
@@ -346,3 +348,36 @@ def _check_model_and_likelihood(model, lik, optional: bool = False) -> None:
         raise TypeError(f"model: expected an ewc_ref.MLP, got {type(model).__name__}")
     if not isinstance(lik, Likelihood) and not (optional and lik is None):
         raise TypeError(f"lik: expected an ewc_ref Likelihood, got {type(lik).__name__}")
+
+
+def strict_json(value):
+    """`value` with every non-finite float (NaN, inf) replaced by None, recursively."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: strict_json(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [strict_json(item) for item in value]
+    return value
+
+
+def json_text(value) -> str:
+    """`value` as one line of strictly valid JSON (RFC 8259: NaN and +-inf become null).
+
+    The one serialiser of every ``to_json()`` and of the command line's ``--json``.
+    """
+    return json.dumps(strict_json(value), allow_nan=False)
+
+
+class JsonResult:
+    """Mixin of every result object: ``to_dict()`` is the JSON object, ``to_json()`` its text.
+
+    (Until format version 1.1, ``to_json()`` returned the object; docs/file-format.md, version notes.)
+    """
+
+    def to_dict(self) -> dict:
+        raise NotImplementedError
+
+    def to_json(self) -> str:
+        """``to_dict()`` as one line of strictly valid JSON (`json_text`)."""
+        return json_text(self.to_dict())

@@ -24,13 +24,14 @@ argument; `flags_named` relabels those errors with the flag the user typed.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import stat
 import sys
 from contextlib import contextmanager, redirect_stdout
 from pathlib import Path
+
+from ..io import json_text
 
 
 def integer(low: int, high: int | None = None):
@@ -237,17 +238,6 @@ def input_paths(args) -> dict:
     return found
 
 
-def strict_json(value):
-    """`value` with every non-finite float (NaN, inf) replaced by None, recursively."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {key: strict_json(item) for key, item in value.items()}
-    if isinstance(value, list | tuple):
-        return [strict_json(item) for item in value]
-    return value
-
-
 def write_json(value) -> None:
     """Print `value` as one line of strictly valid JSON (RFC 8259: no NaN or Infinity; they become null)."""
-    sys.stdout.write(json.dumps(strict_json(value), allow_nan=False) + "\n")
+    sys.stdout.write(json_text(value) + "\n")

@@ -53,7 +53,7 @@ def run(args) -> int:
                           hessian=True if args.hessian else None, progress=not args.quiet and not args.json)
     with report_to(args.output):
         if args.json:
-            write_json(result.to_json())
+            write_json(result.to_dict())
         else:
             sys.stdout.write(result.report(theirs_name=str(args.theirs)) + "\n")
     return 0
