@@ -98,3 +98,28 @@ def test_an_unknown_flag_inside_every_command_is_named_under_the_command(command
 ])
 def test_usage_messages_name_what_first(message, expected):
     assert usage_message(message) == expected
+
+
+def test_result_objects_have_to_dict_and_to_json_text():
+    """to_dict() is the JSON object; to_json() its strict text (NaN -> null), for every result type."""
+    import json
+    import math
+
+    from ewc_ref.bayes.evidence import LaplaceEvidence
+    from ewc_ref.verify.results import Candidate, Diagnosis, MCTest
+    from ewc_ref.verify.shuffled import ShuffledTest
+
+    candidate = Candidate("exact", 2.0, 1e-16, fits=True)
+    results = [
+        LaplaceEvidence(-1.5, math.nan, -0.5, 3.0, 1.0, "exact", "diag", None, 10, 4),
+        candidate,
+        MCTest(accepted=False, reason="r"),
+        ShuffledTest(accepted=False, reason="r"),
+        Diagnosis("exact", 2.0, 1e-16, None, None, [candidate], 10, 4, "diag", "float64", 1e-8, runner_up=candidate),
+    ]
+    for result in results:
+        obj, text = result.to_dict(), result.to_json()
+        assert isinstance(obj, dict) and isinstance(text, str)
+        assert "NaN" not in text and json.loads(text) == json.loads(json.dumps(obj, allow_nan=True).replace("NaN", "null"))
+    assert json.loads(results[0].to_json())["log_likelihood"] is None
+    assert json.loads(results[-1].to_json())["candidates"][0] == candidate.to_dict()
