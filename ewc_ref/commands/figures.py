@@ -43,7 +43,7 @@ def run(args) -> int:
             raise OSError(f"{error} (or use --data-only for the .npz files alone)") from None
     out = args.output
     out.mkdir(parents=True, exist_ok=True)
-    progress = Progress(len(names), "figures", enabled=not args.quiet)
+    progress = Progress(len(names), "figures", enabled=not args.quiet, unit="figures")
     report = {"output": str(out), "figures": {}}
     for name in names:
         start = time.perf_counter()
