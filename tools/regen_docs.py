@@ -17,8 +17,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import docs_pages  # noqa: E402  (the engine beside this script)
+sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parent.parent)]
+import docs_pages  # noqa: E402  (the engine beside this script; this checkout's ewc_ref, not an installed one)
 
 
 def main(argv: list[str] | None = None) -> int:
