@@ -11,6 +11,8 @@ A failing block is reported with the Markdown file and line: the code is compile
 numbers (pytest shows the failing line from the .md file itself). Blocks after a failing one
 in the same file are not run (they would fail for the wrong reason) and are reported as
 skipped with the line of the block that failed; the file as a whole has already failed.
+Under pytest-xdist a block whose predecessors ran in another process runs them first in its
+own (each block at most once per process), so ``-n 2`` gives the same results.
 
 Only fences whose info string is exactly ``python`` run. Use ```text, ```latex or a bare
 fence for anything that should be shown but not executed.
@@ -65,8 +67,13 @@ class MarkdownFile(pytest.File):
         text = self.path.read_text(encoding="utf-8")
         self.namespace = {"__name__": f"derivations.{self.path.stem}", "__file__": str(self.path)}
         self.failed_at: int | None = None
+        self.blocks: list[MarkdownBlock] = []
+        self.ran: set[int] = set()  # blocks executed in this process's namespace
         for index, (line, code) in enumerate(extract_python_blocks(text), start=1):
-            yield MarkdownBlock.from_parent(self, name=f"block {index} (line {line})", line=line, code=code)
+            block = MarkdownBlock.from_parent(self, name=f"block {index} (line {line})", line=line, code=code)
+            block.index = index - 1
+            self.blocks.append(block)
+            yield block
 
 
 class MarkdownBlockError(Exception):
@@ -80,8 +87,16 @@ class MarkdownBlock(pytest.Item):
 
     def runtest(self):
         parent: MarkdownFile = self.parent
-        if parent.failed_at is not None:
-            pytest.skip(f"not run: the block at {self._where()}:{parent.failed_at} failed")
+        # Under pytest-xdist the blocks of one file may be split between processes: the earlier
+        # blocks this one builds on are run here first (each block at most once per process).
+        for block in parent.blocks[: self.index + 1]:
+            if parent.failed_at is not None:
+                pytest.skip(f"not run: the block at {self._where()}:{parent.failed_at} failed")
+            if block.index not in parent.ran:
+                block.execute()
+
+    def execute(self):
+        parent: MarkdownFile = self.parent
         # Pad with newlines so the compiled code's line numbers are the .md file's line numbers.
         compiled = compile("\n" * (self.line - 1) + self.code, str(self.path), "exec")
         try:
@@ -89,6 +104,7 @@ class MarkdownBlock(pytest.Item):
         except Exception as error:
             parent.failed_at = self.line
             raise MarkdownBlockError(self._format(error)) from error
+        parent.ran.add(self.index)
 
     def _format(self, error: BaseException) -> str:
         frames = traceback.extract_tb(error.__traceback__)

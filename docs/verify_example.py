@@ -1,10 +1,13 @@
 """The PyTorch side of docs/verify-a-pytorch-ewc.md: train a digits classifier, compute its EWC
 Fisher the way many public repositories do, and export everything per docs/file-format.md.
 
-Needs torch (/work/venv-torch), not ewc_ref:
+Needs torch, not ewc_ref. From the repository root, in an environment of its own (ignored by git):
 
-    /work/venv-torch/bin/python docs/verify_example.py /tmp/ewc_example
-    ewc-ref diagnose /tmp/ewc_example/model.npz /tmp/ewc_example/data.npz /tmp/ewc_example/fisher_wild.npz
+    python3 -m venv .venv-torch && .venv-torch/bin/pip install torch numpy
+    .venv-torch/bin/python docs/verify_example.py ewc_example
+    ewc-ref diagnose ewc_example/model.npz ewc_example/data.npz ewc_example/fisher_wild.npz
+
+The one argument is the output folder (default ``ewc_example`` in the current folder).
 """
 
 import sys

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import re
 import signal
 import sys
 import threading
@@ -46,11 +47,30 @@ def fail(prog: str, error) -> int:
     return 2
 
 
+# argparse's usage messages rewritten as 'WHAT: MESSAGE' (docs/file-format.md, section 8), WHAT first.
+_USAGE_MESSAGES = (
+    (re.compile(r"argument (?P<what>[^:]+): (?P<rest>.*)", re.S), "{what}: {rest}"),
+    (re.compile(r"the following arguments are required: (?P<what>.*)", re.S), "{what}: required, not given"),
+    (re.compile(r"one of the arguments (?P<what>.*) is required", re.S), "{what}: one of them is required"),
+    (re.compile(r"ambiguous option: (?P<what>\S+) could match (?P<rest>.*)", re.S), "{what}: ambiguous, could be {rest}"),
+    (re.compile(r"unrecognized arguments: (?P<what>.*)", re.S), "{what}: unrecognized argument"),
+)
+
+
+def usage_message(message: str) -> str:
+    """argparse's error `message` as 'WHAT: MESSAGE' naming the flag or argument first."""
+    for pattern, form in _USAGE_MESSAGES:
+        match = pattern.fullmatch(message)
+        if match:
+            return form.format(**match.groupdict())
+    return message
+
+
 class _Parser(argparse.ArgumentParser):
-    """argparse whose usage errors go through `fail`, naming the flag ('--epochs: ...')."""
+    """argparse whose usage errors go through `fail`, naming the flag first ('--epochs: ...')."""
 
     def error(self, message):
-        raise SystemExit(fail(self.prog, message.removeprefix("argument ")))
+        raise SystemExit(fail(self.prog, usage_message(message)))
 
 
 class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
@@ -140,9 +160,16 @@ def _run(argv: list[str], command: str | None, prog: str, debug: bool) -> int:
         parser.print_help(sys.stderr)
         return 2
     try:
-        args = parser.parse_args(argv)
+        # parse_known_args, so that words nobody recognised are reported under the command's name
+        # ('ewc-ref inspect: error: --frobnicate: ...'), not the top-level parser's.
+        args, unknown = parser.parse_known_args(argv)
     except SystemExit as exit_:  # usage error (already reported by fail), --help or --version
         return exit_.code if isinstance(exit_.code, int) else 2
+    if unknown:
+        where = f"`{prog} --help` lists the flags" if command else f"a COMMAND comes first: {', '.join(COMMANDS)}"
+        return fail(prog, f"{' '.join(unknown)}: unrecognized argument{'s' if len(unknown) > 1 else ''}; {where}")
+    if getattr(args, "_run", None) is None:
+        return fail(prog, f"COMMAND: required, not given (one of {', '.join(COMMANDS)})")
     try:
         guard_output(getattr(args, "output", None), input_paths(args), folder=args._output_is_folder)
         return int(args._run(args) or 0)

@@ -5,9 +5,11 @@ likelihood), inputs correlated 0.9, N = 30 examples, prior N(0, 4 I). The poster
 integrated on a grid (ewc_ref.bayes.grid); the Laplace Gaussian uses the exact Hessian at the MAP,
 the EWC Gaussian the diagonal of N F + prior precision (ewc_ref.bayes.laplace).
 
-    python examples/laplace_vs_posterior.py    # prints the KL tables; writes laplace.npz and,
-                                               # if matplotlib is installed (pip install
-                                               # 'ewc_ref[plot]'), laplace.png
+    python examples/laplace_vs_posterior.py [-o DIR]
+
+prints the KL tables and writes laplace.npz and, if matplotlib is installed (pip install
+'ewc_ref[plot]'), laplace.png into DIR (created if missing; default: a new temporary folder). The
+folder is printed before anything is written.
 
 The computations live in ewc_ref.bayes.examples (`figure_data()`, `bernstein_von_mises_table()`,
 `sequential_table()`) and the drawing in ewc_ref.figures; this script prints and plots them.
@@ -15,7 +17,9 @@ The computations live in ewc_ref.bayes.examples (`figure_data()`, `bernstein_von
 
 from __future__ import annotations
 
+import argparse
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +28,14 @@ from ewc_ref.bayes.examples import bernstein_von_mises_table, figure_data, seque
 from ewc_ref.figures import make_figure
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="The true posterior, its Laplace Gaussian and EWC's Gaussian")
+    parser.add_argument("-o", "--output", type=Path, default=None,
+                        help="folder for laplace.npz and laplace.png (default: a new temporary folder)")
+    args = parser.parse_args(argv)
+    out = args.output if args.output is not None else Path(tempfile.mkdtemp(prefix="ewc_ref_laplace_"))
+    print(f"output folder: {out}")
+    out.mkdir(parents=True, exist_ok=True)
     data = figure_data()
     print(f"N = 30, rho = 0.9: KL(posterior || Laplace) = {data['kl_laplace']:.4g}, "
           f"KL(posterior || diag Fisher) = {data['kl_diag_fisher']:.4g}; log p(D) grid "
@@ -39,10 +50,12 @@ def main() -> int:
         print(f"  N_A = {n_a}: diag Fisher (EWC) {row['fisher_diag']:.4g}, full GGN {row['ggn']:.4g}, "
               f"full Hessian {row['hessian']:.4g}; eq (4) evidence check {row['eq4_check']:.1e}")
     try:
-        for path in make_figure("laplace", Path("."), data=data):
-            print(f"wrote {path}")
-    except ImportError as error:
+        written = make_figure("laplace", out, data=data)
+    except ImportError as error:  # no matplotlib: the data alone
         print(f"no figure: {error}", file=sys.stderr)
+        written = make_figure("laplace", out, png=False, data=data)
+    for path in written:
+        print(f"wrote {path}")
     return 0
 
 

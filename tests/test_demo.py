@@ -7,7 +7,6 @@ import pytest
 
 from ewc_ref.cli import main
 from ewc_ref.continual.datasets import MNIST_FILES, write_idx
-from ewc_ref.continual.metrics import average_accuracy, forgetting
 
 TINY = ["--tasks", "2", "--epochs", "1", "--hidden", "8"]
 
@@ -33,10 +32,40 @@ def test_json_schema_on_a_tiny_run(capsys):
             R = np.array(entry["accuracy_matrix"])
             assert R.shape == (2, 2) and np.all((R >= 0) & (R <= 1))
             assert isinstance(entry["average_accuracy"], float) and isinstance(entry["forgetting"], float)
-            assert entry["average_accuracy"] == average_accuracy(R)
-            assert entry["forgetting"] == forgetting(R)
+            _assert_metrics_by_their_definitions(entry, R)
     # task identity: class-incremental cannot score on a task whose classes are not yet in the head
     assert result["scenarios"]["class"]["methods"]["sgd"]["accuracy_matrix"][0][1] == 0.0
+
+
+def _assert_metrics_by_their_definitions(entry, R):
+    """The reported metrics, recomputed from R by the definitions the demo prints (written out
+    here, not ewc_ref.continual.metrics): avg acc = mean_j R[T-1, j]; forgetting = mean_{j<T-1}
+    (max_{i<T-1} R[i, j] - R[T-1, j]); BWT = mean_{j<T-1} (R[T-1, j] - R[j, j]); plasticity = mean_j R[j, j]."""
+    T = R.shape[0]
+    last = T - 1
+    assert entry["average_accuracy"] == pytest.approx(sum(R[last, j] for j in range(T)) / T, abs=1e-15)
+    assert entry["forgetting"] == pytest.approx(
+        sum(max(R[i, j] for i in range(last)) - R[last, j] for j in range(last)) / last, abs=1e-15)
+    assert entry["backward_transfer"] == pytest.approx(sum(R[last, j] - R[j, j] for j in range(last)) / last, abs=1e-15)
+    assert entry["plasticity"] == pytest.approx(sum(R[j, j] for j in range(T)) / T, abs=1e-15)
+
+
+def test_accuracies_are_counts_over_each_tasks_test_images(capsys):
+    """Every R[i, j] is (correct images) / (test images of task j): split digits into T = 2 tasks,
+    task j = classes 5j..5j+4 of the 359 test images (np.array_split); permuted digits, all 359.
+    A wrong denominator fails."""
+    from ewc_ref.continual.datasets import load_digits
+
+    y_test = load_digits()[3]
+    code, out, _ = _run(["demo", *TINY, "--json", "--quiet"], capsys)
+    assert code == 0
+    for name, scenario in json.loads(out)["scenarios"].items():
+        for entry in scenario["methods"].values():
+            R = np.array(entry["accuracy_matrix"])
+            for j in range(R.shape[1]):
+                n_j = len(y_test) if name == "domain" else int(np.isin(y_test, range(5 * j, 5 * j + 5)).sum())
+                counts = R[:, j] * n_j
+                assert np.allclose(counts, np.round(counts), atol=1e-9), (name, j, n_j, R[:, j])
 
 
 def test_json_is_deterministic_apart_from_the_clock(capsys):

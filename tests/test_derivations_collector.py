@@ -25,13 +25,13 @@ def _collector():
     return module
 
 
-def _run_pytest(tmp_path: Path, markdown: str):
+def _run_pytest(tmp_path: Path, markdown: str, *select: str):
     folder = tmp_path / "derivations"
     folder.mkdir()
     shutil.copy(DERIVATIONS / "conftest.py", folder / "conftest.py")
     (folder / "doc.md").write_text(textwrap.dedent(markdown), encoding="utf-8")
     return subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", "derivations"],
+        [sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", *(select or ["derivations"])],
         cwd=tmp_path, capture_output=True, text=True, timeout=120,
     )
 
@@ -75,6 +75,24 @@ def test_blocks_share_one_namespace_and_pass(tmp_path):
         """)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "2 passed" in result.stdout
+
+
+def test_a_block_run_alone_runs_its_predecessors_first(tmp_path):
+    """What pytest-xdist does when it sends block 3 to another process than blocks 1-2."""
+    doc = """\
+        ```python
+        value = 40
+        ```
+        ```python
+        value += 1
+        ```
+        ```python
+        assert value + 1 == 42, value
+        ```
+        """
+    result = _run_pytest(tmp_path, doc, "derivations/doc.md::block 3 (line 8)")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "1 passed" in result.stdout
 
 
 def test_a_failing_block_fails_with_file_and_line(tmp_path):

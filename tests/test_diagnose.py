@@ -210,7 +210,7 @@ def test_catalogue(case):
     # The report and the JSON object are consistent with the verdict.
     text = result.report()
     assert ("verdict     none" in text) == (expected[0] == "none")
-    obj = json.loads(json.dumps(result.to_json()))
+    obj = json.loads(json.dumps(result.to_dict()))
     assert obj["estimator"] == result.estimator and len(obj["candidates"]) == len(result.candidates)
 
 

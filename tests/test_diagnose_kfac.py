@@ -74,7 +74,7 @@ def test_a_kfac_of_each_estimator_and_scale_is_named(kfac_bias, estimator, scale
     result = diagnose(model, lik, x, y, rescaled(ours, scale, split))
     assert (result.estimator, result.structure, result.kfac_bias) == (estimator, "kfac", kfac_bias)
     assert abs(result.scale - scale) <= 1e-10 * scale and result.rel_error <= 1e-12
-    assert result.to_json()["kfac_bias"] == kfac_bias
+    assert result.to_dict()["kfac_bias"] == kfac_bias
 
 
 @pytest.mark.parametrize("kfac_bias", ["joined", "separate"])

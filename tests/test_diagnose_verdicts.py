@@ -271,7 +271,7 @@ def test_per_sample_grad_entries_equal_the_full_per_sample_gradients():
 
 def test_json_schema_gains_the_new_keys():
     model, lik, x, y = make_problem("categorical")
-    obj = diagnose(model, lik, x, y, exact_diag(model, lik, x) * len(x), hessian=False).to_json()
+    obj = diagnose(model, lik, x, y, exact_diag(model, lik, x) * len(x), hessian=False).to_dict()
     assert obj["scale_factor"] == "N"
     for key in ("not_tried", "shuffled_test", "batch_sizes_screened", "causes", "also_consistent"):
         assert key in obj
@@ -310,7 +310,7 @@ def test_when_no_batch_size_fits_on_the_screen_the_closest_is_reported_on_the_sc
     assert result.estimator != "batched" and len(batched) == 1
     closest = batched[0]
     assert closest.entries == model.n_params and not closest.fits  # P = 104 <= SCREEN_ENTRIES: every entry screened
-    assert closest.to_json()["entries"] == model.n_params and "(on 104 screened entries)" in result.report()
+    assert closest.to_dict()["entries"] == model.n_params and "(on 104 screened entries)" in result.report()
     assert result.candidates[-1] is closest  # listed after every error measured on all entries, never the "closest"
     assert result.estimator != "none" or result.closest is not closest
     want = batched_diag(grads(model, lik, x, y), closest.batch_size)

@@ -22,6 +22,9 @@ from __future__ import annotations
 
 import gzip
 import io
+import re
+import sys
+import zipfile
 
 import numpy as np
 import pytest
@@ -182,6 +185,45 @@ def _same_arrays(a: dict, b: dict) -> bool:
     )
 
 
+def _declared_size(member: bytes) -> int | None:
+    """header + data bytes that a .npy member's header declares (None: numpy cannot parse it)."""
+    stream = io.BytesIO(member)
+    try:
+        version = np.lib.format.read_magic(stream)
+        shape, _, dtype = np.lib.format._read_array_header(stream, version)
+    except Exception:
+        return None
+    return stream.tell() + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+
+
+def _justified_refusal(raw: bytes, text: str, max_bytes: int) -> bool:
+    """May ewc_ref refuse these bytes with this message? Yes when numpy's own reader cannot read
+    them, or when the rule the message names (ewc_ref/safe_files.py, one per phrase below) holds
+    for the bytes, checked here on the bytes themselves. A reader that refused everything, or
+    refused a well-formed file for the wrong reason, fails this check."""
+    try:
+        oracle = _npz_oracle(raw)
+        with zipfile.ZipFile(io.BytesIO(raw)) as archive:
+            infos = archive.infolist()
+            members = [archive.read(info) for info in infos]
+    except Exception:
+        return True  # numpy refuses it too
+    names = [info.filename for info in infos]
+    keys = {name.removesuffix(".npy") for name in names}
+    rules = {
+        "appears twice in the zip directory": len(names) != len(set(names)),
+        "is not a .npy array": any(name.endswith("/") or not name.endswith(".npy") or name == ".npy" for name in names),
+        "is encrypted": any(info.flag_bits & 0x1 for info in infos),
+        "are ambiguous": len({re.sub(r"\d+", lambda m: str(int(m.group())), key) for key in keys}) < len(keys),
+        "above the memory budget": sum(a.nbytes for a in oracle.values()) > max_bytes,
+        "is not supported": any(a.dtype.kind not in safe_files.ALLOWED_KINDS or a.dtype.itemsize == 0
+                                for a in oracle.values()),
+        "the zip directory records": any(_declared_size(m) != len(m) for m in members),
+        "more data than shape": any(_declared_size(m) is not None and _declared_size(m) < len(m) for m in members),
+    }
+    return any(phrase in text and holds for phrase, holds in rules.items())
+
+
 # ----------------------------------------------------------------------------- the readers
 def _check_raw_reader(tmp_path, raw: bytes) -> None:
     path = tmp_path / "fuzz.npz"
@@ -191,6 +233,7 @@ def _check_raw_reader(tmp_path, raw: bytes) -> None:
     except ValueError as error:
         event("refused")
         _assert_one_line_naming(error, path)
+        assert _justified_refusal(raw, str(error), 2**21), f"refused for no reason numpy or a rule gives: {error}"
         return
     event("accepted")
     assert _same_arrays(arrays, _npz_oracle(raw))
@@ -231,6 +274,17 @@ def test_api_readers_keep_the_contract(tmp_path, monkeypatch, data, reader, leve
     except ValueError as error:
         event("refused")
         _assert_one_line_naming(error, path)
+        try:
+            safe_files.read_npz(path)
+        except ValueError:  # refused as bytes: for a reason numpy or a rule of safe_files gives
+            assert _justified_refusal(raw, str(error), 2**21), f"refused for no reason numpy or a rule gives: {error}"
+            return
+        # readable bytes refused for what they mean: the same file written plainly means the same
+        clean = tmp_path / f"clean-{reader}.npz"
+        np.savez(clean, **_npz_oracle(raw))
+        with pytest.raises(ValueError) as plain:
+            read(clean)
+        assert str(plain.value).replace(str(clean), "FILE") == str(error).replace(str(path), "FILE")
         return
     event("accepted")
     clean = tmp_path / f"clean-{reader}.npz"
@@ -247,6 +301,24 @@ def _idx_oracle(raw: bytes, gz: bool) -> np.ndarray:
     dtype = np.dtype(safe_files.IDX_TYPES[plain[2]])
     shape = tuple(int(d) for d in np.frombuffer(plain, ">u4", count=plain[3], offset=4))
     return np.frombuffer(plain, dtype, offset=4 + 4 * plain[3]).reshape(shape)
+
+
+def _well_formed_idx(raw: bytes, gz: bool) -> bool:
+    """True when the bytes are an IDX file by its definition (a complete gzip stream when `gz`; magic
+    0x0000TTDD with a known type TT and D >= 1 dimensions, none 0; exactly the declared data after
+    the header) and small: a reader may refuse only what this says False to."""
+    try:
+        plain = gzip.decompress(raw) if gz else raw
+    except Exception:
+        return False
+    if len(plain) < 4 or plain[:2] != b"\0\0" or plain[2] not in safe_files.IDX_TYPES or plain[3] == 0:
+        return False
+    ndim = plain[3]
+    if len(plain) < 4 + 4 * ndim:
+        return False
+    shape = [int(d) for d in np.frombuffer(plain, ">u4", count=ndim, offset=4)]
+    size = int(np.prod(shape, dtype=object)) * np.dtype(safe_files.IDX_TYPES[plain[2]]).itemsize
+    return 0 not in shape and len(plain) == 4 + 4 * ndim + size and size <= 2**20
 
 
 @st.composite
@@ -283,6 +355,7 @@ def test_idx_reader_keeps_the_contract(tmp_path, data, gz, lie):
     except ValueError as error:
         event("refused")
         _assert_one_line_naming(error, path)
+        assert not _well_formed_idx(raw, gz), f"a well-formed IDX file refused: {error}"
         return
     event("accepted")
     expected = _idx_oracle(raw, gz)
@@ -299,3 +372,20 @@ def test_unmutated_seeds_are_accepted(tmp_path, gz):
     path = tmp_path / ("i.gz" if gz else "i")
     path.write_bytes(gzip_bytes(idx_bytes(IDX_SEED)) if gz else idx_bytes(IDX_SEED))
     np.testing.assert_array_equal(read_idx(path), IDX_SEED)
+
+
+def test_a_reader_that_refuses_everything_fails_the_fuzz_checks(tmp_path, monkeypatch):
+    """The refusal check bites: a recompressed seed (numpy reads it, no rule is broken) refused as
+    'damaged', or a file with a duplicate key refused for its budget, is caught."""
+    raw = zip_bytes(zip_members(_encode(SEEDS["data"])), "deflated", 6)
+
+    def refuse(path, **_):
+        raise ValueError(f"{path}: key 'x': damaged member (zlib.error)")
+
+    monkeypatch.setattr(safe_files, "read_npz", refuse)
+    monkeypatch.setattr(sys.modules[__name__], "event", lambda *_: None)  # outside a Hypothesis test
+    with pytest.raises(AssertionError, match="refused for no reason"):
+        _check_raw_reader(tmp_path, raw)
+    duplicate = zip_bytes([*zip_members(raw), zip_members(raw)[0]])
+    assert _justified_refusal(duplicate, "key 'x' appears twice in the zip directory", 2**21)
+    assert not _justified_refusal(duplicate, "key 'x': shape (5, 3) float64 needs 1 MiB, above the memory budget", 2**21)

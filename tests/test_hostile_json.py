@@ -19,7 +19,8 @@ import pytest
 
 import ewc_ref as er
 from ewc_ref.cli import COMMANDS, main
-from ewc_ref.commands._args import strict_json, write_json
+from ewc_ref.commands._args import write_json
+from ewc_ref.io import strict_json
 
 
 def _strict(text: str):

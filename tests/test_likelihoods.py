@@ -129,12 +129,20 @@ def test_sampling_is_chunk_invariant(case, samples, split):
     assert whole.shape[:2] == (f.shape[0], samples)
 
 
+# Margin by which one output of every row leads the others: 0 (not saturated), then 1 - p_max
+# ~ e^-40 (a plain 1 - p keeps a few digits), e^-100 and e^-300 (a plain 1 - p is 0). Parametrized, so every margin is tested
+# whatever Hypothesis draws (a drawn scale shrinks to the unsaturated case and may never leave it).
+SATURATION_MARGINS = [0.0, 40.0, 100.0, 300.0]
+
+
 @st.composite
-def saturated_outputs(draw):
-    """Logits up to a few hundred: p_max = 1 - 1e-100 and beyond, where 1 - p cancels."""
+def saturated_outputs(draw, margin: float):
+    """(n, C) logits ~ N(0, s^2), s in [0.5, 3], with one output per row raised by `margin`."""
     n, c = draw(st.integers(1, 5)), draw(st.integers(2, 8))
     rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
-    return rng.standard_normal((n, c)) * draw(st.sampled_from([1.0, 10.0, 40.0, 100.0]))
+    f = rng.standard_normal((n, c)) * draw(st.floats(0.5, 3.0))
+    f[np.arange(n), rng.integers(0, c, n)] += margin
+    return f
 
 
 def _close_entrywise(actual, reference):
@@ -144,15 +152,22 @@ def _close_entrywise(actual, reference):
     assert np.all(np.abs(actual - reference)[mask] <= 1e-12 * np.abs(reference)[mask])
 
 
-@given(saturated_outputs(), st.data())
-def test_categorical_derivatives_are_accurate_entrywise_for_saturated_outputs(f, data):
+@pytest.mark.parametrize("margin", SATURATION_MARGINS)
+@given(data=st.data())
+def test_categorical_derivatives_are_accurate_entrywise_for_saturated_outputs(margin, data):
     """grad, Lambda and Q Q^T against a log-space reference: p_i = exp(f_i - lse(f)) and
     1 - p_i = exp(lse(f without i) - lse(f)). A plain 1 - p would give 0 for p_max = 1 - 1e-20,
     losing the whole curvature of a confident network."""
     from scipy.special import logsumexp
 
+    f = data.draw(saturated_outputs(margin))
     lik = er.Categorical()
     n, c = f.shape
+    plain = 1.0 - np.exp(f.max(-1) - logsumexp(f, axis=-1))  # what a plain 1 - p_max keeps
+    if margin >= 100:  # the case claimed: 1 - p_max below float64 resolution near 1
+        assert np.all(plain == 0.0)
+    elif margin >= 40:  # 1 - p_max < 1e-6: a plain 1 - p keeps at most 10 of its 16 digits
+        assert np.all(plain < 1e-6)
     log_p = f - logsumexp(f, axis=-1, keepdims=True)
     log_q = np.array([[logsumexp(np.delete(row, i)) for i in range(c)] for row in f]) - logsumexp(f, axis=-1)[:, None]
     reference = -np.exp(log_p[:, :, None] + log_p[:, None, :])
@@ -169,8 +184,10 @@ def test_categorical_derivatives_are_accurate_entrywise_for_saturated_outputs(f,
     assert relative_error(square @ np.swapaxes(square, -1, -2), reference) <= 1e-12  # normwise only
 
 
-@given(saturated_outputs(), st.data())
-def test_bernoulli_derivatives_are_accurate_entrywise_for_saturated_outputs(f, data):
+@pytest.mark.parametrize("margin", SATURATION_MARGINS)
+@given(data=st.data())
+def test_bernoulli_derivatives_are_accurate_entrywise_for_saturated_outputs(margin, data):
+    f = data.draw(saturated_outputs(margin)) * data.draw(st.sampled_from([1.0, -1.0]))  # p -> 1 and p -> 0
     lik = er.Bernoulli()
     y = np.array(data.draw(st.lists(st.sampled_from([0.0, 1.0]), min_size=f.size, max_size=f.size))).reshape(f.shape)
     softplus = np.logaddexp(0, f)  # -log(1 - p)

@@ -34,13 +34,17 @@ def test_architectures_respect_their_bounds(sizes):
     assert 2 <= len(sizes) <= 4 and all(1 <= s <= 5 for s in sizes)
 
 
-def test_shrinking_reaches_the_smallest_network():
-    assert find(architectures(), lambda sizes: True) == [1, 1]
+def test_shrinking_reaches_a_small_network():
+    """find() returns an example that satisfies the predicate and is small; how small exactly
+    depends on Hypothesis's shrinker (not part of its API), so the bounds leave room for one step
+    more or less. Strategies that shrank towards large networks or many rows would fail here."""
+    sizes = find(architectures(), lambda sizes: True)
+    assert len(sizes) == 2 and max(sizes) <= 2
     model = find(mlps(), lambda m: True)
-    assert model.layer_sizes == [1, 1]
+    assert model.n_layers == 1 and max(model.layer_sizes) <= 2
     model, lik, x, y = find(models_and_data(), lambda case: True)
-    assert model.n_layers == 1 and len(x) == 1 and model.dtype == np.float64
+    assert model.n_layers == 1 and len(x) <= 2 and model.dtype == np.float64
     assert find(dtypes(), lambda d: True) is np.float64
-    # A property that needs a hidden layer of width >= 3 shrinks to exactly that.
+    # A property that needs a hidden layer of width >= 3 shrinks to about that.
     sizes = find(architectures(), lambda s: len(s) >= 3 and s[1] >= 3)
-    assert sizes == [1, 3, 1]
+    assert len(sizes) == 3 and 3 <= sizes[1] <= 4 and sizes[0] + sizes[2] <= 3

@@ -37,6 +37,7 @@ import scipy.linalg
 from .._validate import check_choice, finite_or_refused, first_non_finite, most_extreme_input
 from ..curvature.estimate import fisher_unchecked
 from ..curvature.structures import KFAC_BIASES
+from ..io import JsonResult
 from ..model.likelihoods import Likelihood
 from ..model.loss import check_model_data, per_example_losses_unchecked
 from ..model.mlp import MLP
@@ -56,7 +57,7 @@ class NotPositiveDefinite(ValueError):
 
 
 @dataclass(frozen=True)
-class LaplaceEvidence:
+class LaplaceEvidence(JsonResult):
     """The Laplace log evidence and its parts (module docstring); ``to_dict`` is the CLI's JSON."""
 
     log_evidence: float

@@ -25,16 +25,14 @@ argument; `flags_named` relabels those errors with the flag the user typed.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
-import re
 import stat
 import sys
 from contextlib import contextmanager, redirect_stdout
 from pathlib import Path
 
-import numpy as np
+from ..io import json_text
 
 
 def integer(low: int, high: int | None = None):
@@ -241,51 +239,15 @@ def input_paths(args) -> dict:
     return found
 
 
-def strict_json(value, path: str = "", found: dict | None = None):
-    """`value` with every non-finite float (NaN, +-inf) replaced by None, recursively.
-
-    Each replaced number is recorded in `found` as JSON path -> what it was ('inf', '-inf',
-    'nan'): ``{"keys": {"0.weight": {"max_abs_error": inf}}}`` records
-    ``keys["0.weight"].max_abs_error``, ``{"b": [1.0, nan]}`` records ``b[1]``.
-    NumPy scalars are converted to Python numbers first (np.float64 is a float; np.float32 and
-    the integer types are not, and json.dumps would refuse them).
-    """
-    found = {} if found is None else found
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float):
-        if math.isfinite(value):
-            return value
-        found[path or "(the value)"] = "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
-        return None
-    if isinstance(value, dict):
-        return {key: strict_json(item, _json_path(path, key), found) for key, item in value.items()}
-    if isinstance(value, list | tuple):
-        return [strict_json(item, f"{path}[{index}]", found) for index, item in enumerate(value)]
-    return value
-
-
-def _json_path(path: str, key) -> str:
-    """`path` extended by `key`: '.name' for a plain name, '["0.weight"]' for any other key."""
-    key = str(key)
-    if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
-        return f"{path}.{key}" if path else key
-    return f"{path}[{json.dumps(key)}]"
-
-
 def write_json(value: dict) -> None:
     """Print `value` as one line of strictly valid JSON (RFC 8259): the one JSON writer of every command.
 
     A non-finite number is never printed: it becomes null, and the object gains the key
     ``"non_finite"``, {JSON path: 'nan' | 'inf' | '-inf'}, the reason for each such null
-    (docs/file-format.md, section 9). Fields a result type documents as null when not measured
-    are null already and are not listed. A quantity that is the command's answer is refused
-    before it gets here (e.g. laplace's log evidence, ewc_ref.bayes.evidence).
+    (docs/file-format.md, section 9; ``ewc_ref.io.json_text``, also behind every ``to_json()``).
+    A quantity that is the command's answer is refused before it gets here (e.g. laplace's log
+    evidence, ewc_ref.bayes.evidence).
     """
     if not isinstance(value, dict):
         raise TypeError(f"value: expected a dict (one JSON object), got {type(value).__name__}")
-    found: dict[str, str] = {}
-    clean = strict_json(value, "", found)
-    if found:
-        clean["non_finite"] = found
-    sys.stdout.write(json.dumps(clean, allow_nan=False) + "\n")
+    sys.stdout.write(json_text(value) + "\n")

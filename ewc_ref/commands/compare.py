@@ -4,7 +4,7 @@ An entry matches when |a - b| <= atol + rtol * |b| (B is the reference). The rep
 per key, the largest absolute and relative error and the worst entry; --json prints the same as
 one JSON object (docs/file-format.md). The exit status is the verdict either way.
 
-Two kfac files are compared on their Kronecker PRODUCTS, block by block in the Frobenius norm
+Both files hold the same structure: diag, full, block (key by key) or kfac. Two kfac files are compared on their Kronecker PRODUCTS, block by block in the Frobenius norm
 (|G_a (x) A_a - G_b (x) A_b| <= atol + rtol |G_b (x) A_b|), never factor by factor: libraries
 split the scale between A and G differently (ewc_ref/verify/kfac.py). Both must use the same
 bias convention.
@@ -15,11 +15,13 @@ from __future__ import annotations
 import numpy as np
 
 from ..curvature.result import split_curvature_arrays
+from ..curvature.structures import STRUCTURES
 from ..io import read_npz
 from ..verify.kfac import compare_kfac, is_kfac
 from ._args import add_json, add_quiet, add_report_output, number, report_to, write_json
 
-#: the arguments that name files this command reads (ewc_ref/cli.py refuses them as -o)
+#: The structures A and B may hold; the help text names each (tests/test_docs.py).
+ACCEPTS = {"structures": STRUCTURES}
 
 
 def add_arguments(parser) -> None:

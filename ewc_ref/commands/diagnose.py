@@ -1,15 +1,18 @@
 """Tell what a foreign Fisher file is: which estimator, which scale, which batch size (or none).
 
-Compares THEIRS (a diag or full curvature npz, docs/file-format.md) with every estimator computed on
-the same MODEL and DATA and prints the verdict, the scale in words, the runner-up and the
-margin, and the correct EWC Fisher. Exit 0 on a diagnosis (including "none"), 2 on bad input.
+Compares THEIRS (a diag, full or kfac curvature npz, docs/file-format.md; kfac in either bias
+convention, joined or separate) with every estimator computed on the same MODEL and DATA -- empirical,
+exact (= ggn for these likelihoods), pred, hessian, batched for every B, mc and shuffled (judged
+statistically) -- and prints the verdict, the scale in words, the runner-up and the margin, and the
+correct EWC Fisher. Exit 0 on a diagnosis (including "none"), 2 on bad input.
 """
 
 from __future__ import annotations
 
 import sys
 
-from ..curvature.result import read_theirs
+from ..curvature.estimators import ESTIMATORS
+from ..curvature.result import THEIRS_STRUCTURES, read_theirs
 from ..io import load_data, load_model
 from ..verify.diagnosis import diagnose
 from ._args import (
@@ -23,13 +26,14 @@ from ._args import (
     write_json,
 )
 
-#: the arguments that name files this command reads (ewc_ref/cli.py refuses them as -o)
+#: What THEIRS may be and what it is fitted against; the help text names each (tests/test_docs.py).
+ACCEPTS = {"structures": THEIRS_STRUCTURES, "estimators": (*ESTIMATORS, "shuffled")}
 
 
 def add_arguments(parser) -> None:
     parser.add_argument("model", metavar="MODEL", help="model.npz (docs/file-format.md)")
     parser.add_argument("data", metavar="DATA", help="data.npz, rows in the order THEIRS iterated over them")
-    parser.add_argument("theirs", metavar="THEIRS", help="their curvature npz: one array per parameter or key 'flat' (P,) (diag), or key 'full'")
+    parser.add_argument("theirs", metavar="THEIRS", help="their curvature npz: diag (one array per parameter, or key 'flat' (P,)), full (key 'full') or kfac (keys 'kfac.<module>.A/G')")
     add_report_output(parser)
     add_json(parser, "the verdict (docs/file-format.md) instead of text")
     parser.add_argument("--batch-sizes", type=integer(1), nargs="+", metavar="B",
@@ -53,7 +57,7 @@ def run(args) -> int:
                           hessian=True if args.hessian else None, progress=not args.quiet and not args.json)
     with report_to(args.output):
         if args.json:
-            write_json(result.to_json())
+            write_json(result.to_dict())
         else:
             sys.stdout.write(result.report(theirs_name=str(args.theirs)) + "\n")
     return 0

@@ -44,7 +44,7 @@ def run(args) -> int:
         except ImportError as error:
             raise OSError(f"{error} (or use --data-only for the .npz files alone)") from None
     out = args.output
-    progress = Progress(len(names), "figures", enabled=not args.quiet)
+    progress = Progress(len(names), "figures", enabled=not args.quiet, unit="figures")
     report = {"output": str(out), "figures": {}}
     # Staged beside OUT and moved in only when every figure is made (ewc_ref.io.atomic_folder): an
     # interrupted run leaves OUT as it was; files of other names in OUT are never touched.

@@ -135,7 +135,7 @@ def run_sequence(
 
 def _run(scenario, method, lam, label, progress, settings):
     """run_sequence with one progress line labelled `label` (one step per epoch)."""
-    meter = Progress(scenario.n_tasks * settings.get("epochs", 10), label, enabled=progress)
+    meter = Progress(scenario.n_tasks * settings.get("epochs", 10), label, enabled=progress, unit="epochs")
     try:
         return run_sequence(scenario, method, lam=lam, progress=lambda *_: meter.update(), **settings)
     finally:

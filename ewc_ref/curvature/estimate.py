@@ -147,7 +147,7 @@ def fisher_unchecked(model: MLP, lik: Likelihood, x, y, estimator: str = "empiri
     else:
         chunk_size = check_positive_int(chunk_size, "chunk_size")
     check_chunk_memory(model, estimator, structure, accumulator.samples, min(chunk_size, n))
-    meter = Progress(n, f"fisher {estimator}/{structure}", enabled=progress)
+    meter = Progress(n, f"fisher {estimator}/{structure}", enabled=progress, unit="rows")
     for begin in range(0, n, chunk_size):
         accumulator._update(x[begin : begin + chunk_size], y[begin : begin + chunk_size])
         meter.update(min(chunk_size, n - begin))

@@ -286,6 +286,10 @@ def as_theirs(theirs, model: MLP, source: str = "theirs") -> tuple[str, np.ndarr
                      f"got shape {array.shape}")
 
 
+#: The structures ``diagnose`` reads THEIRS in (read_theirs; its --help names them).
+THEIRS_STRUCTURES = ("diag", "full", "kfac")
+
+
 def read_theirs(path, model: MLP) -> Curvature:
     """Read another implementation's curvature npz (diag, full or kfac) for ``diagnose``, checked against `model`.
 
@@ -302,7 +306,7 @@ def read_theirs(path, model: MLP) -> Curvature:
             bad = int(value.size - np.count_nonzero(np.isfinite(value)))
             raise ValueError(f"{path}: key {key!r} contains {bad} non-finite value(s) (NaN or inf); expected finite numbers")
     theirs = curvature_from_arrays(arrays, model, source=str(path))
-    if theirs.structure not in ("diag", "full", "kfac"):
+    if theirs.structure not in THEIRS_STRUCTURES:
         raise ValueError(f"{path}: diagnose reads 'diag', 'full' or 'kfac' curvature files, got structure {theirs.structure!r}")
     if theirs.structure == "kfac":
         if not any(np.any(f[0]) and np.any(f[1]) for f in theirs.data):

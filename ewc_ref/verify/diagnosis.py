@@ -115,7 +115,7 @@ def diagnose(model: MLP, lik: Likelihood, x, y, theirs, batch_sizes=None, tol: f
 
     Returns
     -------
-    Diagnosis (``.to_json()`` is the object of docs/file-format.md, ``.report()`` the text)
+    Diagnosis (``.to_dict()`` is the object of docs/file-format.md, ``.to_json()`` its text, ``.report()`` the report)
 
     Raises
     ------

@@ -85,9 +85,13 @@ def gathered_squares(q: np.ndarray, idx: np.ndarray) -> np.ndarray:
     return onehot @ q.reshape(k * n, m)
 
 
-def rows_per_chunk(model: MLP, n_vectors: int, n_cols: int) -> int:
-    """Rows per chunk: K deltas of every layer, K x |cols| entries and the forward cache within CHUNK_BYTES."""
+def rows_per_chunk(model: MLP, n_vectors: int, n_cols: int, cumulant: bool = False) -> int:
+    """Rows per chunk: K deltas of every layer, K x |cols| entries and the forward cache within CHUNK_BYTES;
+    with `cumulant` (labels independent of each other: gaussian, bernoulli) also the |cols| x |cols|
+    matrix s of statistics.cumulant_moments and the temporary of its product (2 |cols|^2 per row)."""
     per_row = n_vectors * (sum(out for out, _ in model.shapes) + 2 * n_cols) + sum(model.layer_sizes)
+    if cumulant:
+        per_row += 2 * n_cols**2
     return max(1, budget.CHUNK_BYTES // (8 * per_row))
 
 
@@ -114,7 +118,7 @@ def diag_pass(model: MLP, lik: Likelihood, x: np.ndarray, y, screen_cols: np.nda
     dependent = lik.gradient_cumulants(np.zeros((1, c))) is None
     n_basis = len(lik.label_quadrature(np.zeros((1, c)))[0]) if dependent else c
     screen_at, mc_at = _locations(model, screen_cols), _locations(model, mc_cols)
-    chunk = chunk_size or rows_per_chunk(model, n_basis, mc_cols.size)
+    chunk = chunk_size or rows_per_chunk(model, n_basis, mc_cols.size, cumulant=not dependent)
     sums = np.zeros((len(PASS_ESTIMATORS), p))
     grad_sum = np.zeros(p)
     grad_entries = np.empty((n, screen_cols.size))

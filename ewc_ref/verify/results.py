@@ -2,7 +2,7 @@
 
 Each result carries the rule that produced it and its uncertainty (relative error, round-off
 threshold, runner-up margin, the Monte Carlo test's p-values), like scipy.stats results.
-The JSON form (``to_json``) is the schema of ``ewc-ref diagnose --json`` (docs/file-format.md).
+The JSON object (``to_dict``; ``to_json`` is its text) is the schema of ``ewc-ref diagnose --json`` (docs/file-format.md).
 """
 
 from __future__ import annotations
@@ -10,9 +10,11 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from ..io import JsonResult
+
 
 @dataclass
-class Candidate:
+class Candidate(JsonResult):
     """One estimator fitted to THEIRS by (1)."""
 
     estimator: str
@@ -34,14 +36,14 @@ class Candidate:
             return f"shuffled, B ~ {self.batch_size}"
         return self.estimator
 
-    def to_json(self) -> dict:
+    def to_dict(self) -> dict:
         return {"estimator": self.estimator, "scale": self.scale, "rel_error": self.rel_error,
                 "batch_size": self.batch_size, "samples": self.samples, "fits": self.fits, "note": self.note,
                 "entries": self.entries}
 
 
 @dataclass
-class MCTest:
+class MCTest(JsonResult):
     """The statistical judgement of ``mc`` (module docstring, (2)-(4))."""
 
     accepted: bool
@@ -57,7 +59,7 @@ class MCTest:
     samples_interval: tuple = (math.nan, math.nan)  # 95% band of the implied S
     implied_samples_chi2: float = math.nan  # M' / Q1, the CLT estimate (biased up on confident nets)
 
-    def to_json(self) -> dict:
+    def to_dict(self) -> dict:
         def finite(value):
             return value if isinstance(value, int) or (isinstance(value, float) and math.isfinite(value)) else None
 
@@ -69,7 +71,7 @@ class MCTest:
 
 
 @dataclass
-class Diagnosis:
+class Diagnosis(JsonResult):
     """The answer of ``diagnose``: THEIRS ~= scale * F_estimator, or estimator = 'none'."""
 
     estimator: str
@@ -97,21 +99,21 @@ class Diagnosis:
     causes: list = field(default_factory=list)  # likely causes of a 'none', most likely first
     also_consistent: list = field(default_factory=list)  # other accepted statistical candidates
 
-    def to_json(self) -> dict:
+    def to_dict(self) -> dict:
         """The object of docs/file-format.md (`diagnose --json`), plus explanatory extras."""
         return {
             "estimator": self.estimator, "scale": self.scale, "batch_size": self.batch_size,
             "samples": self.samples, "rel_error": self.rel_error,
-            "candidates": [c.to_json() for c in self.candidates],
+            "candidates": [c.to_dict() for c in self.candidates],
             "scale_words": self.scale_words, "n": self.n, "n_params": self.n_params,
             "structure": self.structure, "precision": self.precision, "tol": self.tol,
-            "runner_up": None if self.runner_up is None else self.runner_up.to_json(),
+            "runner_up": None if self.runner_up is None else self.runner_up.to_dict(),
             "margin": self.margin if math.isfinite(self.margin) else None,
             "equivalent": [c.label for c in self.equivalent],
-            "mc_test": None if self.mc is None else self.mc.to_json(),
+            "mc_test": None if self.mc is None else self.mc.to_dict(),
             "kfac_bias": self.kfac_bias,
             "scale_factor": self.scale_factor,
-            "shuffled_test": None if self.shuffled is None else self.shuffled.to_json(),
+            "shuffled_test": None if self.shuffled is None else self.shuffled.to_dict(),
             "not_tried": list(self.not_tried),
             "batch_sizes_screened": None if self.batch_sizes_screened is None else list(self.batch_sizes_screened),
             "causes": list(self.causes),

@@ -59,6 +59,8 @@ import numpy as np
 from scipy import sparse
 from scipy.stats import chi2, norm
 
+from ..io import JsonResult
+
 #: Simulated shuffled-loader Fishers that calibrate the test and the interval of B.
 SHUFFLE_BOOTSTRAP = 32
 #: Significance level of each of (3), (4), (5). Looser than mc's 1e-6 because a false ``shuffled``
@@ -70,7 +72,7 @@ SHUFFLED_ALPHA = 1e-3
 
 
 @dataclass
-class ShuffledTest:
+class ShuffledTest(JsonResult):
     """The judgement of ``shuffled`` (module docstring, (1)-(3))."""
 
     accepted: bool
@@ -87,7 +89,7 @@ class ShuffledTest:
     rel_error: float = math.nan  # ||T - c E[T]|| / ||T|| of the fitted expectation on all entries
     identified: bool = False  # the m m^T weight pins c down (sd <= c / 4): B and c are not confounded
 
-    def to_json(self) -> dict:
+    def to_dict(self) -> dict:
         def finite(value):
             return value if isinstance(value, int) or (isinstance(value, float) and math.isfinite(value)) else None
 
