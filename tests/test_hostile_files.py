@@ -42,7 +42,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 import ewc_ref as er
-from ewc_ref import safe_files
+from ewc_ref import safe_files, safe_zip
 from ewc_ref.continual.datasets import read_idx
 
 FUZZ = settings(max_examples=300, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -220,6 +220,9 @@ def _justified_refusal(raw: bytes, text: str, max_bytes: int) -> bool:
                                 for a in oracle.values()),
         "the zip directory records": any(_declared_size(m) != len(m) for m in members),
         "more data than shape": any(_declared_size(m) is not None and _declared_size(m) < len(m) for m in members),
+        "refused as a compression bomb": any(info.file_size > safe_zip.RATIO_FLOOR_BYTES
+                                             and info.file_size > safe_zip.MAX_COMPRESSION_RATIO * max(info.compress_size, 1)
+                                             for info in infos),
     }
     return any(phrase in text and holds for phrase, holds in rules.items())
 

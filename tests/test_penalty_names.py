@@ -126,7 +126,7 @@ def test_without_lambda_the_paper_lambda_is_reported(tasks):
     w = LAM * _fishers(tasks, "exact")[-1]
     d = diagnose_penalty(models[-1:], LIK, data[-1:], _samples(_quadratic(w, models[-1].theta), models))
     assert d.lambda_paper == pytest.approx(LAM, rel=1e-10) and d.factor is None
-    assert d.to_json()["lambda_paper"] == pytest.approx(LAM, rel=1e-10)
+    assert d.to_dict()["lambda_paper"] == pytest.approx(LAM, rel=1e-10)
 
 
 @pytest.mark.parametrize("kwargs, name", [

@@ -121,7 +121,7 @@ def test_catalogue_penalty_named_through_torch_as_the_cli_names_its_file(name, c
     with_grads(module)
     before = snapshot(module)
     result = ep.diagnose_penalty(states, tasks, penalty, model=module, likelihood=nn.CrossEntropyLoss(),
-                                 takes="named_parameters", lam=LAMBDA, gamma=GAMMA).to_json()
+                                 takes="named_parameters", lam=LAMBDA, gamma=GAMMA).to_dict()
     assert_unchanged(module, before)
     cli = verdict(name)
     meta = CATALOGUE["entries"][name]
@@ -200,7 +200,7 @@ def test_past_modules_state_dicts_recorders_and_loaders_give_the_same_verdict(ca
         pass
     mixed_data = [tasks[0], recorder, DataLoader(TensorDataset(*tasks[2]), batch_size=8)]
     results = [ep.diagnose_penalty(past, data, penalty, model=net_of(torch.float64), likelihood="categorical",
-                                   takes="named_parameters", lam=LAMBDA).to_json()
+                                   takes="named_parameters", lam=LAMBDA).to_dict()
                for past, data in [(states, tasks), (modules, mixed_data), ([modules[0], states[1], modules[2]], tasks)]]
     assert results[0]["combination"] == "separate"
     assert results[1] == results[0] and results[2] == results[0]
@@ -490,4 +490,4 @@ def test_save_penalty_gives_the_command_line_the_verdict_of_the_torch_path(catal
     code = main(["diagnose-penalty", *(m for m, _ in paths), "--data", *(d for _, d in paths), str(tmp_path / "theirs.npz"),
                  "--lambda", str(LAMBDA), "--gamma", str(GAMMA), "--json", "--quiet"])
     assert code == 0
-    assert json.loads(capsys.readouterr().out) == json.loads(json.dumps(result.to_json()))
+    assert json.loads(capsys.readouterr().out) == json.loads(result.to_json())

@@ -74,7 +74,7 @@ def run(args) -> int:
                                   tol=args.tol, rng=args.seed, progress=not args.quiet and not args.json)
     with report_to(args.output):
         if args.json:
-            write_json(result.to_json())
+            write_json(result.to_dict())
         else:
             sys.stdout.write(result.report(theirs_name=str(theirs_path)) + "\n")
     return 0

@@ -93,7 +93,7 @@ def diagnose_penalty(models, lik: Likelihood, data, theirs, lam: float | None = 
 
     Returns
     -------
-    PenaltyDiagnosis (``.report()`` text, ``.to_json()`` the object of docs/file-format.md)
+    PenaltyDiagnosis (``.report()`` text, ``.to_dict()`` the object of docs/file-format.md, ``.to_json()`` its text)
 
     Raises
     ------

@@ -1,6 +1,6 @@
 """What ``diagnose_penalty`` answers: the fitted rows, the anchor candidates and the named penalty.
 
-The JSON form (``PenaltyDiagnosis.to_json``) is the schema of ``ewc-ref diagnose-penalty --json``
+The JSON form (``PenaltyDiagnosis.to_dict``; ``to_json()`` is its text) is the schema of ``ewc-ref diagnose-penalty --json``
 (docs/file-format.md, section 11). Factors of lambda are named from ``lambda_factors``, the
 conventions of the catalogue (tests/fixtures/penalties, docs/penalty-conventions.md).
 """
@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+
+from ..io import JsonResult
 
 #: The best candidates kept in the JSON (every B x every row would be ~4 N objects).
 JSON_CANDIDATES = 50
@@ -25,7 +27,7 @@ COMBINATION_WORDS = {
 
 
 @dataclass
-class CurvatureCandidate:
+class CurvatureCandidate(JsonResult):
     """W ~= s sum_t c_t F_t for one estimator (and B) and one row of (N1)."""
 
     estimator: str
@@ -45,14 +47,14 @@ class CurvatureCandidate:
         row = f"online, gamma = {self.gamma:.12g}" if self.row == "online" else self.row
         return f"{name} / {row}"
 
-    def to_json(self) -> dict:
+    def to_dict(self) -> dict:
         return {"estimator": self.estimator, "batch_size": self.batch_size, "samples": self.samples, "row": self.row,
                 "scale": self.scale, "rel_error": self.rel_error, "coefficients": list(self.coefficients),
                 "gamma": self.gamma, "scale_se": self.scale_se}
 
 
 @dataclass
-class AnchorCandidate:
+class AnchorCandidate(JsonResult):
     """One explanation of THEIR anchor and its W-weighted relative distance."""
 
     name: str
@@ -61,13 +63,13 @@ class AnchorCandidate:
     kind: str = "task"  # 'task' | 'weighted mean' | 'mean' | 'mixture'
     mixture: list | None = None
 
-    def to_json(self) -> dict:
+    def to_dict(self) -> dict:
         return {"name": self.name, "kind": self.kind, "task": self.task, "rel_error": self.rel_error,
                 "mixture": self.mixture}
 
 
 @dataclass
-class TaskCurvature:
+class TaskCurvature(JsonResult):
     """The Fisher diagnosis (verify/diagnosis.py) of one task's term of W: its public fields."""
 
     task: int
@@ -94,7 +96,7 @@ class TaskCurvature:
         return (self.estimator + (f", B = {self.batch_size}" if self.batch_size else "")
                 + (f", S = {self.samples}" if self.samples else ""))
 
-    def to_json(self) -> dict:
+    def to_dict(self) -> dict:
         return {"task": self.task, "estimator": self.estimator, "batch_size": self.batch_size, "samples": self.samples,
                 "scale": self.scale, "rel_error": self.rel_error, "scale_words": self.scale_words,
                 "scale_se": self.scale_se, "causes": list(self.causes)}
@@ -141,7 +143,7 @@ def name_factor(factor: float, n: int, p: int, gamma: float | None, rtol: float)
 
 
 @dataclass
-class PenaltyDiagnosis:
+class PenaltyDiagnosis(JsonResult):
     """The named penalty: combination, anchor, curvature, gamma and lambda, or 'none' with its causes."""
 
     fit: object  # verify.penalty_fit.PenaltyFit
@@ -240,18 +242,18 @@ class PenaltyDiagnosis:
         if sign:
             self.factor_words += " (negative: the penalty is subtracted from the loss, ERRATA E9)"
 
-    def to_json(self) -> dict:
+    def to_dict(self) -> dict:
         return {"combination": self.combination, "n_tasks": self.n_tasks, "n_params": self.n_params, "tol": self.tol,
-                "penalty_fit": self.fit.to_json(),
-                "curvature": None if self.curvature is None else self.curvature.to_json(),
-                "anchor": None if self.anchor is None else self.anchor.to_json(),
+                "penalty_fit": self.fit.to_dict(),
+                "curvature": None if self.curvature is None else self.curvature.to_dict(),
+                "anchor": None if self.anchor is None else self.anchor.to_dict(),
                 "lambda": self.lam, "gamma": self.gamma_theirs, "lambda_paper": self.lambda_paper,
                 "factor": self.factor, "factor_expression": self.factor_expression, "factor_words": self.factor_words,
                 "gamma_fitted": None if self.curvature is None else self.curvature.gamma, "gamma_words": self.gamma_words,
-                "equivalent": list(self.equivalent), "anchor_equivalent": list(self.anchor_equivalent), "per_task": [d.to_json() for d in self.per_task],
-                "proposals": [d.to_json() for d in self.proposal_diagnoses],
-                "candidates": [c.to_json() for c in self.candidates[:JSON_CANDIDATES]],
-                "candidates_total": len(self.candidates), "anchors": [a.to_json() for a in self.anchors],
+                "equivalent": list(self.equivalent), "anchor_equivalent": list(self.anchor_equivalent), "per_task": [d.to_dict() for d in self.per_task],
+                "proposals": [d.to_dict() for d in self.proposal_diagnoses],
+                "candidates": [c.to_dict() for c in self.candidates[:JSON_CANDIDATES]],
+                "candidates_total": len(self.candidates), "anchors": [a.to_dict() for a in self.anchors],
                 "not_tried": list(self.not_tried),
                 "batch_sizes_screened": None if self.batch_sizes_screened is None else list(self.batch_sizes_screened),
                 "batch_screen": self.batch_screen, "unpenalised": list(self.unpenalised),

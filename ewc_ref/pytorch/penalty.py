@@ -113,7 +113,7 @@ def diagnose_penalty(models, data, penalty, *, model, likelihood, takes: str = "
     Returns
     -------
     PenaltyDiagnosis, the object ``er.diagnose_penalty`` and ``ewc-ref diagnose-penalty`` return
-    (``.report()``, ``.to_json()``), computed in float64 at the past weights.
+    (``.report()``, ``.to_dict()``), computed in float64 at the past weights.
     """
     _check_penalty(penalty, takes, seed)
     if likelihood is None:

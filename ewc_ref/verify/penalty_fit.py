@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .._validate import as_float_array, as_generator
-from ..io import read_npz
+from ..io import JsonResult, read_npz
 
 #: Relative residual accepted as round-off. float64: a correct penalty's gradient is a few
 #: elementwise products (lambda, F, theta - a), each exact to eps64 = 1.1e-16 relative, and the
@@ -57,7 +57,7 @@ QUADRATIC_VERDICTS = ("diagonal quadratic", "quadratic, not diagonal", "not quad
 
 
 @dataclass
-class PenaltyFit:
+class PenaltyFit(JsonResult):
     """W and the anchor of THEIR penalty (P1), with the residuals that judge the fit.
 
     ``weights`` and ``anchor`` are (P,); ``anchor`` is NaN where W_i = 0 (no penalty there, any
@@ -86,7 +86,7 @@ class PenaltyFit:
         """True when W and a describe the penalty: a diagonal quadratic, or M = 2 with a consistent value."""
         return self.quadratic in ("diagonal quadratic", "cannot tell")
 
-    def to_json(self) -> dict:
+    def to_dict(self) -> dict:
         def finite(value):
             return value if math.isfinite(value) else None
 

@@ -192,10 +192,6 @@ class Diagnosis(JsonResult):
         """The text report ``ewc-ref diagnose`` prints (``print(d)``)."""
         return self.report()
 
-    def to_dict(self) -> dict:
-        """Alias of ``to_json``: the JSON object of ``ewc-ref diagnose --json``."""
-        return self.to_json()
-
     @property
     def winner(self) -> Candidate | None:
         for c in self.candidates:
