@@ -214,6 +214,27 @@ def test_conventions_that_coincide_are_named_as_indistinguishable():
     assert name_factor(3.0, n=32, p=51, gamma=None, rtol=1e-9)[0] is None
 
 
+def test_a_factor_off_by_a_float32_rounded_lambda_is_named_with_the_rounding_and_nothing_wider():
+    """2 float32(0.4) / 0.4 = 2.0000000298 is 2 with lambda rounded to float32 (the exact ratio, within the
+    same 1e-9); without lam, or 2 (1 + 1e-5), or 2 x the ratio x (1 + 1e-7), no convention is named."""
+    from ewc_ref.continual.penalty_report import lambda_roundings, name_factor
+
+    ratio = float(np.float32(0.4)) / 0.4
+    assert ratio == pytest.approx(1 + 1.49e-8, abs=1e-10)
+    expression, words = name_factor(2 * ratio, n=32, p=51, gamma=None, rtol=1e-9, lam=0.4)
+    assert expression == "2" and words.startswith("2 (x 1.0000000149: lambda rounded to float32")
+    assert name_factor(2 * ratio, n=32, p=51, gamma=None, rtol=1e-9)[0] is None  # the band itself is unchanged
+    for factor in (2 * (1 + 1e-5), 2.00002, 2 * ratio * (1 + 1e-7)):
+        assert name_factor(factor, n=32, p=51, gamma=None, rtol=1e-9, lam=0.4)[0] is None
+    # your lambda read as float32(0.4) while their code multiplied by 0.4
+    lam32 = float(np.float32(0.4))
+    expression, words = name_factor(2 * 0.4 / lam32, n=32, p=51, gamma=None, rtol=1e-9, lam=lam32)
+    assert expression == "2" and "is float32(0.4)" in words
+    assert lambda_roundings(0.5) == [] and lambda_roundings(None) == []  # 0.5 is exact in float32: no hypothesis
+    assert name_factor(2.0, n=32, p=51, gamma=None, rtol=1e-9, lam=0.4) == name_factor(2.0, n=32, p=51, gamma=None,
+                                                                                           rtol=1e-9)
+
+
 def test_equal_optima_make_separate_and_accumulated_the_same_and_say_so(tasks):
     models, data = tasks
     same = [models[-1]] * 3  # every task ended at the same weights

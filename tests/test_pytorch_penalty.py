@@ -30,7 +30,7 @@ import ewc_ref as er
 import ewc_ref.pytorch as ep
 from ewc_ref.cli import main
 from ewc_ref.pytorch.strategies import STYLES, torch_models_and_data
-from ewc_ref.verify.penalty_fit import PENALTY_TOL, read_penalty_samples
+from ewc_ref.verify.penalty_fit import PENALTY_TOL, ROUNDED_VALUE_TOL, read_penalty_samples
 
 LAMBDA, GAMMA = CATALOGUE["lambda"], CATALOGUE["gamma"]
 
@@ -254,36 +254,72 @@ def test_an_avalanche_style_before_backward_wrapped_as_a_penalty_of_a_float32_mo
 
 def test_the_avalanche_style_float32_accumulator_on_a_float64_module_as_docs_penalty_conventions_says(catalogue):
     """The float32 accumulator inside a float64 loss: float64 gradients, the value rounded to float32
-    (value check 'value inconsistent', residual ~6e-8) and lambda rounded to float32(0.4), so the factor
-    is 2 float32(0.4) / 0.4 = 2.0000000298 and names no convention, unless lam is given as float32(0.4)."""
+    (residual measured 7.45e-8 = 1.25 u, above float64's 1e-8) and lambda rounded to float32(0.4). Named
+    separate, W judged at float64's 1e-8, the value at float32's round-off (said in the reason), and the
+    factor 2 float32(0.4) / 0.4 = 2.0000000298 named 2 with the rounding stated; lam = float32(0.4) gives 2."""
     states, tasks, penalty = avalanche_style_penalty(catalogue, torch.float64)
     results = [ep.diagnose_penalty(states, tasks, penalty, model=net_of(torch.float64), likelihood="categorical", lam=lam)
                for lam in (LAMBDA, float(np.float32(LAMBDA)))]
     for result in results:
-        assert (result.fit.quadratic, result.fit.precision) == ("value inconsistent", "float64")
-        assert 1e-8 < result.fit.value_residual < 1e-6
+        fit = result.fit
+        assert (fit.quadratic, fit.precision, fit.value_precision, result.tol) == (
+            "diagonal quadratic", "float64", "float32", PENALTY_TOL["float64"]), fit.reason
+        assert PENALTY_TOL["float64"] < fit.value_residual <= ROUNDED_VALUE_TOL and fit.value_rounded
+        assert "value rounded to float32" in fit.reason and "gradients float64" in fit.reason
         assert (result.combination, result.curvature.estimator, result.curvature.batch_size) == ("separate", "batched", 8)
         assert result.curvature.scale == pytest.approx(2 * float(np.float32(LAMBDA)), rel=1e-12)
-    assert [r.factor_expression for r in results] == [None, "2"]
+        assert "values float32 numbers" in result.report()
+    assert [r.factor_expression for r in results] == ["2", "2"]
+    assert "x 1.0000000149: lambda rounded to float32" in results[0].factor_words
+    assert "rounded" not in results[1].factor_words  # exactly 2: nothing to explain
 
 
-def test_a_float32_value_of_a_float64_module_is_judged_at_float32_round_off(catalogue, tmp_path):
-    """A penalty cast to float32 at the end: float64 gradients, a value rounded to ~6e-8 relative. The
-    gradients alone say float64 (threshold 1e-8, so the value would be 'inconsistent'); the torch path
-    knows the value's dtype and judges at 1e-4."""
+def test_a_genuinely_different_factor_or_value_is_not_passed_as_float32_rounding(catalogue):
+    """The allowances are not a wider band: the same accumulator with lam 2 x (1 + 1e-5) off names no
+    factor, and a value 1e-5 relative off (then rounded to float32) is still 'value inconsistent'."""
+    states, tasks, penalty = avalanche_style_penalty(catalogue, torch.float64)
+    result = ep.diagnose_penalty(states, tasks, penalty, model=net_of(torch.float64), likelihood="categorical",
+                                 lam=LAMBDA / (1 + 1e-5))
+    assert result.combination == "separate" and result.factor_expression is None, result.factor_words
+    assert result.factor == pytest.approx(2.00002, rel=1e-7)
+
+    calls = []
+
+    def off(model):  # 1e-5 relative more at every other point: a value that is not the gradient's integral
+        calls.append(1)
+        value = penalty(model)
+        return (value + 1e-5 * (len(calls) % 2) * value.detach()).float()
+
+    fit = er.fit_penalty(*ep.penalty_samples(states, off, model=net_of(torch.float64)))
+    assert fit.value_precision == "float32" and ROUNDED_VALUE_TOL < fit.value_residual < PENALTY_TOL["float32"]
+    assert fit.quadratic == "value inconsistent" and "different functions" in fit.reason
+
+
+def test_a_float32_value_of_a_float64_module_is_judged_at_float32_round_off(catalogue, tmp_path, capsys):
+    """A penalty cast to float32 at the end: float64 gradients, a value rounded to float32. The core
+    judges the value at float32's round-off from the numbers themselves, the gradients at float64's 1e-8:
+    the same verdict from er.fit_penalty, the torch path and the command line on the saved file (no --tol)."""
     states, tasks, kirkpatrick, _ = catalogue.inputs("kirkpatrick_separate")
 
     def penalty(params):
         return kirkpatrick(params).float()
 
     samples = ep.penalty_samples(states, penalty, model=net_of(torch.float64), takes="named_parameters")
-    assert er.fit_penalty(*samples).quadratic == "value inconsistent"
+    fit = er.fit_penalty(*samples)
+    assert (fit.quadratic, fit.value_precision, fit.tol) == ("diagonal quadratic", "float32", PENALTY_TOL["float64"])
     assert ep.save_penalty(tmp_path / "theirs.npz", states, penalty, model=net_of(torch.float64),
-                           takes="named_parameters") == PENALTY_TOL["float32"]  # the --tol the command line needs
+                           takes="named_parameters") == PENALTY_TOL["float64"]
     result = ep.diagnose_penalty(states, tasks, penalty, model=net_of(torch.float64), likelihood="categorical",
                                  takes="named_parameters", lam=LAMBDA)
-    assert (result.fit.quadratic, result.tol) == ("diagonal quadratic", PENALTY_TOL["float32"])
+    assert (result.fit.quadratic, result.tol) == ("diagonal quadratic", PENALTY_TOL["float64"])
     assert (result.combination, result.curvature.estimator, result.factor_expression) == ("separate", "exact", "1")
+    code = main(["diagnose-penalty", *(str(HERE / f"model_{t}.npz") for t in (1, 2, 3)), "--data",
+                 *(str(HERE / f"data_{t}.npz") for t in (1, 2, 3)), str(tmp_path / "theirs.npz"),
+                 "--lambda", str(LAMBDA), "--json", "--quiet"])
+    assert code == 0
+    cli = json.loads(capsys.readouterr().out)
+    assert (cli["penalty_fit"]["quadratic"], cli["penalty_fit"]["value_precision"], cli["combination"]) == (
+        "diagonal quadratic", "float32", "separate")
 
 
 class Custom(nn.Module):

@@ -10,6 +10,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+import numpy as np
+
 #: The best candidates kept in the JSON (every B x every row would be ~4 N objects).
 JSON_CANDIDATES = 50
 
@@ -123,17 +125,43 @@ def lambda_factors(n: int, p: int, gamma: float | None) -> list[tuple[float, str
     return out
 
 
-def name_factor(factor: float, n: int, p: int, gamma: float | None, rtol: float):
+def lambda_roundings(lam: float | None) -> list[tuple[float, str]]:
+    """(lambda used / your lambda, words) for a lambda rounded to float32 on its way, ratios != 1.
+
+    Theirs rounded: a Python float times a float32 tensor is float32(lambda) (Avalanche's float32
+    accumulator, even on a float64 model). Yours rounded: your lambda is a float32 number (read from a
+    float32 tensor or config) whose shortest float32 decimal d is what their code multiplied by.
+    """
+    if lam is None or not math.isfinite(lam) or lam == 0:
+        return []
+    out = []
+    theirs = float(np.float32(lam))
+    if theirs != lam:
+        out.append((theirs / lam, f"lambda rounded to float32: float32({lam:.12g}) = {theirs:.17g}"))
+    elif float(str(np.float32(lam))) != lam:
+        decimal = float(str(np.float32(lam)))
+        out.append((decimal / lam, f"your lambda {lam:.17g} is float32({decimal:.12g}); theirs {decimal:.12g}"))
+    return out
+
+
+def name_factor(factor: float, n: int, p: int, gamma: float | None, rtol: float, lam: float | None = None):
     """(expression or None, words): the simplest convention within relative `rtol` of `factor`.
 
     Conventions whose values coincide here (2 gamma = 1 at gamma = 1/2, N = 2 at N = 2) are all
-    inside the band: the simplest is reported and the others are named as indistinguishable.
+    inside the band: the simplest is reported and the others are named as indistinguishable. When
+    none is, and `lam` is given, a convention times the exact ratio of a float32-rounded lambda
+    (``lambda_roundings``, e.g. float32(0.4) / 0.4 = 1.0000000149) is tried within the SAME `rtol`:
+    one more hypothesis with no free parameter, so the band is not widened (2 (1 + 1e-5) stays unnamed).
     """
-    inside = [(expression, words) for value, expression, words in lambda_factors(n, p, gamma)
-              if abs(factor / value - 1) <= rtol]
-    if not inside:
+    factors = lambda_factors(n, p, gamma)
+    for ratio, why in [(1.0, ""), *lambda_roundings(lam)]:
+        inside = [(expression, words) for value, expression, words in factors if abs(factor / (value * ratio) - 1) <= rtol]
+        if inside:
+            expression, words = inside[0]
+            words = f"{expression} (x {ratio:.12g}: {why}); {words}" if why else words
+            break
+    else:
         return None, f"no convention of the catalogue gives {factor:.12g} (docs/penalty-conventions.md)"
-    expression, words = inside[0]
     if len(inside) > 1:
         words += ("; equally " + "; ".join(f"{e} ({w})" for e, w in inside[1:])
                   + " -- these give the same factor here and cannot be told apart")
@@ -233,7 +261,7 @@ class PenaltyDiagnosis:
         self.factor = c.scale / lam
         # a deterministic fit: within 100 x its residual; a statistical one: the simplest inside 2 standard errors
         rtol = max(100 * c.rel_error, 1e-9) if c.scale_se is None else 2 * c.scale_se / abs(c.scale)
-        self.factor_expression, words = name_factor(abs(self.factor), self.n_examples, self.n_params, gamma, rtol)
+        self.factor_expression, words = name_factor(abs(self.factor), self.n_examples, self.n_params, gamma, rtol, lam)
         band = "" if c.scale_se is None else f" +/- {2 * c.scale_se / lam:.2g}"
         sign = "-" if self.factor < 0 else ""
         self.factor_words = f"your lambda corresponds to lambda_paper = {sign}{abs(self.factor):.12g}{band} x yours: {words}"
@@ -261,7 +289,8 @@ class PenaltyDiagnosis:
         """Human-readable verdict."""
         f = self.fit
         lines = [f"{theirs_name}: M = {f.n_points} points, P = {self.n_params}, T = {self.n_tasks} task(s); precision "
-                 f"{f.precision} (round-off threshold {self.tol:g})", "",
+                 f"{f.precision} (round-off threshold {self.tol:g})"
+                 + (f"; values float32 numbers (threshold {f.value_tol:.2g})" if f.value_tol > f.tol else ""), "",
                  f"quadratic   {f.quadratic}: {f.reason}"]
         if self.combination == "none":
             lines.append("verdict     none: THEIR penalty is not named")

@@ -23,7 +23,8 @@ and each line is a collinear, equally spaced triple, so the midpoint test tells 
 off-diagonal curvature from a non-quadratic penalty. The points are rounded to the module's dtype
 (a float32 module is evaluated, and reported, at float32 points); value and gradient come back in
 the flat order of the model file ``ep.save`` writes (docs/file-format.md, section 4). The round-off
-threshold is float32's (1e-4) when the module or the returned value is float32, else float64's (1e-8).
+threshold is float32's (1e-4) for a float32 module, else float64's (1e-8); a value rounded to float32
+beside float64 gradients is judged at float32's round-off by the core (``ROUNDED_VALUE_TOL``).
 
 The module is changed in place while the penalty is evaluated (its parameters copied in, so the
 penalty sees the module it expects) and restored exactly afterwards, also on error: the parameter
@@ -142,8 +143,8 @@ def save_penalty(path, models, penalty, *, model, takes: str = "module", scale: 
     ``ep.save`` and their data with ``ep.save_data``: the columns are in those model files' order.
 
     Returns the round-off threshold ``diagnose_penalty`` uses for these samples (``_samples``): 1e-4
-    when the module or the penalty's value is float32, else 1e-8. The file stores float64 numbers, so
-    a float32 value with float64 gradients (a float32 accumulator) needs ``--tol 1e-4`` on the command line.
+    for a float32 module, else 1e-8 -- the command line's default for the file too (a float32 value
+    of float64 gradients, a float32 accumulator, is recognised from the numbers, as here).
     """
     _check_penalty(penalty, takes, seed)
     _, current, optima, _ = _past_models(models, model)
@@ -221,29 +222,28 @@ def _check_penalty(penalty, takes, seed) -> None:
 
 def _samples(penalty, model, takes, current: MLP, optima: list[np.ndarray], scale, directions, seed):
     """(theta, value, grad, tol): the points rounded to the module's dtype, evaluated, in the MLP's flat order,
-    and the round-off threshold of the lowest precision the evaluation went through.
+    and the round-off threshold of the gradients' precision, the module's dtype.
 
-    The core reads the precision from the gradients alone; here the dtypes are known. A float32 value
-    of a float64 module (Avalanche accumulates its penalty in ``torch.tensor(0).float()``) has float64
-    gradients but a value rounded to ~6e-8 relative, which the float64 threshold would call inconsistent.
+    A float32 value of a float64 module (Avalanche accumulates its penalty in ``torch.tensor(0).float()``)
+    has float64 gradients and a value rounded to float32: the core judges such a value against
+    float32's round-off by itself (verify/penalty_fit.py, ``ROUNDED_VALUE_TOL``), as it does for the
+    same numbers read from a penalty file, so nothing is widened here.
     """
     dtype = next(model.parameters()).dtype
     points = penalty_points(optima, scale, directions, seed)
     points = points.astype(np.float32 if dtype == torch.float32 else np.float64).astype(np.float64)
     order = _mlp_positions(current, [n for n, _ in model.named_parameters()], model)  # torch flat i = MLP flat order[i]
-    values, torch_grads, value_dtypes = _evaluate(penalty, model, takes, points[:, order])
+    values, torch_grads = _evaluate(penalty, model, takes, points[:, order])
     grads = np.empty_like(torch_grads)
     grads[:, order] = torch_grads
-    precision = "float32" if torch.float32 in {dtype, *value_dtypes} else "float64"
-    return points, values, grads, PENALTY_TOL[precision]
+    return points, values, grads, PENALTY_TOL["float32" if dtype == torch.float32 else "float64"]
 
 
-def _evaluate(penalty, module: nn.Module, takes: str, points: np.ndarray) -> tuple[np.ndarray, np.ndarray, set]:
-    """(value (M,), grad (M, P)) float64 of penalty at each row of points (M, P), in parameters() order,
-    and the dtypes of the values it returned."""
+def _evaluate(penalty, module: nn.Module, takes: str, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(value (M,), grad (M, P)) float64 of penalty at each row of points (M, P), in parameters() order."""
     params = list(module.parameters())
     sizes = [p.numel() for p in params]
-    values, grads, value_dtypes = np.empty(points.shape[0]), np.empty(points.shape), set()
+    values, grads = np.empty(points.shape[0]), np.empty(points.shape)
     with _restored(module):
         for p in params:
             p.requires_grad_(True)
@@ -256,8 +256,7 @@ def _evaluate(penalty, module: nn.Module, takes: str, points: np.ndarray) -> tup
                         "parameters": params}[takes]
             out = penalty(argument)
             values[m], grads[m] = _value_and_grad(out, params, m)
-            value_dtypes.add(out.dtype)
-    return values, grads, value_dtypes
+    return values, grads
 
 
 def _value_and_grad(out, params: list, m: int) -> tuple[float, np.ndarray]:
