@@ -507,6 +507,27 @@ def test_bad_arguments_are_refused_naming_them(change, error, words):
     assert_unchanged(net, before)
 
 
+def test_a_plain_list_of_one_tasks_batches_is_refused_and_a_list_inside_the_list_is_that_task():
+    """The rule for `data`: a list is one entry per past task. One task's four batches as a plain list
+    are ambiguous (four tasks?) and refused naming data; [[batches]] is the task, the same verdict as (x, y)."""
+    past, data = custom_tasks(tasks=1)
+    x, y = data[0]
+    batches = [(x[i:i + 5], y[i:i + 5]) for i in range(0, 20, 5)]
+    fisher = ep.fisher(past[0], (x, y), "exact", likelihood=nn.CrossEntropyLoss())
+    anchor = {n: p.detach().clone() for n, p in past[0].named_parameters()}
+
+    def penalty(model):
+        return 0.3 * sum((fisher[n] * (p - anchor[n]) ** 2).sum() for n, p in model.named_parameters())
+
+    net = custom_tasks(tasks=1)[0][0]
+    with pytest.raises(ValueError, match=r"^data: expected one entry per past task \(1\), oldest first; got a plain "
+                                         r"list of 4 \(x, y\) pairs, ambiguous .* \[\[\(x1, y1\), \(x2, y2\), ...\]\]"):
+        ep.diagnose_penalty(past, batches, penalty, model=net, likelihood="categorical")
+    results = [ep.diagnose_penalty(past, form, penalty, model=net, likelihood="categorical", lam=0.3).to_json()
+               for form in ([batches], (x, y))]
+    assert results[0] == results[1] and (results[0]["combination"], results[0]["factor_expression"]) == ("single task", "2")
+
+
 # ----------------------------------------------------------------------------- the file for the command line
 def test_save_penalty_gives_the_command_line_the_verdict_of_the_torch_path(catalogue, tmp_path, capsys):
     states, tasks, penalty, module = catalogue.inputs("avalanche_online")

@@ -103,8 +103,11 @@ def diagnose_penalty(models, data, penalty, *, model, likelihood, takes: str = "
     Parameters
     ----------
     models : the past tasks' weights, oldest first (nn.Modules or state_dicts; ``penalty_samples``)
-    data : one per past task, each (x, y) tensors, a Recorder or a loader (``rows``), the rows in the
-        order THEIR Fisher iterated over them
+    data : one entry per past task, oldest first, each (x, y) tensors, a Recorder or a loader
+        (``rows``), the rows in the order THEIR Fisher iterated over them. One task's entry may be
+        given bare. A plain list is ALWAYS one entry per task, never one task's batches (ep.fisher's
+        form): give a task's batches as a list inside the list, ``[[(x1, y1), (x2, y2)]]``; more
+        (x, y) pairs than tasks are refused as ambiguous
     penalty : callable, THEIR penalty taking `model` (or its parameters, `takes`) -> a scalar tensor
     model : the nn.Module `penalty` is evaluated on; restored exactly afterwards, also on error
     likelihood : a name, a Likelihood or the torch loss their Fisher used; required
@@ -125,8 +128,7 @@ def diagnose_penalty(models, data, penalty, *, model, likelihood, takes: str = "
             isinstance(data, tuple) and len(data) == 2 and all(_is_array(v) for v in data)):
         data = [data]
     if isinstance(data, Mapping) or not isinstance(data, list | tuple) or len(data) != len(optima):
-        raise ValueError(f"data: expected one (x, y), Recorder or loader per past task ({len(optima)}), got "
-                         f"{len(data) if isinstance(data, list | tuple) else type(data).__name__}")
+        raise ValueError(_data_mismatch(data, len(optima)))
     # a state_dict has no forward of its own: the rows are checked on `model`, whose trace built its MLP
     task_rows = [model_rows(model, current, traced, rows_t) if module is None else model_rows(module, optimum, traced, rows_t)
                  for module, optimum, rows_t in zip(modules, optima, data, strict=True)]
@@ -134,6 +136,19 @@ def diagnose_penalty(models, data, penalty, *, model, likelihood, takes: str = "
     *samples, tol = _samples(penalty, model, takes, current, [m.theta for m in references], scale, directions, seed)
     options.setdefault("tol", tol)
     return reference_diagnose_penalty(references, lik, [(r.x, r.y) for r in task_rows], tuple(samples), **options)
+
+
+def _data_mismatch(data, tasks: int) -> str:
+    """The error for `data` that is not one entry per past task, naming the ambiguous list of batches."""
+    if not isinstance(data, list | tuple) or isinstance(data, Mapping):
+        return f"data: expected one (x, y), Recorder or loader per past task ({tasks}), got {type(data).__name__}"
+    pairs = all(isinstance(d, tuple | list) and len(d) == 2 and all(_is_array(v) for v in d) for d in data)
+    if pairs and len(data) > tasks:
+        return (f"data: expected one entry per past task ({tasks}), oldest first; got a plain list of {len(data)} (x, y) "
+                "pairs, ambiguous (one task's batches, or one (x, y) per task?): a list is always one entry per task, "
+                "so give a task's batches as a list inside the list, [[(x1, y1), (x2, y2), ...]], or as a Recorder "
+                "or DataLoader")
+    return f"data: expected one (x, y), Recorder or loader per past task ({tasks}), got {len(data)}"
 
 
 def save_penalty(path, models, penalty, *, model, takes: str = "module", scale: float = 0.1, directions: int = 3,
