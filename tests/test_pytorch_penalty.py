@@ -367,6 +367,24 @@ def test_a_plain_ewc_loss_of_the_module_avalanche_style_on_a_custom_module():
     assert result.curvature.scale == pytest.approx(0.6, rel=1e-8)
 
 
+def test_a_mean_per_parameter_tensor_in_torch_is_named_with_1_over_p_t():
+    """ewc_loss with .mean() of each tensor's terms instead of .sum() (a common port): no single lambda
+    factor (before: 'none'); named separate, exact, factor 2/P_t with each tensor's P_t by its torch name."""
+    past, data = custom_tasks()
+    fishers = [ep.fisher(m, d, "exact", likelihood=nn.CrossEntropyLoss()) for m, d in zip(past, data, strict=True)]
+    anchors = [{n: p.detach().clone() for n, p in m.named_parameters()} for m in past]
+
+    def ewc_loss(model):
+        return 0.3 * sum((f[n] * (p - a[n]) ** 2).mean() for f, a in zip(fishers, anchors, strict=True)
+                         for n, p in model.named_parameters())
+
+    result = ep.diagnose_penalty(past, data, ewc_loss, model=custom_tasks(tasks=1)[0][0],
+                                 likelihood=nn.CrossEntropyLoss(), lam=0.3)
+    assert (result.combination, result.curvature.estimator, result.factor_expression) == ("separate", "exact", "2/P_t")
+    assert result.per_tensor_mean == {"fc1.weight": 20, "fc1.bias": 5, "body.weight": 25, "head.weight": 15,
+                                      "head.bias": 3}
+
+
 def test_columns_are_in_the_model_files_order_for_a_module_registered_out_of_order():
     past, _ = custom_tasks(tasks=1)
     net = custom_tasks(tasks=1)[0][0]

@@ -198,6 +198,7 @@ class PenaltyDiagnosis:
     anchor_equivalent: list = field(default_factory=list)  # other anchor candidates within round-off
     batch_screen: dict | None = None  # {"entries", "closest", "rel_error", "confirmed"} when B was screened on entries
     unpenalised: list = field(default_factory=list)  # parameter names whose whole tensor has W = 0
+    per_tensor_mean: dict | None = None  # {name: P_t} when W x P_t fits: a .mean() per parameter tensor
 
     def name(self, lam, gamma) -> None:
         """Fill combination, lambda and gamma from the winning curvature row and anchor (causes already computed)."""
@@ -254,9 +255,14 @@ class PenaltyDiagnosis:
         c = self.curvature
         self.lambda_paper = c.scale
         band = "" if c.scale_se is None else f" +/- {2 * c.scale_se:.2g} (2 standard errors of {c.estimator}'s noise)"
+        per_tensor = ""
+        if self.per_tensor_mean:
+            sizes = ", ".join(f"{name} {size}" for name, size in self.per_tensor_mean.items())
+            per_tensor = f"a mean per parameter tensor (factor 1/P_t per tensor, P_t: {sizes}); "
+        per = "/P_t" if per_tensor else ""
         if lam is None:
-            self.factor_words = (f"lambda_paper = {c.scale:.12g}{band} for eq. (11) with F = F_{c.estimator} (a mean over "
-                                 "the examples); pass your lambda for the conversion")
+            self.factor_words = (f"{per_tensor}lambda_paper = {c.scale:.12g}{per}{band} for eq. (11) with F = "
+                                 f"F_{c.estimator} (a mean over the examples); pass your lambda for the conversion")
             return
         self.factor = c.scale / lam
         # a deterministic fit: within 100 x its residual; a statistical one: the simplest inside 2 standard errors
@@ -264,7 +270,11 @@ class PenaltyDiagnosis:
         self.factor_expression, words = name_factor(abs(self.factor), self.n_examples, self.n_params, gamma, rtol, lam)
         band = "" if c.scale_se is None else f" +/- {2 * c.scale_se / lam:.2g}"
         sign = "-" if self.factor < 0 else ""
-        self.factor_words = f"your lambda corresponds to lambda_paper = {sign}{abs(self.factor):.12g}{band} x yours: {words}"
+        if per_tensor and self.factor_expression is not None:
+            self.factor_expression += per
+            words += "; each tensor's terms averaged (.mean() per tensor), so divided by its P_t"
+        self.factor_words = (f"{per_tensor}your lambda corresponds to lambda_paper = {sign}{abs(self.factor):.12g}{per}"
+                             f"{band} x yours{' on tensor t' if per else ''}: {words}")
         if sign:
             self.factor_words += " (negative: the penalty is subtracted from the loss, ERRATA E9)"
 
@@ -283,6 +293,7 @@ class PenaltyDiagnosis:
                 "not_tried": list(self.not_tried),
                 "batch_sizes_screened": None if self.batch_sizes_screened is None else list(self.batch_sizes_screened),
                 "batch_screen": self.batch_screen, "unpenalised": list(self.unpenalised),
+                "per_tensor_mean": self.per_tensor_mean,
                 "causes": list(self.causes)}
 
     def report(self, theirs_name: str = "THEIRS", top: int = 10) -> str:
@@ -322,6 +333,9 @@ class PenaltyDiagnosis:
             for d in self.per_task:
                 lines.append(f"task {d.task:<6} diagnose of its term of W: {d.label}, scale {d.scale:.12g} "
                              f"(relative error {d.rel_error:.3g})")
+            if self.per_tensor_mean:
+                lines.append("reduction   a mean per parameter tensor: W_i x P_t(i) is the curvature fitted above "
+                             "(THEIR penalty takes .mean() of each tensor's terms)")
             lines.append(f"lambda      {self.factor_words}")
             if self.gamma_words:
                 lines.append(f"gamma       {self.gamma_words}")
