@@ -265,6 +265,7 @@ def test_a_factor_off_by_a_float32_rounded_lambda_is_named_with_the_rounding_and
     expression, words = name_factor(2 * 0.4 / lam32, n=32, p=51, gamma=None, rtol=1e-9, lam=lam32)
     assert expression == "2" and "is float32(0.4)" in words
     assert lambda_roundings(0.5) == [] and lambda_roundings(None) == []  # 0.5 is exact in float32: no hypothesis
+    assert lambda_roundings(1e40) == []  # beyond float32: no rounding hypothesis (and no overflow warning)
     assert name_factor(2.0, n=32, p=51, gamma=None, rtol=1e-9, lam=0.4) == name_factor(2.0, n=32, p=51, gamma=None,
                                                                                            rtol=1e-9)
 

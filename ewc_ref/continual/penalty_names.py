@@ -20,6 +20,11 @@ theta*_i)^2 (derivations/05_ewc_objective.md). The rows are hypotheses with thei
 residual ||W - W_row|| / ||W|| is within the round-off threshold of the penalty fit, and among the
 rows that fit the one with fewest parameters wins (latest only, sum: 1; online: 2; free weights: T).
 
+A .mean() of each parameter tensor's terms (instead of a sum) gives W_i = s F_i / P_t(i), P_t(i)
+the size of coordinate i's tensor: no row fits W, and no single factor exists. When no row fits,
+the rows are fitted once more to W_i x P_t(i) (``per_tensor_sizes``; no new free parameter, the
+same threshold), and a row that fits there is named with the factor per tensor (e.g. 2/P_t).
+
 The estimator of F_t is found by running ``diagnose`` (verify/diagnosis.py) on W against each
 task's model and data, whose candidates propose the estimators and minibatch sizes worth fitting
 by (N1), and then on W per task (the term s c_t F_t peeled from W with the other tasks' terms

@@ -132,10 +132,12 @@ def lambda_roundings(lam: float | None) -> list[tuple[float, str]]:
     accumulator, even on a float64 model). Yours rounded: your lambda is a float32 number (read from a
     float32 tensor or config) whose shortest float32 decimal d is what their code multiplied by.
     """
-    if lam is None or not math.isfinite(lam) or lam == 0:
+    if lam is None or not (0 < abs(lam) <= float(np.finfo(np.float32).max)):
         return []
     out = []
     theirs = float(np.float32(lam))
+    if theirs == 0:  # below float32's range: a lambda of 0 names nothing
+        return []
     if theirs != lam:
         out.append((theirs / lam, f"lambda rounded to float32: float32({lam:.12g}) = {theirs:.17g}"))
     elif float(str(np.float32(lam))) != lam:
