@@ -204,6 +204,40 @@ def test_a_sampled_fisher_of_one_task_is_a_statistical_verdict_with_its_band():
     assert "statistical" in d.report()
 
 
+def _per_tensor(model, factors):
+    """(P,): factors[k] on the coordinates of the model's k-th parameter tensor."""
+    out = np.empty(model.n_params)
+    for cut, factor in zip(model.param_slices, factors, strict=True):
+        out[cut] = factor
+    return out
+
+
+def test_a_mean_per_parameter_tensor_is_named_with_its_factor_per_tensor(tasks):
+    """lambda sum_tensors mean_{i in t} (sum_t F_t,i) d_i^2: W_i = 2 lambda F_i / P_t(i), no single factor
+    (W / F varies by tensor: 20, 5, 15, 3 here), so the rows fail; W_i x P_t is accumulated with factor 2."""
+    models, data = tasks
+    sizes = _per_tensor(models[0], [c.stop - c.start for c in models[0].param_slices])
+    weights = 2 * LAM * np.sum(_fishers(tasks, "empirical"), axis=0) / sizes
+    d = diagnose_penalty(models, LIK, data, _samples(_quadratic(weights, models[-1].theta), models), lam=LAM)
+    assert (d.combination, d.curvature.estimator, d.factor_expression) == ("accumulated", "empirical", "2/P_t"), d.report()
+    assert d.factor == pytest.approx(2.0, rel=1e-10)
+    assert d.per_tensor_mean == {"0.weight": 20, "0.bias": 5, "2.weight": 15, "2.bias": 3}
+    assert "a mean per parameter tensor (factor 1/P_t per tensor" in d.factor_words
+    assert "reduction   a mean per parameter tensor" in d.report() and d.to_dict()["per_tensor_mean"] == d.per_tensor_mean
+    # diagnose per task on W x P_t agrees
+    assert [t.label for t in d.per_task] == ["empirical"] * 3
+
+
+def test_other_factors_per_tensor_are_not_taken_for_a_mean_per_tensor(tasks):
+    """The same W with the tensors' factors 1/P_t shuffled: neither the rows nor W x P_t fit: 'none', said."""
+    models, data = tasks
+    shuffled = _per_tensor(models[0], [3, 20, 5, 15])
+    weights = 2 * LAM * np.sum(_fishers(tasks, "empirical"), axis=0) / shuffled
+    d = diagnose_penalty(models, LIK, data, _samples(_quadratic(weights, models[-1].theta), models), lam=LAM)
+    assert d.combination == "none" and d.per_tensor_mean is None
+    assert any(c.startswith("not a mean per parameter tensor either") for c in d.causes), d.causes
+
+
 def test_conventions_that_coincide_are_named_as_indistinguishable():
     from ewc_ref.continual.penalty_report import name_factor
 
@@ -212,6 +246,28 @@ def test_conventions_that_coincide_are_named_as_indistinguishable():
     expression, words = name_factor(1.0, n=32, p=51, gamma=0.9, rtol=1e-9)
     assert expression == "1" and "equally" not in words
     assert name_factor(3.0, n=32, p=51, gamma=None, rtol=1e-9)[0] is None
+
+
+def test_a_factor_off_by_a_float32_rounded_lambda_is_named_with_the_rounding_and_nothing_wider():
+    """2 float32(0.4) / 0.4 = 2.0000000298 is 2 with lambda rounded to float32 (the exact ratio, within the
+    same 1e-9); without lam, or 2 (1 + 1e-5), or 2 x the ratio x (1 + 1e-7), no convention is named."""
+    from ewc_ref.continual.penalty_report import lambda_roundings, name_factor
+
+    ratio = float(np.float32(0.4)) / 0.4
+    assert ratio == pytest.approx(1 + 1.49e-8, abs=1e-10)
+    expression, words = name_factor(2 * ratio, n=32, p=51, gamma=None, rtol=1e-9, lam=0.4)
+    assert expression == "2" and words.startswith("2 (x 1.0000000149: lambda rounded to float32")
+    assert name_factor(2 * ratio, n=32, p=51, gamma=None, rtol=1e-9)[0] is None  # the band itself is unchanged
+    for factor in (2 * (1 + 1e-5), 2.00002, 2 * ratio * (1 + 1e-7)):
+        assert name_factor(factor, n=32, p=51, gamma=None, rtol=1e-9, lam=0.4)[0] is None
+    # your lambda read as float32(0.4) while their code multiplied by 0.4
+    lam32 = float(np.float32(0.4))
+    expression, words = name_factor(2 * 0.4 / lam32, n=32, p=51, gamma=None, rtol=1e-9, lam=lam32)
+    assert expression == "2" and "is float32(0.4)" in words
+    assert lambda_roundings(0.5) == [] and lambda_roundings(None) == []  # 0.5 is exact in float32: no hypothesis
+    assert lambda_roundings(1e40) == []  # beyond float32: no rounding hypothesis (and no overflow warning)
+    assert name_factor(2.0, n=32, p=51, gamma=None, rtol=1e-9, lam=0.4) == name_factor(2.0, n=32, p=51, gamma=None,
+                                                                                           rtol=1e-9)
 
 
 def test_equal_optima_make_separate_and_accumulated_the_same_and_say_so(tasks):

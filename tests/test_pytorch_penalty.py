@@ -30,7 +30,7 @@ import ewc_ref as er
 import ewc_ref.pytorch as ep
 from ewc_ref.cli import main
 from ewc_ref.pytorch.strategies import STYLES, torch_models_and_data
-from ewc_ref.verify.penalty_fit import PENALTY_TOL, read_penalty_samples
+from ewc_ref.verify.penalty_fit import PENALTY_TOL, ROUNDED_VALUE_TOL, read_penalty_samples
 
 LAMBDA, GAMMA = CATALOGUE["lambda"], CATALOGUE["gamma"]
 
@@ -254,36 +254,72 @@ def test_an_avalanche_style_before_backward_wrapped_as_a_penalty_of_a_float32_mo
 
 def test_the_avalanche_style_float32_accumulator_on_a_float64_module_as_docs_penalty_conventions_says(catalogue):
     """The float32 accumulator inside a float64 loss: float64 gradients, the value rounded to float32
-    (value check 'value inconsistent', residual ~6e-8) and lambda rounded to float32(0.4), so the factor
-    is 2 float32(0.4) / 0.4 = 2.0000000298 and names no convention, unless lam is given as float32(0.4)."""
+    (residual measured 7.45e-8 = 1.25 u, above float64's 1e-8) and lambda rounded to float32(0.4). Named
+    separate, W judged at float64's 1e-8, the value at float32's round-off (said in the reason), and the
+    factor 2 float32(0.4) / 0.4 = 2.0000000298 named 2 with the rounding stated; lam = float32(0.4) gives 2."""
     states, tasks, penalty = avalanche_style_penalty(catalogue, torch.float64)
     results = [ep.diagnose_penalty(states, tasks, penalty, model=net_of(torch.float64), likelihood="categorical", lam=lam)
                for lam in (LAMBDA, float(np.float32(LAMBDA)))]
     for result in results:
-        assert (result.fit.quadratic, result.fit.precision) == ("value inconsistent", "float64")
-        assert 1e-8 < result.fit.value_residual < 1e-6
+        fit = result.fit
+        assert (fit.quadratic, fit.precision, fit.value_precision, result.tol) == (
+            "diagonal quadratic", "float64", "float32", PENALTY_TOL["float64"]), fit.reason
+        assert PENALTY_TOL["float64"] < fit.value_residual <= ROUNDED_VALUE_TOL and fit.value_rounded
+        assert "value rounded to float32" in fit.reason and "gradients float64" in fit.reason
         assert (result.combination, result.curvature.estimator, result.curvature.batch_size) == ("separate", "batched", 8)
         assert result.curvature.scale == pytest.approx(2 * float(np.float32(LAMBDA)), rel=1e-12)
-    assert [r.factor_expression for r in results] == [None, "2"]
+        assert "values float32 numbers" in result.report()
+    assert [r.factor_expression for r in results] == ["2", "2"]
+    assert "x 1.0000000149: lambda rounded to float32" in results[0].factor_words
+    assert "rounded" not in results[1].factor_words  # exactly 2: nothing to explain
 
 
-def test_a_float32_value_of_a_float64_module_is_judged_at_float32_round_off(catalogue, tmp_path):
-    """A penalty cast to float32 at the end: float64 gradients, a value rounded to ~6e-8 relative. The
-    gradients alone say float64 (threshold 1e-8, so the value would be 'inconsistent'); the torch path
-    knows the value's dtype and judges at 1e-4."""
+def test_a_genuinely_different_factor_or_value_is_not_passed_as_float32_rounding(catalogue):
+    """The allowances are not a wider band: the same accumulator with lam 2 x (1 + 1e-5) off names no
+    factor, and a value 1e-5 relative off (then rounded to float32) is still 'value inconsistent'."""
+    states, tasks, penalty = avalanche_style_penalty(catalogue, torch.float64)
+    result = ep.diagnose_penalty(states, tasks, penalty, model=net_of(torch.float64), likelihood="categorical",
+                                 lam=LAMBDA / (1 + 1e-5))
+    assert result.combination == "separate" and result.factor_expression is None, result.factor_words
+    assert result.factor == pytest.approx(2.00002, rel=1e-7)
+
+    calls = []
+
+    def off(model):  # 1e-5 relative more at every other point: a value that is not the gradient's integral
+        calls.append(1)
+        value = penalty(model)
+        return (value + 1e-5 * (len(calls) % 2) * value.detach()).float()
+
+    fit = er.fit_penalty(*ep.penalty_samples(states, off, model=net_of(torch.float64)))
+    assert fit.value_precision == "float32" and ROUNDED_VALUE_TOL < fit.value_residual < PENALTY_TOL["float32"]
+    assert fit.quadratic == "value inconsistent" and "different functions" in fit.reason
+
+
+def test_a_float32_value_of_a_float64_module_is_judged_at_float32_round_off(catalogue, tmp_path, capsys):
+    """A penalty cast to float32 at the end: float64 gradients, a value rounded to float32. The core
+    judges the value at float32's round-off from the numbers themselves, the gradients at float64's 1e-8:
+    the same verdict from er.fit_penalty, the torch path and the command line on the saved file (no --tol)."""
     states, tasks, kirkpatrick, _ = catalogue.inputs("kirkpatrick_separate")
 
     def penalty(params):
         return kirkpatrick(params).float()
 
     samples = ep.penalty_samples(states, penalty, model=net_of(torch.float64), takes="named_parameters")
-    assert er.fit_penalty(*samples).quadratic == "value inconsistent"
+    fit = er.fit_penalty(*samples)
+    assert (fit.quadratic, fit.value_precision, fit.tol) == ("diagonal quadratic", "float32", PENALTY_TOL["float64"])
     assert ep.save_penalty(tmp_path / "theirs.npz", states, penalty, model=net_of(torch.float64),
-                           takes="named_parameters") == PENALTY_TOL["float32"]  # the --tol the command line needs
+                           takes="named_parameters") == PENALTY_TOL["float64"]
     result = ep.diagnose_penalty(states, tasks, penalty, model=net_of(torch.float64), likelihood="categorical",
                                  takes="named_parameters", lam=LAMBDA)
-    assert (result.fit.quadratic, result.tol) == ("diagonal quadratic", PENALTY_TOL["float32"])
+    assert (result.fit.quadratic, result.tol) == ("diagonal quadratic", PENALTY_TOL["float64"])
     assert (result.combination, result.curvature.estimator, result.factor_expression) == ("separate", "exact", "1")
+    code = main(["diagnose-penalty", *(str(HERE / f"model_{t}.npz") for t in (1, 2, 3)), "--data",
+                 *(str(HERE / f"data_{t}.npz") for t in (1, 2, 3)), str(tmp_path / "theirs.npz"),
+                 "--lambda", str(LAMBDA), "--json", "--quiet"])
+    assert code == 0
+    cli = json.loads(capsys.readouterr().out)
+    assert (cli["penalty_fit"]["quadratic"], cli["penalty_fit"]["value_precision"], cli["combination"]) == (
+        "diagonal quadratic", "float32", "separate")
 
 
 class Custom(nn.Module):
@@ -329,6 +365,24 @@ def test_a_plain_ewc_loss_of_the_module_avalanche_style_on_a_custom_module():
     assert result.combination == "separate" and result.factor_expression == "2"
     assert (result.curvature.estimator, result.curvature.row) == ("exact", "sum")
     assert result.curvature.scale == pytest.approx(0.6, rel=1e-8)
+
+
+def test_a_mean_per_parameter_tensor_in_torch_is_named_with_1_over_p_t():
+    """ewc_loss with .mean() of each tensor's terms instead of .sum() (a common port): no single lambda
+    factor (before: 'none'); named separate, exact, factor 2/P_t with each tensor's P_t by its torch name."""
+    past, data = custom_tasks()
+    fishers = [ep.fisher(m, d, "exact", likelihood=nn.CrossEntropyLoss()) for m, d in zip(past, data, strict=True)]
+    anchors = [{n: p.detach().clone() for n, p in m.named_parameters()} for m in past]
+
+    def ewc_loss(model):
+        return 0.3 * sum((f[n] * (p - a[n]) ** 2).mean() for f, a in zip(fishers, anchors, strict=True)
+                         for n, p in model.named_parameters())
+
+    result = ep.diagnose_penalty(past, data, ewc_loss, model=custom_tasks(tasks=1)[0][0],
+                                 likelihood=nn.CrossEntropyLoss(), lam=0.3)
+    assert (result.combination, result.curvature.estimator, result.factor_expression) == ("separate", "exact", "2/P_t")
+    assert result.per_tensor_mean == {"fc1.weight": 20, "fc1.bias": 5, "body.weight": 25, "head.weight": 15,
+                                      "head.bias": 3}
 
 
 def test_columns_are_in_the_model_files_order_for_a_module_registered_out_of_order():
@@ -469,6 +523,27 @@ def test_bad_arguments_are_refused_naming_them(change, error, words):
     with pytest.raises(error, match=words):
         ep.diagnose_penalty(arguments.pop("models"), arguments.pop("data"), arguments.pop("penalty"), **arguments)
     assert_unchanged(net, before)
+
+
+def test_a_plain_list_of_one_tasks_batches_is_refused_and_a_list_inside_the_list_is_that_task():
+    """The rule for `data`: a list is one entry per past task. One task's four batches as a plain list
+    are ambiguous (four tasks?) and refused naming data; [[batches]] is the task, the same verdict as (x, y)."""
+    past, data = custom_tasks(tasks=1)
+    x, y = data[0]
+    batches = [(x[i:i + 5], y[i:i + 5]) for i in range(0, 20, 5)]
+    fisher = ep.fisher(past[0], (x, y), "exact", likelihood=nn.CrossEntropyLoss())
+    anchor = {n: p.detach().clone() for n, p in past[0].named_parameters()}
+
+    def penalty(model):
+        return 0.3 * sum((fisher[n] * (p - anchor[n]) ** 2).sum() for n, p in model.named_parameters())
+
+    net = custom_tasks(tasks=1)[0][0]
+    with pytest.raises(ValueError, match=r"^data: expected one entry per past task \(1\), oldest first; got a plain "
+                                         r"list of 4 \(x, y\) pairs, ambiguous .* \[\[\(x1, y1\), \(x2, y2\), ...\]\]"):
+        ep.diagnose_penalty(past, batches, penalty, model=net, likelihood="categorical")
+    results = [ep.diagnose_penalty(past, form, penalty, model=net, likelihood="categorical", lam=0.3).to_dict()
+               for form in ([batches], (x, y))]
+    assert results[0] == results[1] and (results[0]["combination"], results[0]["factor_expression"]) == ("single task", "2")
 
 
 # ----------------------------------------------------------------------------- the file for the command line

@@ -42,7 +42,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--batch-sizes", type=integer(2), nargs="+", metavar="B",
                         help="fit exactly these minibatch sizes as 'batched' (default: every B = 2..N, on a few entries of W when large)")
     parser.add_argument("--tol", type=number(0.0, 1.0, open_low=True, open_high=True),
-                        help="round-off threshold on relative residuals (default 1e-8, 1e-4 for float32 gradients)")
+                        help="round-off threshold on relative residuals (default 1e-8, 1e-4 for float32 gradients; a value of "
+                             "float32 numbers beside float64 gradients: at least 9.5e-7 for the value)")
     parser.add_argument("--seed", type=integer(0), default=0, help="seed of diagnose's statistical tests (default 0)")
     add_report_output(parser)
     add_json(parser, "the verdict (docs/file-format.md) instead of text")

@@ -20,6 +20,11 @@ theta*_i)^2 (derivations/05_ewc_objective.md). The rows are hypotheses with thei
 residual ||W - W_row|| / ||W|| is within the round-off threshold of the penalty fit, and among the
 rows that fit the one with fewest parameters wins (latest only, sum: 1; online: 2; free weights: T).
 
+A .mean() of each parameter tensor's terms (instead of a sum) gives W_i = s F_i / P_t(i), P_t(i)
+the size of coordinate i's tensor: no row fits W, and no single factor exists. When no row fits,
+the rows are fitted once more to W_i x P_t(i) (``per_tensor_sizes``; no new free parameter, the
+same threshold), and a row that fits there is named with the factor per tensor (e.g. 2/P_t).
+
 The estimator of F_t is found by running ``diagnose`` (verify/diagnosis.py) on W against each
 task's model and data, whose candidates propose the estimators and minibatch sizes worth fitting
 by (N1), and then on W per task (the term s c_t F_t peeled from W with the other tasks' terms
@@ -141,10 +146,19 @@ def diagnose_penalty(models, lik: Likelihood, data, theirs, lam: float | None = 
     weights = weights / unit
     fishers = _candidate_fishers(models, lik, data, weights, batch_sizes, rng, log, result)
     candidates = [row for key, fs in fishers.items() for row in _fit_rows(weights[known], [f[known] for f in fs], key)]
-    # the rule: rows within round-off first, the fewest parameters among them, then the smaller error
-    result.candidates = sorted(candidates, key=lambda c: (c.rel_error > tol, ROWS.index(c.row) if c.rel_error <= tol else 0,
-                                                          c.rel_error))
+    result.candidates = _ranked(candidates, tol)
     best = result.candidates[0]
+    per_tensor = None
+    if best.rel_error > tol and len(models[0].param_slices) > 1:
+        # one more hypothesis, no free parameter: a .mean() per parameter tensor, W_i = s F_i / P_t(i)
+        sizes, extra = per_tensor_sizes(models[0], weights)
+        per_tensor = _ranked([row for key, fs in fishers.items()
+                              for row in _fit_rows((weights * sizes / extra)[known], [f[known] for f in fs], key)], tol)
+        if per_tensor[0].rel_error <= tol:
+            result.candidates, best, unit = per_tensor, per_tensor[0], unit * extra
+            weights = weights * sizes / extra
+            result.per_tensor_mean = {name: int(c.stop - c.start) for name, c in
+                                      zip(models[0].param_names, models[0].param_slices, strict=True)}
     anchors = [np.asarray(m.theta, dtype=np.float64) for m in models]
     if best.rel_error <= tol:
         combined = fishers[(best.estimator, best.batch_size)]
@@ -166,9 +180,27 @@ def diagnose_penalty(models, lik: Likelihood, data, theirs, lam: float | None = 
         result.curvature = _statistical(result.proposal_diagnoses, len(models))
         if result.curvature is None:
             result.causes = curvature_causes(result, weights[known], fishers, known, data)
+            if per_tensor is not None:
+                result.causes.insert(1, f"not a mean per parameter tensor either (W_i x P_t fitted): closest "
+                                        f"{per_tensor[0].label}, relative error {per_tensor[0].rel_error:.3g}")
     _rescale(result, unit)
     result.name(lam, gamma)
     return result
+
+
+def _ranked(candidates: list, tol: float) -> list:
+    """The rule: rows within round-off first, the fewest parameters among them, then the smaller error."""
+    return sorted(candidates, key=lambda c: (c.rel_error > tol, ROWS.index(c.row) if c.rel_error <= tol else 0,
+                                             c.rel_error))
+
+
+def per_tensor_sizes(model: MLP, weights: np.ndarray) -> tuple[np.ndarray, float]:
+    """(P_t(i) (P,), 2^e): the size of the parameter tensor of each coordinate, and the exact power of two
+    that brings max |W_i P_t(i)| / 2^e back near 1 (as ``unit`` does for W)."""
+    sizes = np.empty(weights.shape)
+    for cut in model.param_slices:
+        sizes[cut] = cut.stop - cut.start
+    return sizes, power_of_two(float(np.max(np.abs(weights * sizes))))
 
 
 def _rescale(result, unit: float) -> None:

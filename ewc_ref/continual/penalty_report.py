@@ -10,6 +10,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from ..io import JsonResult
 
 #: The best candidates kept in the JSON (every B x every row would be ~4 N objects).
@@ -125,17 +127,45 @@ def lambda_factors(n: int, p: int, gamma: float | None) -> list[tuple[float, str
     return out
 
 
-def name_factor(factor: float, n: int, p: int, gamma: float | None, rtol: float):
+def lambda_roundings(lam: float | None) -> list[tuple[float, str]]:
+    """(lambda used / your lambda, words) for a lambda rounded to float32 on its way, ratios != 1.
+
+    Theirs rounded: a Python float times a float32 tensor is float32(lambda) (Avalanche's float32
+    accumulator, even on a float64 model). Yours rounded: your lambda is a float32 number (read from a
+    float32 tensor or config) whose shortest float32 decimal d is what their code multiplied by.
+    """
+    if lam is None or not (0 < abs(lam) <= float(np.finfo(np.float32).max)):
+        return []
+    out = []
+    theirs = float(np.float32(lam))
+    if theirs == 0:  # below float32's range: a lambda of 0 names nothing
+        return []
+    if theirs != lam:
+        out.append((theirs / lam, f"lambda rounded to float32: float32({lam:.12g}) = {theirs:.17g}"))
+    elif float(str(np.float32(lam))) != lam:
+        decimal = float(str(np.float32(lam)))
+        out.append((decimal / lam, f"your lambda {lam:.17g} is float32({decimal:.12g}); theirs {decimal:.12g}"))
+    return out
+
+
+def name_factor(factor: float, n: int, p: int, gamma: float | None, rtol: float, lam: float | None = None):
     """(expression or None, words): the simplest convention within relative `rtol` of `factor`.
 
     Conventions whose values coincide here (2 gamma = 1 at gamma = 1/2, N = 2 at N = 2) are all
-    inside the band: the simplest is reported and the others are named as indistinguishable.
+    inside the band: the simplest is reported and the others are named as indistinguishable. When
+    none is, and `lam` is given, a convention times the exact ratio of a float32-rounded lambda
+    (``lambda_roundings``, e.g. float32(0.4) / 0.4 = 1.0000000149) is tried within the SAME `rtol`:
+    one more hypothesis with no free parameter, so the band is not widened (2 (1 + 1e-5) stays unnamed).
     """
-    inside = [(expression, words) for value, expression, words in lambda_factors(n, p, gamma)
-              if abs(factor / value - 1) <= rtol]
-    if not inside:
+    factors = lambda_factors(n, p, gamma)
+    for ratio, why in [(1.0, ""), *lambda_roundings(lam)]:
+        inside = [(expression, words) for value, expression, words in factors if abs(factor / (value * ratio) - 1) <= rtol]
+        if inside:
+            expression, words = inside[0]
+            words = f"{expression} (x {ratio:.12g}: {why}); {words}" if why else words
+            break
+    else:
         return None, f"no convention of the catalogue gives {factor:.12g} (docs/penalty-conventions.md)"
-    expression, words = inside[0]
     if len(inside) > 1:
         words += ("; equally " + "; ".join(f"{e} ({w})" for e, w in inside[1:])
                   + " -- these give the same factor here and cannot be told apart")
@@ -172,6 +202,7 @@ class PenaltyDiagnosis(JsonResult):
     anchor_equivalent: list = field(default_factory=list)  # other anchor candidates within round-off
     batch_screen: dict | None = None  # {"entries", "closest", "rel_error", "confirmed"} when B was screened on entries
     unpenalised: list = field(default_factory=list)  # parameter names whose whole tensor has W = 0
+    per_tensor_mean: dict | None = None  # {name: P_t} when W x P_t fits: a .mean() per parameter tensor
 
     def name(self, lam, gamma) -> None:
         """Fill combination, lambda and gamma from the winning curvature row and anchor (causes already computed)."""
@@ -228,17 +259,26 @@ class PenaltyDiagnosis(JsonResult):
         c = self.curvature
         self.lambda_paper = c.scale
         band = "" if c.scale_se is None else f" +/- {2 * c.scale_se:.2g} (2 standard errors of {c.estimator}'s noise)"
+        per_tensor = ""
+        if self.per_tensor_mean:
+            sizes = ", ".join(f"{name} {size}" for name, size in self.per_tensor_mean.items())
+            per_tensor = f"a mean per parameter tensor (factor 1/P_t per tensor, P_t: {sizes}); "
+        per = "/P_t" if per_tensor else ""
         if lam is None:
-            self.factor_words = (f"lambda_paper = {c.scale:.12g}{band} for eq. (11) with F = F_{c.estimator} (a mean over "
-                                 "the examples); pass your lambda for the conversion")
+            self.factor_words = (f"{per_tensor}lambda_paper = {c.scale:.12g}{per}{band} for eq. (11) with F = "
+                                 f"F_{c.estimator} (a mean over the examples); pass your lambda for the conversion")
             return
         self.factor = c.scale / lam
         # a deterministic fit: within 100 x its residual; a statistical one: the simplest inside 2 standard errors
         rtol = max(100 * c.rel_error, 1e-9) if c.scale_se is None else 2 * c.scale_se / abs(c.scale)
-        self.factor_expression, words = name_factor(abs(self.factor), self.n_examples, self.n_params, gamma, rtol)
+        self.factor_expression, words = name_factor(abs(self.factor), self.n_examples, self.n_params, gamma, rtol, lam)
         band = "" if c.scale_se is None else f" +/- {2 * c.scale_se / lam:.2g}"
         sign = "-" if self.factor < 0 else ""
-        self.factor_words = f"your lambda corresponds to lambda_paper = {sign}{abs(self.factor):.12g}{band} x yours: {words}"
+        if per_tensor and self.factor_expression is not None:
+            self.factor_expression += per
+            words += "; each tensor's terms averaged (.mean() per tensor), so divided by its P_t"
+        self.factor_words = (f"{per_tensor}your lambda corresponds to lambda_paper = {sign}{abs(self.factor):.12g}{per}"
+                             f"{band} x yours{' on tensor t' if per else ''}: {words}")
         if sign:
             self.factor_words += " (negative: the penalty is subtracted from the loss, ERRATA E9)"
 
@@ -257,13 +297,15 @@ class PenaltyDiagnosis(JsonResult):
                 "not_tried": list(self.not_tried),
                 "batch_sizes_screened": None if self.batch_sizes_screened is None else list(self.batch_sizes_screened),
                 "batch_screen": self.batch_screen, "unpenalised": list(self.unpenalised),
+                "per_tensor_mean": self.per_tensor_mean,
                 "causes": list(self.causes)}
 
     def report(self, theirs_name: str = "THEIRS", top: int = 10) -> str:
         """Human-readable verdict."""
         f = self.fit
         lines = [f"{theirs_name}: M = {f.n_points} points, P = {self.n_params}, T = {self.n_tasks} task(s); precision "
-                 f"{f.precision} (round-off threshold {self.tol:g})", "",
+                 f"{f.precision} (round-off threshold {self.tol:g})"
+                 + (f"; values float32 numbers (threshold {f.value_tol:.2g})" if f.value_tol > f.tol else ""), "",
                  f"quadratic   {f.quadratic}: {f.reason}"]
         if self.combination == "none":
             lines.append("verdict     none: THEIR penalty is not named")
@@ -295,6 +337,9 @@ class PenaltyDiagnosis(JsonResult):
             for d in self.per_task:
                 lines.append(f"task {d.task:<6} diagnose of its term of W: {d.label}, scale {d.scale:.12g} "
                              f"(relative error {d.rel_error:.3g})")
+            if self.per_tensor_mean:
+                lines.append("reduction   a mean per parameter tensor: W_i x P_t(i) is the curvature fitted above "
+                             "(THEIR penalty takes .mean() of each tensor's terms)")
             lines.append(f"lambda      {self.factor_words}")
             if self.gamma_words:
                 lines.append(f"gamma       {self.gamma_words}")

@@ -23,7 +23,8 @@ and each line is a collinear, equally spaced triple, so the midpoint test tells 
 off-diagonal curvature from a non-quadratic penalty. The points are rounded to the module's dtype
 (a float32 module is evaluated, and reported, at float32 points); value and gradient come back in
 the flat order of the model file ``ep.save`` writes (docs/file-format.md, section 4). The round-off
-threshold is float32's (1e-4) when the module or the returned value is float32, else float64's (1e-8).
+threshold is float32's (1e-4) for a float32 module, else float64's (1e-8); a value rounded to float32
+beside float64 gradients is judged at float32's round-off by the core (``ROUNDED_VALUE_TOL``).
 
 The module is changed in place while the penalty is evaluated (its parameters copied in, so the
 penalty sees the module it expects) and restored exactly afterwards, also on error: the parameter
@@ -102,8 +103,11 @@ def diagnose_penalty(models, data, penalty, *, model, likelihood, takes: str = "
     Parameters
     ----------
     models : the past tasks' weights, oldest first (nn.Modules or state_dicts; ``penalty_samples``)
-    data : one per past task, each (x, y) tensors, a Recorder or a loader (``rows``), the rows in the
-        order THEIR Fisher iterated over them
+    data : one entry per past task, oldest first, each (x, y) tensors, a Recorder or a loader
+        (``rows``), the rows in the order THEIR Fisher iterated over them. One task's entry may be
+        given bare. A plain list is ALWAYS one entry per task, never one task's batches (ep.fisher's
+        form): give a task's batches as a list inside the list, ``[[(x1, y1), (x2, y2)]]``; more
+        (x, y) pairs than tasks are refused as ambiguous
     penalty : callable, THEIR penalty taking `model` (or its parameters, `takes`) -> a scalar tensor
     model : the nn.Module `penalty` is evaluated on; restored exactly afterwards, also on error
     likelihood : a name, a Likelihood or the torch loss their Fisher used; required
@@ -124,8 +128,7 @@ def diagnose_penalty(models, data, penalty, *, model, likelihood, takes: str = "
             isinstance(data, tuple) and len(data) == 2 and all(_is_array(v) for v in data)):
         data = [data]
     if isinstance(data, Mapping) or not isinstance(data, list | tuple) or len(data) != len(optima):
-        raise ValueError(f"data: expected one (x, y), Recorder or loader per past task ({len(optima)}), got "
-                         f"{len(data) if isinstance(data, list | tuple) else type(data).__name__}")
+        raise ValueError(_data_mismatch(data, len(optima)))
     # a state_dict has no forward of its own: the rows are checked on `model`, whose trace built its MLP
     task_rows = [model_rows(model, current, traced, rows_t) if module is None else model_rows(module, optimum, traced, rows_t)
                  for module, optimum, rows_t in zip(modules, optima, data, strict=True)]
@@ -135,6 +138,19 @@ def diagnose_penalty(models, data, penalty, *, model, likelihood, takes: str = "
     return reference_diagnose_penalty(references, lik, [(r.x, r.y) for r in task_rows], tuple(samples), **options)
 
 
+def _data_mismatch(data, tasks: int) -> str:
+    """The error for `data` that is not one entry per past task, naming the ambiguous list of batches."""
+    if not isinstance(data, list | tuple) or isinstance(data, Mapping):
+        return f"data: expected one (x, y), Recorder or loader per past task ({tasks}), got {type(data).__name__}"
+    pairs = all(isinstance(d, tuple | list) and len(d) == 2 and all(_is_array(v) for v in d) for d in data)
+    if pairs and len(data) > tasks:
+        return (f"data: expected one entry per past task ({tasks}), oldest first; got a plain list of {len(data)} (x, y) "
+                "pairs, ambiguous (one task's batches, or one (x, y) per task?): a list is always one entry per task, "
+                "so give a task's batches as a list inside the list, [[(x1, y1), (x2, y2), ...]], or as a Recorder "
+                "or DataLoader")
+    return f"data: expected one (x, y), Recorder or loader per past task ({tasks}), got {len(data)}"
+
+
 def save_penalty(path, models, penalty, *, model, takes: str = "module", scale: float = 0.1, directions: int = 3,
                  seed: int = 0) -> float:
     """Write THEIR penalty file (theta, value, grad; docs/file-format.md, section 11) for ``ewc-ref
@@ -142,8 +158,8 @@ def save_penalty(path, models, penalty, *, model, takes: str = "module", scale: 
     ``ep.save`` and their data with ``ep.save_data``: the columns are in those model files' order.
 
     Returns the round-off threshold ``diagnose_penalty`` uses for these samples (``_samples``): 1e-4
-    when the module or the penalty's value is float32, else 1e-8. The file stores float64 numbers, so
-    a float32 value with float64 gradients (a float32 accumulator) needs ``--tol 1e-4`` on the command line.
+    for a float32 module, else 1e-8 -- the command line's default for the file too (a float32 value
+    of float64 gradients, a float32 accumulator, is recognised from the numbers, as here).
     """
     _check_penalty(penalty, takes, seed)
     _, current, optima, _ = _past_models(models, model)
@@ -221,29 +237,28 @@ def _check_penalty(penalty, takes, seed) -> None:
 
 def _samples(penalty, model, takes, current: MLP, optima: list[np.ndarray], scale, directions, seed):
     """(theta, value, grad, tol): the points rounded to the module's dtype, evaluated, in the MLP's flat order,
-    and the round-off threshold of the lowest precision the evaluation went through.
+    and the round-off threshold of the gradients' precision, the module's dtype.
 
-    The core reads the precision from the gradients alone; here the dtypes are known. A float32 value
-    of a float64 module (Avalanche accumulates its penalty in ``torch.tensor(0).float()``) has float64
-    gradients but a value rounded to ~6e-8 relative, which the float64 threshold would call inconsistent.
+    A float32 value of a float64 module (Avalanche accumulates its penalty in ``torch.tensor(0).float()``)
+    has float64 gradients and a value rounded to float32: the core judges such a value against
+    float32's round-off by itself (verify/penalty_fit.py, ``ROUNDED_VALUE_TOL``), as it does for the
+    same numbers read from a penalty file, so nothing is widened here.
     """
     dtype = next(model.parameters()).dtype
     points = penalty_points(optima, scale, directions, seed)
     points = points.astype(np.float32 if dtype == torch.float32 else np.float64).astype(np.float64)
     order = _mlp_positions(current, [n for n, _ in model.named_parameters()], model)  # torch flat i = MLP flat order[i]
-    values, torch_grads, value_dtypes = _evaluate(penalty, model, takes, points[:, order])
+    values, torch_grads = _evaluate(penalty, model, takes, points[:, order])
     grads = np.empty_like(torch_grads)
     grads[:, order] = torch_grads
-    precision = "float32" if torch.float32 in {dtype, *value_dtypes} else "float64"
-    return points, values, grads, PENALTY_TOL[precision]
+    return points, values, grads, PENALTY_TOL["float32" if dtype == torch.float32 else "float64"]
 
 
-def _evaluate(penalty, module: nn.Module, takes: str, points: np.ndarray) -> tuple[np.ndarray, np.ndarray, set]:
-    """(value (M,), grad (M, P)) float64 of penalty at each row of points (M, P), in parameters() order,
-    and the dtypes of the values it returned."""
+def _evaluate(penalty, module: nn.Module, takes: str, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(value (M,), grad (M, P)) float64 of penalty at each row of points (M, P), in parameters() order."""
     params = list(module.parameters())
     sizes = [p.numel() for p in params]
-    values, grads, value_dtypes = np.empty(points.shape[0]), np.empty(points.shape), set()
+    values, grads = np.empty(points.shape[0]), np.empty(points.shape)
     with _restored(module):
         for p in params:
             p.requires_grad_(True)
@@ -256,8 +271,7 @@ def _evaluate(penalty, module: nn.Module, takes: str, points: np.ndarray) -> tup
                         "parameters": params}[takes]
             out = penalty(argument)
             values[m], grads[m] = _value_and_grad(out, params, m)
-            value_dtypes.add(out.dtype)
-    return values, grads, value_dtypes
+    return values, grads
 
 
 def _value_and_grad(out, params: list, m: int) -> tuple[float, np.ndarray]:

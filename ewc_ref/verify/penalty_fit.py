@@ -32,7 +32,12 @@ from "not quadratic". Without such triples the verdict says it cannot tell these
 Round-off. Residuals are relative, per coordinate (gradient) and per point (value), to the size of
 the terms that were rounded: s_i = max_m (|g_mi| + |W_i theta_mi| + |b_i|). They pass below the
 threshold ``PENALTY_TOL`` of the precision the gradients were computed in (float32 when every
-value is a float32 number, as torch's default and ``.double()`` exports are).
+value is a float32 number, as torch's default and ``.double()`` exports are). The value is judged
+at its own precision: values that are all float32 numbers beside float64 gradients (a float32
+accumulator, a ``.float()`` at the end) were rounded to float32 after the gradients' arithmetic,
+and their residual (P3) is judged against float32's round-off ``ROUNDED_VALUE_TOL`` -- a few
+roundings, not the 1e-4 of a whole float32 computation, so a value off by 1e-5 is still refuted.
+The verdict says when this is what made the value consistent.
 """
 
 from __future__ import annotations
@@ -51,6 +56,18 @@ from ..io import JsonResult, read_npz
 #: residuals of the non-quadratic penalties of the catalogue (tests/fixtures/penalties: >= 1e-3).
 #: float32: eps32 = 6e-8 times the same few operations; 1e-4 keeps a factor 1000.
 PENALTY_TOL = {"float64": 1e-8, "float32": 1e-4}
+
+#: float32's unit round-off u = 2^-24 = 6.0e-8: one rounding to float32 moves a number by at most u relative.
+FLOAT32_ROUNDOFF = 2.0**-24
+
+#: Residual (P3) accepted for a value rounded to float32 beside float64 gradients. Each float32
+#: rounding of the value moves it by <= u |v_m| <= u x the residual's denominator, and fitting c (the
+#: mean of the M errors) at most doubles that: 2 u per rounding. 16 u = 9.5e-7 covers 8 roundings in
+#: the worst case (more at the sqrt(K) rate of independent ones: Avalanche's accumulator, 12 float32
+#: additions and a float32 lambda, measures 1.25 u), and stays 10x below a value off by 1e-5
+#: relative, which must be refuted; the 1e-4 of PENALTY_TOL["float32"] (a whole float32
+#: computation, gradients included) would accept it.
+ROUNDED_VALUE_TOL = 16 * FLOAT32_ROUNDOFF
 
 QUADRATIC_VERDICTS = ("diagonal quadratic", "quadratic, not diagonal", "not quadratic",
                       "not a diagonal quadratic", "value inconsistent", "cannot tell")
@@ -80,6 +97,13 @@ class PenaltyFit(JsonResult):
     midpoint_residual: float = math.nan  # max over triples of |g_j - (g_i + g_k)/2| / max |g|
     undetermined: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     negative: int = 0  # coordinates with W_i < 0 beyond round-off: a penalty that pushes away
+    value_precision: str = "float64"  # 'float32' when every value is a float32 number
+    value_tol: float = math.nan  # the value's threshold: tol, or ROUNDED_VALUE_TOL for a float32 value of float64 gradients
+
+    @property
+    def value_rounded(self) -> bool:
+        """True when the value passes only as a float32-rounded value of float64 gradients."""
+        return self.tol < self.value_residual <= self.value_tol
 
     @property
     def curvature_known(self) -> bool:
@@ -95,7 +119,8 @@ class PenaltyFit(JsonResult):
                 "value_residual": finite(self.value_residual), "value_scale": finite(self.value_scale),
                 "value_scale_residual": finite(self.value_scale_residual), "constant": finite(self.constant),
                 "midpoint_triples": self.midpoint_triples, "midpoint_residual": finite(self.midpoint_residual),
-                "undetermined": [int(i) for i in self.undetermined], "negative_weights": self.negative}
+                "undetermined": [int(i) for i in self.undetermined], "negative_weights": self.negative,
+                "value_precision": self.value_precision, "value_tol": finite(self.value_tol)}
 
 
 def penalty_precision(grad: np.ndarray) -> str:
@@ -143,11 +168,13 @@ def fit_penalty(theta, value, grad, tol: float | None = None) -> PenaltyFit:
     ValueError naming `theta`, `value`, `grad` or `tol` (shapes, M < 2, non-finite values).
     """
     theta, value, grad = check_samples(theta, value, grad)
-    precision = penalty_precision(grad)
+    precision, value_precision = penalty_precision(grad), penalty_precision(value)
     if tol is None:
         tol = PENALTY_TOL[precision]
     elif not (isinstance(tol, float | int) and 0 < tol < 1):
         raise ValueError(f"tol: expected a number in (0, 1), got {tol!r}")
+    # a value rounded to float32 after float64 gradients cannot be judged below float32's round-off
+    value_tol = max(float(tol), ROUNDED_VALUE_TOL) if (value_precision, precision) == ("float32", "float64") else float(tol)
     theta, value, grad = (np.asarray(a, dtype=np.float64) for a in (theta, value, grad))
     m = theta.shape[0]
     # an exact power of two brings the largest |grad| and |value| near 1, so that squares neither
@@ -169,7 +196,8 @@ def fit_penalty(theta, value, grad, tol: float | None = None) -> PenaltyFit:
     constant, value_residual, k, k_residual = _check_value(theta, value, grad, weights)
     triples, mid_residual = _midpoint_test(theta, grad, tol)
     fit = PenaltyFit(weights * unit, anchor, constant * unit, m, precision, float(tol), "", "", grad_residual,
-                     value_residual, k, k_residual, len(triples), mid_residual, undetermined, negative)
+                     value_residual, k, k_residual, len(triples), mid_residual, undetermined, negative,
+                     value_precision, value_tol)
     fit.quadratic, fit.reason = _verdict(fit, grad, residual, scale)
     twins = _repeated_points(theta, grad, tol)
     if twins:
@@ -276,31 +304,50 @@ def _is_absolute_value(grad, tol) -> bool:
     return bool(np.all(same) and np.any(flips))
 
 
+def _value_words(fit: PenaltyFit) -> str:
+    """How the value passed (P3): its residual, and when it passed only as a float32-rounded value, that."""
+    r = fit.value_residual
+    if not fit.value_rounded:
+        return f"(residual {r:.3g})"
+    return (f"up to float32 rounding: value rounded to float32 (residual {r:.3g} = {r / FLOAT32_ROUNDOFF:.2g} x float32's "
+            f"round-off 2^-24, <= {fit.value_tol:.2g}, every value a float32 number); gradients float64")
+
+
+def _value_mismatch(fit: PenaltyFit) -> str:
+    """Why a value of float32 numbers beyond ROUNDED_VALUE_TOL is not called round-off ('' for other values)."""
+    if fit.value_tol <= fit.tol:
+        return ""
+    return (f"; every value is a float32 number, but the residual is {fit.value_residual / FLOAT32_ROUNDOFF:.3g} x "
+            f"float32's round-off 2^-24, beyond the {fit.value_tol:.2g} of a few roundings")
+
+
 def _verdict(fit: PenaltyFit, grad, residual, scale) -> tuple[str, str]:
     """(quadratic verdict, reason with the numbers), the simplest explanation inside round-off."""
     tol, m = fit.tol, fit.n_points
-    value_ok = fit.value_residual <= tol
+    value_ok = fit.value_residual <= fit.value_tol
     mid = (f"; midpoint test on {fit.midpoint_triples} collinear triple(s): residual {fit.midpoint_residual:.3g}"
            if fit.midpoint_triples else "")
     if m == 2:
         if not value_ok:
             return "not quadratic", (f"the value differs from the integral of the gradient between the two points by "
-                                     f"{fit.value_residual:.3g} relative (threshold {tol:g}): no quadratic has these "
-                                     "values and gradients")
+                                     f"{fit.value_residual:.3g} relative (threshold {fit.value_tol:.3g}){_value_mismatch(fit)}: "
+                                     "no quadratic has these values and gradients")
         return "cannot tell", ("M = 2 points: W and a are determined per coordinate and the value agrees "
-                               f"(residual {fit.value_residual:.3g}), but a quadratic through two points always fits "
+                               f"{_value_words(fit)}, but a quadratic through two points always fits "
                                "the gradients: give M >= 3 points to test quadraticity")
     diag_ok = fit.grad_residual <= tol
     if diag_ok and value_ok:
         return "diagonal quadratic", (f"gradient affine per coordinate within round-off (residual {fit.grad_residual:.3g} "
                                       f"<= {tol:g}, M = {m}), value = the integral of the gradient + c "
-                                      f"(residual {fit.value_residual:.3g}){mid}")
+                                      f"{_value_words(fit)}{mid}")
     if diag_ok:
         ratio = (f"; the value is {fit.value_scale:.6g} x the integral of the gradient (residual "
-                 f"{fit.value_scale_residual:.3g})" if fit.value_scale_residual <= tol else "")
+                 f"{fit.value_scale_residual:.3g})" if fit.value_scale_residual <= fit.value_tol else "")
         return "value inconsistent", (f"the gradient is a diagonal quadratic's (residual {fit.grad_residual:.3g}) but the "
-                                      f"value is not its integral + c (residual {fit.value_residual:.3g} > {tol:g}){ratio}: "
-                                      "the value and the gradient are of different functions")
+                                      f"value is not its integral + c (residual {fit.value_residual:.3g} > "
+                                      f"{fit.value_tol:.3g}){ratio}{_value_mismatch(fit)}: the value and the gradient "
+                                      "are of different functions" + (" (or the value went through many float32 "
+                                      "operations: tol=1e-4 accepts that)" if fit.value_tol > tol else ""))
     worst = f"gradient not affine per coordinate: residual {fit.grad_residual:.3g} > {tol:g} (M = {m})"
     if _is_absolute_value(grad, tol):
         return "not quadratic", (f"{worst}; |grad_i| is the same at every point and changes sign: an absolute value "
