@@ -34,18 +34,7 @@ from scipy.integrate import quad
 from scipy.special import logsumexp
 
 from .._validate import as_float_array
-from .trapezoid import (
-    _MAX_SECOND_DIFFERENCE,
-    _boundary_mass,
-    _error_parts,
-    _grid_points,
-    _log_trapezoid_weights,
-    _max_second_difference,
-    _moments,
-    _richardson,
-    _spacing,
-    _trapezoid_weights,
-)
+from . import trapezoid
 
 MAX_DIMENSION = 3
 DEFAULT_POINTS = {1: 801, 2: 161, 3: 49}
@@ -105,7 +94,7 @@ class GridPosterior:
     @property
     def spacing(self) -> np.ndarray:
         """h : (d,)."""
-        return np.array([_spacing(a) for a in self.axes])
+        return np.array([trapezoid.spacing(a) for a in self.axes])
 
     @property
     def bounds(self) -> np.ndarray:
@@ -114,7 +103,7 @@ class GridPosterior:
 
     def points(self) -> np.ndarray:
         """All grid points z_k : (K, d), K = prod n_i, in C order of `log_density`."""
-        return _grid_points(self.axes)
+        return trapezoid.grid_points(self.axes)
 
     @property
     def density(self) -> np.ndarray:
@@ -141,7 +130,7 @@ class GridPosterior:
             raise ValueError(f"axis: expected an integer in 0..{self.d - 1}, got {axis!r}")
         others = tuple(i for i in range(self.d) if i != axis)
         log_w_others = sum(
-            np.log(_trapezoid_weights(a)).reshape([-1 if j == i else 1 for j in range(self.d)])
+            np.log(trapezoid.trapezoid_weights(a)).reshape([-1 if j == i else 1 for j in range(self.d)])
             for i, a in enumerate(self.axes) if i != axis
         )
         values = self.log_density + (log_w_others if others else 0.0)
@@ -226,7 +215,7 @@ def _find_bounds(log_density, center, scale, tail, n_coarse, max_iter=40):
     evaluations = 0
     for _ in range(max_iter):
         axes = [np.linspace(lo[i], hi[i], n_coarse) for i in range(d)]
-        values = _evaluate(log_density, _grid_points(axes)).reshape((n_coarse,) * d)
+        values = _evaluate(log_density, trapezoid.grid_points(axes)).reshape((n_coarse,) * d)
         evaluations += values.size
         peak = values.max()
         if not np.isfinite(peak):
@@ -308,25 +297,25 @@ def grid_posterior(log_density: Callable, center, scale=1.0, *, bounds=None, n_p
         lo, hi = bounds[:, 0], bounds[:, 1]
 
     axes = [np.linspace(lo[i], hi[i], n) for i in range(d)]
-    log_q = _evaluate(log_density, _grid_points(axes)).reshape((n,) * d)
+    log_q = _evaluate(log_density, trapezoid.grid_points(axes)).reshape((n,) * d)
     evaluations += log_q.size
     if not np.isfinite(log_q.max()):
         raise ValueError("log_density: is -inf at every grid point")
 
-    log_z, mean, cov, masses, centred = _moments(log_q, axes)
-    diff_z, diff_mean, diff_cov, even = _richardson(log_q, axes, log_z, mean, cov)
-    log_w = _log_trapezoid_weights(axes)
+    log_z, mean, cov, masses, centred = trapezoid.moments(log_q, axes)
+    diff_z, diff_mean, diff_cov, even = trapezoid.richardson(log_q, axes, log_z, mean, cov)
+    log_w = trapezoid.log_trapezoid_weights(axes)
     log_p = log_q - log_z
-    boundary = _boundary_mass(log_p, log_w)
+    boundary = trapezoid.boundary_mass(log_p, log_w)
     if boundary > boundary_tol:
         raise ValueError(
             f"grid: {boundary:.3g} of the posterior mass lies in the outermost cells (threshold boundary_tol = "
             f"{boundary_tol:.3g}): the grid {np.stack([lo, hi], 1).tolist()} does not contain the mass; widen "
             "`bounds` or let them adapt (bounds=None)"
         )
-    parts = _error_parts(log_q, axes, (log_z, mean, cov, masses, centred), (diff_z, diff_mean, diff_cov),
+    parts = trapezoid.error_parts(log_q, axes, (log_z, mean, cov, masses, centred), (diff_z, diff_mean, diff_cov),
                          boundary * n, hi - lo)
-    resolved = _max_second_difference(log_q, masses) <= _MAX_SECOND_DIFFERENCE
+    resolved = trapezoid.max_second_difference(log_q, masses) <= trapezoid.MAX_SECOND_DIFFERENCE
     spread = np.sqrt(np.abs(np.diag(cov))) + (hi - lo) / (n - 1)
     parts["resolution"] = (0.0, np.zeros(d), np.zeros((d, d))) if resolved else (
         1 + abs(log_z), spread, np.outer(spread, spread))

@@ -37,7 +37,7 @@ from ..curvature.estimate import fisher_unchecked
 from ..curvature.second_order import hessian_vector_product
 from ..verify.gradcheck import numerical_jacobian
 from .grid import GridPosterior
-from .posterior import _LOG_2PI, GaussianPrior, LogPosterior, PosteriorPrior, _as_points
+from .posterior import LOG_2PI, GaussianPrior, LogPosterior, PosteriorPrior, as_points
 
 KINDS = ("hessian", "ggn", "fisher_diag")
 
@@ -127,7 +127,7 @@ def posterior_precision(post: LogPosterior, z, kind: str = "hessian") -> np.ndar
     if not isinstance(post, LogPosterior):
         raise TypeError(f"post: expected an ewc_ref.LogPosterior, got {type(post).__name__}")
     check_choice(kind, "kind", KINDS)
-    z = _as_points(z, post.d)
+    z = as_points(z, post.d)
     if z.ndim != 1:
         raise ValueError(f"z: expected one point of shape ({post.d},), got shape {z.shape}")
     return _posterior_precision(post, z, kind)
@@ -148,7 +148,7 @@ def find_map(post: LogPosterior, z0=None, *, gtol: float = 1e-9, maxiter: int = 
     """
     if not isinstance(post, LogPosterior):
         raise TypeError(f"post: expected an ewc_ref.LogPosterior, got {type(post).__name__}")
-    z0 = post.subspace.z0() if z0 is None else _as_points(z0, post.d, "z0")
+    z0 = post.subspace.z0() if z0 is None else as_points(z0, post.d, "z0")
     if z0.ndim != 1:
         raise ValueError(f"z0: expected shape ({post.d},), got {z0.shape}")
     tolerance = float(gtol) * (1 + post.n)
@@ -222,7 +222,7 @@ class LaplaceGaussian(GaussianPrior):
     @property
     def log_evidence(self) -> float:
         """log p(D) ~ log p(D | z*) + log p(z*) + d/2 log 2 pi - 1/2 log det Lambda."""
-        return self.log_joint + 0.5 * self.d * _LOG_2PI - 0.5 * self.log_det_precision
+        return self.log_joint + 0.5 * self.d * LOG_2PI - 0.5 * self.log_det_precision
 
     def marginal_logpdf(self, axis: int, values) -> np.ndarray:
         """log N(values; mean[axis], cov[axis, axis]) : the 1-D marginal along one axis."""
@@ -252,7 +252,7 @@ def laplace_approximation(post: LogPosterior, z_map=None, kind: str = "hessian")
     if not isinstance(post, LogPosterior):
         raise TypeError(f"post: expected an ewc_ref.LogPosterior, got {type(post).__name__}")
     check_choice(kind, "kind", KINDS)
-    z = find_map(post).z if z_map is None else _as_points(z_map, post.d, "z_map")
+    z = find_map(post).z if z_map is None else as_points(z_map, post.d, "z_map")
     if z.ndim != 1:
         raise ValueError(f"z_map: expected shape ({post.d},), got {z.shape}")
     precision = _posterior_precision(post, z, kind)

@@ -53,10 +53,10 @@ from ..model.mlp import MLP
 # most this many floats (K * N * width), about 32 MB in float64.
 _BATCH_FLOATS = 2**22
 
-_LOG_2PI = float(np.log(2 * np.pi))
+LOG_2PI = float(np.log(2 * np.pi))
 
 
-def _as_points(z, d: int, name: str = "z") -> np.ndarray:
+def as_points(z, d: int, name: str = "z") -> np.ndarray:
     """Validate a (d,) point or a (..., d) batch of points."""
     z = as_float_array(z, name).astype(np.float64, copy=False)
     if z.ndim == 0 or z.shape[-1] != d:
@@ -136,14 +136,14 @@ class GaussianPrior:
 
     def logpdf(self, z) -> np.ndarray:
         """log N(z; m, Lambda^{-1}) for z : (..., d); returns (...)."""
-        z = _as_points(z, self.d)
+        z = as_points(z, self.d)
         r = z - self.mean
         quad = np.einsum("...i,ij,...j->...", r, self.precision, r)
-        return -0.5 * quad + 0.5 * self.log_det_precision - 0.5 * self.d * _LOG_2PI
+        return -0.5 * quad + 0.5 * self.log_det_precision - 0.5 * self.d * LOG_2PI
 
     def grad(self, z) -> np.ndarray:
         """d log p / d z = -Lambda (z - m) : (..., d)."""
-        z = _as_points(z, self.d)
+        z = as_points(z, self.d)
         return -(z - self.mean) @ self.precision
 
     def __repr__(self) -> str:
@@ -231,7 +231,7 @@ class Subspace:
 
     def full_theta(self, z) -> np.ndarray:
         """theta(z) : (..., P) for z : (..., d)."""
-        z = _as_points(z, self.d)
+        z = as_points(z, self.d)
         theta = np.broadcast_to(self.model.theta, z.shape[:-1] + (self.model.n_params,)).copy()
         theta[..., self.free_indices] = z
         return theta
@@ -320,7 +320,7 @@ class LogPosterior:
 
     def log_likelihood(self, z) -> np.ndarray:
         """log p(D | theta(z)) = -sum_n l_n, for z : (d,) or (K, d)."""
-        z = _as_points(z, self.d)
+        z = as_points(z, self.d)
         flat = z.reshape(-1, self.d)
         model = self.subspace.model
         width = max(model.layer_sizes)
@@ -334,18 +334,18 @@ class LogPosterior:
 
     def log_likelihood_grad(self, z) -> np.ndarray:
         """d log p(D | theta(z)) / d z : (d,) = -[sum_n J_n^T d l_n / d f]_free, one backward pass."""
-        model = self.subspace.model_at(_as_points(z, self.d))
+        model = self.subspace.model_at(as_points(z, self.d))
         f, cache = model.forward(self.x)
         return -model.backward(cache, self.lik.grad(f, self.y))[self.subspace.free_indices]
 
     def __call__(self, z):
         """log p(D | theta(z)) + log p(z) for z : (d,) (float) or (K, d) ((K,) array)."""
-        z = _as_points(z, self.d)
+        z = as_points(z, self.d)
         return self.log_likelihood(z) + self.prior.logpdf(z)
 
     def grad(self, z) -> np.ndarray:
         """d/dz [log p(D | theta(z)) + log p(z)] : (d,)."""
-        z = _as_points(z, self.d)
+        z = as_points(z, self.d)
         if z.ndim != 1:
             raise ValueError(f"z: expected one point of shape ({self.d},), got shape {z.shape}")
         return self.log_likelihood_grad(z) + self.prior.grad(z)
@@ -407,5 +407,5 @@ def linear_gaussian_posterior(features, y, sigma: float, prior_mean, prior_cov):
     marginal_cov = sigma**2 * np.eye(n) + phi @ s0 @ phi.T
     chol = np.linalg.cholesky(marginal_cov)
     r = np.linalg.solve(chol, y - phi @ m0)
-    log_evidence = -0.5 * r @ r - np.sum(np.log(np.diag(chol))) - 0.5 * n * _LOG_2PI
+    log_evidence = -0.5 * r @ r - np.sum(np.log(np.diag(chol))) - 0.5 * n * LOG_2PI
     return mean, cov, float(log_evidence)

@@ -58,38 +58,45 @@ from __future__ import annotations
 import numpy as np
 from scipy.special import logsumexp
 
+# The public names are grid.py's building blocks; the leading-underscore ones are this module's own.
+__all__ = ["MAX_SECOND_DIFFERENCE", "boundary_mass", "error_parts", "grid_points", "log_trapezoid_weights",
+           "max_second_difference", "moments", "richardson", "spacing", "trapezoid_weights"]
+
 # Error model constants, justified by benchmarks/grid_error_scan.py (module docstring).
 _RICHARDSON_SAFETY = 4.0
-# Resolution: |second difference of log q| <= 4, i.e. spacing <= 2 conditional sds (docstring).
-_MAX_SECOND_DIFFERENCE = 4.0
+#: Resolution: |second difference of log q| <= 4, i.e. spacing <= 2 conditional sds (docstring).
+MAX_SECOND_DIFFERENCE = 4.0
 # Points holding at least this fraction of the largest point mass are where resolution matters.
 _SIGNIFICANT_MASS = 1e-6
 _LOG_DENSITY_ULPS = 4.0
 _SUM_ULPS = 20.0
 
 
-def _grid_points(axes) -> np.ndarray:
+def grid_points(axes) -> np.ndarray:
+    """(K, d) points of the product grid, K = prod_i n_i, for d axes of shape (n_i,) (C order, 'ij')."""
     mesh = np.meshgrid(*axes, indexing="ij")
     return np.stack([m.ravel() for m in mesh], axis=-1)
 
 
-def _spacing(axis: np.ndarray) -> float:
+def spacing(axis: np.ndarray) -> float:
     """h = (b - a) / (n - 1): relative error ~eps, where axis[1] - axis[0] loses eps |a| / h."""
     return float((axis[-1] - axis[0]) / (axis.size - 1))
 
 
-def _trapezoid_weights(axis: np.ndarray) -> np.ndarray:
-    h = _spacing(axis)
+def trapezoid_weights(axis: np.ndarray) -> np.ndarray:
+    """(n,) weights h c_k of one axis, c = 1/2 on the two end points and 1 inside."""
+    h = spacing(axis)
     w = np.full(axis.size, h)
     w[0] = w[-1] = 0.5 * h
     return w
 
 
-def _log_trapezoid_weights(axes) -> np.ndarray:
+def log_trapezoid_weights(axes) -> np.ndarray:
+    """(n_1, ..., n_d) log w_k = sum_i log(h_i c_ki), the product weights of the d axes."""
     d = len(axes)
     total = np.zeros([a.size for a in axes])
     for i, a in enumerate(axes):
-        total = total + np.log(_trapezoid_weights(a)).reshape([-1 if j == i else 1 for j in range(d)])
+        total = total + np.log(trapezoid_weights(a)).reshape([-1 if j == i else 1 for j in range(d)])
     return total
 
 
@@ -98,18 +105,18 @@ def _pairwise_sum(terms: np.ndarray) -> float:
     return float(np.sum(np.ascontiguousarray(terms).ravel()))
 
 
-def _moments(log_q: np.ndarray, axes):
+def moments(log_q: np.ndarray, axes):
     """(log Z, mean (d,), cov (d, d), masses (K,), centred (d, K)) of the trapezoid rule on this grid.
 
     Every sum runs along a contiguous axis, so numpy sums it pairwise (`_SUM_ULPS`).
     """
-    log_w = _log_trapezoid_weights(axes)
+    log_w = log_trapezoid_weights(axes)
     log_z = float(logsumexp(log_q + log_w))
     masses = np.exp(log_q + log_w - log_z).ravel()
     # Renormalise by the computed sum: a rounding of log Z (eps |log Z|) would otherwise scale the
     # mean by 1 + eps |log Z|, an error of eps |log Z| |mean| that no sum of positive terms needs.
     masses /= _pairwise_sum(masses)
-    points = _grid_points(axes).T  # (d, K), rows contiguous
+    points = grid_points(axes).T  # (d, K), rows contiguous
     mean = np.array([_pairwise_sum(masses * row) for row in points])
     centred = points - mean[:, None]
     d = len(axes)
@@ -120,7 +127,7 @@ def _moments(log_q: np.ndarray, axes):
     return log_z, mean, cov, masses, centred
 
 
-def _richardson(log_q: np.ndarray, axes, log_z: float, mean: np.ndarray, cov: np.ndarray):
+def richardson(log_q: np.ndarray, axes, log_z: float, mean: np.ndarray, cov: np.ndarray):
     """max over the 2^d half grids of |I(h) - I_half(2h)| for log Z, mean (d,) and cov (d, d).
 
     A half grid takes every second point along each axis, starting at index 0 (the even points,
@@ -132,7 +139,7 @@ def _richardson(log_q: np.ndarray, axes, log_z: float, mean: np.ndarray, cov: np
     even = None
     for parity in np.ndindex(*(2,) * d):
         index = tuple(slice(0, None, 2) if p == 0 else slice(1, -1, 2) for p in parity)
-        sub_z, sub_mean, sub_cov, _, _ = _moments(log_q[index], [a[i] for a, i in zip(axes, index, strict=True)])
+        sub_z, sub_mean, sub_cov, _, _ = moments(log_q[index], [a[i] for a, i in zip(axes, index, strict=True)])
         if not any(parity):
             even = {"log_evidence": sub_z, "mean": sub_mean, "cov": sub_cov}
         diff_z = max(diff_z, abs(log_z - sub_z))
@@ -141,7 +148,7 @@ def _richardson(log_q: np.ndarray, axes, log_z: float, mean: np.ndarray, cov: np
     return diff_z, diff_mean, diff_cov, even
 
 
-def _max_second_difference(log_q: np.ndarray, masses: np.ndarray) -> float:
+def max_second_difference(log_q: np.ndarray, masses: np.ndarray) -> float:
     """max over axes i and interior points k with mass >= _SIGNIFICANT_MASS max mass of
     |log q(k + e_i) - 2 log q(k) + log q(k - e_i)|; log_q (n,)*d, masses (K,)."""
     significant = (masses >= _SIGNIFICANT_MASS * masses.max()).reshape(log_q.shape)
@@ -176,7 +183,7 @@ def _roundoff(log_q: np.ndarray, axes, log_z: float, mean, cov, masses, centred)
     relative error of mass m_k; each sum adds (SUM_ULPS) eps sum_k |its terms|.
     """
     eps = np.finfo(np.float64).eps
-    log_w = _log_trapezoid_weights(axes).ravel()
+    log_w = log_trapezoid_weights(axes).ravel()
     lq = log_q.ravel()
     inside = masses > 0
     delta = np.zeros_like(masses)
@@ -203,7 +210,7 @@ def _roundoff(log_q: np.ndarray, axes, log_z: float, mean, cov, masses, centred)
     return err_z, err_mean, err_cov
 
 
-def _boundary_mass(log_p: np.ndarray, log_w: np.ndarray) -> float:
+def boundary_mass(log_p: np.ndarray, log_w: np.ndarray) -> float:
     """Probability in the outermost layer of points (index 0 or n_i - 1 along some axis), summed
     directly (1 - interior would lose it to cancellation below ~1e-16)."""
     on_face = np.zeros(log_p.shape, bool)
@@ -214,10 +221,11 @@ def _boundary_mass(log_p: np.ndarray, log_w: np.ndarray) -> float:
     return float(np.sum(np.exp(log_p + log_w)[on_face]))
 
 
-def _error_parts(log_q, axes, moments, richardson, tail_mass: float, reach: np.ndarray) -> dict:
-    """{'richardson', 'roundoff', 'tail'} -> (log Z, mean (d,), cov (d, d)) error parts (module docstring)."""
-    log_z, mean, cov, masses, centred = moments
-    diff_z, diff_mean, diff_cov = richardson
+def error_parts(log_q, axes, grid_moments, half_grid_differences, tail_mass: float, reach: np.ndarray) -> dict:
+    """{'richardson', 'roundoff', 'tail'} -> (log Z, mean (d,), cov (d, d)) error parts (module docstring);
+    grid_moments as `moments` returns them, half_grid_differences the first three of `richardson`."""
+    log_z, mean, cov, masses, centred = grid_moments
+    diff_z, diff_mean, diff_cov = half_grid_differences
     round_z, round_mean, round_cov = _roundoff(log_q, axes, log_z, mean, cov, masses, centred)
     # The truncated tail: the mass beyond the bounds is taken to be at most the outermost layer's
     # mass once per layer of the grid (boundary * n), lying at most one box width from the mean.

@@ -182,9 +182,9 @@ class FisherAccumulator:
     def update(self, x_chunk, y_chunk) -> FisherAccumulator:
         """Add the next rows; x_chunk : (n, d_in) and y_chunk are validated (names in errors)."""
         x_chunk, y_chunk = check_model_data(self.model, self.lik, x_chunk, y_chunk, "x_chunk", "y_chunk")
-        return self._update(x_chunk, y_chunk)
+        return self.update_unchecked(x_chunk, y_chunk)
 
-    def _update(self, x_chunk: np.ndarray, y_chunk) -> FisherAccumulator:
+    def update_unchecked(self, x_chunk: np.ndarray, y_chunk) -> FisherAccumulator:
         """update on trusted rows (``fisher`` validates x and y once, then streams)."""
         n = x_chunk.shape[0]
         if n == 0:
@@ -208,13 +208,13 @@ class FisherAccumulator:
         self._outer_sums(cache, r, weight, into=self.total)
 
     def _update_hessian(self, x_chunk, y_chunk):
-        from .dense_hessian import _hessian, _hessian_blocks
+        from .dense_hessian import hessian_blocks_unchecked, hessian_unchecked
         from .diag_hessian import diag_hessian_sums
 
         if self.structure == "diag":  # the backward recursion, not P Hessian-vector products
             self._add(diag_hessian_sums(self.model, self.lik, x_chunk, y_chunk))
             return
-        function = {"full": _hessian, "block": _hessian_blocks}[self.structure]
+        function = {"full": hessian_unchecked, "block": hessian_blocks_unchecked}[self.structure]
         n = x_chunk.shape[0]
         chunk_mean = function(self.model, self.lik, x_chunk, y_chunk)
         self._add([b * n for b in chunk_mean] if isinstance(chunk_mean, list) else chunk_mean * n)

@@ -9,8 +9,10 @@ about one exact diagonal Fisher instead of P Hessian-vector products).
 by a second-order forward pass over pairs of unit vectors, without the loss and without any
 backward pass. Dense P x P results are refused above ``budget.MAX_DENSE_BYTES``.
 
-Public functions validate their arguments and name the one that is wrong; the private `_`
-twins compute on trusted arrays (``FisherAccumulator`` streams them for estimator='hessian').
+Public functions validate their arguments and name the one that is wrong; their twins compute on
+trusted arrays: ``hessian_unchecked`` and ``hessian_blocks_unchecked`` (public, because
+``FisherAccumulator`` streams them for estimator='hessian' after validating x and y once) and the
+private `_` ones used only here.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from ..model.loss import check_model_data
 from ..model.mlp import MLP, ForwardCache
 from . import budget
 from .diag_hessian import hessian_diag  # noqa: F401  (its home before diag_hessian.py; tests import it here)
-from .second_order import _hvp_with_state, _layer_directions, _loss_state
+from .second_order import hvp_with_state, layer_directions, loss_state
 
 
 # ----------------------------------------------------------------------------- dense forms
@@ -56,32 +58,34 @@ def _check_dense_size(numbers: int, what: str) -> None:
         )
 
 
-def _hessian(model: MLP, lik: Likelihood, x, y, chunk_size: int | None = None) -> np.ndarray:
-    state = _loss_state(model, lik, x, y)
+def hessian_unchecked(model: MLP, lik: Likelihood, x, y, chunk_size: int | None = None) -> np.ndarray:
+    """`hessian` : (P, P) on trusted arguments (x, y validated and the memory checked by the caller)."""
+    state = loss_state(model, lik, x, y)
     P = model.n_params
     H = np.empty((P, P), dtype=np.result_type(model.theta, state.delta_out))
     for rows, E in _unit_chunks(model, range(P), _chunk_rows(model, x.shape[0], chunk_size)):
-        H[rows.start:rows.stop] = _hvp_with_state(model, state, E)          # row i = (H e_i)^T
+        H[rows.start:rows.stop] = hvp_with_state(model, state, E)          # row i = (H e_i)^T
     return H
 
 
 def _hessian_diag_by_hvp(model: MLP, lik: Likelihood, x, y, chunk_size: int | None = None) -> np.ndarray:
-    state = _loss_state(model, lik, x, y)
+    state = loss_state(model, lik, x, y)
     diag = np.empty(model.n_params, dtype=np.result_type(model.theta, state.delta_out))
     for rows, E in _unit_chunks(model, range(model.n_params), _chunk_rows(model, x.shape[0], chunk_size)):
-        HE = _hvp_with_state(model, state, E)
+        HE = hvp_with_state(model, state, E)
         diag[rows.start:rows.stop] = HE[np.arange(len(rows)), np.asarray(rows)]  # e_i^T H e_i
     return diag
 
 
-def _hessian_blocks(model: MLP, lik: Likelihood, x, y, chunk_size: int | None = None) -> list:
-    state = _loss_state(model, lik, x, y)
+def hessian_blocks_unchecked(model: MLP, lik: Likelihood, x, y, chunk_size: int | None = None) -> list:
+    """`hessian_blocks` : [(P_l, P_l)] on trusted arguments (x, y validated by the caller)."""
+    state = loss_state(model, lik, x, y)
     chunk = _chunk_rows(model, x.shape[0], chunk_size)
     blocks = []
     for s in model.layer_slices:
         block = np.empty((s.stop - s.start,) * 2, dtype=np.result_type(model.theta, state.delta_out))
         for rows, E in _unit_chunks(model, range(s.start, s.stop), chunk):
-            block[rows.start - s.start:rows.stop - s.start] = _hvp_with_state(model, state, E)[:, s]
+            block[rows.start - s.start:rows.stop - s.start] = hvp_with_state(model, state, E)[:, s]
         blocks.append(block)
     return blocks
 
@@ -123,7 +127,7 @@ def hessian(model: MLP, lik: Likelihood, x, y, chunk_size: int | None = None) ->
     chunk_size = _check_chunk_size(chunk_size)
     P = model.n_params
     _check_dense_size(P * P, f"the dense P x P Hessian for P = {P} parameters")
-    return _hessian(model, lik, x, y, chunk_size)
+    return hessian_unchecked(model, lik, x, y, chunk_size)
 
 
 # The name of the estimator 'hessian' with structure 'full' in earlier releases; `er.hessian` is this
@@ -154,7 +158,7 @@ def hessian_blocks(model: MLP, lik: Likelihood, x, y, chunk_size: int | None = N
     chunk_size = _check_chunk_size(chunk_size)
     sizes = [s.stop - s.start for s in model.layer_slices]
     _check_dense_size(sum(p * p for p in sizes), f"the per-layer Hessian blocks of sizes {sizes}")
-    return _hessian_blocks(model, lik, x, y, chunk_size)
+    return hessian_blocks_unchecked(model, lik, x, y, chunk_size)
 
 
 # ----------------------------------------------------------------------------- residual
@@ -190,8 +194,8 @@ def _output_second_derivatives(model: MLP, cache: ForwardCache, U: np.ndarray, W
     duw_a = np.zeros((k1, k2, n, model.n_inputs), dtype=dtype)             # D_uw a_0
     for l in range(model.n_layers):
         a_prev, weight = cache.inputs[l], model.weights[l]
-        U_l, u_b = _layer_directions(model, U, l)                          # (K1, out, in)
-        W_l, w_b = _layer_directions(model, W, l)                          # (K2, out, in)
+        U_l, u_b = layer_directions(model, U, l)                          # (K1, out, in)
+        W_l, w_b = layer_directions(model, W, l)                          # (K2, out, in)
         du_z = du_a @ weight.T + (a_prev @ np.swapaxes(U_l, -1, -2))[:, None]
         dw_z = dw_a @ weight.T + (a_prev @ np.swapaxes(W_l, -1, -2))[None, :]
         if u_b is not None:

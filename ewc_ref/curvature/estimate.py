@@ -149,7 +149,7 @@ def fisher_unchecked(model: MLP, lik: Likelihood, x, y, estimator: str = "empiri
     check_chunk_memory(model, estimator, structure, accumulator.samples, min(chunk_size, n))
     meter = Progress(n, f"fisher {estimator}/{structure}", enabled=progress, unit="rows")
     for begin in range(0, n, chunk_size):
-        accumulator._update(x[begin : begin + chunk_size], y[begin : begin + chunk_size])
+        accumulator.update_unchecked(x[begin : begin + chunk_size], y[begin : begin + chunk_size])
         meter.update(min(chunk_size, n - begin))
     if progress:
         meter.close()

@@ -72,8 +72,8 @@ class Curvature:
         ends = np.cumsum([int(np.prod(s, dtype=int)) for s in self.param_shapes])
         return [slice(int(e - np.prod(s, dtype=int)), int(e)) for e, s in zip(ends, self.param_shapes, strict=True)]
 
-    def _layers(self):
-        """(weight slice, bias slice or None, (out, in)) per Linear layer."""
+    def layers(self):
+        """[(weight slice, bias slice or None, (out, in))] per Linear layer, in flat parameter order."""
         slices, shapes = self.param_slices, self.param_shapes
         layers, i = [], 0
         for has_bias in self.layer_has_bias:

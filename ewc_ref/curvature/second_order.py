@@ -98,7 +98,7 @@ class RForwardCache:
         return self.r_pre_activations[-1]
 
 
-def _layer_directions(model: MLP, V: np.ndarray, l: int):
+def layer_directions(model: MLP, V: np.ndarray, l: int):
     """(V_l : (K, out_l, in_l), v_b_l : (K, out_l) or None): layer l's part of V : (K, P)."""
     out, inp = model.shapes[l]
     V_l = V[:, model.weight_slices[l]].reshape(V.shape[0], out, inp)
@@ -126,7 +126,7 @@ def r_forward(model: MLP, cache: ForwardCache, V: np.ndarray) -> RForwardCache:
     r_cache = RForwardCache([], [])
     for l in range(model.n_layers):
         a_prev = cache.inputs[l]                                   # (N, in_l)
-        V_l, v_b = _layer_directions(model, V, l)                  # (K, out_l, in_l), (K, out_l)
+        V_l, v_b = layer_directions(model, V, l)                  # (K, out_l, in_l), (K, out_l)
         r_z = r_a @ model.weights[l].T + a_prev @ np.swapaxes(V_l, -1, -2)
         if v_b is not None:
             r_z = r_z + v_b[:, None, :]
@@ -166,7 +166,7 @@ def _r_backward(model: MLP, cache: ForwardCache, r_cache: RForwardCache, deltas:
             hv[:, model.bias_slices[l]] = r_delta.sum(axis=-2)              # (K, out)
         if l > 0:
             W_l = model.weights[l]
-            V_l, _ = _layer_directions(model, V, l)
+            V_l, _ = layer_directions(model, V, l)
             z, a, activation = cache.activation_caches[l - 1]
             da = delta @ W_l                                                # (N, in) = d s / d a_{l-1}
             r_da = r_delta @ W_l + delta @ V_l                              # (K, N, in)
@@ -177,7 +177,7 @@ def _r_backward(model: MLP, cache: ForwardCache, r_cache: RForwardCache, deltas:
 
 # ----------------------------------------------------------------------------- products
 @dataclass
-class _LossState:
+class LossState:
     """What every product with the loss Hessian at (model, x, y) reuses: one forward and one
     backward pass. delta_out = r / N : (N, C), Lambda : (N, C, C), deltas[l] : (N, out_l)."""
 
@@ -187,14 +187,15 @@ class _LossState:
     deltas: list
 
 
-def _loss_state(model: MLP, lik: Likelihood, x: np.ndarray, y) -> _LossState:
+def loss_state(model: MLP, lik: Likelihood, x: np.ndarray, y) -> LossState:
+    """The forward and backward pass at (model, x, y) that `hvp_with_state` reuses; x, y trusted (validated by the caller)."""
     f, cache = model.forward(x)
     n = x.shape[0]
     delta_out = lik.grad(f, y) / n              # d L / d f_n for the MEAN loss: the 1/N is here
-    return _LossState(cache, delta_out, lik.hessian(f), model.backward_deltas(cache, delta_out))
+    return LossState(cache, delta_out, lik.hessian(f), model.backward_deltas(cache, delta_out))
 
 
-def _hvp_with_state(model: MLP, state: _LossState, V: np.ndarray) -> np.ndarray:
+def hvp_with_state(model: MLP, state: LossState, V: np.ndarray) -> np.ndarray:
     """H V^T for V : (K, P), reusing the forward/backward pass in `state`; returns (K, P)."""
     n = state.cache.inputs[0].shape[0]
     r_cache = r_forward(model, state.cache, V)
@@ -212,7 +213,7 @@ def _as_batch(v: np.ndarray):
 
 def _hessian_vector_product(model: MLP, lik: Likelihood, x, y, v: np.ndarray) -> np.ndarray:
     V, restore = _as_batch(v)
-    return restore(_hvp_with_state(model, _loss_state(model, lik, x, y), V))
+    return restore(hvp_with_state(model, loss_state(model, lik, x, y), V))
 
 
 def _ggn_vector_product(model: MLP, lik: Likelihood, x, y, v: np.ndarray) -> np.ndarray:

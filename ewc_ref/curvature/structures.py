@@ -131,7 +131,7 @@ FULL = Structure(
 def _per_layer_matvec(c, v: np.ndarray, apply: Callable) -> np.ndarray:
     """F v for a block-diagonal F, `apply(index, block_slice, layer, v)` giving one block's product."""
     out = np.empty_like(v, dtype=np.result_type(v, c.diagonal))
-    for index, (w, b, shape) in enumerate(c._layers()):
+    for index, (w, b, shape) in enumerate(c.layers()):
         block = slice(w.start, (b or w).stop)
         out[block] = apply(c.data[index], v, w, b, shape)
     return out

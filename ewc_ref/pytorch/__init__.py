@@ -91,8 +91,8 @@ def _convert(module, likelihood) -> tuple[MLP, Likelihood, list[str], TracedMLP]
     dtypes = {p.dtype for _, p in module.named_parameters()}
     if not dtypes <= {torch.float32, torch.float64} or len(dtypes) != 1:
         raise ValueError(f"module: parameters must all be float32 or all float64, got {sorted(map(str, dtypes))}")
-    weights = [_numpy(linear.weight) for _, linear in traced.linears]
-    biases = [None if linear.bias is None else _numpy(linear.bias) for _, linear in traced.linears]
+    weights = [to_numpy(linear.weight) for _, linear in traced.linears]
+    biases = [None if linear.bias is None else to_numpy(linear.bias) for _, linear in traced.linears]
     model = MLP(weights, biases, traced.activation, module_names=[name for name, _ in traced.linears])
     return model, lik, names, traced
 
@@ -132,18 +132,18 @@ def likelihood_from(likelihood) -> Likelihood:
                     f"nn.MSELoss or nn.BCEWithLogitsLoss, got {type(likelihood).__name__}")
 
 
-def _numpy(value) -> np.ndarray:
+def to_numpy(value) -> np.ndarray:
     """A torch tensor (any device, requiring grad or not), ParamData-like (.data) or array-like as an ndarray."""
     if isinstance(value, torch.Tensor):
         return value.detach().cpu().numpy().copy()
     if isinstance(value, np.ndarray) or hasattr(value, "__array__"):
         return np.asarray(value)
     if hasattr(value, "data"):  # Avalanche's ParamData keeps the tensor in .data
-        return _numpy(value.data)
+        return to_numpy(value.data)
     return np.asarray(value)
 
 
-def _float64(model: MLP) -> MLP:
+def as_float64(model: MLP) -> MLP:
     """The reference model: the same weights in float64 (float32 values are exact)."""
     return model.with_theta(model.theta.astype(np.float64))
 
@@ -167,8 +167,8 @@ def rows(data) -> Rows:
     of batches, or a DataLoader with a SequentialSampler. A shuffling loader iterated here yields a new
     order, so its rows are used as a sample and its batches dropped (diagnose's shuffled test applies).
     """
-    if isinstance(data, tuple) and len(data) == 2 and all(_is_array(v) for v in data):
-        return Rows(_numpy(data[0]), _numpy(data[1]), None)
+    if isinstance(data, tuple) and len(data) == 2 and all(is_array(v) for v in data):
+        return Rows(to_numpy(data[0]), to_numpy(data[1]), None)
     if isinstance(data, Recorder):
         return Rows(data.x, data.y, data.batches)
     if isinstance(data, Mapping) or not hasattr(data, "__iter__"):
@@ -182,7 +182,8 @@ def rows(data) -> Rows:
     return Rows(recorder.x, recorder.y, recorder.batches if reproducible else None)
 
 
-def _is_array(value) -> bool:
+def is_array(value) -> bool:
+    """True for a torch tensor or a NumPy array (a ready batch, not a loader or a list of batches)."""
     return isinstance(value, torch.Tensor | np.ndarray)
 
 
@@ -243,7 +244,7 @@ def fisher(module, data, estimator: str = "empirical", structure: str = "diag", 
     if likelihood is None:
         raise TypeError("likelihood: required (a name, an ewc_ref Likelihood or the torch loss, e.g. nn.CrossEntropyLoss())")
     model, lik, names, traced = _convert(module, likelihood)
-    reference = _float64(model)
+    reference = as_float64(model)
     data_rows = model_rows(module, model, traced, data)
     if estimator == "batched" and batch_size is None and data_rows.batches is not None:
         batch_size = uniform_batch_size(data_rows.batches)
@@ -253,7 +254,7 @@ def fisher(module, data, estimator: str = "empirical", structure: str = "diag", 
         arrays = curvature.arrays
         return {name: torch.from_numpy(np.ascontiguousarray(arrays[name])) for name in names}
     if structure == "full":
-        order = _mlp_positions(reference, names, module)
+        order = mlp_positions(reference, names, module)
         return {"full": torch.from_numpy(np.ascontiguousarray(curvature.data[np.ix_(order, order)]))}
     return {key: torch.from_numpy(np.ascontiguousarray(value)) for key, value in curvature.to_arrays().items()
             if not key.startswith("__")}
@@ -267,7 +268,7 @@ def uniform_batch_size(batches: np.ndarray) -> int:
     return b
 
 
-def _mlp_positions(model: MLP, names: list[str], module) -> np.ndarray:
+def mlp_positions(model: MLP, names: list[str], module) -> np.ndarray:
     """(P,) indices: entry i of a flat vector in the module's parameters() order is entry order[i] in the MLP's."""
     slices = dict(zip(model.param_names, model.param_slices, strict=True))
     return np.concatenate([np.arange(slices[n].start, slices[n].stop) for n in names])
@@ -292,7 +293,7 @@ def theirs_arrays(theirs, model: MLP, names: list[str], module):
             importances = next(iter(importances.values()))
         theirs = importances
     if hasattr(theirs, "get_diag") and callable(theirs.get_diag):
-        theirs = _numpy(theirs.get_diag())
+        theirs = to_numpy(theirs.get_diag())
     if isinstance(theirs, list | tuple) and theirs and all(isinstance(t, tuple) and len(t) == 2 and isinstance(t[0], str)
                                                            for t in theirs):
         theirs = dict(theirs)
@@ -301,16 +302,16 @@ def theirs_arrays(theirs, model: MLP, names: list[str], module):
             raise ValueError(f"theirs: a list of {len(theirs)} tensors; expected {len(names)}, one per parameter in parameters() order")
         theirs = dict(zip(names, theirs, strict=True))
     if isinstance(theirs, Mapping):
-        arrays = {str(k): _numpy(v) for k, v in theirs.items()}
+        arrays = {str(k): to_numpy(v) for k, v in theirs.items()}
         missing, unknown = [n for n in names if n not in arrays], sorted(set(arrays) - set(names))
         wrong = [f"{n} {arrays[n].shape} (expected {shapes[n]})" for n in names if n in arrays and arrays[n].shape != shapes[n]]
         if missing or unknown or wrong:
             raise ValueError(f"theirs: does not match the module's parameters: missing {missing}, unknown {unknown}, "
                              f"wrong shapes {wrong}")
         return arrays
-    array = _numpy(theirs)
+    array = to_numpy(theirs)
     p = model.n_params
-    order = _mlp_positions(model, names, module)
+    order = mlp_positions(model, names, module)
     if array.shape == (p,):
         flat = np.empty(p, dtype=array.dtype)
         flat[order] = array
@@ -350,7 +351,7 @@ def reference_inputs(module, theirs, data, likelihood) -> tuple[MLP, Likelihood,
     """(float64 MLP, Likelihood, Rows, THEIRS as ewc_ref reads it) for ``diagnose`` and
     ``ewc_ref.testing.assert_fisher_is``: everything converted and checked once."""
     model, lik, names, traced = _convert(module, likelihood)
-    reference = _float64(model)
+    reference = as_float64(model)
     data_rows = model_rows(module, model, traced, data)
     return reference, lik, data_rows, theirs_arrays(theirs, reference, names, module)
 
@@ -370,7 +371,7 @@ def diagnose_options(data_rows: Rows, options: dict) -> dict:
 def save(module, path, likelihood) -> None:
     """Write the module as model.npz (float64, its names kept) for ``ewc-ref`` (atomic)."""
     model, lik, _ = to_model(module, likelihood)
-    save_model(path, _float64(model), lik)
+    save_model(path, as_float64(model), lik)
 
 
 def save_data(path, data) -> None:

@@ -47,7 +47,7 @@ from ..io import atomic_savez
 from ..model.mlp import MLP
 from ..recorder import Recorder
 from ..verify.penalty_fit import PENALTY_TOL, probe_points
-from . import _float64, _is_array, _mlp_positions, _numpy, likelihood_from, model_rows
+from . import as_float64, is_array, likelihood_from, mlp_positions, model_rows, to_numpy
 from .trace import TracedMLP, trace_mlp
 
 #: What the penalty is called with: the module, dict(module.named_parameters()), list(module.parameters()).
@@ -125,14 +125,14 @@ def diagnose_penalty(models, data, penalty, *, model, likelihood, takes: str = "
     lik = likelihood_from(likelihood)
     traced, current, optima, modules = _past_models(models, model)
     if isinstance(data, Recorder | torch.utils.data.DataLoader) or (
-            isinstance(data, tuple) and len(data) == 2 and all(_is_array(v) for v in data)):
+            isinstance(data, tuple) and len(data) == 2 and all(is_array(v) for v in data)):
         data = [data]
     if isinstance(data, Mapping) or not isinstance(data, list | tuple) or len(data) != len(optima):
         raise ValueError(_data_mismatch(data, len(optima)))
     # a state_dict has no forward of its own: the rows are checked on `model`, whose trace built its MLP
     task_rows = [model_rows(model, current, traced, rows_t) if module is None else model_rows(module, optimum, traced, rows_t)
                  for module, optimum, rows_t in zip(modules, optima, data, strict=True)]
-    references = [_float64(m) for m in optima]
+    references = [as_float64(m) for m in optima]
     *samples, tol = _samples(penalty, model, takes, current, [m.theta for m in references], scale, directions, seed)
     options.setdefault("tol", tol)
     return reference_diagnose_penalty(references, lik, [(r.x, r.y) for r in task_rows], tuple(samples), **options)
@@ -142,7 +142,7 @@ def _data_mismatch(data, tasks: int) -> str:
     """The error for `data` that is not one entry per past task, naming the ambiguous list of batches."""
     if not isinstance(data, list | tuple) or isinstance(data, Mapping):
         return f"data: expected one (x, y), Recorder or loader per past task ({tasks}), got {type(data).__name__}"
-    pairs = all(isinstance(d, tuple | list) and len(d) == 2 and all(_is_array(v) for v in d) for d in data)
+    pairs = all(isinstance(d, tuple | list) and len(d) == 2 and all(is_array(v) for v in d) for d in data)
     if pairs and len(data) > tasks:
         return (f"data: expected one entry per past task ({tasks}), oldest first; got a plain list of {len(data)} (x, y) "
                 "pairs, ambiguous (one task's batches, or one (x, y) per task?): a list is always one entry per task, "
@@ -179,7 +179,7 @@ def _past_models(models, model) -> tuple[TracedMLP, MLP, list[MLP], list]:
     dtypes = {p.dtype for p in parameters.values()}
     if not dtypes <= {torch.float32, torch.float64} or len(dtypes) != 1:
         raise ValueError(f"model: parameters must all be float32 or all float64, got {sorted(map(str, dtypes))}")
-    current = _mlp(traced, {n: _numpy(p) for n, p in parameters.items()})
+    current = _mlp(traced, {n: to_numpy(p) for n, p in parameters.items()})
     if isinstance(models, nn.Module | Mapping):
         models = [models]
     if not isinstance(models, list | tuple) or not models:
@@ -192,9 +192,9 @@ def _past_models(models, model) -> tuple[TracedMLP, MLP, list[MLP], list]:
             if theirs.activation != traced.activation or [n for n, _ in theirs.linears] != [n for n, _ in traced.linears]:
                 raise ValueError(f"models[{t}]: its forward ({theirs.activation}, layers {[n for n, _ in theirs.linears]}) "
                                  f"differs from model's ({traced.activation}, layers {[n for n, _ in traced.linears]})")
-            arrays, modules_t = {n: _numpy(p) for n, p in past.named_parameters()}, past
+            arrays, modules_t = {n: to_numpy(p) for n, p in past.named_parameters()}, past
         elif isinstance(past, Mapping):
-            arrays, modules_t = {str(k): _numpy(v) for k, v in past.items()}, None
+            arrays, modules_t = {str(k): to_numpy(v) for k, v in past.items()}, None
         else:
             raise TypeError(f"models[{t}]: expected an nn.Module or a state_dict, got {type(past).__name__}")
         _check_arrays(arrays, parameters, f"models[{t}]")
@@ -247,7 +247,7 @@ def _samples(penalty, model, takes, current: MLP, optima: list[np.ndarray], scal
     dtype = next(model.parameters()).dtype
     points = penalty_points(optima, scale, directions, seed)
     points = points.astype(np.float32 if dtype == torch.float32 else np.float64).astype(np.float64)
-    order = _mlp_positions(current, [n for n, _ in model.named_parameters()], model)  # torch flat i = MLP flat order[i]
+    order = mlp_positions(current, [n for n, _ in model.named_parameters()], model)  # torch flat i = MLP flat order[i]
     values, torch_grads = _evaluate(penalty, model, takes, points[:, order])
     grads = np.empty_like(torch_grads)
     grads[:, order] = torch_grads
