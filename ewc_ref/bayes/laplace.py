@@ -3,10 +3,10 @@
 Around the MAP z* (where the gradient of the log posterior vanishes) a second-order Taylor
 expansion of the log posterior is
 
-    (5)  log p(z | D) ~ log p(z* | D) + 1/2 (z - z*)^T [d^2 log p(z | D) / dz^2]_{z*} (z - z*)
-    (6)  (the first-order term is zero at the maximum)
-    (7)  p(z | D) ~ N(z; z*, Lambda^{-1}),
-    (8)  Lambda = -d^2 log p(z | D) / dz^2 |_{z*} = N H(z*) + Lambda_prior
+    (5)-(7)  log p(z | D) ~ log p(z* | D) + 1/2 (z - z*)^T [d^2 log p(z | D) / dz^2]_{z*} (z - z*)
+             (the report's Taylor expansion (5); its first-order term is zero at the maximum, (6))
+    (8)      p(z | D) ~ N(z; z*, Lambda^{-1}),
+             Lambda = -d^2 log p(z | D) / dz^2 |_{z*} = N H(z*) + Lambda_prior
 
 where H is the Hessian of the MEAN loss L = 1/N sum_n l_n (docs/file-format.md) and Lambda_prior the
 prior's precision. Three precisions are offered (`kind`):

@@ -1,10 +1,12 @@
-"""Bayes' rule for network parameters, eqs (1)-(4) of the derivation, as arrays.
+"""Bayes' rule for network parameters, the report's eqs. (1), (2) and (4), as arrays.
 
 For a data set D = {(x_n, y_n)}, n = 1..N, and parameters theta:
 
     (1)  p(theta | D) = p(D | theta) p(theta) / p(D),   p(D) = int p(D | theta) p(theta) d theta
     (2)  log p(theta | D) = log p(D | theta) + log p(theta) - log p(D)
-    (3)  log p(D | theta) = sum_n log p(y_n | f(x_n; theta)) = -sum_n l_n(theta)
+    (L1) log p(D | theta) = sum_n log p(y_n | f(x_n; theta)) = -sum_n l_n(theta)
+
+(L1) is local to this module: the report's (3) is the maximisation of the log posterior (2).
 
 The log-likelihood is a SUM over examples (the training loss of docs/file-format.md is the mean,
 L = 1/N sum_n l_n, so log p(D | theta) = -N L(theta)). The gaussian NLL keeps its
@@ -188,7 +190,7 @@ class PosteriorPrior:
 # ----------------------------------------------------------------------------- likelihood
 @finite_or_refused
 def log_likelihood(model: MLP, lik: Likelihood, x, y) -> float:
-    """log p(D | theta) = sum_n log p(y_n | f(x_n; theta)) = -sum_n l_n, eq (3): a SUM, not a mean."""
+    """log p(D | theta) = sum_n log p(y_n | f(x_n; theta)) = -sum_n l_n, (L1): a SUM, not a mean."""
     x, y = check_model_data(model, lik, x, y)
     return -float(np.sum(lik.nll(model.forward(x)[0], y)))
 
@@ -279,7 +281,7 @@ def _forward_batch_naive(model: MLP, thetas: np.ndarray, x: np.ndarray) -> np.nd
 
 # ----------------------------------------------------------------------------- posterior
 class LogPosterior:
-    """Unnormalised log posterior over z, eqs (2)-(3):
+    """Unnormalised log posterior over z, eq. (2) with (L1):
 
     log p(D | theta(z)) + log p(z) = -sum_n l_n(theta(z)) + log p(z)
 

@@ -1,4 +1,4 @@
-"""The EWC penalty (report eqs 10-11) and its multi-task variants, with gradients.
+"""The EWC penalty (the report's eq. (11)) and its multi-task variants, with gradients.
 
 Sign convention
 ---------------
@@ -11,8 +11,8 @@ We *minimise*. Training task T minimises its mean loss plus the penalty
 
     grad Omega = lambda F (theta - theta*).
 
-The report's eq. 10 writes the log posterior log p(theta | D_A, D_B) = log p(D_B | theta) -
-lambda/2 sum_i F_i (theta_i - theta*_A,i)^2 + const, which is *maximised*; negating it gives a
+The second line of the report's eq. (11) (derivations/ERRATA.md E9) writes the log posterior
+log p(theta | D_A, D_B) = log p(D_B | theta) - lambda/2 sum_i F_i (theta_i - theta*_A,i)^2 + const, which is *maximised*; negating it gives a
 loss to minimise with the penalty added, as above. F is the per-example (mean) Fisher of
 docs/file-format.md, so the Bayesian value of lambda is about the number of old examples N_A, scaled by
 the mean (not summed) new loss: lambda = N_A / N_B; in practice lambda is tuned (docs/continual-learning.md).

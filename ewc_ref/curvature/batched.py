@@ -1,6 +1,6 @@
 """The ``batched`` estimator: squared gradients of the minibatch-MEAN loss over consecutive minibatches.
 
-    F_B = 1/K sum_k gbar_k gbar_k^T,  gbar_k = 1/|b_k| sum_{n in b_k} g_n,  K = ceil(N / B)      (1)
+    F_B = 1/K sum_k gbar_k gbar_k^T,  gbar_k = 1/|b_k| sum_{n in b_k} g_n,  K = ceil(N / B)      (L1)
 
 over the k-th run b_k of B consecutive rows (the last, partial run is a batch of its own). The
 gradient SUM of a run is linear in its rows, so it can be formed in pieces:
@@ -18,7 +18,7 @@ gradient SUM of a run is linear in its rows, so it can be formed in pieces:
   1..N from the prefix sums of those entries' per-example gradients (sum over B of K = N/B is
   N ln N subtractions of (M,) vectors).
 
-``batch_bounds`` is the one definition of the partition (1) every path uses.
+``batch_bounds`` is the one definition of the partition (L1) every path uses.
 
 The naive twin of both is ``naive.naive_fisher(estimator='batched')``: one gradient of the
 mean loss per minibatch.
@@ -36,7 +36,7 @@ from . import budget, label_kernels
 
 
 def batch_bounds(n: int, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
-    """(starts (K,), ends (K,)) of the K = ceil(N / B) runs of (1): [kB, min(N, (k + 1) B))."""
+    """(starts (K,), ends (K,)) of the K = ceil(N / B) runs of (L1): [kB, min(N, (k + 1) B))."""
     starts = np.arange(0, n, batch_size)
     return starts, np.minimum(starts + batch_size, n)
 
@@ -61,7 +61,7 @@ def _chunk_rows(model: MLP, width: int) -> int:
 
 def batched_fishers(model: MLP, lik: Likelihood, x, y, batch_sizes, structure: str = "diag",
                     chunk_size: int | None = None) -> dict[int, np.ndarray]:
-    """``batched`` Fishers (1) for many minibatch sizes B from one pass over per-example gradients.
+    """``batched`` Fishers (L1) for many minibatch sizes B from one pass over per-example gradients.
 
     Parameters
     ----------
@@ -120,7 +120,7 @@ def batched_fishers_unchecked(model: MLP, lik: Likelihood, x, y, sizes: list, st
 
 def batched_fisher_gemm(model: MLP, lik: Likelihood, x, y, batch_size: int, structure: str = "diag",
                         batches_per_chunk: int | None = None) -> np.ndarray:
-    """``batched`` Fisher (1) for one B by batched GEMMs (trusted input: x, y from check_model_data).
+    """``batched`` Fisher (L1) for one B by batched GEMMs (trusted input: x, y from check_model_data).
 
     For Linear layer l the gradient MEAN of minibatch k is Delta_k^T A_k / |b_k| (weight) and
     sum_n Delta_k[n] / |b_k| (bias), with Delta_k : (B, out) the back-propagated errors and
@@ -178,7 +178,7 @@ def batched_screen(grad_entries: np.ndarray, theirs_entries: np.ndarray, sizes) 
 
     Returns
     -------
-    {B: (c, relative error)} of the least-squares fit (diagnosis eq 1) on the M entries, with
+    {B: (c, relative error)} of the least-squares scale fit of ``verify.diagnosis`` on the M entries, with
     F_B[i] = 1/K sum_k (1/|b_k| sum_{n in b_k} g_ni)^2 from the prefix sums of `grad_entries`.
     The B are taken in groups whose minibatches number at most SCREEN_ROWS, each group by
     ``label_kernels.minibatch_mean_squares`` (sum over B of K = N/B is N ln N rows of M entries

@@ -5,7 +5,7 @@
 batches of unit vectors e_i, keeping all of H e_i, only e_i^T H e_i, or the per-layer blocks.
 ``hessian_diag_by_hvp`` is the naive twin of ``diag_hessian.hessian_diag`` (one backward recursion,
 about one exact diagonal Fisher instead of P Hessian-vector products).
-``hessian_residual`` is the second term of eq (1) there, 1/N sum_n sum_c r_nc d^2 f_c / d theta^2,
+``hessian_residual`` is the second term of (L1) there (a label local to ``second_order``), 1/N sum_n sum_c r_nc d^2 f_c / d theta^2,
 by a second-order forward pass over pairs of unit vectors, without the loss and without any
 backward pass. Dense P x P results are refused above ``budget.MAX_DENSE_BYTES``.
 
@@ -249,7 +249,7 @@ def hessian_residual(model: MLP, lik: Likelihood, x, y, chunk_size: int | None =
 
     Notes
     -----
-    Second term of the decomposition (1) in the module docstring. Cost: all P^2 pairs of
+    Second term of the decomposition (L1) in the docstring of ``second_order``. Cost: all P^2 pairs of
     unit directions through the second-order forward pass, about 3 P^2 forward passes' worth
     of arithmetic (batched): a reference for small models only. Memory check as in `hessian`.
     """

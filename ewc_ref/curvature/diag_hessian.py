@@ -6,14 +6,14 @@ naive twin, ``dense_hessian.hessian_diag_by_hvp``) nor the dense H. With the not
 let H^z_l = d^2 l_n / d z_l^2 : (out_l, out_l) be the Hessian of one example's loss with respect
 to the pre-activation of layer l. Because z_l is linear in (W_l, b_l),
 
-    d^2 l_n / d W_l[o, i]^2 = H^z_l[o, o] a_{l-1, i}^2,     d^2 l_n / d b_l[o]^2 = H^z_l[o, o]      (1)
+    d^2 l_n / d W_l[o, i]^2 = H^z_l[o, o] a_{l-1, i}^2,     d^2 l_n / d b_l[o]^2 = H^z_l[o, o]      (L1)
 
 so every layer's diagonal is one GEMM, s^T (a * a) with s_n = diag(H^z_l), as for the diagonal
 Fisher (kernels.diag_second_moment). The chain rule through a_{l-1} = phi(z_{l-1}) gives the
 backward recursion (Dangel, Harmeling & Hennig 2020, "Modular block-diagonal curvature"):
 
     H^z_L     = Lambda_n = Q_n Q_n^T                                     (likelihood, C x C)
-    H^z_{l-1} = D W_l^T H^z_l W_l D  +  diag(phi''(z_{l-1}) * (delta_l W_l))                     (2)
+    H^z_{l-1} = D W_l^T H^z_l W_l D  +  diag(phi''(z_{l-1}) * (delta_l W_l))                     (L2)
               =      GGN part      +       residual r_{l-1} : (out_{l-1},)
 
 with D = diag(phi'(z_{l-1})). The first term keeps a factored form: if H^z_l = sum_k w_k u_k u_k^T
@@ -21,10 +21,10 @@ then D W^T H^z_l W D = sum_k w_k (D W^T u_k)(D W^T u_k)^T, i.e. each vector u_k 
 like a pseudo-gradient of the exact Fisher (w_k = 1 for the columns of Q). The residual is
 diagonal, so it adds directly to diag(H^z_{l-1}); one layer further down it is no longer diagonal,
 
-    D' W_{l-1}^T diag(r) W_{l-1} D' = sum_j r_j (D' W_{l-1}^T e_j)(D' W_{l-1}^T e_j)^T           (3)
+    D' W_{l-1}^T diag(r) W_{l-1} D' = sum_j r_j (D' W_{l-1}^T e_j)(D' W_{l-1}^T e_j)^T           (L3)
 
 and becomes out_{l-1} new weighted vectors (w = r_j, signed) -- except when layer l-1 is the first,
-where only the DIAGONAL of (3) is needed, phi'(z)^2 * (r @ W^2), one GEMM. Hence the cost: the
+where only the DIAGONAL of (L3) is needed, phi'(z)^2 * (r @ W^2), one GEMM. Hence the cost: the
 rank of Lambda backward vectors of the exact Fisher, plus, for every hidden layer m >= 2 with a
 curved activation (phi'' != 0), out_m vectors back-propagated below layer m - 1. For one or two
 hidden layers no vector is added: the diagonal Hessian costs about one exact diagonal Fisher
@@ -47,7 +47,7 @@ from . import budget
 
 @finite_or_refused
 def hessian_diag(model: MLP, lik: Likelihood, x, y, chunk_size: int | None = None) -> np.ndarray:
-    """diag(H) : (P,), H_ii = 1/N sum_n d^2 l_n / d theta_i^2, exactly, by the recursion (1)-(3).
+    """diag(H) : (P,), H_ii = 1/N sum_n d^2 l_n / d theta_i^2, exactly, by the recursion (L1)-(L3).
 
     Parameters
     ----------
@@ -86,7 +86,7 @@ def rows_per_chunk(model: MLP, lik: Likelihood) -> int:
 
 
 def diag_hessian_sums(model: MLP, lik: Likelihood, x: np.ndarray, y) -> np.ndarray:
-    """sum_n diag(d^2 l_n / d theta^2) : (P,) over the rows of (x, y), by the recursion (1)-(3).
+    """sum_n diag(d^2 l_n / d theta^2) : (P,) over the rows of (x, y), by the recursion (L1)-(L3).
 
     Parameters
     ----------
@@ -108,7 +108,7 @@ def diag_hessian_sums(model: MLP, lik: Likelihood, x: np.ndarray, y) -> np.ndarr
         if residual is not None:
             s += residual
         a = cache.inputs[l]
-        out[model.weight_slices[l]] = (s.T @ (a * a)).ravel()     # (1)
+        out[model.weight_slices[l]] = (s.T @ (a * a)).ravel()     # (L1)
         if model.has_bias[l]:
             out[model.bias_slices[l]] = s.sum(axis=0)
         if l == 0:
@@ -117,17 +117,17 @@ def diag_hessian_sums(model: MLP, lik: Likelihood, x: np.ndarray, y) -> np.ndarr
         z, a_prev, activation = cache.activation_caches[l - 1]
         d1, d2 = activation.derivative(z, a_prev), activation.second_derivative(z, a_prev)
         stacked = np.ascontiguousarray(vectors).reshape(-1, vectors.shape[-1]) @ weight
-        vectors = d1 * stacked.reshape(*vectors.shape[:2], weight.shape[1])   # D W^T u_k, (2)
+        vectors = d1 * stacked.reshape(*vectors.shape[:2], weight.shape[1])   # D W^T u_k, (L2)
         below = None
         if residual is not None:
-            if l - 1 == 0:  # the first layer needs only the diagonal of (3)
+            if l - 1 == 0:  # the first layer needs only the diagonal of (L3)
                 below = d1 * d1 * (residual @ (weight * weight))
-            else:           # (3) as out_l weighted vectors D W^T e_j, weight r_j
+            else:           # (L3) as out_l weighted vectors D W^T e_j, weight r_j
                 unit_images = d1[None] * weight[:, None, :]       # (out_l, n, in_l)
                 vectors = np.concatenate([vectors, unit_images])
                 weights = np.concatenate([weights, residual.T])
         upstream = delta @ weight                                 # d l_n / d a_{l-1} : (n, in_l)
-        residual = d2 * upstream if activation.curved else None   # r_{l-1} of (2)
+        residual = d2 * upstream if activation.curved else None   # r_{l-1} of (L2)
         if below is not None:
             residual = below if residual is None else residual + below
         delta = d1 * upstream
@@ -138,14 +138,14 @@ def backward_vectors(model: MLP, lik: Likelihood) -> list[int]:
     """K_l, the weighted vectors the recursion back-propagates from z_l to z_{l-1}, l = L..2 (upper bound).
 
     The rank of Lambda at the output, plus out_m for every residual of a curved activation at a
-    hidden layer m that is materialised as vectors by (3) (those two or more layers above the first).
+    hidden layer m that is materialised as vectors by (L3) (those two or more layers above the first).
     """
     k = lik.hessian_factor(np.zeros((1, model.n_outputs), dtype=model.dtype)).shape[-1]
     counts, residual_width = [], 0                                # width of the diagonal part r_l at z_l
     for l in range(model.n_layers - 1, 0, -1):
         counts.append(k)                                          # vectors propagated z_l -> z_{l-1}
         if residual_width and l - 1 > 0:
-            k += residual_width                                   # (3) materialised, carried from z_{l-1} on
+            k += residual_width                                   # (L3) materialised, carried from z_{l-1} on
         residual_width = model.shapes[l - 1][0] if model.activation.curved else 0
     return counts
 
@@ -159,8 +159,8 @@ def is_cheap(model: MLP, lik: Likelihood) -> bool:
 def cost_ratio(model: MLP, lik: Likelihood) -> float:
     """Multiply-adds of diag_hessian_sums over those of the exact diagonal Fisher, per example (>= 1).
 
-    Both do one GEMM per layer for (1) and back-propagate K vectors through W_l, l = L..2; the
-    Hessian adds the vectors of (3) and, when the first layer follows a curved activation, one
+    Both do one GEMM per layer for (L1) and back-propagate K vectors through W_l, l = L..2; the
+    Hessian adds the vectors of (L3) and, when the first layer follows a curved activation, one
     GEMM with W_2^2. The Fisher's K is the rank of Lambda (estimators.ESTIMATOR_TABLE['exact']).
     """
     rank = lik.hessian_factor(np.zeros((1, model.n_outputs), dtype=model.dtype)).shape[-1]
@@ -170,5 +170,5 @@ def cost_ratio(model: MLP, lik: Likelihood) -> float:
     fisher = diag_gemms + rank * sum(propagated)
     hessian = diag_gemms + sum(k * size for k, size in zip(backward_vectors(model, lik), propagated, strict=True))
     if model.n_layers > 2 and model.activation.curved:
-        hessian += sizes[1]                                       # the diagonal of (3) above the first layer
+        hessian += sizes[1]                                       # the diagonal of (L3) above the first layer
     return hessian / fisher

@@ -11,7 +11,7 @@ with f_n = f(x_n; theta) : (C,), J_n = d f_n / d theta : (C, P), r_n = d l_n / d
 and Lambda_n = d^2 l_n / d f_n^2 : (C, C),
 
     H = 1/N sum_n J_n^T Lambda_n J_n  +  1/N sum_n sum_c r_nc d^2 f_c(x_n) / d theta^2
-      =            GGN                +               residual                   (1)
+      =            GGN                +               residual                   (L1)
 
 The GGN equals the exact Fisher for the three likelihoods here. The residual vanishes when
 the network is linear in theta (one Linear layer), and its expectation over labels drawn from
@@ -57,7 +57,7 @@ batch axis K (V : (K, P)), which the passes carry like the K pseudo-gradients of
 model.backward_deltas, so P products cost P/K batched passes.
 
 The dense forms built from these products (``hessian``, ``hessian_diag``, ``hessian_blocks``)
-and the residual of (1) live in ``dense_hessian``. The residual is computed independently
+and the residual of (L1) live in ``dense_hessian``. The residual is computed independently
 (`hessian_residual`), without the loss and without any backward pass: the second directional derivatives of the network output,
 R_u{R_w{f}} = u^T (d^2 f / d theta^2) w, by a second-order forward pass over pairs of unit
 vectors, contracted with r_n / N.
@@ -282,7 +282,7 @@ def ggn_vector_product(model: MLP, lik: Likelihood, x, y, v) -> np.ndarray:
 
     Returns
     -------
-    (P,) or (K, P): G v. G is the first term of the decomposition (1) of the module docstring
+    (P,) or (K, P): G v. G is the first term of the decomposition (L1) of the module docstring
     and equals the exact Fisher for the likelihoods here. Cost: 1 forward + 1 R-forward +
     1 backward pass.
     """
