@@ -26,11 +26,11 @@ except ImportError as error:  # an optional extra: say which one
                       "(the test extra includes it)") from error
 
 from .model.activations import ACTIVATIONS
-from .model.likelihoods import Bernoulli, Categorical, Gaussian, Likelihood
+from .model.likelihoods import LIKELIHOODS, Likelihood, get_likelihood
 from .model.mlp import MLP
 
 ACTIVATION_NAMES = sorted(ACTIVATIONS)
-LIKELIHOOD_NAMES = ["categorical", "gaussian", "bernoulli"]
+LIKELIHOOD_NAMES = list(LIKELIHOODS)  # every row of the likelihood table, in its order
 
 
 def dtypes():
@@ -54,11 +54,11 @@ def architectures(draw, min_layers=1, max_layers=4, min_width=1, max_width=12, m
 
 @st.composite
 def likelihoods(draw, names=tuple(LIKELIHOOD_NAMES)) -> Likelihood:
-    """One of the registered likelihoods; gaussian with sigma in [0.3, 3]."""
+    """One of the likelihood table's rows, built by name (``get_likelihood``); gaussian with sigma in [0.3, 3]."""
     name = draw(st.sampled_from(list(names)))
     if name == "gaussian":
-        return Gaussian(draw(st.floats(0.3, 3.0)))
-    return Categorical() if name == "categorical" else Bernoulli()
+        return get_likelihood(name, draw(st.floats(0.3, 3.0)))
+    return get_likelihood(name)
 
 
 @st.composite

@@ -9,6 +9,8 @@ import pytest
 
 import ewc_ref as er
 from ewc_ref.cli import COMMANDS, build_parser, main
+from ewc_ref.curvature.estimators import describe
+from ewc_ref.curvature.structures import describe as describe_structures
 
 FIXTURES = __import__("pathlib").Path(__file__).parent / "fixtures" / "torch"
 
@@ -113,9 +115,11 @@ def test_inspect_help_loads_neither_curvature_nor_diagnosis():
 def test_help_keeps_the_tables_of_the_docstrings(capsys):
     assert main(["fisher", "--help"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    # one table row per estimator, each on its own line as written in ewc_ref/commands/fisher.py
-    assert "  empirical  1/N sum_n g_n g_n^T, g_n the gradient of l_n at the observed label" in lines
-    assert "  hessian    1/N sum_n d^2 l_n / d theta^2" in lines
+    # one table row per estimator, each on its own line: the rows' definitions (ewc_ref/curvature/estimators.py)
+    assert "  empirical  F = 1/N sum_n g_n g_n^T, with g_n at the observed label y_n" in lines
+    assert "  hessian    H = 1/N sum_n d^2 l_n / d theta^2" in lines
+    assert all(line in lines for line in describe().splitlines())
+    assert all(line in lines for line in describe_structures().splitlines())  # ewc_ref/curvature/structures.py
 
 
 @pytest.mark.parametrize(

@@ -1,11 +1,21 @@
 """ewc_ref.strategies: valid draws, float32 on request, and shrinking to the smallest network."""
 
 import numpy as np
+import pytest
 from hypothesis import find, given
 from hypothesis import strategies as st
 
 import ewc_ref as er
-from ewc_ref.strategies import architectures, datasets, dtypes, likelihoods, mlps, models_and_data
+from ewc_ref.model.likelihoods import LIKELIHOODS, Bernoulli
+from ewc_ref.strategies import (
+    LIKELIHOOD_NAMES,
+    architectures,
+    datasets,
+    dtypes,
+    likelihoods,
+    mlps,
+    models_and_data,
+)
 
 
 @given(models_and_data(dtype=dtypes()))
@@ -48,3 +58,20 @@ def test_shrinking_reaches_a_small_network():
     # A property that needs a hidden layer of width >= 3 shrinks to about that.
     sizes = find(architectures(), lambda s: len(s) >= 3 and s[1] >= 3)
     assert len(sizes) == 3 and 3 <= sizes[1] <= 4 and sizes[0] + sizes[2] <= 3
+
+
+@pytest.mark.parametrize("name", list(LIKELIHOODS))
+def test_likelihoods_draws_every_row_of_the_likelihood_table_by_name(name):
+    drawn = find(likelihoods([name]), lambda lik: True)
+    assert type(drawn) is LIKELIHOODS[name] and drawn.name == name
+    assert LIKELIHOOD_NAMES == list(LIKELIHOODS)  # the default draws from every row
+
+
+def test_a_newly_listed_likelihood_is_drawn_as_itself(monkeypatch):
+    # Before the strategy built likelihoods by name, any name other than categorical and gaussian
+    # came out as a Bernoulli: a new row of the table would have been tested as another likelihood.
+    class Poisson(Bernoulli):
+        name = "poisson"
+
+    monkeypatch.setitem(LIKELIHOODS, "poisson", Poisson)
+    assert type(find(likelihoods(["poisson"]), lambda lik: True)) is Poisson

@@ -6,9 +6,12 @@ between float64 computations that differ in summation order, 1e-10 relative (obs
 quadrature identities are exact for the polynomial integrands used (degree <= 4 in y).
 """
 
+import dataclasses
 import importlib
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,6 +24,9 @@ from ewc_ref.curvature.result import curvature_from_arrays
 from ewc_ref.curvature.structures import STRUCTURE_TABLE
 from ewc_ref.model.likelihoods import LIKELIHOODS
 from ewc_ref.verify.gradcheck import relative_error
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+import estimator_docs  # noqa: E402  (tools/estimator_docs.py: the docs' estimator tables from the rows)
 
 RTOL = 1e-10
 OPTION_VALUES = {"samples": 3, "batch_size": 2, "rng": 7}
@@ -168,6 +174,34 @@ def test_random_labels_lie_in_the_support_and_min_outputs_is_enough(name):
     y = lik.random_labels(f, np.random.default_rng(8))
     lik.check_labels(y, 6, lik.min_outputs)  # raises if outside the support
     assert lik.nll(f, y).shape == (6,)
+
+
+# --------------------------------------------------------------------------- definitions written once
+def test_the_docs_estimator_tables_are_the_rows():
+    # README.md and docs/file-format.md section 6 show each row's definition (and README its cost);
+    # after editing a row, `python tools/estimator_docs.py` rewrites them.
+    assert estimator_docs.differing_pages() == {}
+
+
+def test_a_changed_row_makes_the_docs_differ(monkeypatch):
+    row = ESTIMATOR_TABLE["empirical"]
+    monkeypatch.setitem(ESTIMATOR_TABLE, "empirical", dataclasses.replace(row, definition="F = 2/N sum_n g_n g_n^T"))
+    assert set(estimator_docs.differing_pages()) == {"README.md", "docs/file-format.md"}
+    monkeypatch.setitem(ESTIMATOR_TABLE, "twice", dataclasses.replace(row, name="twice"))  # a new row
+    assert "--estimator {empirical,exact,mc,batched,pred,ggn,hessian,twice}" in estimator_docs.differing_pages()[
+        "docs/file-format.md"]
+
+
+@pytest.mark.parametrize("name", list(ESTIMATOR_TABLE))
+def test_estimator_row_has_its_definition_and_cost(name):
+    row = ESTIMATOR_TABLE[name]
+    assert row.definition and row.cost and "|" not in row.definition + row.cost  # a markdown table cell each
+
+
+def test_the_docs_fisher_synopsis_lists_every_estimator():
+    text = (Path(__file__).resolve().parents[1] / "docs" / "file-format.md").read_text()
+    (choices,) = re.findall(r"ewc-ref fisher MODEL DATA --estimator \{([^}]*)\}", text)
+    assert tuple(choices.split(",")) == tuple(ESTIMATOR_TABLE)
 
 
 # --------------------------------------------------------------------------- the package face

@@ -1,14 +1,14 @@
 """Compute a curvature matrix of MODEL's mean loss on DATA and write it as a curvature npz.
 
-Every estimator is a mean over the N examples (docs/file-format.md, "Estimators"):
+Every estimator is a mean over the N examples (docs/file-format.md, "Estimators"), with
+g_n = d l_n / d theta and J_n = d f(x_n) / d theta; mc's S is --samples (labels drawn with --seed),
+batched's B is --batch-size:
 
-  empirical  1/N sum_n g_n g_n^T, g_n the gradient of l_n at the observed label
-  exact      1/N sum_n J_n^T Lambda_n J_n (the Fisher: expectation over the model's labels)
-  mc         exact with the expectation replaced by --samples labels drawn per example (--seed)
-  batched    1/K sum_k gbar_k gbar_k^T over K consecutive minibatches of --batch-size rows
-  pred       empirical at the model's most probable label
-  ggn        1/N sum_n J_n^T (d^2 l_n / d f^2) J_n (equals exact for the likelihoods here)
-  hessian    1/N sum_n d^2 l_n / d theta^2
+{estimators}
+
+Structures (the rows of ewc_ref/curvature/structures.py):
+
+{structures}
 
 Structures diag and full are version 1 of the format; block (one matrix per layer) and kfac
 (Kronecker factors per layer) are ewc_ref extensions. kfac's --kfac-bias: joined (default; the
@@ -25,8 +25,9 @@ import sys
 import numpy as np
 
 from ..curvature.estimate import fisher
-from ..curvature.estimators import ESTIMATOR_TABLE, ESTIMATORS
+from ..curvature.estimators import ESTIMATOR_TABLE, ESTIMATORS, describe
 from ..curvature.structures import KFAC_BIASES, STRUCTURES
+from ..curvature.structures import describe as describe_structures
 from ..io import load_data, load_model
 from ._args import (
     add_json,
@@ -36,6 +37,9 @@ from ._args import (
     integer,
     write_json,
 )
+
+if __doc__ is not None:  # the estimator list is the rows' definitions (None under python -OO)
+    __doc__ = __doc__.replace("{estimators}", describe()).replace("{structures}", describe_structures())
 
 #: the arguments that name files this command reads (ewc_ref/cli.py refuses them as -o)
 #: flag -> (attribute of args, the option of the estimator table it sets)

@@ -5,7 +5,8 @@ over the N rows, so the posterior precision is N C + ALPHA I with C a curvature 
 
   log p(D) ~ log p(D | theta) + log N(theta; 0, I/ALPHA) + P/2 log 2 pi - 1/2 log det(N C + ALPHA I)
 
-  --estimator  exact (GGN = Fisher, default), empirical, hessian
+  --estimator  the curvature C (default exact, the GGN = the Fisher here):
+{estimators}
   --structure  diag (default), full, kfac (log det from the eigenvalues of the Kronecker factors,
                the prior added exactly: laplace-torch's 'kron' with --kfac-bias separate)
 
@@ -16,6 +17,7 @@ with its smallest eigenvalue. docs/file-format.md, "laplace".
 from __future__ import annotations
 
 from ..bayes.evidence import EVIDENCE_ESTIMATORS, EVIDENCE_STRUCTURES, KFAC_BIASES, laplace_evidence
+from ..curvature.estimators import describe
 from ..io import load_data, load_model
 from ._args import (
     add_json,
@@ -27,6 +29,9 @@ from ._args import (
     report_to,
     write_json,
 )
+
+if __doc__ is not None:  # the estimators' definitions are their table rows (None under python -OO)
+    __doc__ = __doc__.replace("{estimators}", "\n".join("  " + line for line in describe(EVIDENCE_ESTIMATORS, 98).splitlines()))
 
 FLAG_NAMES = {"prior_precision": "--prior-precision", "estimator": "--estimator", "structure": "--structure",
               "kfac_bias": "--kfac-bias", "chunk_size": "--chunk-size", "structure='full'": "--structure full"}

@@ -96,8 +96,10 @@ def fisher(model: MLP, lik: Likelihood, x, y, estimator: str = "empirical", stru
     ----------
     model, lik : the network and its likelihood
     x : (N, d_in); y : labels for `lik`
-    estimator : 'empirical', 'exact', 'mc', 'batched', 'pred', 'ggn' or 'hessian'
-    structure : 'diag', 'full', 'block' or 'kfac'
+    estimator : a name in ``estimators.ESTIMATORS``; its row of ``ESTIMATOR_TABLE`` defines it
+        (``describe()`` prints the definitions)
+    structure : a name in ``structures.STRUCTURES`` ('diag', 'full', 'block', 'kfac'), the rows of
+        ``STRUCTURE_TABLE``
     samples : S labels per example, estimator='mc' only (default 1)
     batch_size : B, estimator='batched' only (required), 1 <= B <= N
     rng : numpy Generator or seed for 'mc'

@@ -315,3 +315,9 @@ KFAC = Structure(
 
 STRUCTURE_TABLE: dict[str, Structure] = {row.name: row for row in (DIAG, FULL, BLOCK, KFAC)}
 STRUCTURES = tuple(STRUCTURE_TABLE)
+
+
+def describe(names=STRUCTURES) -> str:
+    """The rows' descriptions, one line "  <name>  <description>" per structure (the commands' --help)."""
+    width = max(len(name) for name in names)
+    return "\n".join(f"  {name:<{width}}  {STRUCTURE_TABLE[name].description}" for name in names)
