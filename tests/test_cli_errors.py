@@ -14,6 +14,7 @@ import re
 import pytest
 
 from ewc_ref.cli import COMMANDS, build_parser, main, usage_message
+from ewc_ref.curvature.estimators import ESTIMATORS
 
 FORMAT = re.compile(r"^ewc-ref(?: (?P<command>[a-z]+))?: error: (?P<what>[^:]+): (?P<message>.+)$")
 
@@ -32,8 +33,8 @@ BAD_INVOCATIONS = [
     (["inspect"], "ewc-ref inspect: error: MODEL: required, not given"),
     (["fisher", "m.npz"], "ewc-ref fisher: error: DATA, --estimator, -o/--output: required, not given"),
     (["fisher", "m.npz", "d.npz", "--estimator", "nope", "-o", "F.npz"],
-     "ewc-ref fisher: error: --estimator: invalid choice: 'nope' (choose from 'empirical', 'exact', 'mc', "
-     "'batched', 'pred', 'ggn', 'hessian')"),
+     "ewc-ref fisher: error: --estimator: invalid choice: 'nope' (choose from "
+     + ", ".join(repr(name) for name in ESTIMATORS) + ")"),  # the rows of ewc_ref/curvature/estimators.py
     (["inspect", "m.npz", "-o"], "ewc-ref inspect: error: -o/--output: expected one argument"),
     (["demo", "--e", "3"], "ewc-ref demo: error: --e: ambiguous, could be --epochs, --estimator, --ewc"),
     (["demo", "--epochs", "zero"], "ewc-ref demo: error: --epochs: expected an integer, got 'zero'"),

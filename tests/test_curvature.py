@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 import ewc_ref as er
 from ewc_ref.curvature.estimators import ESTIMATORS, OUTER_PRODUCT_ESTIMATORS
-from ewc_ref.curvature.naive import expected_outer_product, naive_fisher, project
+from ewc_ref.curvature.naive import expected_outer_product, naive_fisher, naive_labels, project
 from ewc_ref.curvature.result import Curvature
 from ewc_ref.curvature.structures import KFAC_BIASES, STRUCTURES
 from ewc_ref.strategies import LIKELIHOOD_NAMES, models_and_data
@@ -91,13 +91,7 @@ def naive_kfac(model, lik, x, y, estimator, samples=1, rng=None, kfac_bias="join
             lam = lik.hessian(f)[0]
             terms = [d[:, 0].T @ lam @ d[:, 0] for d in D]
         else:
-            if estimator == "empirical":
-                labels, weight = [y[i : i + 1]], 1.0
-            elif estimator == "pred":
-                labels, weight = [lik.most_probable(f)], 1.0
-            else:  # mc, as reference.naive_fisher draws them
-                drawn = lik.sample(f, rng, samples)[0]
-                labels, weight = [drawn[s : s + 1] for s in range(samples)], 1.0 / samples
+            labels, weight = naive_labels(lik, f, y[i : i + 1], estimator, samples, rng)  # as naive_fisher
             terms = [0.0] * model.n_layers
             for label in labels:
                 for l, d in enumerate(model.backward_deltas(cache, lik.grad(f, label))):

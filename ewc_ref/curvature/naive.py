@@ -29,6 +29,25 @@ from .budget import check_dense_size
 from .estimators import ESTIMATORS
 
 
+def naive_labels(lik: Likelihood, f: np.ndarray, y_row, estimator: str, samples: int = 1, rng=None):
+    """The labels of one example whose gradients' outer products an estimator sums, and their weight.
+
+    f : (1, C) the example's output; y_row : its observed label (a batch of one). Returns
+    ([label batches of one], w): empirical [y_n], 1; pred [argmax p], 1; mc S labels drawn by
+    ``lik.sample(f, rng, S)`` (the way ewc_ref.fisher consumes `rng`), 1/S. The naive twin of the
+    label-based rows of ``ESTIMATOR_TABLE`` (naive_fisher here, naive_kfac in tests/test_curvature.py).
+    """
+    if estimator == "empirical":
+        return [y_row], 1.0
+    if estimator == "pred":
+        return [lik.most_probable(f)], 1.0
+    if estimator == "mc":
+        drawn = lik.sample(f, rng, samples)[0]
+        return [drawn[s : s + 1] for s in range(samples)], 1.0 / samples
+    # a row of the estimator table without its twin here is never computed as another estimator
+    raise NotImplementedError(f"estimator: the naive twins have no labels for {estimator!r} yet; add them here")
+
+
 def naive_fisher(model: MLP, lik: Likelihood, x, y, estimator: str = "empirical", samples: int = 1,
                  batch_size: int | None = None, rng=None) -> np.ndarray:
     """Dense (P, P) curvature by per-example loops (module docstring).
@@ -55,13 +74,7 @@ def naive_fisher(model: MLP, lik: Likelihood, x, y, estimator: str = "empirical"
             J = model.jacobian(xi)[0]  # (C, P)
             F += J.T @ lik.hessian(f)[0] @ J
             continue
-        if estimator == "empirical":
-            labels, weight = [y[i : i + 1]], 1.0
-        elif estimator == "pred":
-            labels, weight = [lik.most_probable(f)], 1.0
-        else:  # mc
-            drawn = lik.sample(f, rng, samples)[0]
-            labels, weight = [drawn[s : s + 1] for s in range(samples)], 1.0 / samples
+        labels, weight = naive_labels(lik, f, y[i : i + 1], estimator, samples, rng)
         for label in labels:
             g = model.backward(cache, lik.grad(f, label))
             F += weight * np.outer(g, g)
