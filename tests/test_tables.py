@@ -204,6 +204,19 @@ def test_the_docs_fisher_synopsis_lists_every_estimator():
     assert tuple(choices.split(",")) == tuple(ESTIMATOR_TABLE)
 
 
+def test_the_docs_name_every_likelihood_of_the_table():
+    # A likelihood is part of the file format: a new row must reach section 2's key table, section 5's
+    # table of losses and README's list (hand-written: the loss and Lambda need words and formulas).
+    root = Path(__file__).resolve().parents[1]
+    spec, readme = (root / "docs" / "file-format.md").read_text(), (root / "README.md").read_text()
+    (key_row,) = re.findall(r'^\| `"__likelihood__"` \|.*$', spec, re.M)
+    section5 = spec[spec.index("## 5. Losses and likelihoods"):spec.index("## 6. Estimators")]
+    (readme_list,) = re.findall(r"`__likelihood__` \(([^)]*)\)", readme)
+    for where, text in {"file-format section 2": key_row, "README": readme_list}.items():
+        assert re.findall(r"`(\w+)`", text.replace("`__sigma__`", "")) == list(LIKELIHOODS), where
+    assert re.findall(r"^\| `(\w+)` \|", section5, re.M) == list(LIKELIHOODS)
+
+
 # --------------------------------------------------------------------------- the package face
 def test_every_lazy_name_resolves_and_is_listed():
     for name in er._LAZY:
