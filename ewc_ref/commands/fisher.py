@@ -24,7 +24,8 @@ import sys
 
 import numpy as np
 
-from ..curvature.estimate import fisher
+from ..curvature.accumulator import FisherOptions
+from ..curvature.estimate import fisher_with_options
 from ..curvature.estimators import ESTIMATOR_TABLE, ESTIMATORS, describe
 from ..curvature.structures import KFAC_BIASES, STRUCTURES
 from ..curvature.structures import describe as describe_structures
@@ -111,13 +112,12 @@ def run(args) -> int:
     x, y = load_data(args.data, model, lik)
     seed = (0 if args.seed is None else args.seed) if args.estimator == "mc" else None
     with flags_named(**FLAG_NAMES):
-        # the unguarded fisher: a non-finite curvature is explained below (likely_cause), more
-        # precisely than the API's guard (ewc_ref._validate.finite_or_refused) can
-        curvature = fisher.__wrapped__(
-            model, lik, x, y, estimator=args.estimator, structure=args.structure, samples=args.samples,
-            batch_size=args.batch_size, rng=seed, chunk_size=args.chunk_size, progress=not args.quiet,
-            kfac_bias=args.kfac_bias,
-        )
+        # The options are checked once, here; x and y were checked against the model by load_data.
+        options = FisherOptions.checked(args.estimator, args.structure, args.samples, args.batch_size, args.kfac_bias)
+        # fisher_with_options is unguarded: a non-finite curvature is explained below (likely_cause),
+        # more precisely than the API's guard (ewc_ref._validate.finite_or_refused) can
+        curvature = fisher_with_options(model, lik, x, y, options, rng=seed, chunk_size=args.chunk_size,
+                                        progress=not args.quiet)
     bad = curvature.first_non_finite()
     if bad is not None:  # never write a wrong number
         raise ValueError(f"the {args.estimator} curvature of parameter {bad!r} is not finite (NaN or inf): "

@@ -10,6 +10,7 @@ outer products go through ``kernels`` (numba), whose readable twins are in ``nai
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -58,6 +59,32 @@ def check_estimator_options(estimator: str, structure: str, samples, batch_size,
     return estimator, structure, samples, batch_size
 
 
+@dataclass(frozen=True)
+class FisherOptions:
+    """The options of one curvature computation, as the estimator and structure tables allow them.
+
+    Built by ``FisherOptions.checked`` -- the one validation of the options, at the public edge
+    (``fisher``, and so the ``ewc-ref fisher`` command; ``FisherAccumulator``) -- and passed down as it
+    is: ``estimate.fisher_with_options`` and ``FisherAccumulator.from_options`` trust it. samples is 1
+    for 'mc' when not given and kfac_bias 'joined' for kfac when not given; an option the estimator or
+    structure does not read is None.
+    """
+
+    estimator: str
+    structure: str
+    samples: int | None
+    batch_size: int | None
+    kfac_bias: str | None
+
+    @classmethod
+    def checked(cls, estimator: str = "empirical", structure: str = "diag", samples=None, batch_size=None,
+                kfac_bias=None) -> FisherOptions:
+        """Validate the options against the tables (``check_estimator_options``, ``check_kfac_bias``:
+        ValueError / TypeError naming the argument) and freeze them."""
+        estimator, structure, samples, batch_size = check_estimator_options(estimator, structure, samples, batch_size)
+        return cls(estimator, structure, samples, batch_size, check_kfac_bias(structure, kfac_bias))
+
+
 class FisherAccumulator:
     """Streams a curvature estimate over chunks of examples (module docstring).
 
@@ -82,12 +109,26 @@ class FisherAccumulator:
     def __init__(self, model: MLP, lik: Likelihood, estimator: str = "empirical", structure: str = "diag",
                  samples: int | None = None, batch_size: int | None = None, rng=None, start: int = 0,
                  kfac_bias: str | None = None):
-        estimator, structure, samples, batch_size = check_estimator_options(estimator, structure, samples, batch_size)
-        self.kfac_bias = check_kfac_bias(structure, kfac_bias)
+        options = FisherOptions.checked(estimator, structure, samples, batch_size, kfac_bias)
         if not isinstance(model, MLP):
             raise TypeError(f"model: expected an ewc_ref.MLP, got {type(model).__name__}")
         if not isinstance(lik, Likelihood):
             raise TypeError(f"lik: expected an ewc_ref Likelihood, got {type(lik).__name__}")
+        self._begin(model, lik, options, rng, start)
+
+    @classmethod
+    def from_options(cls, model: MLP, lik: Likelihood, options: FisherOptions, rng=None, start: int = 0) -> FisherAccumulator:
+        """An accumulator for options already checked (``FisherOptions.checked``) and a model and
+        likelihood of the right types (``check_model_data``); the parameters' finiteness, rng, start
+        and the dense budget are checked here, as by the constructor."""
+        accumulator = cls.__new__(cls)
+        accumulator._begin(model, lik, options, rng, start)
+        return accumulator
+
+    def _begin(self, model: MLP, lik: Likelihood, options: FisherOptions, rng, start: int) -> None:
+        """The constructor's work after the options and types are trusted."""
+        estimator, structure = options.estimator, options.structure
+        samples, batch_size, self.kfac_bias = options.samples, options.batch_size, options.kfac_bias
         if not np.all(np.isfinite(model.theta)):
             raise ValueError("model: parameters contain NaN or inf")
         if isinstance(start, bool) or not isinstance(start, int | np.integer) or start < 0:

@@ -13,7 +13,7 @@ from ..model.loss import check_model_data
 from ..model.mlp import MLP
 from ..progress import Progress
 from . import budget, diag_hessian
-from .accumulator import FisherAccumulator, check_estimator_options, check_kfac_bias
+from .accumulator import FisherAccumulator, FisherOptions
 from .estimators import ESTIMATOR_TABLE
 from .result import Curvature
 
@@ -124,25 +124,30 @@ def fisher(model: MLP, lik: Likelihood, x, y, estimator: str = "empirical", stru
     Report eq (9): the Fisher of the likelihood (not of the posterior, as the report writes it),
     as a mean over examples; the Laplace precision of derivations/03 is N F + prior precision.
     """
-    check_estimator_options(estimator, structure, samples, batch_size)  # the options first, by name
-    check_kfac_bias(structure, kfac_bias)
+    options = FisherOptions.checked(estimator, structure, samples, batch_size, kfac_bias)  # the options first, by name
     x, y = check_model_data(model, lik, x, y)
-    return fisher_unchecked(model, lik, x, y, estimator, structure, samples, batch_size, rng, chunk_size, progress,
-                            kfac_bias)
+    return fisher_with_options(model, lik, x, y, options, rng, chunk_size, progress)
 
 
 def fisher_unchecked(model: MLP, lik: Likelihood, x, y, estimator: str = "empirical", structure: str = "diag",
                      samples: int | None = None, batch_size: int | None = None, rng=None,
                      chunk_size: int | None = None, progress: bool = False,
                      kfac_bias: str | None = None) -> Curvature:
-    """``fisher`` on (x, y) already validated by check_model_data (diagnose, the Laplace code):
-    the options are still checked (cheap), the rows are not checked again."""
-    accumulator = FisherAccumulator(model, lik, estimator, structure, samples, batch_size, rng,
-                                    kfac_bias=kfac_bias)
-    estimator, structure = accumulator.estimator, accumulator.structure
+    """``fisher`` on (model, lik, x, y) already validated by check_model_data (diagnose, the Laplace
+    code): the options are checked here, once (cheap), the rows are not checked again."""
+    options = FisherOptions.checked(estimator, structure, samples, batch_size, kfac_bias)
+    return fisher_with_options(model, lik, x, y, options, rng, chunk_size, progress)
+
+
+def fisher_with_options(model: MLP, lik: Likelihood, x, y, options: FisherOptions, rng=None,
+                        chunk_size: int | None = None, progress: bool = False) -> Curvature:
+    """``fisher`` on trusted (model, lik, x, y) and options (``FisherOptions.checked``); checks only what
+    needs them together: B <= N, the chunk size and the memory one chunk needs."""
+    accumulator = FisherAccumulator.from_options(model, lik, options, rng)
+    estimator, structure = options.estimator, options.structure
     n = x.shape[0]
-    if batch_size is not None:
-        check_positive_int(batch_size, "batch_size", upper=n)
+    if options.batch_size is not None:
+        check_positive_int(options.batch_size, "batch_size", upper=n)  # the one rule of the options that needs N
     if chunk_size is None:
         chunk_size = balanced_chunk_size(n, default_chunk_size(model, estimator, structure, accumulator.samples,
                                                                model.n_outputs, lik))
