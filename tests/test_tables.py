@@ -26,7 +26,7 @@ from ewc_ref.model.likelihoods import LIKELIHOODS
 from ewc_ref.verify.gradcheck import relative_error
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
-import estimator_docs  # noqa: E402  (tools/estimator_docs.py: the docs' estimator tables from the rows)
+import table_docs  # noqa: E402  (tools/table_docs.py: the docs' estimator tables from the rows)
 
 RTOL = 1e-10
 OPTION_VALUES = {"samples": 3, "batch_size": 2, "rng": 7}
@@ -179,16 +179,16 @@ def test_random_labels_lie_in_the_support_and_min_outputs_is_enough(name):
 # --------------------------------------------------------------------------- definitions written once
 def test_the_docs_estimator_tables_are_the_rows():
     # README.md and docs/file-format.md section 6 show each row's definition (and README its cost);
-    # after editing a row, `python tools/estimator_docs.py` rewrites them.
-    assert estimator_docs.differing_pages() == {}
+    # after editing a row, `python tools/table_docs.py` rewrites them.
+    assert table_docs.differing_pages() == {}
 
 
 def test_a_changed_row_makes_the_docs_differ(monkeypatch):
     row = ESTIMATOR_TABLE["empirical"]
     monkeypatch.setitem(ESTIMATOR_TABLE, "empirical", dataclasses.replace(row, definition="F = 2/N sum_n g_n g_n^T"))
-    assert set(estimator_docs.differing_pages()) == {"README.md", "docs/file-format.md"}
+    assert set(table_docs.differing_pages()) == {"README.md", "docs/file-format.md"}
     monkeypatch.setitem(ESTIMATOR_TABLE, "twice", dataclasses.replace(row, name="twice"))  # a new row
-    assert "--estimator {" + ",".join(ESTIMATOR_TABLE) + "}" in estimator_docs.differing_pages()["docs/file-format.md"]
+    assert "--estimator {" + ",".join(ESTIMATOR_TABLE) + "}" in table_docs.differing_pages()["docs/file-format.md"]
     assert list(ESTIMATOR_TABLE)[-1] == "twice"
 
 
@@ -204,9 +204,27 @@ def test_the_docs_fisher_synopsis_lists_every_estimator():
     assert tuple(choices.split(",")) == tuple(ESTIMATOR_TABLE)
 
 
+def test_a_new_likelihood_row_reaches_the_docs(monkeypatch):
+    class TrialLikelihood(er.Bernoulli):  # the Bernoulli under another name: enough for the docs
+        name = "trial"
+
+    monkeypatch.setitem(LIKELIHOODS, "trial", TrialLikelihood)
+    pages = table_docs.differing_pages()
+    assert set(pages) == {"README.md", "docs/file-format.md"}
+    assert "| `trial` | sum_c [log(1 + e^{f_c}) - y_nc f_c] |" in pages["docs/file-format.md"]
+    assert "`categorical`, `gaussian`, `bernoulli` or `trial` (section 5)" in pages["docs/file-format.md"]
+    assert "`__likelihood__` (`categorical`, `gaussian`, `bernoulli`, `trial`;" in pages["README.md"]
+
+
+@pytest.mark.parametrize("name", list(LIKELIHOODS))
+def test_likelihood_row_has_its_formulas(name):
+    row = LIKELIHOODS[name]
+    assert row.name == name and row.nll_formula and row.lambda_formula and "|" not in row.nll_formula + row.lambda_formula
+
+
 def test_the_docs_name_every_likelihood_of_the_table():
-    # A likelihood is part of the file format: a new row must reach section 2's key table, section 5's
-    # table of losses and README's list (hand-written: the loss and Lambda need words and formulas).
+    # A likelihood is part of the file format: section 2's key table, section 5's table of losses and
+    # README's list name exactly the table's rows (tools/table_docs.py writes them).
     root = Path(__file__).resolve().parents[1]
     spec, readme = (root / "docs" / "file-format.md").read_text(), (root / "README.md").read_text()
     (key_row,) = re.findall(r'^\| `"__likelihood__"` \|.*$', spec, re.M)

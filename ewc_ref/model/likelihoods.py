@@ -33,6 +33,9 @@ class Likelihood:
     """Interface; see the module docstring for the formulas."""
 
     name: str = ""
+    #: l_n and Lambda_n = d^2 l_n / d f^2 in words, as docs/file-format.md section 5 shows them (tools/table_docs.py)
+    nll_formula: str = ""
+    lambda_formula: str = ""
 
     def nll(self, f: np.ndarray, y: np.ndarray) -> np.ndarray:
         """Per-example negative log-likelihood l_n, shape (N,)."""
@@ -150,6 +153,8 @@ class Categorical(Likelihood):
     """Softmax over C logits; labels are integer class indices 0..C-1."""
 
     name = "categorical"
+    nll_formula = "logsumexp(f) - f[y_n]"
+    lambda_formula = "diag(p) - p p^T, p = softmax(f)"
 
     def nll(self, f, y):
         return logsumexp(f, axis=-1) - np.take_along_axis(f, y[..., None], axis=-1)[..., 0]
@@ -262,6 +267,8 @@ class Gaussian(Likelihood):
     """Independent Gaussian per output with fixed standard deviation sigma, identity link."""
 
     name = "gaussian"
+    nll_formula = "sum_c (y_nc - f_c)^2 / (2 sigma^2) + C/2 log(2 pi sigma^2)"
+    lambda_formula = "I / sigma^2"
 
     def __init__(self, sigma: float = 1.0):
         sigma = check_number(sigma, "sigma")  # Gaussian('1') is a mistake, not a sigma
@@ -333,6 +340,8 @@ class Bernoulli(Likelihood):
     """Independent Bernoulli per output, p = sigmoid(f); labels in {0, 1}^C."""
 
     name = "bernoulli"
+    nll_formula = "sum_c [log(1 + e^{f_c}) - y_nc f_c]"
+    lambda_formula = "diag(p (1 - p)), p = sigmoid(f)"
 
     def nll(self, f, y):
         return np.sum(np.logaddexp(0, f) - y * f, axis=-1)
