@@ -22,6 +22,8 @@ _LAZY = {
     "load_data": "ewc_ref.io",
     "load_model": "ewc_ref.io",
     "save_data": "ewc_ref.io",
+    "load_loader": "ewc_ref.io",
+    "LoaderOrder": "ewc_ref.io",
     "save_model": "ewc_ref.io",
     "ACTIVATIONS": "ewc_ref.model.activations",
     "get_activation": "ewc_ref.model.activations",

@@ -16,6 +16,7 @@ import tempfile
 import time
 from collections.abc import Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -210,9 +211,12 @@ def _check_data_headers(path, headers: dict, model: MLP | None) -> None:
     for key in ("x", "y"):
         if key not in headers:
             raise ValueError(f"{path}: missing key {key!r} (see docs/file-format.md, section 3: data.npz)")
-    unknown = sorted(set(headers) - {"x", "y"})
+    unknown = sorted(set(headers) - {"x", "y", *LOADER_KEYS})
     if unknown:
-        raise ValueError(f"{path}: unknown key(s) {unknown}; data.npz holds only 'x' and 'y'")
+        raise ValueError(f"{path}: unknown key(s) {unknown}; data.npz holds only 'x', 'y' and optionally 'order', 'batches'")
+    for key in LOADER_KEYS:
+        if key in headers and len(headers[key].shape) != 1:
+            raise ValueError(f"{path}: key {key!r}: expected a 1-d integer array, got shape {headers[key].shape}")
     x, y = headers["x"], headers["y"]
     if len(x.shape) != 2:
         raise ValueError(f"{path}: key 'x': expected a 2-d array, got shape {x.shape}")
@@ -325,6 +329,7 @@ def load_data(path, model: MLP | None = None, lik: Likelihood | None = None):
         raise ValueError(f"{path}: key 'y' contains non-finite values")
     if y.dtype.kind not in "fiub":
         raise ValueError(f"{path}: key 'y' must be integer or float, got dtype {y.dtype}")
+    check_loader(arrays.get("order"), arrays.get("batches"), x.shape[0], where=f"{path}: key ")  # refused here too
     if model is not None:
         try:
             x = model.check_input(x, f"{path}: key 'x'")
@@ -335,9 +340,82 @@ def load_data(path, model: MLP | None = None, lik: Likelihood | None = None):
     return x, y
 
 
-def save_data(path, x: np.ndarray, y: np.ndarray) -> None:
-    """Write data.npz per docs/file-format.md (atomic); TypeError names `x` or `y` when not numeric."""
-    atomic_savez(path, {"x": x, "y": y})
+def save_data(path, x: np.ndarray, y: np.ndarray, *, order=None, batches=None) -> None:
+    """Write data.npz per docs/file-format.md (atomic), with the loader's row order and batch sizes if known.
+
+    Parameters
+    ----------
+    x : (N, d) inputs; y : N labels or targets
+    order : (M,) integer indices into the rows of x, in the order a loader yielded them (M <= N;
+        repeats allowed: a sampler with replacement). None: the rows were yielded in file order.
+    batches : (K,) integers >= 1, the rows of each batch the loader yielded, in turn; they sum to
+        M (N when `order` is None). None: unknown (``diagnose`` then screens every batch size).
+
+    Raises
+    ------
+    ValueError naming `order` or `batches` (indices outside [0, N), sizes < 1, a wrong sum);
+    TypeError naming `x` or `y` when not numeric.
+    """
+    n = np.shape(x)[0] if np.ndim(x) >= 1 else 0
+    loader = check_loader(order, batches, n)
+    arrays = {"x": x, "y": y}
+    arrays.update({key: value for key, value in (("order", loader.order), ("batches", loader.batches)) if value is not None})
+    atomic_savez(path, arrays)
+
+
+#: The optional keys of data.npz that record a loader (docs/file-format.md, section 3).
+LOADER_KEYS = ("order", "batches")
+
+
+@dataclass(frozen=True)
+class LoaderOrder:
+    """The rows a loader yielded, in turn (``order``; None: file order), cut into ``batches`` (None: unknown)."""
+
+    order: np.ndarray | None = None  # (M,) int64 row indices
+    batches: np.ndarray | None = None  # (K,) int64 sizes summing to M
+
+    def rows(self, n: int) -> np.ndarray:
+        """(M,) the row indices in the order yielded: ``order``, or arange(n) when absent."""
+        return np.arange(n) if self.order is None else self.order
+
+
+def _int_vector(value, name: str) -> np.ndarray:
+    a = np.asarray(value)
+    if a.ndim != 1:
+        raise ValueError(f"{name}: expected a 1-d integer array, got shape {a.shape}")
+    if a.size and a.dtype.kind not in "iu":
+        raise ValueError(f"{name}: expected integers, got dtype {a.dtype}")
+    return a.astype(np.int64)
+
+
+def check_loader(order, batches, n: int, where: str = "") -> LoaderOrder:
+    """LoaderOrder of validated `order` (ints in [0, n)) and `batches` (ints >= 1 summing to M), or
+    ValueError naming the key (prefixed by `where`, e.g. the file)."""
+    out_order = None
+    if order is not None:
+        out_order = _int_vector(order, f"{where}order")
+        if out_order.size == 0:
+            raise ValueError(f"{where}order: expected at least one row index, got an empty array")
+        if out_order.min() < 0 or out_order.max() >= n:
+            raise ValueError(f"{where}order: expected row indices in [0, N = {n}), got "
+                             f"{int(out_order.min())}..{int(out_order.max())}")
+    m = n if out_order is None else out_order.size
+    out_batches = None
+    if batches is not None:
+        out_batches = _int_vector(batches, f"{where}batches")
+        if out_batches.size == 0 or out_batches.min() < 1:
+            raise ValueError(f"{where}batches: expected batch sizes >= 1, got {out_batches[:8].tolist()}")
+        if int(out_batches.sum()) != m:
+            what = "len(order)" if out_order is not None else "N, the rows of x"
+            raise ValueError(f"{where}batches: the sizes sum to {int(out_batches.sum())}, expected {what} = {m}")
+    return LoaderOrder(out_order, out_batches)
+
+
+def load_loader(path) -> LoaderOrder:
+    """The loader recorded in data.npz (keys 'order', 'batches'; absent keys are None); ValueError names the key."""
+    arrays = read_npz(path, "data file", check=lambda headers: _check_data_headers(path, headers, None))
+    n = arrays["x"].shape[0]
+    return check_loader(arrays.get("order"), arrays.get("batches"), n, where=f"{path}: key ")
 
 
 def _check_model_and_likelihood(model, lik, optional: bool = False) -> None:

@@ -28,6 +28,7 @@ from ewc_ref.curvature.entries import per_sample_grad_entries
 from ewc_ref.curvature.result import read_theirs
 from ewc_ref.io import load_data, load_model
 from ewc_ref.verify.diagnosis import diagnose
+from ewc_ref.verify.loader import batch_sizes_of, partition_fisher_loop, reduction_of
 from ewc_ref.verify.scale import match_scale, scale_factors
 from ewc_ref.verify.shuffled import expectation_terms, mean_alpha
 from ewc_ref.verify.statistics import entry_moments, judge_mc
@@ -313,6 +314,7 @@ def test_when_no_batch_size_fits_on_the_screen_the_closest_is_reported_on_the_sc
     assert closest.to_json()["entries"] == model.n_params and "(on 104 screened entries)" in result.report()
     assert result.candidates[-1] is closest  # listed after every error measured on all entries, never the "closest"
     assert result.estimator != "none" or result.closest is not closest
-    want = batched_diag(grads(model, lik, x, y), closest.batch_size)
+    sizes = batch_sizes_of(len(x), closest.batch_size, closest.variant)  # the short last batch kept, summed or dropped
+    want = partition_fisher_loop(grads(model, lik, x, y), sizes, reduction_of(closest.variant))
     c = float(theirs @ want / (want @ want))
     assert closest.rel_error == pytest.approx(float(np.linalg.norm(theirs - c * want) / np.linalg.norm(theirs)), rel=1e-10)

@@ -11,17 +11,13 @@ the same weights and data, ``diagnose`` computes every candidate F on our side a
 
 - ``empirical``, ``exact`` (= ``ggn`` here), ``pred`` and, for small problems, ``hessian``
   (ewc_ref.fisher);
-- ``batched`` for EVERY minibatch size B = 2..N (consecutive rows, the last partial batch its
-  own; B = 1 is ``empirical`` itself). A screen finds B: the per-example gradients on
-  SCREEN_ENTRIES tested diagonal entries (``curvature.entries``, no (N, P) matrix) and their
-  prefix sums give F_B on those entries for every B at once (``batched_screen``, N ln N
-  subtractions of (M,) vectors); the B that fit there (at most CONFIRM) are then computed on
-  all entries (``batched_fisher_gemm``, one backward pass each) and fitted by (1). When none
-  fits there, none fits on all entries (a fit on all is a fit on every subset): the closest B
-  is reported with its error on the screened entries, noted as such, and not recomputed. A wrong B
-  differs from the right one on a random entry subset as on the whole (relative errors
-  >= 1e-3 against round-off 1e-14 on the catalogue), so the screen cannot miss an exact match.
-  ``batch_sizes=[...]`` computes exactly those sizes instead (no screen);
+- ``batched`` for EVERY minibatch size B = 2..N over the rows in loader order (file order, or the
+  recorded ``order``), the short last batch kept as its own, kept with a per-batch SUM, or dropped
+  (``loader.screen_ordered`` on SCREEN_ENTRIES diagonal entries from per-example gradients' prefix
+  sums; at most loader.CONFIRM that fit there within 10 tol are computed on all entries). When none
+  fits there, none fits on all entries (a fit on all is a fit on every subset): the closest is
+  reported with its error on the screened entries and not recomputed. With the loader's recorded
+  ``batches``, exactly those batches instead (no screen); ``batch_sizes=[...]`` exactly those B;
 - ``mc``, judged statistically (below), because an mc estimate equals ``exact`` only in
   expectation;
 - ``shuffled``, squared minibatch-mean gradients over a shuffled loader (row order unknown),
@@ -72,16 +68,17 @@ import numpy as np
 
 from .._validate import check_positive_int
 from ..curvature import budget, diag_hessian
-from ..curvature.batched import batched_fisher_gemm, batched_screen
 from ..curvature.entries import per_sample_grad_entries
 from ..curvature.estimate import fisher_unchecked
 from ..curvature.estimators import ESTIMATOR_TABLE
 from ..curvature.result import as_theirs
+from ..io import check_loader
 from ..model.likelihoods import Likelihood
 from ..model.loss import check_model_data
 from ..model.mlp import MLP
 from ..progress import Progress
 from . import kfac
+from .loader import minibatch_matrices
 from .one_pass import PASS_ESTIMATORS, diag_pass
 from .results import Candidate, Diagnosis, MCTest
 from .scale import ScaleFactor, fit_scale, match_scale, roundoff_tolerance, scale_factors
@@ -91,15 +88,12 @@ from .statistics import MC_BOOTSTRAP, entry_moments, judge_mc, sample_entries
 #: Diagonal entries the batched screen and the shuffled test look at (all when P is smaller):
 #: (N + 1) x SCREEN_ENTRIES prefix sums, 20 MB at N = 10^4.
 SCREEN_ENTRIES = 256
-#: At most this many batch sizes that fit on the screen (relative error <= 10 tol) are confirmed on
-#: all entries (one backward pass each); when none fits, the screen's best one alone (the closest).
-CONFIRM = 3
 #: Tie-break rank of the statistical candidates that are not rows of the estimator table.
 _RANK = {"shuffled": 6}
 
 
 def diagnose(model: MLP, lik: Likelihood, x, y, theirs, batch_sizes=None, tol: float | None = None,
-             rng=0, progress: bool = False, hessian: bool | None = None) -> Diagnosis:
+             rng=0, progress: bool = False, hessian: bool | None = None, *, order=None, batches=None) -> Diagnosis:
     """Find the estimator and scale with THEIRS ~= scale * F_estimator (module docstring).
 
     Parameters
@@ -112,6 +106,9 @@ def diagnose(model: MLP, lik: Likelihood, x, y, theirs, batch_sizes=None, tol: f
     progress : report the stages on stderr
     hessian : include the Hessian candidate (default: when P * N <= budget.HESSIAN_LIMIT, or for a
         diag THEIRS when its backward recursion is cheap, ``diag_hessian.is_cheap``)
+    order : (M,) row indices in the order the loader yielded them (data.npz key 'order'; None: file order)
+    batches : (K,) the loader's batch sizes, summing to M (data.npz key 'batches'): the minibatch
+        candidates are then exactly those batches over the rows in `order` (deterministic, exact)
 
     Returns
     -------
@@ -133,6 +130,9 @@ def diagnose(model: MLP, lik: Likelihood, x, y, theirs, batch_sizes=None, tol: f
     structure, t = _check_theirs(theirs, model)
     precision, tol = _check_tol(tol, t, model)
     n, p = x.shape[0], model.n_params
+    loader = check_loader(order, batches, n)
+    if batch_sizes is not None and loader.batches is not None:
+        raise ValueError("batch_sizes: give either batch_sizes or the loader's recorded batches, not both")
     if batch_sizes is not None:
         batch_sizes = sorted({check_positive_int(b, "batch_sizes", upper=n) for b in batch_sizes} - {1})
     if hessian is None:
@@ -148,32 +148,28 @@ def diagnose(model: MLP, lik: Likelihood, x, y, theirs, batch_sizes=None, tol: f
         one = diag_pass(model, lik, x, y, cols, i_idx, MC_BOOTSTRAP, rng)
         grad_entries, mean_gradient = one.grad_entries, one.mean_gradient
         mc_moments = (i_idx, j_idx, one.mc_mean, one.mc_cov, one.mc_draws)
-        matrices = {(name, None): one.matrices[name] for name in PASS_ESTIMATORS}
+        matrices = {(name, None, ""): one.matrices[name] for name in PASS_ESTIMATORS}
         if hessian:
             log.stage("computing hessian (diag)")
-            matrices[("hessian", None)] = (diag_hessian.hessian_diag(model, lik, x, y) if model.activation.curved
+            matrices[("hessian", None, "")] = (diag_hessian.hessian_diag(model, lik, x, y) if model.activation.curved
                                            else one.matrices["exact"])  # phi'' = 0: diag H = diag GGN = exact
     else:
         log.stage(f"per-example gradients on {cols.size} tested entries")
         grad_entries = _grad_entries(model, lik, x, y, cols)
         matrices = _candidate_matrices(model, lik, x, y, structure, hessian, log)
         mean_gradient, mc_moments = None, None
-    screened, screened_closest = None, None
-    if batch_sizes is None:
-        log.stage(f"screening batched for every B = 2..{n}")
-        screen = batched_screen(grad_entries, t_diag[cols], range(2, n + 1))
-        ranked = sorted(screen, key=lambda b: (screen[b][1], b))
-        batch_sizes = sorted(b for b in ranked[:CONFIRM] if screen[b][1] <= 10 * tol)
-        screened = (2, n) if n >= 2 else None
-        if not batch_sizes and ranked:  # no B fits on the screen, so none on all entries: the closest is not recomputed
-            closest_b = ranked[0]
-            screened_closest = Candidate("batched", *screen[closest_b], batch_size=closest_b, entries=int(cols.size),
-                                         note="the closest B on the screened entries (no B fits there, so none on all)")
-    for b in batch_sizes:
-        log.stage(f"computing batched, B = {b} ({structure})")
-        matrices[("batched", b)] = batched_fisher_gemm(model, lik, x, y, b, structure)
-    candidates = [Candidate(name, *fit_scale(t, matrix), batch_size=b,
-                            note=ESTIMATOR_TABLE[name].diagnose_note) for (name, b), matrix in matrices.items()]
+    batched, closest, screened = minibatch_matrices(
+        model, lik, x, y, None if loader.order is None else loader.order, loader.batches, grad_entries, t_diag[cols],
+        batch_sizes, tol, structure, log)
+    matrices.update(batched)
+    screened_closest = None
+    if closest is not None:
+        closest_b, variant, c_closest, e_closest = closest
+        screened_closest = Candidate("batched", c_closest, e_closest, batch_size=closest_b, entries=int(cols.size),
+                                     variant=variant,
+                                     note="the closest B on the screened entries (no B fits there, so none on all)")
+    candidates = [Candidate(name, *fit_scale(t, matrix), batch_size=b, variant=v,
+                            note=ESTIMATOR_TABLE[name].diagnose_note) for (name, b, v), matrix in matrices.items()]
     for c in candidates:
         c.fits = c.rel_error <= tol
     if screened_closest is not None:
@@ -198,7 +194,7 @@ def diagnose(model: MLP, lik: Likelihood, x, y, theirs, batch_sizes=None, tol: f
     candidates.sort(key=lambda c: (c.entries is not None, c.rel_error, _rank(c.estimator), c.batch_size or 0))
     not_tried = _not_tried(hessian, screened, batch_sizes, n, p)
     return _verdict(candidates, matrices, mc_test, shuffled, n, p, structure, precision, tol, model, lik,
-                    not_tried, screened)
+                    not_tried, screened, loader)
 
 
 def _rank(name: str) -> int:
@@ -255,7 +251,7 @@ def _candidate_matrices(model, lik, x, y, structure, hessian, log) -> dict:
     for name, row in ESTIMATOR_TABLE.items():
         if row.diagnose == "fit" or (row.diagnose == "fit-small" and hessian):
             log.stage(f"computing {name} ({structure})")
-            matrices[(name, None)] = fisher_unchecked(model, lik, x, y, estimator=name, structure=structure).data
+            matrices[(name, None, "")] = fisher_unchecked(model, lik, x, y, estimator=name, structure=structure).data
     return matrices
 
 
@@ -298,7 +294,7 @@ def _shuffled_candidate(t, t_entries, grad_entries, matrices, m, structure, tol,
         test.identified = False
         test.reason += "; judged on the diagonal of a full THEIRS only"
     mm = m * m if structure == "diag" else np.outer(m, m)
-    design = np.stack([mm.ravel(), (matrices[("empirical", None)] - mm).ravel()], axis=1)
+    design = np.stack([mm.ravel(), (matrices[("empirical", None, "")] - mm).ravel()], axis=1)
     coef, *_ = np.linalg.lstsq(design, t.ravel(), rcond=None)
     test.rel_error = float(np.linalg.norm(t.ravel() - design @ coef) / np.linalg.norm(t))
     candidates.append(Candidate("shuffled", test.scale if math.isfinite(test.scale) else float(coef[0]),
@@ -313,7 +309,7 @@ def _not_tried(hessian: bool, screened, batch_sizes, n: int, p: int) -> list[dic
         out.append({"estimator": "hessian",
                     "why": f"P N = {p * n:.3g} > {budget.HESSIAN_LIMIT:g} (budget.HESSIAN_LIMIT): P Hessian-vector products",
                     "flag": "--hessian"})
-    if screened is None and n >= 2:
+    if screened is None and n >= 2 and batch_sizes is not None:  # None: the recorded batches
         out.append({"estimator": "batched",
                     "why": f"only B in {batch_sizes[:8]}{' ...' if len(batch_sizes) > 8 else ''} (given); the screen of every B = 2..N was skipped",
                     "flag": "omit --batch-sizes"})
@@ -364,8 +360,18 @@ def _statistical_winner(candidates, tests, n, n_outputs, lik_name, sigma):
     return accepted[0], accepted[1:]
 
 
+def _n_batches(c, n: int, loader) -> int | None:
+    """K of a minibatch candidate: the recorded batches, floor(M / B) with drop_last, else ceil(M / B)."""
+    if c.batch_size is None:
+        return None
+    m = n if loader.order is None else loader.order.size
+    if c.variant.startswith("recorded"):
+        return int(loader.batches.size)
+    return m // c.batch_size if c.variant == "dropped" else -(-m // c.batch_size)
+
+
 def _verdict(candidates, matrices, mc_test, shuffled, n, p, structure, precision, tol, model, lik,
-             not_tried, screened) -> Diagnosis:
+             not_tried, screened, loader) -> Diagnosis:
     """The winner (best deterministic fit, else the best accepted statistical one, else 'none')."""
     c_out = model.n_outputs
     sigma = float(getattr(lik, "sigma", 1.0))
@@ -380,20 +386,19 @@ def _verdict(candidates, matrices, mc_test, shuffled, n, p, structure, precision
         winner, also = _statistical_winner(candidates, tests, n, c_out, lik.name, sigma)
     if winner is None:
         best = candidates[0]
-        factors = scale_factors(n, best.batch_size, c_out, lik.name, sigma)
+        factors = scale_factors(n, best.batch_size, c_out, lik.name, sigma, _n_batches(best, n, loader))
         factor, words = match_scale(best.scale, factors, rtol=10 * tol)
         return Diagnosis("none", best.scale, best.rel_error, None, None, candidates, scale_words=words,
                          scale_factor=None, closest=best, causes=_causes(candidates, shuffled, not_tried), **common)
     if winner.estimator in _NATURAL:
         factor, words, _ = _statistical_scale(winner, tests[winner.estimator], n, c_out, lik.name, sigma)
         # mc's expectation is exact: neither exact nor a candidate equal to it (a ReLU net's hessian) is a runner-up
-        exact = matrices[("exact", None)]
+        exact = matrices[("exact", None, "")]
         others = [c for c in candidates if c is not winner and not (
-            winner.estimator == "mc" and (c.estimator, c.batch_size) in matrices
-            and fit_scale(matrices[(c.estimator, c.batch_size)], exact)[1] <= tol)]
+            winner.estimator == "mc" and c.key in matrices and fit_scale(matrices[c.key], exact)[1] <= tol)]
         equivalent, runner_up = [], (others[0] if others else None)
     else:
-        factors = scale_factors(n, winner.batch_size, c_out, lik.name, sigma)
+        factors = scale_factors(n, winner.batch_size, c_out, lik.name, sigma, _n_batches(winner, n, loader))
         factor, words = match_scale(winner.scale, factors, rtol=max(10 * winner.rel_error, 1e-9))
         equivalent, runner_up = _equivalent_and_runner_up(winner, candidates, matrices, tol)
     # float64 epsilon as the floor: an exact 0 residual should not give an astronomic margin
@@ -401,7 +406,8 @@ def _verdict(candidates, matrices, mc_test, shuffled, n, p, structure, precision
     return Diagnosis(winner.estimator, winner.scale, winner.rel_error, winner.batch_size,
                      winner.samples if winner.estimator == "mc" else None, candidates, scale_words=words,
                      scale_factor=None if factor is None else factor.expression, runner_up=runner_up,
-                     margin=margin, equivalent=equivalent, also_consistent=[c.label for c in also], **common)
+                     margin=margin, equivalent=equivalent, also_consistent=[c.label for c in also],
+                     variant=winner.variant, **common)
 
 
 def _samples_factor(samples) -> ScaleFactor:
@@ -418,8 +424,9 @@ def _causes(candidates, shuffled: ShuffledTest, not_tried) -> list[str]:
     low, high = shuffled.batch_size_interval
     how = f", batches {shuffled.reduction}" if shuffled.reduction else ""
     row_order = (f"rows in another order than DATA: a shuffled loader with B ~ {shuffled.implied_batch_size:.0f} "
-                 f"(99% {low:.0f}..{high:.0f}{how}) is consistent with THEIRS; pass DATA in the order the loader "
-                 "yielded its rows (save the indices) and batched finds it exactly")
+                 f"(99% {low:.0f}..{high:.0f}{how}) is consistent with THEIRS; record the order the loader yielded "
+                 "its rows and batched finds it exactly: iterate ewc_ref.recorder.Recorder(loader) in the Fisher loop and "
+                 "rec.save('data.npz'), or er.save_data(path, x, y, order=indices, batches=sizes)")
     if plausible:
         causes.append(row_order)
     causes += ["a Fisher at other weights (saved before or after an optimizer step, or of another task)",
@@ -434,17 +441,17 @@ def _causes(candidates, shuffled: ShuffledTest, not_tried) -> list[str]:
 def _equivalent_and_runner_up(winner, candidates, matrices, tol):
     """Candidates whose matrix equals the winner's here (e.g. pred = empirical at 100% accuracy),
     and the best of the others."""
-    win_matrix = matrices[(winner.estimator, winner.batch_size)]
+    win_matrix = matrices[winner.key]
     equivalent, others = [], []
     for c in candidates:
         if c is winner:
             continue
-        if (c.estimator, c.batch_size) not in matrices:  # statistical: mc, shuffled
+        if c.key not in matrices:  # statistical: mc, shuffled
             # an unjudged mc is exact itself; a shuffled expectation within round-off is a deterministic
             # candidate in disguise (B = 1: empirical, B = N: the squared mean gradient)
             if (c.estimator == "mc" and c.samples is not None) or (c.estimator == "shuffled" and c.rel_error > tol):
                 others.append(c)
             continue
-        same = fit_scale(win_matrix, matrices[(c.estimator, c.batch_size)])[1] <= tol and c.fits
+        same = fit_scale(win_matrix, matrices[c.key])[1] <= tol and c.fits
         (equivalent if same else others).append(c)
     return equivalent, (others[0] if others else None)

@@ -23,11 +23,28 @@ class Candidate:
     fits: bool = False
     note: str = ""
     entries: int | None = None  # rel_error measured on this many screened diagonal entries (None: all)
+    variant: str = ""  # batched: '' | 'dropped' | 'kept, sum' | 'recorded' | 'recorded, sum' (verify/loader.py)
+
+    @property
+    def key(self) -> tuple:
+        """(estimator, batch size, variant): the identity of the candidate's matrix."""
+        return (self.estimator, self.batch_size, self.variant)
+
+    @property
+    def drop_last(self) -> bool | None:
+        return None if self.estimator != "batched" or self.variant.startswith("recorded") else self.variant == "dropped"
+
+    @property
+    def batch_reduction(self) -> str | None:
+        return None if self.estimator != "batched" else ("sum" if self.variant.endswith("sum") else "mean")
 
     @property
     def label(self) -> str:
         if self.estimator == "batched":
-            return f"batched, B = {self.batch_size}" + (f" (on {self.entries} screened entries)" if self.entries else "")
+            what = {"": "", "kept": "", "dropped": ", drop_last", "kept, sum": ", per-batch sum",
+                    "recorded": ", the recorded batches", "recorded, sum": ", the recorded batches, per-batch sum"}
+            return f"batched, B = {self.batch_size}{what.get(self.variant, self.variant)}" + (
+                f" (on {self.entries} screened entries)" if self.entries else "")
         if self.estimator == "mc" and self.samples is not None:
             return f"mc, S = {self.samples}"
         if self.estimator == "shuffled" and self.batch_size is not None:
@@ -37,7 +54,7 @@ class Candidate:
     def to_json(self) -> dict:
         return {"estimator": self.estimator, "scale": self.scale, "rel_error": self.rel_error,
                 "batch_size": self.batch_size, "samples": self.samples, "fits": self.fits, "note": self.note,
-                "entries": self.entries}
+                "entries": self.entries, "drop_last": self.drop_last, "batch_reduction": self.batch_reduction}
 
 
 @dataclass
@@ -96,6 +113,7 @@ class Diagnosis:
     batch_sizes_screened: tuple | None = None  # (2, N) when every B was screened
     causes: list = field(default_factory=list)  # likely causes of a 'none', most likely first
     also_consistent: list = field(default_factory=list)  # other accepted statistical candidates
+    variant: str = ""  # the winner's Candidate.variant (batched: drop_last, per-batch sum, recorded batches)
 
     def to_json(self) -> dict:
         """The object of docs/file-format.md (`diagnose --json`), plus explanatory extras."""
@@ -116,6 +134,8 @@ class Diagnosis:
             "batch_sizes_screened": None if self.batch_sizes_screened is None else list(self.batch_sizes_screened),
             "causes": list(self.causes),
             "also_consistent": list(self.also_consistent),
+            "drop_last": None if self.winner is None else self.winner.drop_last,
+            "batch_reduction": None if self.winner is None else self.winner.batch_reduction,
         }
 
     def report(self, theirs_name: str = "THEIRS", top: int = 12) -> str:
@@ -189,6 +209,6 @@ class Diagnosis:
     @property
     def winner(self) -> Candidate | None:
         for c in self.candidates:
-            if (c.estimator, c.batch_size) == (self.estimator, self.batch_size) and c.fits:
+            if (c.estimator, c.batch_size) == (self.estimator, self.batch_size) and c.fits and c.variant == self.variant:
                 return c
         return None

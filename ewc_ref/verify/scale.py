@@ -46,7 +46,7 @@ class ScaleFactor:
 
 
 def scale_factors(n: int, batch_size: int | None = None, n_outputs: int | None = None,
-                  likelihood: str | None = None, sigma: float = 1.0) -> list[ScaleFactor]:
+                  likelihood: str | None = None, sigma: float = 1.0, n_batches: int | None = None) -> list[ScaleFactor]:
     """The factors conventions and bugs produce, SIMPLEST FIRST (the order statistical verdicts prefer).
 
     THEIRS = factor x ewc_ref's mean over N. torch's reductions over C outputs (derived in
@@ -86,7 +86,7 @@ def scale_factors(n: int, batch_size: int | None = None, n_outputs: int | None =
                                                        "BCEWithLogitsLoss(mean) squared, (g_n/(N C))^2 summed (BackPACK SumGradSquared)"),
         ]
     if batch_size is not None and batch_size > 1:
-        b, k = batch_size, -(-n // batch_size)
+        b, k = batch_size, n_batches or -(-n // batch_size)  # n_batches: drop_last or recorded batches
         factors += [
             ScaleFactor(float(k), "K", f"x K = {k}: squared minibatch gradients summed over the K minibatches, not averaged"),
             ScaleFactor(float(b) ** 2, "B^2", f"x B^2 = {b}^2: the gradient of the minibatch SUM (not mean) was squared"),
