@@ -298,7 +298,8 @@ def _shuffled_candidate(t, t_entries, grad_entries, matrices, m, structure, tol,
     coef, *_ = np.linalg.lstsq(design, t.ravel(), rcond=None)
     test.rel_error = float(np.linalg.norm(t.ravel() - design @ coef) / np.linalg.norm(t))
     candidates.append(Candidate("shuffled", test.scale if math.isfinite(test.scale) else float(coef[0]),
-                                test.rel_error, batch_size=test.batch_size, fits=test.accepted, note=test.reason))
+                                test.rel_error, batch_size=test.batch_size, fits=test.accepted, note=test.reason,
+                                variant="dropped" if test.drop_last else ""))
     return test
 
 

@@ -32,7 +32,9 @@ class Candidate:
 
     @property
     def drop_last(self) -> bool | None:
-        return None if self.estimator != "batched" or self.variant.startswith("recorded") else self.variant == "dropped"
+        if self.estimator not in ("batched", "shuffled") or self.variant.startswith("recorded"):
+            return None
+        return self.variant == "dropped"
 
     @property
     def batch_reduction(self) -> str | None:
@@ -48,7 +50,7 @@ class Candidate:
         if self.estimator == "mc" and self.samples is not None:
             return f"mc, S = {self.samples}"
         if self.estimator == "shuffled" and self.batch_size is not None:
-            return f"shuffled, B ~ {self.batch_size}"
+            return f"shuffled, B ~ {self.batch_size}" + (", drop_last" if self.variant == "dropped" else "")
         return self.estimator
 
     def to_json(self) -> dict:

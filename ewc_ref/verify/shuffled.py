@@ -67,6 +67,21 @@ SHUFFLE_BOOTSTRAP = 32
 #: (B = 8..48, both nets of tests/fixtures/libraries) 0.01..0.7. A genuine one is rejected with
 #: probability <= 3e-3 where the normal fits hold.
 SHUFFLED_ALPHA = 1e-3
+#: Readings simulated at most (the likeliest first): averaged / summed, kept / dropped, and the B with
+#: a short last batch of < B/4 rows near the averaged one (``_heavy``).
+SIMULATED_READINGS = 5
+
+
+def split_normal_p(value: float, samples: np.ndarray) -> float:
+    """Two-sided p-value of `value` under a normal fit to `samples` whose sd on value's side is the larger
+    of the sd and that side's semi-deviation: a skewed null (a few-row batch's heavy tail) is not
+    mistaken for a misfit on its long side."""
+    centre = float(samples.mean())
+    sd = float(samples.std(ddof=1))
+    side = samples[samples > centre] if value > centre else samples[samples < centre]
+    if side.size >= 3:
+        sd = max(sd, float(np.sqrt(np.mean((side - centre) ** 2))))
+    return float(2 * norm.sf(abs(value - centre) / max(sd, 1e-12)))
 
 
 @dataclass
@@ -86,6 +101,7 @@ class ShuffledTest:
     p_noise: float = math.nan
     rel_error: float = math.nan  # ||T - c E[T]|| / ||T|| of the fitted expectation on all entries
     identified: bool = False  # the m m^T weight pins c down (sd <= c / 4): B and c are not confounded
+    drop_last: bool = False  # the reading drops the short last batch
 
     def to_json(self) -> dict:
         def finite(value):
@@ -96,7 +112,7 @@ class ShuffledTest:
                 "batch_size": self.batch_size, "batch_size_interval": [finite(low), finite(high)],
                 "scale": finite(self.scale), "scale_se": finite(self.scale_se), "reduction": self.reduction or None,
                 "entries": self.entries, "chi2": finite(self.chi2), "p_noise": finite(self.p_noise),
-                "rel_error": finite(self.rel_error), "identified": self.identified}
+                "rel_error": finite(self.rel_error), "identified": self.identified, "drop_last": self.drop_last}
 
 
 def expectation_terms(grad_entries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -107,23 +123,25 @@ def expectation_terms(grad_entries: np.ndarray) -> tuple[np.ndarray, np.ndarray]
     return m * m, sigma
 
 
-def simulate(grad_entries: np.ndarray, batch_size: int, draws: int, rng: np.random.Generator) -> np.ndarray:
+def simulate(grad_entries: np.ndarray, batch_size: int, draws: int, rng: np.random.Generator,
+             drop_last: bool = False) -> np.ndarray:
     """(draws, M) averaged shuffled-loader Fishers of the tested entries: random partitions into batches of B.
 
-    A partition is a permutation of the rows cut into runs of B (the last one partial); the
+    A partition is a permutation of the rows cut into runs of B (the last one partial, or dropped
+    with `drop_last`: only the first floor(N / B) B positions are used); the
     minibatch sums are one sparse (K, N) indicator matrix times the (N, M) gradients. Twin:
     ``simulate_loop`` (the permuted rows summed run by run).
     """
     n = grad_entries.shape[0]
-    k = -(-n // batch_size)
-    starts = np.arange(0, n, batch_size)
-    counts = np.minimum(starts + batch_size, n) - starts
-    batch_of_position = np.arange(n) // batch_size
+    used = n - n % batch_size if drop_last else n
+    k = -(-used // batch_size)
+    starts = np.arange(0, used, batch_size)
+    counts = np.minimum(starts + batch_size, used) - starts
+    batch_of_position = np.arange(used) // batch_size
     out = np.empty((draws, grad_entries.shape[1]))
     for d in range(draws):
-        batch = np.empty(n, dtype=np.intp)
-        batch[rng.permutation(n)] = batch_of_position  # the row at position i of the permutation is in batch i // B
-        indicator = sparse.csr_matrix((np.ones(n), (batch, np.arange(n))), shape=(k, n))
+        rows = rng.permutation(n)[:used]  # the row at position i of the permutation is in batch i // B
+        indicator = sparse.csr_matrix((np.ones(used), (batch_of_position, rows)), shape=(k, n))
         gbar = (indicator @ grad_entries) / counts[:, None]
         out[d] = np.einsum("km,km->m", gbar, gbar) / k
     return out
@@ -161,13 +179,16 @@ class _GLS:
         return float(coef[0]), float(coef[1]), float(r @ r)
 
 
-def mean_alpha(n: int) -> np.ndarray:
+def mean_alpha(n: int, drop_last: bool = False) -> np.ndarray:
     """(N,) alpha-bar(B) for B = 1..N: (1) averaged over the K batches of a partition, the last one partial.
 
     alpha-bar(B) = ((K - 1) alpha(B) + alpha(N - (K - 1) B)) / K, alpha(s) = (N - s) / (s (N - 1)):
     a partial last batch of 8 rows raises alpha-bar(32) by 9% at N = 1000 (B = 29 if ignored).
+    With `drop_last` every batch has B rows (a random B-subset of the N): alpha(B).
     """
     b = np.arange(1, n + 1)
+    if drop_last:
+        return (n - b) / (b * max(n - 1, 1))
     k = -(-n // b)
     last = n - (k - 1) * b
 
@@ -195,15 +216,34 @@ def implied_batch_size(a: float, b: float, n: int, alphas: np.ndarray | None = N
     return lo + int(np.argmin(np.abs(window - math.log(alpha))))
 
 
-def _hypotheses(a: float, b: float, n: int, alphas: np.ndarray) -> list[tuple[str, int, float]]:
+def n_batches(n: int, drop_last: bool = False) -> np.ndarray:
+    """(N,) K(B) for B = 1..N: ceil(N / B), or floor(N / B) with drop_last."""
+    b = np.arange(1, n + 1)
+    return n // b if drop_last else -(-n // b)
+
+
+def _heavy(bb: int, n: int, alphas: np.ndarray, level: float) -> list[int]:
+    """Up to two B near `bb` (within x 1.5 in alpha-bar of `level`) whose short last batch has < B/4 rows:
+    such a batch dominates the noise (its mean of a few rows), so B's neighbours in alpha-bar that
+    lack it would be judged too strictly; they are tried too."""
+    lo, hi = max(2, int(bb / 1.5)), min(n, int(math.ceil(bb * 1.5)))
+    cand = [c for c in range(lo, hi + 1) if 0 < n % c < c / 4 and abs(math.log(alphas[c - 1] / level)) < math.log(1.5)]
+    cand.sort(key=lambda c: abs(math.log(alphas[c - 1] / level)))
+    return [c for c in cand if c != bb][:2]
+
+
+def _hypotheses(a: float, b: float, n: int, alphas: np.ndarray, drop_last: bool = False) -> list[tuple[str, int, float]]:
     """(reduction, B, c) pairs that explain the fitted weights: the free fit (c = a, alpha-bar = b / a),
     and the averaged (c = 1) and summed (c = K) readings with c alpha-bar(B) = b, which are all the
     data can tell when m m^T is negligible (a converged net: a is then not identified)."""
-    k_of = -(-n // np.arange(1, n + 1))
+    k_of = n_batches(n, drop_last)
     out = []
     if a > 0 and b / a <= 1.0 + 1e-6:
         out.append(("", implied_batch_size(a, b, n, alphas), a))
-    out.append(("averaged", implied_batch_size(1.0, b, n, alphas), 1.0))
+    averaged = implied_batch_size(1.0, b, n, alphas)
+    out.append(("averaged", averaged, 1.0))
+    if not drop_last:
+        out += [("averaged", c, 1.0) for c in _heavy(averaged, n, alphas, b)]
     # summed: K(B) alpha-bar(B) ~ N / B^2 = b, so B0 = sqrt(N / b); alpha-bar is jagged in B (the
     # partial last batch): the best match within x 1.5 of B0
     b0 = math.sqrt(n / b)
@@ -212,7 +252,7 @@ def _hypotheses(a: float, b: float, n: int, alphas: np.ndarray) -> list[tuple[st
     level = np.log(np.maximum(k_of[lo - 1:hi] * alphas[lo - 1:hi], 1e-300))
     bb = lo + int(np.argmin(np.abs(level - math.log(b))))
     out.append(("summed", bb, float(k_of[bb - 1])))
-    return out
+    return [h for h in out if k_of[h[1] - 1] >= 1]
 
 
 def judge_shuffled(theirs_entries: np.ndarray, grad_entries: np.ndarray, roundoff: float,
@@ -233,85 +273,89 @@ def judge_shuffled(theirs_entries: np.ndarray, grad_entries: np.ndarray, roundof
     if b <= 0:
         return ShuffledTest(False, f"not a shuffled-loader Fisher: THEIRS ~= {a:.3g} m m^T + {b:.3g} Sigma needs a "
                                    "positive weight on Sigma", entries=gls.m)
-    alphas = mean_alpha(n)
     tw_of = lambda t: gls.basis.T @ t / gls.sd  # noqa: E731
     expect = np.stack([mm, np.diag(sigma)], axis=1)
+    tables = {drop: (mean_alpha(n, drop), n_batches(n, drop)) for drop in (False, True)}
     readings = []
-    for reduction, bb, c in _hypotheses(a, b, n, alphas):
-        k = -(-n // bb)
-        if k < 2:
-            continue
-        dof = gls.m - 2 if not reduction else gls.m
+    for drop in (False, True):
+        alphas, k_of = tables[drop]
+        for reduction, bb, c in _hypotheses(a, b, n, alphas, drop):
+            k = int(k_of[bb - 1])
+            if k < 2 or (drop and n % bb == 0):  # a single batch; or no short batch to drop (the same as kept)
+                continue
+            dof = gls.m - 2 if not reduction else gls.m
+            level_b = alphas[bb - 1]
 
-        def statistic(t, reduction=reduction, bb=bb, c=c, k=k):
-            if reduction:  # fully specified: T = c (m m^T + alpha-bar Sigma)
-                r = tw_of(t - c * expect @ np.array([1.0, alphas[bb - 1]]))
-                return (k - 1) * float(r @ r) / (2 * (c * alphas[bb - 1]) ** 2)
-            a_, b_, q_ = gls.fit(t)
-            return (k - 1) * q_ / (2 * max(b_, 1e-300) ** 2)
+            def statistic(t, reduction=reduction, c=c, k=k, level_b=level_b):
+                if reduction:  # fully specified: T = c (m m^T + alpha-bar Sigma)
+                    r = tw_of(t - c * expect @ np.array([1.0, level_b]))
+                    return (k - 1) * float(r @ r) / (2 * (c * level_b) ** 2)
+                a_, b_, q_ = gls.fit(t)
+                return (k - 1) * q_ / (2 * max(b_, 1e-300) ** 2)
 
-        stat = statistic(theirs_entries)
-        # readings are ranked by the Gaussian log-likelihood of (2)-(3): a vague reading (K = 2)
-        # explains any residual with a huge variance and pays M log sigma^2 for it; the free
-        # fit pays log M for its extra parameter (BIC)
-        level = c * alphas[bb - 1] if reduction else b
-        log_like = -0.5 * (stat + gls.m * math.log(2 * level**2 / (k - 1))) - (0.0 if reduction else math.log(gls.m))
-        readings.append((log_like, reduction, bb, c, k, dof, stat, statistic))
+            stat = statistic(theirs_entries)
+            # readings are ranked by the Gaussian log-likelihood of (2)-(3): a vague reading (K = 2)
+            # explains any residual with a huge variance and pays M log sigma^2 for it; the free
+            # fit pays log M for its extra parameter (BIC)
+            level = c * level_b if reduction else b
+            log_like = -0.5 * (stat + gls.m * math.log(2 * level**2 / (k - 1))) - (0.0 if reduction else math.log(gls.m))
+            readings.append((log_like, reduction, bb, c, k, dof, stat, statistic, drop))
     if not readings:
         return ShuffledTest(False, "not a shuffled-loader Fisher: every reading implies a single batch", entries=gls.m)
     readings.sort(key=lambda r: (not r[1], -r[0]))  # averaged / summed before the free fit (a scale bug)
     best = None
-    for log_like, reduction, bb, c, _k, dof, stat, statistic in readings[:3]:  # simulate the 3 most likely only
+    for log_like, reduction, bb, c, _k, dof, stat, statistic, drop in readings[:SIMULATED_READINGS]:
+        level_b = tables[drop][0][bb - 1]
         p = float(2 * min(chi2.sf(stat, dof), chi2.cdf(stat, dof)))
         se, spread = math.nan, 0.0
-        energy, identified = None, False
+        identified = False
         if draws >= 10:
-            sims = c * simulate(grad_entries, bb, draws, rng)
+            sims = c * simulate(grad_entries, bb, draws, rng, drop_last=drop)
             log_stat = np.log([max(statistic(t), 1e-300) for t in sims])
-            z = abs(math.log(max(stat, 1e-300)) - log_stat.mean()) / max(log_stat.std(ddof=1), 1e-12)
-            p = max(p, float(2 * norm.sf(z)))
+            p = max(p, split_normal_p(math.log(max(stat, 1e-300)), log_stat))
             # (4): the plain squared residual against the reading's expectation, where the whitened (3)
             # is blind: a systematic error (a Fisher at other weights) is far SMOOTHER than the
             # noise of K batches in the high-variance directions (calibrated on the simulations only)
-            centre = c * expect @ np.array([1.0, alphas[bb - 1]]) if reduction else sims.mean(axis=0)
+            centre = c * expect @ np.array([1.0, level_b]) if reduction else sims.mean(axis=0)
             log_e = np.log(np.maximum(((sims - centre) ** 2).sum(axis=1), 1e-300))
-            observed = math.log(max(float(((theirs_entries - centre) ** 2).sum()), 1e-300))
-            energy = float(2 * norm.sf(abs(observed - log_e.mean()) / max(log_e.std(ddof=1), 1e-12)))
+            energy = split_normal_p(math.log(max(float(((theirs_entries - centre) ** 2).sum()), 1e-300)), log_e)
             fits = np.array([gls.fit(t)[:2] for t in sims])
-            # (5): the fitted weight of m m^T must match the reading's c (the only noise-free part of T)
-            a_sd = max(float(fits[:, 0].std(ddof=1)), 1e-300)
-            p_mean = float(2 * norm.sf(abs(a - fits[:, 0].mean()) / a_sd))
+            # (5): the fitted weight of m m^T must match the reading's c (the only noise-free part of T);
+            # skewed when a short last batch of a few rows dominates the noise: a split normal
+            p_mean = split_normal_p(a, fits[:, 0])
             p = min(p, energy, p_mean)
+            a_sd = max(float(fits[:, 0].std(ddof=1)), 1e-300)
             identified = a_sd <= 0.25 * abs(c)
-            se = float(np.std(fits[:, 0] if not reduction else fits[:, 1] / alphas[bb - 1], ddof=1))
+            se = float(np.std(fits[:, 0] if not reduction else fits[:, 1] / level_b, ddof=1))
             spread = 2.58 * np.log(np.maximum(fits[:, 1], 1e-300)).std(ddof=1)
-        if best is None or (p >= SHUFFLED_ALPHA and best[1] < SHUFFLED_ALPHA):
-            best = (log_like, p, reduction, bb, c, stat, dof, se, spread, identified)
+        if best is None or p > best[1]:
+            best = (log_like, p, reduction, bb, c, stat, dof, se, spread, identified, drop)
         if p >= SHUFFLED_ALPHA:
             break
-    _, p_noise, reduction, b_int, c, stat, dof, scale_se, spread, identified = best
+    _, p_noise, reduction, b_int, c, stat, dof, scale_se, spread, identified, drop = best
     # interval: the simulated band of log b, mapped to B through the equal-batch relation
     # (averaged or free: b / c = alpha(B); summed: b ~ N / B^2 up to (N - B)/(N - 1)), B inside it
-    alpha_hat = alphas[b_int - 1]
+    alpha_hat = tables[drop][0][b_int - 1]
     if reduction == "summed":
         low, high = b_int * math.exp(-spread / 2), b_int * math.exp(spread / 2)
     else:
         low, high = equal_batch_size(alpha_hat * math.exp(spread), n), equal_batch_size(alpha_hat * math.exp(-spread), n)
     low, high = max(1, min(int(math.floor(low)), b_int)), min(n, max(int(math.ceil(high)), b_int))
     test = ShuffledTest(False, "", float(b_int), b_int, (float(low), float(high)), c, scale_se, entries=gls.m,
-                        chi2=stat, p_noise=p_noise)
+                        chi2=stat, p_noise=p_noise, drop_last=drop)
     if p_noise < SHUFFLED_ALPHA:
         test.reason = (f"not shaped like a shuffled loader's noise: chi2 = {stat:.4g} over {dof} directions at the "
                        f"implied B = {b_int} (p = {p_noise:.2g})")
         return test
     if not reduction:
         band = 2 * scale_se if math.isfinite(scale_se) else 0.1 * c
-        k = -(-n // b_int)
+        k = int(tables[drop][1][b_int - 1])
         reduction = next((name for name, value in (("averaged", 1.0), ("summed", float(k)))
                           if abs(c - value) <= max(band, 1e-9 * value)), "")
     test.reduction = reduction
     test.identified = identified
     test.accepted = True
-    test.reason = (f"consistent with a shuffled loader: B = {b_int} (99% {low}..{high}), chi2 = {stat:.4g} over "
+    test.reason = (f"consistent with a shuffled loader{', drop_last' if drop else ''}: B = {b_int} (99% {low}..{high}), "
+                   f"chi2 = {stat:.4g} over "
                    f"{dof} directions (p = {p_noise:.2g})")
     return test
