@@ -80,6 +80,7 @@ from ..progress import Progress
 from . import kfac
 from .loader import minibatch_matrices
 from .one_pass import PASS_ESTIMATORS, diag_pass
+from .ranking import rank, simulated_scores
 from .results import Candidate, Diagnosis, MCTest
 from .scale import ScaleFactor, fit_scale, match_scale, roundoff_tolerance, scale_factors
 from .shuffled import ShuffledTest, judge_shuffled
@@ -142,7 +143,7 @@ def diagnose(model: MLP, lik: Likelihood, x, y, theirs, batch_sizes=None, tol: f
     t_diag = t if structure == "diag" else np.diag(t).copy()
     cols = _screen_entries(t_diag, rng)
     if structure == "diag":  # everything from one pass over the rows (one_pass.py)
-        i_idx, j_idx = sample_entries(p, structure, rng)
+        i_idx, j_idx = cols, cols  # the mc test on the screen's entries: one set for the scores of ranking.py
         log.stage(f"one pass over the rows: {', '.join(PASS_ESTIMATORS)}, the mean gradient, per-example gradients "
                   f"on {cols.size} entries, mc moments on {i_idx.size}")
         one = diag_pass(model, lik, x, y, cols, i_idx, MC_BOOTSTRAP, rng)
@@ -157,7 +158,7 @@ def diagnose(model: MLP, lik: Likelihood, x, y, theirs, batch_sizes=None, tol: f
         log.stage(f"per-example gradients on {cols.size} tested entries")
         grad_entries = _grad_entries(model, lik, x, y, cols)
         matrices = _candidate_matrices(model, lik, x, y, structure, hessian, log)
-        mean_gradient, mc_moments = None, None
+        mean_gradient, mc_moments, one = None, None, None
     batched, closest, screened = minibatch_matrices(
         model, lik, x, y, None if loader.order is None else loader.order, loader.batches, grad_entries, t_diag[cols],
         batch_sizes, tol, structure, log)
@@ -193,8 +194,9 @@ def diagnose(model: MLP, lik: Likelihood, x, y, theirs, batch_sizes=None, tol: f
     # errors over all entries first: one measured on the screened entries only is not comparable with them
     candidates.sort(key=lambda c: (c.entries is not None, c.rel_error, _rank(c.estimator), c.batch_size or 0))
     not_tried = _not_tried(hessian, screened, batch_sizes, n, p)
+    scores = _statistical_scores(t_diag[cols], grad_entries, one, mc_test, shuffled, tol, rng)
     return _verdict(candidates, matrices, mc_test, shuffled, n, p, structure, precision, tol, model, lik,
-                    not_tried, screened, loader)
+                    not_tried, screened, loader, scores)
 
 
 def _rank(name: str) -> int:
@@ -299,7 +301,7 @@ def _shuffled_candidate(t, t_entries, grad_entries, matrices, m, structure, tol,
     test.rel_error = float(np.linalg.norm(t.ravel() - design @ coef) / np.linalg.norm(t))
     candidates.append(Candidate("shuffled", test.scale if math.isfinite(test.scale) else float(coef[0]),
                                 test.rel_error, batch_size=test.batch_size, fits=test.accepted, note=test.reason,
-                                variant="dropped" if test.drop_last else ""))
+                                variant={True: "dropped", False: "", None: "kept or dropped"}[test.drop_last]))
     return test
 
 
@@ -327,38 +329,39 @@ def _statistical_scale(c, test, n, n_outputs, lik_name, sigma):
     return factor, words + f" (+/- {se:.2g}, the standard error of the sampling noise)", se
 
 
-#: The scales a statistical candidate reaches without a bug: mc averaged (or summed over S),
-#: shuffled averaged or summed over the K minibatches.
+#: The statistical candidates (ranking.py decides between them).
 _NATURAL = {"mc": ("1", "S"), "shuffled": ("1", "K")}
 
 
-def _statistical_winner(candidates, tests, n, n_outputs, lik_name, sigma):
-    """The accepted statistical candidate (mc, shuffled) to report, and the other accepted ones.
+def _statistical_scores(t_entries, grad_entries, one, mc_test, shuffled, tol, rng) -> dict:
+    """{name: score (ranking.simulated_scores)} when mc and shuffled both pass, on the same tested entries (diag)."""
+    if one is None or mc_test is None or shuffled is None or not (mc_test.accepted and shuffled.accepted):
+        return {}
+    roundoff = tol * float(np.linalg.norm(t_entries)) / math.sqrt(max(1, t_entries.size))
+    return simulated_scores(t_entries, grad_entries, roundoff, (one.mc_mean, one.mc_draws, mc_test.implied_samples),
+                            (shuffled.batch_size, shuffled.scale, bool(shuffled.drop_last)), rng)
 
-    Both can be consistent with THEIRS when the net is confident (rare labels' huge gradients
-    make both noise models wide). Occam's rule then: the one whose scale is a plain convention
-    (_NATURAL: no extra bug needed) first, then the better fit of its expectation.
+
+def _statistical_winner(candidates, tests, scores):
+    """(the accepted statistical candidate to report or None, the other accepted ones, 'cannot tell' or '').
+
+    One passing its own test is the answer; when mc and shuffled both pass, ranking.rank decides by
+    the scores (ranking eq 1), and a margin below ranking.MARGIN is "cannot tell". A shuffled reading
+    whose c and B are confounded (not identified, or a full THEIRS judged on its diagonal) takes part
+    in the comparison but is never the verdict: when it wins, the answer is 'none' with row order as
+    the first cause.
     """
     accepted = [c for c in candidates if c.estimator in _NATURAL and c.fits]
-    natural = {c.estimator for c in accepted
-               if (f := _statistical_scale(c, tests[c.estimator], n, n_outputs, lik_name, sigma)[0]) is not None
-               and f.expression in _NATURAL[c.estimator]}
-    sh = next((c for c in accepted if c.estimator == "shuffled"), None)
-    if sh is not None and not tests["shuffled"].identified:
-        # B and c confounded (or a full THEIRS judged on its diagonal): a cause to name, not a
-        # verdict; and an mc that needs a scale bug is no better an explanation than such a
-        # shuffled loader that needs none and fits its expectation about as well (within 10%)
-        accepted = [c for c in accepted if c.estimator != "shuffled"
-                    and ("shuffled" not in natural or c.estimator in natural or sh.rel_error > 1.1 * c.rel_error)]
+    if len(accepted) == 2 and scores:
+        name, _ = rank({c.estimator: scores[c.estimator] for c in accepted})
+        if name is None:
+            return None, accepted, "cannot tell"
+        accepted.sort(key=lambda c: c.estimator != name)
+    if accepted and accepted[0].estimator == "shuffled" and not tests["shuffled"].identified:
+        return None, accepted[1:], ""
     if not accepted:
-        return None, []
-
-    def key(c):
-        factor = _statistical_scale(c, tests[c.estimator], n, n_outputs, lik_name, sigma)[0]
-        return (factor is None or factor.expression not in _NATURAL[c.estimator], c.rel_error)
-
-    accepted.sort(key=key)
-    return accepted[0], accepted[1:]
+        return None, [], ""
+    return accepted[0], accepted[1:], ""
 
 
 def _n_batches(c, n: int, loader) -> int | None:
@@ -371,8 +374,13 @@ def _n_batches(c, n: int, loader) -> int | None:
     return m // c.batch_size if c.variant == "dropped" else -(-m // c.batch_size)
 
 
+def _margin(scores: dict) -> float | None:
+    values = sorted(scores.values(), reverse=True)
+    return values[0] - values[1] if len(values) >= 2 else None
+
+
 def _verdict(candidates, matrices, mc_test, shuffled, n, p, structure, precision, tol, model, lik,
-             not_tried, screened, loader) -> Diagnosis:
+             not_tried, screened, loader, scores) -> Diagnosis:
     """The winner (best deterministic fit, else the best accepted statistical one, else 'none')."""
     c_out = model.n_outputs
     sigma = float(getattr(lik, "sigma", 1.0))
@@ -381,15 +389,21 @@ def _verdict(candidates, matrices, mc_test, shuffled, n, p, structure, precision
     deterministic = [c for c in candidates if c.fits and c.estimator not in _NATURAL]
     tests = {"mc": mc_test, "shuffled": shuffled}
     also = []
+    undecided = ""
     if deterministic:
         winner = deterministic[0]
     else:
-        winner, also = _statistical_winner(candidates, tests, n, c_out, lik.name, sigma)
+        winner, also, undecided = _statistical_winner(candidates, tests, scores)
+    common.update(statistical_scores=scores, score_margin=_margin(scores))
+    if undecided:
+        best = max(also, key=lambda c: scores[c.estimator])
+        return Diagnosis("cannot tell", best.scale, best.rel_error, None, None, candidates,
+                         scale_words=f"x {best.scale:.6g} (the fitted c of {best.label})", closest=best,
+                         also_consistent=[c.label for c in also], **common)
     if winner is None:
         best = candidates[0]
-        factors = scale_factors(n, best.batch_size, c_out, lik.name, sigma, _n_batches(best, n, loader))
-        factor, words = match_scale(best.scale, factors, rtol=10 * tol)
-        return Diagnosis("none", best.scale, best.rel_error, None, None, candidates, scale_words=words,
+        return Diagnosis("none", best.scale, best.rel_error, None, None, candidates,
+                         scale_words=f"x {best.scale:.12g} (the fitted c of the closest, {best.label})",
                          scale_factor=None, closest=best, causes=_causes(candidates, shuffled, not_tried), **common)
     if winner.estimator in _NATURAL:
         factor, words, _ = _statistical_scale(winner, tests[winner.estimator], n, c_out, lik.name, sigma)

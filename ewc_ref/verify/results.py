@@ -32,7 +32,8 @@ class Candidate:
 
     @property
     def drop_last(self) -> bool | None:
-        if self.estimator not in ("batched", "shuffled") or self.variant.startswith("recorded"):
+        if self.estimator not in ("batched", "shuffled") or self.variant.startswith("recorded") \
+                or self.variant == "kept or dropped":
             return None
         return self.variant == "dropped"
 
@@ -50,7 +51,8 @@ class Candidate:
         if self.estimator == "mc" and self.samples is not None:
             return f"mc, S = {self.samples}"
         if self.estimator == "shuffled" and self.batch_size is not None:
-            return f"shuffled, B ~ {self.batch_size}" + (", drop_last" if self.variant == "dropped" else "")
+            return f"shuffled, B ~ {self.batch_size}" + {"dropped": ", drop_last", "kept or dropped": ", drop_last or not"}.get(
+                self.variant, "")
         return self.estimator
 
     def to_json(self) -> dict:
@@ -116,6 +118,8 @@ class Diagnosis:
     causes: list = field(default_factory=list)  # likely causes of a 'none', most likely first
     also_consistent: list = field(default_factory=list)  # other accepted statistical candidates
     variant: str = ""  # the winner's Candidate.variant (batched: drop_last, per-batch sum, recorded batches)
+    statistical_scores: dict = field(default_factory=dict)  # {mc | shuffled: ranking eq 1} when both passed
+    score_margin: float | None = None  # best score - second (ranking.MARGIN decides)
 
     def to_json(self) -> dict:
         """The object of docs/file-format.md (`diagnose --json`), plus explanatory extras."""
@@ -136,6 +140,8 @@ class Diagnosis:
             "batch_sizes_screened": None if self.batch_sizes_screened is None else list(self.batch_sizes_screened),
             "causes": list(self.causes),
             "also_consistent": list(self.also_consistent),
+            "statistical_scores": {k: (v if math.isfinite(v) else None) for k, v in self.statistical_scores.items()},
+            "score_margin": self.score_margin,
             "drop_last": None if self.winner is None else self.winner.drop_last,
             "batch_reduction": None if self.winner is None else self.winner.batch_reduction,
         }
@@ -146,7 +152,12 @@ class Diagnosis:
                                       if self.kfac_bias else "")
         lines = [f"{theirs_name}: {structure}, P = {self.n_params}; N = {self.n} examples; "
                  f"precision {self.precision} (round-off threshold {self.tol:g})", ""]
-        if self.estimator == "none":
+        if self.estimator == "cannot tell":
+            scores = ", ".join(f"{name} {value:.4g}" for name, value in self.statistical_scores.items())
+            lines.append(f"verdict     cannot tell apart: {' and '.join(self.also_consistent)} both pass their own tests, "
+                         f"and their log-likelihood scores ({scores}) differ by {self.score_margin:.3g} < the margin 3")
+            lines.append("            more rows, more samples or the loader's recorded order would tell them apart")
+        elif self.estimator == "none":
             best = self.closest
             lines.append("verdict     none: no estimator matches THEIRS within round-off, and no statistical one (mc, shuffled) settles it")
             lines.append(f"closest     {best.label}: THEIRS ~= {best.scale:.12g} x F, relative error {best.rel_error:.3g} "
@@ -179,9 +190,13 @@ class Diagnosis:
                 names = ", ".join(f"{item['estimator']} ({item['flag']})" for item in self.not_tried)
                 lines.append(f"caution     a statistical verdict; a candidate not tried may fit THEIRS exactly: {names} "
                              "(a tanh/MSE Hessian diagonal passes the mc test)")
+            if self.statistical_scores:
+                scores = ", ".join(f"{name} {value:.4g}" for name, value in self.statistical_scores.items())
+                lines.append(f"scores      log-likelihood of THEIRS's tested entries under each noise model ({scores}); "
+                             f"margin {self.score_margin:.3g} >= 3")
             if self.also_consistent:
-                lines.append(f"also        {', '.join(self.also_consistent)} is consistent with THEIRS too (the reported "
-                             "one needs no scale bug or fits better); more rows or samples would tell them apart")
+                lines.append(f"also        {', '.join(self.also_consistent)} is consistent with THEIRS too (its own test passes; "
+                             "the reported one scores better by the margin above)")
             if self.equivalent:
                 lines.append(f"same here   {', '.join(c.label for c in self.equivalent)} (equal matrices on these weights and data)")
             if self.runner_up is not None:

@@ -67,21 +67,42 @@ SHUFFLE_BOOTSTRAP = 32
 #: (B = 8..48, both nets of tests/fixtures/libraries) 0.01..0.7. A genuine one is rejected with
 #: probability <= 3e-3 where the normal fits hold.
 SHUFFLED_ALPHA = 1e-3
-#: Readings simulated at most (the likeliest first): averaged / summed, kept / dropped, and the B with
-#: a short last batch of < B/4 rows near the averaged one (``_heavy``).
-SIMULATED_READINGS = 5
+#: Readings simulated (the likeliest first by the Gaussian log-likelihood of (2)-(3)): averaged / summed,
+#: kept / dropped, the free fit, and up to two B near each with a short last batch of < B/4 rows (``_heavy``).
+SIMULATED_READINGS = 6
+#: Readings within this many log-units of the best one's synthetic likelihood share the band of B
+#: (chi2_1 99% / 2 = 3.3).
+BAND_LOG_LIKELIHOOD = 3.3
+
+
+def _split_normal(value: float, samples: np.ndarray) -> tuple[float, float]:
+    """(z, sd) of `value` under a normal fit to `samples` whose sd on value's side is the larger of the
+    sd and that side's semi-deviation (``split_normal_p``)."""
+    centre = float(samples.mean())
+    sd = float(samples.std(ddof=1))
+    side = samples[samples > centre] if value > centre else samples[samples < centre]
+    if side.size >= 3:
+        sd = max(sd, float(np.sqrt(np.mean((side - centre) ** 2))))
+    sd = max(sd, 1e-12 * max(abs(centre), 1e-300))
+    return (value - centre) / sd, sd
+
+
+def synthetic_log_likelihood(observed: np.ndarray, simulated: np.ndarray) -> float:
+    """sum_j log pdf of observed[j] under the split-normal fit to simulated[:, j] (a synthetic likelihood,
+    Wood 2010, with independent coordinates): comparable across readings because `observed` is the
+    same reading-free summary (a, log b, log q of the free fit) for all of them."""
+    total = 0.0
+    for j in range(observed.size):
+        z, sd = _split_normal(float(observed[j]), simulated[:, j])
+        total += -0.5 * z * z - math.log(sd) - 0.5 * math.log(2 * math.pi)
+    return total
 
 
 def split_normal_p(value: float, samples: np.ndarray) -> float:
     """Two-sided p-value of `value` under a normal fit to `samples` whose sd on value's side is the larger
     of the sd and that side's semi-deviation: a skewed null (a few-row batch's heavy tail) is not
     mistaken for a misfit on its long side."""
-    centre = float(samples.mean())
-    sd = float(samples.std(ddof=1))
-    side = samples[samples > centre] if value > centre else samples[samples < centre]
-    if side.size >= 3:
-        sd = max(sd, float(np.sqrt(np.mean((side - centre) ** 2))))
-    return float(2 * norm.sf(abs(value - centre) / max(sd, 1e-12)))
+    return float(2 * norm.sf(abs(_split_normal(value, samples)[0])))
 
 
 @dataclass
@@ -101,7 +122,7 @@ class ShuffledTest:
     p_noise: float = math.nan
     rel_error: float = math.nan  # ||T - c E[T]|| / ||T|| of the fitted expectation on all entries
     identified: bool = False  # the m m^T weight pins c down (sd <= c / 4): B and c are not confounded
-    drop_last: bool = False  # the reading drops the short last batch
+    drop_last: bool | None = False  # the reading drops the short last batch (None: cannot tell)
 
     def to_json(self) -> dict:
         def finite(value):
@@ -222,37 +243,83 @@ def n_batches(n: int, drop_last: bool = False) -> np.ndarray:
     return n // b if drop_last else -(-n // b)
 
 
-def _heavy(bb: int, n: int, alphas: np.ndarray, level: float) -> list[int]:
-    """Up to two B near `bb` (within x 1.5 in alpha-bar of `level`) whose short last batch has < B/4 rows:
-    such a batch dominates the noise (its mean of a few rows), so B's neighbours in alpha-bar that
-    lack it would be judged too strictly; they are tried too."""
+def _heavy(bb: int, n: int, levels: np.ndarray, target: float) -> list[int]:
+    """Up to two B near `bb` (x 1.5) whose level c alpha-bar(B) is within x 1.5 of `target` and whose
+    short last batch has < B/4 rows: such a batch dominates the noise (a mean of a few rows), so a
+    neighbour in level that lacks it would be judged too strictly; they are tried too."""
     lo, hi = max(2, int(bb / 1.5)), min(n, int(math.ceil(bb * 1.5)))
-    cand = [c for c in range(lo, hi + 1) if 0 < n % c < c / 4 and abs(math.log(alphas[c - 1] / level)) < math.log(1.5)]
-    cand.sort(key=lambda c: abs(math.log(alphas[c - 1] / level)))
-    return [c for c in cand if c != bb][:2]
+    near = [c for c in range(lo, hi + 1)
+            if c != bb and 0 < n % c < c / 4 and abs(math.log(max(levels[c - 1], 1e-300) / target)) < math.log(1.5)]
+    return sorted(near, key=lambda c: abs(math.log(max(levels[c - 1], 1e-300) / target)))[:2]
 
 
 def _hypotheses(a: float, b: float, n: int, alphas: np.ndarray, drop_last: bool = False) -> list[tuple[str, int, float]]:
-    """(reduction, B, c) pairs that explain the fitted weights: the free fit (c = a, alpha-bar = b / a),
+    """(reduction, B, c) readings that explain the fitted weights: the free fit (c = a, alpha-bar = b / a),
     and the averaged (c = 1) and summed (c = K) readings with c alpha-bar(B) = b, which are all the
-    data can tell when m m^T is negligible (a converged net: a is then not identified)."""
+    data can tell when m m^T is negligible (a converged net: a is then not identified). Each of the
+    latter is the B whose level is closest to b within x 1.5 of its equal-batch inverse (averaged:
+    alpha = b; summed: K alpha ~ N / B^2 = b), plus ``_heavy`` neighbours with a short last batch."""
     k_of = n_batches(n, drop_last)
     out = []
     if a > 0 and b / a <= 1.0 + 1e-6:
         out.append(("", implied_batch_size(a, b, n, alphas), a))
-    averaged = implied_batch_size(1.0, b, n, alphas)
-    out.append(("averaged", averaged, 1.0))
-    if not drop_last:
-        out += [("averaged", c, 1.0) for c in _heavy(averaged, n, alphas, b)]
-    # summed: K(B) alpha-bar(B) ~ N / B^2 = b, so B0 = sqrt(N / b); alpha-bar is jagged in B (the
-    # partial last batch): the best match within x 1.5 of B0
-    b0 = math.sqrt(n / b)
-    lo = min(n, max(1, int(b0 / 1.5)))
-    hi = max(lo, min(n, int(math.ceil(b0 * 1.5))))
-    level = np.log(np.maximum(k_of[lo - 1:hi] * alphas[lo - 1:hi], 1e-300))
-    bb = lo + int(np.argmin(np.abs(level - math.log(b))))
-    out.append(("summed", bb, float(k_of[bb - 1])))
+    for reduction, levels, b0 in (("averaged", alphas, equal_batch_size(b, n)),
+                                  ("summed", k_of * alphas, math.sqrt(n / b))):
+        lo = min(n, max(1, int(b0 / 1.5)))
+        hi = max(lo, min(n, int(math.ceil(b0 * 1.5))))
+        window = np.log(np.maximum(levels[lo - 1:hi], 1e-300))
+        bb = lo + int(np.argmin(np.abs(window - math.log(b))))
+        for choice in [bb] + ([] if drop_last else _heavy(bb, n, levels, b)):
+            out.append((reduction, choice, 1.0 if reduction == "averaged" else float(k_of[choice - 1])))
     return [h for h in out if k_of[h[1] - 1] >= 1]
+
+
+def _semi_sd(samples: np.ndarray, side: int) -> float:
+    """The larger of the sd and the semi-deviation of `samples` above (side = +1) or below (-1) their mean."""
+    centre, sd = float(samples.mean()), float(samples.std(ddof=1))
+    part = samples[(samples - centre) * side > 0]
+    return max(sd, float(np.sqrt(np.mean((part - centre) ** 2)))) if part.size >= 3 else sd
+
+
+def _simulate_reading(reading, a, b_observed, tables, grad_entries, theirs_entries, expect, gls, n, draws, rng) -> dict:
+    """p-value, scale se, band of B and identification of one reading against its simulated loader Fishers."""
+    log_like, reduction, bb, c, _k, dof, stat, statistic, drop = reading
+    level_b = tables[drop][0][bb - 1]
+    p = float(2 * min(chi2.sf(stat, dof), chi2.cdf(stat, dof)))
+    se, spread, identified, score = math.nan, (0.0, 0.0), False, log_like
+    if draws >= 10:
+        sims = c * simulate(grad_entries, bb, draws, rng, drop_last=drop)
+        log_stat = np.log([max(statistic(t), 1e-300) for t in sims])
+        p = max(p, split_normal_p(math.log(max(stat, 1e-300)), log_stat))
+        # (4): the plain squared residual against the reading's expectation, where the whitened (3)
+        # is blind: a systematic error (a Fisher at other weights) is far SMOOTHER than the
+        # noise of K batches in the high-variance directions (calibrated on the simulations only)
+        centre = c * expect @ np.array([1.0, level_b]) if reduction else sims.mean(axis=0)
+        log_e = np.log(np.maximum(((sims - centre) ** 2).sum(axis=1), 1e-300))
+        energy = split_normal_p(math.log(max(float(((theirs_entries - centre) ** 2).sum()), 1e-300)), log_e)
+        fits = np.array([gls.fit(t) for t in sims])
+        # (5): the fitted weight of m m^T must match the reading's c (the only noise-free part of T);
+        # skewed when a short last batch of a few rows dominates the noise: a split normal
+        p = min(p, energy, split_normal_p(a, fits[:, 0]))
+        identified = float(fits[:, 0].std(ddof=1)) <= 0.25 * abs(c)
+        summary = lambda f: np.stack([f[..., 0], np.log(np.maximum(f[..., 1], 1e-300)),  # noqa: E731
+                                      np.log(np.maximum(f[..., 2], 1e-300))], axis=-1)
+        score = synthetic_log_likelihood(summary(np.array(gls.fit(theirs_entries))), summary(fits))
+        se = float(np.std(fits[:, 0] if not reduction else fits[:, 1] / level_b, ddof=1))
+        log_b = np.log(np.maximum(fits[:, 1], 1e-300))
+        # 99% of log b: 2.58 split-normal deviations on each side (a few-row last batch skews it up)
+        spread = (2.58 * _semi_sd(log_b, -1), 2.58 * _semi_sd(log_b, +1))
+    # the band: the B whose level c alpha-bar(B) puts the observed b inside its simulated 99% range,
+    # mapped through the equal-batch relation (averaged or free: level = alpha(B); summed: ~ N / B^2)
+    b_obs = max(b_observed, 1e-300)
+    low_level, high_level = b_obs * math.exp(-spread[1]), b_obs * math.exp(spread[0])
+    if reduction == "summed":
+        low, high = bb * math.sqrt(level_b * c / high_level), bb * math.sqrt(level_b * c / low_level)
+    else:
+        low, high = equal_batch_size(high_level / c, n), equal_batch_size(low_level / c, n)
+    band = (max(1, min(int(math.floor(low)), bb)), min(n, max(int(math.ceil(high)), bb)))
+    return {"p": p, "reduction": reduction, "bb": bb, "c": c, "drop": drop, "stat": stat, "dof": dof, "se": se,
+            "identified": identified, "band": band, "score": score}
 
 
 def judge_shuffled(theirs_entries: np.ndarray, grad_entries: np.ndarray, roundoff: float,
@@ -303,59 +370,50 @@ def judge_shuffled(theirs_entries: np.ndarray, grad_entries: np.ndarray, roundof
     if not readings:
         return ShuffledTest(False, "not a shuffled-loader Fisher: every reading implies a single batch", entries=gls.m)
     readings.sort(key=lambda r: (not r[1], -r[0]))  # averaged / summed before the free fit (a scale bug)
-    best = None
-    for log_like, reduction, bb, c, _k, dof, stat, statistic, drop in readings[:SIMULATED_READINGS]:
-        level_b = tables[drop][0][bb - 1]
-        p = float(2 * min(chi2.sf(stat, dof), chi2.cdf(stat, dof)))
-        se, spread = math.nan, 0.0
-        identified = False
-        if draws >= 10:
-            sims = c * simulate(grad_entries, bb, draws, rng, drop_last=drop)
-            log_stat = np.log([max(statistic(t), 1e-300) for t in sims])
-            p = max(p, split_normal_p(math.log(max(stat, 1e-300)), log_stat))
-            # (4): the plain squared residual against the reading's expectation, where the whitened (3)
-            # is blind: a systematic error (a Fisher at other weights) is far SMOOTHER than the
-            # noise of K batches in the high-variance directions (calibrated on the simulations only)
-            centre = c * expect @ np.array([1.0, level_b]) if reduction else sims.mean(axis=0)
-            log_e = np.log(np.maximum(((sims - centre) ** 2).sum(axis=1), 1e-300))
-            energy = split_normal_p(math.log(max(float(((theirs_entries - centre) ** 2).sum()), 1e-300)), log_e)
-            fits = np.array([gls.fit(t)[:2] for t in sims])
-            # (5): the fitted weight of m m^T must match the reading's c (the only noise-free part of T);
-            # skewed when a short last batch of a few rows dominates the noise: a split normal
-            p_mean = split_normal_p(a, fits[:, 0])
-            p = min(p, energy, p_mean)
-            a_sd = max(float(fits[:, 0].std(ddof=1)), 1e-300)
-            identified = a_sd <= 0.25 * abs(c)
-            se = float(np.std(fits[:, 0] if not reduction else fits[:, 1] / level_b, ddof=1))
-            spread = 2.58 * np.log(np.maximum(fits[:, 1], 1e-300)).std(ddof=1)
-        if best is None or p > best[1]:
-            best = (log_like, p, reduction, bb, c, stat, dof, se, spread, identified, drop)
-        if p >= SHUFFLED_ALPHA:
-            break
-    _, p_noise, reduction, b_int, c, stat, dof, scale_se, spread, identified, drop = best
-    # interval: the simulated band of log b, mapped to B through the equal-batch relation
-    # (averaged or free: b / c = alpha(B); summed: b ~ N / B^2 up to (N - B)/(N - 1)), B inside it
-    alpha_hat = tables[drop][0][b_int - 1]
-    if reduction == "summed":
-        low, high = b_int * math.exp(-spread / 2), b_int * math.exp(spread / 2)
-    else:
-        low, high = equal_batch_size(alpha_hat * math.exp(spread), n), equal_batch_size(alpha_hat * math.exp(-spread), n)
-    low, high = max(1, min(int(math.floor(low)), b_int)), min(n, max(int(math.ceil(high)), b_int))
+    judged = [_simulate_reading(reading, a, b, tables, grad_entries, theirs_entries, expect, gls, n, draws, rng)
+              for reading in readings[:SIMULATED_READINGS]]
+    # the most likely passing reading by the synthetic likelihood of the free fit's (a, log b, log q); the
+    # free reading (a scale bug) pays log M for its extra parameter (BIC)
+    for j in judged:
+        j["score"] -= 0.0 if j["reduction"] else math.log(gls.m)
+    passing = sorted((j for j in judged if j["p"] >= SHUFFLED_ALPHA), key=lambda j: (not j["reduction"], -j["score"]))
+    best = passing[0] if passing else max(judged, key=lambda j: j["p"])
+    reduction, b_int, c, drop = best["reduction"], best["bb"], best["c"], best["drop"]
+    p_noise, stat, dof, scale_se, identified = best["p"], best["stat"], best["dof"], best["se"], best["identified"]
+    # the 99% band of B: the union of the bands of every passing reading with the same reduction (a
+    # short last batch makes the noise jagged in B, so a neighbour may explain THEIRS as well); drop_last
+    # is told only when every such reading agrees on it
+    family = [j for j in passing if j["reduction"] == reduction and j["score"] >= best["score"] - BAND_LOG_LIKELIHOOD] \
+        or [best]
+    low, high = min(j["band"][0] for j in family), max(j["band"][1] for j in family)
+    drops = {j["drop"] for j in family}
+    drop = drop if len(drops) == 1 else None
+    # c and B are confounded when m m^T is negligible (summed at B looks like averaged at a smaller B).
+    # Identified when the m m^T weight a of simulated loaders WITHOUT the short last batch (whose few
+    # rows add noise along m m^T too, which is not confounding) has sd <= c / 4, or when no reading of
+    # another reduction (averaged / summed / free) passes within BAND_LOG_LIKELIHOOD of the best one
+    if draws >= 10 and not best["drop"] and n % b_int and n // b_int >= 2:
+        sims = c * simulate(grad_entries, b_int, draws, rng, drop_last=True)
+        identified = float(np.std([gls.fit(t)[0] for t in sims], ddof=1)) <= 0.25 * abs(c)
+    rivals = [j for j in passing if j["reduction"] != reduction and j["score"] >= best["score"] - BAND_LOG_LIKELIHOOD]
+    if draws >= 10 and passing and not rivals:
+        identified = True
     test = ShuffledTest(False, "", float(b_int), b_int, (float(low), float(high)), c, scale_se, entries=gls.m,
                         chi2=stat, p_noise=p_noise, drop_last=drop)
+    k = int(tables[bool(best["drop"])][1][b_int - 1])
     if p_noise < SHUFFLED_ALPHA:
         test.reason = (f"not shaped like a shuffled loader's noise: chi2 = {stat:.4g} over {dof} directions at the "
                        f"implied B = {b_int} (p = {p_noise:.2g})")
         return test
     if not reduction:
         band = 2 * scale_se if math.isfinite(scale_se) else 0.1 * c
-        k = int(tables[drop][1][b_int - 1])
         reduction = next((name for name, value in (("averaged", 1.0), ("summed", float(k)))
                           if abs(c - value) <= max(band, 1e-9 * value)), "")
     test.reduction = reduction
     test.identified = identified
     test.accepted = True
-    test.reason = (f"consistent with a shuffled loader{', drop_last' if drop else ''}: B = {b_int} (99% {low}..{high}), "
+    last = {True: ", drop_last", False: ", the short last batch kept", None: ", drop_last or not (cannot tell)"}
+    test.reason = (f"consistent with a shuffled loader{last[drop] if n % b_int else ''}: B = {b_int} (99% {low}..{high}), "
                    f"chi2 = {stat:.4g} over "
                    f"{dof} directions (p = {p_noise:.2g})")
     return test
