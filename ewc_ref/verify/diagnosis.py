@@ -78,6 +78,7 @@ from ..model.loss import check_model_data
 from ..model.mlp import MLP
 from ..progress import Progress
 from . import kfac
+from .causes import likely_causes
 from .loader import minibatch_matrices
 from .one_pass import PASS_ESTIMATORS, diag_pass
 from .ranking import rank, simulated_scores
@@ -404,7 +405,7 @@ def _verdict(candidates, matrices, mc_test, shuffled, n, p, structure, precision
         best = candidates[0]
         return Diagnosis("none", best.scale, best.rel_error, None, None, candidates,
                          scale_words=f"x {best.scale:.12g} (the fitted c of the closest, {best.label})",
-                         scale_factor=None, closest=best, causes=_causes(candidates, shuffled, not_tried), **common)
+                         scale_factor=None, closest=best, causes=likely_causes(candidates, shuffled, not_tried), **common)
     if winner.estimator in _NATURAL:
         factor, words, _ = _statistical_scale(winner, tests[winner.estimator], n, c_out, lik.name, sigma)
         # mc's expectation is exact: neither exact nor a candidate equal to it (a ReLU net's hessian) is a runner-up
@@ -428,29 +429,6 @@ def _verdict(candidates, matrices, mc_test, shuffled, n, p, structure, precision
 def _samples_factor(samples) -> ScaleFactor:
     s = samples or 1
     return ScaleFactor(float(s), "S", f"x S = {s}: the S sampled squared gradients summed, not averaged")
-
-
-def _causes(candidates, shuffled: ShuffledTest, not_tried) -> list[str]:
-    """Likely causes of a 'none', most likely first (row order first when a shuffled loader fits best)."""
-    causes = []
-    others = [c for c in candidates if c.estimator != "shuffled"]
-    plausible = shuffled.accepted or (math.isfinite(shuffled.implied_batch_size) and shuffled.implied_batch_size > 1
-                                      and (not others or shuffled.rel_error < min(c.rel_error for c in others)))
-    low, high = shuffled.batch_size_interval
-    how = f", batches {shuffled.reduction}" if shuffled.reduction else ""
-    row_order = (f"rows in another order than DATA: a shuffled loader with B ~ {shuffled.implied_batch_size:.0f} "
-                 f"(99% {low:.0f}..{high:.0f}{how}) is consistent with THEIRS; record the order the loader yielded "
-                 "its rows and batched finds it exactly: iterate ewc_ref.recorder.Recorder(loader) in the Fisher loop and "
-                 "rec.save('data.npz'), or er.save_data(path, x, y, order=indices, batches=sizes)")
-    if plausible:
-        causes.append(row_order)
-    causes += ["a Fisher at other weights (saved before or after an optimizer step, or of another task)",
-               "another loss or likelihood than MODEL's (label smoothing, class weights, another sigma, a regulariser)",
-               "clipped or capped values, mixed labels, or half-precision arithmetic"]
-    if not plausible:
-        causes.append("rows in another order than DATA (a shuffled loader) with batches too small or too few to tell")
-    causes += [f"a candidate not tried: {item['estimator']} ({item['flag']})" for item in not_tried]
-    return causes
 
 
 def _equivalent_and_runner_up(winner, candidates, matrices, tol):
