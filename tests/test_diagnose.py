@@ -219,7 +219,7 @@ def test_scale_words_name_the_bug():
     G = grads(model, lik, x, y)
     words = {
         "x N = 480: the 1/N average is missing": (G**2).sum(0),
-        "/ N = 480: divided by N twice": (G**2).mean(0) / N,
+        "x 1/N = 0.00208333 (N = 480): each per-example gradient of the MEAN loss squared": (G**2).mean(0) / N,
         "x N/(N-1) = 480/479": (G**2).sum(0) / (N - 1),
         "x B^2 = 32^2: the gradient of the minibatch SUM": batched_diag(G, 32, "sum"),
     }

@@ -83,7 +83,7 @@ from .loader import minibatch_matrices
 from .one_pass import PASS_ESTIMATORS, diag_pass
 from .ranking import rank, simulated_scores
 from .results import Candidate, Diagnosis, MCTest
-from .scale import ScaleFactor, fit_scale, match_scale, roundoff_tolerance, scale_factors
+from .scale import fit_scale, match_scale, roundoff_tolerance, scale_factors
 from .shuffled import ShuffledTest, judge_shuffled
 from .statistics import MC_BOOTSTRAP, entry_moments, judge_mc, sample_entries
 
@@ -323,9 +323,7 @@ def _not_tried(hessian: bool, screened, batch_sizes, n: int, p: int) -> list[dic
 def _statistical_scale(c, test, n, n_outputs, lik_name, sigma):
     """(factor or None, words, se) of a statistical candidate: the simplest factor in its 2-se band."""
     se = test.scale_se if math.isfinite(test.scale_se) else 0.1 * abs(c.scale)
-    factors = scale_factors(n, c.batch_size, n_outputs, lik_name, sigma)
-    if c.estimator == "mc":
-        factors.append(_samples_factor(c.samples))
+    factors = scale_factors(n, c.batch_size, n_outputs, lik_name, sigma, samples=c.samples if c.estimator == "mc" else None)
     factor, words = match_scale(c.scale, factors, rtol=2 * se / max(abs(c.scale), 1e-300), simplest_first=True)
     return factor, words + f" (+/- {se:.2g}, the standard error of the sampling noise)", se
 
@@ -424,11 +422,6 @@ def _verdict(candidates, matrices, mc_test, shuffled, n, p, structure, precision
                      scale_factor=None if factor is None else factor.expression, runner_up=runner_up,
                      margin=margin, equivalent=equivalent, also_consistent=[c.label for c in also],
                      variant=winner.variant, **common)
-
-
-def _samples_factor(samples) -> ScaleFactor:
-    s = samples or 1
-    return ScaleFactor(float(s), "S", f"x S = {s}: the S sampled squared gradients summed, not averaged")
 
 
 def _equivalent_and_runner_up(winner, candidates, matrices, tol):
