@@ -221,7 +221,7 @@ def test_scale_words_name_the_bug():
         "x N = 480: the 1/N average is missing": (G**2).sum(0),
         "x 1/N = 0.00208333 (N = 480): each per-example gradient of the MEAN loss squared": (G**2).mean(0) / N,
         "x N/(N-1) = 480/479": (G**2).sum(0) / (N - 1),
-        "x B^2 = 32^2: the gradient of the minibatch SUM": batched_diag(G, 32, "sum"),
+        "x B^2 = 1024 (B^2 = 32^2): the gradient of the minibatch SUM": batched_diag(G, 32, "sum"),
     }
     for phrase, theirs in words.items():
         assert phrase in diagnose(model, lik, x, y, theirs).scale_words

@@ -78,7 +78,7 @@ from ..model.loss import check_model_data
 from ..model.mlp import MLP
 from ..progress import Progress
 from . import kfac
-from .causes import likely_causes
+from .causes import likely_causes, tested_causes
 from .loader import minibatch_matrices
 from .one_pass import PASS_ESTIMATORS, diag_pass
 from .ranking import rank, simulated_scores
@@ -197,7 +197,7 @@ def diagnose(model: MLP, lik: Likelihood, x, y, theirs, batch_sizes=None, tol: f
     not_tried = _not_tried(hessian, screened, batch_sizes, n, p)
     scores = _statistical_scores(t_diag[cols], grad_entries, one, mc_test, shuffled, tol, rng)
     return _verdict(candidates, matrices, mc_test, shuffled, n, p, structure, precision, tol, model, lik,
-                    not_tried, screened, loader, scores)
+                    not_tried, screened, loader, scores, (x, y, t_diag))
 
 
 def _rank(name: str) -> int:
@@ -379,7 +379,7 @@ def _margin(scores: dict) -> float | None:
 
 
 def _verdict(candidates, matrices, mc_test, shuffled, n, p, structure, precision, tol, model, lik,
-             not_tried, screened, loader, scores) -> Diagnosis:
+             not_tried, screened, loader, scores, data) -> Diagnosis:
     """The winner (best deterministic fit, else the best accepted statistical one, else 'none')."""
     c_out = model.n_outputs
     sigma = float(getattr(lik, "sigma", 1.0))
@@ -388,11 +388,13 @@ def _verdict(candidates, matrices, mc_test, shuffled, n, p, structure, precision
     deterministic = [c for c in candidates if c.fits and c.estimator not in _NATURAL]
     tests = {"mc": mc_test, "shuffled": shuffled}
     also = []
-    undecided = ""
+    undecided, tested = "", []
     if deterministic:
         winner = deterministic[0]
-    else:
-        winner, also, undecided = _statistical_winner(candidates, tests, scores)
+    else:  # a tested cause within round-off (c F + alpha, a KFAC diagonal) stops a statistical verdict
+        tested = tested_causes(model, lik, *data, matrices, candidates[0], tol)
+        exact_cause = any(rel <= 10 * tol for rel, _ in tested)
+        winner, also, undecided = (None, [], "") if exact_cause else _statistical_winner(candidates, tests, scores)
     common.update(statistical_scores=scores, score_margin=_margin(scores))
     if undecided:
         best = max(also, key=lambda c: scores[c.estimator])
@@ -403,7 +405,7 @@ def _verdict(candidates, matrices, mc_test, shuffled, n, p, structure, precision
         best = candidates[0]
         return Diagnosis("none", best.scale, best.rel_error, None, None, candidates,
                          scale_words=f"x {best.scale:.12g} (the fitted c of the closest, {best.label})",
-                         scale_factor=None, closest=best, causes=likely_causes(candidates, shuffled, not_tried), **common)
+                         scale_factor=None, closest=best, causes=likely_causes(candidates, shuffled, not_tried, tested, tol), **common)
     if winner.estimator in _NATURAL:
         factor, words, _ = _statistical_scale(winner, tests[winner.estimator], n, c_out, lik.name, sigma)
         # mc's expectation is exact: neither exact nor a candidate equal to it (a ReLU net's hessian) is a runner-up
