@@ -234,7 +234,7 @@ def digits():
 def test_shuffled_dataloader_on_the_digits_is_named_with_b_and_its_band(digits, drop_last, aggregation, named, covered):
     """DataLoader(batch_size=64, shuffle=True) over N = 1,797 (K = 29, a short last batch of 5 rows; or
     drop_last), CrossEntropyLoss(mean) per batch, squared and averaged or summed: 20 seeds. Measured
-    (issue 28): named 'shuffled' 19/20, 20/20, 20/20 with B = 64 inside the 99% band in 18/20, 20/20,
+    (issue 28): named 'shuffled' 19/20, 19/20, 20/20 with B = 64 inside the 99% band in 18/20, 19/20,
     20/20; on main 10/20, 12/20, 20/20 (bands 10, 11, 19). The issue asks 95% for the first: the band
     misses 64 in 2 of 20 draws whose 5-row batch held a misclassified example (b 2.3-2.6x its mean),
     which an averaged reading of a smaller B explains better."""
