@@ -250,3 +250,24 @@ def test_shuffled_dataloader_on_the_digits_is_named_with_b_and_its_band(digits, 
             got_covered += low <= 64 <= high
             assert result.shuffled.reduction == ("averaged" if aggregation == "mean" else "summed")
     assert got_named >= named and got_covered >= covered, (got_named, got_covered)
+
+
+# ------------------------------------------------------------------ progress (issue 28 item 6)
+def test_diagnose_and_laplace_count_rows_on_stderr_labelled_by_the_command(tmp_path, capsys):
+    """diagnose counts the rows of its one pass ('diagnose: N/N'), laplace the rows of its curvature
+    ('laplace: exact diag: N/N'), not 'fisher'; --quiet silences both."""
+    model, lik, x, y = PROBLEM
+    theirs, _ = loader_fisher(GRADS, 32)
+    er.save_model(tmp_path / "m.npz", model, lik)
+    er.save_data(tmp_path / "d.npz", x, y)
+    np.savez(tmp_path / "t.npz", flat=theirs)
+    args = [str(tmp_path / "m.npz"), str(tmp_path / "d.npz")]
+    assert main(["diagnose", *args, str(tmp_path / "t.npz")]) == 0
+    err = capsys.readouterr().err
+    assert "diagnose: 300/300 (100%)" in err and "fisher" not in err
+    assert main(["laplace", *args, "--prior-precision", "1"]) == 0
+    err = capsys.readouterr().err
+    assert "laplace: exact diag: 300/300 (100%)" in err and "fisher" not in err
+    assert main(["diagnose", *args, str(tmp_path / "t.npz"), "--quiet"]) == 0
+    assert main(["laplace", *args, "--prior-precision", "1", "--quiet"]) == 0
+    assert capsys.readouterr().err == ""

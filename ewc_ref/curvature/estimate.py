@@ -130,10 +130,11 @@ def fisher(model: MLP, lik: Likelihood, x, y, estimator: str = "empirical", stru
 
 def fisher_unchecked(model: MLP, lik: Likelihood, x, y, estimator: str = "empirical", structure: str = "diag",
                      samples: int | None = None, batch_size: int | None = None, rng=None,
-                     chunk_size: int | None = None, progress: bool = False,
+                     chunk_size: int | None = None, progress: bool | str = False,
                      kfac_bias: str | None = None) -> Curvature:
     """``fisher`` on (x, y) already validated by check_model_data (diagnose, the Laplace code):
-    the options are still checked (cheap), the rows are not checked again."""
+    the options are still checked (cheap), the rows are not checked again. `progress` may be the
+    label of the command that asked (a rows-done counter labelled 'laplace', not 'fisher')."""
     accumulator = FisherAccumulator(model, lik, estimator, structure, samples, batch_size, rng,
                                     kfac_bias=kfac_bias)
     estimator, structure = accumulator.estimator, accumulator.structure
@@ -146,7 +147,9 @@ def fisher_unchecked(model: MLP, lik: Likelihood, x, y, estimator: str = "empiri
     else:
         chunk_size = check_positive_int(chunk_size, "chunk_size")
     check_chunk_memory(model, estimator, structure, accumulator.samples, min(chunk_size, n))
-    meter = Progress(n, f"fisher {estimator}/{structure}", enabled=progress)
+    # progress: True (labelled by the estimator) or the label of the command that asked (e.g. 'laplace')
+    label = progress if isinstance(progress, str) else f"fisher {estimator}/{structure}"
+    meter = Progress(n, label, enabled=bool(progress))
     for begin in range(0, n, chunk_size):
         accumulator._update(x[begin : begin + chunk_size], y[begin : begin + chunk_size])
         meter.update(min(chunk_size, n - begin))

@@ -140,14 +140,16 @@ def diagnose(model: MLP, lik: Likelihood, x, y, theirs, batch_sizes=None, tol: f
     if hessian is None:
         hessian = p * n <= budget.HESSIAN_LIMIT or (structure == "diag" and diag_hessian.is_cheap(model, lik))
     rng = np.random.default_rng(rng)
-    log = Progress(1, "diagnose", enabled=progress)
+    log = Progress(n, "diagnose", enabled=progress)  # rows of the one pass done (its counter), stages as lines
     t_diag = t if structure == "diag" else np.diag(t).copy()
     cols = _screen_entries(t_diag, rng)
     if structure == "diag":  # everything from one pass over the rows (one_pass.py)
         i_idx, j_idx = cols, cols  # the mc test on the screen's entries: one set for the scores of ranking.py
         log.stage(f"one pass over the rows: {', '.join(PASS_ESTIMATORS)}, the mean gradient, per-example gradients "
                   f"on {cols.size} entries, mc moments on {i_idx.size}")
-        one = diag_pass(model, lik, x, y, cols, i_idx, MC_BOOTSTRAP, rng)
+        one = diag_pass(model, lik, x, y, cols, i_idx, MC_BOOTSTRAP, rng, meter=log)
+        if progress:
+            log.close()
         grad_entries, mean_gradient = one.grad_entries, one.mean_gradient
         mc_moments = (i_idx, j_idx, one.mc_mean, one.mc_cov, one.mc_draws)
         matrices = {(name, None, ""): one.matrices[name] for name in PASS_ESTIMATORS}
@@ -254,7 +256,8 @@ def _candidate_matrices(model, lik, x, y, structure, hessian, log) -> dict:
     for name, row in ESTIMATOR_TABLE.items():
         if row.diagnose == "fit" or (row.diagnose == "fit-small" and hessian):
             log.stage(f"computing {name} ({structure})")
-            matrices[(name, None, "")] = fisher_unchecked(model, lik, x, y, estimator=name, structure=structure).data
+            matrices[(name, None, "")] = fisher_unchecked(model, lik, x, y, estimator=name, structure=structure,
+                                                          progress=f"diagnose: {name}" if log.enabled else False).data
     return matrices
 
 

@@ -92,7 +92,7 @@ def rows_per_chunk(model: MLP, n_vectors: int, n_cols: int) -> int:
 
 
 def diag_pass(model: MLP, lik: Likelihood, x: np.ndarray, y, screen_cols: np.ndarray, mc_cols: np.ndarray,
-              bootstrap: int, rng: np.random.Generator, chunk_size: int | None = None) -> DiagPass:
+              bootstrap: int, rng: np.random.Generator, chunk_size: int | None = None, meter=None) -> DiagPass:
     """One pass over the rows: every array of DiagPass (module docstring), in float64 whatever the model's dtype.
 
     Parameters
@@ -102,6 +102,7 @@ def diag_pass(model: MLP, lik: Likelihood, x: np.ndarray, y, screen_cols: np.nda
     mc_cols : (M_mc,) sorted, unique flat indices for the mc moments (statistics eq 2)
     bootstrap : genuine one-sample mc estimates to draw on mc_cols (labels from the model, with `rng`)
     chunk_size : rows per chunk (default ``rows_per_chunk``); results do not depend on it beyond round-off
+    meter : a progress.Progress counting rows (``update`` per chunk), or None
 
     Returns
     -------
@@ -158,6 +159,8 @@ def diag_pass(model: MLP, lik: Likelihood, x: np.ndarray, y, screen_cols: np.nda
                 draws += np.einsum("nse,nse->se", g := np.matmul(r, u), g)
         mc_mean += mean
         mc_cov += cov
+        if meter is not None:
+            meter.update(rows.stop - rows.start)
     matrices = {name: total / n for name, total in zip(PASS_ESTIMATORS, sums, strict=True)}
     return DiagPass(matrices, grad_sum / n, grad_entries, mc_mean / n, mc_cov / n**2, draws / n)
 
