@@ -68,7 +68,7 @@ class MCTest:
     accepted: bool
     reason: str
     implied_samples: float = math.nan  # S_hat: exp(mean log Q1 of genuine one-sample draws) / Q1, else M / Q1
-    samples: int | None = None  # 1 when inside samples_interval, else max(1, round(S_hat))
+    samples: int | None = None  # max(1, round(S_hat)), reported with samples_interval
     entries: int = 0  # M, whitened directions tested
     chi2: float = math.nan  # Q = samples * Q1, ~ chi2_M under mc with that S
     p_noise: float = math.nan  # P(chi2_M >= Q1): THEIRS noisier than one sample per example?
