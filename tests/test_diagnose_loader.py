@@ -121,6 +121,15 @@ def test_screen_of_the_ordered_variants_fits_each_variant_exactly():
         fit = screen_ordered(GRADS, theirs, [b])[(b, variant)]
         assert fit[0] == pytest.approx(1.0, rel=1e-10) and fit[1] <= 1e-10
         assert batch_sizes_of(300, b, variant).sum() == (300 - 300 % b if drop else 300)
+    # every (B, variant) of the screen against the plain loop's matrix fitted by least squares
+    theirs, _ = loader_fisher(GRADS, 32)
+    screen = screen_ordered(GRADS, theirs, range(2, 301))
+    for (b, variant), (c, err) in screen.items():
+        f = partition_fisher_loop(GRADS, batch_sizes_of(300, b, variant), "sum" if variant == "kept, sum" else "mean")
+        c_want = float(theirs @ f / (f @ f))
+        assert c == pytest.approx(c_want, rel=1e-9), (b, variant)
+        assert err == pytest.approx(np.linalg.norm(theirs - c_want * f) / np.linalg.norm(theirs), rel=1e-7, abs=1e-12)
+    assert {v for _, v in screen} == {"", "dropped", "kept, sum"} and (300, "dropped") not in screen
 
 
 # ------------------------------------------------------------------ verdicts

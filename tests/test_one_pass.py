@@ -185,3 +185,23 @@ def test_minibatch_mean_squares_kernel_equals_the_definition(use_twin, monkeypat
     for row, b in zip(got, sizes, strict=True):
         means = [grad_entries[s:s + b].mean(axis=0) for s in range(0, n, b)]
         _close(row, np.mean(np.square(means), axis=0))
+
+
+@pytest.mark.parametrize("likelihood", ["categorical", "gaussian", "bernoulli"])
+def test_one_pass_kfac_diagonals_are_the_kfac_fishers_diagonals(likelihood):
+    """diag(G (x) A) from the one pass (verify/causes.py's KFAC cause) against ewc_ref.fisher(structure='kfac'),
+    both bias conventions (they share the diagonal)."""
+    import ewc_ref as er
+    from ewc_ref.verify.one_pass import diag_pass
+
+    rng = np.random.default_rng(0)
+    model = er.MLP.random([4, 7, 3], "tanh", rng=rng)
+    lik = er.get_likelihood(likelihood)
+    x = rng.standard_normal((50, 4))
+    y = lik.sample(model.predict(x), rng)
+    cols = np.arange(model.n_params)
+    one = diag_pass(model, lik, x, y, cols, cols, 0, rng, chunk_size=16)
+    for name in ("exact", "empirical"):
+        for bias in ("joined", "separate"):
+            want = er.fisher(model, lik, x, y, name, "kfac", kfac_bias=bias).diagonal
+            np.testing.assert_allclose(one.kfac_diagonals[name], want, rtol=1e-10, atol=1e-14 * np.abs(want).max())

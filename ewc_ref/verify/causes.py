@@ -39,14 +39,17 @@ def _intercept_fit(t: np.ndarray, f: np.ndarray) -> tuple[float, float, float]:
     return float(coef[0]), float(coef[1]), float(np.linalg.norm(t - design @ coef) / max(np.linalg.norm(t), 1e-300))
 
 
-def tested_causes(model, lik, x, y, t_diag: np.ndarray, matrices: dict, closest, tol: float) -> list[tuple[float, str]]:
-    """[(relative residual, line)] of the causes testable from the diagonal (module docstring)."""
+def tested_causes(model, lik, x, y, t_diag: np.ndarray, matrices: dict, closest, tol: float,
+                  kfac_diagonals: dict | None = None) -> list[tuple[float, str]]:
+    """[(relative residual, line)] of the causes testable from the diagonal (module docstring);
+    `kfac_diagonals` {estimator: (P,)} from the one pass (one_pass.DiagPass), else computed here."""
     out = []
     base = f"against {closest.rel_error:.3g} for the closest candidate, {closest.label}"
     for name in ("exact", "empirical"):
         # the diagonal is the same in both bias conventions: a bias entry is G_ii x A's entry of the constant
         # input 1 (joined) or bias_G_ii = G_ii (separate)
-        diag = fisher_unchecked(model, lik, x, y, estimator=name, structure="kfac", kfac_bias="joined").diagonal
+        diag = (kfac_diagonals[name] if kfac_diagonals is not None else
+                fisher_unchecked(model, lik, x, y, estimator=name, structure="kfac", kfac_bias="joined").diagonal)
         c, rel = fit_scale(t_diag, diag)
         label = "KFLR / KFAC with the exact G" if name == "exact" else "KFAC of the empirical Fisher"
         out.append((rel, f"a Kronecker-factored diagonal ({label}, either bias convention): THEIRS ~= {c:.6g} x "

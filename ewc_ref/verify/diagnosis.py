@@ -199,7 +199,7 @@ def diagnose(model: MLP, lik: Likelihood, x, y, theirs, batch_sizes=None, tol: f
     not_tried = _not_tried(hessian, screened, batch_sizes, n, p)
     scores = _statistical_scores(t_diag[cols], grad_entries, one, mc_test, shuffled, tol, rng)
     return _verdict(candidates, matrices, mc_test, shuffled, n, p, structure, precision, tol, model, lik,
-                    not_tried, screened, loader, scores, (x, y, t_diag))
+                    not_tried, screened, loader, scores, (x, y, t_diag, one and one.kfac_diagonals))
 
 
 def _rank(name: str) -> int:
@@ -395,7 +395,7 @@ def _verdict(candidates, matrices, mc_test, shuffled, n, p, structure, precision
     if deterministic:
         winner = deterministic[0]
     else:  # a tested cause within round-off (c F + alpha, a KFAC diagonal) stops a statistical verdict
-        tested = tested_causes(model, lik, *data, matrices, candidates[0], tol)
+        tested = tested_causes(model, lik, *data[:3], matrices, candidates[0], tol, data[3])
         exact_cause = any(rel <= 10 * tol for rel, _ in tested)
         winner, also, undecided = (None, [], "") if exact_cause else _statistical_winner(candidates, tests, scores)
     common.update(statistical_scores=scores, score_margin=_margin(scores))

@@ -32,7 +32,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..curvature import label_kernels
-from ..curvature.batched import batched_fisher_gemm, batched_screen
+from ..curvature.batched import SCREEN_ROWS, batched_fisher_gemm
 from ..model.likelihoods import Likelihood
 from ..model.mlp import MLP
 
@@ -133,42 +133,44 @@ def partition_fisher_loop(grads: np.ndarray, sizes: np.ndarray, reduction: str =
 def screen_ordered(grad_entries: np.ndarray, theirs_entries: np.ndarray, sizes) -> dict[tuple[int, str], tuple]:
     """{(B, variant): (c, relative error)} of THEIRS ~= c F on the screened entries, every B in `sizes`.
 
-    '' is ``batched_screen`` (the short last batch its own); with r = N mod B > 0 the
-    short last batch's squared mean L_B = (1/r sum_{last r rows} g)^2 and the full batches'
-    sum S_B = K F_B - L_B give 'dropped' = S_B / (K - 1) and 'kept, sum' = (B^2 S_B + r^2 L_B) / K.
-    Variants equal to '' up to a scale (r = 0) are not listed.
+    '' is F_B of ``batched_screen`` (the short last batch its own); with r = N mod B > 0 the short
+    last batch's squared mean L_B = (1/r sum_{last r rows} g)^2 and the full batches' sum
+    S_B = K F_B - L_B give 'dropped' = S_B / (K - 1) and 'kept, sum' = (B^2 S_B + r^2 L_B) / K.
+    Variants equal to '' up to a scale (r = 0) are not listed. The B are taken in groups of at most
+    batched.SCREEN_ROWS minibatches (``label_kernels.minibatch_mean_squares``), as ``batched_screen``
+    does; each group's F_B serves all three variants. Twin: ``partition_fisher_loop`` per (B, variant).
     """
-    n = grad_entries.shape[0]
-    sizes = [int(b) for b in sizes]
-    out = {(b, ""): fit for b, fit in batched_screen(grad_entries, theirs_entries, sizes).items()}
-    uneven = [b for b in sizes if n % b and n // b >= 1]
-    if not uneven:
-        return out
-    kept = _kept_on_entries(grad_entries, uneven)
-    suffix = np.cumsum(grad_entries[::-1], axis=0)  # suffix[r - 1] = sum of the last r rows
-    t = np.asarray(theirs_entries, np.float64)
-    for b in uneven:
-        k, r = -(-n // b), n % b
-        last = (suffix[r - 1] / r) ** 2
-        full = k * kept[b] - last
-        if k >= 2:
-            out[(b, "dropped")] = _fit(t, full / (k - 1))
-        out[(b, "kept, sum")] = _fit(t, (b * b * full + r * r * last) / k)
-    return out
-
-
-def _kept_on_entries(grad_entries: np.ndarray, sizes: list) -> dict[int, np.ndarray]:
-    """{B: F_B on the entries}, the short last batch its own (the 'kept' matrices the screen fitted)."""
     n = grad_entries.shape[0]
     prefix = np.zeros((n + 1, grad_entries.shape[1]))
     np.cumsum(grad_entries, axis=0, out=prefix[1:])
-    values = label_kernels.minibatch_mean_squares(prefix, np.asarray(sizes, dtype=np.intp), n)
-    return dict(zip(sizes, values, strict=True))
+    t = np.asarray(theirs_entries, np.float64)
+    sizes = np.asarray([int(b) for b in sizes], dtype=np.intp)
+    counts = -(-n // sizes)
+    out, first = {}, 0
+    while first < sizes.size:
+        last = first + max(1, int(np.searchsorted(np.cumsum(counts[first:]), SCREEN_ROWS, side="right")))
+        group = sizes[first:last]
+        f_b = label_kernels.minibatch_mean_squares(prefix, group, n)  # (|group|, M)
+        k, r = counts[first:last], n % group
+        short = ((prefix[n] - prefix[n - r]) / np.maximum(r, 1)[:, None]) ** 2  # (|group|, M); unused where r = 0
+        full = k[:, None] * f_b - short
+        fits = {"": _fits(t, f_b),
+                "dropped": _fits(t, full / np.maximum(k - 1, 1)[:, None]),
+                "kept, sum": _fits(t, (group[:, None] ** 2 * full + r[:, None] ** 2 * short) / k[:, None])}
+        for index, b in enumerate(group.tolist()):
+            out[(b, "")] = fits[""][index]
+            if r[index]:
+                if k[index] >= 2:
+                    out[(b, "dropped")] = fits["dropped"][index]
+                out[(b, "kept, sum")] = fits["kept, sum"][index]
+        first = last
+    return out
 
 
-def _fit(t: np.ndarray, f: np.ndarray) -> tuple[float, float]:
-    ff, tt = float(f @ f), float(t @ t)
-    if ff == 0.0 or tt == 0.0:
-        return 0.0, 1.0
-    c = float(t @ f) / ff
-    return c, float(np.linalg.norm(t - c * f) / np.sqrt(tt))
+def _fits(t: np.ndarray, f: np.ndarray) -> list[tuple[float, float]]:
+    """[(c, relative error)] of t ~= c f for each row of f : (G, M), as ``_fit`` row by row."""
+    ff = np.einsum("gm,gm->g", f, f)
+    tt = float(t @ t)
+    c = np.divide(f @ t, ff, out=np.zeros_like(ff), where=ff > 0)
+    err = np.linalg.norm(t - c[:, None] * f, axis=1) / np.sqrt(tt) if tt > 0 else np.ones_like(ff)
+    return [(float(ci), float(ei)) if fi > 0 and tt > 0 else (0.0, 1.0) for ci, ei, fi in zip(c, err, ff, strict=True)]

@@ -60,6 +60,7 @@ class DiagPass:
     mc_mean: np.ndarray  # (M_mc,) exact Fisher on mc_cols
     mc_cov: np.ndarray  # (M_mc, M_mc) covariance of a one-sample mc estimate there, statistics eq (2)
     mc_draws: np.ndarray  # (bootstrap, M_mc) genuine one-sample mc estimates there
+    kfac_diagonals: dict | None = None  # {estimator: (P,) diag(G (x) A)} of the KFAC of each PASS_ESTIMATORS row
 
 
 def draw_label_indices(weights: np.ndarray, draws: int, rng: np.random.Generator) -> np.ndarray:
@@ -107,8 +108,9 @@ def diag_pass(model: MLP, lik: Likelihood, x: np.ndarray, y, screen_cols: np.nda
     Returns
     -------
     DiagPass with means over the N rows: empirical, exact, pred diagonals (P,), m (P,), the
-    (N, M_s) per-example gradients, and on mc_cols the exact Fisher, the one-sample covariance
-    (1/N^2 sum_n Cov_n) and the (bootstrap, M_mc) draws.
+    (N, M_s) per-example gradients, on mc_cols the exact Fisher, the one-sample covariance
+    (1/N^2 sum_n Cov_n) and the (bootstrap, M_mc) draws, and the diagonals of the KFAC of each
+    estimator, diag(G (x) A)_(i,j) = G_ii A_jj (twin: ``fisher(structure='kfac').diagonal``).
     """
     model = model.with_theta(model.theta.astype(np.float64)) if model.theta.dtype != np.float64 else model
     n, p, c = x.shape[0], model.n_params, model.n_outputs
@@ -121,6 +123,9 @@ def diag_pass(model: MLP, lik: Likelihood, x: np.ndarray, y, screen_cols: np.nda
     grad_entries = np.empty((n, screen_cols.size))
     mc_mean, mc_cov = np.zeros(mc_cols.size), np.zeros((mc_cols.size, mc_cols.size))
     draws = np.zeros((bootstrap, mc_cols.size))
+    # the Kronecker factors' diagonals: G_ii = 1/N sum_n s_ni (the squared deltas of each estimator), A_jj = 1/N sum_n a_nj^2
+    g_diag = [np.zeros((len(PASS_ESTIMATORS), out)) for out, _ in model.shapes]
+    a_diag = [np.zeros(inp) for _, inp in model.shapes]
     for start in range(0, n, chunk):
         rows = slice(start, min(n, start + chunk))
         f, cache = model.forward(x[rows].astype(np.float64, copy=False))
@@ -134,6 +139,8 @@ def diag_pass(model: MLP, lik: Likelihood, x: np.ndarray, y, screen_cols: np.nda
             s = basis.squares(delta)  # (n, 3 out): PASS_ESTIMATORS side by side
             a = cache.inputs[l]
             sums[:, model.weight_slices[l]] += (s.T @ np.square(a)).reshape(len(PASS_ESTIMATORS), -1)  # one GEMM
+            g_diag[l] += s.sum(axis=0).reshape(len(PASS_ESTIMATORS), -1)
+            a_diag[l] += np.square(a).sum(axis=0)
             grad_sum[model.weight_slices[l]] += (gradient.T @ a).ravel()
             if model.has_bias[l]:
                 sums[:, model.bias_slices[l]] += s.sum(axis=0).reshape(len(PASS_ESTIMATORS), -1)
@@ -162,7 +169,14 @@ def diag_pass(model: MLP, lik: Likelihood, x: np.ndarray, y, screen_cols: np.nda
         if meter is not None:
             meter.update(rows.stop - rows.start)
     matrices = {name: total / n for name, total in zip(PASS_ESTIMATORS, sums, strict=True)}
-    return DiagPass(matrices, grad_sum / n, grad_entries, mc_mean / n, mc_cov / n**2, draws / n)
+    kfac = {name: np.zeros(p) for name in PASS_ESTIMATORS}
+    for l in range(len(model.shapes)):
+        for e, name in enumerate(PASS_ESTIMATORS):
+            g = g_diag[l][e] / n
+            kfac[name][model.weight_slices[l]] = np.outer(g, a_diag[l] / n).ravel()
+            if model.has_bias[l]:
+                kfac[name][model.bias_slices[l]] = g  # the bias input is the constant 1 (joined or separate alike)
+    return DiagPass(matrices, grad_sum / n, grad_entries, mc_mean / n, mc_cov / n**2, draws / n, kfac)
 
 
 def label_moments(weights: np.ndarray, q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
