@@ -79,6 +79,7 @@ from ..model.mlp import MLP
 from ..progress import Progress
 from . import kfac
 from .causes import likely_causes, tested_causes
+from .factors import NATURAL
 from .loader import minibatch_matrices
 from .one_pass import PASS_ESTIMATORS, diag_pass
 from .ranking import rank, simulated_scores
@@ -327,12 +328,11 @@ def _statistical_scale(c, test, n, n_outputs, lik_name, sigma):
     """(factor or None, words, se) of a statistical candidate: the simplest factor in its 2-se band."""
     se = test.scale_se if math.isfinite(test.scale_se) else 0.1 * abs(c.scale)
     factors = scale_factors(n, c.batch_size, n_outputs, lik_name, sigma, samples=c.samples if c.estimator == "mc" else None)
-    factor, words = match_scale(c.scale, factors, rtol=2 * se / max(abs(c.scale), 1e-300), simplest_first=True)
+    factor, words = match_scale(c.scale, factors, rtol=2 * se / max(abs(c.scale), 1e-300), simplest_first=True,
+                                prefer=NATURAL[c.estimator])
     return factor, words + f" (+/- {se:.2g}, the standard error of the sampling noise)", se
 
 
-#: The statistical candidates (ranking.py decides between them).
-_NATURAL = {"mc": ("1", "S"), "shuffled": ("1", "K")}
 
 
 def _statistical_scores(t_entries, grad_entries, one, mc_test, shuffled, tol, rng) -> dict:
@@ -353,7 +353,7 @@ def _statistical_winner(candidates, tests, scores):
     in the comparison but is never the verdict: when it wins, the answer is 'none' with row order as
     the first cause.
     """
-    accepted = [c for c in candidates if c.estimator in _NATURAL and c.fits]
+    accepted = [c for c in candidates if c.estimator in NATURAL and c.fits]
     if len(accepted) == 2 and scores:
         name, _ = rank({c.estimator: scores[c.estimator] for c in accepted})
         if name is None:
@@ -388,7 +388,7 @@ def _verdict(candidates, matrices, mc_test, shuffled, n, p, structure, precision
     sigma = float(getattr(lik, "sigma", 1.0))
     common = dict(n=n, n_params=p, structure=structure, precision=precision, tol=tol, mc=mc_test,
                   shuffled=shuffled, not_tried=not_tried, batch_sizes_screened=screened)
-    deterministic = [c for c in candidates if c.fits and c.estimator not in _NATURAL]
+    deterministic = [c for c in candidates if c.fits and c.estimator not in NATURAL]
     tests = {"mc": mc_test, "shuffled": shuffled}
     also = []
     undecided, tested = "", []
@@ -409,7 +409,7 @@ def _verdict(candidates, matrices, mc_test, shuffled, n, p, structure, precision
         return Diagnosis("none", best.scale, best.rel_error, None, None, candidates,
                          scale_words=f"x {best.scale:.12g} (the fitted c of the closest, {best.label})",
                          scale_factor=None, closest=best, causes=likely_causes(candidates, shuffled, not_tried, tested, tol), **common)
-    if winner.estimator in _NATURAL:
+    if winner.estimator in NATURAL:
         factor, words, _ = _statistical_scale(winner, tests[winner.estimator], n, c_out, lik.name, sigma)
         # mc's expectation is exact: neither exact nor a candidate equal to it (a ReLU net's hessian) is a runner-up
         exact = matrices[("exact", None, "")]

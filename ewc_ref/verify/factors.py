@@ -33,6 +33,7 @@ class ScaleFactor:
     expression: str  # arithmetic in N, C, K, B, S (JSON "scale_factor")
     words: str  # the convention or bug it comes from
     complexity: int = 0  # sum of |exponents| of (1); 3 for the off-by-one ratios
+    named: bool = False  # a convention of CONVENTIONS produces exactly this product
 
 
 #: Exponent ranges of (1) by symbol.
@@ -51,6 +52,7 @@ CONVENTIONS = {
     ("*", "K"): "squared minibatch gradients summed over the K minibatches, not averaged",
     ("*", "K/N"): "squared minibatch gradients summed and divided by N (len(dataset)) instead of K (len(loader))",
     ("*", "B^2"): "the gradient of the minibatch SUM (not mean) was squared",
+    ("*", "B^2*K"): "the gradients of the minibatch SUMS squared and summed over the K minibatches",
     ("*", "S"): "the S sampled squared gradients summed, not averaged",
     ("gaussian", "2/C"): "torch MSELoss(reduction='mean') over C outputs: its GGN or Hessian (BackPACK "
                          "DiagGGNExact / DiagHessian)",
@@ -151,7 +153,7 @@ def search_factors(n: int, batch_size: int | None = None, n_outputs: int | None 
         words = _words(exponents, values, expression, value, likelihood)
         named = (likelihood, expression) in CONVENTIONS or ("*", expression) in CONVENTIONS
         out.append((complexity, not named, len(exponents), [symbols.index(s) for s in exponents],
-                    ScaleFactor(value, expression, words, complexity)))
+                    ScaleFactor(value, expression, words, complexity, named)))
     out.sort(key=lambda item: item[:4])
     factors = [item[4] for item in out]
     if n > 1:
@@ -162,3 +164,11 @@ def search_factors(n: int, batch_size: int | None = None, n_outputs: int | None 
         factors.append(ScaleFactor(k / (k - 1), "K/(K-1)", f"x K/(K-1) = {k}/{k - 1}: divided by K - 1 instead of K", 3))
     factors.sort(key=lambda f: f.complexity)  # stable: the ratios after the products of their complexity
     return factors
+
+
+#: The factors a statistical candidate reaches without a bug (its natural readings), preferred inside
+#: the noise band before the simplest others: mc averaged or summed over S; a shuffled loader averaged
+#: or summed over K, with per-batch mean or sum (B^2).
+NATURAL = {"mc": ("1", "S"), "shuffled": ("1", "K", "B^2", "B^2*K")}
+#: A statistical band (~10-50%) holds many products; beyond these the match would be a coincidence.
+STATISTICAL_MAX_COMPLEXITY = 2

@@ -9,7 +9,7 @@ import math
 import numpy as np
 
 from ..model.mlp import MLP
-from .factors import ScaleFactor, search_factors
+from .factors import STATISTICAL_MAX_COMPLEXITY, ScaleFactor, search_factors
 
 __all__ = ["ROUNDOFF_TOL", "ScaleFactor", "describe_scale", "fit_scale", "match_scale", "roundoff_tolerance",
            "scale_factors"]
@@ -49,23 +49,30 @@ def scale_factors(n: int, batch_size: int | None = None, n_outputs: int | None =
     return search_factors(n, batch_size, n_outputs, likelihood, sigma, n_batches, samples)
 
 
-def match_scale(scale: float, factors: list[ScaleFactor], rtol: float, simplest_first: bool = False):
+def match_scale(scale: float, factors: list[ScaleFactor], rtol: float, simplest_first: bool = False,
+                prefer: tuple = ()):
     """(factor or None, words): the factor within relative `rtol` of `scale`.
 
-    Deterministic fits (rtol ~ round-off) take the closest factor; statistical ones
-    (``simplest_first``, rtol = the noise band) the FIRST in the simplicity order of
-    ``scale_factors`` inside the band, so x 1 wins whenever it is within the noise.
-    No factor within the band: None and "no simple factor" (never the closest as if it matched).
+    Deterministic fits (rtol ~ round-off) take the closest value and, of equal values (N = K B
+    exactly), a named convention first, then the simplest. Statistical ones (``simplest_first``,
+    rtol = the noise band) take the first of `prefer` inside the band (the candidate's natural
+    readings, factors.NATURAL), else the simplest factor of complexity <= STATISTICAL_MAX_COMPLEXITY
+    inside it, so x 1 wins whenever it is within the noise. No factor within the band: None and
+    "no simple factor" (never the closest as if it matched).
     """
     if not math.isfinite(scale) or scale <= 0:
         return None, f"x {scale:.12g}: not a positive multiple (THEIRS is not a curvature of this kind)"
     inside = [f for f in factors if abs(f.value / scale - 1) <= rtol]  # f in [c (1 - rtol), c (1 + rtol)]
+    if simplest_first:
+        inside = ([f for name in prefer for f in inside if f.expression == name]
+                  + [f for f in inside if f.complexity <= STATISTICAL_MAX_COMPLEXITY])
     if inside:
         if simplest_first:
             best = inside[0]
-        else:  # the closest value; of equal values (N = K B exactly) the simplest expression
+        else:  # the closest value; of equal values a named convention, then the simplest expression
             closest = min(abs(math.log(scale / f.value)) for f in inside)
-            best = next(f for f in inside if abs(math.log(scale / f.value)) <= closest + 1e-12)
+            equal = [f for f in inside if abs(math.log(scale / f.value)) <= closest + 1e-12]
+            best = min(equal, key=lambda f: (not f.named, f.complexity))
         words = best.words
         if best.value != 1.0 or abs(scale - 1) > 1e-12:
             words += f" (c = {scale:.12g})"
