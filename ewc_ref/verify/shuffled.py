@@ -384,7 +384,9 @@ def judge_shuffled(theirs_entries: np.ndarray, grad_entries: np.ndarray, roundof
         or [best]
     low, high = min(j["band"][0] for j in family), max(j["band"][1] for j in family)
     drops = {j["drop"] for j in family}
-    drop = drop if len(drops) == 1 else None
+    # drop_last is told only when every passing reading agrees and no B in the band divides N (there
+    # the loader has no short batch to keep or drop)
+    drop = drop if len(drops) == 1 and not any(n % b == 0 for b in range(low, high + 1)) else None
     # c and B are confounded when m m^T is negligible (summed at B looks like averaged at a smaller B).
     # Identified when the m m^T weight a of simulated loaders WITHOUT the short last batch (whose few
     # rows add noise along m m^T too, which is not confounding) has sd <= c / 4, or when no reading of
