@@ -329,3 +329,17 @@ def test_every_shuffled_loader_combination_is_shuffled_with_b_in_its_band(combo,
         assert result.scale_factor == ("1" if aggregation == "mean" else "K"), result.scale_words
     if len(x) % sh.batch_size:
         assert sh.drop_last is not (not drop_last), sh.reason
+
+
+@pytest.mark.parametrize(("drop_last", "variant"), [(False, "pred"), (True, "pred, dropped")])
+def test_an_ordered_loader_at_the_predicted_labels_is_batched_at_the_predicted_labels(drop_last, variant):
+    """Published codes compute the loader Fisher at the model's predicted labels (argmax): found exactly,
+    named so (plain loop over per-example gradients at argmax labels)."""
+    model, lik, x, y = PROBLEM
+    predicted = model.predict(x).argmax(axis=1)
+    G = er.per_sample_gradients(model, lik, x, predicted)
+    theirs, _ = loader_fisher(G, 32, drop_last=drop_last)
+    result = diagnose(model, lik, x, y, theirs, hessian=False)
+    assert (result.estimator, result.batch_size, result.variant) == ("batched", 32, variant), result.report()
+    assert result.rel_error <= 1e-10 and result.scale_factor == "1"
+    assert "at the predicted labels" in result.report()

@@ -165,7 +165,7 @@ def diagnose(model: MLP, lik: Likelihood, x, y, theirs, batch_sizes=None, tol: f
         mean_gradient, mc_moments, one = None, None, None
     batched, closest, screened = minibatch_matrices(
         model, lik, x, y, None if loader.order is None else loader.order, loader.batches, grad_entries, t_diag[cols],
-        batch_sizes, tol, structure, log)
+        batch_sizes, tol, structure, log, one.pred_entries if one is not None else None)
     matrices.update(batched)
     screened_closest = None
     if closest is not None:
@@ -371,9 +371,9 @@ def _n_batches(c, n: int, loader) -> int | None:
     if c.batch_size is None:
         return None
     m = n if loader.order is None else loader.order.size
-    if c.variant.startswith("recorded"):
+    if "recorded" in c.variant:
         return int(loader.batches.size)
-    return m // c.batch_size if c.variant == "dropped" else -(-m // c.batch_size)
+    return m // c.batch_size if c.variant.endswith("dropped") else -(-m // c.batch_size)
 
 
 def _margin(scores: dict) -> float | None:

@@ -48,7 +48,7 @@ def batch_sizes_of(n: int, batch_size: int, variant: str) -> np.ndarray:
     """(K,) the sizes of runs of B over n rows, the short last one kept ('', 'kept, sum') or dropped ('dropped')."""
     full, rest = divmod(n, batch_size)
     out = np.full(full, batch_size, dtype=np.int64)
-    return out if rest == 0 or variant == "dropped" else np.append(out, rest)
+    return out if rest == 0 or variant.endswith("dropped") else np.append(out, rest)
 
 
 def reduction_of(variant: str) -> str:
@@ -56,31 +56,48 @@ def reduction_of(variant: str) -> str:
 
 
 def minibatch_matrices(model: MLP, lik: Likelihood, x, y, rows: np.ndarray, recorded: np.ndarray | None,
-                       grad_entries: np.ndarray, t_entries: np.ndarray, batch_sizes, tol: float, structure: str, log):
+                       grad_entries: np.ndarray, t_entries: np.ndarray, batch_sizes, tol: float, structure: str, log,
+                       pred_entries: np.ndarray | None = None):
     """The minibatch candidates' matrices on all entries, over the rows x[rows] in loader order.
 
     recorded : the loader's batch sizes (then exactly those batches, 'recorded' and, when the
     sizes differ, 'recorded, sum'; no screen); batch_sizes : the B to compute ('' variant), or
     None for the screen of every (B, variant), B = 2..M, of which at most CONFIRM fitting within
-    10 tol on the screened entries are computed. grad_entries : (N, M_s) in file order.
+    10 tol on the screened entries are computed. grad_entries : (N, M_s) in file order, at the
+    observed labels; pred_entries : the same at the model's most probable labels (the loader's loss
+    at predicted labels: variants prefixed 'pred', screened too), or None.
 
     Returns ({(name, B, variant): matrix}, the closest screened (B, variant, c, error) when none
     fits on the screen, else None, and the B screened as (2, M) or None).
     """
     xs, ys = (x, y) if rows is None else (x[rows], y[rows])
     m = xs.shape[0]
+    labels = {"": ys}
+    if pred_entries is not None:
+        labels["pred"] = lik.most_probable(model.predict(xs))
+
+    def name(prefix, variant):
+        return ", ".join(part for part in (prefix, variant) if part)
+
     if recorded is not None:
         b = int(np.max(recorded))
         variants = ["recorded"] + (["recorded, sum"] if np.unique(recorded).size > 1 else [])
         log.stage(f"computing batched over the {recorded.size} recorded batches")
-        return {("batched", b, v): partition_fisher(model, lik, xs, ys, recorded, reduction_of(v), structure)
-                for v in variants}, None, None
+        return {("batched", b, name(prefix, v)): partition_fisher(model, lik, xs, labels[prefix], recorded,
+                                                                  reduction_of(v), structure)
+                for prefix in labels for v in variants}, None, None
     closest, screened, todo = None, None, [(b, "") for b in (batch_sizes or [])]
     if batch_sizes is None:
-        log.stage(f"screening batched for every B = 2..{m}, the short last batch kept, summed or dropped")
-        entries = grad_entries if rows is None else grad_entries[rows]
-        screen = screen_ordered(entries, t_entries, range(2, m + 1))
-        ranked = sorted(screen, key=lambda key: (screen[key][1], key[0], VARIANTS.index(key[1])))
+        log.stage(f"screening batched for every B = 2..{m}, the short last batch kept, summed or dropped"
+                  + (", at the observed and the predicted labels" if pred_entries is not None else ""))
+        screen = {}
+        for prefix, entries in (("", grad_entries), ("pred", pred_entries)):
+            if entries is not None:
+                entries = entries if rows is None else entries[rows]
+                screen.update({(b, name(prefix, v)): fit for (b, v), fit in
+                               screen_ordered(entries, t_entries, range(2, m + 1)).items()})
+        ranked = sorted(screen, key=lambda key: (screen[key][1], key[0], key[1].startswith("pred"),
+                                                 VARIANTS.index(key[1].removeprefix("pred").lstrip(", "))))
         todo = [key for key in ranked[:CONFIRM] if screen[key][1] <= 10 * tol]
         screened = (2, m) if m >= 2 else None
         if not todo and ranked:  # no B fits on the screen, so none on all entries: the closest is not recomputed
@@ -88,11 +105,12 @@ def minibatch_matrices(model: MLP, lik: Likelihood, x, y, rows: np.ndarray, reco
     matrices = {}
     for b, v in todo:
         log.stage(f"computing batched, B = {b}{' (' + v + ')' if v else ''} ({structure})")
-        if v == "":
-            matrices[("batched", b, v)] = batched_fisher_gemm(model, lik, xs, ys, b, structure)
+        prefix, base = ("pred", v.removeprefix("pred").lstrip(", ")) if v.startswith("pred") else ("", v)
+        if base == "":
+            matrices[("batched", b, v)] = batched_fisher_gemm(model, lik, xs, labels[prefix], b, structure)
         else:
-            matrices[("batched", b, v)] = partition_fisher(model, lik, xs, ys, batch_sizes_of(m, b, v), reduction_of(v),
-                                                           structure)
+            matrices[("batched", b, v)] = partition_fisher(model, lik, xs, labels[prefix], batch_sizes_of(m, b, base),
+                                                           reduction_of(base), structure)
     return matrices, closest, screened
 
 

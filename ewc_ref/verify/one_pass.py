@@ -61,6 +61,7 @@ class DiagPass:
     mc_cov: np.ndarray  # (M_mc, M_mc) covariance of a one-sample mc estimate there, statistics eq (2)
     mc_draws: np.ndarray  # (bootstrap, M_mc) genuine one-sample mc estimates there
     kfac_diagonals: dict | None = None  # {estimator: (P,) diag(G (x) A)} of the KFAC of each PASS_ESTIMATORS row
+    pred_entries: np.ndarray | None = None  # (N, M_screen) per-example gradients at the most probable labels
 
 
 def draw_label_indices(weights: np.ndarray, draws: int, rng: np.random.Generator) -> np.ndarray:
@@ -121,6 +122,7 @@ def diag_pass(model: MLP, lik: Likelihood, x: np.ndarray, y, screen_cols: np.nda
     sums = np.zeros((len(PASS_ESTIMATORS), p))
     grad_sum = np.zeros(p)
     grad_entries = np.empty((n, screen_cols.size))
+    pred_entries = np.empty((n, screen_cols.size))
     mc_mean, mc_cov = np.zeros(mc_cols.size), np.zeros((mc_cols.size, mc_cols.size))
     draws = np.zeros((bootstrap, mc_cols.size))
     # the Kronecker factors' diagonals: G_ii = 1/N sum_n s_ni (the squared deltas of each estimator), A_jj = 1/N sum_n a_nj^2
@@ -132,10 +134,11 @@ def diag_pass(model: MLP, lik: Likelihood, x: np.ndarray, y, screen_cols: np.nda
         basis = _Basis(lik, f, y[rows], dependent)
         weights = basis.weights
         deltas = kernels.backward_deltas(model.weights, cache.activation_caches, basis.vectors)  # (K, n, out_l) per layer
-        observed = []
+        observed, predicted = [], []
         for l, delta in enumerate(deltas):
             gradient = basis.pick(delta, "empirical")
             observed.append(gradient)
+            predicted.append(basis.pick(delta, "pred"))
             s = basis.squares(delta)  # (n, 3 out): PASS_ESTIMATORS side by side
             a = cache.inputs[l]
             sums[:, model.weight_slices[l]] += (s.T @ np.square(a)).reshape(len(PASS_ESTIMATORS), -1)  # one GEMM
@@ -147,6 +150,7 @@ def diag_pass(model: MLP, lik: Likelihood, x: np.ndarray, y, screen_cols: np.nda
                 grad_sum[model.bias_slices[l]] += gradient.sum(axis=0)
         for pos, l, i, j in screen_at:
             grad_entries[rows, pos] = label_kernels.gather_entries(observed[l][None], cache.inputs[l], i, j)[0]
+            pred_entries[rows, pos] = label_kernels.gather_entries(predicted[l][None], cache.inputs[l], i, j)[0]
         u = np.empty(basis.vectors.shape[:2] + (mc_cols.size,))  # u_nk on mc_cols : (K, n, M)
         for pos, l, i, j in mc_at:
             u[..., pos] = label_kernels.gather_entries(deltas[l], cache.inputs[l], i, j)
@@ -176,7 +180,7 @@ def diag_pass(model: MLP, lik: Likelihood, x: np.ndarray, y, screen_cols: np.nda
             kfac[name][model.weight_slices[l]] = np.outer(g, a_diag[l] / n).ravel()
             if model.has_bias[l]:
                 kfac[name][model.bias_slices[l]] = g  # the bias input is the constant 1 (joined or separate alike)
-    return DiagPass(matrices, grad_sum / n, grad_entries, mc_mean / n, mc_cov / n**2, draws / n, kfac)
+    return DiagPass(matrices, grad_sum / n, grad_entries, mc_mean / n, mc_cov / n**2, draws / n, kfac, pred_entries)
 
 
 def label_moments(weights: np.ndarray, q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

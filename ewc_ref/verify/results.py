@@ -32,10 +32,10 @@ class Candidate:
 
     @property
     def drop_last(self) -> bool | None:
-        if self.estimator not in ("batched", "shuffled") or self.variant.startswith("recorded") \
+        if self.estimator not in ("batched", "shuffled") or "recorded" in self.variant \
                 or self.variant == "kept or dropped":
             return None
-        return self.variant == "dropped"
+        return self.variant.endswith("dropped")
 
     @property
     def batch_reduction(self) -> str | None:
@@ -44,9 +44,10 @@ class Candidate:
     @property
     def label(self) -> str:
         if self.estimator == "batched":
-            what = {"": "", "kept": "", "dropped": ", drop_last", "kept, sum": ", per-batch sum",
-                    "recorded": ", the recorded batches", "recorded, sum": ", the recorded batches, per-batch sum"}
-            return f"batched, B = {self.batch_size}{what.get(self.variant, self.variant)}" + (
+            what = {"pred": ", at the predicted labels", "dropped": ", drop_last", "kept": "", "sum": ", per-batch sum",
+                    "recorded": ", the recorded batches"}
+            words = "".join(what.get(part, f", {part}") for part in self.variant.split(", ") if part)
+            return f"batched, B = {self.batch_size}{words}" + (
                 f" (on {self.entries} screened entries)" if self.entries else "")
         if self.estimator == "mc" and self.samples is not None:
             return f"mc, S = {self.samples}"
