@@ -38,6 +38,11 @@ class Candidate:
         return self.variant.endswith("dropped")
 
     @property
+    def labels(self) -> str | None:
+        """batched: 'predicted' (the model's most probable labels) or 'observed' (DATA's y)."""
+        return None if self.estimator != "batched" else ("predicted" if self.variant.startswith("pred") else "observed")
+
+    @property
     def batch_reduction(self) -> str | None:
         return None if self.estimator != "batched" else ("sum" if self.variant.endswith("sum") else "mean")
 
@@ -59,7 +64,8 @@ class Candidate:
     def to_json(self) -> dict:
         return {"estimator": self.estimator, "scale": self.scale, "rel_error": self.rel_error,
                 "batch_size": self.batch_size, "samples": self.samples, "fits": self.fits, "note": self.note,
-                "entries": self.entries, "drop_last": self.drop_last, "batch_reduction": self.batch_reduction}
+                "entries": self.entries, "drop_last": self.drop_last, "batch_reduction": self.batch_reduction,
+                "labels": self.labels}
 
 
 @dataclass
@@ -145,6 +151,7 @@ class Diagnosis:
             "score_margin": self.score_margin,
             "drop_last": None if self.winner is None else self.winner.drop_last,
             "batch_reduction": None if self.winner is None else self.winner.batch_reduction,
+            "labels": None if self.winner is None else self.winner.labels,
         }
 
     def report(self, theirs_name: str = "THEIRS", top: int = 12) -> str:
