@@ -92,7 +92,8 @@ def minibatch_matrices(model: MLP, lik: Likelihood, x, y, rows: np.ndarray, reco
                   + (", at the observed and the predicted labels" if pred_entries is not None else ""))
         screen = {}
         for prefix, entries in (("", grad_entries), ("pred", pred_entries)):
-            if entries is not None:
+            if entries is not None and not (prefix and min(fit[1] for fit in screen.values()) <= 10 * tol):
+                # the predicted labels only when the observed ones fit no (B, variant) on the screen
                 entries = entries if rows is None else entries[rows]
                 screen.update({(b, name(prefix, v)): fit for (b, v), fit in
                                screen_ordered(entries, t_entries, range(2, m + 1)).items()})

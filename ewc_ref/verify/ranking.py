@@ -69,7 +69,7 @@ def _summary(gls, t: np.ndarray) -> np.ndarray:
 
 
 def simulated_scores(t: np.ndarray, grad_entries: np.ndarray, roundoff: float, mc_fit, shuffled_fit,
-                     rng: np.random.Generator, draws: int = 32) -> dict:
+                     rng: np.random.Generator, draws: int = 64) -> dict:
     """{'mc': score, 'shuffled': score}: the synthetic log-likelihood (Wood 2010; independent split-normal
     coordinates, shuffled.synthetic_log_likelihood) of the summary (a, b, log q) of t under draws of
     each candidate at its fitted parameters, k = 2 free parameters each (the penalty cancels).

@@ -391,12 +391,12 @@ def judge_shuffled(theirs_entries: np.ndarray, grad_entries: np.ndarray, roundof
     # Identified when the m m^T weight a of simulated loaders WITHOUT the short last batch (whose few
     # rows add noise along m m^T too, which is not confounding) has sd <= c / 4, or when no reading of
     # another reduction (averaged / summed / free) passes within BAND_LOG_LIKELIHOOD of the best one
-    if draws >= 10 and not best["drop"] and n % b_int and n // b_int >= 2:
-        sims = c * simulate(grad_entries, b_int, draws, rng, drop_last=True)
-        identified = float(np.std([gls.fit(t)[0] for t in sims], ddof=1)) <= 0.25 * abs(c)
     rivals = [j for j in passing if j["reduction"] != reduction and j["score"] >= best["score"] - BAND_LOG_LIKELIHOOD]
     if draws >= 10 and passing and not rivals:
         identified = True
+    elif draws >= 10 and not best["drop"] and n % b_int and n // b_int >= 2:  # only then: 32 more simulations
+        sims = c * simulate(grad_entries, b_int, draws, rng, drop_last=True)
+        identified = float(np.std([gls.fit(t)[0] for t in sims], ddof=1)) <= 0.25 * abs(c)
     test = ShuffledTest(False, "", float(b_int), b_int, (float(low), float(high)), c, scale_se, entries=gls.m,
                         chi2=stat, p_noise=p_noise, drop_last=drop)
     k = int(tables[bool(best["drop"])][1][b_int - 1])
