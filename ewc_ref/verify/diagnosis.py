@@ -31,33 +31,31 @@ number written as float64, as ``.double()`` exports are). When several fit, the 
 when none fits and ``mc`` is not accepted either, the answer is ``"none"``: a Fisher of the
 wrong thing must not be forced into a class.
 
-Judging ``mc`` is the business of ``statistics`` (its module docstring, eqs 2-4).
+Judging ``mc`` is the business of ``statistics`` (its module docstring, eqs 2-4); when mc and
+shuffled both pass their own tests, ``ranking`` decides by one score (or "cannot tell").
 
 When a deterministic candidate fits within round-off it wins and neither ``mc`` nor ``shuffled``
 is judged (``mc``'s expectation is ``exact``: an mc estimate with S -> infinity is
 indistinguishable from it; a shuffled expectation is empirical at B = 1 and the squared mean
 gradient at B = N).
 
-Scales are reported as floats at full precision and described in words by matching c with
-the factors conventions and buggy code produce (``scale.scale_factors``): N (a sum over
-examples, laplace-torch), 1/N (BackPACK's (g_n/N)^2), 2/C (torch MSELoss(mean) over C
-outputs), K (minibatches summed), ... A deterministic verdict takes the closest factor within
-10 x its residual; a statistical one the SIMPLEST factor inside its 2-standard-error band
-(x 1 first), and "no simple factor" when none is inside. JSON "scale_factor" is that factor
-as an expression in N, C, K, B, S, or null.
+Scales are reported as floats at full precision and described in words by the simplest product
+2^a N^b C^c B^d K^e S^f that matches c (``factors``, by search): a deterministic verdict within 10 x
+its residual, a statistical one inside its 2-standard-error band (its natural readings first, x 1
+first), "no simple factor" otherwise; a "none" only by its fitted c. JSON "scale_factor" is that
+product as an expression in N, C, K, B, S, or null.
 
 Cost. For a diag THEIRS one pass over the rows (``one_pass.diag_pass``: one forward and one
 backward pass of the C label gradients) gives empirical, exact and pred, the mean gradient, the
 screen's per-example gradients and the mc test's exact moments and bootstrap draws; the
 diagonal Hessian of a ReLU net is the exact diagonal (phi'' = 0), of a curved one a backward
 recursion; then the screen, one batched confirmation and the shuffled simulations. At
-784-256-256-10, N = 10^4 that is about 4x one exact diagonal Fisher (benchmarks/BENCHMARKS.md).
+784-256-256-10 that is 3-5x one exact diagonal Fisher at N = 10^4 and 5 10^4 (benchmarks/BENCHMARKS.md).
 A full THEIRS computes each candidate on its own (P x P products dominate).
 
 Candidates skipped for cost (the Hessian when P N > budget.HESSIAN_LIMIT) or by the caller
 (``batch_sizes``) are listed in ``not_tried`` with the flag that includes them. When nothing
-fits, the report names the likely causes, row order first when a shuffled loader fits the
-expectation better than every other candidate.
+fits, the causes are tested and ranked by evidence (``causes``).
 """
 
 from __future__ import annotations
