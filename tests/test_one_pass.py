@@ -166,9 +166,13 @@ def test_shuffled_simulation_by_sparse_indicator_equals_the_loop():
 
     grad_entries = np.random.default_rng(8).standard_normal((53, 4))
     for batch_size in (1, 5, 53):  # one row per batch, a partial last batch, one batch
-        got = simulate(grad_entries, batch_size, 6, np.random.default_rng(9))
-        want = simulate_loop(grad_entries, batch_size, 6, np.random.default_rng(9))
-        _close(got, want)
+        for drop_last in (False, True):
+            got = simulate(grad_entries, batch_size, 6, np.random.default_rng(9), drop_last=drop_last)
+            want = simulate_loop(grad_entries, batch_size, 6, np.random.default_rng(9), drop_last=drop_last)
+            _close(got, want)
+    # float32 entries (judge_shuffled's copy): the same partitions to float32 round-off
+    got = simulate(grad_entries.astype(np.float32), 5, 6, np.random.default_rng(9))
+    np.testing.assert_allclose(got, simulate_loop(grad_entries, 5, 6, np.random.default_rng(9)), rtol=1e-5)
 
 
 @pytest.mark.parametrize("use_twin", [False, True])

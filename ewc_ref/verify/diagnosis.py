@@ -163,7 +163,7 @@ def diagnose(model: MLP, lik: Likelihood, x, y, theirs, batch_sizes=None, tol: f
         mean_gradient, mc_moments, one = None, None, None
     batched, closest, screened = minibatch_matrices(
         model, lik, x, y, None if loader.order is None else loader.order, loader.batches, grad_entries, t_diag[cols],
-        batch_sizes, tol, structure, log, one.pred_entries if one is not None else None)
+        batch_sizes, tol, structure, log, *((one.pred_entries, one.pred_labels) if one is not None else ()))
     matrices.update(batched)
     screened_closest = None
     if closest is not None:

@@ -57,15 +57,15 @@ def reduction_of(variant: str) -> str:
 
 def minibatch_matrices(model: MLP, lik: Likelihood, x, y, rows: np.ndarray, recorded: np.ndarray | None,
                        grad_entries: np.ndarray, t_entries: np.ndarray, batch_sizes, tol: float, structure: str, log,
-                       pred_entries: np.ndarray | None = None):
+                       pred_entries: np.ndarray | None = None, pred_labels=None):
     """The minibatch candidates' matrices on all entries, over the rows x[rows] in loader order.
 
     recorded : the loader's batch sizes (then exactly those batches, 'recorded' and, when the
     sizes differ, 'recorded, sum'; no screen); batch_sizes : the B to compute ('' variant), or
     None for the screen of every (B, variant), B = 2..M, of which at most CONFIRM fitting within
     10 tol on the screened entries are computed. grad_entries : (N, M_s) in file order, at the
-    observed labels; pred_entries : the same at the model's most probable labels (the loader's loss
-    at predicted labels: variants prefixed 'pred', screened too), or None.
+    observed labels; pred_entries, pred_labels : the same at the model's most probable labels, and
+    those labels in file order (the loader's loss at predicted labels: variants prefixed 'pred'), or None.
 
     Returns ({(name, B, variant): matrix}, the closest screened (B, variant, c, error) when none
     fits on the screen, else None, and the B screened as (2, M) or None).
@@ -74,7 +74,7 @@ def minibatch_matrices(model: MLP, lik: Likelihood, x, y, rows: np.ndarray, reco
     m = xs.shape[0]
     labels = {"": ys}
     if pred_entries is not None:
-        labels["pred"] = lik.most_probable(model.predict(xs))
+        labels["pred"] = pred_labels if rows is None else pred_labels[rows]
 
     def name(prefix, variant):
         return ", ".join(part for part in (prefix, variant) if part)

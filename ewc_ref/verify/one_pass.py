@@ -62,6 +62,7 @@ class DiagPass:
     mc_draws: np.ndarray  # (bootstrap, M_mc) genuine one-sample mc estimates there
     kfac_diagonals: dict | None = None  # {estimator: (P,) diag(G (x) A)} of the KFAC of each PASS_ESTIMATORS row
     pred_entries: np.ndarray | None = None  # (N, M_screen) per-example gradients at the most probable labels
+    pred_labels: object = None  # (N,) or (N, C) the most probable labels, in row order
 
 
 def draw_label_indices(weights: np.ndarray, draws: int, rng: np.random.Generator) -> np.ndarray:
@@ -123,6 +124,7 @@ def diag_pass(model: MLP, lik: Likelihood, x: np.ndarray, y, screen_cols: np.nda
     grad_sum = np.zeros(p)
     grad_entries = np.empty((n, screen_cols.size))
     pred_entries = np.empty((n, screen_cols.size))
+    pred_labels = []
     mc_mean, mc_cov = np.zeros(mc_cols.size), np.zeros((mc_cols.size, mc_cols.size))
     draws = np.zeros((bootstrap, mc_cols.size))
     # the Kronecker factors' diagonals: G_ii = 1/N sum_n s_ni (the squared deltas of each estimator), A_jj = 1/N sum_n a_nj^2
@@ -132,6 +134,7 @@ def diag_pass(model: MLP, lik: Likelihood, x: np.ndarray, y, screen_cols: np.nda
         rows = slice(start, min(n, start + chunk))
         f, cache = model.forward(x[rows].astype(np.float64, copy=False))
         basis = _Basis(lik, f, y[rows], dependent)
+        pred_labels.append(basis.predicted)
         weights = basis.weights
         deltas = kernels.backward_deltas(model.weights, cache.activation_caches, basis.vectors)  # (K, n, out_l) per layer
         observed, predicted = [], []
@@ -141,9 +144,10 @@ def diag_pass(model: MLP, lik: Likelihood, x: np.ndarray, y, screen_cols: np.nda
             predicted.append(basis.pick(delta, "pred"))
             s = basis.squares(delta)  # (n, 3 out): PASS_ESTIMATORS side by side
             a = cache.inputs[l]
-            sums[:, model.weight_slices[l]] += (s.T @ np.square(a)).reshape(len(PASS_ESTIMATORS), -1)  # one GEMM
+            a2 = np.square(a)
+            sums[:, model.weight_slices[l]] += (s.T @ a2).reshape(len(PASS_ESTIMATORS), -1)  # one GEMM
             g_diag[l] += s.sum(axis=0).reshape(len(PASS_ESTIMATORS), -1)
-            a_diag[l] += np.square(a).sum(axis=0)
+            a_diag[l] += a2.sum(axis=0)
             grad_sum[model.weight_slices[l]] += (gradient.T @ a).ravel()
             if model.has_bias[l]:
                 sums[:, model.bias_slices[l]] += s.sum(axis=0).reshape(len(PASS_ESTIMATORS), -1)
@@ -180,7 +184,8 @@ def diag_pass(model: MLP, lik: Likelihood, x: np.ndarray, y, screen_cols: np.nda
             kfac[name][model.weight_slices[l]] = np.outer(g, a_diag[l] / n).ravel()
             if model.has_bias[l]:
                 kfac[name][model.bias_slices[l]] = g  # the bias input is the constant 1 (joined or separate alike)
-    return DiagPass(matrices, grad_sum / n, grad_entries, mc_mean / n, mc_cov / n**2, draws / n, kfac, pred_entries)
+    return DiagPass(matrices, grad_sum / n, grad_entries, mc_mean / n, mc_cov / n**2, draws / n, kfac, pred_entries,
+                    np.concatenate(pred_labels))
 
 
 def label_moments(weights: np.ndarray, q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -219,6 +224,7 @@ class _Basis:
 
     def __init__(self, lik: Likelihood, f: np.ndarray, y, dependent: bool):
         labels_of = {"empirical": y, "pred": lik.most_probable(f)}
+        self.predicted = labels_of["pred"]
         self.dependent = dependent
         if dependent:  # the gradient at every label: a row's gradient is one of them (an index)
             labels, self.weights = lik.label_quadrature(f)

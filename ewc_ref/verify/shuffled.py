@@ -149,8 +149,9 @@ def simulate(grad_entries: np.ndarray, batch_size: int, draws: int, rng: np.rand
 
     A partition is a permutation of the rows cut into runs of B (the last one partial, or dropped
     with `drop_last`: only the first floor(N / B) B positions are used); the
-    minibatch sums are one sparse (K, N) indicator matrix times the (N, M) gradients. Twin:
-    ``simulate_loop`` (the permuted rows summed run by run).
+    minibatch sums are one sparse (K, N) indicator matrix times the (N, M) gradients, in their dtype
+    (``judge_shuffled`` passes a float32 copy: each draw streams all N M entries, and their round-off,
+    1e-7 relative, is far below a loader's noise). Twin: ``simulate_loop`` (the permuted rows summed run by run).
     """
     n = grad_entries.shape[0]
     used = n - n % batch_size if drop_last else n
@@ -161,21 +162,23 @@ def simulate(grad_entries: np.ndarray, batch_size: int, draws: int, rng: np.rand
     out = np.empty((draws, grad_entries.shape[1]))
     for d in range(draws):
         rows = rng.permutation(n)[:used]  # the row at position i of the permutation is in batch i // B
-        indicator = sparse.csr_matrix((np.ones(used), (batch_of_position, rows)), shape=(k, n))
-        gbar = (indicator @ grad_entries) / counts[:, None]
+        indicator = sparse.csr_matrix((np.ones(used, grad_entries.dtype), (batch_of_position, rows)), shape=(k, n))
+        gbar = (indicator @ grad_entries).astype(np.float64) / counts[:, None]
         out[d] = np.einsum("km,km->m", gbar, gbar) / k
     return out
 
 
-def simulate_loop(grad_entries: np.ndarray, batch_size: int, draws: int, rng: np.random.Generator) -> np.ndarray:
+def simulate_loop(grad_entries: np.ndarray, batch_size: int, draws: int, rng: np.random.Generator,
+                  drop_last: bool = False) -> np.ndarray:
     """simulate with the permuted rows summed run by run (its twin; the same partitions for the same rng)."""
     n = grad_entries.shape[0]
-    k = -(-n // batch_size)
-    starts = np.arange(0, n, batch_size)
-    counts = np.minimum(starts + batch_size, n) - starts
+    used = n - n % batch_size if drop_last else n
+    k = -(-used // batch_size)
+    starts = np.arange(0, used, batch_size)
+    counts = np.minimum(starts + batch_size, used) - starts
     out = np.empty((draws, grad_entries.shape[1]))
     for d in range(draws):
-        shuffled = grad_entries[rng.permutation(n)]
+        shuffled = grad_entries[rng.permutation(n)[:used]]
         gbar = np.add.reduceat(shuffled, starts, axis=0) / counts[:, None]
         out[d] = np.einsum("km,km->m", gbar, gbar) / k
     return out
@@ -367,7 +370,8 @@ def judge_shuffled(theirs_entries: np.ndarray, grad_entries: np.ndarray, roundof
     if not readings:
         return ShuffledTest(False, "not a shuffled-loader Fisher: every reading implies a single batch", entries=gls.m)
     readings.sort(key=lambda r: (not r[1], -r[0]))  # averaged / summed before the free fit (a scale bug)
-    judged = [_simulate_reading(reading, a, b, tables, grad_entries, theirs_entries, expect, gls, n, draws, rng)
+    sim_entries = grad_entries.astype(np.float32)  # the simulations stream all N M entries per draw: half the bytes
+    judged = [_simulate_reading(reading, a, b, tables, sim_entries, theirs_entries, expect, gls, n, draws, rng)
               for reading in readings[:SIMULATED_READINGS]]
     # the most likely passing reading by the synthetic likelihood of the free fit's (a, log b, log q); the
     # free reading (a scale bug) pays log M for its extra parameter (BIC)
@@ -395,7 +399,7 @@ def judge_shuffled(theirs_entries: np.ndarray, grad_entries: np.ndarray, roundof
     if draws >= 10 and passing and not rivals:
         identified = True
     elif draws >= 10 and not best["drop"] and n % b_int and n // b_int >= 2:  # only then: 32 more simulations
-        sims = c * simulate(grad_entries, b_int, draws, rng, drop_last=True)
+        sims = c * simulate(sim_entries, b_int, draws, rng, drop_last=True)
         identified = float(np.std([gls.fit(t)[0] for t in sims], ddof=1)) <= 0.25 * abs(c)
     test = ShuffledTest(False, "", float(b_int), b_int, (float(low), float(high)), c, scale_se, entries=gls.m,
                         chi2=stat, p_noise=p_noise, drop_last=drop)
