@@ -213,10 +213,7 @@ def _check_data_headers(path, headers: dict, model: MLP | None) -> None:
             raise ValueError(f"{path}: missing key {key!r} (see docs/file-format.md, section 3: data.npz)")
     unknown = sorted(set(headers) - {"x", "y", *LOADER_KEYS})
     if unknown:
-        raise ValueError(f"{path}: unknown key(s) {unknown}; data.npz holds only 'x', 'y' and optionally 'order', 'batches'")
-    for key in LOADER_KEYS:
-        if key in headers and len(headers[key].shape) != 1:
-            raise ValueError(f"{path}: key {key!r}: expected a 1-d integer array, got shape {headers[key].shape}")
+        raise ValueError(f"{path}: unknown key(s) {unknown}; data.npz holds only 'x', 'y', 'order' and 'batches'")
     x, y = headers["x"], headers["y"]
     if len(x.shape) != 2:
         raise ValueError(f"{path}: key 'x': expected a 2-d array, got shape {x.shape}")
@@ -329,7 +326,7 @@ def load_data(path, model: MLP | None = None, lik: Likelihood | None = None):
         raise ValueError(f"{path}: key 'y' contains non-finite values")
     if y.dtype.kind not in "fiub":
         raise ValueError(f"{path}: key 'y' must be integer or float, got dtype {y.dtype}")
-    check_loader(arrays.get("order"), arrays.get("batches"), x.shape[0], where=f"{path}: key ")  # refused here too
+    check_loader_order(x.shape[0], arrays.get("order"), arrays.get("batches"), f"{path}: key ")  # refused here too
     if model is not None:
         try:
             x = model.check_input(x, f"{path}: key 'x'")
@@ -340,82 +337,64 @@ def load_data(path, model: MLP | None = None, lik: Likelihood | None = None):
     return x, y
 
 
-def save_data(path, x: np.ndarray, y: np.ndarray, *, order=None, batches=None) -> None:
-    """Write data.npz per docs/file-format.md (atomic), with the loader's row order and batch sizes if known.
-
-    Parameters
-    ----------
-    x : (N, d) inputs; y : N labels or targets
-    order : (M,) integer indices into the rows of x, in the order a loader yielded them (M <= N;
-        repeats allowed: a sampler with replacement). None: the rows were yielded in file order.
-    batches : (K,) integers >= 1, the rows of each batch the loader yielded, in turn; they sum to
-        M (N when `order` is None). None: unknown (``diagnose`` then screens every batch size).
-
-    Raises
-    ------
-    ValueError naming `order` or `batches` (indices outside [0, N), sizes < 1, a wrong sum);
-    TypeError naming `x` or `y` when not numeric.
-    """
-    n = np.shape(x)[0] if np.ndim(x) >= 1 else 0
-    loader = check_loader(order, batches, n)
-    arrays = {"x": x, "y": y}
-    arrays.update({key: value for key, value in (("order", loader.order), ("batches", loader.batches)) if value is not None})
-    atomic_savez(path, arrays)
-
-
-#: The optional keys of data.npz that record a loader (docs/file-format.md, section 3).
 LOADER_KEYS = ("order", "batches")
 
 
 @dataclass(frozen=True)
 class LoaderOrder:
-    """The rows a loader yielded, in turn (``order``; None: file order), cut into ``batches`` (None: unknown)."""
+    """How a loader yielded the rows of a data file (docs/file-format.md, data section).
 
-    order: np.ndarray | None = None  # (M,) int64 row indices
-    batches: np.ndarray | None = None  # (K,) int64 sizes summing to M
+    order : (M,) int64 row indices in the order yielded, or None (file order, all N rows)
+    batches : (K,) int64 rows per batch in turn (sum M), or None (unknown)
+    """
+
+    order: np.ndarray | None = None
+    batches: np.ndarray | None = None
 
     def rows(self, n: int) -> np.ndarray:
-        """(M,) the row indices in the order yielded: ``order``, or arange(n) when absent."""
+        """The yielded row indices: `order`, or arange(n) when absent."""
         return np.arange(n) if self.order is None else self.order
 
 
-def _int_vector(value, name: str) -> np.ndarray:
-    a = np.asarray(value)
-    if a.ndim != 1:
-        raise ValueError(f"{name}: expected a 1-d integer array, got shape {a.shape}")
-    if a.size and a.dtype.kind not in "iu":
-        raise ValueError(f"{name}: expected integers, got dtype {a.dtype}")
-    return a.astype(np.int64)
-
-
-def check_loader(order, batches, n: int, where: str = "") -> LoaderOrder:
-    """LoaderOrder of validated `order` (ints in [0, n)) and `batches` (ints >= 1 summing to M), or
-    ValueError naming the key (prefixed by `where`, e.g. the file)."""
-    out_order = None
-    if order is not None:
-        out_order = _int_vector(order, f"{where}order")
-        if out_order.size == 0:
-            raise ValueError(f"{where}order: expected at least one row index, got an empty array")
-        if out_order.min() < 0 or out_order.max() >= n:
-            raise ValueError(f"{where}order: expected row indices in [0, N = {n}), got "
-                             f"{int(out_order.min())}..{int(out_order.max())}")
-    m = n if out_order is None else out_order.size
-    out_batches = None
+def check_loader_order(n: int, order=None, batches=None, where: str = "") -> LoaderOrder:
+    """Validate `order` (ints in [0, n)) and `batches` (ints >= 1 summing to len(order) or n)."""
+    checked = []
+    for name, value in (("order", order), ("batches", batches)):
+        if value is None:
+            checked.append(None)
+            continue
+        array = np.asarray(value)
+        if array.ndim != 1 or array.dtype.kind not in "iu":
+            raise ValueError(f"{where}{name}: expected a 1-d integer array, got dtype {array.dtype} shape {array.shape}")
+        checked.append(array.astype(np.int64))
+    order, batches = checked
+    if order is not None and order.size and (order.min() < 0 or order.max() >= n):
+        raise ValueError(f"{where}order: expected row indices in [0, {n}), got values in [{order.min()}, {order.max()}]")
     if batches is not None:
-        out_batches = _int_vector(batches, f"{where}batches")
-        if out_batches.size == 0 or out_batches.min() < 1:
-            raise ValueError(f"{where}batches: expected batch sizes >= 1, got {out_batches[:8].tolist()}")
-        if int(out_batches.sum()) != m:
-            what = "len(order)" if out_order is not None else "N, the rows of x"
-            raise ValueError(f"{where}batches: the sizes sum to {int(out_batches.sum())}, expected {what} = {m}")
-    return LoaderOrder(out_order, out_batches)
+        m = n if order is None else order.size
+        if batches.size and batches.min() < 1:
+            raise ValueError(f"{where}batches: expected batch sizes >= 1, got {batches.min()}")
+        if int(batches.sum()) != m:
+            raise ValueError(f"{where}batches: expected sizes summing to {m} (the rows yielded), got {int(batches.sum())}")
+    return LoaderOrder(order, batches)
+
+
+def save_data(path, x: np.ndarray, y: np.ndarray, *, order=None, batches=None) -> None:
+    """Write data.npz per docs/file-format.md (atomic); TypeError names `x` or `y` when not numeric.
+
+    `order` (M,) and `batches` (K,) record how a loader yielded the rows (``LoaderOrder``);
+    ValueError names `order` or `batches` when they do not fit the N rows of x."""
+    loader = check_loader_order(len(np.asarray(x)), order, batches)
+    arrays = {"x": x, "y": y}
+    arrays.update({key: value for key, value in (("order", loader.order), ("batches", loader.batches))
+                   if value is not None})
+    atomic_savez(path, arrays)
 
 
 def load_loader(path) -> LoaderOrder:
-    """The loader recorded in data.npz (keys 'order', 'batches'; absent keys are None); ValueError names the key."""
+    """The `order` and `batches` keys of data.npz (None when absent), validated against its N rows."""
     arrays = read_npz(path, "data file", check=lambda headers: _check_data_headers(path, headers, None))
-    n = arrays["x"].shape[0]
-    return check_loader(arrays.get("order"), arrays.get("batches"), n, where=f"{path}: key ")
+    return check_loader_order(arrays["x"].shape[0], arrays.get("order"), arrays.get("batches"), f"{path}: key ")
 
 
 def _check_model_and_likelihood(model, lik, optional: bool = False) -> None:

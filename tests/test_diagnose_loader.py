@@ -64,12 +64,12 @@ def test_save_data_writes_order_and_batches_and_load_loader_reads_them(tmp_path)
 
 
 @pytest.mark.parametrize(("order", "batches", "message"), [
-    ([0, 5], None, "order: expected row indices in [0, N = 5)"),
+    ([0, 5], None, "order: expected row indices in [0, 5), got values in [0, 5]"),
     ([-1], None, "order: expected row indices"),
-    ([0.5, 1.0], None, "order: expected integers"),
+    ([0.5, 1.0], None, "order: expected a 1-d integer array, got dtype float64"),
     ([[0, 1]], None, "order: expected a 1-d"),
-    (None, [2, 2], "batches: the sizes sum to 4, expected N, the rows of x = 5"),
-    ([0, 1, 2], [2, 2], "batches: the sizes sum to 4, expected len(order) = 3"),
+    (None, [2, 2], "batches: expected sizes summing to 5 (the rows yielded), got 4"),
+    ([0, 1, 2], [2, 2], "batches: expected sizes summing to 3 (the rows yielded), got 4"),
     (None, [5, 0], "batches: expected batch sizes >= 1"),
 ])
 def test_save_data_refuses_a_bad_loader_naming_the_key(tmp_path, order, batches, message):
@@ -82,7 +82,7 @@ def test_a_data_file_with_a_bad_loader_is_refused_by_every_reader(tmp_path):
     path = tmp_path / "d.npz"
     np.savez(path, x=np.ones((5, 2)), y=np.zeros(5, int), batches=np.array([2, 2]))
     for read in (er.load_loader, er.load_data):
-        with pytest.raises(ValueError, match="key batches: the sizes sum to 4"):
+        with pytest.raises(ValueError, match="key batches: expected sizes summing to 5"):
             read(path)
     np.savez(path, x=np.ones((5, 2)), y=np.zeros(5, int), order=np.array([9]))
     with pytest.raises(ValueError, match="key order: expected row indices in"):
@@ -175,7 +175,7 @@ def test_a_recorded_order_makes_a_shuffled_loader_exact(drop_last, aggregation):
 def test_diagnose_refuses_a_bad_loader_naming_the_argument():
     model, lik, x, y = PROBLEM
     theirs, _ = loader_fisher(GRADS, 32)
-    with pytest.raises(ValueError, match="batches: the sizes sum to 64"):
+    with pytest.raises(ValueError, match="batches: expected sizes summing to 300"):
         diagnose(model, lik, x, y, theirs, batches=[32, 32])
     with pytest.raises(ValueError, match="order: expected row indices in"):
         diagnose(model, lik, x, y, theirs, order=[300])

@@ -70,7 +70,7 @@ from ..curvature.entries import per_sample_grad_entries
 from ..curvature.estimate import fisher_unchecked
 from ..curvature.estimators import ESTIMATOR_TABLE
 from ..curvature.result import as_theirs
-from ..io import check_loader
+from ..io import check_loader_order
 from ..model.likelihoods import Likelihood
 from ..model.loss import check_model_data
 from ..model.mlp import MLP
@@ -131,7 +131,7 @@ def diagnose(model: MLP, lik: Likelihood, x, y, theirs, batch_sizes=None, tol: f
     structure, t = _check_theirs(theirs, model)
     precision, tol = _check_tol(tol, t, model)
     n, p = x.shape[0], model.n_params
-    loader = check_loader(order, batches, n)
+    loader = check_loader_order(n, order, batches)
     if batch_sizes is not None and loader.batches is not None:
         raise ValueError("batch_sizes: give either batch_sizes or the loader's recorded batches, not both")
     if batch_sizes is not None:
