@@ -36,6 +36,11 @@ from ewc_ref.verify.statistics import entry_moments, judge_mc
 FIXTURES = "tests/fixtures/libraries/"
 
 
+def as_dict(result):
+    """The JSON object of a result: ``to_dict()`` where results have it (format 1.1), else ``to_json()``."""
+    return result.to_dict() if hasattr(result, "to_dict") else result.to_json()
+
+
 def fixture(name):
     net = name.split("__")[0]
     model, lik = load_model(FIXTURES + net + "_model.npz")
@@ -100,7 +105,7 @@ def test_shuffled_loader_fisher_of_a_confident_net_is_not_called_mc(name, reduct
     result = diagnose(model, lik, x, y, theirs)
     assert result.mc.accepted and result.shuffled.accepted, (result.mc.reason, result.shuffled.reason)
     assert result.estimator == "shuffled", result.report()
-    scores = result.to_json()["statistical_scores"]
+    scores = as_dict(result)["statistical_scores"]
     assert scores["shuffled"] - scores["mc"] >= MARGIN and result.score_margin >= MARGIN, scores
     low, high = result.shuffled.batch_size_interval
     assert low <= 32 <= high, result.shuffled.reason
