@@ -12,6 +12,9 @@ gradients are only ever held for SCREEN_ENTRIES entries or one chunk of rows).
 Run (the OpenBLAS variables unset, as the goal's measurement asks)::
 
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/bench_diagnose.py --rounds 3 --memory
+    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/bench_diagnose.py --n 50000 --rounds 3
+
+(issue 28 asks the ratio at N = 10,000 and N = 50,000; BENCHMARKS.md.)
 """
 
 from __future__ import annotations

@@ -416,6 +416,7 @@ def load_data(path, model: MLP | None = None, lik: Likelihood | None = None):
         raise ValueError(f"{path}: key 'y' contains non-finite values")
     if y.dtype.kind not in "fiub":
         raise ValueError(f"{path}: key 'y' must be integer or float, got dtype {y.dtype}")
+    check_loader_order(x.shape[0], arrays.get("order"), arrays.get("batches"), f"{path}: key ")  # refused here too
     if model is not None:
         try:
             x = model.check_input(x, f"{path}: key 'x'")

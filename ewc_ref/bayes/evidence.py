@@ -218,5 +218,6 @@ def _curvature(model, lik, x, y, estimator, structure, kfac_bias, chunk_size, pr
     """The curvature of the mean loss, in float64 (log determinants of P terms need it)."""
     model64 = model if model.dtype == np.float64 else model.with_theta(model.theta.astype(np.float64))
     x64 = np.asarray(x, dtype=np.float64)
-    return fisher_unchecked(model64, lik, x64, y, estimator, structure, chunk_size=chunk_size, progress=progress,
+    return fisher_unchecked(model64, lik, x64, y, estimator, structure, chunk_size=chunk_size,
+                            progress=f"laplace: {estimator} {structure}" if progress else False,
                             kfac_bias=kfac_bias if structure == "kfac" else None)

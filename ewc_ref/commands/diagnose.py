@@ -13,7 +13,7 @@ import sys
 
 from ..curvature.estimators import ESTIMATORS
 from ..curvature.result import THEIRS_STRUCTURES, read_theirs
-from ..io import load_data, load_model
+from ..io import load_data, load_loader, load_model
 from ..verify.diagnosis import diagnose
 from ._args import (
     add_json,
@@ -32,7 +32,8 @@ ACCEPTS = {"structures": THEIRS_STRUCTURES, "estimators": (*ESTIMATORS, "shuffle
 
 def add_arguments(parser) -> None:
     parser.add_argument("model", metavar="MODEL", help="model.npz (docs/file-format.md)")
-    parser.add_argument("data", metavar="DATA", help="data.npz, rows in the order THEIRS iterated over them")
+    parser.add_argument("data", metavar="DATA", help="data.npz, rows in the order THEIRS iterated over them, or with "
+                        "the loader's 'order' and 'batches' recorded (then the minibatch verdict is exact)")
     parser.add_argument("theirs", metavar="THEIRS", help="their curvature npz: diag (one array per parameter, or key 'flat' (P,)), full (key 'full') or kfac (keys 'kfac.<module>.A/G')")
     add_report_output(parser)
     add_json(parser, "the verdict (docs/file-format.md) instead of text")
@@ -47,14 +48,18 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     model, lik = load_model(args.model)
     x, y = load_data(args.data, model, lik)
+    loader = load_loader(args.data)
     theirs = read_theirs(args.theirs, model)
+    if args.batch_sizes is not None and loader.batches is not None:
+        raise ValueError(f"--batch-sizes: {args.data} records the loader's batches; omit --batch-sizes")
     if args.batch_sizes is not None:
         bad = [b for b in args.batch_sizes if not 1 <= b <= x.shape[0]]
         if bad:
             raise ValueError(f"--batch-sizes: expected sizes in 1..N = {x.shape[0]}, got {bad}")
     with flags_named(batch_sizes="--batch-sizes", tol="--tol"):
         result = diagnose(model, lik, x, y, theirs, batch_sizes=args.batch_sizes, tol=args.tol, rng=args.seed,
-                          hessian=True if args.hessian else None, progress=not args.quiet and not args.json)
+                          hessian=True if args.hessian else None, progress=not args.quiet and not args.json,
+                          order=loader.order, batches=loader.batches)
     with report_to(args.output):
         if args.json:
             write_json(result.to_dict())

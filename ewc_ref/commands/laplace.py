@@ -12,6 +12,14 @@ over the N rows, so the posterior precision is N C + ALPHA I with C a curvature 
 
 A precision that is not positive definite (the Hessian at a point that is not a minimum) exits 2
 with its smallest eigenvalue. docs/file-format.md, "laplace".
+
+--estimator empirical with a gaussian likelihood: ewc_ref's empirical Fisher is the outer product of
+the gradients of the Gaussian NLL, g_n = J_n^T (f_n - y_n) / sigma^2, so N C = sum_n J^T r r^T J / sigma^4
+= 1/(4 sigma^4) x the empirical Fisher of torch MSELoss(reduction='sum'). laplace-torch's regression
+EF halves that summed-MSE EF (the factor 1/2 that is right for its GGN) and divides by sigma^2:
+1/(2 sigma^2) x, i.e. 2 sigma^2 x ewc_ref's (2 x at sigma = 1). Its log_marginal_likelihood with
+the empirical Fisher therefore differs from this command's (by 1-7% on the docs' examples); the
+exact Fisher (GGN) agrees. docs/bayes-and-laplace.md, "The empirical Fisher of a Gaussian".
 """
 
 from __future__ import annotations

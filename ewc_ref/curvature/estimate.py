@@ -131,16 +131,17 @@ def fisher(model: MLP, lik: Likelihood, x, y, estimator: str = "empirical", stru
 
 def fisher_unchecked(model: MLP, lik: Likelihood, x, y, estimator: str = "empirical", structure: str = "diag",
                      samples: int | None = None, batch_size: int | None = None, rng=None,
-                     chunk_size: int | None = None, progress: bool = False,
+                     chunk_size: int | None = None, progress: bool | str = False,
                      kfac_bias: str | None = None) -> Curvature:
     """``fisher`` on (model, lik, x, y) already validated by check_model_data (diagnose, the Laplace
-    code): the options are checked here, once (cheap), the rows are not checked again."""
+    code): the options are checked here, once (cheap), the rows are not checked again. `progress`
+    may be the label of the command that asked (a rows-done counter labelled 'laplace', not 'fisher')."""
     options = FisherOptions.checked(estimator, structure, samples, batch_size, kfac_bias)
     return fisher_with_options(model, lik, x, y, options, rng, chunk_size, progress)
 
 
 def fisher_with_options(model: MLP, lik: Likelihood, x, y, options: FisherOptions, rng=None,
-                        chunk_size: int | None = None, progress: bool = False) -> Curvature:
+                        chunk_size: int | None = None, progress: bool | str = False) -> Curvature:
     """``fisher`` on trusted (model, lik, x, y) and options (``FisherOptions.checked``); checks only what
     needs them together: B <= N, the chunk size and the memory one chunk needs."""
     accumulator = FisherAccumulator.from_options(model, lik, options, rng)
@@ -154,7 +155,9 @@ def fisher_with_options(model: MLP, lik: Likelihood, x, y, options: FisherOption
     else:
         chunk_size = check_positive_int(chunk_size, "chunk_size")
     check_chunk_memory(model, estimator, structure, accumulator.samples, min(chunk_size, n))
-    meter = Progress(n, f"fisher {estimator}/{structure}", enabled=progress, unit="rows")
+    # progress: True (labelled by the estimator) or the label of the command that asked (e.g. 'laplace')
+    label = progress if isinstance(progress, str) else f"fisher {estimator}/{structure}"
+    meter = Progress(n, label, enabled=bool(progress), unit="rows")
     for begin in range(0, n, chunk_size):
         accumulator.update_unchecked(x[begin : begin + chunk_size], y[begin : begin + chunk_size])
         meter.update(min(chunk_size, n - begin))

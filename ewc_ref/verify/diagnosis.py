@@ -11,17 +11,13 @@ the same weights and data, ``diagnose`` computes every candidate F on our side a
 
 - ``empirical``, ``exact`` (= ``ggn`` here), ``pred`` and, for small problems, ``hessian``
   (ewc_ref.fisher);
-- ``batched`` for EVERY minibatch size B = 2..N (consecutive rows, the last partial batch its
-  own; B = 1 is ``empirical`` itself). A screen finds B: the per-example gradients on
-  SCREEN_ENTRIES tested diagonal entries (``curvature.entries``, no (N, P) matrix) and their
-  prefix sums give F_B on those entries for every B at once (``batched_screen``, N ln N
-  subtractions of (M,) vectors); the B that fit there (at most CONFIRM) are then computed on
-  all entries (``batched_fisher_gemm``, one backward pass each) and fitted by (1). When none
-  fits there, none fits on all entries (a fit on all is a fit on every subset): the closest B
-  is reported with its error on the screened entries, noted as such, and not recomputed. A wrong B
-  differs from the right one on a random entry subset as on the whole (relative errors
-  >= 1e-3 against round-off 1e-14 on the catalogue), so the screen cannot miss an exact match.
-  ``batch_sizes=[...]`` computes exactly those sizes instead (no screen);
+- ``batched`` for EVERY minibatch size B = 2..N over the rows in loader order (file order, or the
+  recorded ``order``), the short last batch kept as its own, kept with a per-batch SUM, or dropped
+  (``loader.screen_ordered`` on SCREEN_ENTRIES diagonal entries from per-example gradients' prefix
+  sums; at most loader.CONFIRM that fit there within 10 tol are computed on all entries). When none
+  fits there, none fits on all entries (a fit on all is a fit on every subset): the closest is
+  reported with its error on the screened entries and not recomputed. With the loader's recorded
+  ``batches``, exactly those batches instead (no screen); ``batch_sizes=[...]`` exactly those B;
 - ``mc``, judged statistically (below), because an mc estimate equals ``exact`` only in
   expectation;
 - ``shuffled``, squared minibatch-mean gradients over a shuffled loader (row order unknown),
@@ -35,33 +31,31 @@ number written as float64, as ``.double()`` exports are). When several fit, the 
 when none fits and ``mc`` is not accepted either, the answer is ``"none"``: a Fisher of the
 wrong thing must not be forced into a class.
 
-Judging ``mc`` is the business of ``statistics`` (its module docstring, eqs 2-4).
+Judging ``mc`` is the business of ``statistics`` (its module docstring, eqs 2-4); when mc and
+shuffled both pass their own tests, ``ranking`` decides by one score (or "cannot tell").
 
 When a deterministic candidate fits within round-off it wins and neither ``mc`` nor ``shuffled``
 is judged (``mc``'s expectation is ``exact``: an mc estimate with S -> infinity is
 indistinguishable from it; a shuffled expectation is empirical at B = 1 and the squared mean
 gradient at B = N).
 
-Scales are reported as floats at full precision and described in words by matching c with
-the factors conventions and buggy code produce (``scale.scale_factors``): N (a sum over
-examples, laplace-torch), 1/N (BackPACK's (g_n/N)^2), 2/C (torch MSELoss(mean) over C
-outputs), K (minibatches summed), ... A deterministic verdict takes the closest factor within
-10 x its residual; a statistical one the SIMPLEST factor inside its 2-standard-error band
-(x 1 first), and "no simple factor" when none is inside. JSON "scale_factor" is that factor
-as an expression in N, C, K, B, S, or null.
+Scales are reported as floats at full precision and described in words by the simplest product
+2^a N^b C^c B^d K^e S^f that matches c (``factors``, by search): a deterministic verdict within 10 x
+its residual, a statistical one inside its 2-standard-error band (its natural readings first, x 1
+first), "no simple factor" otherwise; a "none" only by its fitted c. JSON "scale_factor" is that
+product as an expression in N, C, K, B, S, or null.
 
 Cost. For a diag THEIRS one pass over the rows (``one_pass.diag_pass``: one forward and one
 backward pass of the C label gradients) gives empirical, exact and pred, the mean gradient, the
 screen's per-example gradients and the mc test's exact moments and bootstrap draws; the
 diagonal Hessian of a ReLU net is the exact diagonal (phi'' = 0), of a curved one a backward
 recursion; then the screen, one batched confirmation and the shuffled simulations. At
-784-256-256-10, N = 10^4 that is about 4x one exact diagonal Fisher (benchmarks/BENCHMARKS.md).
+784-256-256-10 that is 5-7x one exact diagonal Fisher at N = 10^4 and 5 10^4 (benchmarks/BENCHMARKS.md).
 A full THEIRS computes each candidate on its own (P x P products dominate).
 
 Candidates skipped for cost (the Hessian when P N > budget.HESSIAN_LIMIT) or by the caller
 (``batch_sizes``) are listed in ``not_tried`` with the flag that includes them. When nothing
-fits, the report names the likely causes, row order first when a shuffled loader fits the
-expectation better than every other candidate.
+fits, the causes are tested and ranked by evidence (``causes``).
 """
 
 from __future__ import annotations
@@ -72,34 +66,35 @@ import numpy as np
 
 from .._validate import check_positive_int
 from ..curvature import budget, diag_hessian
-from ..curvature.batched import batched_fisher_gemm, batched_screen
 from ..curvature.entries import per_sample_grad_entries
 from ..curvature.estimate import fisher_unchecked
 from ..curvature.estimators import ESTIMATOR_TABLE
 from ..curvature.result import as_theirs
+from ..io import check_loader_order
 from ..model.likelihoods import Likelihood
 from ..model.loss import check_model_data
 from ..model.mlp import MLP
 from ..progress import Progress
 from . import kfac
+from .causes import likely_causes, tested_causes
+from .factors import NATURAL
+from .loader import minibatch_matrices
 from .one_pass import PASS_ESTIMATORS, diag_pass
+from .ranking import rank, simulated_scores
 from .results import Candidate, Diagnosis, MCTest
-from .scale import ScaleFactor, fit_scale, match_scale, roundoff_tolerance, scale_factors
+from .scale import fit_scale, match_scale, roundoff_tolerance, scale_factors
 from .shuffled import ShuffledTest, judge_shuffled
 from .statistics import MC_BOOTSTRAP, entry_moments, judge_mc, sample_entries
 
 #: Diagonal entries the batched screen and the shuffled test look at (all when P is smaller):
 #: (N + 1) x SCREEN_ENTRIES prefix sums, 20 MB at N = 10^4.
 SCREEN_ENTRIES = 256
-#: At most this many batch sizes that fit on the screen (relative error <= 10 tol) are confirmed on
-#: all entries (one backward pass each); when none fits, the screen's best one alone (the closest).
-CONFIRM = 3
 #: Tie-break rank of the statistical candidates that are not rows of the estimator table.
 _RANK = {"shuffled": 6}
 
 
 def diagnose(model: MLP, lik: Likelihood, x, y, theirs, batch_sizes=None, tol: float | None = None,
-             rng=0, progress: bool = False, hessian: bool | None = None) -> Diagnosis:
+             rng=0, progress: bool = False, hessian: bool | None = None, *, order=None, batches=None) -> Diagnosis:
     """Find the estimator and scale with THEIRS ~= scale * F_estimator (module docstring).
 
     Parameters
@@ -112,6 +107,9 @@ def diagnose(model: MLP, lik: Likelihood, x, y, theirs, batch_sizes=None, tol: f
     progress : report the stages on stderr
     hessian : include the Hessian candidate (default: when P * N <= budget.HESSIAN_LIMIT, or for a
         diag THEIRS when its backward recursion is cheap, ``diag_hessian.is_cheap``)
+    order : (M,) row indices in the order the loader yielded them (data.npz key 'order'; None: file order)
+    batches : (K,) the loader's batch sizes, summing to M (data.npz key 'batches'): the minibatch
+        candidates are then exactly those batches over the rows in `order` (deterministic, exact)
 
     Returns
     -------
@@ -133,47 +131,48 @@ def diagnose(model: MLP, lik: Likelihood, x, y, theirs, batch_sizes=None, tol: f
     structure, t = _check_theirs(theirs, model)
     precision, tol = _check_tol(tol, t, model)
     n, p = x.shape[0], model.n_params
+    loader = check_loader_order(n, order, batches)
+    if batch_sizes is not None and loader.batches is not None:
+        raise ValueError("batch_sizes: give either batch_sizes or the loader's recorded batches, not both")
     if batch_sizes is not None:
         batch_sizes = sorted({check_positive_int(b, "batch_sizes", upper=n) for b in batch_sizes} - {1})
     if hessian is None:
         hessian = p * n <= budget.HESSIAN_LIMIT or (structure == "diag" and diag_hessian.is_cheap(model, lik))
     rng = np.random.default_rng(rng)
-    log = Progress(1, "diagnose", enabled=progress)
+    log = Progress(n, "diagnose", enabled=progress)  # rows of the one pass done (its counter), stages as lines
     t_diag = t if structure == "diag" else np.diag(t).copy()
     cols = _screen_entries(t_diag, rng)
     if structure == "diag":  # everything from one pass over the rows (one_pass.py)
-        i_idx, j_idx = sample_entries(p, structure, rng)
+        i_idx, j_idx = cols, cols  # the mc test on the screen's entries: one set for the scores of ranking.py
         log.stage(f"one pass over the rows: {', '.join(PASS_ESTIMATORS)}, the mean gradient, per-example gradients "
                   f"on {cols.size} entries, mc moments on {i_idx.size}")
-        one = diag_pass(model, lik, x, y, cols, i_idx, MC_BOOTSTRAP, rng)
+        one = diag_pass(model, lik, x, y, cols, i_idx, MC_BOOTSTRAP, rng, meter=log)
+        if progress:
+            log.close()
         grad_entries, mean_gradient = one.grad_entries, one.mean_gradient
         mc_moments = (i_idx, j_idx, one.mc_mean, one.mc_cov, one.mc_draws)
-        matrices = {(name, None): one.matrices[name] for name in PASS_ESTIMATORS}
+        matrices = {(name, None, ""): one.matrices[name] for name in PASS_ESTIMATORS}
         if hessian:
             log.stage("computing hessian (diag)")
-            matrices[("hessian", None)] = (diag_hessian.hessian_diag(model, lik, x, y) if model.activation.curved
+            matrices[("hessian", None, "")] = (diag_hessian.hessian_diag(model, lik, x, y) if model.activation.curved
                                            else one.matrices["exact"])  # phi'' = 0: diag H = diag GGN = exact
     else:
         log.stage(f"per-example gradients on {cols.size} tested entries")
         grad_entries = _grad_entries(model, lik, x, y, cols)
         matrices = _candidate_matrices(model, lik, x, y, structure, hessian, log)
-        mean_gradient, mc_moments = None, None
-    screened, screened_closest = None, None
-    if batch_sizes is None:
-        log.stage(f"screening batched for every B = 2..{n}")
-        screen = batched_screen(grad_entries, t_diag[cols], range(2, n + 1))
-        ranked = sorted(screen, key=lambda b: (screen[b][1], b))
-        batch_sizes = sorted(b for b in ranked[:CONFIRM] if screen[b][1] <= 10 * tol)
-        screened = (2, n) if n >= 2 else None
-        if not batch_sizes and ranked:  # no B fits on the screen, so none on all entries: the closest is not recomputed
-            closest_b = ranked[0]
-            screened_closest = Candidate("batched", *screen[closest_b], batch_size=closest_b, entries=int(cols.size),
-                                         note="the closest B on the screened entries (no B fits there, so none on all)")
-    for b in batch_sizes:
-        log.stage(f"computing batched, B = {b} ({structure})")
-        matrices[("batched", b)] = batched_fisher_gemm(model, lik, x, y, b, structure)
-    candidates = [Candidate(name, *fit_scale(t, matrix), batch_size=b,
-                            note=ESTIMATOR_TABLE[name].diagnose_note) for (name, b), matrix in matrices.items()]
+        mean_gradient, mc_moments, one = None, None, None
+    batched, closest, screened = minibatch_matrices(
+        model, lik, x, y, None if loader.order is None else loader.order, loader.batches, grad_entries, t_diag[cols],
+        batch_sizes, tol, structure, log, *((one.pred_entries, one.pred_labels) if one is not None else ()))
+    matrices.update(batched)
+    screened_closest = None
+    if closest is not None:
+        closest_b, variant, c_closest, e_closest = closest
+        screened_closest = Candidate("batched", c_closest, e_closest, batch_size=closest_b, entries=int(cols.size),
+                                     variant=variant,
+                                     note="the closest B on the screened entries (no B fits there, so none on all)")
+    candidates = [Candidate(name, *fit_scale(t, matrix), batch_size=b, variant=v,
+                            note=ESTIMATOR_TABLE[name].diagnose_note) for (name, b, v), matrix in matrices.items()]
     for c in candidates:
         c.fits = c.rel_error <= tol
     if screened_closest is not None:
@@ -197,8 +196,9 @@ def diagnose(model: MLP, lik: Likelihood, x, y, theirs, batch_sizes=None, tol: f
     # errors over all entries first: one measured on the screened entries only is not comparable with them
     candidates.sort(key=lambda c: (c.entries is not None, c.rel_error, _rank(c.estimator), c.batch_size or 0))
     not_tried = _not_tried(hessian, screened, batch_sizes, n, p)
+    scores = _statistical_scores(t_diag[cols], grad_entries, one, mc_test, shuffled, tol, rng)
     return _verdict(candidates, matrices, mc_test, shuffled, n, p, structure, precision, tol, model, lik,
-                    not_tried, screened)
+                    not_tried, screened, loader, scores, (x, y, t_diag, one and one.kfac_diagonals))
 
 
 def _rank(name: str) -> int:
@@ -255,7 +255,8 @@ def _candidate_matrices(model, lik, x, y, structure, hessian, log) -> dict:
     for name, row in ESTIMATOR_TABLE.items():
         if row.diagnose == "fit" or (row.diagnose == "fit-small" and hessian):
             log.stage(f"computing {name} ({structure})")
-            matrices[(name, None)] = fisher_unchecked(model, lik, x, y, estimator=name, structure=structure).data
+            matrices[(name, None, "")] = fisher_unchecked(model, lik, x, y, estimator=name, structure=structure,
+                                                          progress=f"diagnose: {name}" if log.enabled else False).data
     return matrices
 
 
@@ -298,11 +299,12 @@ def _shuffled_candidate(t, t_entries, grad_entries, matrices, m, structure, tol,
         test.identified = False
         test.reason += "; judged on the diagonal of a full THEIRS only"
     mm = m * m if structure == "diag" else np.outer(m, m)
-    design = np.stack([mm.ravel(), (matrices[("empirical", None)] - mm).ravel()], axis=1)
+    design = np.stack([mm.ravel(), (matrices[("empirical", None, "")] - mm).ravel()], axis=1)
     coef, *_ = np.linalg.lstsq(design, t.ravel(), rcond=None)
     test.rel_error = float(np.linalg.norm(t.ravel() - design @ coef) / np.linalg.norm(t))
     candidates.append(Candidate("shuffled", test.scale if math.isfinite(test.scale) else float(coef[0]),
-                                test.rel_error, batch_size=test.batch_size, fits=test.accepted, note=test.reason))
+                                test.rel_error, batch_size=test.batch_size, fits=test.accepted, note=test.reason,
+                                variant={True: "dropped", False: "", None: "kept or dropped"}[test.drop_last]))
     return test
 
 
@@ -313,7 +315,7 @@ def _not_tried(hessian: bool, screened, batch_sizes, n: int, p: int) -> list[dic
         out.append({"estimator": "hessian",
                     "why": f"P N = {p * n:.3g} > {budget.HESSIAN_LIMIT:g} (budget.HESSIAN_LIMIT): P Hessian-vector products",
                     "flag": "--hessian"})
-    if screened is None and n >= 2:
+    if screened is None and n >= 2 and batch_sizes is not None:  # None: the recorded batches
         out.append({"estimator": "batched",
                     "why": f"only B in {batch_sizes[:8]}{' ...' if len(batch_sizes) > 8 else ''} (given); the screen of every B = 2..N was skipped",
                     "flag": "omit --batch-sizes"})
@@ -323,77 +325,97 @@ def _not_tried(hessian: bool, screened, batch_sizes, n: int, p: int) -> list[dic
 def _statistical_scale(c, test, n, n_outputs, lik_name, sigma):
     """(factor or None, words, se) of a statistical candidate: the simplest factor in its 2-se band."""
     se = test.scale_se if math.isfinite(test.scale_se) else 0.1 * abs(c.scale)
-    factors = scale_factors(n, c.batch_size, n_outputs, lik_name, sigma)
-    if c.estimator == "mc":
-        factors.append(_samples_factor(c.samples))
-    factor, words = match_scale(c.scale, factors, rtol=2 * se / max(abs(c.scale), 1e-300), simplest_first=True)
+    factors = scale_factors(n, c.batch_size, n_outputs, lik_name, sigma, samples=c.samples if c.estimator == "mc" else None)
+    factor, words = match_scale(c.scale, factors, rtol=2 * se / max(abs(c.scale), 1e-300), simplest_first=True,
+                                prefer=NATURAL[c.estimator])
     return factor, words + f" (+/- {se:.2g}, the standard error of the sampling noise)", se
 
 
-#: The scales a statistical candidate reaches without a bug: mc averaged (or summed over S),
-#: shuffled averaged or summed over the K minibatches.
-_NATURAL = {"mc": ("1", "S"), "shuffled": ("1", "K")}
 
 
-def _statistical_winner(candidates, tests, n, n_outputs, lik_name, sigma):
-    """The accepted statistical candidate (mc, shuffled) to report, and the other accepted ones.
+def _statistical_scores(t_entries, grad_entries, one, mc_test, shuffled, tol, rng) -> dict:
+    """{name: score (ranking.simulated_scores)} when mc and shuffled both pass, on the same tested entries (diag)."""
+    if one is None or mc_test is None or shuffled is None or not (mc_test.accepted and shuffled.accepted):
+        return {}
+    roundoff = tol * float(np.linalg.norm(t_entries)) / math.sqrt(max(1, t_entries.size))
+    return simulated_scores(t_entries, grad_entries, roundoff, (one.mc_mean, one.mc_draws, mc_test.implied_samples),
+                            (shuffled.batch_size, shuffled.scale, bool(shuffled.drop_last)), rng)
 
-    Both can be consistent with THEIRS when the net is confident (rare labels' huge gradients
-    make both noise models wide). Occam's rule then: the one whose scale is a plain convention
-    (_NATURAL: no extra bug needed) first, then the better fit of its expectation.
+
+def _statistical_winner(candidates, tests, scores):
+    """(the accepted statistical candidate to report or None, the other accepted ones, 'cannot tell' or '').
+
+    One passing its own test is the answer; when mc and shuffled both pass, ranking.rank decides by
+    the scores (ranking eq 1), and a margin below ranking.MARGIN is "cannot tell". A shuffled reading
+    whose c and B are confounded (not identified, or a full THEIRS judged on its diagonal) takes part
+    in the comparison but is never the verdict: when it wins, the answer is 'none' with row order as
+    the first cause.
     """
-    accepted = [c for c in candidates if c.estimator in _NATURAL and c.fits]
-    natural = {c.estimator for c in accepted
-               if (f := _statistical_scale(c, tests[c.estimator], n, n_outputs, lik_name, sigma)[0]) is not None
-               and f.expression in _NATURAL[c.estimator]}
-    sh = next((c for c in accepted if c.estimator == "shuffled"), None)
-    if sh is not None and not tests["shuffled"].identified:
-        # B and c confounded (or a full THEIRS judged on its diagonal): a cause to name, not a
-        # verdict; and an mc that needs a scale bug is no better an explanation than such a
-        # shuffled loader that needs none and fits its expectation about as well (within 10%)
-        accepted = [c for c in accepted if c.estimator != "shuffled"
-                    and ("shuffled" not in natural or c.estimator in natural or sh.rel_error > 1.1 * c.rel_error)]
+    accepted = [c for c in candidates if c.estimator in NATURAL and c.fits]
+    if len(accepted) == 2 and scores:
+        name, _ = rank({c.estimator: scores[c.estimator] for c in accepted})
+        if name is None:
+            return None, accepted, "cannot tell"
+        accepted.sort(key=lambda c: c.estimator != name)
+    if accepted and accepted[0].estimator == "shuffled" and not tests["shuffled"].identified:
+        return None, accepted[1:], ""
     if not accepted:
-        return None, []
+        return None, [], ""
+    return accepted[0], accepted[1:], ""
 
-    def key(c):
-        factor = _statistical_scale(c, tests[c.estimator], n, n_outputs, lik_name, sigma)[0]
-        return (factor is None or factor.expression not in _NATURAL[c.estimator], c.rel_error)
 
-    accepted.sort(key=key)
-    return accepted[0], accepted[1:]
+def _n_batches(c, n: int, loader) -> int | None:
+    """K of a minibatch candidate: the recorded batches, floor(M / B) with drop_last, else ceil(M / B)."""
+    if c.batch_size is None:
+        return None
+    m = n if loader.order is None else loader.order.size
+    if "recorded" in c.variant:
+        return int(loader.batches.size)
+    return m // c.batch_size if c.variant.endswith("dropped") else -(-m // c.batch_size)
+
+
+def _margin(scores: dict) -> float | None:
+    values = sorted(scores.values(), reverse=True)
+    return values[0] - values[1] if len(values) >= 2 else None
 
 
 def _verdict(candidates, matrices, mc_test, shuffled, n, p, structure, precision, tol, model, lik,
-             not_tried, screened) -> Diagnosis:
+             not_tried, screened, loader, scores, data) -> Diagnosis:
     """The winner (best deterministic fit, else the best accepted statistical one, else 'none')."""
     c_out = model.n_outputs
     sigma = float(getattr(lik, "sigma", 1.0))
     common = dict(n=n, n_params=p, structure=structure, precision=precision, tol=tol, mc=mc_test,
                   shuffled=shuffled, not_tried=not_tried, batch_sizes_screened=screened)
-    deterministic = [c for c in candidates if c.fits and c.estimator not in _NATURAL]
+    deterministic = [c for c in candidates if c.fits and c.estimator not in NATURAL]
     tests = {"mc": mc_test, "shuffled": shuffled}
     also = []
+    undecided, tested = "", []
     if deterministic:
         winner = deterministic[0]
-    else:
-        winner, also = _statistical_winner(candidates, tests, n, c_out, lik.name, sigma)
+    else:  # a tested cause within round-off (c F + alpha, a KFAC diagonal) stops a statistical verdict
+        tested = tested_causes(model, lik, *data[:3], matrices, candidates[0], tol, data[3])
+        exact_cause = any(rel <= 10 * tol for rel, _ in tested)
+        winner, also, undecided = (None, [], "") if exact_cause else _statistical_winner(candidates, tests, scores)
+    common.update(statistical_scores=scores, score_margin=_margin(scores))
+    if undecided:
+        best = max(also, key=lambda c: scores[c.estimator])
+        return Diagnosis("cannot tell", best.scale, best.rel_error, None, None, candidates,
+                         scale_words=f"x {best.scale:.6g} (the fitted c of {best.label})", closest=best,
+                         also_consistent=[c.label for c in also], **common)
     if winner is None:
         best = candidates[0]
-        factors = scale_factors(n, best.batch_size, c_out, lik.name, sigma)
-        factor, words = match_scale(best.scale, factors, rtol=10 * tol)
-        return Diagnosis("none", best.scale, best.rel_error, None, None, candidates, scale_words=words,
-                         scale_factor=None, closest=best, causes=_causes(candidates, shuffled, not_tried), **common)
-    if winner.estimator in _NATURAL:
+        return Diagnosis("none", best.scale, best.rel_error, None, None, candidates,
+                         scale_words=f"x {best.scale:.12g} (the fitted c of the closest, {best.label})",
+                         scale_factor=None, closest=best, causes=likely_causes(candidates, shuffled, not_tried, tested, tol), **common)
+    if winner.estimator in NATURAL:
         factor, words, _ = _statistical_scale(winner, tests[winner.estimator], n, c_out, lik.name, sigma)
         # mc's expectation is exact: neither exact nor a candidate equal to it (a ReLU net's hessian) is a runner-up
-        exact = matrices[("exact", None)]
+        exact = matrices[("exact", None, "")]
         others = [c for c in candidates if c is not winner and not (
-            winner.estimator == "mc" and (c.estimator, c.batch_size) in matrices
-            and fit_scale(matrices[(c.estimator, c.batch_size)], exact)[1] <= tol)]
+            winner.estimator == "mc" and c.key in matrices and fit_scale(matrices[c.key], exact)[1] <= tol)]
         equivalent, runner_up = [], (others[0] if others else None)
     else:
-        factors = scale_factors(n, winner.batch_size, c_out, lik.name, sigma)
+        factors = scale_factors(n, winner.batch_size, c_out, lik.name, sigma, _n_batches(winner, n, loader))
         factor, words = match_scale(winner.scale, factors, rtol=max(10 * winner.rel_error, 1e-9))
         equivalent, runner_up = _equivalent_and_runner_up(winner, candidates, matrices, tol)
     # float64 epsilon as the floor: an exact 0 residual should not give an astronomic margin
@@ -401,50 +423,24 @@ def _verdict(candidates, matrices, mc_test, shuffled, n, p, structure, precision
     return Diagnosis(winner.estimator, winner.scale, winner.rel_error, winner.batch_size,
                      winner.samples if winner.estimator == "mc" else None, candidates, scale_words=words,
                      scale_factor=None if factor is None else factor.expression, runner_up=runner_up,
-                     margin=margin, equivalent=equivalent, also_consistent=[c.label for c in also], **common)
-
-
-def _samples_factor(samples) -> ScaleFactor:
-    s = samples or 1
-    return ScaleFactor(float(s), "S", f"x S = {s}: the S sampled squared gradients summed, not averaged")
-
-
-def _causes(candidates, shuffled: ShuffledTest, not_tried) -> list[str]:
-    """Likely causes of a 'none', most likely first (row order first when a shuffled loader fits best)."""
-    causes = []
-    others = [c for c in candidates if c.estimator != "shuffled"]
-    plausible = shuffled.accepted or (math.isfinite(shuffled.implied_batch_size) and shuffled.implied_batch_size > 1
-                                      and (not others or shuffled.rel_error < min(c.rel_error for c in others)))
-    low, high = shuffled.batch_size_interval
-    how = f", batches {shuffled.reduction}" if shuffled.reduction else ""
-    row_order = (f"rows in another order than DATA: a shuffled loader with B ~ {shuffled.implied_batch_size:.0f} "
-                 f"(99% {low:.0f}..{high:.0f}{how}) is consistent with THEIRS; pass DATA in the order the loader "
-                 "yielded its rows (save the indices) and batched finds it exactly")
-    if plausible:
-        causes.append(row_order)
-    causes += ["a Fisher at other weights (saved before or after an optimizer step, or of another task)",
-               "another loss or likelihood than MODEL's (label smoothing, class weights, another sigma, a regulariser)",
-               "clipped or capped values, mixed labels, or half-precision arithmetic"]
-    if not plausible:
-        causes.append("rows in another order than DATA (a shuffled loader) with batches too small or too few to tell")
-    causes += [f"a candidate not tried: {item['estimator']} ({item['flag']})" for item in not_tried]
-    return causes
+                     margin=margin, equivalent=equivalent, also_consistent=[c.label for c in also],
+                     variant=winner.variant, **common)
 
 
 def _equivalent_and_runner_up(winner, candidates, matrices, tol):
     """Candidates whose matrix equals the winner's here (e.g. pred = empirical at 100% accuracy),
     and the best of the others."""
-    win_matrix = matrices[(winner.estimator, winner.batch_size)]
+    win_matrix = matrices[winner.key]
     equivalent, others = [], []
     for c in candidates:
         if c is winner:
             continue
-        if (c.estimator, c.batch_size) not in matrices:  # statistical: mc, shuffled
+        if c.key not in matrices:  # statistical: mc, shuffled
             # an unjudged mc is exact itself; a shuffled expectation within round-off is a deterministic
             # candidate in disguise (B = 1: empirical, B = N: the squared mean gradient)
             if (c.estimator == "mc" and c.samples is not None) or (c.estimator == "shuffled" and c.rel_error > tol):
                 others.append(c)
             continue
-        same = fit_scale(win_matrix, matrices[(c.estimator, c.batch_size)])[1] <= tol and c.fits
+        same = fit_scale(win_matrix, matrices[c.key])[1] <= tol and c.fits
         (equivalent if same else others).append(c)
     return equivalent, (others[0] if others else None)

@@ -60,6 +60,9 @@ class DiagPass:
     mc_mean: np.ndarray  # (M_mc,) exact Fisher on mc_cols
     mc_cov: np.ndarray  # (M_mc, M_mc) covariance of a one-sample mc estimate there, statistics eq (2)
     mc_draws: np.ndarray  # (bootstrap, M_mc) genuine one-sample mc estimates there
+    kfac_diagonals: dict | None = None  # {estimator: (P,) diag(G (x) A)} of the KFAC of each PASS_ESTIMATORS row
+    pred_entries: np.ndarray | None = None  # (N, M_screen) per-example gradients at the most probable labels
+    pred_labels: object = None  # (N,) or (N, C) the most probable labels, in row order
 
 
 def draw_label_indices(weights: np.ndarray, draws: int, rng: np.random.Generator) -> np.ndarray:
@@ -96,7 +99,7 @@ def rows_per_chunk(model: MLP, n_vectors: int, n_cols: int, cumulant: bool = Fal
 
 
 def diag_pass(model: MLP, lik: Likelihood, x: np.ndarray, y, screen_cols: np.ndarray, mc_cols: np.ndarray,
-              bootstrap: int, rng: np.random.Generator, chunk_size: int | None = None) -> DiagPass:
+              bootstrap: int, rng: np.random.Generator, chunk_size: int | None = None, meter=None) -> DiagPass:
     """One pass over the rows: every array of DiagPass (module docstring), in float64 whatever the model's dtype.
 
     Parameters
@@ -106,12 +109,14 @@ def diag_pass(model: MLP, lik: Likelihood, x: np.ndarray, y, screen_cols: np.nda
     mc_cols : (M_mc,) sorted, unique flat indices for the mc moments (statistics eq 2)
     bootstrap : genuine one-sample mc estimates to draw on mc_cols (labels from the model, with `rng`)
     chunk_size : rows per chunk (default ``rows_per_chunk``); results do not depend on it beyond round-off
+    meter : a progress.Progress counting rows (``update`` per chunk), or None
 
     Returns
     -------
     DiagPass with means over the N rows: empirical, exact, pred diagonals (P,), m (P,), the
-    (N, M_s) per-example gradients, and on mc_cols the exact Fisher, the one-sample covariance
-    (1/N^2 sum_n Cov_n) and the (bootstrap, M_mc) draws.
+    (N, M_s) per-example gradients, on mc_cols the exact Fisher, the one-sample covariance
+    (1/N^2 sum_n Cov_n) and the (bootstrap, M_mc) draws, and the diagonals of the KFAC of each
+    estimator, diag(G (x) A)_(i,j) = G_ii A_jj (twin: ``fisher(structure='kfac').diagonal``).
     """
     model = model.with_theta(model.theta.astype(np.float64)) if model.theta.dtype != np.float64 else model
     n, p, c = x.shape[0], model.n_params, model.n_outputs
@@ -122,27 +127,38 @@ def diag_pass(model: MLP, lik: Likelihood, x: np.ndarray, y, screen_cols: np.nda
     sums = np.zeros((len(PASS_ESTIMATORS), p))
     grad_sum = np.zeros(p)
     grad_entries = np.empty((n, screen_cols.size))
+    pred_entries = np.empty((n, screen_cols.size))
+    pred_labels = []
     mc_mean, mc_cov = np.zeros(mc_cols.size), np.zeros((mc_cols.size, mc_cols.size))
     draws = np.zeros((bootstrap, mc_cols.size))
+    # the Kronecker factors' diagonals: G_ii = 1/N sum_n s_ni (the squared deltas of each estimator), A_jj = 1/N sum_n a_nj^2
+    g_diag = [np.zeros((len(PASS_ESTIMATORS), out)) for out, _ in model.shapes]
+    a_diag = [np.zeros(inp) for _, inp in model.shapes]
     for start in range(0, n, chunk):
         rows = slice(start, min(n, start + chunk))
         f, cache = model.forward(x[rows].astype(np.float64, copy=False))
         basis = _Basis(lik, f, y[rows], dependent)
+        pred_labels.append(basis.predicted)
         weights = basis.weights
         deltas = kernels.backward_deltas(model.weights, cache.activation_caches, basis.vectors)  # (K, n, out_l) per layer
-        observed = []
+        observed, predicted = [], []
         for l, delta in enumerate(deltas):
             gradient = basis.pick(delta, "empirical")
             observed.append(gradient)
+            predicted.append(basis.pick(delta, "pred"))
             s = basis.squares(delta)  # (n, 3 out): PASS_ESTIMATORS side by side
             a = cache.inputs[l]
-            sums[:, model.weight_slices[l]] += (s.T @ np.square(a)).reshape(len(PASS_ESTIMATORS), -1)  # one GEMM
+            a2 = np.square(a)
+            sums[:, model.weight_slices[l]] += (s.T @ a2).reshape(len(PASS_ESTIMATORS), -1)  # one GEMM
+            g_diag[l] += s.sum(axis=0).reshape(len(PASS_ESTIMATORS), -1)
+            a_diag[l] += a2.sum(axis=0)
             grad_sum[model.weight_slices[l]] += (gradient.T @ a).ravel()
             if model.has_bias[l]:
                 sums[:, model.bias_slices[l]] += s.sum(axis=0).reshape(len(PASS_ESTIMATORS), -1)
                 grad_sum[model.bias_slices[l]] += gradient.sum(axis=0)
         for pos, l, i, j in screen_at:
             grad_entries[rows, pos] = label_kernels.gather_entries(observed[l][None], cache.inputs[l], i, j)[0]
+            pred_entries[rows, pos] = label_kernels.gather_entries(predicted[l][None], cache.inputs[l], i, j)[0]
         u = np.empty(basis.vectors.shape[:2] + (mc_cols.size,))  # u_nk on mc_cols : (K, n, M)
         for pos, l, i, j in mc_at:
             u[..., pos] = label_kernels.gather_entries(deltas[l], cache.inputs[l], i, j)
@@ -162,8 +178,18 @@ def diag_pass(model: MLP, lik: Likelihood, x: np.ndarray, y, screen_cols: np.nda
                 draws += np.einsum("nse,nse->se", g := np.matmul(r, u), g)
         mc_mean += mean
         mc_cov += cov
+        if meter is not None:
+            meter.update(rows.stop - rows.start)
     matrices = {name: total / n for name, total in zip(PASS_ESTIMATORS, sums, strict=True)}
-    return DiagPass(matrices, grad_sum / n, grad_entries, mc_mean / n, mc_cov / n**2, draws / n)
+    kfac = {name: np.zeros(p) for name in PASS_ESTIMATORS}
+    for l in range(len(model.shapes)):
+        for e, name in enumerate(PASS_ESTIMATORS):
+            g = g_diag[l][e] / n
+            kfac[name][model.weight_slices[l]] = np.outer(g, a_diag[l] / n).ravel()
+            if model.has_bias[l]:
+                kfac[name][model.bias_slices[l]] = g  # the bias input is the constant 1 (joined or separate alike)
+    return DiagPass(matrices, grad_sum / n, grad_entries, mc_mean / n, mc_cov / n**2, draws / n, kfac, pred_entries,
+                    np.concatenate(pred_labels))
 
 
 def label_moments(weights: np.ndarray, q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -202,6 +228,7 @@ class _Basis:
 
     def __init__(self, lik: Likelihood, f: np.ndarray, y, dependent: bool):
         labels_of = {"empirical": y, "pred": lik.most_probable(f)}
+        self.predicted = labels_of["pred"]
         self.dependent = dependent
         if dependent:  # the gradient at every label: a row's gradient is one of them (an index)
             labels, self.weights = lik.label_quadrature(f)

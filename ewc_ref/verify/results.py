@@ -25,21 +25,49 @@ class Candidate(JsonResult):
     fits: bool = False
     note: str = ""
     entries: int | None = None  # rel_error measured on this many screened diagonal entries (None: all)
+    variant: str = ""  # batched: '' | 'dropped' | 'kept, sum' | 'recorded' | 'recorded, sum' (verify/loader.py)
+
+    @property
+    def key(self) -> tuple:
+        """(estimator, batch size, variant): the identity of the candidate's matrix."""
+        return (self.estimator, self.batch_size, self.variant)
+
+    @property
+    def drop_last(self) -> bool | None:
+        if self.estimator not in ("batched", "shuffled") or "recorded" in self.variant \
+                or self.variant == "kept or dropped":
+            return None
+        return self.variant.endswith("dropped")
+
+    @property
+    def labels(self) -> str | None:
+        """batched: 'predicted' (the model's most probable labels) or 'observed' (DATA's y)."""
+        return None if self.estimator != "batched" else ("predicted" if self.variant.startswith("pred") else "observed")
+
+    @property
+    def batch_reduction(self) -> str | None:
+        return None if self.estimator != "batched" else ("sum" if self.variant.endswith("sum") else "mean")
 
     @property
     def label(self) -> str:
         if self.estimator == "batched":
-            return f"batched, B = {self.batch_size}" + (f" (on {self.entries} screened entries)" if self.entries else "")
+            what = {"pred": ", at the predicted labels", "dropped": ", drop_last", "kept": "", "sum": ", per-batch sum",
+                    "recorded": ", the recorded batches"}
+            words = "".join(what.get(part, f", {part}") for part in self.variant.split(", ") if part)
+            return f"batched, B = {self.batch_size}{words}" + (
+                f" (on {self.entries} screened entries)" if self.entries else "")
         if self.estimator == "mc" and self.samples is not None:
             return f"mc, S = {self.samples}"
         if self.estimator == "shuffled" and self.batch_size is not None:
-            return f"shuffled, B ~ {self.batch_size}"
+            return f"shuffled, B ~ {self.batch_size}" + {"dropped": ", drop_last", "kept or dropped": ", drop_last or not"}.get(
+                self.variant, "")
         return self.estimator
 
     def to_dict(self) -> dict:
         return {"estimator": self.estimator, "scale": self.scale, "rel_error": self.rel_error,
                 "batch_size": self.batch_size, "samples": self.samples, "fits": self.fits, "note": self.note,
-                "entries": self.entries}
+                "entries": self.entries, "drop_last": self.drop_last, "batch_reduction": self.batch_reduction,
+                "labels": self.labels}
 
 
 @dataclass
@@ -49,7 +77,7 @@ class MCTest(JsonResult):
     accepted: bool
     reason: str
     implied_samples: float = math.nan  # S_hat: exp(mean log Q1 of genuine one-sample draws) / Q1, else M / Q1
-    samples: int | None = None  # 1 when inside samples_interval, else max(1, round(S_hat))
+    samples: int | None = None  # max(1, round(S_hat)), reported with samples_interval
     entries: int = 0  # M, whitened directions tested
     chi2: float = math.nan  # Q = samples * Q1, ~ chi2_M under mc with that S
     p_noise: float = math.nan  # P(chi2_M >= Q1): THEIRS noisier than one sample per example?
@@ -98,6 +126,9 @@ class Diagnosis(JsonResult):
     batch_sizes_screened: tuple | None = None  # (2, N) when every B was screened
     causes: list = field(default_factory=list)  # likely causes of a 'none', most likely first
     also_consistent: list = field(default_factory=list)  # other accepted statistical candidates
+    variant: str = ""  # the winner's Candidate.variant (batched: drop_last, per-batch sum, recorded batches)
+    statistical_scores: dict = field(default_factory=dict)  # {mc | shuffled: ranking eq 1} when both passed
+    score_margin: float | None = None  # best score - second (ranking.MARGIN decides)
 
     def to_dict(self) -> dict:
         """The object of docs/file-format.md (`diagnose --json`), plus explanatory extras."""
@@ -118,6 +149,11 @@ class Diagnosis(JsonResult):
             "batch_sizes_screened": None if self.batch_sizes_screened is None else list(self.batch_sizes_screened),
             "causes": list(self.causes),
             "also_consistent": list(self.also_consistent),
+            "statistical_scores": {k: (v if math.isfinite(v) else None) for k, v in self.statistical_scores.items()},
+            "score_margin": self.score_margin,
+            "drop_last": None if self.winner is None else self.winner.drop_last,
+            "batch_reduction": None if self.winner is None else self.winner.batch_reduction,
+            "labels": None if self.winner is None else self.winner.labels,
         }
 
     def report(self, theirs_name: str = "THEIRS", top: int = 12) -> str:
@@ -126,7 +162,12 @@ class Diagnosis(JsonResult):
                                       if self.kfac_bias else "")
         lines = [f"{theirs_name}: {structure}, P = {self.n_params}; N = {self.n} examples; "
                  f"precision {self.precision} (round-off threshold {self.tol:g})", ""]
-        if self.estimator == "none":
+        if self.estimator == "cannot tell":
+            scores = ", ".join(f"{name} {value:.4g}" for name, value in self.statistical_scores.items())
+            lines.append(f"verdict     cannot tell apart: {' and '.join(self.also_consistent)} both pass their own tests, "
+                         f"and their log-likelihood scores ({scores}) differ by {self.score_margin:.3g} < the margin 3")
+            lines.append("            more rows, more samples or the loader's recorded order would tell them apart")
+        elif self.estimator == "none":
             best = self.closest
             lines.append("verdict     none: no estimator matches THEIRS within round-off, and no statistical one (mc, shuffled) settles it")
             lines.append(f"closest     {best.label}: THEIRS ~= {best.scale:.12g} x F, relative error {best.rel_error:.3g} "
@@ -159,9 +200,13 @@ class Diagnosis(JsonResult):
                 names = ", ".join(f"{item['estimator']} ({item['flag']})" for item in self.not_tried)
                 lines.append(f"caution     a statistical verdict; a candidate not tried may fit THEIRS exactly: {names} "
                              "(a tanh/MSE Hessian diagonal passes the mc test)")
+            if self.statistical_scores:
+                scores = ", ".join(f"{name} {value:.4g}" for name, value in self.statistical_scores.items())
+                lines.append(f"scores      log-likelihood of THEIRS's tested entries under each noise model ({scores}); "
+                             f"margin {self.score_margin:.3g} >= 3")
             if self.also_consistent:
-                lines.append(f"also        {', '.join(self.also_consistent)} is consistent with THEIRS too (the reported "
-                             "one needs no scale bug or fits better); more rows or samples would tell them apart")
+                lines.append(f"also        {', '.join(self.also_consistent)} is consistent with THEIRS too (its own test passes; "
+                             "the reported one scores better by the margin above)")
             if self.equivalent:
                 lines.append(f"same here   {', '.join(c.label for c in self.equivalent)} (equal matrices on these weights and data)")
             if self.runner_up is not None:
@@ -195,6 +240,6 @@ class Diagnosis(JsonResult):
     @property
     def winner(self) -> Candidate | None:
         for c in self.candidates:
-            if (c.estimator, c.batch_size) == (self.estimator, self.batch_size) and c.fits:
+            if (c.estimator, c.batch_size) == (self.estimator, self.batch_size) and c.fits and c.variant == self.variant:
                 return c
         return None

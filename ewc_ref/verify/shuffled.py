@@ -69,6 +69,41 @@ SHUFFLE_BOOTSTRAP = 32
 #: (B = 8..48, both nets of tests/fixtures/libraries) 0.01..0.7. A genuine one is rejected with
 #: probability <= 3e-3 where the normal fits hold.
 SHUFFLED_ALPHA = 1e-3
+#: Readings simulated (the likeliest first by the Gaussian log-likelihood of (2)-(3)): averaged / summed,
+#: kept / dropped, the free fit, and up to two B near each with a short last batch of < B/4 rows (``_heavy``).
+SIMULATED_READINGS = 6
+#: Readings within this many log-units of the best one's synthetic likelihood share the band of B
+#: (chi2_1 99% / 2 = 3.3).
+BAND_LOG_LIKELIHOOD = 3.3
+
+
+def _split_normal(value: float, samples: np.ndarray) -> tuple[float, float]:
+    """(z, sd) of `value` under a split normal fitted to `samples`: centred on their median, with the
+    root-mean-square deviation from it of the samples on value's side as that side's sd (``split_normal_p``).
+    A heavy right tail (a few-row batch) widens the right side only: a THEIRS too SMOOTH for the
+    loader (a Fisher at other weights) is still judged against the narrow left side."""
+    centre = float(np.median(samples))
+    side = samples[samples > centre] if value > centre else samples[samples < centre]
+    sd = float(np.sqrt(np.mean((side - centre) ** 2))) if side.size >= 3 else float(samples.std(ddof=1))
+    sd = max(sd, 1e-12 * max(abs(centre), 1e-300))
+    return (value - centre) / sd, sd
+
+
+def synthetic_log_likelihood(observed: np.ndarray, simulated: np.ndarray) -> float:
+    """sum_j log pdf of observed[j] under the split-normal fit to simulated[:, j] (a synthetic likelihood,
+    Wood 2010, with independent coordinates): comparable across readings because `observed` is the
+    same reading-free summary (a, log b, log q of the free fit) for all of them."""
+    total = 0.0
+    for j in range(observed.size):
+        z, sd = _split_normal(float(observed[j]), simulated[:, j])
+        total += -0.5 * z * z - math.log(sd) - 0.5 * math.log(2 * math.pi)
+    return total
+
+
+def split_normal_p(value: float, samples: np.ndarray) -> float:
+    """Two-sided p-value of `value` under the split normal of ``_split_normal``: a skewed null (a few-row
+    batch's heavy tail) is not mistaken for a misfit on its long side, nor made lax on its short side."""
+    return float(2 * norm.sf(abs(_split_normal(value, samples)[0])))
 
 
 @dataclass
@@ -88,6 +123,7 @@ class ShuffledTest(JsonResult):
     p_noise: float = math.nan
     rel_error: float = math.nan  # ||T - c E[T]|| / ||T|| of the fitted expectation on all entries
     identified: bool = False  # the m m^T weight pins c down (sd <= c / 4): B and c are not confounded
+    drop_last: bool | None = False  # the reading drops the short last batch (None: cannot tell)
 
     def to_dict(self) -> dict:
         def finite(value):
@@ -98,7 +134,7 @@ class ShuffledTest(JsonResult):
                 "batch_size": self.batch_size, "batch_size_interval": [finite(low), finite(high)],
                 "scale": finite(self.scale), "scale_se": finite(self.scale_se), "reduction": self.reduction or None,
                 "entries": self.entries, "chi2": finite(self.chi2), "p_noise": finite(self.p_noise),
-                "rel_error": finite(self.rel_error), "identified": self.identified}
+                "rel_error": finite(self.rel_error), "identified": self.identified, "drop_last": self.drop_last}
 
 
 def expectation_terms(grad_entries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -109,37 +145,42 @@ def expectation_terms(grad_entries: np.ndarray) -> tuple[np.ndarray, np.ndarray]
     return m * m, sigma
 
 
-def simulate(grad_entries: np.ndarray, batch_size: int, draws: int, rng: np.random.Generator) -> np.ndarray:
+def simulate(grad_entries: np.ndarray, batch_size: int, draws: int, rng: np.random.Generator,
+             drop_last: bool = False) -> np.ndarray:
     """(draws, M) averaged shuffled-loader Fishers of the tested entries: random partitions into batches of B.
 
-    A partition is a permutation of the rows cut into runs of B (the last one partial); the
-    minibatch sums are one sparse (K, N) indicator matrix times the (N, M) gradients. Twin:
-    ``simulate_loop`` (the permuted rows summed run by run).
+    A partition is a permutation of the rows cut into runs of B (the last one partial, or dropped
+    with `drop_last`: only the first floor(N / B) B positions are used); the
+    minibatch sums are one sparse (K, N) indicator matrix times the (N, M) gradients, in their dtype
+    (``judge_shuffled`` passes a float32 copy: each draw streams all N M entries, and their round-off,
+    1e-7 relative, is far below a loader's noise). Twin: ``simulate_loop`` (the permuted rows summed run by run).
     """
     n = grad_entries.shape[0]
-    k = -(-n // batch_size)
-    starts = np.arange(0, n, batch_size)
-    counts = np.minimum(starts + batch_size, n) - starts
-    batch_of_position = np.arange(n) // batch_size
+    used = n - n % batch_size if drop_last else n
+    k = -(-used // batch_size)
+    starts = np.arange(0, used, batch_size)
+    counts = np.minimum(starts + batch_size, used) - starts
+    batch_of_position = np.arange(used) // batch_size
     out = np.empty((draws, grad_entries.shape[1]))
     for d in range(draws):
-        batch = np.empty(n, dtype=np.intp)
-        batch[rng.permutation(n)] = batch_of_position  # the row at position i of the permutation is in batch i // B
-        indicator = sparse.csr_matrix((np.ones(n), (batch, np.arange(n))), shape=(k, n))
-        gbar = (indicator @ grad_entries) / counts[:, None]
+        rows = rng.permutation(n)[:used]  # the row at position i of the permutation is in batch i // B
+        indicator = sparse.csr_matrix((np.ones(used, grad_entries.dtype), (batch_of_position, rows)), shape=(k, n))
+        gbar = (indicator @ grad_entries).astype(np.float64) / counts[:, None]
         out[d] = np.einsum("km,km->m", gbar, gbar) / k
     return out
 
 
-def simulate_loop(grad_entries: np.ndarray, batch_size: int, draws: int, rng: np.random.Generator) -> np.ndarray:
+def simulate_loop(grad_entries: np.ndarray, batch_size: int, draws: int, rng: np.random.Generator,
+                  drop_last: bool = False) -> np.ndarray:
     """simulate with the permuted rows summed run by run (its twin; the same partitions for the same rng)."""
     n = grad_entries.shape[0]
-    k = -(-n // batch_size)
-    starts = np.arange(0, n, batch_size)
-    counts = np.minimum(starts + batch_size, n) - starts
+    used = n - n % batch_size if drop_last else n
+    k = -(-used // batch_size)
+    starts = np.arange(0, used, batch_size)
+    counts = np.minimum(starts + batch_size, used) - starts
     out = np.empty((draws, grad_entries.shape[1]))
     for d in range(draws):
-        shuffled = grad_entries[rng.permutation(n)]
+        shuffled = grad_entries[rng.permutation(n)[:used]]
         gbar = np.add.reduceat(shuffled, starts, axis=0) / counts[:, None]
         out[d] = np.einsum("km,km->m", gbar, gbar) / k
     return out
@@ -163,13 +204,16 @@ class _GLS:
         return float(coef[0]), float(coef[1]), float(r @ r)
 
 
-def mean_alpha(n: int) -> np.ndarray:
+def mean_alpha(n: int, drop_last: bool = False) -> np.ndarray:
     """(N,) alpha-bar(B) for B = 1..N: (1) averaged over the K batches of a partition, the last one partial.
 
     alpha-bar(B) = ((K - 1) alpha(B) + alpha(N - (K - 1) B)) / K, alpha(s) = (N - s) / (s (N - 1)):
     a partial last batch of 8 rows raises alpha-bar(32) by 9% at N = 1000 (B = 29 if ignored).
+    With `drop_last` every batch has B rows (a random B-subset of the N): alpha(B).
     """
     b = np.arange(1, n + 1)
+    if drop_last:
+        return (n - b) / (b * max(n - 1, 1))
     k = -(-n // b)
     last = n - (k - 1) * b
 
@@ -197,24 +241,87 @@ def implied_batch_size(a: float, b: float, n: int, alphas: np.ndarray | None = N
     return lo + int(np.argmin(np.abs(window - math.log(alpha))))
 
 
-def _hypotheses(a: float, b: float, n: int, alphas: np.ndarray) -> list[tuple[str, int, float]]:
-    """(reduction, B, c) pairs that explain the fitted weights: the free fit (c = a, alpha-bar = b / a),
+def n_batches(n: int, drop_last: bool = False) -> np.ndarray:
+    """(N,) K(B) for B = 1..N: ceil(N / B), or floor(N / B) with drop_last."""
+    b = np.arange(1, n + 1)
+    return n // b if drop_last else -(-n // b)
+
+
+def _heavy(bb: int, n: int, levels: np.ndarray, target: float) -> list[int]:
+    """Up to two B near `bb` (x 1.5) whose level c alpha-bar(B) is within x 1.5 of `target` and whose
+    short last batch has < B/4 rows: such a batch dominates the noise (a mean of a few rows), so a
+    neighbour in level that lacks it would be judged too strictly; they are tried too."""
+    lo, hi = max(2, int(bb / 1.5)), min(n, int(math.ceil(bb * 1.5)))
+    near = [c for c in range(lo, hi + 1)
+            if c != bb and 0 < n % c < c / 4 and abs(math.log(max(levels[c - 1], 1e-300) / target)) < math.log(1.5)]
+    return sorted(near, key=lambda c: abs(math.log(max(levels[c - 1], 1e-300) / target)))[:2]
+
+
+def _hypotheses(a: float, b: float, n: int, alphas: np.ndarray, drop_last: bool = False) -> list[tuple[str, int, float]]:
+    """(reduction, B, c) readings that explain the fitted weights: the free fit (c = a, alpha-bar = b / a),
     and the averaged (c = 1) and summed (c = K) readings with c alpha-bar(B) = b, which are all the
-    data can tell when m m^T is negligible (a converged net: a is then not identified)."""
-    k_of = -(-n // np.arange(1, n + 1))
+    data can tell when m m^T is negligible (a converged net: a is then not identified). Each of the
+    latter is the B whose level is closest to b within x 1.5 of its equal-batch inverse (averaged:
+    alpha = b; summed: K alpha ~ N / B^2 = b), plus ``_heavy`` neighbours with a short last batch."""
+    k_of = n_batches(n, drop_last)
     out = []
     if a > 0 and b / a <= 1.0 + 1e-6:
         out.append(("", implied_batch_size(a, b, n, alphas), a))
-    out.append(("averaged", implied_batch_size(1.0, b, n, alphas), 1.0))
-    # summed: K(B) alpha-bar(B) ~ N / B^2 = b, so B0 = sqrt(N / b); alpha-bar is jagged in B (the
-    # partial last batch): the best match within x 1.5 of B0
-    b0 = math.sqrt(n / b)
-    lo = min(n, max(1, int(b0 / 1.5)))
-    hi = max(lo, min(n, int(math.ceil(b0 * 1.5))))
-    level = np.log(np.maximum(k_of[lo - 1:hi] * alphas[lo - 1:hi], 1e-300))
-    bb = lo + int(np.argmin(np.abs(level - math.log(b))))
-    out.append(("summed", bb, float(k_of[bb - 1])))
-    return out
+    for reduction, levels, b0 in (("averaged", alphas, equal_batch_size(b, n)),
+                                  ("summed", k_of * alphas, math.sqrt(n / b))):
+        lo = min(n, max(1, int(b0 / 1.5)))
+        hi = max(lo, min(n, int(math.ceil(b0 * 1.5))))
+        window = np.log(np.maximum(levels[lo - 1:hi], 1e-300))
+        bb = lo + int(np.argmin(np.abs(window - math.log(b))))
+        for choice in [bb] + ([] if drop_last else _heavy(bb, n, levels, b)):
+            out.append((reduction, choice, 1.0 if reduction == "averaged" else float(k_of[choice - 1])))
+    return [h for h in out if k_of[h[1] - 1] >= 1]
+
+
+def _semi_sd(samples: np.ndarray, side: int) -> float:
+    """The split normal's sd above (side = +1) or below (-1) the median of `samples` (``_split_normal``)."""
+    return _split_normal(float(np.median(samples)) + side * 1e300, samples)[1]
+
+
+def _simulate_reading(reading, a, b_observed, tables, grad_entries, theirs_entries, expect, gls, n, draws, rng) -> dict:
+    """p-value, scale se, band of B and identification of one reading against its simulated loader Fishers."""
+    log_like, reduction, bb, c, _k, dof, stat, statistic, drop = reading
+    level_b = tables[drop][0][bb - 1]
+    p = float(2 * min(chi2.sf(stat, dof), chi2.cdf(stat, dof)))
+    se, spread, identified, score = math.nan, (0.0, 0.0), False, log_like
+    if draws >= 10:
+        sims = c * simulate(grad_entries, bb, draws, rng, drop_last=drop)
+        log_stat = np.log([max(statistic(t), 1e-300) for t in sims])
+        p = max(p, split_normal_p(math.log(max(stat, 1e-300)), log_stat))
+        # (4): the plain squared residual against the reading's expectation, where the whitened (3)
+        # is blind: a systematic error (a Fisher at other weights) is far SMOOTHER than the
+        # noise of K batches in the high-variance directions (calibrated on the simulations only)
+        centre = c * expect @ np.array([1.0, level_b]) if reduction else sims.mean(axis=0)
+        log_e = np.log(np.maximum(((sims - centre) ** 2).sum(axis=1), 1e-300))
+        energy = split_normal_p(math.log(max(float(((theirs_entries - centre) ** 2).sum()), 1e-300)), log_e)
+        fits = np.array([gls.fit(t) for t in sims])
+        # (5): the fitted weight of m m^T must match the reading's c (the only noise-free part of T);
+        # skewed when a short last batch of a few rows dominates the noise: a split normal
+        p = min(p, energy, split_normal_p(a, fits[:, 0]))
+        identified = float(fits[:, 0].std(ddof=1)) <= 0.25 * abs(c)
+        summary = lambda f: np.stack([f[..., 0], np.log(np.maximum(f[..., 1], 1e-300)),  # noqa: E731
+                                      np.log(np.maximum(f[..., 2], 1e-300))], axis=-1)
+        score = synthetic_log_likelihood(summary(np.array(gls.fit(theirs_entries))), summary(fits))
+        se = float(np.std(fits[:, 0] if not reduction else fits[:, 1] / level_b, ddof=1))
+        log_b = np.log(np.maximum(fits[:, 1], 1e-300))
+        # 99% of log b: 2.58 split-normal deviations on each side (a few-row last batch skews it up)
+        spread = (2.58 * _semi_sd(log_b, -1), 2.58 * _semi_sd(log_b, +1))
+    # the band: the B whose level c alpha-bar(B) puts the observed b inside its simulated 99% range,
+    # mapped through the equal-batch relation (averaged or free: level = alpha(B); summed: ~ N / B^2)
+    b_obs = max(b_observed, 1e-300)
+    low_level, high_level = b_obs * math.exp(-spread[1]), b_obs * math.exp(spread[0])
+    if reduction == "summed":
+        low, high = bb * math.sqrt(level_b * c / high_level), bb * math.sqrt(level_b * c / low_level)
+    else:
+        low, high = equal_batch_size(high_level / c, n), equal_batch_size(low_level / c, n)
+    band = (max(1, min(int(math.floor(low)), bb)), min(n, max(int(math.ceil(high)), bb)))
+    return {"p": p, "reduction": reduction, "bb": bb, "c": c, "drop": drop, "stat": stat, "dof": dof, "se": se,
+            "identified": identified, "band": band, "score": score}
 
 
 def judge_shuffled(theirs_entries: np.ndarray, grad_entries: np.ndarray, roundoff: float,
@@ -235,85 +342,83 @@ def judge_shuffled(theirs_entries: np.ndarray, grad_entries: np.ndarray, roundof
     if b <= 0:
         return ShuffledTest(False, f"not a shuffled-loader Fisher: THEIRS ~= {a:.3g} m m^T + {b:.3g} Sigma needs a "
                                    "positive weight on Sigma", entries=gls.m)
-    alphas = mean_alpha(n)
     tw_of = lambda t: gls.basis.T @ t / gls.sd  # noqa: E731
     expect = np.stack([mm, np.diag(sigma)], axis=1)
+    tables = {drop: (mean_alpha(n, drop), n_batches(n, drop)) for drop in (False, True)}
     readings = []
-    for reduction, bb, c in _hypotheses(a, b, n, alphas):
-        k = -(-n // bb)
-        if k < 2:
-            continue
-        dof = gls.m - 2 if not reduction else gls.m
+    for drop in (False, True):
+        alphas, k_of = tables[drop]
+        for reduction, bb, c in _hypotheses(a, b, n, alphas, drop):
+            k = int(k_of[bb - 1])
+            if k < 2 or (drop and n % bb == 0):  # a single batch; or no short batch to drop (the same as kept)
+                continue
+            dof = gls.m - 2 if not reduction else gls.m
+            level_b = alphas[bb - 1]
 
-        def statistic(t, reduction=reduction, bb=bb, c=c, k=k):
-            if reduction:  # fully specified: T = c (m m^T + alpha-bar Sigma)
-                r = tw_of(t - c * expect @ np.array([1.0, alphas[bb - 1]]))
-                return (k - 1) * float(r @ r) / (2 * (c * alphas[bb - 1]) ** 2)
-            a_, b_, q_ = gls.fit(t)
-            return (k - 1) * q_ / (2 * max(b_, 1e-300) ** 2)
+            def statistic(t, reduction=reduction, c=c, k=k, level_b=level_b):
+                if reduction:  # fully specified: T = c (m m^T + alpha-bar Sigma)
+                    r = tw_of(t - c * expect @ np.array([1.0, level_b]))
+                    return (k - 1) * float(r @ r) / (2 * (c * level_b) ** 2)
+                a_, b_, q_ = gls.fit(t)
+                return (k - 1) * q_ / (2 * max(b_, 1e-300) ** 2)
 
-        stat = statistic(theirs_entries)
-        # readings are ranked by the Gaussian log-likelihood of (2)-(3): a vague reading (K = 2)
-        # explains any residual with a huge variance and pays M log sigma^2 for it; the free
-        # fit pays log M for its extra parameter (BIC)
-        level = c * alphas[bb - 1] if reduction else b
-        log_like = -0.5 * (stat + gls.m * math.log(2 * level**2 / (k - 1))) - (0.0 if reduction else math.log(gls.m))
-        readings.append((log_like, reduction, bb, c, k, dof, stat, statistic))
+            stat = statistic(theirs_entries)
+            # readings are ranked by the Gaussian log-likelihood of (2)-(3): a vague reading (K = 2)
+            # explains any residual with a huge variance and pays M log sigma^2 for it; the free
+            # fit pays log M for its extra parameter (BIC)
+            level = c * level_b if reduction else b
+            log_like = -0.5 * (stat + gls.m * math.log(2 * level**2 / (k - 1))) - (0.0 if reduction else math.log(gls.m))
+            readings.append((log_like, reduction, bb, c, k, dof, stat, statistic, drop))
     if not readings:
         return ShuffledTest(False, "not a shuffled-loader Fisher: every reading implies a single batch", entries=gls.m)
     readings.sort(key=lambda r: (not r[1], -r[0]))  # averaged / summed before the free fit (a scale bug)
-    best = None
-    for log_like, reduction, bb, c, _k, dof, stat, statistic in readings[:3]:  # simulate the 3 most likely only
-        p = float(2 * min(chi2.sf(stat, dof), chi2.cdf(stat, dof)))
-        se, spread = math.nan, 0.0
-        energy, identified = None, False
-        if draws >= 10:
-            sims = c * simulate(grad_entries, bb, draws, rng)
-            log_stat = np.log([max(statistic(t), 1e-300) for t in sims])
-            z = abs(math.log(max(stat, 1e-300)) - log_stat.mean()) / max(log_stat.std(ddof=1), 1e-12)
-            p = max(p, float(2 * norm.sf(z)))
-            # (4): the plain squared residual against the reading's expectation, where the whitened (3)
-            # is blind: a systematic error (a Fisher at other weights) is far SMOOTHER than the
-            # noise of K batches in the high-variance directions (calibrated on the simulations only)
-            centre = c * expect @ np.array([1.0, alphas[bb - 1]]) if reduction else sims.mean(axis=0)
-            log_e = np.log(np.maximum(((sims - centre) ** 2).sum(axis=1), 1e-300))
-            observed = math.log(max(float(((theirs_entries - centre) ** 2).sum()), 1e-300))
-            energy = float(2 * norm.sf(abs(observed - log_e.mean()) / max(log_e.std(ddof=1), 1e-12)))
-            fits = np.array([gls.fit(t)[:2] for t in sims])
-            # (5): the fitted weight of m m^T must match the reading's c (the only noise-free part of T)
-            a_sd = max(float(fits[:, 0].std(ddof=1)), 1e-300)
-            p_mean = float(2 * norm.sf(abs(a - fits[:, 0].mean()) / a_sd))
-            p = min(p, energy, p_mean)
-            identified = a_sd <= 0.25 * abs(c)
-            se = float(np.std(fits[:, 0] if not reduction else fits[:, 1] / alphas[bb - 1], ddof=1))
-            spread = 2.58 * np.log(np.maximum(fits[:, 1], 1e-300)).std(ddof=1)
-        if best is None or (p >= SHUFFLED_ALPHA and best[1] < SHUFFLED_ALPHA):
-            best = (log_like, p, reduction, bb, c, stat, dof, se, spread, identified)
-        if p >= SHUFFLED_ALPHA:
-            break
-    _, p_noise, reduction, b_int, c, stat, dof, scale_se, spread, identified = best
-    # interval: the simulated band of log b, mapped to B through the equal-batch relation
-    # (averaged or free: b / c = alpha(B); summed: b ~ N / B^2 up to (N - B)/(N - 1)), B inside it
-    alpha_hat = alphas[b_int - 1]
-    if reduction == "summed":
-        low, high = b_int * math.exp(-spread / 2), b_int * math.exp(spread / 2)
-    else:
-        low, high = equal_batch_size(alpha_hat * math.exp(spread), n), equal_batch_size(alpha_hat * math.exp(-spread), n)
-    low, high = max(1, min(int(math.floor(low)), b_int)), min(n, max(int(math.ceil(high)), b_int))
+    sim_entries = grad_entries.astype(np.float32)  # the simulations stream all N M entries per draw: half the bytes
+    judged = [_simulate_reading(reading, a, b, tables, sim_entries, theirs_entries, expect, gls, n, draws, rng)
+              for reading in readings[:SIMULATED_READINGS]]
+    # the most likely passing reading by the synthetic likelihood of the free fit's (a, log b, log q); the
+    # free reading (a scale bug) pays log M for its extra parameter (BIC)
+    for j in judged:
+        j["score"] -= 0.0 if j["reduction"] else math.log(gls.m)
+    passing = sorted((j for j in judged if j["p"] >= SHUFFLED_ALPHA), key=lambda j: (not j["reduction"], -j["score"]))
+    best = passing[0] if passing else max(judged, key=lambda j: j["p"])
+    reduction, b_int, c, drop = best["reduction"], best["bb"], best["c"], best["drop"]
+    p_noise, stat, dof, scale_se, identified = best["p"], best["stat"], best["dof"], best["se"], best["identified"]
+    # the 99% band of B: the union of the bands of every passing reading with the same reduction (a
+    # short last batch makes the noise jagged in B, so a neighbour may explain THEIRS as well); drop_last
+    # is told only when every such reading agrees on it
+    family = [j for j in passing if j["reduction"] == reduction and j["score"] >= best["score"] - BAND_LOG_LIKELIHOOD] \
+        or [best]
+    low, high = min(j["band"][0] for j in family), max(j["band"][1] for j in family)
+    drops = {j["drop"] for j in family}
+    # drop_last is told only when every passing reading agrees and no B in the band divides N (there
+    # the loader has no short batch to keep or drop)
+    drop = drop if len(drops) == 1 and not any(n % b == 0 for b in range(low, high + 1)) else None
+    # c and B are confounded when m m^T is negligible (summed at B looks like averaged at a smaller B).
+    # Identified when the m m^T weight a of simulated loaders WITHOUT the short last batch (whose few
+    # rows add noise along m m^T too, which is not confounding) has sd <= c / 4, or when no reading of
+    # another reduction (averaged / summed / free) passes within BAND_LOG_LIKELIHOOD of the best one
+    rivals = [j for j in passing if j["reduction"] != reduction and j["score"] >= best["score"] - BAND_LOG_LIKELIHOOD]
+    if draws >= 10 and passing and not rivals:
+        identified = True
+    elif draws >= 10 and not best["drop"] and n % b_int and n // b_int >= 2:  # only then: 32 more simulations
+        sims = c * simulate(sim_entries, b_int, draws, rng, drop_last=True)
+        identified = float(np.std([gls.fit(t)[0] for t in sims], ddof=1)) <= 0.25 * abs(c)
     test = ShuffledTest(False, "", float(b_int), b_int, (float(low), float(high)), c, scale_se, entries=gls.m,
-                        chi2=stat, p_noise=p_noise)
+                        chi2=stat, p_noise=p_noise, drop_last=drop)
+    k = int(tables[bool(best["drop"])][1][b_int - 1])
     if p_noise < SHUFFLED_ALPHA:
         test.reason = (f"not shaped like a shuffled loader's noise: chi2 = {stat:.4g} over {dof} directions at the "
                        f"implied B = {b_int} (p = {p_noise:.2g})")
         return test
     if not reduction:
         band = 2 * scale_se if math.isfinite(scale_se) else 0.1 * c
-        k = -(-n // b_int)
         reduction = next((name for name, value in (("averaged", 1.0), ("summed", float(k)))
                           if abs(c - value) <= max(band, 1e-9 * value)), "")
     test.reduction = reduction
     test.identified = identified
     test.accepted = True
-    test.reason = (f"consistent with a shuffled loader: B = {b_int} (99% {low}..{high}), chi2 = {stat:.4g} over "
+    last = {True: ", drop_last", False: ", the short last batch kept", None: ", drop_last or not (cannot tell)"}
+    test.reason = (f"consistent with a shuffled loader{last[drop] if n % b_int else ''}: B = {b_int} (99% {low}..{high}), "
+                   f"chi2 = {stat:.4g} over "
                    f"{dof} directions (p = {p_noise:.2g})")
     return test

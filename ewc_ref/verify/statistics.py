@@ -45,7 +45,7 @@ pipeline: its own least-squares c, then (2')-(4); normal fit to the log of the s
 mc is rejected only when both p-values are below the level. The implied S is calibrated on the
 same draws (log Q1 of an S-sample estimate ~ log Q1(S = 1) - log S, centred on the median) with
 a 95% interval (the wider of the normal fit and the empirical 2.5/97.5% points), and the
-reported S is the simplest one inside it: 1 whenever 1 is inside.
+reported S is the point estimate rounded to an integer (>= 1), always with that interval.
 (It decides verdicts: on a 5-10-4 net with mean max softmax 0.86-0.93 and N = 100, 7 of 40
 genuine one-sample estimates get Gaussian-theory p-values below 1e-6 and calibrated ones
 of 3e-5 to 0.65; tests/test_diagnose.py::test_bootstrap_calibration_accepts_genuine_mc_where_the_clt_fails.)
@@ -274,8 +274,9 @@ def judge_mc(theirs_entries: np.ndarray, scale: float, exact_entries: np.ndarray
         p_noise = max(p_noise, float(norm.sf((math.log(q1) - log_q.mean()) / sd)))
         z_ratio = abs(math.log(ratio) - log_r.mean()) / max(log_r.std(ddof=1), 1e-12)
         p_shape = max(p_shape, float(2 * norm.sf(z_ratio)))
-    # the simplest S inside the interval: one sample per example when 1 is inside (the common code)
-    samples = 1 if interval[0] <= 1.0 <= interval[1] else max(1, int(round(s_hat)))
+    # the point estimate as an integer (reported with its interval): 1 only when S_hat rounds to 1, not
+    # whenever 1 lies inside a wide interval (a point estimate of 11 with 95% 1.1..108 is S ~ 11)
+    samples = max(1, int(round(s_hat)))
     # c = <T, F>/<F, F> is linear in T: Var c = c^2 F^T Sigma F / (S <F, F>^2) on the tested entries.
     spread = float(exact_entries @ cov @ exact_entries)
     scale_se = float(scale * math.sqrt(max(spread, 0.0) / samples) / max(float(exact_entries @ exact_entries), 1e-300))

@@ -1,0 +1,195 @@
+"""The minibatch Fisher candidates of ``diagnose``, described by the loader that made them.
+
+A training-script Fisher is a loop over a loader::
+
+    for xb, yb in loader:                       # rows in some order, cut into batches b_1..b_K
+        g_k = grad(loss(xb, yb))                # per-batch reduction: 'mean' (1/|b_k| sum) or 'sum'
+        F += g_k ** 2
+    F /= K                                      # aggregation: mean over K, sum (x K), / N (x K/N), ...
+
+With g_n the per-example gradients and s_k = |b_k|, the per-batch gradient is
+gbar_k = rho_k^(1/2) / s_k sum_{n in b_k} g_n with rho_k = 1 ('mean') or s_k^2 ('sum'), and
+
+    F_loader = 1/K sum_k rho_k gbar_k gbar_k^T,     gbar_k = 1/s_k sum_{n in b_k} g_n          (1)
+
+The aggregation is a scale only (the fit THEIRS ~= c F absorbs it, ``factors`` names it). What
+changes the MATRIX is: the rows' order (given: file order or a recorded ``order``; shuffled: a
+random partition, judged statistically in ``shuffled``), the batch sizes (every B, or the
+recorded ``batches``), whether a short last batch is kept as its own batch or dropped
+(``drop_last``) and, with a short last batch kept, the per-batch reduction (with equal batches
+'sum' is 'mean' times B^2).
+
+``screen_ordered`` gives, for every B, the three distinct ordered matrices on the screen's
+entries from the prefix sums of the per-example gradients (diagnosis.py's screen):
+'kept' (the short last batch its own, mean), 'kept, sum' and 'dropped'. ``partition_fisher``
+computes (1) on all entries for any list of batch sizes, one batched GEMM per run of equal
+sizes (``batched_fisher_gemm``). Naive twin of both: a loop over the batches of the
+per-example gradients (tests/test_diagnose_loader.py).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..curvature import label_kernels
+from ..curvature.batched import SCREEN_ROWS, batched_fisher_gemm
+from ..model.likelihoods import Likelihood
+from ..model.mlp import MLP
+
+#: The ordered variants whose matrices differ for one B when N is not a multiple of B ('': the short
+#: last batch kept as its own, per-batch mean; Candidate.variant).
+VARIANTS = ("", "kept, sum", "dropped")
+#: At most this many (B, variant) that fit on the screen (relative error <= 10 tol) are confirmed on
+#: all entries (one backward pass each); when none fits, the screen's best one alone (the closest).
+CONFIRM = 3
+
+
+def batch_sizes_of(n: int, batch_size: int, variant: str) -> np.ndarray:
+    """(K,) the sizes of runs of B over n rows, the short last one kept ('', 'kept, sum') or dropped ('dropped')."""
+    full, rest = divmod(n, batch_size)
+    out = np.full(full, batch_size, dtype=np.int64)
+    return out if rest == 0 or variant.endswith("dropped") else np.append(out, rest)
+
+
+def reduction_of(variant: str) -> str:
+    return "sum" if variant.endswith("sum") else "mean"
+
+
+def minibatch_matrices(model: MLP, lik: Likelihood, x, y, rows: np.ndarray, recorded: np.ndarray | None,
+                       grad_entries: np.ndarray, t_entries: np.ndarray, batch_sizes, tol: float, structure: str, log,
+                       pred_entries: np.ndarray | None = None, pred_labels=None):
+    """The minibatch candidates' matrices on all entries, over the rows x[rows] in loader order.
+
+    recorded : the loader's batch sizes (then exactly those batches, 'recorded' and, when the
+    sizes differ, 'recorded, sum'; no screen); batch_sizes : the B to compute ('' variant), or
+    None for the screen of every (B, variant), B = 2..M, of which at most CONFIRM fitting within
+    10 tol on the screened entries are computed. grad_entries : (N, M_s) in file order, at the
+    observed labels; pred_entries, pred_labels : the same at the model's most probable labels, and
+    those labels in file order (the loader's loss at predicted labels: variants prefixed 'pred'), or None.
+
+    Returns ({(name, B, variant): matrix}, the closest screened (B, variant, c, error) when none
+    fits on the screen, else None, and the B screened as (2, M) or None).
+    """
+    xs, ys = (x, y) if rows is None else (x[rows], y[rows])
+    m = xs.shape[0]
+    labels = {"": ys}
+    if pred_entries is not None:
+        labels["pred"] = pred_labels if rows is None else pred_labels[rows]
+
+    def name(prefix, variant):
+        return ", ".join(part for part in (prefix, variant) if part)
+
+    if recorded is not None:
+        b = int(np.max(recorded))
+        variants = ["recorded"] + (["recorded, sum"] if np.unique(recorded).size > 1 else [])
+        log.stage(f"computing batched over the {recorded.size} recorded batches")
+        return {("batched", b, name(prefix, v)): partition_fisher(model, lik, xs, labels[prefix], recorded,
+                                                                  reduction_of(v), structure)
+                for prefix in labels for v in variants}, None, None
+    closest, screened, todo = None, None, [(b, "") for b in (batch_sizes or [])]
+    if batch_sizes is None:
+        log.stage(f"screening batched for every B = 2..{m}, the short last batch kept, summed or dropped"
+                  + (", at the observed and the predicted labels" if pred_entries is not None else ""))
+        screen = {}
+        for prefix, entries in (("", grad_entries), ("pred", pred_entries)):
+            if entries is not None and not (prefix and min(fit[1] for fit in screen.values()) <= 10 * tol):
+                # the predicted labels only when the observed ones fit no (B, variant) on the screen
+                entries = entries if rows is None else entries[rows]
+                screen.update({(b, name(prefix, v)): fit for (b, v), fit in
+                               screen_ordered(entries, t_entries, range(2, m + 1)).items()})
+        ranked = sorted(screen, key=lambda key: (screen[key][1], key[0], key[1].startswith("pred"),
+                                                 VARIANTS.index(key[1].removeprefix("pred").lstrip(", "))))
+        todo = [key for key in ranked[:CONFIRM] if screen[key][1] <= 10 * tol]
+        screened = (2, m) if m >= 2 else None
+        if not todo and ranked:  # no B fits on the screen, so none on all entries: the closest is not recomputed
+            closest = (*ranked[0], *screen[ranked[0]])
+    matrices = {}
+    for b, v in todo:
+        log.stage(f"computing batched, B = {b}{' (' + v + ')' if v else ''} ({structure})")
+        prefix, base = ("pred", v.removeprefix("pred").lstrip(", ")) if v.startswith("pred") else ("", v)
+        if base == "":
+            matrices[("batched", b, v)] = batched_fisher_gemm(model, lik, xs, labels[prefix], b, structure)
+        else:
+            matrices[("batched", b, v)] = partition_fisher(model, lik, xs, labels[prefix], batch_sizes_of(m, b, base),
+                                                           reduction_of(base), structure)
+    return matrices, closest, screened
+
+
+def partition_fisher(model: MLP, lik: Likelihood, x: np.ndarray, y, sizes: np.ndarray, reduction: str = "mean",
+                     structure: str = "diag") -> np.ndarray:
+    """(1) over consecutive batches of the given sizes (rows of x in loader order; sum(sizes) <= N, the rest unused).
+
+    Returns (P,) for 'diag', (P, P) for 'full': 1/K sum_k rho_k gbar_k gbar_k^T. Each run of
+    equal sizes is one ``batched_fisher_gemm`` call (its mean over the run's batches times their
+    number), so cost ~ one backward pass over the rows used.
+    """
+    sizes = np.asarray(sizes, dtype=np.int64)
+    total, start, k = None, 0, 0
+    while k < sizes.size:
+        stop = k + 1
+        while stop < sizes.size and sizes[stop] == sizes[k]:
+            stop += 1
+        b, count = int(sizes[k]), stop - k
+        rows = slice(start, start + b * count)
+        part = batched_fisher_gemm(model, lik, x[rows], y[rows], b, structure) * count
+        if reduction == "sum":
+            part *= float(b) ** 2
+        total = part if total is None else total + part
+        start, k = start + b * count, stop
+    return total / sizes.size
+
+
+def partition_fisher_loop(grads: np.ndarray, sizes: np.ndarray, reduction: str = "mean") -> np.ndarray:
+    """(1) on per-example gradients (N, M), rows in loader order: the naive twin of ``partition_fisher``."""
+    out, start = np.zeros(grads.shape[1]), 0
+    for s in sizes:
+        g = grads[start:start + s].sum(axis=0) / (s if reduction == "mean" else 1)
+        out += g * g
+        start += s
+    return out / len(sizes)
+
+
+def screen_ordered(grad_entries: np.ndarray, theirs_entries: np.ndarray, sizes) -> dict[tuple[int, str], tuple]:
+    """{(B, variant): (c, relative error)} of THEIRS ~= c F on the screened entries, every B in `sizes`.
+
+    '' is F_B of ``batched_screen`` (the short last batch its own); with r = N mod B > 0 the short
+    last batch's squared mean L_B = (1/r sum_{last r rows} g)^2 and the full batches' sum
+    S_B = K F_B - L_B give 'dropped' = S_B / (K - 1) and 'kept, sum' = (B^2 S_B + r^2 L_B) / K.
+    Variants equal to '' up to a scale (r = 0) are not listed. The B are taken in groups of at most
+    batched.SCREEN_ROWS minibatches (``label_kernels.minibatch_mean_squares``), as ``batched_screen``
+    does; each group's F_B serves all three variants. Twin: ``partition_fisher_loop`` per (B, variant).
+    """
+    n = grad_entries.shape[0]
+    prefix = np.zeros((n + 1, grad_entries.shape[1]))
+    np.cumsum(grad_entries, axis=0, out=prefix[1:])
+    t = np.asarray(theirs_entries, np.float64)
+    sizes = np.asarray([int(b) for b in sizes], dtype=np.intp)
+    counts = -(-n // sizes)
+    out, first = {}, 0
+    while first < sizes.size:
+        last = first + max(1, int(np.searchsorted(np.cumsum(counts[first:]), SCREEN_ROWS, side="right")))
+        group = sizes[first:last]
+        f_b = label_kernels.minibatch_mean_squares(prefix, group, n)  # (|group|, M)
+        k, r = counts[first:last], n % group
+        short = ((prefix[n] - prefix[n - r]) / np.maximum(r, 1)[:, None]) ** 2  # (|group|, M); unused where r = 0
+        full = k[:, None] * f_b - short
+        fits = {"": _fits(t, f_b),
+                "dropped": _fits(t, full / np.maximum(k - 1, 1)[:, None]),
+                "kept, sum": _fits(t, (group[:, None] ** 2 * full + r[:, None] ** 2 * short) / k[:, None])}
+        for index, b in enumerate(group.tolist()):
+            out[(b, "")] = fits[""][index]
+            if r[index]:
+                if k[index] >= 2:
+                    out[(b, "dropped")] = fits["dropped"][index]
+                out[(b, "kept, sum")] = fits["kept, sum"][index]
+        first = last
+    return out
+
+
+def _fits(t: np.ndarray, f: np.ndarray) -> list[tuple[float, float]]:
+    """[(c, relative error)] of t ~= c f for each row of f : (G, M), as ``_fit`` row by row."""
+    ff = np.einsum("gm,gm->g", f, f)
+    tt = float(t @ t)
+    c = np.divide(f @ t, ff, out=np.zeros_like(ff), where=ff > 0)
+    err = np.linalg.norm(t - c[:, None] * f, axis=1) / np.sqrt(tt) if tt > 0 else np.ones_like(ff)
+    return [(float(ci), float(ei)) if fi > 0 and tt > 0 else (0.0, 1.0) for ci, ei, fi in zip(c, err, ff, strict=True)]

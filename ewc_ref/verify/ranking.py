@@ -1,0 +1,103 @@
+"""One rule for statistical verdicts: every statistical candidate scored on one scale.
+
+``mc`` (with its S) and ``shuffled`` (with its B, drop_last, averaged or summed) each pass or fail
+their own test (statistics.py, shuffled.py). When both pass -- a confident net makes both noise
+models wide -- they are compared on the SAME tested diagonal entries t : (M,) by the synthetic
+log-likelihood (Wood 2010) of one summary of t, the same for both,
+
+    u(t) = (a, b, log q):   t ~= a m m^T + b diag(Sigma) in the metric Sigma o Sigma, q its residual      (1)
+
+(shuffled._GLS), under draws of each candidate at its fitted parameters:
+
+    mc         c (F + (d - F) / sqrt(S)),  d the genuine one-sample draws, c least squares, S = S_hat
+    shuffled   c x simulated loader Fishers at the reading's B and drop_last
+
+    score = sum_j log p_j(u_j(t)) - k/2 log M                                                  (2)
+
+with p_j a split normal fitted to the draws' u_j (the sd on the observed side is the larger of the
+sd and that side's semi-deviation) and k = 2 free parameters for each (c, S; c, B), so the penalty
+cancels. The better score is the verdict when it wins by MARGIN; otherwise "cannot tell" naming
+both. A deterministic candidate that fits within round-off always wins before any of this
+(diagnosis.py). Simulated rather than Gaussian because a confident net's one-sample mc draws and a
+few-row batch's shuffled draws are heavy-tailed: a Gaussian likelihood of t (measured: mc -628
+against shuffled +89 for a genuine mc estimate of a very confident net) penalises the heavier model.
+
+``loader_moments`` is the reference implementation of the mean and covariance derived in
+docs/shuffled-loader-fisher.md ("A short last batch, and drop_last").
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+#: Log-likelihood units by which the better statistical candidate must win (a likelihood ratio of
+#: e^3 ~ 20, "strong" on Kass & Raftery's scale); less is "cannot tell".
+MARGIN = 3.0
+
+
+def loader_moments(grad_entries: np.ndarray, sizes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(mean, covariance) of one shuffled-loader Fisher's diagonal entries, averaged, batches of `sizes`.
+
+    grad_entries : (N, M) per-example gradients; sizes : (K,) the batches (a random partition of
+    the rows, or of a random subset with drop_last). mean : (M,) m^2 + alpha-bar diag(Sigma) (exact);
+    covariance : (M, M) 1/K^2 (2 (Sigma o Sigma) v2 + kappa v4), v2 = sum_k alpha_k^2 + K (K - 1)/(N - 1)^2,
+    v4 = sum_k 1 / s_k^3 (Gaussian batch means plus the leading, with-replacement fourth-cumulant
+    term; it overstates a few-row batch's kurtosis for heavy-tailed gradients). Naive twin: the
+    moments of random partitions (tests/test_diagnose_ranking.py).
+    """
+    n = grad_entries.shape[0]
+    m = grad_entries.mean(axis=0)
+    centred = grad_entries - m
+    sigma = centred.T @ centred / n
+    sq = centred * centred
+    kappa = sq.T @ sq / n - np.outer(np.diag(sigma), np.diag(sigma)) - 2 * sigma * sigma
+    s = np.asarray(sizes, dtype=np.float64)
+    k = s.size
+    alpha = (n - s) / (s * max(n - 1, 1))
+    v2 = float(np.sum(alpha**2)) + k * (k - 1) / max(n - 1, 1) ** 2
+    v4 = float(np.sum(1.0 / s**3))
+    return m * m + alpha.mean() * np.diag(sigma), (2 * sigma * sigma * v2 + kappa * v4) / k**2
+
+
+def _summary(gls, t: np.ndarray) -> np.ndarray:
+    """(a, b, log q): the free fit t ~= a m m^T + b Sigma in the metric Sigma o Sigma and its residual
+    (shuffled._GLS), a summary defined for any t and the same for every candidate."""
+    a, b, q = gls.fit(t)
+    return np.array([a, b, math.log(max(q, 1e-300))])
+
+
+def simulated_scores(t: np.ndarray, grad_entries: np.ndarray, roundoff: float, mc_fit, shuffled_fit,
+                     rng: np.random.Generator, draws: int = 64) -> dict:
+    """{'mc': score, 'shuffled': score}: the synthetic log-likelihood (Wood 2010; independent split-normal
+    coordinates, shuffled.synthetic_log_likelihood) of the summary (a, b, log q) of t under draws of
+    each candidate at its fitted parameters, k = 2 free parameters each (the penalty cancels).
+
+    mc_fit : (exact (M,), one-sample draws (D, M), S): draws at S are F + (d - F) / sqrt(S), scaled by
+    the least-squares c; shuffled_fit : (B, c, drop_last): ``shuffled.simulate`` at that reading.
+    Simulated, not Gaussian, because a confident net's one-sample mc draws and a few-row batch's
+    shuffled draws are heavy-tailed: a Gaussian likelihood of t penalises the heavier model unfairly.
+    """
+    from .shuffled import _GLS, expectation_terms, simulate, synthetic_log_likelihood
+
+    mm, sigma = expectation_terms(grad_entries)
+    gls = _GLS(mm, sigma, floor=(10 * roundoff) ** 2 * 1e-6)
+    observed = _summary(gls, t)
+    exact, one_sample, samples = mc_fit
+    c_mc = float(t @ exact) / max(float(exact @ exact), 1e-300)
+    mc_draws = c_mc * (exact + (one_sample - exact) / math.sqrt(max(samples, 1e-300)))
+    batch_size, c_sh, drop_last = shuffled_fit
+    sh_draws = c_sh * simulate(grad_entries, batch_size, draws, rng, drop_last=drop_last)
+    penalty = math.log(t.size)  # k/2 log M with k = 2 for both
+    return {name: synthetic_log_likelihood(observed, np.array([_summary(gls, d) for d in sims])) - penalty
+            for name, sims in (("mc", mc_draws), ("shuffled", sh_draws))}
+
+
+def rank(scores: dict) -> tuple[str | None, float]:
+    """(the best name, or None when the best does not win by MARGIN; the margin best - second)."""
+    ordered = sorted(scores.items(), key=lambda item: -item[1])
+    if len(ordered) == 1:
+        return ordered[0][0], math.inf
+    margin = ordered[0][1] - ordered[1][1]
+    return (ordered[0][0] if margin >= MARGIN else None), margin
