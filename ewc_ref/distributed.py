@@ -180,9 +180,11 @@ def _fisher_scattered(dask, client, model, lik, x, y, estimator, structure, samp
     graph" and re-sends it with every graph). The model, a few arrays, is broadcast once likewise."""
     rows = chunk_rows or max(1, x.shape[0])
     starts = np.arange(0, x.shape[0], rows)
-    x_blocks = client.scatter([x[lo:lo + rows] for lo in starts])
-    y_blocks = client.scatter([y[lo:lo + rows] for lo in starts])
-    shared_model = client.scatter(model, broadcast=True)
+    # hash=False: fresh keys per call. With content-hashed keys two calls on equal blocks share a key,
+    # and the first call releasing its futures cancels the second's tasks ("lost dependencies").
+    x_blocks = client.scatter([x[lo:lo + rows] for lo in starts], hash=False)
+    y_blocks = client.scatter([y[lo:lo + rows] for lo in starts], hash=False)
+    shared_model = client.scatter(model, broadcast=True, hash=False)
     return _reduce(dask, shared_model, lik, x_blocks, y_blocks, starts, estimator, structure, samples, batch_size,
                    seed, split_every, compute)
 

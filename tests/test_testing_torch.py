@@ -52,7 +52,7 @@ def test_fails_with_the_verdict_batched_not_exact():
     with pytest.raises(AssertionError) as error:
         assert_fisher_is(theirs, net, loader, estimator="exact", likelihood=nn.CrossEntropyLoss())
     message = str(error.value)
-    assert message.startswith("THEIRS is batched, B = 4 x K, not exact x 1"), message
+    assert message.startswith("THEIRS is batched, B = 4, the recorded batches x K, not exact x 1"), message
     assert "verdict     batched, B = 4" in message and "worst entries" in message
 
 
@@ -86,5 +86,5 @@ def test_a_float32_fisher_passes_normwise_where_tiny_entries_miss_entrywise():
     flat = theirs[smallest].view(-1)
     flat[flat.abs().argmin()] *= 1.01  # one tiny entry 1% off: entrywise fails, normwise it is round-off
     assert_fisher_is(theirs, net, loader, estimator="batched", rtol=1e-4, likelihood="categorical")
-    with pytest.raises(AssertionError, match="THEIRS is batched, B = 8 x 1, not batched, B = 8 x 2"):
+    with pytest.raises(AssertionError, match="THEIRS is batched, B = 8, the recorded batches x 1, not batched, B = 8 x 2"):
         assert_fisher_is(theirs, net, loader, estimator="batched", scale=2.0, rtol=1e-4, likelihood="categorical")
