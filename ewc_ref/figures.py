@@ -41,9 +41,9 @@ from pathlib import Path
 import numpy as np
 
 from . import figures_regions
+from .atomic import atomic_output, atomic_savez
 from .continual.experiments import METHODS, SCENARIOS
 from .figures_regions import plot_ellipses, plot_regions, regions_data
-from .io import atomic_output, atomic_savez
 
 FIGURES = ("laplace", "trajectories", "accuracy", "estimators", "regions", "ellipses")
 #: (number of tasks, EWC lambda or None for the demo's tuned default) per scenario. Small enough

@@ -5,28 +5,20 @@ every error names the file and the key. Writes are atomic: the arrays go to a
 temporary file in the destination folder, which is then renamed over the
 target, so a crash never leaves a half-written file; the temporary files of a
 writer killed by SIGKILL are removed by the next successful write into the same
-folder (see :func:`atomic_output`). A folder of outputs (``figures``) is staged
-whole and moved in only on success (:func:`atomic_folder`).
+folder (``ewc_ref.atomic``: ``atomic_output``; a folder of outputs, ``figures``, is staged
+whole and moved in only on success by ``atomic_folder``).
 """
 
 from __future__ import annotations
 
-import json
-import math
-import os
-import re
-import shutil
-import tempfile
-import time
 from collections.abc import Mapping
-from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
 from . import safe_files
 from ._validate import as_float_array, check_choice
+from .atomic import atomic_savez
 from .model.activations import ACTIVATIONS
 from .model.likelihoods import LIKELIHOODS, Likelihood, get_likelihood
 from .model.mlp import MLP, PARAM_KEY, layer_order
@@ -38,149 +30,6 @@ def read_npz(path, what: str = "file", check=None) -> dict[str, np.ndarray]:
     """Every array of an .npz through the hardened reader (ewc_ref.safe_files.read_npz): no pickle,
     sizes checked before allocating, `check(headers)` before any data; ValueError names file and key."""
     return safe_files.read_npz(path, what, check=check)
-
-
-# Temporary files of atomic_output (and staging folders of atomic_folder): ".NAME.ewc-ref.PID.XXXXXXXX.tmp"
-# beside the output NAME, where PID is the writing process and XXXXXXXX mkstemp's random part.
-TEMPORARY_PATTERN = ".{name}.ewc-ref.{pid}.XXXXXXXX.tmp"
-_OURS = re.compile(r"^\..+\.ewc-ref\.([0-9]+)\.[a-z0-9_]{8}\.tmp$")
-_PROCESS_START = time.time()  # when this process imported ewc_ref.io: no write of ours is older
-
-
-def _prefix(path: Path) -> str:
-    return f".{path.name}.ewc-ref.{os.getpid()}."
-
-
-@contextmanager
-def atomic_output(path):
-    """Yield a temporary path next to `path`; on success give it the usual file mode and rename
-    it over `path`, on any failure delete it. Nothing is ever half-written at `path`.
-
-    The temporary file is named ``.NAME.ewc-ref.PID.XXXXXXXX.tmp`` (TEMPORARY_PATTERN). A writer
-    killed by SIGKILL cannot delete its own; the next successful write into the same FOLDER removes
-    every file or staging folder of that naming whose PID is no longer a running process AND whose
-    modification time is older than this process's start (taken as the moment it imported
-    ewc_ref.io, at or after the true start: for the CLI, within its first second), so a
-    concurrent writer's file is never touched (`remove_stale_temporaries`).
-
-    Raises
-    ------
-    TypeError naming `path` when it is not a str or os.PathLike; ValueError when it is a folder or
-    its folder does not exist; OSError naming `path` (never the temporary) when it cannot be written.
-    """
-    path = Path(safe_files.check_path(path))
-    folder = path.parent if str(path.parent) else Path(".")
-    if os.path.isdir(path):  # os.replace would fail naming the temporary file, or replace an empty folder
-        raise ValueError(f"path: {path} is a folder; expected a file name")
-    if not folder.is_dir():
-        raise ValueError(f"{path}: output folder {folder} does not exist")
-    try:
-        handle, tmp = tempfile.mkstemp(dir=folder, prefix=_prefix(path), suffix=".tmp")
-    except OSError as error:  # a read-only folder, a full disk: name the output, not the temporary
-        raise OSError(f"{path}: cannot create the output in {folder} ({error.strerror or error})") from error
-    os.close(handle)
-    try:
-        yield tmp
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual mode
-        os.replace(tmp, path)
-    except BaseException as error:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        if isinstance(error, OSError) and error.filename is None:  # e.g. a full disk: say where
-            raise OSError(f"{path}: cannot write the output ({error.strerror or error}); nothing was written") from error
-        raise
-    remove_stale_temporaries(path)
-
-
-@contextmanager
-def atomic_folder(path):
-    """Yield a staging folder beside the output folder `path`; on success move its files into `path`.
-
-    Every file is made in ``.NAME.ewc-ref.PID.XXXXXXXX.tmp/`` (same file system), so an interrupted
-    run changes nothing at `path`. On success: a `path` that does not exist is the staging folder
-    renamed whole (one rename); an existing `path` (which may hold the user's other files) gets each
-    staged file by one ``os.replace``, only after every file was made; files of other names in it
-    are never touched. On any failure the staging folder is deleted.
-    """
-    path = Path(safe_files.check_path(path))
-    parent = path.parent if str(path.parent) else Path(".")
-    if os.path.lexists(path) and not os.path.isdir(path):
-        raise ValueError(f"path: {path} exists and is not a folder")
-    parent.mkdir(parents=True, exist_ok=True)
-    try:
-        staging = Path(tempfile.mkdtemp(dir=parent, prefix=_prefix(path), suffix=".tmp"))
-    except OSError as error:
-        raise OSError(f"{path}: cannot create the output folder in {parent} ({error.strerror or error})") from error
-    try:
-        yield staging
-        os.chmod(staging, 0o777 & ~_umask())  # mkdtemp makes 0700; give the folder the usual mode
-        try:
-            os.rename(staging, path)  # atomic when `path` does not exist (or is an empty folder)
-        except OSError:
-            for item in sorted(staging.iterdir()):
-                os.replace(item, path / item.name)
-            staging.rmdir()
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    remove_stale_temporaries(path)
-
-
-def remove_stale_temporaries(path) -> list[Path]:
-    """Delete the temporary files and staging folders of killed writers beside `path`; return them.
-
-    A file or folder ``.NAME.ewc-ref.PID.XXXXXXXX.tmp`` in the folder of `path`, for ANY name, is
-    stale when no process PID is running and it was last modified before this process imported
-    ewc_ref.io. So is the same-name file of the earlier naming ``.NAME.PID.XXXXXXXX.tmp``. Best
-    effort: what cannot be removed is left.
-    """
-    path = Path(path)
-    folder = path.parent if str(path.parent) else Path(".")
-    earlier = re.compile(rf"^\.{re.escape(path.name)}\.([0-9]+)\.[a-z0-9_]{{8}}\.tmp$")
-    removed = []
-    for candidate in folder.iterdir():
-        match = _OURS.match(candidate.name) or earlier.match(candidate.name)
-        if match is None or _process_alive(int(match.group(1))):
-            continue
-        try:
-            if candidate.lstat().st_mtime >= _PROCESS_START:
-                continue
-            if candidate.is_dir() and not candidate.is_symlink():
-                shutil.rmtree(candidate)
-            else:
-                candidate.unlink()
-            removed.append(candidate)
-        except OSError:
-            pass
-    return removed
-
-
-def _process_alive(pid: int) -> bool:
-    if pid == os.getpid() or pid <= 0:
-        return True  # our own writes; pid 0 is no writer (kill(0) would signal our group): keep
-    try:
-        os.kill(pid, 0)
-    except PermissionError:
-        return True  # running, under another user
-    except (ProcessLookupError, OverflowError, ValueError):
-        return False  # gone, or a number no process can have
-    return True
-
-
-def atomic_savez(path, arrays: dict[str, np.ndarray]) -> None:
-    """np.savez to a temporary file next to `path`, then rename it into place (never a pickle)."""
-    arrays = {key: np.asarray(value) for key, value in arrays.items()}
-    for key, value in arrays.items():
-        if value.dtype.hasobject:  # np.savez would pickle it, and no reader of ours would accept it
-            raise TypeError(f"{key}: expected a numeric or string array, got dtype {value.dtype}")
-    with atomic_output(path) as tmp, open(tmp, "wb") as stream:
-        np.savez(stream, **arrays)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def _string(arrays: dict, key: str, path, choices) -> str:
@@ -495,61 +344,3 @@ def _check_model_and_likelihood(model, lik, optional: bool = False) -> None:
         raise TypeError(f"lik: expected an ewc_ref Likelihood, got {type(lik).__name__}")
 
 
-def strict_json(value, path: str = "", found: dict | None = None):
-    """`value` with every non-finite float (NaN, +-inf) replaced by None, recursively.
-
-    Each replaced number is recorded in `found` as JSON path -> what it was ('inf', '-inf',
-    'nan'): ``{"keys": {"0.weight": {"max_abs_error": inf}}}`` records
-    ``keys["0.weight"].max_abs_error``, ``{"b": [1.0, nan]}`` records ``b[1]``.
-    NumPy scalars are converted to Python numbers first (np.float64 is a float; np.float32 and
-    the integer types are not, and json.dumps would refuse them).
-    """
-    found = {} if found is None else found
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float):
-        if math.isfinite(value):
-            return value
-        found[path or "(the value)"] = "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
-        return None
-    if isinstance(value, dict):
-        return {key: strict_json(item, _json_path(path, key), found) for key, item in value.items()}
-    if isinstance(value, list | tuple):
-        return [strict_json(item, f"{path}[{index}]", found) for index, item in enumerate(value)]
-    return value
-
-
-def _json_path(path: str, key) -> str:
-    """`path` extended by `key`: '.name' for a plain name, '["0.weight"]' for any other key."""
-    key = str(key)
-    if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
-        return f"{path}.{key}" if path else key
-    return f"{path}[{json.dumps(key)}]"
-
-
-def json_text(value) -> str:
-    """`value` as one line of strictly valid JSON (RFC 8259): the one serialiser of every
-    ``to_json()`` and of the command line's ``--json``.
-
-    NaN and +-inf become null; an object (dict) that had any gains the key ``"non_finite"``,
-    {JSON path: 'nan' | 'inf' | '-inf'}, the reason for each such null (docs/file-format.md, section 9).
-    """
-    found: dict[str, str] = {}
-    clean = strict_json(value, "", found)
-    if found and isinstance(clean, dict):
-        clean["non_finite"] = found
-    return json.dumps(clean, allow_nan=False)
-
-
-class JsonResult:
-    """Mixin of every result object: ``to_dict()`` is the JSON object, ``to_json()`` its text.
-
-    (Until format version 1.1, ``to_json()`` returned the object; docs/file-format.md, version notes.)
-    """
-
-    def to_dict(self) -> dict:
-        raise NotImplementedError
-
-    def to_json(self) -> str:
-        """``to_dict()`` as one line of strictly valid JSON (`json_text`)."""
-        return json_text(self.to_dict())

@@ -389,7 +389,7 @@ def test_implied_samples_is_unbiased_over_seeds():
             scale = fit_scale(theirs, exact_diag(model, lik, x))[0]
             roundoff = ROUNDOFF_TOL["float64"] * float(np.linalg.norm(theirs)) / math.sqrt(p)
             test = judge_mc(theirs, scale, exact, cov, roundoff)
-            assert test.entries == p - 1  # Sigma of full rank here; one direction (F's) is spent on c (eq 2')
+            assert test.entries == p - 1  # Sigma of full rank here; one direction (F's) is spent on c (statistics (S2'))
             ratios.append(test.implied_samples / samples)
         assert 0.8 <= np.mean(ratios) <= 1.25, (samples, ratios)
     result = diagnose(model, lik, x, y, theirs, batch_sizes=[], hessian=False)
@@ -405,7 +405,7 @@ def test_bootstrap_calibration_accepts_genuine_mc_where_the_clt_fails(gain, seed
     simulated one-sample estimates (MC_BOOTSTRAP) are right. Measured on this problem, 20
     genuine S = 1 estimates per gain: the Gaussian-theory test at MC_ALPHA = 1e-6 rejected 2
     (gain 4, mean max softmax 0.86) and 5 (gain 8, 0.93) that the calibrated one accepts. The two
-    cases here (with the scale error projected out, statistics eq 2'): gain 4 seed 12, p_noise
+    cases here (with the scale error projected out, statistics (S2')): gain 4 seed 12, p_noise
     1.2e-8 by theory, calibrated 0.055; gain 8 seed 4, p_shape 3.9e-8 by theory - so removing
     either calibration rejects one of them."""
     model, lik, x, y = make_problem("categorical", seed=0, n=100)

@@ -10,9 +10,8 @@ quotes them. An equation numbered locally (a module's own decomposition or recur
   equation N and the sentences around it) occurs within WINDOW characters of every single-number reference
   in ewc_ref/, and of the references in a sample of the pages (PAGE_SAMPLE).
 
-ewc_ref/verify/ still numbers its own equations (1)-(5) and refers to them as "eq 2", "statistics eq 2";
-issue 28 rewrites that folder, so its cases are strict expected failures: when they pass, the mark
-fails the suite and the lead deletes it (VERIFY_PENDING).
+The verify/ modules label their own equations by module: (D1) diagnosis, (S2)-(S4) statistics,
+(U1)-(U5) shuffled, (K1)-(K2) kfac, (O1) loader, (R1)-(R2) ranking, (F1) factors.
 """
 
 from __future__ import annotations
@@ -55,11 +54,6 @@ NOT_REPORT_WORDS = {10: r"Fisher|F_i\b|\\mathbb ?I"}
 PAGE_SAMPLE = ["README.md", "docs/continual-learning.md", "docs/bayes-and-laplace.md", "docs/penalty-conventions.md",
                "derivations/01_bayes_rule.md", "derivations/04_fisher.md", "derivations/05_ewc_objective.md"]
 
-VERIFY_PENDING = pytest.mark.xfail(
-    strict=True, reason="ewc_ref/verify/ numbers its own equations (1)-(5) (statistics, shuffled, kfac, diagnosis, "
-                        "scale, results); issue 28 rewrites verify/: relabel them (L1)... and delete this mark")
-
-
 def _references(text: str):
     """[(line, numbers, start, end)] of every explicit reference and line-start label in text."""
     out = []
@@ -72,10 +66,10 @@ def _references(text: str):
     return sorted(out)
 
 
-def _parts(pending: bool = True) -> list:
-    """The package's parts: each subpackage, and the top-level modules as one part (verify/ marked if pending)."""
+def _parts() -> list:
+    """The package's parts: each subpackage, and the top-level modules as one part."""
     folders = sorted(p.name for p in PACKAGE.iterdir() if p.is_dir() and (p / "__init__.py").exists())
-    return [pytest.param(f, marks=VERIFY_PENDING) if f == "verify" and pending else f for f in folders] + ["(top level)"]
+    return folders + ["(top level)"]
 
 
 def _files(part: str) -> list[Path]:
@@ -86,7 +80,7 @@ def _pages() -> list[Path]:
     return ([ROOT / "README.md"] + sorted((ROOT / "docs").glob("*.md")) + sorted((ROOT / "derivations").glob("*.md")))
 
 
-@pytest.mark.parametrize("part", _parts(pending=False))
+@pytest.mark.parametrize("part", _parts())
 def test_package_references_name_report_equations(part):
     wrong = [f"{path.relative_to(ROOT)}:{line} names {numbers}"
              for path in _files(part) for line, numbers, _, _ in _references(path.read_text())

@@ -16,8 +16,9 @@ import numpy as np
 import pytest
 
 import ewc_ref as er
+from ewc_ref.atomic import atomic_savez
 from ewc_ref.continual.datasets import write_idx
-from ewc_ref.io import atomic_savez, read_npz
+from ewc_ref.io import read_npz
 from ewc_ref.safe_files import read_idx, read_npy
 
 

@@ -20,7 +20,7 @@ import pytest
 import ewc_ref as er
 from ewc_ref.cli import COMMANDS, main
 from ewc_ref.commands._args import write_json
-from ewc_ref.io import strict_json
+from ewc_ref.jsonio import strict_json
 
 
 def _strict(text: str):

@@ -5,6 +5,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 
 import ewc_ref as er
+from ewc_ref import atomic
 from ewc_ref.strategies import models_and_data
 
 
@@ -153,7 +154,7 @@ def test_atomic_write_has_the_usual_file_mode(tmp_path):
 # ----------------------------------------------------------------------------- temporaries
 _SLOW_WRITER = """
 import sys, time
-from ewc_ref.io import atomic_output
+from ewc_ref.atomic import atomic_output
 with atomic_output(sys.argv[1]) as tmp:
     with open(tmp, "wb") as handle:
         handle.write(b"partial" * 1000)
@@ -200,7 +201,6 @@ def test_stale_temporary_needs_a_dead_pid_and_an_mtime_before_our_start(tmp_path
     import subprocess
     import sys
 
-    from ewc_ref import io
 
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True)
     dead_pid = int(dead.stdout)
@@ -222,7 +222,7 @@ def test_stale_temporary_needs_a_dead_pid_and_an_mtime_before_our_start(tmp_path
             (p / "laplace.npz").write_bytes(b"partial")
         else:
             p.write_bytes(b"partial")
-    before_start = io._PROCESS_START - 10
+    before_start = atomic._PROCESS_START - 10
     for key, p in paths.items():
         if key != "fresh":
             os.utime(p, (before_start, before_start))
@@ -233,7 +233,7 @@ def test_stale_temporary_needs_a_dead_pid_and_an_mtime_before_our_start(tmp_path
 
 _NAMED_WRITER = """
 import sys, time
-from ewc_ref.io import atomic_output
+from ewc_ref.atomic import atomic_output
 with atomic_output(sys.argv[1]) as tmp:
     open(tmp, "wb").write(b"partial")
     print(tmp, flush=True)
@@ -269,7 +269,7 @@ def test_two_concurrent_writers_in_one_folder_keep_their_temporaries(tmp_path):
 
 
 def test_atomic_folder_moves_files_in_only_on_success_and_keeps_other_files(tmp_path):
-    from ewc_ref.io import atomic_folder
+    from ewc_ref.atomic import atomic_folder
 
     out = tmp_path / "figs"
     out.mkdir()

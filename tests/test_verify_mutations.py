@@ -113,7 +113,7 @@ def test_mean_gradient_is_a_mean_over_n():
 
 @pytest.mark.parametrize("kfac_bias", ["joined", "separate"])
 def test_kfac_fit_with_distinct_factor_scales_and_noise_is_the_dense_fit(kfac_bias):
-    """Mutation: A's coefficient a in place of g in the dA term of kfac eq (2). split 0.25 and scale 10
+    """Mutation: A's coefficient a in place of g in the dA term of kfac (K2). split 0.25 and scale 10
     make a = 0.25 and g = 40, and noise on both factors makes dA, dG nonzero."""
     model, lik, x, y = small_problem()
     ours = er.fisher(model, lik, x, y, "exact", "kfac", kfac_bias=kfac_bias)

@@ -37,7 +37,7 @@ import scipy.linalg
 from .._validate import check_choice, finite_or_refused, first_non_finite, most_extreme_input
 from ..curvature.estimate import fisher_unchecked
 from ..curvature.structures import KFAC_BIASES
-from ..io import JsonResult
+from ..jsonio import JsonResult
 from ..model.likelihoods import Likelihood
 from ..model.loss import check_model_data, per_example_losses_unchecked
 from ..model.mlp import MLP

@@ -32,7 +32,7 @@ import sys
 from contextlib import contextmanager, redirect_stdout
 from pathlib import Path
 
-from ..io import json_text
+from ..jsonio import json_text
 
 
 def integer(low: int, high: int | None = None):
@@ -143,7 +143,7 @@ def report_to(path):
     if path is None:
         yield
         return
-    from ..io import atomic_output
+    from ..atomic import atomic_output
 
     with atomic_output(path) as tmp, open(tmp, "w") as stream, redirect_stdout(stream):
         yield

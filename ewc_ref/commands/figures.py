@@ -16,8 +16,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from ..atomic import atomic_folder
 from ..figures import FIGURES, make_figure, require_matplotlib
-from ..io import atomic_folder
 from ..progress import Progress
 from ._args import add_json, add_output, add_quiet, output_folder, write_json
 
@@ -46,7 +46,7 @@ def run(args) -> int:
     out = args.output
     progress = Progress(len(names), "figures", enabled=not args.quiet, unit="figures")
     report = {"output": str(out), "figures": {}}
-    # Staged beside OUT and moved in only when every figure is made (ewc_ref.io.atomic_folder): an
+    # Staged beside OUT and moved in only when every figure is made (ewc_ref.atomic.atomic_folder): an
     # interrupted run leaves OUT as it was; files of other names in OUT are never touched.
     with atomic_folder(out) as staging:
         for name in names:

@@ -45,7 +45,7 @@ import numpy as np
 
 from .. import safe_files
 from .._validate import as_generator, check_choice
-from ..io import atomic_output
+from ..atomic import atomic_output
 from ..safe_files import IDX_TYPES
 
 N_CLASSES = 10

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..io import JsonResult
+from ..jsonio import JsonResult
 
 #: The best candidates kept in the JSON (every B x every row would be ~4 N objects).
 JSON_CANDIDATES = 50

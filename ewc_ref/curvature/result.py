@@ -15,7 +15,8 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from .._validate import as_float_array, check_choice, check_positive_int
-from ..io import atomic_savez, named_arrays, read_npz
+from ..atomic import atomic_savez
+from ..io import named_arrays, read_npz
 from ..model.mlp import MLP
 from . import budget
 from .estimators import ESTIMATORS

@@ -41,9 +41,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..atomic import atomic_savez
 from ..continual.penalty_names import diagnose_penalty as reference_diagnose_penalty
 from ..continual.penalty_report import PenaltyDiagnosis
-from ..io import atomic_savez
 from ..model.mlp import MLP
 from ..recorder import Recorder
 from ..verify.penalty_fit import PENALTY_TOL, probe_points

@@ -1,7 +1,7 @@
 """Why THEIRS matches nothing: the causes of a "none" verdict, each TESTED and ranked by its evidence.
 
 For a diagonal (or the diagonal of a full THEIRS) t : (P,), each cause is a fit whose relative
-residual is compared with the closest candidate's (diagnosis eq 1):
+residual is compared with the closest candidate's (diagnosis (D1)):
 
 - a Kronecker-factored diagonal: t ~= c diag(G (x) A) for our KFAC of the exact (KFLR) and the
   empirical Fisher (``ewc_ref.fisher(structure='kfac')``; both bias conventions have the same diagonal);

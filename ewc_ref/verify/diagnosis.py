@@ -5,7 +5,7 @@ minibatch-mean loss, some use the observed labels, some sample labels from the m
 forget the 1/N or divide twice. Given THEIRS (a diag or full curvature npz, docs/file-format.md) and
 the same weights and data, ``diagnose`` computes every candidate F on our side and fits
 
-    THEIRS ~= c * F,     c = <T, F> / <F, F>,     rel_error = ||T - c F|| / ||T||          (1)
+    THEIRS ~= c * F,     c = <T, F> / <F, F>,     rel_error = ||T - c F|| / ||T||          (D1)
 
 (least squares on the flattened arrays, Frobenius norms). The candidates are
 
@@ -272,7 +272,7 @@ def _mean_gradient(model: MLP, lik: Likelihood, x, y) -> np.ndarray:
 
 
 def _mc_moments(model, lik, x, structure, rng) -> tuple:
-    """(i, j, exact entries, one-sample covariance, bootstrap draws) on the mc test's entries (statistics eq 2)."""
+    """(i, j, exact entries, one-sample covariance, bootstrap draws) on the mc test's entries (statistics (S2))."""
     i_idx, j_idx = sample_entries(model.n_params, structure, rng)
     return (i_idx, j_idx, *entry_moments(model, lik, x, i_idx, j_idx, bootstrap=MC_BOOTSTRAP, rng=rng))
 
@@ -290,7 +290,7 @@ def _mc_candidate(t, structure, tol, candidates, moments) -> MCTest | None:
 
 
 def _shuffled_candidate(t, t_entries, grad_entries, matrices, m, structure, tol, candidates, rng) -> ShuffledTest:
-    """Judge shuffled on the screen's entries; append its Candidate (the expectation (1) fitted on all entries)."""
+    """Judge shuffled on the screen's entries; append its Candidate (the expectation of (U1) fitted on all entries)."""
     roundoff = tol * float(np.linalg.norm(t_entries)) / math.sqrt(max(1, t_entries.size))
     test = judge_shuffled(t_entries, grad_entries, roundoff, rng)
     if structure == "full" and test.accepted:
@@ -346,7 +346,7 @@ def _statistical_winner(candidates, tests, scores):
     """(the accepted statistical candidate to report or None, the other accepted ones, 'cannot tell' or '').
 
     One passing its own test is the answer; when mc and shuffled both pass, ranking.rank decides by
-    the scores (ranking eq 1), and a margin below ranking.MARGIN is "cannot tell". A shuffled reading
+    the scores (ranking (R2)), and a margin below ranking.MARGIN is "cannot tell". A shuffled reading
     whose c and B are confounded (not identified, or a full THEIRS judged on its diagonal) takes part
     in the comparison but is never the verdict: when it wins, the answer is 'none' with row order as
     the first cause.

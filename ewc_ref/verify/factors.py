@@ -1,6 +1,6 @@
 """Scale factors by search: the fitted c of THEIRS ~= c F explained as the simplest product
 
-    c ~= 2^a N^b C^c B^d K^e S^f (sigma^2)^g                                                 (1)
+    c ~= 2^a N^b C^c B^d K^e S^f (sigma^2)^g                                                 (F1)
 
 with small integer exponents (|a| <= 4, the others <= 2, S and sigma^2 only where they exist), the
 simplest first: complexity = |a| + |b| + ... (x 1 is 0, x N and x 2 are 1, 4/C is 3, 4/(N C^2) is 5).
@@ -32,11 +32,11 @@ class ScaleFactor:
     value: float
     expression: str  # arithmetic in N, C, K, B, S (JSON "scale_factor")
     words: str  # the convention or bug it comes from
-    complexity: int = 0  # sum of |exponents| of (1); 3 for the off-by-one ratios
+    complexity: int = 0  # sum of |exponents| of (F1); 3 for the off-by-one ratios
     named: bool = False  # a convention of CONVENTIONS produces exactly this product
 
 
-#: Exponent ranges of (1) by symbol.
+#: Exponent ranges of (F1) by symbol.
 RANGES = {"2": range(-4, 5), "N": range(-2, 3), "C": range(-2, 3), "B": range(-2, 3), "K": range(-2, 3),
           "S": range(-1, 2), "sigma^2": range(-2, 3)}
 #: Products above this complexity are not searched (6: e.g. 4 K/(N C^2) is still found).
@@ -119,7 +119,7 @@ def _words(exponents: dict, values: dict, expression: str, value: float, likelih
 
 def search_factors(n: int, batch_size: int | None = None, n_outputs: int | None = None, likelihood: str | None = None,
                    sigma: float = 1.0, n_batches: int | None = None, samples: int | None = None) -> list[ScaleFactor]:
-    """Every product (1) of complexity <= MAX_COMPLEXITY, plus the off-by-one ratios, SIMPLEST FIRST.
+    """Every product (F1) of complexity <= MAX_COMPLEXITY, plus the off-by-one ratios, SIMPLEST FIRST.
 
     Ties in complexity: a named convention first (K/N before the equal B/N when K = B), then fewer
     symbols, then the order 2, N, C, B, K, S, sigma^2.

@@ -7,18 +7,18 @@ Kronecker block (separate bias: two, the weight block G (x) A and the bias block
 With the least-squares projections of THEIRS' factors on ours, a = <A_t, A_o> / |A_o|^2,
 dA = A_t - a A_o, and g, dG likewise,
 
-    G_t (x) A_t = a g (G_o (x) A_o) + g G_o (x) dA + a dG (x) A_o + dG (x) dA                  (1)
+    G_t (x) A_t = a g (G_o (x) A_o) + g G_o (x) dA + a dG (x) A_o + dG (x) dA                  (K1)
 
 where the four terms are mutually orthogonal in the Frobenius inner product, because
 <X (x) Y, U (x) V> = <X, U> <Y, V> and <A_o, dA> = <G_o, dG> = 0. For THEIRS T = sum_b T_b and
-our F = sum_b F_b over the blocks b, with s_b = a_b g_b, the fit (1) of diagnosis.py becomes
+our F = sum_b F_b over the blocks b, with s_b = a_b g_b, the fit (D1) of diagnosis.py becomes
 
     c = sum_b s_b |F_b|^2 / sum_b |F_b|^2
-    |T - c F|^2 = sum_b (s_b - c)^2 |F_b|^2 + g_b^2 |G_o|^2 |dA|^2 + a_b^2 |dG|^2 |A_o|^2 + |dG|^2 |dA|^2     (2)
+    |T - c F|^2 = sum_b (s_b - c)^2 |F_b|^2 + g_b^2 |G_o|^2 |dA|^2 + a_b^2 |dG|^2 |A_o|^2 + |dG|^2 |dA|^2     (K2)
 
 (|F_b| = |G_o| |A_o|): every term is a product of norms of directly computed differences, so the
 relative residual is accurate to round-off (no cancellation of |T|^2 - c^2 |F|^2), and no Kronecker
-product is formed (784-256-256-10 would need a 200960^2 block). ``kfac_fit`` is (2); its naive
+product is formed (784-256-256-10 would need a 200960^2 block). ``kfac_fit`` is (K2); its naive
 twin is ``fit_scale`` on the dense ``to_dense()`` matrices (tests/test_diagnose_kfac.py).
 
 The candidates are our KFAC of every estimator kfac is defined for (exact = ggn, empirical, pred),
@@ -43,7 +43,7 @@ from ..model.likelihoods import Likelihood
 from ..model.mlp import MLP
 from .results import Candidate, Diagnosis, MCTest
 from .scale import match_scale, scale_factors
-from .statistics import MC_BOOTSTRAP, MC_ENTRIES, _moments_per_example, judge_mc
+from .statistics import MC_BOOTSTRAP, MC_ENTRIES, judge_mc, moments_per_example
 
 #: The kfac candidates of diagnose (rows of the estimator table that kfac is defined for; ggn = exact).
 KFAC_CANDIDATES = tuple(name for name, row in ESTIMATOR_TABLE.items() if row.diagnose == "fit" and "kfac" in row.structures)
@@ -68,7 +68,7 @@ def _project(t: np.ndarray, o: np.ndarray) -> tuple[float, float]:
 
 
 def kfac_fit(theirs: list, ours: list) -> tuple[float, float, list[float]]:
-    """Least-squares c with sum_b G_t (x) A_t ~= c sum_b G_o (x) A_o, the relative residual, eq (2).
+    """Least-squares c with sum_b G_t (x) A_t ~= c sum_b G_o (x) A_o, the relative residual, (K2).
 
     Parameters
     ----------
@@ -132,7 +132,7 @@ def g_entry_moments(model: MLP, lik: Likelihood, x, i_index, j_index, bootstrap:
         f, cache = model64.forward(xc)
         deltas = model64.backward_deltas(cache, np.broadcast_to(unit[:, None, :], (c, xc.shape[0], c)))
         Jz = np.moveaxis(np.concatenate(deltas, axis=-1)[:, :, cols], 0, 1)  # (n, C, |cols|)
-        e, v = _moments_per_example(lik, f, Jz, ii, jj)
+        e, v = moments_per_example(lik, f, Jz, ii, jj)
         mean += e.sum(axis=0)
         cov += v
         if bootstrap:
@@ -267,7 +267,7 @@ def kfac_file_blocks(body: dict, source: str) -> dict[str, tuple[np.ndarray, np.
 def compare_kfac(meta_a: dict, a: dict, meta_b: dict, b: dict, rtol: float, atol: float | None,
                  name_a: str = "A", name_b: str = "B") -> dict:
     """Two kfac files block by block on their PRODUCTS: block b matches when
-    |G_a (x) A_a - G_b (x) A_b|_F <= atol + rtol |G_b (x) A_b|_F (B the reference), by (1) with c = 1:
+    |G_a (x) A_a - G_b (x) A_b|_F <= atol + rtol |G_b (x) A_b|_F (B the reference), by (K1) with c = 1:
 
         |T - F|^2 = (a g - 1)^2 |F|^2 + g^2 |G_b|^2 |dA|^2 + a^2 |dG|^2 |A_b|^2 + |dG|^2 |dA|^2
 

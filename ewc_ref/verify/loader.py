@@ -10,7 +10,7 @@ A training-script Fisher is a loop over a loader::
 With g_n the per-example gradients and s_k = |b_k|, the per-batch gradient is
 gbar_k = rho_k^(1/2) / s_k sum_{n in b_k} g_n with rho_k = 1 ('mean') or s_k^2 ('sum'), and
 
-    F_loader = 1/K sum_k rho_k gbar_k gbar_k^T,     gbar_k = 1/s_k sum_{n in b_k} g_n          (1)
+    F_loader = 1/K sum_k rho_k gbar_k gbar_k^T,     gbar_k = 1/s_k sum_{n in b_k} g_n          (O1)
 
 The aggregation is a scale only (the fit THEIRS ~= c F absorbs it, ``factors`` names it). What
 changes the MATRIX is: the rows' order (given: file order or a recorded ``order``; shuffled: a
@@ -22,7 +22,7 @@ recorded ``batches``), whether a short last batch is kept as its own batch or dr
 ``screen_ordered`` gives, for every B, the three distinct ordered matrices on the screen's
 entries from the prefix sums of the per-example gradients (diagnosis.py's screen):
 'kept' (the short last batch its own, mean), 'kept, sum' and 'dropped'. ``partition_fisher``
-computes (1) on all entries for any list of batch sizes, one batched GEMM per run of equal
+computes (O1) on all entries for any list of batch sizes, one batched GEMM per run of equal
 sizes (``batched_fisher_gemm``). Naive twin of both: a loop over the batches of the
 per-example gradients (tests/test_diagnose_loader.py).
 """
@@ -117,7 +117,7 @@ def minibatch_matrices(model: MLP, lik: Likelihood, x, y, rows: np.ndarray, reco
 
 def partition_fisher(model: MLP, lik: Likelihood, x: np.ndarray, y, sizes: np.ndarray, reduction: str = "mean",
                      structure: str = "diag") -> np.ndarray:
-    """(1) over consecutive batches of the given sizes (rows of x in loader order; sum(sizes) <= N, the rest unused).
+    """(O1) over consecutive batches of the given sizes (rows of x in loader order; sum(sizes) <= N, the rest unused).
 
     Returns (P,) for 'diag', (P, P) for 'full': 1/K sum_k rho_k gbar_k gbar_k^T. Each run of
     equal sizes is one ``batched_fisher_gemm`` call (its mean over the run's batches times their
@@ -140,7 +140,7 @@ def partition_fisher(model: MLP, lik: Likelihood, x: np.ndarray, y, sizes: np.nd
 
 
 def partition_fisher_loop(grads: np.ndarray, sizes: np.ndarray, reduction: str = "mean") -> np.ndarray:
-    """(1) on per-example gradients (N, M), rows in loader order: the naive twin of ``partition_fisher``."""
+    """(O1) on per-example gradients (N, M), rows in loader order: the naive twin of ``partition_fisher``."""
     out, start = np.zeros(grads.shape[1]), 0
     for s in sizes:
         g = grads[start:start + s].sum(axis=0) / (s if reduction == "mean" else 1)

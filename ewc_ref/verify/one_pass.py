@@ -22,7 +22,7 @@ label gradient's own entry is -(1 - p_k) computed as the complement, ``softmax_a
 For a Linear layer, u's weight entry (i, j) is delta_nki a_nj, so every diagonal is one GEMM
 s^T (a * a) with s_n = sum_k w_nk delta_nk^2 (exact) or delta_{n,y_n}^2 (empirical, pred).
 
-The categorical label gradients ARE the mc moments' quadrature vectors (``statistics``, eq 2),
+The categorical label gradients ARE the mc moments' quadrature vectors (``statistics``, (S2)),
 and the unit-vector deltas are the columns of J that the cumulant formulas need, so the mc test
 costs no backward pass of its own; a genuine one-sample draw is the gather of u at a label drawn
 from p_n (``draw_label_indices``, inverse-CDF sampling), summed over rows by one GEMM.
@@ -58,7 +58,7 @@ class DiagPass:
     mean_gradient: np.ndarray  # (P,) m = 1/N sum_n g_n at the observed labels
     grad_entries: np.ndarray  # (N, M_screen) g_n on screen_cols, rows in order
     mc_mean: np.ndarray  # (M_mc,) exact Fisher on mc_cols
-    mc_cov: np.ndarray  # (M_mc, M_mc) covariance of a one-sample mc estimate there, statistics eq (2)
+    mc_cov: np.ndarray  # (M_mc, M_mc) covariance of a one-sample mc estimate there, statistics (S2)
     mc_draws: np.ndarray  # (bootstrap, M_mc) genuine one-sample mc estimates there
     kfac_diagonals: dict | None = None  # {estimator: (P,) diag(G (x) A)} of the KFAC of each PASS_ESTIMATORS row
     pred_entries: np.ndarray | None = None  # (N, M_screen) per-example gradients at the most probable labels
@@ -106,7 +106,7 @@ def diag_pass(model: MLP, lik: Likelihood, x: np.ndarray, y, screen_cols: np.nda
     ----------
     model, lik, x, y : trusted (x, y from check_model_data)
     screen_cols : (M_s,) sorted, unique flat indices for the per-example gradients (the batched screen)
-    mc_cols : (M_mc,) sorted, unique flat indices for the mc moments (statistics eq 2)
+    mc_cols : (M_mc,) sorted, unique flat indices for the mc moments (statistics (S2))
     bootstrap : genuine one-sample mc estimates to draw on mc_cols (labels from the model, with `rng`)
     chunk_size : rows per chunk (default ``rows_per_chunk``); results do not depend on it beyond round-off
     meter : a progress.Progress counting rows (``update`` per chunk), or None

@@ -48,7 +48,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .._validate import as_float_array, as_generator
-from ..io import JsonResult, read_npz
+from ..io import read_npz
+from ..jsonio import JsonResult
 
 #: Relative residual accepted as round-off. float64: a correct penalty's gradient is a few
 #: elementwise products (lambda, F, theta - a), each exact to eps64 = 1.1e-16 relative, and the

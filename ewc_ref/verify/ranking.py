@@ -5,14 +5,14 @@ their own test (statistics.py, shuffled.py). When both pass -- a confident net m
 models wide -- they are compared on the SAME tested diagonal entries t : (M,) by the synthetic
 log-likelihood (Wood 2010) of one summary of t, the same for both,
 
-    u(t) = (a, b, log q):   t ~= a m m^T + b diag(Sigma) in the metric Sigma o Sigma, q its residual      (1)
+    u(t) = (a, b, log q):   t ~= a m m^T + b diag(Sigma) in the metric Sigma o Sigma, q its residual      (R1)
 
 (shuffled._GLS), under draws of each candidate at its fitted parameters:
 
     mc         c (F + (d - F) / sqrt(S)),  d the genuine one-sample draws, c least squares, S = S_hat
     shuffled   c x simulated loader Fishers at the reading's B and drop_last
 
-    score = sum_j log p_j(u_j(t)) - k/2 log M                                                  (2)
+    score = sum_j log p_j(u_j(t)) - k/2 log M                                                  (R2)
 
 with p_j a split normal fitted to the draws' u_j (the sd on the observed side is the larger of the
 sd and that side's semi-deviation) and k = 2 free parameters for each (c, S; c, B), so the penalty

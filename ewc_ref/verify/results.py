@@ -10,12 +10,12 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from ..io import JsonResult
+from ..jsonio import JsonResult
 
 
 @dataclass
 class Candidate(JsonResult):
-    """One estimator fitted to THEIRS by (1)."""
+    """One estimator fitted to THEIRS by (D1) of diagnosis."""
 
     estimator: str
     scale: float
@@ -72,7 +72,7 @@ class Candidate(JsonResult):
 
 @dataclass
 class MCTest(JsonResult):
-    """The statistical judgement of ``mc`` (module docstring, (2)-(4))."""
+    """The statistical judgement of ``mc`` (statistics module docstring, (S2)-(S4))."""
 
     accepted: bool
     reason: str
@@ -127,7 +127,7 @@ class Diagnosis(JsonResult):
     causes: list = field(default_factory=list)  # likely causes of a 'none', most likely first
     also_consistent: list = field(default_factory=list)  # other accepted statistical candidates
     variant: str = ""  # the winner's Candidate.variant (batched: drop_last, per-batch sum, recorded batches)
-    statistical_scores: dict = field(default_factory=dict)  # {mc | shuffled: ranking eq 1} when both passed
+    statistical_scores: dict = field(default_factory=dict)  # {mc | shuffled: ranking (R2)} when both passed
     score_margin: float | None = None  # best score - second (ranking.MARGIN decides)
 
     def to_dict(self) -> dict:

@@ -1,5 +1,5 @@
 """Fitting THEIRS ~= c F and naming c: the least-squares scale, the factors buggy code produces,
-the round-off threshold and the minibatch sizes worth trying (diagnosis module docstring, eq 1).
+the round-off threshold and the minibatch sizes worth trying (diagnosis module docstring, (D1)).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ ROUNDOFF_TOL = {"float64": 1e-8, "float32": 1e-4}
 
 
 def fit_scale(theirs: np.ndarray, candidate: np.ndarray) -> tuple[float, float]:
-    """Least-squares c with THEIRS ~= c F and the relative residual ||T - c F|| / ||T||, eq (1).
+    """Least-squares c with THEIRS ~= c F and the relative residual ||T - c F|| / ||T||, (D1) of diagnosis.
 
     Both arrays are flattened; norms are Frobenius. c = 0 and error 1 when F = 0.
     """

@@ -8,37 +8,37 @@ m = 1/N sum_n g_n, E = 1/N sum_n g_n g_n^T (the empirical Fisher) and the popula
 Sigma = E - m m^T, a batch drawn without replacement has
 
     E[gbar gbar^T] = m m^T + alpha Sigma = (N - B)/(B (N - 1)) E + N (B - 1)/(B (N - 1)) m m^T,
-    alpha = (N - B) / (B (N - 1))                                                       (1)
+    alpha = (N - B) / (B (N - 1))                                                       (U1)
 
 and since the K batch means of a partition average to m exactly, 1/K sum_k gbar_k gbar_k^T =
 m m^T + 1/K sum_k d_k d_k^T with d_k = gbar_k - m, sum_k d_k = 0: K - 1 degrees of freedom.
 When the batch means are near Gaussian (CLT within a batch), sum_k d_k d_k^T is Wishart with
 K - 1 degrees of freedom and scale alpha K/(K - 1) Sigma, so for the entries i, j of the diagonal
 
-    Cov[T_i, T_j] = c^2 2 alpha^2 Sigma_ij^2 / (K - 1)                                   (2)
+    Cov[T_i, T_j] = c^2 2 alpha^2 Sigma_ij^2 / (K - 1)                                   (U2)
 
 (the m m^T terms cancel exactly). ``judge_shuffled`` fits THEIRS ~= a m m^T + b Sigma on M
 tested diagonal entries by generalised least squares in the metric W = Sigma o Sigma (Hadamard
-square; (2) is a multiple of it), so alpha = b / a, B = N / (alpha (N - 1) + 1) (exactly: the B
+square; (U2) is a multiple of it), so alpha = b / a, B = N / (alpha (N - 1) + 1) (exactly: the B
 whose alpha averaged over the K batches of a partition, the last one partial, is b / a), c = a,
 and the whitened residual gives
 
-    chi2 = (K - 1) / (2 b^2) r^T W^+ r  ~  chi2_{M - 2}                                   (3)
+    chi2 = (K - 1) / (2 b^2) r^T W^+ r  ~  chi2_{M - 2}                                   (U3)
 
-(3) weighs every whitened direction alike, so the small-variance ones dominate it; a systematic
+(U3) weighs every whitened direction alike, so the small-variance ones dominate it; a systematic
 error (a Fisher at other weights) is also small there but far smoother than K batches' noise in
 the large-variance ones. So the plain squared residual on the tested entries
 
-    e = ||T - E[T]||^2                                                                    (4)
+    e = ||T - E[T]||^2                                                                    (U4)
 
 is compared with its distribution over the simulations below (two-sided, a normal fit to log e),
-and a reading is accepted only when (3), (4) and (5) are: the weight a of m m^T, the one
+and a reading is accepted only when (U3), (U4) and (U5) are: the weight a of m m^T, the one
 noise-free part of T, must match the reading's c within its simulated spread
 
-    |a - mean a_sim| / sd a_sim                                                           (5)
+    |a - mean a_sim| / sd a_sim                                                           (U5)
 
 When sd a_sim > c / 4 (a converged net, m ~ 0) c and B are confounded: only c alpha-bar(B) is
-measured, and the noise level (3)-(4) is all that tells B. Such a reading is ``identified =
+measured, and the noise level (U3)-(U4) is all that tells B. Such a reading is ``identified =
 False`` and ``diagnose`` names it as a likely cause, not as the verdict.
 
 Small batches and confident networks break the CLT within a batch (one rare example dominates
@@ -59,17 +59,17 @@ import numpy as np
 from scipy import sparse
 from scipy.stats import chi2, norm
 
-from ..io import JsonResult
+from ..jsonio import JsonResult
 
 #: Simulated shuffled-loader Fishers that calibrate the test and the interval of B.
 SHUFFLE_BOOTSTRAP = 32
-#: Significance level of each of (3), (4), (5). Looser than mc's 1e-6 because a false ``shuffled``
+#: Significance level of each of (U3), (U4), (U5). Looser than mc's 1e-6 because a false ``shuffled``
 #: is the likelier error: the catalogue's systematic errors that mimic a shuffled loader (Brier loss,
 #: half-predicted labels, tests/test_diagnose.py) reach p = 2e-5..6e-5, genuine shuffled Fishers
 #: (B = 8..48, both nets of tests/fixtures/libraries) 0.01..0.7. A genuine one is rejected with
 #: probability <= 3e-3 where the normal fits hold.
 SHUFFLED_ALPHA = 1e-3
-#: Readings simulated (the likeliest first by the Gaussian log-likelihood of (2)-(3)): averaged / summed,
+#: Readings simulated (the likeliest first by the Gaussian log-likelihood of (U2)-(U3)): averaged / summed,
 #: kept / dropped, the free fit, and up to two B near each with a short last batch of < B/4 rows (``_heavy``).
 SIMULATED_READINGS = 6
 #: Readings within this many log-units of the best one's synthetic likelihood share the band of B
@@ -108,7 +108,7 @@ def split_normal_p(value: float, samples: np.ndarray) -> float:
 
 @dataclass
 class ShuffledTest(JsonResult):
-    """The judgement of ``shuffled`` (module docstring, (1)-(3))."""
+    """The judgement of ``shuffled`` (module docstring, (U1)-(U3))."""
 
     accepted: bool
     reason: str
@@ -119,7 +119,7 @@ class ShuffledTest(JsonResult):
     scale_se: float = math.nan  # bootstrap standard error of c
     reduction: str = ""  # 'averaged' | 'summed' | ''
     entries: int = 0  # M, whitened directions tested
-    chi2: float = math.nan  # (3)
+    chi2: float = math.nan  # (U3)
     p_noise: float = math.nan
     rel_error: float = math.nan  # ||T - c E[T]|| / ||T|| of the fitted expectation on all entries
     identified: bool = False  # the m m^T weight pins c down (sd <= c / 4): B and c are not confounded
@@ -205,7 +205,7 @@ class _GLS:
 
 
 def mean_alpha(n: int, drop_last: bool = False) -> np.ndarray:
-    """(N,) alpha-bar(B) for B = 1..N: (1) averaged over the K batches of a partition, the last one partial.
+    """(N,) alpha-bar(B) for B = 1..N: (U1) averaged over the K batches of a partition, the last one partial.
 
     alpha-bar(B) = ((K - 1) alpha(B) + alpha(N - (K - 1) B)) / K, alpha(s) = (N - s) / (s (N - 1)):
     a partial last batch of 8 rows raises alpha-bar(32) by 9% at N = 1000 (B = 29 if ignored).
@@ -224,7 +224,7 @@ def mean_alpha(n: int, drop_last: bool = False) -> np.ndarray:
 
 
 def equal_batch_size(alpha: float, n: int) -> float:
-    """B = N / (alpha (N - 1) + 1), the inverse of (1) for batches of equal size."""
+    """B = N / (alpha (N - 1) + 1), the inverse of (U1) for batches of equal size."""
     return n / (max(alpha, 0.0) * (n - 1) + 1)
 
 
@@ -293,14 +293,14 @@ def _simulate_reading(reading, a, b_observed, tables, grad_entries, theirs_entri
         sims = c * simulate(grad_entries, bb, draws, rng, drop_last=drop)
         log_stat = np.log([max(statistic(t), 1e-300) for t in sims])
         p = max(p, split_normal_p(math.log(max(stat, 1e-300)), log_stat))
-        # (4): the plain squared residual against the reading's expectation, where the whitened (3)
+        # (U4): the plain squared residual against the reading's expectation, where the whitened (U3)
         # is blind: a systematic error (a Fisher at other weights) is far SMOOTHER than the
         # noise of K batches in the high-variance directions (calibrated on the simulations only)
         centre = c * expect @ np.array([1.0, level_b]) if reduction else sims.mean(axis=0)
         log_e = np.log(np.maximum(((sims - centre) ** 2).sum(axis=1), 1e-300))
         energy = split_normal_p(math.log(max(float(((theirs_entries - centre) ** 2).sum()), 1e-300)), log_e)
         fits = np.array([gls.fit(t) for t in sims])
-        # (5): the fitted weight of m m^T must match the reading's c (the only noise-free part of T);
+        # (U5): the fitted weight of m m^T must match the reading's c (the only noise-free part of T);
         # skewed when a short last batch of a few rows dominates the noise: a split normal
         p = min(p, energy, split_normal_p(a, fits[:, 0]))
         identified = float(fits[:, 0].std(ddof=1)) <= 0.25 * abs(c)
@@ -326,12 +326,12 @@ def _simulate_reading(reading, a, b_observed, tables, grad_entries, theirs_entri
 
 def judge_shuffled(theirs_entries: np.ndarray, grad_entries: np.ndarray, roundoff: float,
                    rng: np.random.Generator, draws: int = SHUFFLE_BOOTSTRAP) -> ShuffledTest:
-    """Accept or reject ``shuffled`` on the tested diagonal entries (module docstring, (1)-(3)).
+    """Accept or reject ``shuffled`` on the tested diagonal entries (module docstring, (U1)-(U3)).
 
     theirs_entries : (M,) THEIRS on the tested entries; grad_entries : (N, M) the per-example
     gradients there, rows in any order; roundoff : residual size treated as round-off.
     Of the readings of the fitted weights (``_hypotheses``) that pass, the most likely under
-    (2)-(3) is reported, with its p-value against its own simulated shuffled-loader Fishers.
+    (U2)-(U3) is reported, with its p-value against its own simulated shuffled-loader Fishers.
     """
     n = grad_entries.shape[0]
     mm, sigma = expectation_terms(grad_entries)
@@ -363,7 +363,7 @@ def judge_shuffled(theirs_entries: np.ndarray, grad_entries: np.ndarray, roundof
                 return (k - 1) * q_ / (2 * max(b_, 1e-300) ** 2)
 
             stat = statistic(theirs_entries)
-            # readings are ranked by the Gaussian log-likelihood of (2)-(3): a vague reading (K = 2)
+            # readings are ranked by the Gaussian log-likelihood of (U2)-(U3): a vague reading (K = 2)
             # explains any residual with a huge variance and pays M log sigma^2 for it; the free
             # fit pays log M for its extra parameter (BIC)
             level = c * level_b if reduction else b

@@ -16,32 +16,32 @@ computable from the label distribution (``entry_moments``):
 
 The examples and the samples are independent, so for the mean over N examples and S samples
 
-    E[T] = c F,    Cov[T] = c^2 Sigma / S,    Sigma = 1/N^2 sum_n Cov_n                     (2)
+    E[T] = c F,    Cov[T] = c^2 Sigma / S,    Sigma = 1/N^2 sum_n Cov_n                     (S2)
 
 on a set of M tested entries (all of a diagonal up to MC_ENTRIES, else a seeded random subset;
 for full THEIRS half diagonal, half off-diagonal). The scale c is unknown (any scale bug), so it
 is fitted by least squares on the tested entries, c = <T, F> / <F, F>; with T = c_0 (F + eps)
 this makes the residual EXACTLY
 
-    r = T / c - F = (c_0 / c) Pi eps,    Pi = I - F F^T / |F|^2,    Cov[r] ~ Pi Sigma Pi / S     (2')
+    r = T / c - F = (c_0 / c) Pi eps,    Pi = I - F F^T / |F|^2,    Cov[r] ~ Pi Sigma Pi / S     (S2')
 
 (one direction, F's, is spent on c). Whitening r with the eigendecomposition
 Pi Sigma Pi = V diag(lambda) V^T gives w_k = v_k^T r / sqrt(lambda_k), independent and
 ~ N(0, 1/S) when the CLT holds over the N examples, over the M' ~ M - 1 directions kept. Then
 
-    Q1 = sum_k w_k^2 ~ chi2_M' / S,     implied S_hat = M' / Q1                             (3)
+    Q1 = sum_k w_k^2 ~ chi2_M' / S,     implied S_hat = M' / Q1                             (S3)
 
 and ``mc`` is accepted unless (a) THEIRS is noisier than one sample per example,
 P(chi2_M' >= Q1) < MC_NOISE_ALPHA, or (b) the residual is not shaped like sampling noise: the
 mean of w^2 over the low-variance half of the directions divided by that over the high-variance
 half is F(M'/2, M'/2)-distributed under mc whatever S is, and a two-sided p-value < MC_ALPHA rejects:
 
-    ratio = mean_{k in low half} w_k^2 / mean_{k in high half} w_k^2                     (4)
+    ratio = mean_{k in low half} w_k^2 / mean_{k in high half} w_k^2                     (S4)
 
 Both distributions assume the CLT over the N examples, which fails for confident networks
 (a rarely sampled wrong label has a huge gradient), so each p-value is also computed against
 MC_BOOTSTRAP genuine one-sample estimates (labels drawn from the model, each through the same
-pipeline: its own least-squares c, then (2')-(4); normal fit to the log of the statistic), and
+pipeline: its own least-squares c, then (S2')-(S4); normal fit to the log of the statistic), and
 mc is rejected only when both p-values are below the level. The implied S is calibrated on the
 same draws (log Q1 of an S-sample estimate ~ log Q1(S = 1) - log S, centred on the median) with
 a 95% interval (the wider of the normal fit and the empirical 2.5/97.5% points), and the
@@ -51,9 +51,9 @@ genuine one-sample estimates get Gaussian-theory p-values below 1e-6 and calibra
 of 3e-5 to 0.65; tests/test_diagnose.py::test_bootstrap_calibration_accepts_genuine_mc_where_the_clt_fails.)
 The scale's Monte Carlo standard error is c sqrt(F^T Sigma F / S) / <F, F> on those entries.
 
-Measured with (2') (5-10-4 net, 20 genuine estimates per setting; N = 30 where N (C - 1) < M,
+Measured with (S2') (5-10-4 net, 20 genuine estimates per setting; N = 30 where N (C - 1) < M,
 N = 100 with gains 1, 4, 8 (mean max softmax up to 0.93), N = 300 gain 8, S = 1 and 10): all
-accepted, the 95% interval holding S in 18-20 of 20. Before (2') the residual used the c of
+accepted, the 95% interval holding S in 18-20 of 20. Before (S2') the residual used the c of
 all P entries against Sigma itself: its sampling error (1/c - 1) F landed in directions of
 little sampling variance and rejected 20/20 at N = 30 and 4/20 at N = 100 gain 8, and the
 interval missed S = 1 in 6/20 at N = 300 gain 8. Over 420 genuine estimates (7 settings x 60
@@ -85,11 +85,11 @@ from .results import MCTest
 #: Entries used by the mc test (all of a diagonal up to this size, else a seeded random subset):
 #: their exact M x M covariance costs N C M^2 and an eigendecomposition M^3.
 MC_ENTRIES = 256
-#: Significance level of the shape test (4): mc is wrongly rejected by it with probability <= 1e-6
+#: Significance level of the shape test (S4): mc is wrongly rejected by it with probability <= 1e-6
 #: when the CLT holds, and a systematic error must be ~5 sigma to be caught.
 MC_ALPHA = 1e-6
-#: Significance level of the one-sided noise test (3a), "noisier than one sample per example" (module
-#: docstring: no genuine estimate of 420 came below 2e-3 once the scale error is projected out, eq 2').
+#: Significance level of the one-sided noise test (S3a), "noisier than one sample per example" (module
+#: docstring: no genuine estimate of 420 came below 2e-3 once the scale error is projected out, (S2')).
 MC_NOISE_ALPHA = 1e-4
 #: Genuine one-sample mc estimates simulated to calibrate both tests beyond the CLT.
 MC_BOOTSTRAP = 64
@@ -111,7 +111,7 @@ def sample_entries(n_params: int, structure: str, rng: np.random.Generator, limi
     return np.concatenate([d, pairs[:, 0]]), np.concatenate([d, pairs[:, 1]])
 
 
-def _moments_per_example(lik: Likelihood, f: np.ndarray, A: np.ndarray, ii: np.ndarray, jj: np.ndarray):
+def moments_per_example(lik: Likelihood, f: np.ndarray, A: np.ndarray, ii: np.ndarray, jj: np.ndarray):
     """Mean and covariance over y ~ p(y | f_n) of the entries q_e = g_{i_e} g_{j_e} of one draw.
 
     f : (n, C); A : (n, C, m) output-Jacobian columns J_n[:, cols]; ii, jj : (M,) indices into cols.
@@ -160,7 +160,7 @@ def cumulant_moments(m2: np.ndarray, k4: np.ndarray, A: np.ndarray, ii: np.ndarr
 
 def entry_moments(model: MLP, lik: Likelihood, x, i_index, j_index, bootstrap: int = 0, rng=None,
                   chunk_size: int | None = None):
-    """Exact mean and covariance of a one-sample mc estimate's entries (i_e, j_e), eq (2).
+    """Exact mean and covariance of a one-sample mc estimate's entries (i_e, j_e), (S2).
 
     Returns
     -------
@@ -192,7 +192,7 @@ def entry_moments(model: MLP, lik: Likelihood, x, i_index, j_index, bootstrap: i
         # the output Jacobian's columns J_n[:, cols] only: C backward vectors, never (C, n, P)
         A = np.moveaxis(per_sample_grad_entries(model64, cache, np.broadcast_to(unit[:, None, :], (c, xc.shape[0], c)),
                                                 cols), 0, 1)  # (n, C, |cols|)
-        e, v = _moments_per_example(lik, f, A, ii, jj)
+        e, v = moments_per_example(lik, f, A, ii, jj)
         mean += e.sum(axis=0)
         cov += v
         if bootstrap:
@@ -210,7 +210,7 @@ def entry_moments(model: MLP, lik: Likelihood, x, i_index, j_index, bootstrap: i
 
 def judge_mc(theirs_entries: np.ndarray, scale: float, exact_entries: np.ndarray, cov: np.ndarray,
              roundoff: float, draws: np.ndarray | None = None) -> MCTest:
-    """Accept or reject mc for the tested entries (module docstring, (3) and (4)).
+    """Accept or reject mc for the tested entries (module docstring, (S3) and (S4)).
 
     theirs_entries, exact_entries : (M,); cov : (M, M) one-sample covariance; roundoff : the
     size of a residual treated as round-off (directions with less sampling sd are dropped);
@@ -220,7 +220,7 @@ def judge_mc(theirs_entries: np.ndarray, scale: float, exact_entries: np.ndarray
     if scale <= 0:
         return MCTest(False, "the fitted scale is not positive")
     # With c fitted by least squares, r = T/c - F = (c_0/c) Pi eps exactly, Pi = I - F F^T / |F|^2
-    # (module docstring, eq 2'): the residual's covariance is Pi Sigma Pi / S, not Sigma / S.
+    # (module docstring, (S2')): the residual's covariance is Pi Sigma Pi / S, not Sigma / S.
     direction = exact_entries / max(float(np.linalg.norm(exact_entries)), 1e-300)
     projected = cov - np.outer(direction, direction @ cov)
     projected -= np.outer(projected @ direction, direction)
@@ -229,7 +229,7 @@ def judge_mc(theirs_entries: np.ndarray, scale: float, exact_entries: np.ndarray
     floor = max(1e-12 * float(lam[0]) if lam.size else 0.0, (10 * roundoff / scale) ** 2)  # sd >= 10 x round-off
     keep = lam > floor
     basis, sd = vec[:, keep], np.sqrt(lam[keep])
-    # c refitted on the tested entries, so that the residual is exactly (c_0/c) Pi eps (c of eq (1) uses all P)
+    # c refitted on the tested entries, so that the residual is exactly (c_0/c) Pi eps (c of diagnosis (D1) uses all P)
     local = float(theirs_entries @ exact_entries) / max(float(exact_entries @ exact_entries), 1e-300)
     if local <= 0:
         return MCTest(False, "the scale fitted on the tested entries is not positive")
