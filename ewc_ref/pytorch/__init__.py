@@ -357,13 +357,11 @@ def reference_inputs(module, theirs, data, likelihood) -> tuple[MLP, Likelihood,
 
 
 def diagnose_options(data_rows: Rows, options: dict) -> dict:
-    """`options` for er.diagnose, with the recorded batch sizes when it takes them.
+    """`options` for er.diagnose with the recorded batch sizes, when the data recorded them.
 
-    The rows are in yielded order, so the batched screen already finds a recorded B exactly. Once
-    er.diagnose takes the recorded batch sizes (LOADER_CONTRACT.md), they are passed: then the
-    minibatch candidate over exactly those batches is compared (non-uniform batches too).
-    The lead simplifies this to a plain keyword after the merge."""
-    if data_rows.batches is not None and "batches" in inspect.signature(reference_diagnose).parameters:
+    The rows are in yielded order; with their batches, diagnose compares the minibatch candidate
+    over exactly those batches (non-uniform batches too): an exact verdict, no screen."""
+    if data_rows.batches is not None:
         return {**options, "batches": data_rows.batches}
     return dict(options)
 
