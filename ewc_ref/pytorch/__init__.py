@@ -25,7 +25,6 @@ and return float64 tensors.
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Mapping
 from dataclasses import dataclass
 
