@@ -18,9 +18,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..curvature import budget
 from ..curvature.batched import batch_bounds
-from ..curvature.entries import per_sample_grad_entries
+from ..curvature.entries import grad_entries
 
 #: Entries of W the screen looks at (all when fewer are nonzero).
 SCREEN_ENTRIES = 256
@@ -34,17 +33,6 @@ def screen_entries(w: np.ndarray, rng) -> np.ndarray:
     if nonzero.size <= SCREEN_ENTRIES:
         return nonzero
     return np.sort(rng.choice(nonzero, SCREEN_ENTRIES, replace=False))
-
-
-def grad_entries(model, lik, x, y, cols: np.ndarray) -> np.ndarray:
-    """(N, M) per-example gradients of the loss at the observed labels on the entries `cols`, in row chunks."""
-    n = x.shape[0]
-    chunk = max(1, budget.CHUNK_BYTES // (8 * max(sum(model.layer_sizes), cols.size)))
-    out = np.empty((n, cols.size))
-    for start in range(0, n, chunk):
-        f, cache = model.forward(x[start:start + chunk])
-        out[start:start + chunk] = per_sample_grad_entries(model, cache, lik.grad(f, y[start:start + chunk]), cols)
-    return out
 
 
 def batched_on_entries(grads: np.ndarray, sizes) -> dict[int, np.ndarray]:

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..model.likelihoods import Likelihood
 from ..model.mlp import MLP, ForwardCache
+from . import budget
 
 
 def entry_locations(model: MLP, cols: np.ndarray) -> list[tuple[np.ndarray, int, np.ndarray, np.ndarray | None]]:
@@ -53,3 +55,18 @@ def per_sample_grad_entries(model: MLP, cache: ForwardCache, df: np.ndarray, col
     for pos, l, i, j in entry_locations(model, cols):
         G[..., pos] = deltas[l][..., i] if j is None else deltas[l][..., i] * cache.inputs[l][:, j]
     return G
+
+
+def grad_entries(model: MLP, lik: Likelihood, x: np.ndarray, y: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """(N, M) per-example gradients of the loss at the labels y on the flat entries `cols`.
+
+    Row n is g_n[cols], g_n = d l(x_n, y_n) / d theta (``per_sample_grad_entries``), computed in row
+    chunks sized so one chunk's activations or output stay within ``budget.CHUNK_BYTES``; x, y trusted.
+    """
+    n = x.shape[0]
+    chunk = max(1, budget.CHUNK_BYTES // (8 * max(sum(model.layer_sizes), cols.size)))
+    out = np.empty((n, cols.size))
+    for start in range(0, n, chunk):
+        f, cache = model.forward(x[start:start + chunk])
+        out[start:start + chunk] = per_sample_grad_entries(model, cache, lik.grad(f, y[start:start + chunk]), cols)
+    return out

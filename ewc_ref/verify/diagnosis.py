@@ -66,7 +66,7 @@ import numpy as np
 
 from .._validate import check_positive_int
 from ..curvature import budget, diag_hessian
-from ..curvature.entries import per_sample_grad_entries
+from ..curvature.entries import grad_entries as per_example_entries
 from ..curvature.estimate import fisher_unchecked
 from ..curvature.estimators import ESTIMATOR_TABLE
 from ..curvature.result import as_theirs
@@ -158,7 +158,7 @@ def diagnose(model: MLP, lik: Likelihood, x, y, theirs, batch_sizes=None, tol: f
                                            else one.matrices["exact"])  # phi'' = 0: diag H = diag GGN = exact
     else:
         log.stage(f"per-example gradients on {cols.size} tested entries")
-        grad_entries = _grad_entries(model, lik, x, y, cols)
+        grad_entries = per_example_entries(model, lik, x, y, cols)
         matrices = _candidate_matrices(model, lik, x, y, structure, hessian, log)
         mean_gradient, mc_moments, one = None, None, None
     batched, closest, screened = minibatch_matrices(
@@ -236,17 +236,6 @@ def _screen_entries(t_diag: np.ndarray, rng, limit: int = SCREEN_ENTRIES) -> np.
     n_zero = min(zero.size, limit - n_nonzero)
     picked = np.concatenate([rng.choice(nonzero, n_nonzero, replace=False), rng.choice(zero, n_zero, replace=False)])
     return np.sort(picked)
-
-
-def _grad_entries(model: MLP, lik: Likelihood, x, y, cols: np.ndarray) -> np.ndarray:
-    """(N, M) per-example gradients at the observed labels on the entries `cols`, in row chunks."""
-    n = x.shape[0]
-    chunk = max(1, budget.CHUNK_BYTES // (8 * max(sum(model.layer_sizes), cols.size)))
-    out = np.empty((n, cols.size))
-    for start in range(0, n, chunk):
-        f, cache = model.forward(x[start:start + chunk])
-        out[start:start + chunk] = per_sample_grad_entries(model, cache, lik.grad(f, y[start:start + chunk]), cols)
-    return out
 
 
 def _candidate_matrices(model, lik, x, y, structure, hessian, log) -> dict:

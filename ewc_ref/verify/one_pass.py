@@ -30,7 +30,7 @@ from p_n (``draw_label_indices``, inverse-CDF sampling), summed over rows by one
 Cost: one forward and a K = C-vector backward pass (the exact diagonal Fisher alone propagates
 C - 1), the three diagonal GEMMs and the mean gradient's GEMM; memory one chunk of rows.
 Naive twins: ``fisher_unchecked`` per estimator, ``statistics.entry_moments`` (its J columns from
-C unit backward vectors), ``diagnosis._grad_entries`` / ``curvature.entries.per_sample_grad_entries``
+C unit backward vectors), ``curvature.entries.grad_entries`` / ``curvature.entries.per_sample_grad_entries``
 (tests/test_one_pass.py).
 """
 
