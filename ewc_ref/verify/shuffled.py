@@ -163,11 +163,15 @@ def simulate(grad_entries: np.ndarray, batch_size: int, draws: int, rng: np.rand
     k = -(-used // batch_size)
     starts = np.arange(0, used, batch_size)
     counts = np.minimum(starts + batch_size, used) - starts
-    batch_of_position = np.arange(used) // batch_size
+    indptr, ones, whole = np.append(starts, used), np.ones(used, grad_entries.dtype), (used // batch_size) * batch_size
     out = np.empty((draws, grad_entries.shape[1]))
     for d in range(draws):
         rows = rng.permutation(n)[:used]  # the row at position i of the permutation is in batch i // B
-        indicator = sparse.csr_matrix((np.ones(used, grad_entries.dtype), (batch_of_position, rows)), shape=(k, n))
+        # the (K, N) indicator built as CSR directly, each batch's rows sorted (the order a COO build sums in)
+        rows[:whole] = np.sort(rows[:whole].reshape(-1, batch_size), axis=1).reshape(-1)
+        rows[whole:] = np.sort(rows[whole:])
+        indicator = sparse.csr_matrix((ones, rows, indptr), shape=(k, n))
+        indicator.has_sorted_indices = True  # they are: scipy need not sort them again
         gbar = (indicator @ grad_entries).astype(np.float64) / counts[:, None]
         out[d] = np.einsum("km,km->m", gbar, gbar) / k
     return out
