@@ -47,7 +47,8 @@ SHUFFLE_BOOTSTRAP simulated shuffled-loader Fishers of the same tested entries (
 partitions of the rows into batches of the implied B), and the candidate is rejected only when
 both p-values are below MC_ALPHA. The interval of B holds the B whose alpha-bar lies within
 2.58 simulated standard deviations of log b from the estimate (a log-normal 99% band; 32 simulations
-estimate that sd to +-13%, and the readings are discrete, so 95% would be optimistic).
+estimate that sd to +-13%, and the readings are discrete, so 95% would be optimistic), united with
+the band of the b fitted with a short batch's one high-leverage row apart, profiled over B (``band.py``).
 """
 
 from __future__ import annotations
