@@ -11,7 +11,7 @@ quotes them. An equation numbered locally (a module's own decomposition or recur
   in ewc_ref/, and of the references in a sample of the pages (PAGE_SAMPLE).
 
 The verify/ modules label their own equations by module: (D1) diagnosis, (S2)-(S4) statistics,
-(U1)-(U5) shuffled, (K1)-(K2) kfac, (O1) loader, (R1)-(R2) ranking, (F1) factors.
+(U1)-(U5) shuffled, (K1)-(K2) kfac, (O1) loader, (R1)-(R2) ranking, (F1) factors, (B1) band.
 """
 
 from __future__ import annotations

@@ -90,19 +90,22 @@ def minibatch_matrices(model: MLP, lik: Likelihood, x, y, rows: np.ndarray, reco
     if batch_sizes is None:
         log.stage(f"screening batched for every B = 2..{m}, the short last batch kept, summed or dropped"
                   + (", at the observed and the predicted labels" if pred_entries is not None else ""))
-        screen = {}
-        for prefix, entries in (("", grad_entries), ("pred", pred_entries)):
-            if entries is not None and not (prefix and min(fit[1] for fit in screen.values()) <= 10 * tol):
+        columns = []  # (B, variant index, c, error, 0 observed / 1 predicted labels) per screened (B, variant)
+        for pred, entries in enumerate((grad_entries, pred_entries)):
+            if entries is not None and not (pred and columns and columns[0][3].min(initial=np.inf) <= 10 * tol):
                 # the predicted labels only when the observed ones fit no (B, variant) on the screen
                 entries = entries if rows is None else entries[rows]
-                screen.update({(b, name(prefix, v)): fit for (b, v), fit in
-                               screen_ordered(entries, t_entries, range(2, m + 1)).items()})
-        ranked = sorted(screen, key=lambda key: (screen[key][1], key[0], key[1].startswith("pred"),
-                                                 VARIANTS.index(key[1].removeprefix("pred").lstrip(", "))))
-        todo = [key for key in ranked[:CONFIRM] if screen[key][1] <= 10 * tol]
+                b, variant, c, err = screen_arrays(entries, t_entries, range(2, m + 1))
+                columns.append((b, variant, c, err, np.full(b.size, pred)))
+        b, variant, c, err, pred = (np.concatenate(column) for column in zip(*columns, strict=True)) if columns else \
+            (np.zeros(0),) * 5
+        # by error, then the smaller B, observed before predicted labels, then VARIANTS' order
+        ranked = np.lexsort((variant, pred, b, err))
+        key = lambda i: (int(b[i]), name("pred" if pred[i] else "", VARIANTS[int(variant[i])]))  # noqa: E731
+        todo = [key(i) for i in ranked[:CONFIRM] if err[i] <= 10 * tol]
         screened = (2, m) if m >= 2 else None
-        if not todo and ranked:  # no B fits on the screen, so none on all entries: the closest is not recomputed
-            closest = (*ranked[0], *screen[ranked[0]])
+        if not todo and ranked.size:  # no B fits on the screen, so none on all entries: the closest is not recomputed
+            closest = (*key(ranked[0]), float(c[ranked[0]]), float(err[ranked[0]]))
     matrices = {}
     for b, v in todo:
         log.stage(f"computing batched, B = {b}{' (' + v + ')' if v else ''} ({structure})")
@@ -159,13 +162,20 @@ def screen_ordered(grad_entries: np.ndarray, theirs_entries: np.ndarray, sizes) 
     batched.SCREEN_ROWS minibatches (``label_kernels.minibatch_mean_squares``), as ``batched_screen``
     does; each group's F_B serves all three variants. Twin: ``partition_fisher_loop`` per (B, variant).
     """
+    b, variant, c, err = screen_arrays(grad_entries, theirs_entries, sizes)
+    return {(int(bi), VARIANTS[vi]): (float(ci), float(ei)) for bi, vi, ci, ei in zip(b, variant, c, err, strict=True)}
+
+
+def screen_arrays(grad_entries: np.ndarray, theirs_entries: np.ndarray, sizes) -> tuple[np.ndarray, ...]:
+    """``screen_ordered`` as arrays (B, index of the variant in VARIANTS, c, relative error), one entry per
+    (B, variant) listed there: the screen of every B = 2..N ranks 3N entries without a dict of tuples."""
     n = grad_entries.shape[0]
     prefix = np.zeros((n + 1, grad_entries.shape[1]))
     np.cumsum(grad_entries, axis=0, out=prefix[1:])
     t = np.asarray(theirs_entries, np.float64)
     sizes = np.asarray([int(b) for b in sizes], dtype=np.intp)
     counts = -(-n // sizes)
-    out, first = {}, 0
+    parts, first = [], 0
     while first < sizes.size:
         last = first + max(1, int(np.searchsorted(np.cumsum(counts[first:]), SCREEN_ROWS, side="right")))
         group = sizes[first:last]
@@ -173,23 +183,27 @@ def screen_ordered(grad_entries: np.ndarray, theirs_entries: np.ndarray, sizes) 
         k, r = counts[first:last], n % group
         short = ((prefix[n] - prefix[n - r]) / np.maximum(r, 1)[:, None]) ** 2  # (|group|, M); unused where r = 0
         full = k[:, None] * f_b - short
-        fits = {"": _fits(t, f_b),
-                "dropped": _fits(t, full / np.maximum(k - 1, 1)[:, None]),
-                "kept, sum": _fits(t, (group[:, None] ** 2 * full + r[:, None] ** 2 * short) / k[:, None])}
-        for index, b in enumerate(group.tolist()):
-            out[(b, "")] = fits[""][index]
-            if r[index]:
-                if k[index] >= 2:
-                    out[(b, "dropped")] = fits["dropped"][index]
-                out[(b, "kept, sum")] = fits["kept, sum"][index]
+        listed = {"": np.ones(group.size, bool), "dropped": (r > 0) & (k >= 2), "kept, sum": r > 0}
+        for v, f in (("", f_b), ("dropped", full / np.maximum(k - 1, 1)[:, None]),
+                     ("kept, sum", (group[:, None] ** 2 * full + r[:, None] ** 2 * short) / k[:, None])):
+            c, err = _fits(t, f)
+            keep = listed[v]
+            parts.append((group[keep], np.full(int(keep.sum()), VARIANTS.index(v)), c[keep], err[keep]))
         first = last
-    return out
+    if not parts:
+        return np.zeros(0, np.intp), np.zeros(0, np.intp), np.zeros(0), np.zeros(0)
+    b, variant, c, err = (np.concatenate(column) for column in zip(*parts, strict=True))
+    listing = np.array([VARIANTS.index(v) for v in ("", "dropped", "kept, sum")]).argsort()[variant]
+    order = np.lexsort((listing, b))  # by B, then '', 'dropped', 'kept, sum': the order screen_ordered lists them
+    return b[order], variant[order], c[order], err[order]
 
 
-def _fits(t: np.ndarray, f: np.ndarray) -> list[tuple[float, float]]:
-    """[(c, relative error)] of t ~= c f for each row of f : (G, M), as ``_fit`` row by row."""
+def _fits(t: np.ndarray, f: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(c, relative error) : (G,), (G,) of t ~= c f for each row of f : (G, M), as ``_fit`` row by row
+    ((0, 1) where f or t is zero)."""
     ff = np.einsum("gm,gm->g", f, f)
     tt = float(t @ t)
     c = np.divide(f @ t, ff, out=np.zeros_like(ff), where=ff > 0)
     err = np.linalg.norm(t - c[:, None] * f, axis=1) / np.sqrt(tt) if tt > 0 else np.ones_like(ff)
-    return [(float(ci), float(ei)) if fi > 0 and tt > 0 else (0.0, 1.0) for ci, ei, fi in zip(c, err, ff, strict=True)]
+    valid = (ff > 0) & (tt > 0)
+    return np.where(valid, c, 0.0), np.where(valid, err, 1.0)

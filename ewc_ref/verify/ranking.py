@@ -7,7 +7,7 @@ log-likelihood (Wood 2010) of one summary of t, the same for both,
 
     u(t) = (a, b, log q):   t ~= a m m^T + b diag(Sigma) in the metric Sigma o Sigma, q its residual      (R1)
 
-(shuffled._GLS), under draws of each candidate at its fitted parameters:
+(shuffled.GLS), under draws of each candidate at its fitted parameters:
 
     mc         c (F + (d - F) / sqrt(S)),  d the genuine one-sample draws, c least squares, S = S_hat
     shuffled   c x simulated loader Fishers at the reading's B and drop_last
@@ -63,7 +63,7 @@ def loader_moments(grad_entries: np.ndarray, sizes: np.ndarray) -> tuple[np.ndar
 
 def _summary(gls, t: np.ndarray) -> np.ndarray:
     """(a, b, log q): the free fit t ~= a m m^T + b Sigma in the metric Sigma o Sigma and its residual
-    (shuffled._GLS), a summary defined for any t and the same for every candidate."""
+    (shuffled.GLS), a summary defined for any t and the same for every candidate."""
     a, b, q = gls.fit(t)
     return np.array([a, b, math.log(max(q, 1e-300))])
 
@@ -79,10 +79,10 @@ def simulated_scores(t: np.ndarray, grad_entries: np.ndarray, roundoff: float, m
     Simulated, not Gaussian, because a confident net's one-sample mc draws and a few-row batch's
     shuffled draws are heavy-tailed: a Gaussian likelihood of t penalises the heavier model unfairly.
     """
-    from .shuffled import _GLS, expectation_terms, simulate, synthetic_log_likelihood
+    from .shuffled import GLS, expectation_terms, simulate, synthetic_log_likelihood
 
     mm, sigma = expectation_terms(grad_entries)
-    gls = _GLS(mm, sigma, floor=(10 * roundoff) ** 2 * 1e-6)
+    gls = GLS(mm, sigma, floor=(10 * roundoff) ** 2 * 1e-6)
     observed = _summary(gls, t)
     exact, one_sample, samples = mc_fit
     c_mc = float(t @ exact) / max(float(exact @ exact), 1e-300)

@@ -47,7 +47,8 @@ SHUFFLE_BOOTSTRAP simulated shuffled-loader Fishers of the same tested entries (
 partitions of the rows into batches of the implied B), and the candidate is rejected only when
 both p-values are below MC_ALPHA. The interval of B holds the B whose alpha-bar lies within
 2.58 simulated standard deviations of log b from the estimate (a log-normal 99% band; 32 simulations
-estimate that sd to +-13%, and the readings are discrete, so 95% would be optimistic).
+estimate that sd to +-13%, and the readings are discrete, so 95% would be optimistic), united with
+the band of the b fitted with a short batch's one high-leverage row apart, profiled over B (``band.py``).
 """
 
 from __future__ import annotations
@@ -60,6 +61,7 @@ from scipy import sparse
 from scipy.stats import chi2, norm
 
 from ..jsonio import JsonResult
+from .band import band_of_b
 
 #: Simulated shuffled-loader Fishers that calibrate the test and the interval of B.
 SHUFFLE_BOOTSTRAP = 32
@@ -72,6 +74,8 @@ SHUFFLED_ALPHA = 1e-3
 #: Readings simulated (the likeliest first by the Gaussian log-likelihood of (U2)-(U3)): averaged / summed,
 #: kept / dropped, the free fit, and up to two B near each with a short last batch of < B/4 rows (``_heavy``).
 SIMULATED_READINGS = 6
+#: Rows of largest leverage tried as the one high-leverage row of a short last batch (``GLS.clean_b``).
+HEAVY_ROWS = 64
 #: Readings within this many log-units of the best one's synthetic likelihood share the band of B
 #: (chi2_1 99% / 2 = 3.3).
 BAND_LOG_LIKELIHOOD = 3.3
@@ -160,11 +164,15 @@ def simulate(grad_entries: np.ndarray, batch_size: int, draws: int, rng: np.rand
     k = -(-used // batch_size)
     starts = np.arange(0, used, batch_size)
     counts = np.minimum(starts + batch_size, used) - starts
-    batch_of_position = np.arange(used) // batch_size
+    indptr, ones, whole = np.append(starts, used), np.ones(used, grad_entries.dtype), (used // batch_size) * batch_size
     out = np.empty((draws, grad_entries.shape[1]))
     for d in range(draws):
         rows = rng.permutation(n)[:used]  # the row at position i of the permutation is in batch i // B
-        indicator = sparse.csr_matrix((np.ones(used, grad_entries.dtype), (batch_of_position, rows)), shape=(k, n))
+        # the (K, N) indicator built as CSR directly, each batch's rows sorted (the order a COO build sums in)
+        rows[:whole] = np.sort(rows[:whole].reshape(-1, batch_size), axis=1).reshape(-1)
+        rows[whole:] = np.sort(rows[whole:])
+        indicator = sparse.csr_matrix((ones, rows, indptr), shape=(k, n))
+        indicator.has_sorted_indices = True  # they are: scipy need not sort them again
         gbar = (indicator @ grad_entries).astype(np.float64) / counts[:, None]
         out[d] = np.einsum("km,km->m", gbar, gbar) / k
     return out
@@ -186,7 +194,7 @@ def simulate_loop(grad_entries: np.ndarray, batch_size: int, draws: int, rng: np
     return out
 
 
-class _GLS:
+class GLS:
     """T ~= a m m^T + b Sigma in the metric W = Sigma o Sigma restricted to its well-conditioned span."""
 
     def __init__(self, mm: np.ndarray, sigma: np.ndarray, floor: float):
@@ -194,6 +202,7 @@ class _GLS:
         keep = lam > max(1e-12 * float(lam[-1]), floor)
         self.basis, self.sd = vec[:, keep], np.sqrt(lam[keep])
         self.design = (self.basis.T @ np.stack([mm, np.diag(sigma)], axis=1)) / self.sd[:, None]
+        self.sigma_ii = np.diag(sigma).copy()
         self.m = int(keep.sum())
 
     def fit(self, t: np.ndarray) -> tuple[float, float, float]:
@@ -202,6 +211,28 @@ class _GLS:
         coef, *_ = np.linalg.lstsq(self.design, tw, rcond=None)
         r = tw - self.design @ coef
         return float(coef[0]), float(coef[1]), float(r @ r)
+
+    def heavy_rows(self, grad_entries: np.ndarray, count: int = HEAVY_ROWS) -> None:
+        """Prepare ``clean_b``: the whitened g_n^2 : (m, L) of the L rows of largest leverage
+        sum_i g_ni^2 / Sigma_ii, and their parts orthogonal to the design."""
+        lev = np.einsum("nm,nm,m->n", grad_entries, grad_entries, 1.0 / np.maximum(self.sigma_ii, 1e-300))
+        rows = np.argsort(-lev)[:min(count, lev.size)]
+        self.heavy = (self.basis.T @ (grad_entries[rows].astype(np.float64) ** 2).T) / self.sd[:, None]
+        q, _ = np.linalg.qr(self.design)
+        self.heavy_perp = self.heavy - q @ (q.T @ self.heavy)
+        self.heavy_norm2 = np.maximum((self.heavy_perp ** 2).sum(axis=0), 1e-300)
+
+    def clean_b(self, t: np.ndarray) -> float:
+        """b of the fit T ~= a m m^T + b Sigma + gamma g_j g_j^T, j the heavy row (``heavy_rows``) that
+        explains most of the two-term fit's residual: a short last batch of r rows holding one
+        high-leverage row adds ~ g_j^2 / (K r^2) to T, which the plain b absorbs (x 2.3-2.6 of its
+        typical value at N = 1797, B = 64) and this b does not (docs/shuffled-loader-fisher.md,
+        "The band of B")."""
+        tw = self.basis.T @ t / self.sd
+        coef, *_ = np.linalg.lstsq(self.design, tw, rcond=None)
+        j = int(np.argmax((((tw - self.design @ coef) @ self.heavy_perp) ** 2) / self.heavy_norm2))
+        coef, *_ = np.linalg.lstsq(np.column_stack([self.design, self.heavy[:, j]]), tw, rcond=None)
+        return float(coef[1])
 
 
 def mean_alpha(n: int, drop_last: bool = False) -> np.ndarray:
@@ -288,7 +319,7 @@ def _simulate_reading(reading, a, b_observed, tables, grad_entries, theirs_entri
     log_like, reduction, bb, c, _k, dof, stat, statistic, drop = reading
     level_b = tables[drop][0][bb - 1]
     p = float(2 * min(chi2.sf(stat, dof), chi2.cdf(stat, dof)))
-    se, spread, identified, score = math.nan, (0.0, 0.0), False, log_like
+    se, spread, identified, score, profile = math.nan, (0.0, 0.0), False, log_like, (bb, bb)
     if draws >= 10:
         sims = c * simulate(grad_entries, bb, draws, rng, drop_last=drop)
         log_stat = np.log([max(statistic(t), 1e-300) for t in sims])
@@ -308,18 +339,26 @@ def _simulate_reading(reading, a, b_observed, tables, grad_entries, theirs_entri
                                       np.log(np.maximum(f[..., 2], 1e-300))], axis=-1)
         score = synthetic_log_likelihood(summary(np.array(gls.fit(theirs_entries))), summary(fits))
         se = float(np.std(fits[:, 0] if not reduction else fits[:, 1] / level_b, ddof=1))
+        # the band of B from the b of the three-term fit (``GLS.clean_b``): a short last batch holding one
+        # high-leverage row moves the plain b by x 2-3 and would carry the band with it
+        clean = np.array([gls.clean_b(t) for t in sims])
+        log_clean = np.log(np.maximum(clean, 1e-300))
+        profile = band_of_b(gls.clean_b(theirs_entries), float(np.median(log_clean)), _semi_sd(log_clean, -1),
+                            _semi_sd(log_clean, +1), reduction, c, bb, tables[drop][1], n, drop)
         log_b = np.log(np.maximum(fits[:, 1], 1e-300))
         # 99% of log b: 2.58 split-normal deviations on each side (a few-row last batch skews it up)
         spread = (2.58 * _semi_sd(log_b, -1), 2.58 * _semi_sd(log_b, +1))
-    # the band: the B whose level c alpha-bar(B) puts the observed b inside its simulated 99% range,
-    # mapped through the equal-batch relation (averaged or free: level = alpha(B); summed: ~ N / B^2)
+    # the band of the plain b: the B whose level c alpha-bar(B) puts the observed b inside its simulated 99%
+    # range, mapped through the equal-batch relation (averaged or free: level = alpha(B); summed: ~ N / B^2);
+    # united with the profile band of the cleaned b, which holds the loader's B when a heavy row in its
+    # short batch moved the plain b (each is a 99% band; the union is at least one)
     b_obs = max(b_observed, 1e-300)
     low_level, high_level = b_obs * math.exp(-spread[1]), b_obs * math.exp(spread[0])
     if reduction == "summed":
         low, high = bb * math.sqrt(level_b * c / high_level), bb * math.sqrt(level_b * c / low_level)
     else:
         low, high = equal_batch_size(high_level / c, n), equal_batch_size(low_level / c, n)
-    band = (max(1, min(int(math.floor(low)), bb)), min(n, max(int(math.ceil(high)), bb)))
+    band = (max(1, min(int(math.floor(low)), bb, profile[0])), min(n, max(int(math.ceil(high)), bb, profile[1])))
     return {"p": p, "reduction": reduction, "bb": bb, "c": c, "drop": drop, "stat": stat, "dof": dof, "se": se,
             "identified": identified, "band": band, "score": score}
 
@@ -335,9 +374,10 @@ def judge_shuffled(theirs_entries: np.ndarray, grad_entries: np.ndarray, roundof
     """
     n = grad_entries.shape[0]
     mm, sigma = expectation_terms(grad_entries)
-    gls = _GLS(mm, sigma, floor=(10 * roundoff) ** 2 * 1e-6)
+    gls = GLS(mm, sigma, floor=(10 * roundoff) ** 2 * 1e-6)
     if gls.m < 8:
         return ShuffledTest(False, f"too few directions with sampling variance to judge shuffled (M = {gls.m})")
+    gls.heavy_rows(grad_entries)
     a, b, _ = gls.fit(theirs_entries)
     if b <= 0:
         return ShuffledTest(False, f"not a shuffled-loader Fisher: THEIRS ~= {a:.3g} m m^T + {b:.3g} Sigma needs a "
