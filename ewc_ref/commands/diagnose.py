@@ -12,7 +12,7 @@ from __future__ import annotations
 import sys
 
 from ..curvature.estimators import ESTIMATORS
-from ..curvature.result import THEIRS_STRUCTURES, read_theirs
+from ..curvature.result import THEIRS_STRUCTURES, read_curvature
 from ..io import load_data, load_loader, load_model
 from ..verify.diagnosis import diagnose
 from ._args import (
@@ -49,7 +49,7 @@ def run(args) -> int:
     model, lik = load_model(args.model)
     x, y = load_data(args.data, model, lik)
     loader = load_loader(args.data)
-    theirs = read_theirs(args.theirs, model)
+    theirs = read_curvature(args.theirs, model)
     if args.batch_sizes is not None and loader.batches is not None:
         raise ValueError(f"--batch-sizes: {args.data} records the loader's batches; omit --batch-sizes")
     if args.batch_sizes is not None:
