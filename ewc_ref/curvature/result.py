@@ -192,7 +192,9 @@ def split_curvature_arrays(arrays: dict, source: str = "arrays") -> tuple[dict, 
         if value.dtype.kind not in "fiu":
             raise ValueError(f"{source}: key {key!r} must be a numeric array, got dtype {value.dtype}")
         if not np.all(np.isfinite(value)):
-            raise ValueError(f"{source}: key {key!r} contains non-finite values")
+            bad = int(value.size - np.count_nonzero(np.isfinite(value)))
+            raise ValueError(f"{source}: key {key!r} contains {bad} non-finite value(s) (NaN or inf); "
+                             "expected finite numbers")
         body[key] = value if value.dtype.kind == "f" else value.astype(np.float64)
     return meta, body
 
@@ -273,8 +275,9 @@ def read_curvature(source, model: MLP | None, *, what: str = "theirs", structure
                    validate: bool = True) -> Curvature:
     """The one reader of a curvature another implementation (or ewc_ref) computed, checked against `model`.
 
-    Used by ``diagnose`` (``ewc-ref diagnose``, ``er.diagnose``, the torch bridge), ``assert_is_estimator``,
-    ``Curvature.load`` and ``compare`` (through ``read_curvature_arrays``).
+    Used by ``er.diagnose`` (so ``ewc-ref diagnose``, which passes the path, and the torch bridge, which
+    passes the converted arrays), ``assert_is_estimator`` (``as_theirs``), ``Curvature.load`` and ``compare``
+    (its first step, ``read_curvature_arrays``). Each check runs once per source.
 
     Parameters
     ----------
@@ -284,9 +287,9 @@ def read_curvature(source, model: MLP | None, *, what: str = "theirs", structure
     model : the MLP the curvature belongs to (None only for a file or dict read without it, ``Curvature.load``)
     what : the name of `source` in messages when it is not a file (a file is named by its path)
     structures : the structures accepted (default THEIRS_STRUCTURES: diag, full, kfac)
-    validate : THEIRS for diagnose: every missing/unknown key and wrong shape listed at once, non-finite values
-        counted per key, a curvature of zeros refused. False: only what every curvature file must satisfy
-        (numeric, finite, the layout of its structure)
+    validate : THEIRS for diagnose: every missing/unknown key and wrong shape of a diag file listed at once, a
+        Curvature's values finite, a curvature of zeros refused. False: only what every curvature must satisfy
+        (a file's or dict's keys numeric and finite, the layout of its structure, P = the model's)
 
     Raises
     ------
@@ -298,7 +301,7 @@ def read_curvature(source, model: MLP | None, *, what: str = "theirs", structure
         if model is not None and theirs.structure in structures and theirs.n_params != model.n_params:
             raise ValueError(f"{name}: has P = {theirs.n_params} parameters, the model has {model.n_params}")
     elif isinstance(source, dict) or isinstance(source, str | bytes | os.PathLike):
-        meta, body, name = read_curvature_arrays(source, what, counted=validate)
+        meta, body, name = read_curvature_arrays(source, what)  # numeric and finite, per key
         if validate and model is not None and not ({"full", "flat"} & set(body)) and not _is_kfac(meta, body):
             _check_diag_keys(name, body, model)
         theirs = curvature_from_arrays({**meta, **body}, model, source=name)
@@ -316,7 +319,8 @@ def read_curvature(source, model: MLP | None, *, what: str = "theirs", structure
             theirs.n_params != model.n_params or list(theirs.layer_has_bias) != list(model.has_bias)):
         raise ValueError(f"{name}: a kfac curvature of another model (P = {theirs.n_params}, the model has {model.n_params})")
     if validate:
-        if theirs.first_non_finite() is not None:
+        # a file, a dict and an array are finite by now (split_curvature_arrays, as_float_array); a Curvature is not
+        if isinstance(source, Curvature) and theirs.first_non_finite() is not None:
             raise ValueError(f"{name}: contains non-finite values (NaN or inf)")
         if theirs.structure == "kfac" and not any(np.any(f[0]) and np.any(f[1]) or (len(f) == 3 and f[2] is not None
                                                   and np.any(f[2])) for f in theirs.data):
@@ -326,21 +330,14 @@ def read_curvature(source, model: MLP | None, *, what: str = "theirs", structure
     return theirs
 
 
-def read_curvature_arrays(source, what: str = "arrays", counted: bool = False) -> tuple[dict, dict, str]:
+def read_curvature_arrays(source, what: str = "arrays") -> tuple[dict, dict, str]:
     """(metadata, numeric body, name) of a curvature npz path or a dict of its arrays: the file-level checks of
-    ``read_curvature`` (numeric dtype, finite values), for ``compare`` which reads two files without a model.
-
-    counted : name the number of non-finite values of the key (diagnose's message)."""
+    ``read_curvature`` (numeric dtype, finite values: ``split_curvature_arrays``), also for ``compare``, which
+    reads two files without a model."""
     if isinstance(source, dict):
         arrays, name = dict(source), what
     else:
         arrays, name = read_npz(source, "curvature file"), str(source)
-    if counted:
-        for key, value in arrays.items():
-            if key not in META_KEYS and value.dtype.kind in "fiu" and not np.all(np.isfinite(value)):
-                bad = int(value.size - np.count_nonzero(np.isfinite(value)))
-                raise ValueError(f"{name}: key {key!r} contains {bad} non-finite value(s) (NaN or inf); "
-                                 "expected finite numbers")
     meta, body = split_curvature_arrays(arrays, name)
     return meta, body, name
 

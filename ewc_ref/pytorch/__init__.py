@@ -38,7 +38,6 @@ except ImportError as error:  # the optional extra
     raise ImportError("ewc_ref.pytorch needs PyTorch: pip install 'ewc_ref[torch]'") from error
 
 from ..curvature.estimate import fisher as reference_fisher
-from ..curvature.result import Curvature, read_curvature
 from ..io import save_data as write_data
 from ..io import save_model
 from ..model.likelihoods import (
@@ -274,12 +273,12 @@ def mlp_positions(model: MLP, names: list[str], module) -> np.ndarray:
     return np.concatenate([np.arange(slices[n].start, slices[n].stop) for n in names])
 
 
-def theirs_arrays(theirs, model: MLP, names: list[str], module) -> Curvature:
-    """THEIRS converted from torch and read by ``read_curvature`` (diag or full, in the MLP's order).
+def theirs_arrays(theirs, model: MLP, names: list[str], module):
+    """THEIRS converted from torch: {name: array} (diag) or a (P, P) array in the MLP's order.
 
-    This function converts (torch tensors to arrays, parameters() order to the MLP's, names checked
-    against the module's); the checks of values (finite, not all zero) are ``read_curvature``'s, once,
-    in ``er.diagnose``.
+    A converter, not a reader: tensors become arrays, parameters() order the MLP's, names are checked
+    against the module's; ``er.diagnose`` and ``assert_is_estimator`` then read the result with
+    ``ewc_ref.curvature.result.read_curvature``, the one reader (its checks run there, once).
 
     Accepted (duck-typed): a mapping {parameter name: tensor or an object with .data (Avalanche's
     ParamData)}; an object with ``.importances`` (Avalanche's EWCPlugin: {experience: such a
@@ -312,18 +311,18 @@ def theirs_arrays(theirs, model: MLP, names: list[str], module) -> Curvature:
         if missing or unknown or wrong:
             raise ValueError(f"theirs: does not match the module's parameters: missing {missing}, unknown {unknown}, "
                              f"wrong shapes {wrong}")
-        return read_curvature(arrays, model, structures=("diag", "full"), validate=False)
+        return arrays
     array = to_numpy(theirs)
     p = model.n_params
     order = mlp_positions(model, names, module)
     if array.shape == (p,):
         flat = np.empty(p, dtype=array.dtype)
         flat[order] = array
-        return read_curvature(flat, model, structures=("diag",), validate=False)
+        return model.unflatten(flat)
     if array.shape == (p, p):
         full = np.empty_like(array)
         full[np.ix_(order, order)] = array
-        return read_curvature(full, model, structures=("full",), validate=False)
+        return full
     raise ValueError(f"theirs: expected a dict of tensors by parameter name, a list in parameters() order, an "
                      f"Avalanche- or nngeometry-style object, or a tensor of shape ({p},) or ({p}, {p}); got "
                      f"{type(theirs).__name__} of shape {array.shape}")

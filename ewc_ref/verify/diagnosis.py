@@ -100,7 +100,8 @@ def diagnose(model: MLP, lik: Likelihood, x, y, theirs, batch_sizes=None, tol: f
     Parameters
     ----------
     model, lik, x, y : the weights and data THEIRS was computed on (rows in their order)
-    theirs : Curvature (diag, full or kfac), dict {state_dict name: array} or of a kfac file, (P,) or (P, P) array
+    theirs : Curvature (diag, full or kfac), dict {state_dict name: array} or of a kfac file, (P,) or (P, P) array,
+        or the path of a curvature npz; read and checked once by ``read_curvature`` (errors name the file)
     batch_sizes : minibatch sizes to try for 'batched' (default: every B = 2..N by the screen)
     tol : round-off threshold on the relative residual (default ``roundoff_tolerance``)
     rng : seed or Generator for the statistical tests' entry subsets and simulations
