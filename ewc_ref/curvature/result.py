@@ -297,9 +297,14 @@ def read_curvature(source, model: MLP | None, *, what: str = "theirs", structure
     """
     name = what
     if isinstance(source, Curvature):
-        theirs = source
-        if model is not None and theirs.structure in structures and theirs.n_params != model.n_params:
-            raise ValueError(f"{name}: has P = {theirs.n_params} parameters, the model has {model.n_params}")
+        theirs = source  # a file's, a dict's or an array's layout is the model's; a Curvature's is its own
+        if model is not None and theirs.structure in structures:
+            if theirs.structure == "kfac" and (theirs.n_params != model.n_params
+                                               or list(theirs.layer_has_bias) != list(model.has_bias)):
+                raise ValueError(f"{name}: a kfac curvature of another model (P = {theirs.n_params}, "
+                                 f"the model has {model.n_params})")
+            if theirs.n_params != model.n_params:
+                raise ValueError(f"{name}: has P = {theirs.n_params} parameters, the model has {model.n_params}")
     elif isinstance(source, dict) or isinstance(source, str | bytes | os.PathLike):
         meta, body, name = read_curvature_arrays(source, what)  # numeric and finite, per key
         if validate and model is not None and not ({"full", "flat"} & set(body)) and not _is_kfac(meta, body):
@@ -315,9 +320,6 @@ def read_curvature(source, model: MLP | None, *, what: str = "theirs", structure
                            array, list(model.has_bias))
     if theirs.structure not in structures:
         raise ValueError(f"{name}: diagnose reads {_listed(structures)} curvatures, got structure {theirs.structure!r}")
-    if theirs.structure == "kfac" and model is not None and (
-            theirs.n_params != model.n_params or list(theirs.layer_has_bias) != list(model.has_bias)):
-        raise ValueError(f"{name}: a kfac curvature of another model (P = {theirs.n_params}, the model has {model.n_params})")
     if validate:
         # a file, a dict and an array are finite by now (split_curvature_arrays, as_float_array); a Curvature is not
         if isinstance(source, Curvature) and theirs.first_non_finite() is not None:
