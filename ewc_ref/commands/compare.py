@@ -14,9 +14,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..curvature.result import split_curvature_arrays
+from ..curvature.result import read_curvature_arrays
 from ..curvature.structures import STRUCTURES
-from ..io import read_npz
 from ..verify.kfac import compare_kfac, is_kfac
 from ._args import add_json, add_quiet, add_report_output, number, report_to, write_json
 
@@ -36,7 +35,7 @@ def add_arguments(parser) -> None:
 
 
 def _body(path):
-    meta, body = split_curvature_arrays(read_npz(path, "curvature file"), str(path))
+    meta, body, _ = read_curvature_arrays(path)
     if not body:
         held = f"only the metadata {sorted(meta)}" if meta else "no arrays at all"
         raise ValueError(f"{path}: holds no curvature arrays ({held}); expected one array per parameter (diag) "

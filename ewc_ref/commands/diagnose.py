@@ -12,7 +12,7 @@ from __future__ import annotations
 import sys
 
 from ..curvature.estimators import ESTIMATORS
-from ..curvature.result import THEIRS_STRUCTURES, read_theirs
+from ..curvature.result import THEIRS_STRUCTURES
 from ..io import load_data, load_loader, load_model
 from ..verify.diagnosis import diagnose
 from ._args import (
@@ -49,15 +49,10 @@ def run(args) -> int:
     model, lik = load_model(args.model)
     x, y = load_data(args.data, model, lik)
     loader = load_loader(args.data)
-    theirs = read_theirs(args.theirs, model)
-    if args.batch_sizes is not None and loader.batches is not None:
-        raise ValueError(f"--batch-sizes: {args.data} records the loader's batches; omit --batch-sizes")
-    if args.batch_sizes is not None:
-        bad = [b for b in args.batch_sizes if not 1 <= b <= x.shape[0]]
-        if bad:
-            raise ValueError(f"--batch-sizes: expected sizes in 1..N = {x.shape[0]}, got {bad}")
+    # THEIRS (read by er.diagnose's read_curvature, errors naming the file) and --batch-sizes (against N and
+    # the recorded batches) are checked once, at the library's edge
     with flags_named(batch_sizes="--batch-sizes", tol="--tol"):
-        result = diagnose(model, lik, x, y, theirs, batch_sizes=args.batch_sizes, tol=args.tol, rng=args.seed,
+        result = diagnose(model, lik, x, y, args.theirs, batch_sizes=args.batch_sizes, tol=args.tol, rng=args.seed,
                           hessian=True if args.hessian else None, progress=not args.quiet and not args.json,
                           order=loader.order, batches=loader.batches)
     with report_to(args.output):

@@ -4,12 +4,13 @@ A curvature is a (P, P) matrix of the mean loss in one of the structures of ``st
 with the estimator that produced it and the parameter layout of the model. On disk it is an npz
 of numeric arrays plus the metadata keys META_KEYS. Every reader of a curvature, ours or
 "theirs" (a foreign file, a dict of per-parameter arrays or a bare array), goes through
-``curvature_from_arrays``; ``as_theirs`` is the one reader of the curvature another
-implementation computed (``diagnose``, ``assert_is_estimator``, ``ewc-ref diagnose``).
+``read_curvature`` (and so ``curvature_from_arrays``): the one reader used by ``diagnose`` (the command,
+``er.diagnose`` and the torch bridge), ``assert_is_estimator``, ``Curvature.load`` and ``compare``.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -169,8 +170,9 @@ class Curvature:
         """
         if model is not None and not isinstance(model, MLP):
             raise TypeError(f"model: expected an ewc_ref.MLP or None, got {type(model).__name__}")
-        arrays = read_npz(path, "curvature file")
-        return curvature_from_arrays(arrays, model, source=str(path))
+        if not isinstance(path, str | bytes | os.PathLike):
+            path = read_npz(path, "curvature file")  # the TypeError naming `path`
+        return read_curvature(path, model, structures=STRUCTURES, validate=False)
 
     def __repr__(self) -> str:
         bias = f", kfac_bias={self.kfac_bias!r}" if self.kfac_bias is not None else ""
@@ -190,7 +192,9 @@ def split_curvature_arrays(arrays: dict, source: str = "arrays") -> tuple[dict, 
         if value.dtype.kind not in "fiu":
             raise ValueError(f"{source}: key {key!r} must be a numeric array, got dtype {value.dtype}")
         if not np.all(np.isfinite(value)):
-            raise ValueError(f"{source}: key {key!r} contains non-finite values")
+            bad = int(value.size - np.count_nonzero(np.isfinite(value)))
+            raise ValueError(f"{source}: key {key!r} contains {bad} non-finite value(s) (NaN or inf); "
+                             "expected finite numbers")
         body[key] = value if value.dtype.kind == "f" else value.astype(np.float64)
     return meta, body
 
@@ -263,59 +267,101 @@ def curvature_from_arrays(arrays: dict, model: MLP | None = None, source: str = 
                      kfac_bias if structure == "kfac" else None)
 
 
-def as_theirs(theirs, model: MLP, source: str = "theirs") -> tuple[str, np.ndarray]:
-    """('diag', (P,)) or ('full', (P, P)) float64 from another implementation's curvature.
-
-    THEIRS is a Curvature (diag or full), a dict of npz arrays ({state_dict name: array} or
-    {'full': (P, P)}, with optional metadata keys), a (P,) or a (P, P) array; ValueError names `source`.
-    """
-    p = model.n_params
-    if isinstance(theirs, Curvature):
-        if theirs.structure not in ("diag", "full"):
-            raise ValueError(f"{source}: diagnose handles 'diag' and 'full' curvatures, got structure {theirs.structure!r}")
-        if theirs.n_params != p:
-            raise ValueError(f"{source}: has P = {theirs.n_params} parameters, the model has {p}")
-        return theirs.structure, np.asarray(theirs.data, dtype=np.float64)
-    if isinstance(theirs, dict):
-        return as_theirs(curvature_from_arrays(dict(theirs), model, source=source), model, source)
-    array = as_float_array(theirs, source)
-    if array.shape == (p,):
-        return "diag", array.astype(np.float64)
-    if array.shape == (p, p):
-        return "full", array.astype(np.float64)
-    raise ValueError(f"{source}: expected a Curvature, a dict of per-parameter arrays, shape ({p},) or ({p}, {p}); "
-                     f"got shape {array.shape}")
-
-
-#: The structures ``diagnose`` reads THEIRS in (read_theirs; its --help names them).
+#: The structures ``diagnose`` reads THEIRS in (``read_curvature``'s default; its --help names them).
 THEIRS_STRUCTURES = ("diag", "full", "kfac")
 
 
-def read_theirs(path, model: MLP) -> Curvature:
-    """Read another implementation's curvature npz (diag, full or kfac) for ``diagnose``, checked against `model`.
+def read_curvature(source, model: MLP | None, *, what: str = "theirs", structures=THEIRS_STRUCTURES,
+                   validate: bool = True) -> Curvature:
+    """The one reader of a curvature another implementation (or ewc_ref) computed, checked against `model`.
 
-    Every mismatch is listed at once (missing keys, unknown keys, wrong shapes), non-finite values
-    are counted, and a file of zeros is refused: ValueError naming the file (and key).
+    Used by ``er.diagnose`` (so ``ewc-ref diagnose``, which passes the path, and the torch bridge, which
+    passes the converted arrays), ``assert_is_estimator`` (``as_theirs``), ``Curvature.load`` and ``compare``
+    (its first step, ``read_curvature_arrays``). Each check runs once per source.
+
+    Parameters
+    ----------
+    source : a curvature npz path (docs/file-format.md), a dict of npz arrays ({state_dict name: array},
+        {'flat': (P,)}, {'full': (P, P)} or kfac keys, with optional metadata keys), a Curvature, or an
+        array (P,) (diag) / (P, P) (full) in the model's flat order
+    model : the MLP the curvature belongs to (None only for a file or dict read without it, ``Curvature.load``)
+    what : the name of `source` in messages when it is not a file (a file is named by its path)
+    structures : the structures accepted (default THEIRS_STRUCTURES: diag, full, kfac)
+    validate : THEIRS for diagnose: every missing/unknown key and wrong shape of a diag file listed at once, a
+        Curvature's values finite, a curvature of zeros refused. False: only what every curvature must satisfy
+        (a file's or dict's keys numeric and finite, the layout of its structure, P = the model's)
+
+    Raises
+    ------
+    TypeError / ValueError naming the file (or `what`) and the key.
     """
-    arrays = read_npz(path, "curvature file")
-    body = {k: v for k, v in arrays.items() if k not in META_KEYS}
-    kfac = str(arrays.get("__structure__", "")) == "kfac" or any(k.startswith("kfac.") for k in body)
-    if "full" not in body and "flat" not in body and not kfac:
-        _check_diag_keys(path, body, model)
-    for key, value in body.items():
-        if value.dtype.kind in "fiu" and not np.all(np.isfinite(value)):
-            bad = int(value.size - np.count_nonzero(np.isfinite(value)))
-            raise ValueError(f"{path}: key {key!r} contains {bad} non-finite value(s) (NaN or inf); expected finite numbers")
-    theirs = curvature_from_arrays(arrays, model, source=str(path))
-    if theirs.structure not in THEIRS_STRUCTURES:
-        raise ValueError(f"{path}: diagnose reads 'diag', 'full' or 'kfac' curvature files, got structure {theirs.structure!r}")
-    if theirs.structure == "kfac":
-        if not any(np.any(f[0]) and np.any(f[1]) for f in theirs.data):
-            raise ValueError(f"{path}: every Kronecker product G (x) A is zero; expected a curvature with a nonzero block")
-        return theirs
-    if not np.any(theirs.data):
-        raise ValueError(f"{path}: all entries are zero; expected a curvature matrix with at least one nonzero entry")
+    name = what
+    if isinstance(source, Curvature):
+        theirs = source  # a file's, a dict's or an array's layout is the model's; a Curvature's is its own
+        if model is not None and theirs.structure in structures:
+            if theirs.structure == "kfac" and (theirs.n_params != model.n_params
+                                               or list(theirs.layer_has_bias) != list(model.has_bias)):
+                raise ValueError(f"{name}: a kfac curvature of another model (P = {theirs.n_params}, "
+                                 f"the model has {model.n_params})")
+            if theirs.n_params != model.n_params:
+                raise ValueError(f"{name}: has P = {theirs.n_params} parameters, the model has {model.n_params}")
+    elif isinstance(source, dict) or isinstance(source, str | bytes | os.PathLike):
+        meta, body, name = read_curvature_arrays(source, what)  # numeric and finite, per key
+        if validate and model is not None and not ({"full", "flat"} & set(body)) and not _is_kfac(meta, body):
+            _check_diag_keys(name, body, model)
+        theirs = curvature_from_arrays({**meta, **body}, model, source=name)
+    else:
+        array = as_float_array(source, what).astype(np.float64)
+        p = model.n_params
+        if array.shape not in ((p,), (p, p)):
+            raise ValueError(f"{what}: expected a Curvature, a dict of per-parameter arrays, shape ({p},) or ({p}, {p}); "
+                             f"got shape {array.shape}")
+        theirs = Curvature("diag" if array.ndim == 1 else "full", "unknown", model.param_names, model.param_shapes,
+                           array, list(model.has_bias))
+    if theirs.structure not in structures:
+        raise ValueError(f"{name}: diagnose reads {_listed(structures)} curvatures, got structure {theirs.structure!r}")
+    if validate:
+        # a file, a dict and an array are finite by now (split_curvature_arrays, as_float_array); a Curvature is not
+        if isinstance(source, Curvature) and theirs.first_non_finite() is not None:
+            raise ValueError(f"{name}: contains non-finite values (NaN or inf)")
+        if theirs.structure == "kfac" and not any(np.any(f[0]) and np.any(f[1]) or (len(f) == 3 and f[2] is not None
+                                                  and np.any(f[2])) for f in theirs.data):
+            raise ValueError(f"{name}: every Kronecker product G (x) A is zero; expected a curvature with a nonzero block")
+        if theirs.structure != "kfac" and not np.any(theirs.data):
+            raise ValueError(f"{name}: all entries are zero; expected a curvature matrix with at least one nonzero entry")
     return theirs
+
+
+def read_curvature_arrays(source, what: str = "arrays") -> tuple[dict, dict, str]:
+    """(metadata, numeric body, name) of a curvature npz path or a dict of its arrays: the file-level checks of
+    ``read_curvature`` (numeric dtype, finite values: ``split_curvature_arrays``), also for ``compare``, which
+    reads two files without a model."""
+    if isinstance(source, dict):
+        arrays, name = dict(source), what
+    else:
+        arrays, name = read_npz(source, "curvature file"), str(source)
+    meta, body = split_curvature_arrays(arrays, name)
+    return meta, body, name
+
+
+def read_theirs(path, model: MLP) -> Curvature:
+    """``read_curvature(path, model)``: THEIRS for ``diagnose`` (the name of earlier releases)."""
+    return read_curvature(path, model)
+
+
+def as_theirs(theirs, model: MLP, source: str = "theirs") -> tuple[str, np.ndarray]:
+    """('diag', (P,)) or ('full', (P, P)) float64 of ``read_curvature`` without its value checks (earlier releases)."""
+    curvature = read_curvature(theirs, model, what=source, structures=("diag", "full"), validate=False)
+    return curvature.structure, np.asarray(curvature.data, dtype=np.float64)
+
+
+def _is_kfac(meta: dict, body: dict) -> bool:
+    return str(meta.get("__structure__", "")) == "kfac" or any(str(k).startswith("kfac.") for k in body)
+
+
+def _listed(structures) -> str:
+    quoted = [repr(s) for s in structures]
+    return quoted[0] if len(quoted) == 1 else f"{', '.join(quoted[:-1])} or {quoted[-1]}"
 
 
 def _check_diag_keys(path, body: dict, model: MLP) -> None:

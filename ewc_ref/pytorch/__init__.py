@@ -274,7 +274,11 @@ def mlp_positions(model: MLP, names: list[str], module) -> np.ndarray:
 
 
 def theirs_arrays(theirs, model: MLP, names: list[str], module):
-    """THEIRS as ewc_ref reads it: {name: array} (diag) or a (P, P) array in the MLP's order.
+    """THEIRS converted from torch: {name: array} (diag) or a (P, P) array in the MLP's order.
+
+    A converter, not a reader: tensors become arrays, parameters() order the MLP's, names are checked
+    against the module's; ``er.diagnose`` and ``assert_is_estimator`` then read the result with
+    ``ewc_ref.curvature.result.read_curvature``, the one reader (its checks run there, once).
 
     Accepted (duck-typed): a mapping {parameter name: tensor or an object with .data (Avalanche's
     ParamData)}; an object with ``.importances`` (Avalanche's EWCPlugin: {experience: such a

@@ -69,7 +69,7 @@ from ..curvature import budget, diag_hessian
 from ..curvature.entries import grad_entries as per_example_entries
 from ..curvature.estimate import fisher_unchecked
 from ..curvature.estimators import ESTIMATOR_TABLE
-from ..curvature.result import as_theirs
+from ..curvature.result import read_curvature
 from ..io import check_loader_order
 from ..model.likelihoods import Likelihood
 from ..model.loss import check_model_data
@@ -100,7 +100,8 @@ def diagnose(model: MLP, lik: Likelihood, x, y, theirs, batch_sizes=None, tol: f
     Parameters
     ----------
     model, lik, x, y : the weights and data THEIRS was computed on (rows in their order)
-    theirs : Curvature (diag, full or kfac), dict {state_dict name: array} or of a kfac file, (P,) or (P, P) array
+    theirs : Curvature (diag, full or kfac), dict {state_dict name: array} or of a kfac file, (P,) or (P, P) array,
+        or the path of a curvature npz; read and checked once by ``read_curvature`` (errors name the file)
     batch_sizes : minibatch sizes to try for 'batched' (default: every B = 2..N by the screen)
     tol : round-off threshold on the relative residual (default ``roundoff_tolerance``)
     rng : seed or Generator for the statistical tests' entry subsets and simulations
@@ -123,12 +124,13 @@ def diagnose(model: MLP, lik: Likelihood, x, y, theirs, batch_sizes=None, tol: f
     x, y = check_model_data(model, lik, x, y)
     if not np.all(np.isfinite(model.theta)):
         raise ValueError("model: parameters contain NaN or inf")
-    if kfac.is_kfac(theirs):  # products G (x) A, both bias conventions: verify/kfac.py
-        theirs, entries = kfac.check_kfac_theirs(theirs, model)
+    theirs = read_curvature(theirs, model)  # shape, finiteness, all-zero: checked once, here
+    if theirs.structure == "kfac":  # products G (x) A, both bias conventions: verify/kfac.py
+        entries = np.concatenate([np.ravel(part) for factors in theirs.data for part in factors if part is not None])
         precision, tol = _check_tol(tol, entries, model)
         log = Progress(1, "diagnose", enabled=progress)
         return kfac.diagnose_kfac(model, lik, x, y, theirs, precision, tol, np.random.default_rng(rng), log)
-    structure, t = _check_theirs(theirs, model)
+    structure, t = theirs.structure, np.asarray(theirs.data, dtype=np.float64)
     precision, tol = _check_tol(tol, t, model)
     n, p = x.shape[0], model.n_params
     loader = check_loader_order(n, order, batches)
@@ -203,16 +205,6 @@ def diagnose(model: MLP, lik: Likelihood, x, y, theirs, batch_sizes=None, tol: f
 
 def _rank(name: str) -> int:
     return ESTIMATOR_TABLE[name].diagnose_rank if name in ESTIMATOR_TABLE else _RANK[name]
-
-
-def _check_theirs(theirs, model: MLP) -> tuple[str, np.ndarray]:
-    """('diag' | 'full', THEIRS as float64): finite and not all zero, or ValueError naming `theirs`."""
-    structure, t = as_theirs(theirs, model)
-    if not np.all(np.isfinite(t)):
-        raise ValueError("theirs: contains non-finite values (NaN or inf)")
-    if not np.any(t):
-        raise ValueError("theirs: all entries are zero; expected a curvature matrix with a nonzero entry")
-    return structure, t
 
 
 def _check_tol(tol, t: np.ndarray, model: MLP) -> tuple[str, float]:

@@ -37,7 +37,7 @@ import numpy as np
 
 from ..curvature.estimate import fisher_unchecked
 from ..curvature.estimators import ESTIMATOR_TABLE
-from ..curvature.result import Curvature, curvature_from_arrays
+from ..curvature.result import Curvature
 from ..curvature.structures import kfac_bias_from_keys
 from ..model.likelihoods import Likelihood
 from ..model.mlp import MLP
@@ -226,21 +226,6 @@ def diagnose_kfac(model: MLP, lik: Likelihood, x, y, theirs: Curvature, precisio
                      winner.samples if winner.estimator == "mc" else None, candidates, scale_words=words,
                      scale_factor=None if factor is None else factor.expression,
                      runner_up=runner_up, margin=margin, equivalent=equivalent, **common)
-
-
-def check_kfac_theirs(theirs, model: MLP) -> tuple[Curvature, np.ndarray]:
-    """THEIRS as a kfac Curvature of `model` and all its factor entries flat (for the precision test);
-    ValueError naming `theirs` when it does not fit the model or is all zero."""
-    if isinstance(theirs, dict):
-        theirs = curvature_from_arrays(dict(theirs), model, source="theirs")
-    if theirs.n_params != model.n_params or list(theirs.layer_has_bias) != list(model.has_bias):
-        raise ValueError(f"theirs: a kfac curvature of another model (P = {theirs.n_params}, the model has {model.n_params})")
-    entries = np.concatenate([np.ravel(part) for factors in theirs.data for part in factors if part is not None])
-    if not np.all(np.isfinite(entries)):
-        raise ValueError("theirs: contains non-finite values (NaN or inf)")
-    if not any(np.any(A) and np.any(G) for A, G in kronecker_blocks(theirs)):
-        raise ValueError("theirs: every Kronecker product G (x) A is zero; expected a curvature with a nonzero block")
-    return theirs, entries
 
 
 # --------------------------------------------------------------------------- compare
