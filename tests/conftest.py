@@ -1,6 +1,8 @@
 """Shared test settings: a CI Hypothesis profile with a fixed derandomised seed budget."""
 
+import ctypes
 import os
+import sys
 
 from hypothesis import HealthCheck, settings
 
@@ -13,3 +15,25 @@ settings.register_profile(
 )
 settings.register_profile("dev", max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+
+def _return_freed_arrays_to_the_os() -> None:
+    """Fix glibc's mmap threshold at 128 KiB so that freed large arrays go back to the OS (issue #26).
+
+    glibc raises the threshold to the size of the largest block freed (up to 32 MiB), after which
+    arrays of up to that size come from the heap and, once freed, stay in the process: one test of
+    test_curvature.py left +41 MiB of free heap (RSS 129 MiB, 78 after malloc_trim; 85 with this).
+    Over the whole serial run that free heap is retained memory of nothing: it changes no result.
+    Linux/glibc only; anywhere else (or if libc cannot be loaded) nothing is done.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return
+    M_MMAP_THRESHOLD = -3  # glibc malloc.h
+    libc.mallopt(M_MMAP_THRESHOLD, 128 * 1024)
+
+
+_return_freed_arrays_to_the_os()

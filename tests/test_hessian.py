@@ -292,3 +292,39 @@ def test_package_exports():
         assert getattr(er, name) is getattr(hs, name)
     for name in ("hessian_vector_product", "ggn_vector_product"):
         assert getattr(er, name) is getattr(second_order, name)
+
+
+@pytest.mark.parametrize("how", ["hessian", "fisher", "fisher in 3 row chunks"])
+def test_dense_hessian_needs_one_p_by_p_array_plus_bounded_chunks(monkeypatch, how):
+    """tracemalloc peak of a dense Hessian: P^2 float64 for the result, plus O(CHUNK_NUMBERS) (issue #26).
+
+    CHUNK_NUMBERS is lowered to 2^14 so that the per-chunk temporaries (~6.4 K P numbers, K P <=
+    CHUNK_NUMBERS: about 1 MiB) are small beside P^2 (P = 1870: 27 MiB), and the bound 1.25 P^2 fails if
+    any second P x P array is made: the accumulator's `chunk_mean * n` copy (5.4 P^2 before) or unit
+    vectors E : (K, P) with K = P when only K N width was bounded (N = 1 makes K = 273 > 2^14 / P = 8).
+    The streamed sums are checked against the one-pass Hessian, so the in-place weighting is tested too.
+    """
+    import tracemalloc
+
+    monkeypatch.setattr(budget, "CHUNK_NUMBERS", 2**14)
+    model = er.MLP.random([20, 60, 10], "tanh", rng=0)
+    P = model.n_params
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal((3, 20)), np.array([1, 7, 4])
+    lik = Categorical()
+    compute = {
+        "hessian": lambda: er.hessian(model, lik, x[:1], y[:1]),
+        "fisher": lambda: er.fisher(model, lik, x[:1], y[:1], estimator="hessian", structure="full").data,
+        "fisher in 3 row chunks": lambda: er.fisher(model, lik, x, y, estimator="hessian", structure="full",
+                                                    chunk_size=1).data,
+    }[how]
+    compute()  # imports its lazily imported modules (scipy: ~3 MiB of code) outside the trace
+    tracemalloc.start()
+    try:
+        H = compute()
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak <= 1.25 * 8 * P * P, f"peak {peak / (8 * P * P):.2f} P^2"
+    reference = er.hessian(model, lik, x, y) if how.endswith("chunks") else er.hessian(model, lik, x[:1], y[:1], chunk_size=P)
+    assert relative_error(H, reference) <= IDENTITY_RTOL

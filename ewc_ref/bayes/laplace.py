@@ -30,6 +30,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import scipy.linalg
 from scipy.optimize import minimize
 
 from .._validate import as_float_array, check_choice, finite_or_refused
@@ -209,7 +210,12 @@ class LaplaceGaussian(GaussianPrior):
         except ValueError as error:
             if "positive definite" not in str(error):
                 raise
-            smallest = float(np.linalg.eigvalsh(0.5 * (precision + precision.T))[0])
+            # The smallest eigenvalue alone, of a symmetrised copy overwritten in place: one P x P
+            # array besides `precision` (issue #26: the full spectrum of 0.5 (A + A^T) took three).
+            symmetric = precision + precision.T
+            symmetric *= 0.5
+            smallest = float(scipy.linalg.eigvalsh(symmetric, subset_by_index=[0, 0], overwrite_a=True,
+                                                   check_finite=False)[0])
             raise ValueError(
                 f"precision ({kind}): not positive definite (smallest eigenvalue {smallest:.3g}) at "
                 f"z = {_short(mean)}: the point is not a maximum of the log posterior"

@@ -84,7 +84,8 @@ class GaussianPrior:
         d = mean.size
         if d == 0:
             raise ValueError("mean: expected at least one dimension, got shape (0,)")
-        precision = as_float_array(precision, "precision").astype(np.float64)
+        # No copy when already float64: the stored matrix below is a new array in every branch (issue #26).
+        precision = as_float_array(precision, "precision").astype(np.float64, copy=False)
         if precision.ndim == 0:
             precision = np.full(d, float(precision))
         if precision.ndim == 1:
@@ -96,9 +97,14 @@ class GaussianPrior:
         elif precision.ndim == 2:
             if precision.shape != (d, d):
                 raise ValueError(f"precision: expected shape ({d}, {d}) to match mean, got {precision.shape}")
-            if not np.allclose(precision, precision.T, rtol=1e-12, atol=0):
+            # allclose by row blocks (the same test entry by entry): its temporaries are a block,
+            # not several d x d arrays (issue #26: d = 2410 took 4 d^2 besides the input).
+            rows = max(1, 2**20 // d)
+            if not all(np.allclose(precision[i:i + rows], precision.T[i:i + rows], rtol=1e-12, atol=0)
+                       for i in range(0, d, rows)):
                 raise ValueError("precision: expected a symmetric matrix")
-            matrix = 0.5 * (precision + precision.T)
+            matrix = precision + precision.T
+            matrix *= 0.5
         else:
             raise ValueError(f"precision: expected a scalar, (d,) or (d, d) array, got shape {precision.shape}")
         try:

@@ -255,10 +255,15 @@ class FisherAccumulator:
         if self.structure == "diag":  # the backward recursion, not P Hessian-vector products
             self._add(diag_hessian_sums(self.model, self.lik, x_chunk, y_chunk))
             return
-        function = {"full": hessian_unchecked, "block": hessian_blocks_unchecked}[self.structure]
         n = x_chunk.shape[0]
-        chunk_mean = function(self.model, self.lik, x_chunk, y_chunk)
-        self._add([b * n for b in chunk_mean] if isinstance(chunk_mean, list) else chunk_mean * n)
+        if self.structure == "full":  # N_chunk * H summed in place: one P x P array in all
+            self._reclaim()
+            self.total = hessian_unchecked(self.model, self.lik, x_chunk, y_chunk, into=self.total, weight=float(n))
+            return
+        blocks = hessian_blocks_unchecked(self.model, self.lik, x_chunk, y_chunk)
+        for block in blocks:
+            block *= n
+        self._add(blocks)
 
     def _update_batched(self, x_chunk, y_chunk):
         pieces = minibatch_pieces(self.model, self.lik, x_chunk, y_chunk, self.position, self.batch_size)

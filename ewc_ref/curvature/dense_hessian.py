@@ -30,10 +30,13 @@ from .second_order import hvp_with_state, layer_directions, loss_state
 
 # ----------------------------------------------------------------------------- dense forms
 def _chunk_rows(model: MLP, n: int, chunk_size: int | None) -> int:
+    """Unit vectors per batched pass: the R-op's (K, N, width) arrays and the (K, P) unit vectors
+    and products both near budget.CHUNK_NUMBERS, so a P x P result needs P^2 plus O(CHUNK_NUMBERS)
+    (without the K * P bound a small N made K = P: three more P x P arrays, issue #26)."""
     if chunk_size is not None:
         return chunk_size
-    width = max(model.layer_sizes)
-    return int(max(1, min(model.n_params, budget.CHUNK_NUMBERS // max(1, n * width))))
+    width, P = max(model.layer_sizes), model.n_params
+    return int(max(1, min(P, budget.CHUNK_NUMBERS // max(1, n * width), budget.CHUNK_NUMBERS // P)))
 
 
 def _unit_chunks(model: MLP, indices: range, chunk: int):
@@ -58,14 +61,23 @@ def _check_dense_size(numbers: int, what: str) -> None:
         )
 
 
-def hessian_unchecked(model: MLP, lik: Likelihood, x, y, chunk_size: int | None = None) -> np.ndarray:
-    """`hessian` : (P, P) on trusted arguments (x, y validated and the memory checked by the caller)."""
+def hessian_unchecked(model: MLP, lik: Likelihood, x, y, chunk_size: int | None = None,
+                      into: np.ndarray | None = None, weight: float = 1.0) -> np.ndarray:
+    """`hessian` : (P, P) on trusted arguments (x, y validated and the memory checked by the caller).
+
+    With `into` : (P, P), ``into += weight * H`` row chunk by row chunk and `into` is returned: a
+    running sum (``FisherAccumulator``) then needs no second P x P array.
+    """
     state = loss_state(model, lik, x, y)
     P = model.n_params
-    H = np.empty((P, P), dtype=np.result_type(model.theta, state.delta_out))
+    if into is None:
+        into = np.zeros((P, P), dtype=np.result_type(model.theta, state.delta_out))
     for rows, E in _unit_chunks(model, range(P), _chunk_rows(model, x.shape[0], chunk_size)):
-        H[rows.start:rows.stop] = hvp_with_state(model, state, E)          # row i = (H e_i)^T
-    return H
+        HE = hvp_with_state(model, state, E)                               # row i = (H e_i)^T
+        if weight != 1.0:
+            HE *= weight
+        into[rows.start:rows.stop] += HE
+    return into
 
 
 def _hessian_diag_by_hvp(model: MLP, lik: Likelihood, x, y, chunk_size: int | None = None) -> np.ndarray:
