@@ -1,6 +1,6 @@
 """Scan: does the grid posterior's error estimate bound its actual error, and how loose is it?
 
-For every density of a table with closed-form log Z, mean and covariance (tests/grid_cases.py:
+For every density of a table with closed-form log Z, mean and covariance (tests/support/grid_cases.py:
 skewed, heavy-tailed, flat-topped, Gaussian, correlated 2-d and 3-d, with large offsets of
 log q and of the location to probe round-off) and every grid size n, run
 `ewc_ref.grid_posterior` and compare
@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-import grid_cases as gc  # noqa: E402
+import support.grid_cases as gc  # noqa: E402
 
 import ewc_ref as er  # noqa: E402
 from ewc_ref.bayes.grid import DEFAULT_POINTS  # noqa: E402

@@ -24,6 +24,18 @@ import math
 import numpy as np
 import pytest
 from scipy.special import expit, softmax
+from support.problems import (
+    N,
+    batched_diag,
+    exact_diag,
+    grads,
+    make_problem,
+    mc_diag,
+    perturbed,
+    pred_labels,
+    sample_labels,
+    wrong_loss_diag,
+)
 
 import ewc_ref as er
 from ewc_ref.cli import main
@@ -34,91 +46,6 @@ from ewc_ref.verify.diagnosis import diagnose
 from ewc_ref.verify.gradcheck import relative_error
 from ewc_ref.verify.scale import ROUNDOFF_TOL, describe_scale, fit_scale
 from ewc_ref.verify.statistics import MC_ALPHA, MC_NOISE_ALPHA, entry_moments, judge_mc
-
-N = 480  # divisors include 8 and 32
-
-
-def make_problem(likelihood="categorical", seed=0, n=N, sizes=(5, 10, 4), activation="tanh"):
-    rng = np.random.default_rng(seed)
-    model = er.MLP.random(list(sizes), activation, rng=rng)
-    model = model.with_theta(model.theta * 2.0)
-    lik = er.get_likelihood(likelihood)
-    x = rng.standard_normal((n, sizes[0]))
-    f = model.predict(x)
-    flip = rng.random(n) < 0.3
-    if likelihood == "categorical":
-        y = np.where(flip, rng.integers(0, sizes[-1], n), f.argmax(1))
-    elif likelihood == "bernoulli":
-        y = np.where(flip[:, None], rng.integers(0, 2, f.shape), f > 0).astype(float)
-    else:
-        y = f + 0.3 * rng.standard_normal(f.shape)  # less noise than the model's sigma = 1
-    return model, lik, x, y
-
-
-# --------------------------------------------------------------------------- independent NumPy Fishers
-def grads(model, lik, x, y):
-    return er.per_sample_gradients(model, lik, x, y)  # (N, P)
-
-
-def exact_diag(model, lik, x):
-    J = model.jacobian(x)  # (N, C, P)
-    f = model.predict(x)
-    if lik.name == "categorical":
-        p = softmax(f, axis=1)
-        Lam = np.einsum("nc,cd->ncd", p, np.eye(p.shape[1])) - p[:, :, None] * p[:, None, :]
-    elif lik.name == "bernoulli":
-        s = expit(f)
-        Lam = np.einsum("nc,cd->ncd", s * (1 - s), np.eye(s.shape[1]))
-    else:
-        Lam = np.broadcast_to(np.eye(f.shape[1]) / lik.sigma**2, (len(x),) + (f.shape[1],) * 2)
-    return np.einsum("ncp,ncd,ndp->p", J, Lam, J) / len(x)
-
-
-def sample_labels(model, lik, x, rng):
-    """Labels from the model by inverse-CDF sampling (not likelihoods.sample)."""
-    f = model.predict(x)
-    if lik.name == "categorical":
-        cdf = np.cumsum(softmax(f, axis=1), axis=1)
-        return np.minimum((rng.random((len(x), 1)) > cdf).sum(axis=1), f.shape[1] - 1)
-    if lik.name == "bernoulli":
-        return (rng.random(f.shape) < expit(f)).astype(float)
-    return f + lik.sigma * rng.standard_normal(f.shape)
-
-
-def mc_diag(model, lik, x, samples, seed):
-    rng = np.random.default_rng(seed)
-    return np.mean([grads(model, lik, x, sample_labels(model, lik, x, rng)) ** 2 for _ in range(samples)], axis=0).mean(0)
-
-
-def batched_diag(G, batch_size, reduce="mean"):
-    rows = []
-    for start in range(0, len(G), batch_size):
-        block = G[start:start + batch_size]
-        rows.append(block.mean(0) if reduce == "mean" else block.sum(0))
-    return np.mean(np.square(rows), axis=0)
-
-
-def pred_labels(model, lik, x):
-    f = model.predict(x)
-    if lik.name == "categorical":
-        return f.argmax(1)
-    if lik.name == "bernoulli":
-        return (f >= 0).astype(float)
-    return f
-
-
-def wrong_loss_diag(model, x, y):
-    """Squared gradient of 0.5 ||softmax(f) - onehot(y)||^2 (a Brier loss, not the NLL)."""
-    f = model.predict(x)
-    p = softmax(f, axis=1)
-    d = p - np.eye(f.shape[1])[y]
-    dl_df = p * (d - np.sum(d * p, axis=1, keepdims=True))  # softmax Jacobian applied to d
-    J = model.jacobian(x)
-    return (np.einsum("ncp,nc->np", J, dl_df) ** 2).mean(0)
-
-
-def perturbed(model, size=3e-2, seed=99):
-    return model.with_theta(model.theta + size * np.random.default_rng(seed).standard_normal(model.n_params))
 
 
 # --------------------------------------------------------------------------- the catalogue

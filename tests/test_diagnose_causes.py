@@ -5,7 +5,7 @@ ewc_ref.fisher of another structure (the KFAC diagonal), never from ewc_ref.veri
 """
 
 import numpy as np
-from test_diagnose import exact_diag, make_problem
+from support.problems import exact_diag, make_problem
 
 import ewc_ref as er
 from ewc_ref.verify.diagnosis import diagnose

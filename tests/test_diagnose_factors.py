@@ -6,7 +6,7 @@ the independent NumPy Fishers of tests/test_diagnose.py, never from ewc_ref.veri
 """
 
 import pytest
-from test_diagnose import batched_diag, exact_diag, grads, make_problem
+from support.problems import batched_diag, exact_diag, grads, make_problem
 
 from ewc_ref.curvature.dense_hessian import hessian_diag
 from ewc_ref.verify.diagnosis import diagnose

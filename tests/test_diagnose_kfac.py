@@ -13,30 +13,16 @@ import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from support.problems import rescaled, small_problem
 
 import ewc_ref as er
 from ewc_ref.cli import main
-from ewc_ref.curvature.result import Curvature
 from ewc_ref.strategies import models_and_data
 from ewc_ref.verify.diagnosis import diagnose
 from ewc_ref.verify.kfac import kfac_fit, kronecker_blocks
 from ewc_ref.verify.scale import fit_scale
 
 LIBRARIES = Path(__file__).parent / "fixtures" / "libraries"
-
-
-def rescaled(curvature, scale, split, rng=None, noise=0.0):
-    """THEIRS = scale x ours with A multiplied by split and G by scale/split (the products scale by
-    `scale`), plus optional relative noise on every factor."""
-    data = []
-    for factors in curvature.data:
-        A, G = factors[0] * split, factors[1] * (scale / split)
-        if noise:
-            A = A + noise * np.abs(A).max() * rng.standard_normal(A.shape)
-            G = G + noise * np.abs(G).max() * rng.standard_normal(G.shape)
-        data.append((A, G) if len(factors) == 2 else (A, G, None if factors[2] is None else factors[2] * scale))
-    return Curvature("kfac", "theirs", curvature.param_names, curvature.param_shapes, data, curvature.layer_has_bias,
-                     kfac_bias=curvature.kfac_bias)
 
 
 @pytest.mark.parametrize("kfac_bias", ["joined", "separate"])
@@ -54,14 +40,6 @@ def test_kfac_fit_is_fit_scale_on_the_dense_products(kfac_bias, case, scale, spl
     assert abs(rel - rel_dense) <= 1e-8
     if noise == 0.0:
         assert abs(c - scale) <= 1e-12 * scale and rel <= 1e-13
-
-
-def small_problem():
-    model = er.MLP.random([5, 10, 4], "tanh", rng=0)
-    rng = np.random.default_rng(1)
-    x = rng.standard_normal((200, 5))
-    y = er.Categorical().sample(model.predict(x), rng)
-    return model, er.Categorical(), x, y
 
 
 @pytest.mark.parametrize("kfac_bias", ["joined", "separate"])

@@ -9,7 +9,7 @@ import json
 
 import numpy as np
 import pytest
-from test_diagnose import make_problem
+from support.problems import make_problem
 
 import ewc_ref as er
 from ewc_ref.cli import main

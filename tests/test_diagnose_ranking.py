@@ -8,8 +8,7 @@ import math
 
 import numpy as np
 import pytest
-from test_diagnose import make_problem, mc_diag
-from test_diagnose_verdicts import fixture
+from support.problems import fixture, make_problem, mc_diag
 
 from ewc_ref.verify import ranking
 from ewc_ref.verify.diagnosis import diagnose

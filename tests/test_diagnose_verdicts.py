@@ -15,7 +15,15 @@ import re
 
 import numpy as np
 import pytest
-from test_diagnose import batched_diag, exact_diag, grads, make_problem, mc_diag
+from support.problems import (
+    as_dict,
+    batched_diag,
+    exact_diag,
+    fixture,
+    grads,
+    make_problem,
+    mc_diag,
+)
 
 import ewc_ref as er
 from ewc_ref.curvature.batched import (
@@ -25,28 +33,11 @@ from ewc_ref.curvature.batched import (
     batched_screen,
 )
 from ewc_ref.curvature.entries import per_sample_grad_entries
-from ewc_ref.curvature.result import read_theirs
-from ewc_ref.io import load_data, load_model
 from ewc_ref.verify.diagnosis import diagnose
 from ewc_ref.verify.loader import batch_sizes_of, partition_fisher_loop, reduction_of
 from ewc_ref.verify.scale import match_scale, scale_factors
 from ewc_ref.verify.shuffled import expectation_terms, mean_alpha
 from ewc_ref.verify.statistics import entry_moments, judge_mc
-
-FIXTURES = "tests/fixtures/libraries/"
-
-
-def as_dict(result):
-    """The JSON object of a result: ``to_dict()`` where results have it (format 1.1), else ``to_json()``."""
-    return result.to_dict() if hasattr(result, "to_dict") else result.to_json()
-
-
-def fixture(name):
-    net = name.split("__")[0]
-    model, lik = load_model(FIXTURES + net + "_model.npz")
-    x, y = load_data(FIXTURES + net.replace("_weak", "") + "_data.npz", model, lik)
-    return model, lik, x, y, read_theirs(FIXTURES + name + ".npz", model)
-
 
 # ------------------------------------------------------------------ (1) real libraries
 # file -> (estimator, batch size, scale_factor); the factors are the README's "THEIRS = factor x ewc_ref".

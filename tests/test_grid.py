@@ -8,9 +8,9 @@ quadrature (scipy quad/nquad) is asked for 1e-10 / 1e-9 relative and its reporte
 added. Identities that only reorder sums: 1e-12.
 """
 
-import grid_cases as gc
 import numpy as np
 import pytest
+import support.grid_cases as gc
 from hypothesis import given, reject, settings
 from hypothesis import strategies as st
 from scipy import integrate, stats

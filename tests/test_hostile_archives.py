@@ -19,7 +19,7 @@ import zipfile
 
 import numpy as np
 import pytest
-from hostile import METHODS, npy_bytes, zip_bytes
+from support.hostile import METHODS, npy_bytes, zip_bytes
 
 import ewc_ref as er
 from ewc_ref import safe_files, safe_zip
@@ -83,7 +83,7 @@ def _bomb(method: str, n_float64: int, shape=None) -> bytes:
     """A member x.npy whose header declares `shape` (default (n,)) float64 and whose data are zeros."""
     shape = (n_float64,) if shape is None else shape
     header = npy_bytes(np.zeros(0))[:0]
-    from hostile import npy_header
+    from support.hostile import npy_header
 
     header = npy_header(f"{{'descr': '<f8', 'fortran_order': False, 'shape': {shape!r}, }}")
     return zip_bytes([("x.npy", header + bytes(8 * n_float64))], method, level=9 if method == "deflated" else None)
@@ -180,7 +180,7 @@ def test_a_legitimate_array_is_read_into_its_final_buffer(tmp_path, method):
 def test_load_model_of_a_weight_bomb_is_one_line_and_exit_2(tmp_path, monkeypatch, capsys):
     """Through the CLI: a model file whose valid 2 x 2^19 weight is zeros at a bomb's ratio."""
     monkeypatch.setattr(safe_zip, "RATIO_FLOOR_BYTES", 4 * MiB)
-    from hostile import npy_header
+    from support.hostile import npy_header
 
     from ewc_ref.cli import main
 
@@ -198,7 +198,7 @@ def test_load_model_of_a_weight_bomb_is_one_line_and_exit_2(tmp_path, monkeypatc
 
 def test_a_gzip_idx_at_a_bombs_ratio_is_refused_before_inflating(tmp_path, monkeypatch):
     """The same cap on a gzip IDX file (MNIST): 8 MiB of zero pixels from a few KiB."""
-    from hostile import gzip_bytes, idx_bytes
+    from support.hostile import gzip_bytes, idx_bytes
 
     from ewc_ref.safe_files import read_idx
 

@@ -16,9 +16,9 @@ import time
 
 import numpy as np
 import pytest
-from hostile import gzip_bytes, idx_bytes, npy_header, npz_bytes, zip_bytes
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
+from support.hostile import gzip_bytes, idx_bytes, npy_header, npz_bytes, zip_bytes
 
 import ewc_ref as er
 from ewc_ref.cli import main

@@ -28,7 +28,9 @@ import zipfile
 
 import numpy as np
 import pytest
-from hostile import (
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
+from support.hostile import (
     METHODS,
     gzip_bytes,
     idx_bytes,
@@ -38,8 +40,6 @@ from hostile import (
     zip_bytes,
     zip_members,
 )
-from hypothesis import HealthCheck, event, given, settings
-from hypothesis import strategies as st
 
 import ewc_ref as er
 from ewc_ref import safe_files, safe_zip

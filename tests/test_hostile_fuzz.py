@@ -28,9 +28,9 @@ import os
 
 import numpy as np
 import pytest
-from hostile import npy_bytes, npy_header, zip_bytes
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
+from support.hostile import npy_bytes, npy_header, zip_bytes
 
 import ewc_ref as er
 from ewc_ref import safe_zip

@@ -14,9 +14,9 @@ Tolerances:
   of one 1000-row set) so that the noise is shared.
 """
 
-import grid_cases as gc
 import numpy as np
 import pytest
+import support.grid_cases as gc
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 

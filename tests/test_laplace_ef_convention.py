@@ -7,7 +7,7 @@ EF_mse is built here from the network Jacobian (model.jacobian) and the residual
 
 import numpy as np
 import pytest
-from test_diagnose import make_problem
+from support.problems import make_problem
 
 import ewc_ref as er
 from ewc_ref.cli import main

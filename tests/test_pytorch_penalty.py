@@ -22,7 +22,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_penalty_catalogue import CATALOGUE, HERE, verdict
+from support.penalty_catalogue import CATALOGUE, HERE, verdict
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 

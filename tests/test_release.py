@@ -142,7 +142,7 @@ def test_check_dist_finds_a_wheel_without_license_file_metadata(tmp_path):
     assert _check_dist().wheel_problems(_wheel(tmp_path, files)) == ["wheel METADATA lacks 'License-File: LICENSE'"]
 
 
-@pytest.mark.parametrize("extra", ["tests/test_cli.py", "tests/hostile.py", "derivations/01_bayes_rule.md",
+@pytest.mark.parametrize("extra", ["tests/test_cli.py", "tests/support/hostile.py", "derivations/01_bayes_rule.md",
                                    "ewc_ref/test_thing.py", "conftest.py"])
 def test_check_dist_finds_test_files_in_the_sdist(tmp_path, extra):
     problems = _check_dist().sdist_problems(_sdist(tmp_path, [*GOOD_SDIST, extra]))

@@ -1,6 +1,6 @@
 """The hardened reader: one refusal per fault class, each naming the file and key, and no false ones.
 
-Every refusal test builds the smallest file that has exactly that fault (tests/hostile.py) and
+Every refusal test builds the smallest file that has exactly that fault (tests/support/hostile.py) and
 checks the message; the round-trip tests check that what np.savez writes is read bit-exactly,
 so a reader that refused too much would fail them.
 """
@@ -10,7 +10,7 @@ import tracemalloc
 
 import numpy as np
 import pytest
-from hostile import (
+from support.hostile import (
     gzip_bytes,
     idx_bytes,
     npy_bytes,

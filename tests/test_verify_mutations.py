@@ -11,8 +11,7 @@ import math
 import numpy as np
 import pytest
 from scipy.stats import f as f_dist
-from test_diagnose import batched_diag, grads, make_problem, mc_diag
-from test_diagnose_kfac import rescaled, small_problem
+from support.problems import batched_diag, grads, make_problem, mc_diag, rescaled, small_problem
 
 import ewc_ref as er
 from ewc_ref.curvature.result import Curvature
