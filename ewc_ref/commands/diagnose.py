@@ -1,17 +1,17 @@
 """Tell what a foreign Fisher file is: which estimator, which scale, which batch size (or none).
 
 Compares THEIRS (a diag, full or kfac curvature npz, docs/file-format.md; kfac in either bias
-convention, joined or separate) with every estimator computed on the same MODEL and DATA -- empirical,
-exact (= ggn for these likelihoods), pred, hessian, batched for every B, mc and shuffled (judged
-statistically) -- and prints the verdict, the scale in words, the runner-up and the margin, and the
+convention, joined or separate) with every estimator computed on the same MODEL and DATA --
+{candidates} -- and prints the verdict, the scale in words, the runner-up and the margin, and the
 correct EWC Fisher. Exit 0 on a diagnosis (including "none"), 2 on bad input.
 """
 
 from __future__ import annotations
 
 import sys
+import textwrap
 
-from ..curvature.estimators import ESTIMATORS
+from ..curvature.estimators import ESTIMATOR_TABLE, ESTIMATORS
 from ..curvature.result import THEIRS_STRUCTURES
 from ..io import load_data, load_loader, load_model
 from ..verify.diagnosis import diagnose
@@ -28,6 +28,24 @@ from ._args import (
 
 #: What THEIRS may be and what it is fitted against; the help text names each (tests/test_docs.py).
 ACCEPTS = {"structures": THEIRS_STRUCTURES, "estimators": (*ESTIMATORS, "shuffled")}
+#: How diagnose treats a row of the estimator table, in the help text's words.
+_TREATMENT = {"per-batch-size": "for every B", "statistical": "judged statistically",
+              "fit-small": "when P N is small or with --hessian"}
+
+
+def candidates() -> str:
+    """The help text's list of candidates, from the estimator table's rows (written once, there)."""
+    words = []
+    for name in ESTIMATORS:
+        row = ESTIMATOR_TABLE[name]
+        notes = [note for note in (row.diagnose_note, _TREATMENT.get(row.diagnose, "")) if note]
+        words.append(f"{name} ({'; '.join(notes)})" if notes else name)
+    return ", ".join(words) + " and shuffled (a shuffled loader's minibatch Fisher, judged statistically)"
+
+
+if __doc__ is not None:  # None under python -OO
+    __doc__ = "\n\n".join(textwrap.fill(" ".join(part.replace("{candidates}", candidates()).split()), 100)
+                           if "{candidates}" in part else part for part in __doc__.split("\n\n"))
 
 
 def add_arguments(parser) -> None:
