@@ -70,7 +70,7 @@ def classify(result, shuffled, drop_last, reduction, short_batch):
     if shuffled:
         sh = result.shuffled
         low, high = sh.batch_size_interval
-        words += f" B~{sh.implied_batch_size:.0f} [{low:.0f},{high:.0f}] {sh.reduction or '-'}"
+        words += f" B~{sh.implied_batch_size:.0f} [{low:.0f},{high:.0f}] {sh.reduction or 'x ' + str(d['scale_factor'])}"
         if est != "shuffled" or not (low <= B <= high):
             return "wrong", words
         if short_batch and sh.drop_last is not None and sh.drop_last != drop_last:
