@@ -14,7 +14,7 @@ from scipy.stats import multivariate_normal
 import ewc_ref as er
 from ewc_ref.bayes.evidence import NotPositiveDefinite
 
-FIXTURES = Path(__file__).parent / "fixtures" / "libraries"
+FIXTURES = Path(__file__).parents[1] / "fixtures" / "libraries"
 # Exact identities in float64: a log determinant of P <= 200 terms of size ~10 and a sum of
 # N = 60 losses agree to ~1e-13 relative; 1e-10 leaves room for BLAS order and is far below any
 # formula error (a missing N, alpha or 2 pi moves the result by >= 1e-2 relative).

@@ -2,7 +2,7 @@
 folder), printed before anything is written, and never into the current folder.
 
 The example's heavy tables are replaced by small versions of the same functions (the numbers are
-tested in tests/test_laplace.py and tests/test_bayes.py); what is tested here is where files go.
+tested in tests/bayes/test_laplace.py and tests/bayes/test_posterior.py); what is tested here is where files go.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import pytest
 
 from ewc_ref.bayes import examples as bayes_examples
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 
 @pytest.fixture

@@ -118,7 +118,7 @@ def test_error_estimate_bounds_the_actual_error(make_case, n):
     """Contract: |actual error| <= estimate for log p(D), every mean entry and every covariance
     entry, on skewed, heavy-tailed, flat-topped, Gaussian, 2-d and 3-d densities, from the coarsest
     grid allowed (n = 11) to n = 2001, and with large offsets of z and log q (round-off).
-    The exact values are closed forms (tests/grid_cases.py), accurate to ~1e-16 relative."""
+    The exact values are closed forms (tests/support/grid_cases.py), accurate to ~1e-16 relative."""
     case = make_case()
     grid = _grid_of(case, n)
     err_z, err_mean, err_cov = gc.actual_errors(grid, case)
@@ -163,7 +163,7 @@ def test_error_estimate_is_within_a_stated_factor_of_the_actual_error_when_resol
 
 @st.composite
 def closed_form_cases(draw):
-    """A density of tests/grid_cases.py in d = 1, 2 or 3: products of skewed, heavy-tailed,
+    """A density of tests/support/grid_cases.py in d = 1, 2 or 3: products of skewed, heavy-tailed,
     flat-topped and Gaussian coordinates, sheared, shifted and offset in log q."""
     d = draw(st.integers(1, 3))
     parts = []

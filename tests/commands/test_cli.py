@@ -12,7 +12,7 @@ from ewc_ref.cli import COMMANDS, build_parser, main
 from ewc_ref.curvature.estimators import describe
 from ewc_ref.curvature.structures import describe as describe_structures
 
-FIXTURES = __import__("pathlib").Path(__file__).parent / "fixtures" / "torch"
+FIXTURES = __import__("pathlib").Path(__file__).parents[1] / "fixtures" / "torch"
 
 
 def test_inspect_on_a_pytorch_export(capsys):

@@ -12,7 +12,7 @@ from ewc_ref.commands.fisher import ESTIMATOR_FLAGS
 from ewc_ref.curvature.estimators import ESTIMATORS
 from ewc_ref.verify.gradcheck import relative_error
 
-FIXTURES = Path(__file__).parent / "fixtures" / "torch"
+FIXTURES = Path(__file__).parents[1] / "fixtures" / "torch"
 CASES = [
     ("empirical", "diag", "empirical_diag", []), ("empirical", "full", "empirical_full", []),
     ("exact", "diag", "exact_diag", []), ("exact", "full", "exact_full", []), ("ggn", "full", "exact_full", []),

@@ -5,15 +5,19 @@ import); catalogue.json says what each formula IS in the report's terms. Every e
 exactly so through the command line: the combination, the Fisher (estimator and B), gamma and the
 factor lambda_paper / lambda. The conventions table of docs/penalty-conventions.md is generated
 from these verdicts (``conventions_table``); the page must hold exactly that table. Regenerate it
-with ``python tests/test_penalty_catalogue.py --write`` (from the repository root, PYTHONPATH=.).
+with ``python tests/continual/test_penalty_catalogue.py --write`` (from the repository root, PYTHONPATH=.).
 """
 
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import pytest
-from support.penalty_catalogue import CATALOGUE, END, PAGE, ROOT, START, verdict
+
+if __name__ == "__main__":  # run as a script (--write): tests/ on the path, as pytest's `pythonpath` puts it
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from support.penalty_catalogue import CATALOGUE, END, PAGE, ROOT, START, verdict  # noqa: E402
 
 
 @pytest.mark.parametrize("name", sorted(CATALOGUE["entries"]))
@@ -69,7 +73,7 @@ def page_table() -> str:
 
 def test_the_page_holds_the_table_the_catalogue_produces():
     results = {name: verdict(name) for name in CATALOGUE["entries"]}
-    assert page_table() == conventions_table(results), "regenerate: python tests/test_penalty_catalogue.py --write"
+    assert page_table() == conventions_table(results), "regenerate: python tests/continual/test_penalty_catalogue.py --write"
 
 
 def test_the_page_python_block_runs(monkeypatch):

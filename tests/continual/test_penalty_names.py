@@ -1,7 +1,7 @@
 """Naming a penalty (ewc_ref/continual/penalty_names.py): combination, anchor, estimator, gamma, lambda.
 
 The penalties here are built with numpy from their formulas (the variants of continual/penalty.py);
-the catalogue of published codes written in torch is tests/test_penalty_catalogue.py. Each test
+the catalogue of published codes written in torch is tests/continual/test_penalty_catalogue.py. Each test
 fails if one part of the name is wrong: the combination, the anchor, the estimator or B, gamma, or
 the lambda factor (a factor 2 or P).
 """

@@ -25,7 +25,7 @@ from ewc_ref.strategies import LIKELIHOOD_NAMES, models_and_data
 from ewc_ref.verify.gradcheck import relative_error
 
 RTOL = 1e-10
-FIXTURES = Path(__file__).parent / "fixtures" / "torch"
+FIXTURES = Path(__file__).parents[1] / "fixtures" / "torch"
 
 
 def close(a, b, rtol=RTOL):
@@ -109,7 +109,7 @@ def naive_kfac(model, lik, x, y, estimator, samples=1, rng=None, kfac_bias="join
 
 def naive_hessian(model, lik, x, y):
     """GGN from the materialised Jacobian + the residual by the second-order forward pass:
-    neither uses the R-backward pass of the fast Hessian (tests/test_hessian.py)."""
+    neither uses the R-backward pass of the fast Hessian (tests/curvature/test_hessian.py)."""
     J = model.jacobian(x)
     ggn = np.einsum("ncp,ncd,ndq->pq", J, lik.hessian(model.predict(x)), J) / x.shape[0]
     return ggn + er.hessian_residual(model, lik, x, y)

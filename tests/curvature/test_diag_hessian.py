@@ -117,7 +117,7 @@ def test_the_gaussian_tanh_net_of_the_library_fixtures_is_backpacks_diag_hessian
     (tests/fixtures/libraries/README.md); 1e-10: both float64, different summation order."""
     from pathlib import Path
 
-    root = Path(__file__).parent / "fixtures" / "libraries"
+    root = Path(__file__).parents[1] / "fixtures" / "libraries"
     model, lik = er.load_model(root / "gaussian_model.npz")
     x, y = er.load_data(root / "gaussian_data.npz")
     theirs = er.curvature.result.Curvature.load(root / "gaussian__backpack_diaghessian_mse_mean.npz", model).diagonal

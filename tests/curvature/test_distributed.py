@@ -124,7 +124,7 @@ def test_mapreduce_example_runs_on_the_cluster(client, monkeypatch):
     import importlib
     from pathlib import Path
 
-    monkeypatch.syspath_prepend(str(Path(__file__).parents[1] / "examples"))
+    monkeypatch.syspath_prepend(str(Path(__file__).parents[2] / "examples"))
     example = importlib.import_module("mapreduce_fisher")
     ours, error = example.compare(client, "batched", "diag", blocks=4, batch_size=100)
     assert ours.n == 1797 and error <= RTOL

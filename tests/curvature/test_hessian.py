@@ -34,7 +34,7 @@ from ewc_ref.model.likelihoods import Bernoulli, Categorical, Gaussian
 from ewc_ref.strategies import mlps, models_and_data
 from ewc_ref.verify.gradcheck import numerical_jacobian, relative_error, relu_margin
 
-FIXTURES = Path(__file__).parent / "fixtures" / "torch"
+FIXTURES = Path(__file__).parents[1] / "fixtures" / "torch"
 SMALL = {"max_layers": 3, "max_width": 6}  # P <= ~100: P HVPs and the P^2 residual stay fast
 IDENTITY_RTOL = 1e-10
 FD_RTOL = 1e-6

@@ -26,7 +26,7 @@ import ewc_ref as er
 from ewc_ref.curvature.result import Curvature
 from ewc_ref.verify.gradcheck import relative_error
 
-FIXTURES = Path(__file__).parent / "fixtures" / "libraries"
+FIXTURES = Path(__file__).parents[1] / "fixtures" / "libraries"
 RTOL = 1e-10
 DATA = {"categorical": "categorical", "categorical_weak": "categorical", "gaussian": "gaussian",
         "bernoulli": "bernoulli"}

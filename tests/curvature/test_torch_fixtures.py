@@ -13,7 +13,7 @@ import pytest
 import ewc_ref as er
 from ewc_ref.verify.gradcheck import relative_error
 
-FIXTURES = Path(__file__).parent / "fixtures" / "torch"
+FIXTURES = Path(__file__).parents[1] / "fixtures" / "torch"
 NAMES = ["categorical", "gaussian", "bernoulli"]
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-DERIVATIONS = Path(__file__).resolve().parent.parent / "derivations"
+DERIVATIONS = Path(__file__).resolve().parents[2] / "derivations"
 
 
 def _collector():

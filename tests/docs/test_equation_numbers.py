@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = ROOT / "ewc_ref"
 
 #: An explicit reference and the numbers it names: "eq 8", "eq. (11)", "eqs. (5)-(8)", "equations (1)-(11)",

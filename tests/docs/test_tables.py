@@ -25,7 +25,7 @@ from ewc_ref.curvature.structures import STRUCTURE_TABLE
 from ewc_ref.model.likelihoods import LIKELIHOODS
 from ewc_ref.verify.gradcheck import relative_error
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tools"))
 import table_docs  # noqa: E402  (tools/table_docs.py: the docs' estimator tables from the rows)
 
 RTOL = 1e-10
@@ -199,7 +199,7 @@ def test_estimator_row_has_its_definition_and_cost(name):
 
 
 def test_the_docs_fisher_synopsis_lists_every_estimator():
-    text = (Path(__file__).resolve().parents[1] / "docs" / "file-format.md").read_text()
+    text = (Path(__file__).resolve().parents[2] / "docs" / "file-format.md").read_text()
     (choices,) = re.findall(r"ewc-ref fisher MODEL DATA --estimator \{([^}]*)\}", text)
     assert tuple(choices.split(",")) == tuple(ESTIMATOR_TABLE)
 
@@ -225,7 +225,7 @@ def test_likelihood_row_has_its_formulas(name):
 def test_the_docs_name_every_likelihood_of_the_table():
     # A likelihood is part of the file format: section 2's key table, section 5's table of losses and
     # README's list name exactly the table's rows (tools/table_docs.py writes them).
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     spec, readme = (root / "docs" / "file-format.md").read_text(), (root / "README.md").read_text()
     (key_row,) = re.findall(r'^\| `"__likelihood__"` \|.*$', spec, re.M)
     section5 = spec[spec.index("## 5. Losses and likelihoods"):spec.index("## 6. Estimators")]

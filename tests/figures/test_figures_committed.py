@@ -22,7 +22,7 @@ import pytest
 from ewc_ref import figures
 from ewc_ref.io import read_npz
 
-FIGURE_DIR = Path(__file__).resolve().parent.parent / "derivations" / "figures"
+FIGURE_DIR = Path(__file__).resolve().parents[2] / "derivations" / "figures"
 
 
 @pytest.mark.parametrize("name", ["laplace", "trajectories", "estimators", "regions", "ellipses"])

@@ -1,7 +1,7 @@
 """Faults (issue 25, item 7): interrupted figures, late and repeated Ctrl-C, a demo larger than memory.
 
 (The temporary-file classes -- SIGKILL in the write window, two concurrent writers in one folder,
-the staging folder of `figures` -- are in tests/test_io.py beside atomic_output and atomic_folder.)
+the staging folder of `figures` -- are in tests/files/test_io.py beside atomic_output and atomic_folder.)
 """
 
 from __future__ import annotations

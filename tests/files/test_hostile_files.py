@@ -14,7 +14,7 @@ the reader itself:
 Mutations: truncation, byte flips, overwritten spans, member renames (to ambiguous, duplicate,
 non-.npy names), member swaps and drops, recompression (stored, deflate at any level, bzip2,
 lzma), .npy header edits (shape, dtype, order, version), lying recorded sizes, appended bombs.
-Run ``pytest tests/test_hostile_files.py --hypothesis-show-statistics`` for the counts of
+Run ``pytest tests/files/test_hostile_files.py --hypothesis-show-statistics`` for the counts of
 refused and accepted files per test.
 """
 

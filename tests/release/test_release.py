@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 # An absolute POSIX path into a home, temporary or work folder, or a Windows user folder. The
 # look-behind keeps relative paths ("derivations/work/x", "tcp://HOST/tmp") and URLs out.

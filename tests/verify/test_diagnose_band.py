@@ -1,6 +1,6 @@
 """The band of B of a shuffled-loader reading (ewc_ref/verify/band.py, shuffled.GLS.clean_b).
 
-The rates it gives on the digits' DataLoader are in tests/test_diagnose_loader.py; these pin its parts.
+The rates it gives on the digits' DataLoader are in tests/verify/test_diagnose_loader.py; these pin its parts.
 """
 
 import numpy as np

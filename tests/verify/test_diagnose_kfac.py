@@ -22,7 +22,7 @@ from ewc_ref.verify.diagnosis import diagnose
 from ewc_ref.verify.kfac import kfac_fit, kronecker_blocks
 from ewc_ref.verify.scale import fit_scale
 
-LIBRARIES = Path(__file__).parent / "fixtures" / "libraries"
+LIBRARIES = Path(__file__).parents[1] / "fixtures" / "libraries"
 
 
 @pytest.mark.parametrize("kfac_bias", ["joined", "separate"])
