@@ -2,15 +2,19 @@
 
 torch is not a test dependency: the arrays were computed once by torch.func, BackPACK
 and curvlinops and committed. Both sides are float64 and compute the same sums in a
-different order, so agreement is to round-off: 1e-12 relative (normwise per array).
+different order, so agreement is to round-off: 1e-12 relative (normwise per array) for the
+outputs, losses and gradients; the curvatures (every estimator x structure, and the Hessian) to
+1e-10 relative, the tolerance of the curvature identities (tests/support/curvature.py).
 """
 
 from pathlib import Path
 
 import numpy as np
 import pytest
+from support.curvature import RTOL, close
 
 import ewc_ref as er
+from ewc_ref.curvature.naive import project
 from ewc_ref.verify.gradcheck import relative_error
 
 FIXTURES = Path(__file__).parents[1] / "fixtures" / "torch"
@@ -41,3 +45,37 @@ def test_gaussian_fixture_has_a_layer_without_bias():
     model, lik, *_ = load("gaussian")
     assert model.has_bias == [True, False]
     assert lik.sigma == 0.7
+
+
+# --------------------------------------------------------------------------- torch fixtures
+FIXTURE_KEYS = [
+    ("empirical", "diag", "empirical_diag", {}), ("empirical", "full", "empirical_full", {}),
+    ("exact", "diag", "exact_diag", {}), ("exact", "full", "exact_full", {}), ("ggn", "full", "exact_full", {}),
+    ("batched", "diag", "batched_diag_b8", {"batch_size": 8}), ("batched", "full", "batched_full_b8", {"batch_size": 8}),
+    ("pred", "diag", "pred_diag", {}),
+]
+
+
+@pytest.mark.parametrize("name", ["categorical", "gaussian", "bernoulli"])
+@pytest.mark.parametrize(("estimator", "structure", "key", "kw"), FIXTURE_KEYS, ids=[k[2] + "-" + k[0] for k in FIXTURE_KEYS])
+def test_matches_torch_backpack_curvlinops_fixtures(name, estimator, structure, key, kw):
+    model, lik = er.load_model(FIXTURES / f"{name}_model.npz")
+    x, y = er.load_data(FIXTURES / f"{name}_data.npz", model, lik)
+    reference = np.load(FIXTURES / f"{name}_reference.npz")[key]
+    for chunk_size in (None, 7):
+        F = er.fisher(model, lik, x, y, estimator, structure, chunk_size=chunk_size, **kw)
+        if np.all(reference == 0):  # gaussian 'pred': y = f, every gradient is zero
+            assert np.all(F.data == 0)
+        else:
+            assert relative_error(F.data, reference) <= RTOL
+
+
+# --------------------------------------------------------------------------- hessian estimator
+@pytest.mark.parametrize("name", ["categorical", "gaussian", "bernoulli"])
+def test_hessian_estimator_matches_torch_hessian(name):
+    model, lik = er.load_model(FIXTURES / f"{name}_model.npz")
+    x, y = er.load_data(FIXTURES / f"{name}_data.npz", model, lik)
+    reference = np.load(FIXTURES / f"{name}_reference.npz")["hessian_full"]
+    for structure in ("full", "diag", "block"):
+        H = er.fisher(model, lik, x, y, "hessian", structure, chunk_size=11)
+        assert close(H.data, project(reference, model, structure))
