@@ -22,7 +22,7 @@ def _return_freed_arrays_to_the_os() -> None:
 
     glibc raises the threshold to the size of the largest block freed (up to 32 MiB), after which
     arrays of up to that size come from the heap and, once freed, stay in the process: one test of
-    test_curvature.py left +41 MiB of free heap (RSS 129 MiB, 78 after malloc_trim; 85 with this).
+    tests/test_curvature.py (now tests/curvature/test_*.py) left +41 MiB of free heap (RSS 129 MiB, 78 after malloc_trim; 85 with this).
     Over the whole serial run that free heap is retained memory of nothing: it changes no result.
     Linux/glibc only; anywhere else (or if libc cannot be loaded) nothing is done.
     """

@@ -364,7 +364,7 @@ def _diag_sums(model: MLP, cache, sums, into=None) -> np.ndarray:
     Added in place to `into` (the running (P,) sum) when given, else returned fresh. Fast path:
     kernels.squared_delta_sums, then the GEMM of kernels.diag_second_moment. Twins:
     naive.diag_sums_naive (the same GEMM written inline) and ``(per_sample_grads**2).sum``
-    (tests/curvature/test_curvature.py, tests/curvature/test_kernels.py).
+    (tests/curvature/test_naive_twins.py, tests/curvature/test_kernels.py).
     """
     out = np.zeros(model.n_params, dtype=np.result_type(cache.inputs[0], model.theta)) if into is None else into
     for l, s in enumerate(sums):

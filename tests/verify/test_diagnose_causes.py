@@ -1,6 +1,6 @@
 """Issue 28 item 5: the causes of a "none" verdict are computed and ranked by evidence.
 
-Each THEIRS is built here from the independent NumPy Fishers of tests/verify/test_diagnose.py or from
+Each THEIRS is built here from the independent NumPy Fishers of tests/support/problems.py or from
 ewc_ref.fisher of another structure (the KFAC diagonal), never from ewc_ref.verify.
 """
 

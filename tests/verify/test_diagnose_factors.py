@@ -2,7 +2,7 @@
 
 Every THEIRS is written from per-example gradients (ewc_ref.per_sample_gradients: the gradient of
 ewc_ref's per-example NLL; for the unit Gaussian it is r = f - y, for torch's MSELoss it is 2 r) and
-the independent NumPy Fishers of tests/verify/test_diagnose.py, never from ewc_ref.verify.
+the independent NumPy Fishers of tests/support/problems.py, never from ewc_ref.verify.
 """
 
 import pytest
