@@ -1,10 +1,12 @@
-"""Shared test settings: a CI Hypothesis profile with a fixed derandomised seed budget."""
+"""Shared test settings (a CI Hypothesis profile with a fixed derandomised seed budget) and the shared problems."""
 
 import ctypes
 import os
 import sys
 
+import pytest
 from hypothesis import HealthCheck, settings
+from support.torch_problems import TORCH_PROBLEMS, load_torch_problem
 
 settings.register_profile(
     "ci", max_examples=40, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow]
@@ -37,3 +39,10 @@ def _return_freed_arrays_to_the_os() -> None:
 
 
 _return_freed_arrays_to_the_os()
+
+
+# ----------------------------------------------------------------------------- problems as data
+@pytest.fixture(params=TORCH_PROBLEMS, ids=[case["name"] for case in TORCH_PROBLEMS])
+def torch_problem(request):
+    """Each committed torch problem of support.torch_problems.TORCH_PROBLEMS, loaded (ids: the names)."""
+    return load_torch_problem(request.param["name"])

@@ -6,13 +6,12 @@ import sys
 
 import numpy as np
 import pytest
+from support.torch_problems import TORCH_FIXTURES as FIXTURES  # the committed torch problems
 
 import ewc_ref as er
 from ewc_ref.cli import COMMANDS, build_parser, main
 from ewc_ref.curvature.estimators import describe
 from ewc_ref.curvature.structures import describe as describe_structures
-
-FIXTURES = __import__("pathlib").Path(__file__).parents[1] / "fixtures" / "torch"
 
 
 def test_inspect_on_a_pytorch_export(capsys):

@@ -1,10 +1,10 @@
 """`ewc-ref fisher` and `ewc-ref compare` (docs/file-format.md "Command line")."""
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
+from support.torch_problems import TORCH_FIXTURES as FIXTURES  # the committed torch problems
 
 import ewc_ref as er
 from ewc_ref.cli import main
@@ -12,7 +12,6 @@ from ewc_ref.commands.fisher import ESTIMATOR_FLAGS
 from ewc_ref.curvature.estimators import ESTIMATORS
 from ewc_ref.verify.gradcheck import relative_error
 
-FIXTURES = Path(__file__).parents[1] / "fixtures" / "torch"
 CASES = [
     ("empirical", "diag", "empirical_diag", []), ("empirical", "full", "empirical_full", []),
     ("exact", "diag", "exact_diag", []), ("exact", "full", "exact_full", []), ("ggn", "full", "exact_full", []),

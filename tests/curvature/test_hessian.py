@@ -20,7 +20,6 @@ pre-activation across 0).
 """
 
 import itertools
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -34,7 +33,6 @@ from ewc_ref.model.likelihoods import Bernoulli, Categorical, Gaussian
 from ewc_ref.strategies import mlps, models_and_data
 from ewc_ref.verify.gradcheck import numerical_jacobian, relative_error, relu_margin
 
-FIXTURES = Path(__file__).parents[1] / "fixtures" / "torch"
 SMALL = {"max_layers": 3, "max_width": 6}  # P <= ~100: P HVPs and the P^2 residual stay fast
 IDENTITY_RTOL = 1e-10
 FD_RTOL = 1e-6
@@ -201,11 +199,9 @@ def test_expected_hessian_over_model_labels_is_the_ggn(case):
 
 
 # ----------------------------------------------------------------------------- PyTorch fixtures
-@pytest.mark.parametrize("name", ["categorical", "gaussian", "bernoulli"])
-def test_hessian_hvp_and_ggnvp_match_torch(name):
-    model, lik = er.load_model(FIXTURES / f"{name}_model.npz")
-    x, y = er.load_data(FIXTURES / f"{name}_data.npz", model, lik)
-    ref = np.load(FIXTURES / f"{name}_reference.npz", allow_pickle=False)
+def test_hessian_hvp_and_ggnvp_match_torch(torch_problem):  # the case table of tests/conftest.py
+    p = torch_problem
+    model, lik, x, y, ref = p.model, p.lik, p.x, p.y, p.reference
     H = er.hessian_full(model, lik, x, y)
     assert relative_error(H, ref["hessian_full"]) <= IDENTITY_RTOL
     assert relative_error(H, H.T) <= 1e-12

@@ -7,31 +7,24 @@ outputs, losses and gradients; the curvatures (every estimator x structure, and 
 1e-10 relative, the tolerance of the curvature identities (tests/support/curvature.py).
 """
 
-from pathlib import Path
 
 import numpy as np
 import pytest
 from support.curvature import RTOL, close
+from support.torch_problems import TORCH_PROBLEMS, load_torch_problem
 
 import ewc_ref as er
 from ewc_ref.curvature.naive import project
 from ewc_ref.verify.gradcheck import relative_error
 
-FIXTURES = Path(__file__).parents[1] / "fixtures" / "torch"
-NAMES = ["categorical", "gaussian", "bernoulli"]
+# The problems (network x likelihood x data) are the case table support.torch_problems.TORCH_PROBLEMS,
+# given by the parametrized fixture `torch_problem` (tests/conftest.py).
 
 
-def load(name):
-    model, lik = er.load_model(FIXTURES / f"{name}_model.npz")
-    x, y = er.load_data(FIXTURES / f"{name}_data.npz", model, lik)
-    reference = dict(np.load(FIXTURES / f"{name}_reference.npz", allow_pickle=False))
-    return model, lik, x, y, reference
-
-
-@pytest.mark.parametrize("name", NAMES)
-def test_outputs_losses_and_gradients_match_torch(name):
-    model, lik, x, y, ref = load(name)
-    assert lik.name == name
+def test_outputs_losses_and_gradients_match_torch(torch_problem):
+    p = torch_problem
+    model, lik, x, y, ref = p.model, p.lik, p.x, p.y, p.reference
+    assert lik.name == p.name
     assert relative_error(model.predict(x), ref["outputs"]) <= 1e-12
     assert relative_error(er.per_example_losses(model, lik, x, y), ref["losses"]) <= 1e-12
     loss, grad = er.loss_and_grad(model, lik, x, y)
@@ -42,7 +35,8 @@ def test_outputs_losses_and_gradients_match_torch(name):
 
 
 def test_gaussian_fixture_has_a_layer_without_bias():
-    model, lik, *_ = load("gaussian")
+    problem = load_torch_problem("gaussian")
+    model, lik = problem.model, problem.lik
     assert model.has_bias == [True, False]
     assert lik.sigma == 0.7
 
@@ -56,12 +50,12 @@ FIXTURE_KEYS = [
 ]
 
 
-@pytest.mark.parametrize("name", ["categorical", "gaussian", "bernoulli"])
+# indirect: the case table through the fixture, its ids last as when this was parametrized by name.
+@pytest.mark.parametrize("torch_problem", TORCH_PROBLEMS, ids=[case["name"] for case in TORCH_PROBLEMS], indirect=True)
 @pytest.mark.parametrize(("estimator", "structure", "key", "kw"), FIXTURE_KEYS, ids=[k[2] + "-" + k[0] for k in FIXTURE_KEYS])
-def test_matches_torch_backpack_curvlinops_fixtures(name, estimator, structure, key, kw):
-    model, lik = er.load_model(FIXTURES / f"{name}_model.npz")
-    x, y = er.load_data(FIXTURES / f"{name}_data.npz", model, lik)
-    reference = np.load(FIXTURES / f"{name}_reference.npz")[key]
+def test_matches_torch_backpack_curvlinops_fixtures(torch_problem, estimator, structure, key, kw):
+    p = torch_problem
+    model, lik, x, y, reference = p.model, p.lik, p.x, p.y, p.reference[key]
     for chunk_size in (None, 7):
         F = er.fisher(model, lik, x, y, estimator, structure, chunk_size=chunk_size, **kw)
         if np.all(reference == 0):  # gaussian 'pred': y = f, every gradient is zero
@@ -71,11 +65,9 @@ def test_matches_torch_backpack_curvlinops_fixtures(name, estimator, structure, 
 
 
 # --------------------------------------------------------------------------- hessian estimator
-@pytest.mark.parametrize("name", ["categorical", "gaussian", "bernoulli"])
-def test_hessian_estimator_matches_torch_hessian(name):
-    model, lik = er.load_model(FIXTURES / f"{name}_model.npz")
-    x, y = er.load_data(FIXTURES / f"{name}_data.npz", model, lik)
-    reference = np.load(FIXTURES / f"{name}_reference.npz")["hessian_full"]
+def test_hessian_estimator_matches_torch_hessian(torch_problem):
+    p = torch_problem
+    model, lik, x, y, reference = p.model, p.lik, p.x, p.y, p.reference["hessian_full"]
     for structure in ("full", "diag", "block"):
         H = er.fisher(model, lik, x, y, "hessian", structure, chunk_size=11)
         assert close(H.data, project(reference, model, structure))
