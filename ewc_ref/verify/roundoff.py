@@ -1,0 +1,283 @@
+"""How far a float32 Fisher can lie from the exact one: a per-entry round-off bound for confident nets.
+
+Diagnose's float32 threshold (scale.ROUNDOFF_TOL, 1e-4 relative) assumes float32 gradients good to
+~1e-7 relative. That fails where the softmax cross-entropy output gradient r = p - e_y cancels:
+torch computes it as log_softmax's backward, exp(log_softmax(f)) - e_y, and when 1 - p_y is below
+float32's unit round-off u = 2^-24 the computed r_y is exactly 0 (not -(1 - p_y)); a confident net's
+gradient g = J^T r then misses its J_y term entirely. This module bounds that error per entry.
+
+Output gradient (categorical, per row, logits f exact, weight w = 1 per row or 1/|batch|). Torch's CPU
+log_softmax: d = f - max f, S = sum_c exp(d_c), L = log S, log p_c = d_c - L; backward
+r_c = w (exp(log p_c) - [c = y]). With theta = (C + 1 + max_c |d_c|) u the relative error of the
+computed S (C - 1 additions, exp to 2 ulps, d_c to u |d_c|), the computed q_c = exp(log p_c) has
+
+    |q_c - p_c| <= p_c rho_c,   rho_c = 1.1 (u |d_c| + theta + 2 u (L + theta) + u |log p_c| + 3 u)     (R1)
+
+(first order, 1.1 covering the second; q_y - 1 is exact by Sterbenz for q_y >= 1/2, the product with
+w adds u |r_c|). When y is the argmax and t = sum_{c != y} exp(d_c) satisfies t (1 + theta) <= u / 2,
+every partial sum holding the max term exp(0) = 1 rounds to exactly 1 (1 + x = 1 for x <= 2^-24), so
+L = log 1 = 0, log p_y = 0, q_y = 1 and r_y = 0 EXACTLY: the error is |r_y| = t / (1 + t), no more (the
+factor 1/2 keeps the regime when their float32 logits move t by a few ulps). So per row
+
+    e_c = p_c rho_c + u |r_c|  (c != y, or y outside that regime),   e_y = |r_y|  (inside it).         (R2)
+
+Gradient. The error of g = J^T r is at most |J|^T e from (R2) plus the ordinary float32 error of the
+forward and backward products, which the threshold always allowed for: GRADIENT_TOL |J|^T |r| (half
+of the 1e-4 threshold, so the squared gradient's share is within it). One backward pass of
+v = e + GRADIENT_TOL |r| through |W| and phi' >= 0 (every activation here is monotone) gives
+D_l >= |J_l|^T v per layer, triangle inequality layer by layer; the weight entry (i, j) of a
+group b (a row, or a minibatch with its w) is bounded by Delta_b(i, j) = sum_{n in b} D_ni |a_nj|.
+
+Fisher. With G_b the group's gradient and rho_b its weight (loader (O1)), F = 1/K sum_b rho_b G_b^2 and
+the float32 F-hat obeys
+
+    |F-hat - F| <= B = 1/K sum_b rho_b (2 |G_b| Delta_b + Delta_b^2) + ACCUMULATION_TOL F              (R3)
+
+(|x^2 - y^2| <= 2 |y| |x - y| + (x - y)^2; accumulating K non-negative terms in float32: relative
+K u worst case, sqrt(K) u typically; ACCUMULATION_TOL = 1e-4 covers the worst case for K <= 1,677 and
+the typical one for any K). For rows (B = 1): Delta_n = D_n |a_n|^T and one GEMM
+(2 |delta_n| D_n + D_n^2)^T a_n^2 per layer; for minibatches one GEMM per batch.
+
+Use (``match_within``): a candidate is matched "within float32 round-off" when
+|T - c0 F| <= c0 B on EVERY entry for a named scale factor c0 (never at an arbitrary fitted c: a
+1e-3 scale bug is no round-off). Naive twin of ``fisher_and_bound``: ``bound_loop`` (per-row gradients
+and a dense |J|, small nets); independent checks against torch's and a NumPy float32 imitation's
+gradients: tests/verify/test_float32_roundoff.py, tests/pytorch/test_float32_confident.py.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..curvature import budget, kernels
+from ..curvature.entries import per_sample_grad_entries
+from ..model.mlp import MLP
+
+#: float32 unit round-off.
+U32 = 2.0**-24
+
+
+def backward_tol(model: MLP) -> float:
+    """The relative error of float32 backward products, bounded against |J|^T |r| (module docstring):
+    1.1 u sum_l (out_l + 3): a dot product over layer l's out_l outputs, the product with phi', the outer
+    product delta_i a_j and one for the scaling by w, first order (1.1 for the second)."""
+    return 1.1 * U32 * sum(out + 3 for out, _ in model.shapes)
+
+
+def accumulation_tol(terms: int) -> float:
+    """The relative error of summing `terms` non-negative float32 squares in any order and dividing once:
+    1.1 (terms + 2) u (recursive summation's worst case; pairwise summation stays below it)."""
+    return 1.1 * (terms + 2) * U32
+
+
+def output_gradient_bound(f: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(r, e, cancelled): the softmax-CE output gradient r = p - e_y (n, C), the bound e (n, C) of (R2)
+    on the error of torch's float32 r, and (n,) whether r_y is computed as exactly 0 (1 - p_y lost).
+
+    f : (n, C) logits (float64, taken as exact), y : (n,) integer labels.
+    """
+    f = np.asarray(f, dtype=np.float64)
+    n, c = f.shape
+    rows = np.arange(n)
+    d = f - f.max(axis=1, keepdims=True)  # <= 0, the max entry exactly 0
+    s = np.exp(d)
+    total = s.sum(axis=1, keepdims=True)
+    log_sum = np.log(total)
+    log_p = d - log_sum
+    p = s / total
+    r = p.copy()
+    # 1 - p_y from the other classes (no cancellation): r_y = -(sum_{c != y} s_c) / S
+    others = total[:, 0] - s[rows, y]
+    r[rows, y] = -np.where(s[rows, y] >= 0.5 * total[:, 0], others / total[:, 0], 1.0 - p[rows, y])
+    theta = U32 * (c + 1 + np.abs(d).max(axis=1, keepdims=True))
+    rho = 1.1 * (U32 * np.abs(d) + theta + 2 * U32 * (log_sum + theta) + U32 * np.abs(log_p) + 3 * U32)
+    e = p * rho + U32 * np.abs(r)
+    cancelled = (d[rows, y] == 0) & (others * (1 + theta[:, 0]) <= U32 / 2)
+    e[rows[cancelled], y[cancelled]] = np.abs(r[rows[cancelled], y[cancelled]])
+    return r, e, cancelled
+
+
+def float32_output_gradient(f: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """(n, C) r-hat, a model of torch's float32 r = softmax(f) - e_y: exact but for r_y of the rows whose label is
+    the argmax, r_y = exp(-log(fl(1 + t))) - 1 in float32 with t = sum_{c != y} exp(f_c - f_y): 0 once
+    t <= u, -2^-23 for t just above u, ... (module docstring; the sum's order changes the last bit rarely)."""
+    r, _, _ = output_gradient_bound(f, y)
+    rows = np.arange(len(f))
+    d = f - f.max(axis=1, keepdims=True)
+    top = d[rows, y] == 0
+    total = (np.float32(1) + (np.exp(d).sum(axis=1) - 1.0)[top].astype(np.float32)).astype(np.float64)
+    # log and exp correctly rounded to float32 (as torch's SLEEF kernels are here; NumPy's float32 exp is not always)
+    q = np.exp(-np.log(total).astype(np.float32).astype(np.float64)).astype(np.float32)
+    r[rows[top], np.asarray(y)[top]] = (q - np.float32(1)).astype(np.float64)
+    return r
+
+
+@dataclass
+class RoundoffBound:
+    """F (P,) of (O1) at our float64 weights, its float32 round-off bound B (P,) of (R3), and how much of
+    the output gradient was lost: the fraction of rows with r_y computed as 0."""
+
+    fisher: np.ndarray
+    bound: np.ndarray
+    cancelled_rows: float
+    modelled: np.ndarray  # (P,) the same Fisher from float32_output_gradient's r-hat: torch's float32 result, modelled
+
+
+def fisher_and_bound(model: MLP, x: np.ndarray, y: np.ndarray, sizes: np.ndarray, reduction: str = "mean",
+                     chunk: int | None = None) -> RoundoffBound:
+    """F = 1/K sum_b rho_b G_b^2 (loader (O1)), its bound B (R3) and the modelled float32 F-hat, over
+    consecutive groups of `sizes` rows.
+
+    Parameters
+    ----------
+    model : MLP (any dtype; computed in float64)
+    x : (M, d) rows in loader order, y : (M,) integer labels (categorical)
+    sizes : (K,) group sizes summing to at most M (B = 1: per-example, the empirical / pred Fisher)
+    reduction : 'mean' (G_b = 1/|b| sum g_n, rho_b = 1) or 'sum' (rho_b = |b|^2: the summed gradient)
+    chunk : rows per chunk of the per-example path (default from budget.CHUNK_BYTES)
+
+    Returns
+    -------
+    RoundoffBound: fisher, bound, modelled : (P,) and the fraction of rows whose r_y float32 computes as 0
+    """
+    model = model.with_theta(model.theta.astype(np.float64)) if model.theta.dtype != np.float64 else model
+    sizes = np.asarray(sizes, dtype=np.int64)
+    abs_weights = [np.abs(w) for w in model.weights]
+    tol = backward_tol(model)
+    fisher, modelled, bound = (np.zeros(model.n_params) for _ in range(3))
+    cancelled = 0
+
+    def add(target, l, weight_part, bias_part):
+        target[model.weight_slices[l]] += weight_part.ravel()
+        if model.has_bias[l]:
+            target[model.bias_slices[l]] += bias_part
+
+    if np.all(sizes == 1):  # per-example: GEMMs of the squares (module docstring)
+        m = int(sizes.size)
+        step = chunk or max(1, budget.CHUNK_BYTES // (8 * 6 * sum(model.layer_sizes)))
+        for start in range(0, m, step):
+            rows = slice(start, min(m, start + step))
+            layers, lost = _deltas_and_bounds(model, abs_weights, x[rows], y[rows], 1.0, tol)
+            cancelled += lost
+            for l, (delta, hat, dd, a, err) in enumerate(layers):
+                # Delta = D |a| + E A with E = |delta| + D: 2 |g| Delta + Delta^2 expanded into three GEMMs
+                a2, big = a * a, np.abs(delta) + dd
+                spread = 2 * np.abs(delta) * dd + dd * dd
+                add(fisher, l, (delta * delta).T @ a2, (delta * delta).sum(axis=0))
+                add(modelled, l, (hat * hat).T @ a2, (hat * hat).sum(axis=0))
+                add(bound, l, spread.T @ a2 + (2 * big * big).T @ (np.abs(a) * err) + (big * big).T @ (err * err),
+                    spread.sum(axis=0))
+    else:
+        start = 0
+        for size in sizes:
+            rows = slice(start, start + int(size))
+            start += int(size)
+            w = 1.0 / size if reduction == "mean" else 1.0
+            layers, lost = _deltas_and_bounds(model, abs_weights, x[rows], y[rows], w, tol)
+            cancelled += lost
+            for l, (delta, hat, dd, a, err) in enumerate(layers):
+                g, g_hat = delta.T @ a, hat.T @ a
+                spread = dd.T @ np.abs(a) + (np.abs(delta) + dd).T @ err  # Delta_b of the weights
+                gb, hb, db = delta.sum(axis=0), hat.sum(axis=0), dd.sum(axis=0)
+                add(fisher, l, g * g, gb * gb)
+                add(modelled, l, g_hat * g_hat, hb * hb)
+                add(bound, l, 2 * np.abs(g) * spread + spread * spread, 2 * np.abs(gb) * db + db * db)
+    k = sizes.size
+    fisher /= k
+    modelled /= k
+    bound = bound / k + accumulation_tol(k) * fisher
+    return RoundoffBound(fisher, bound, cancelled / max(1, int(sizes.sum())), modelled)
+
+
+def modelled_grad_entries(model: MLP, x: np.ndarray, y: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """(M, |cols|) per-example gradients J_n^T r-hat_n on the entries `cols`, r-hat from ``float32_output_gradient``:
+    the rows' gradients as torch's float32 computes them, up to ordinary round-off (for the batched screen)."""
+    model = model.with_theta(model.theta.astype(np.float64)) if model.theta.dtype != np.float64 else model
+    m = x.shape[0]
+    step = max(1, budget.CHUNK_BYTES // (8 * max(sum(model.layer_sizes), cols.size)))
+    out = np.empty((m, cols.size))
+    for start in range(0, m, step):
+        rows = slice(start, min(m, start + step))
+        f, cache = model.forward(np.asarray(x[rows], dtype=np.float64))
+        out[rows] = per_sample_grad_entries(model, cache, float32_output_gradient(f, np.asarray(y[rows])), cols)
+    return out
+
+
+def forward_errors(model: MLP, cache) -> list[np.ndarray]:
+    """Per layer l the bound A_l (n, in_l) on the float32 error of its input a_{l-1}, and last the logits' (n, C).
+
+    Float32 data are exact (A_0 = 0); a layer's affine map adds (fan-in + 2) u (|W| |a| + |b|) (a dot
+    product of fan-in terms and the bias), the error of its input propagates through |W| and an
+    activation of Lipschitz constant <= 1 (relu, tanh, sigmoid, identity), which adds 2 u |a| of its own
+    (libm's tanh / exp within 2 ulps): first order.
+    """
+    out = [np.zeros_like(cache.inputs[0])]
+    for l, w in enumerate(model.weights):
+        magnitude = np.abs(cache.inputs[l]) @ np.abs(w).T
+        if model.has_bias[l]:
+            magnitude += np.abs(model.biases[l])
+        z_error = (w.shape[1] + 2) * U32 * magnitude + out[-1] @ np.abs(w).T
+        out.append(z_error + 2 * U32 * np.abs(cache.inputs[l + 1]) if l + 1 < model.n_layers else z_error)
+    return out
+
+
+def _deltas_and_bounds(model: MLP, abs_weights: list, x: np.ndarray, y: np.ndarray, w: float, tol: float):
+    """([(delta of w r, delta of w r-hat, D >= |J|^T v, input a, its error bound A) per layer], rows whose r_y is
+    lost): r-hat from float32_output_gradient, v = w (e + logit shift + tol |r|) (module docstring (R2))."""
+    y = np.asarray(y, dtype=np.int64)
+    f, cache = model.forward(x.astype(np.float64, copy=False))
+    r, e, cancelled = output_gradient_bound(f, y)
+    errors = forward_errors(model, cache)
+    # an error A_L of the logits moves p_c by at most e^{2 A_L} - 1 <= 2.2 A_L relative (A_L < 0.1; else no
+    # bound: inf), and r_y too - not once 1 - p_y is lost: that r_y is 0 whatever the logits (the margin 1/2)
+    shift = errors[-1].max(axis=1, keepdims=True)
+    shift = np.where(shift < 0.1, 2.2 * shift, np.inf) * np.abs(r)
+    shift[np.flatnonzero(cancelled), y[cancelled]] = 0.0
+    deltas = kernels.backward_deltas(model.weights, cache.activation_caches,
+                                     np.stack([w * r, w * float32_output_gradient(f, y)]))
+    bounds = kernels.backward_deltas(abs_weights, cache.activation_caches, (w * (e + shift + tol * np.abs(r)))[None])
+    layers = [(d[0], d[1], b[0], a, err) for d, b, a, err in zip(deltas, bounds, cache.inputs, errors[:-1], strict=True)]
+    return layers, int(cancelled.sum())
+
+
+def bound_loop(model: MLP, x: np.ndarray, y: np.ndarray, sizes, reduction: str = "mean") -> tuple[np.ndarray, np.ndarray]:
+    """Naive twin of ``fisher_and_bound``, row by row: (F, B) from model.jacobian's gradients, the explicit
+    chain |d f / d z_l| <= prod |W| diag(phi') as (C, out_l) matrices and a per-row forward error loop."""
+    model = model.with_theta(model.theta.astype(np.float64))
+    x = np.asarray(x, dtype=np.float64)
+    fisher, bound = np.zeros(model.n_params), np.zeros(model.n_params)
+    start = 0
+    for size in sizes:
+        w = 1.0 / size if reduction == "mean" else 1.0
+        g, spread = np.zeros(model.n_params), np.zeros(model.n_params)
+        for n in range(start, start + size):
+            f, cache = model.forward(x[n:n + 1])
+            r, e, lost = output_gradient_bound(f, np.asarray(y[n:n + 1], dtype=np.int64))
+            a_err = [np.zeros(x.shape[1])]  # forward errors of each layer's input, then of the logits
+            for l in range(model.n_layers):
+                a_in = cache.inputs[l][0]
+                mag = np.abs(model.weights[l]) @ np.abs(a_in) + (np.abs(model.biases[l]) if model.has_bias[l] else 0)
+                z_err = (model.weights[l].shape[1] + 2) * U32 * mag + np.abs(model.weights[l]) @ a_err[-1]
+                a_err.append(z_err + 2 * U32 * np.abs(cache.inputs[l + 1][0]) if l + 1 < model.n_layers else z_err)
+            move = 2.2 * a_err[-1].max() * np.abs(r[0])
+            if lost[0]:
+                move[int(y[n])] = 0.0
+            v = w * (e[0] + move + backward_tol(model) * np.abs(r[0]))
+            g += w * model.jacobian(x[n:n + 1])[0].T @ r[0]
+            chain = np.eye(f.shape[1])  # (C, out_l), from the output down
+            for l in range(model.n_layers - 1, -1, -1):
+                d_bound = chain.T @ v
+                delta = model.backward_deltas(cache, w * r)[l][0]
+                block = np.outer(d_bound, np.abs(cache.inputs[l][0])) + np.outer(np.abs(delta) + d_bound, a_err[l])
+                spread[model.weight_slices[l]] += block.ravel()
+                if model.has_bias[l]:
+                    spread[model.bias_slices[l]] += d_bound
+                if l > 0:
+                    z, a, activation = cache.activation_caches[l - 1]
+                    chain = (chain @ np.abs(model.weights[l])) * activation.derivative(z, a)[0]
+        start += size
+        fisher += g * g
+        bound += 2 * np.abs(g) * spread + spread * spread
+    return fisher / len(sizes), (bound + accumulation_tol(len(sizes)) * fisher) / len(sizes)
