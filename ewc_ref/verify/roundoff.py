@@ -14,12 +14,12 @@ computed S (C - 1 additions, exp to 2 ulps, d_c to u |d_c|), the computed q_c = 
     |q_c - p_c| <= p_c rho_c,   rho_c = 1.1 (u |d_c| + theta + 2 u (L + theta) + u |log p_c| + 3 u)     (R1)
 
 (first order, 1.1 covering the second; q_y - 1 is exact by Sterbenz for q_y >= 1/2, the product with
-w adds u |r_c|). When y is the argmax and t = sum_{c != y} exp(d_c) satisfies t (1 + theta) <= u / 2,
+w adds u |r_c|, and fl(q_y w) - w another u p_y). When y is the argmax and t = sum_{c != y} exp(d_c) satisfies t (1 + theta) <= u / 2,
 every partial sum holding the max term exp(0) = 1 rounds to exactly 1 (1 + x = 1 for x <= 2^-24), so
 L = log 1 = 0, log p_y = 0, q_y = 1 and r_y = 0 EXACTLY: the error is |r_y| = t / (1 + t), no more (the
 factor 1/2 keeps the regime when their float32 logits move t by a few ulps). So per row
 
-    e_c = p_c rho_c + u |r_c| + 2^-126  (c != y, or y outside that regime),   e_y = |r_y|  (inside it)  (R2)
+    e_c = p_c rho_c + u |r_c| + [c = y] u p_y + 2^-126  (outside that regime),   e_y = |r_y|  (inside)   (R2)
 
 (2^-126, float32's smallest normal number, covers a p_c that underflows).
 
@@ -27,7 +27,7 @@ Forward. Their float32 logits and activations differ from ours (float64 at the s
 with A_0 = 0 (float32 data are exact), a layer adds (fan-in + 2) u (|W| |a| + |b|) and passes its input's
 error through |W| and an activation of Lipschitz constant <= 1, which adds 2 u |a| (``forward_errors``,
 first order, worst case: ~100x the actual error where |W| |a| >> |W a|). A logit error A_L moves every
-p_c by at most 2.2 max A_L relative: e gains 2.2 max(A_L) |r| (not the lost r_y, which is 0 anyway).
+p_c by a factor within e^{+-2 max A_L}: e gains expm1(2 max A_L) |r| (not the lost r_y, which is 0 anyway).
 
 Gradient. The error of g = J^T r is at most |J|^T e plus the backward products' own error,
 ``backward_tol`` |J|^T |r| with backward_tol = 1.1 u sum_l (out_l + 3). One backward pass of
@@ -107,23 +107,32 @@ def output_gradient_bound(f: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.
     rho = 1.1 * (U32 * np.abs(d) + theta + 2 * U32 * (log_sum + theta) + U32 * np.abs(log_p) + 3 * U32)
     e = p * rho + U32 * np.abs(r) + TINY32  # TINY32: exp(log p_c) underflows below 1e-38
     cancelled = (d[rows, y] == 0) & (others * (1 + theta[:, 0]) <= U32 / 2)
+    e[rows, y] += U32 * p[rows, y]  # fl(q_y w) - w: the product's rounding, u q_y w
     e[rows[cancelled], y[cancelled]] = np.abs(r[rows[cancelled], y[cancelled]])
     return r, e, cancelled
 
 
-def float32_output_gradient(f: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """(n, C) r-hat, a model of torch's float32 r = softmax(f) - e_y: exact but for r_y of the rows whose label is
-    the argmax, r_y = exp(-log(fl(1 + t))) - 1 in float32 with t = sum_{c != y} exp(f_c - f_y): 0 once
-    t <= u, -2^-23 for t just above u, ... (module docstring; the sum's order changes the last bit rarely)."""
+def float32_output_gradient(f: np.ndarray, y: np.ndarray, w: float = 1.0) -> np.ndarray:
+    """(n, C) w r-hat, a model of torch's float32 w (softmax(f) - e_y), w the loss's weight per row (1, or 1/B of a
+    minibatch mean): exact but for r_y of the rows whose label is the argmax, computed as torch does in
+    float32 -- q = exp(-log(S)), S = sum_c exp(f_c - f_y) added in class order, then w (q - 1): 0 once the
+    others' sum t <= u, -2^-23 w just above, ... (another summation order changes the last bit rarely)."""
     r, _, _ = output_gradient_bound(f, y)
-    rows = np.arange(len(f))
+    r *= w
+    rows, y = np.arange(len(f)), np.asarray(y)
     d = f - f.max(axis=1, keepdims=True)
     top = d[rows, y] == 0
-    others = np.where(np.arange(f.shape[1]) == np.asarray(y)[:, None], 0.0, np.exp(d)).sum(axis=1)
-    total = (np.float32(1) + others[top].astype(np.float32)).astype(np.float64)  # fl(1 + t), t the others' sum
-    # log and exp correctly rounded to float32 (as torch's SLEEF kernels are here; NumPy's float32 exp is not always)
+    # S = sum_c exp(d_c) in float32, the classes added in their order (torch's CPU kernel below its vector width;
+    # the order decides where t is near a rounding boundary: 1 + a + b rounds twice), exp correctly rounded
+    terms = np.exp(d[top]).astype(np.float32)
+    total = np.zeros(terms.shape[0], dtype=np.float32)
+    for column in terms.T:
+        total += column
+    total = total.astype(np.float64)
+    # log and exp correctly rounded to float32 (as torch's SLEEF kernels are here; NumPy's float32 log is not near 1)
     q = np.exp(-np.log(total).astype(np.float32).astype(np.float64)).astype(np.float32)
-    r[rows[top], np.asarray(y)[top]] = (q - np.float32(1)).astype(np.float64)
+    # log_softmax's backward w q - w, one rounding (torch's vectorised kernel fuses it): w (q - 1) to u relative
+    r[rows[top], y[top]] = w * (q.astype(np.float64) - 1.0)
     return r
 
 
@@ -280,13 +289,12 @@ def _deltas_and_bounds(model: MLP, abs_weights: list, x: np.ndarray, y: np.ndarr
     f, cache = model.forward(x.astype(np.float64, copy=False))
     r, e, cancelled = output_gradient_bound(f, y)
     errors = forward_errors(model, cache)
-    # an error A_L of the logits moves p_c by at most e^{2 A_L} - 1 <= 2.2 A_L relative (A_L < 0.1; else no
-    # bound: inf), and r_y too - not once 1 - p_y is lost: that r_y is 0 whatever the logits (the margin 1/2)
-    shift = errors[-1].max(axis=1, keepdims=True)
-    shift = np.where(shift < 0.1, 2.2 * shift, np.inf) * np.abs(r)
+    # an error A_L of the logits moves p_c by at most e^{2 A_L} - 1 relative, and r_y too - not once 1 - p_y
+    # is lost: that r_y is 0 whatever the logits (the margin 1/2 of the regime)
+    shift = np.expm1(2 * errors[-1].max(axis=1, keepdims=True)) * np.abs(r)  # p_c e^{+-2 A_L}, exactly
     shift[np.flatnonzero(cancelled), y[cancelled]] = 0.0
     deltas = kernels.backward_deltas(model.weights, cache.activation_caches,
-                                     np.stack([w * r, w * float32_output_gradient(f, y)]))
+                                     np.stack([w * r, float32_output_gradient(f, y, w)]))
     bounds = bound_backward(abs_weights, cache.activation_caches, errors, w * (e + shift + tol * np.abs(r)),
                             [d[0] for d in deltas])
     layers = [(d[0], d[1], b, a, err) for d, b, a, err in zip(deltas, bounds, cache.inputs, errors[:-1], strict=True)]
@@ -312,7 +320,7 @@ def bound_loop(model: MLP, x: np.ndarray, y: np.ndarray, sizes, reduction: str =
                 mag = np.abs(model.weights[l]) @ np.abs(a_in) + (np.abs(model.biases[l]) if model.has_bias[l] else 0)
                 z_err = (model.weights[l].shape[1] + 2) * U32 * mag + np.abs(model.weights[l]) @ a_err[-1]
                 a_err.append(z_err + 2 * U32 * np.abs(cache.inputs[l + 1][0]) if l + 1 < model.n_layers else z_err)
-            move = 2.2 * a_err[-1].max() * np.abs(r[0])
+            move = np.expm1(2 * a_err[-1].max()) * np.abs(r[0])
             if lost[0]:
                 move[int(y[n])] = 0.0
             v = w * (e[0] + move + backward_tol(model) * np.abs(r[0]))
