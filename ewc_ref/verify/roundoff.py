@@ -112,13 +112,14 @@ def output_gradient_bound(f: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.
     return r, e, cancelled
 
 
-def float32_output_gradient(f: np.ndarray, y: np.ndarray, w: float = 1.0) -> np.ndarray:
-    """(n, C) w r-hat, a model of torch's float32 w (softmax(f) - e_y), w the loss's weight per row (1, or 1/B of a
-    minibatch mean): exact but for r_y of the rows whose label is the argmax, computed as torch does in
+def float32_output_gradient(f: np.ndarray, y: np.ndarray, w=1.0) -> np.ndarray:
+    """(n, C) w r-hat, a model of torch's float32 w (softmax(f) - e_y), w the loss's weight (a number or (n,) per
+    row: 1, or 1/B of a minibatch mean): exact but for r_y of the rows whose label is the argmax, computed as torch does in
     float32 -- q = exp(-log(S)), S = sum_c exp(f_c - f_y) added in class order, then w (q - 1): 0 once the
     others' sum t <= u, -2^-23 w just above, ... (another summation order changes the last bit rarely)."""
     r, _, _ = output_gradient_bound(f, y)
-    r *= w
+    w = np.broadcast_to(np.asarray(w, dtype=np.float64), (len(f),))
+    r *= w[:, None]
     rows, y = np.arange(len(f)), np.asarray(y)
     d = f - f.max(axis=1, keepdims=True)
     top = d[rows, y] == 0
@@ -132,7 +133,7 @@ def float32_output_gradient(f: np.ndarray, y: np.ndarray, w: float = 1.0) -> np.
     # log and exp correctly rounded to float32 (as torch's SLEEF kernels are here; NumPy's float32 log is not near 1)
     q = np.exp(-np.log(total).astype(np.float32).astype(np.float64)).astype(np.float32)
     # log_softmax's backward w q - w, one rounding (torch's vectorised kernel fuses it): w (q - 1) to u relative
-    r[rows[top], y[top]] = w * (q.astype(np.float64) - 1.0)
+    r[rows[top], y[top]] = w[top] * (q.astype(np.float64) - 1.0)
     return r
 
 
@@ -191,21 +192,30 @@ def fisher_and_bound(model: MLP, x: np.ndarray, y: np.ndarray, sizes: np.ndarray
                 add(modelled, l, (hat * hat).T @ a2, (hat * hat).sum(axis=0))
                 add(bound, l, spread.T @ a2 + (2 * big * big).T @ (np.abs(a) * err) + (big * big).T @ (err * err),
                     spread.sum(axis=0))
-    else:
-        start = 0
-        for size in sizes:
-            rows = slice(start, start + int(size))
-            start += int(size)
-            w = 1.0 / size if reduction == "mean" else 1.0
-            layers, lost = _deltas_and_bounds(model, abs_weights, x[rows], y[rows], w, tol)
+    else:  # whole minibatches per chunk of rows: one forward and backward pass per chunk, GEMMs per batch
+        step = chunk or max(1, budget.CHUNK_BYTES // (8 * 6 * sum(model.layer_sizes)))
+        ends = np.cumsum(sizes)
+        starts = ends - sizes
+        first = 0
+        while first < sizes.size:
+            last = first + 1
+            while last < sizes.size and ends[last] - starts[first] <= step:
+                last += 1
+            lo, hi = int(starts[first]), int(ends[last - 1])
+            w = np.repeat(1.0 / sizes[first:last] if reduction == "mean" else np.ones(last - first), sizes[first:last])
+            layers, lost = _deltas_and_bounds(model, abs_weights, x[lo:hi], y[lo:hi], w, tol)
             cancelled += lost
-            for l, (delta, hat, dd, a, err) in enumerate(layers):
-                g, g_hat = delta.T @ a, hat.T @ a
-                spread = dd.T @ np.abs(a) + (np.abs(delta) + dd).T @ err  # Delta_b of the weights
-                gb, hb, db = delta.sum(axis=0), hat.sum(axis=0), dd.sum(axis=0)
-                add(fisher, l, g * g, gb * gb)
-                add(modelled, l, g_hat * g_hat, hb * hb)
-                add(bound, l, 2 * np.abs(g) * spread + spread * spread, 2 * np.abs(gb) * db + db * db)
+            for batch in range(first, last):
+                rows = slice(int(starts[batch]) - lo, int(ends[batch]) - lo)
+                for l, (delta, hat, dd, a, err) in enumerate(layers):
+                    delta, hat, dd, a, err = delta[rows], hat[rows], dd[rows], a[rows], err[rows]
+                    g, g_hat = delta.T @ a, hat.T @ a
+                    spread = dd.T @ np.abs(a) + (np.abs(delta) + dd).T @ err  # Delta_b of the weights
+                    gb, hb, db = delta.sum(axis=0), hat.sum(axis=0), dd.sum(axis=0)
+                    add(fisher, l, g * g, gb * gb)
+                    add(modelled, l, g_hat * g_hat, hb * hb)
+                    add(bound, l, 2 * np.abs(g) * spread + spread * spread, 2 * np.abs(gb) * db + db * db)
+            first = last
     k = sizes.size
     fisher /= k
     modelled /= k
@@ -282,10 +292,11 @@ def bound_backward(abs_weights: list, activation_caches: list, errors: list, v: 
     return out
 
 
-def _deltas_and_bounds(model: MLP, abs_weights: list, x: np.ndarray, y: np.ndarray, w: float, tol: float):
+def _deltas_and_bounds(model: MLP, abs_weights: list, x: np.ndarray, y: np.ndarray, w, tol: float):
     """([(delta of w r, delta of w r-hat, D >= |J|^T v, input a, its error bound A) per layer], rows whose r_y is
     lost): r-hat from float32_output_gradient, v = w (e + logit shift + tol |r|) (module docstring (R2))."""
     y = np.asarray(y, dtype=np.int64)
+    w = np.broadcast_to(np.asarray(w, dtype=np.float64), (len(y),))[:, None]  # the loss's weight per row
     f, cache = model.forward(x.astype(np.float64, copy=False))
     r, e, cancelled = output_gradient_bound(f, y)
     errors = forward_errors(model, cache)
@@ -294,7 +305,7 @@ def _deltas_and_bounds(model: MLP, abs_weights: list, x: np.ndarray, y: np.ndarr
     shift = np.expm1(2 * errors[-1].max(axis=1, keepdims=True)) * np.abs(r)  # p_c e^{+-2 A_L}, exactly
     shift[np.flatnonzero(cancelled), y[cancelled]] = 0.0
     deltas = kernels.backward_deltas(model.weights, cache.activation_caches,
-                                     np.stack([w * r, float32_output_gradient(f, y, w)]))
+                                     np.stack([w * r, float32_output_gradient(f, y, w[:, 0])]))
     bounds = bound_backward(abs_weights, cache.activation_caches, errors, w * (e + shift + tol * np.abs(r)),
                             [d[0] for d in deltas])
     layers = [(d[0], d[1], b, a, err) for d, b, a, err in zip(deltas, bounds, cache.inputs, errors[:-1], strict=True)]

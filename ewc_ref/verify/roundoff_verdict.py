@@ -52,37 +52,37 @@ def scale_interval(t: np.ndarray, f: np.ndarray, b: np.ndarray) -> tuple[float, 
     return float(low.max(initial=0.0)), float(high.min(initial=np.inf))
 
 
-def _tries(model, x, y, t, cols, candidates, loader, pred_labels, n: int):
-    """[(candidates, rows, labels, sizes, reduction)]: the per-example candidates, and the BATCHED_TRIED
-    minibatch ones that fit THEIRS best on the screened entries by the modelled float32 gradients (the
-    recorded batches when known): the screen against the exact F is blind once round-off dominates."""
+def _tries(model, x, y, t, cols, candidates, loader, pred_labels, tol: float, n: int):
+    """Yields (candidates, rows, labels, sizes, reduction): the per-example candidates first, then the minibatch
+    ones -- the recorded batches when known, else the BATCHED_TRIED (B, variant) that fit THEIRS best on the
+    screened entries by the modelled float32 gradients, those within 10 tol there (else the best one alone):
+    the screen against the exact F is blind once round-off dominates. The caller stops at a match."""
     rows = np.arange(n) if loader.order is None else loader.order
     same = pred_labels is not None and np.array_equal(np.asarray(pred_labels), np.asarray(y))
     by_name = {c.estimator: c for c in candidates if c.estimator in ("empirical", "pred")}
-    out = []
     if "empirical" in by_name:
         group = [by_name["empirical"]] + ([by_name["pred"]] if same and "pred" in by_name else [])
-        out.append((group, np.arange(n), y, np.ones(n, dtype=np.int64), "mean"))
+        yield group, np.arange(n), y, np.ones(n, dtype=np.int64), "mean"
     if "pred" in by_name and not same and pred_labels is not None:
-        out.append(([by_name["pred"]], np.arange(n), pred_labels, np.ones(n, dtype=np.int64), "mean"))
+        yield [by_name["pred"]], np.arange(n), pred_labels, np.ones(n, dtype=np.int64), "mean"
     if loader.batches is not None:
         for c in [c for c in candidates if c.estimator == "batched" and "recorded" in c.variant][:BATCHED_TRIED]:
             labels = pred_labels if c.variant.startswith("pred") else y
-            out.append(([c], rows, labels[rows], np.asarray(loader.batches), reduction_of(c.variant)))
-        return out
+            yield [c], rows, labels[rows], np.asarray(loader.batches), reduction_of(c.variant)
+        return
     if rows.size < 2:
-        return out
+        return
     entries = modelled_grad_entries(model, x[rows], y[rows], cols)
     b, variant, _, err = screen_arrays(entries, t[cols], range(2, rows.size + 1))
+    ranked = np.argsort(err, kind="stable")[:BATCHED_TRIED]
     existing = {c.key: c for c in candidates}
-    for i in np.argsort(err, kind="stable")[:BATCHED_TRIED]:
+    for i in [i for i in ranked if err[i] <= 10 * tol] or ranked[:1]:
         key = ("batched", int(b[i]), VARIANTS[int(variant[i])])
         if key not in existing:
             existing[key] = Candidate("batched", math.nan, math.inf, batch_size=key[1], variant=key[2],
                                       note="tried for float32 round-off (the screen by float32's gradients)")
             candidates.append(existing[key])
-        out.append(([existing[key]], rows, y[rows], batch_sizes_of(rows.size, key[1], key[2]), reduction_of(key[2])))
-    return out
+        yield [existing[key]], rows, y[rows], batch_sizes_of(rows.size, key[1], key[2]), reduction_of(key[2])
 
 
 def judge_float32(model, lik, x, y, t: np.ndarray, cols: np.ndarray, candidates: list, matrices: dict, loader,
@@ -98,7 +98,7 @@ def judge_float32(model, lik, x, y, t: np.ndarray, cols: np.ndarray, candidates:
         return None
     n, c_out = x.shape[0], model.n_outputs
     results = []
-    for group, rows, labels, sizes, reduction in _tries(model, x, y, t, cols, candidates, loader, pred_labels, n):
+    for group, rows, labels, sizes, reduction in _tries(model, x, y, t, cols, candidates, loader, pred_labels, tol, n):
         head = group[0]
         log.stage(f"float32 round-off of {head.label.split(' (on')[0]}: one pass with the output gradient's bound")
         rb = fisher_and_bound(model, x[rows], np.asarray(labels), sizes, reduction)
@@ -131,6 +131,8 @@ def judge_float32(model, lik, x, y, t: np.ndarray, cols: np.ndarray, candidates:
                              f"computation {rel:.3g}")
                 matrices[cand.key] = rb.fisher
             info["scale_words"] = words
+        if rel <= tol:  # an exact model of THEIRS (at a named scale or not): no other candidate fits better
+            break
     if not results:
         return None
     matched = [r for r in results if r["matched"]]

@@ -148,10 +148,11 @@ def test_modelled_output_gradient_is_the_float32_one():
 @pytest.mark.parametrize("activation", ["relu", "tanh"])
 def test_fisher_and_bound_equals_its_naive_twin(sizes, reduction, activation):
     model, x, y = confident_problem(seed=1, n=12, activation=activation, gain=4.0)
-    got = fisher_and_bound(model, x, y, np.array(sizes), reduction)
     fisher, bound = bound_loop(model, x, y, sizes, reduction)
-    np.testing.assert_allclose(got.fisher, fisher, rtol=1e-12, atol=1e-300)
-    np.testing.assert_allclose(got.bound, bound, rtol=1e-12, atol=1e-300)
+    for chunk in (None, 5):  # one chunk of rows, or whole minibatches over several
+        got = fisher_and_bound(model, x, y, np.array(sizes), reduction, chunk=chunk)
+        np.testing.assert_allclose(got.fisher, fisher, rtol=1e-12, atol=1e-300)
+        np.testing.assert_allclose(got.bound, bound, rtol=1e-12, atol=1e-300)
     reference = loop_fisher(model, x, y, sizes, np.float64, reduction)  # (O1): fails at 2x or N x
     np.testing.assert_allclose(got.fisher, reference, rtol=1e-10, atol=1e-14 * reference.max())
 
