@@ -107,6 +107,7 @@ def judge_float32(model, lik, x, y, t: np.ndarray, cols: np.ndarray, candidates:
         # the scale to within the threshold: ordinary float32 errors of the p_c shift F-hat as a whole (~1e-6)
         factor, words = match_scale(scale, factors, rtol=max(10 * rel, tol))
         c0 = factor.value if factor is not None else scale
+        closest = min(factors, key=lambda f: abs(math.log(abs(scale) / f.value)) if scale else math.inf)
         low, high = scale_interval(t, rb.fisher, rb.bound)
         holds = low <= c0 <= high
         exact_scale, exact_error = fit_scale(t, rb.fisher)
@@ -121,6 +122,7 @@ def judge_float32(model, lik, x, y, t: np.ndarray, cols: np.ndarray, candidates:
                 "dominated_entries": float(np.mean(rb.bound[ok] > 0.5 * rb.fisher[ok])) if ok.any() else 0.0,
                 "scale_interval": [low, high] if low <= high else None, "bound_holds": bool(holds),
                 "scale_factor": None if factor is None else factor.expression,
+                "closest_factor": closest.expression, "closest_ratio": scale / closest.value,
                 "matched": bool(rel <= tol and factor is not None and holds), "advice": ADVICE}
         results.append(info)
         if info["matched"]:
@@ -149,8 +151,8 @@ def roundoff_words(info: dict, tol: float) -> str:
         return head + f" <= {tol:g}: within float32 round-off. To remove it: {info['advice']}"
     interval = info["scale_interval"]
     if info["modelled_rel_error"] <= tol and info["scale_factor"] is None:
-        why = (f"THEIRS = {info['modelled_scale']:.9g} x its float32 computation: no simple factor (a scale bug, "
-               "not round-off)")
+        why = (f"THEIRS = {info['closest_ratio']:.6g} x ({info['closest_factor']}) x its float32 computation "
+               f"(c = {info['modelled_scale']:.9g}): no simple factor (a scale bug, not round-off)")
     elif info["modelled_rel_error"] <= tol:
         why = "THEIRS ~= its float32 computation but outside the a-priori round-off bound on some entries"
     elif interval is not None:

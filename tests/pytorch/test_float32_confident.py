@@ -113,3 +113,23 @@ def test_a_recorded_shuffled_loader_is_exact_within_float32_round_off(confident)
     fisher = {n: f / N for n, f in fisher.items()}
     d = ep.diagnose(net, fisher, loader, likelihood=nn.CrossEntropyLoss())
     assert (d.estimator, d.batch_size, d.variant) == ("batched", 64, "recorded") and d.roundoff["matched"]
+
+
+def test_the_precision_paragraph_of_docs_pytorch_md():
+    """docs/pytorch.md, **Precision**: its script with `centres = 2 * torch.randn(3, 20)` -- the figures quoted there."""
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[2] / "docs" / "pytorch.md").read_text(encoding="utf-8")
+    code = "\n".join(re.findall(r"```python\n(.*?)```", text, re.S)[:2])
+    assert code.count("centres = torch.randn(3, 20)") == 1 and code.count("print(d)") == 1
+    namespace = {"__name__": "docs_pytorch"}
+    exec(code.replace("centres = torch.randn(3, 20)", "centres = 2 * torch.randn(3, 20)").replace("print(d)", ""),
+         namespace)
+    d, loader, fisher, net = (namespace[k] for k in ("d", "loader", "fisher", "net"))
+    r = d.roundoff
+    assert (d.estimator, d.batch_size, d.variant, d.scale_factor) == ("batched", 64, "recorded", "K/N")
+    assert r["matched"] and round(r["lost_rows"], 2) == 0.97 and f"{r['exact_rel_error']:.2g}" == "0.0017"
+    assert r["modelled_rel_error"] < 1e-6  # quoted: 1.4e-7
+    worse = ep.diagnose(net, {n: 1.001 * f for n, f in fisher.items()}, loader, likelihood=nn.CrossEntropyLoss())
+    assert worse.estimator == "none" and "1.001" in worse.causes[0] and "no simple factor" in worse.causes[0]
