@@ -212,6 +212,9 @@ def diagnose(model: MLP, lik: Likelihood, x, y, theirs, batch_sizes=None, tol: f
     verdict.roundoff = roundoff
     if roundoff is not None and not roundoff["matched"] and verdict.estimator == "none":
         verdict.causes.insert(0, roundoff_words(roundoff, tol))
+    elif roundoff is not None and verdict.winner is not None and "float32 round-off" in verdict.winner.note:
+        # named within the threshold (the modelled computation's scale moves by ~1e-6, not by its residual)
+        verdict.scale_factor, verdict.scale_words = roundoff["scale_factor"], roundoff["scale_words"]
     return verdict
 
 

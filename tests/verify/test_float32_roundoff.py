@@ -263,3 +263,16 @@ def test_an_ordinary_float32_net_is_unchanged():
     assert d.estimator == "empirical" and d.rel_error < 1e-4 and d.roundoff is None
     d = _diagnose(model, x, y, 1.001 * loop_fisher(model, x, y, [1] * 96, np.float32))
     assert d.estimator == "empirical" and d.scale_factor is None and d.roundoff is None  # as before: c = 1.001
+
+
+@given(seed=st.integers(0, 2**16))
+def test_scale_interval_is_the_set_of_scales_within_the_bound(seed):
+    from ewc_ref.verify.roundoff_verdict import scale_interval
+
+    rng = np.random.default_rng(seed)
+    f = rng.random(20) * (rng.random(20) < 0.9)
+    b = 0.05 * f * rng.random(20) + 1e-3 * (rng.random(20) < 0.2)
+    t = f * (1 + 0.04 * rng.standard_normal(20))
+    low, high = scale_interval(t, f, b)
+    for c in np.linspace(0.5, 1.5, 2001):
+        assert np.all(np.abs(t - c * f) <= c * b) == (low <= c <= high)
