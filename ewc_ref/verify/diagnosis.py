@@ -82,6 +82,7 @@ from .loader import minibatch_matrices
 from .one_pass import PASS_ESTIMATORS, diag_pass
 from .ranking import rank, simulated_scores
 from .results import Candidate, Diagnosis, MCTest
+from .roundoff_verdict import judge_float32, roundoff_words
 from .scale import fit_scale, match_scale, roundoff_tolerance, scale_factors
 from .shuffled import ShuffledTest, judge_shuffled
 from .statistics import MC_BOOTSTRAP, entry_moments, judge_mc, sample_entries
@@ -179,8 +180,14 @@ def diagnose(model: MLP, lik: Likelihood, x, y, theirs, batch_sizes=None, tol: f
         c.fits = c.rel_error <= tol
     if screened_closest is not None:
         candidates.append(screened_closest)
+    roundoff = None
+    if precision == "float32" and one is not None and not any(c.fits for c in candidates):
+        # a confident net's float32 output gradient loses 1 - p_y: modelled and bounded (roundoff_verdict.py)
+        roundoff = judge_float32(model, lik, x, y, t, cols, candidates, matrices, loader, one.pred_labels, tol, log)
     mc_test, shuffled = None, None
-    if not any(c.fits for c in candidates):  # a deterministic fit within round-off beats any statistical one
+    # THEIRS = c x a candidate's float32 computation, c no simple factor: exact, so no statistical verdict either
+    float32_exact = roundoff is not None and roundoff["modelled_rel_error"] <= tol
+    if not any(c.fits for c in candidates) and not float32_exact:  # a deterministic fit beats any statistical one
         if mc_moments is None:
             log.stage("exact moments of a one-sample mc estimate")
             mc_moments = _mc_moments(model, lik, x, structure, rng)
@@ -194,13 +201,21 @@ def diagnose(model: MLP, lik: Likelihood, x, y, theirs, batch_sizes=None, tol: f
     else:
         candidates.append(Candidate("mc", next(c for c in candidates if c.estimator == "exact").scale,
                                     next(c for c in candidates if c.estimator == "exact").rel_error, fits=False,
-                                    note="not judged: a deterministic candidate fits within round-off"))
+                                    note="not judged: a deterministic candidate fits within round-off" if not float32_exact
+                                    else f"not judged: THEIRS = c x {roundoff['candidate']} as float32 computes it"))
     # errors over all entries first: one measured on the screened entries only is not comparable with them
     candidates.sort(key=lambda c: (c.entries is not None, c.rel_error, _rank(c.estimator), c.batch_size or 0))
     not_tried = _not_tried(hessian, screened, batch_sizes, n, p)
     scores = _statistical_scores(t_diag[cols], grad_entries, one, mc_test, shuffled, tol, rng)
-    return _verdict(candidates, matrices, mc_test, shuffled, n, p, structure, precision, tol, model, lik,
-                    not_tried, screened, loader, scores, (x, y, t_diag, one and one.kfac_diagonals))
+    verdict = _verdict(candidates, matrices, mc_test, shuffled, n, p, structure, precision, tol, model, lik,
+                       not_tried, screened, loader, scores, (x, y, t_diag, one and one.kfac_diagonals))
+    verdict.roundoff = roundoff
+    if roundoff is not None and not roundoff["matched"] and verdict.estimator == "none":
+        verdict.causes.insert(0, roundoff_words(roundoff, tol))
+    elif roundoff is not None and verdict.winner is not None and "float32 round-off" in verdict.winner.note:
+        # named within the threshold (the modelled computation's scale moves by ~1e-6, not by its residual)
+        verdict.scale_factor, verdict.scale_words = roundoff["scale_factor"], roundoff["scale_words"]
+    return verdict
 
 
 def _rank(name: str) -> int:

@@ -129,6 +129,7 @@ class Diagnosis(JsonResult):
     variant: str = ""  # the winner's Candidate.variant (batched: drop_last, per-batch sum, recorded batches)
     statistical_scores: dict = field(default_factory=dict)  # {mc | shuffled: ranking (R2)} when both passed
     score_margin: float | None = None  # best score - second (ranking.MARGIN decides)
+    roundoff: dict | None = None  # float32 THEIRS of a categorical net: roundoff_verdict.judge_float32
 
     def to_dict(self) -> dict:
         """The object of docs/file-format.md (`diagnose --json`), plus explanatory extras."""
@@ -154,6 +155,9 @@ class Diagnosis(JsonResult):
             "drop_last": None if self.winner is None else self.winner.drop_last,
             "batch_reduction": None if self.winner is None else self.winner.batch_reduction,
             "labels": None if self.winner is None else self.winner.labels,
+            "roundoff": None if self.roundoff is None else {
+                k: ([v if math.isfinite(v) else None for v in value] if k == "scale_interval" and value else value)
+                for k, value in self.roundoff.items() if k != "advice"},
         }
 
     def report(self, theirs_name: str = "THEIRS", top: int = 12) -> str:
@@ -207,6 +211,13 @@ class Diagnosis(JsonResult):
             if self.also_consistent:
                 lines.append(f"also        {', '.join(self.also_consistent)} is consistent with THEIRS too (its own test passes; "
                              "the reported one scores better by the margin above)")
+            if self.roundoff is not None and self.roundoff["matched"]:
+                r = self.roundoff
+                lines.append(f"round-off   float32: {r['lost_rows']:.0%} of rows lose 1 - p_y (below 2^-24, r_y computed as 0), "
+                             f"{r['dominated_entries']:.0%} of entries are dominated by it; relative error vs the exact F "
+                             f"{r['exact_rel_error']:.3g} <= bound {r['bound_rel']:.3g}; vs float32's computation "
+                             f"{r['modelled_rel_error']:.3g}")
+                lines.append(f"            to remove it: {r['advice']}")
             if self.equivalent:
                 lines.append(f"same here   {', '.join(c.label for c in self.equivalent)} (equal matrices on these weights and data)")
             if self.runner_up is not None:
