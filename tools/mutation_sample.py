@@ -13,7 +13,8 @@ repository itself is never modified. Prints a Markdown table.
     python tools/mutation_sample.py --baseline                   # also run each set unmutated (must pass)
 
 Measured 2026-12-05 (issue 27, item 1): the same mutants killed and the same surviving before and
-after the tests were moved (the table is in the closing note of the issue).
+after the tests were moved (the table is in the closing note of the issue). Mutant 4, the one survivor,
+is killed since by tests/verify/test_diagnose_factors.py (a zero scale matches no factor).
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ MUTANTS = [
      "fit_scale: <T, F> / <T, T> instead of / <F, F>", DIAGNOSE_BEFORE, DIAGNOSE_AFTER),
     ("ewc_ref/verify/scale.py", "if not math.isfinite(scale) or scale <= 0:",
      "if not math.isfinite(scale) or scale < 0:", "match_scale: a zero scale let through (boundary)",
-     DIAGNOSE_BEFORE, DIAGNOSE_AFTER),
+     DIAGNOSE_BEFORE, DIAGNOSE_AFTER + ["tests/verify/test_diagnose_factors.py"]),
     ("ewc_ref/model/likelihoods.py", "return (f - y) / self.sigma**2", "return (f - y) / self.sigma",
      "gaussian score: / sigma instead of / sigma^2", ["tests/test_likelihoods.py"], ["tests/model/test_likelihoods.py"]),
     ("ewc_ref/model/likelihoods.py", "return expit(f) * expit(-f)  # p (1 - p)", "return expit(f) * expit(f)  # p (1 - p)",

@@ -85,3 +85,11 @@ def test_a_none_verdict_has_no_scale_words_beyond_the_fitted_c():
     assert result.estimator == "none", result.report()
     assert result.scale_factor is None
     assert result.scale_words == f"x {result.scale:.12g} (the fitted c of the closest, {result.closest.label})"
+
+
+@pytest.mark.parametrize("scale", [0.0, -2.0, float("nan"), float("inf")])
+def test_a_scale_that_is_not_a_positive_finite_number_matches_no_factor(scale):
+    """THEIRS = 0 x F (or a negative / non-finite fit) is no multiple of any factor: None and words saying
+    so, not a ZeroDivisionError (tools/mutation_sample.py's mutant 4, 'scale <= 0' -> '< 0', survived)."""
+    factor, words = match_scale(scale, search_factors(1000, 32, None, "categorical"), rtol=1e-9)
+    assert factor is None and "not a positive multiple" in words
