@@ -75,7 +75,8 @@ def simulated_scores(t: np.ndarray, grad_entries: np.ndarray, roundoff: float, m
     each candidate at its fitted parameters, k = 2 free parameters each (the penalty cancels).
 
     mc_fit : (exact (M,), one-sample draws (D, M), S): draws at S are F + (d - F) / sqrt(S), scaled by
-    the least-squares c; shuffled_fit : (B, c, drop_last): ``shuffled.simulate`` at that reading.
+    the least-squares c; shuffled_fit : (B, c_agg, drop_last, per-batch loss): ``shuffled.simulate`` at that
+    reading, times c_agg.
     Simulated, not Gaussian, because a confident net's one-sample mc draws and a few-row batch's
     shuffled draws are heavy-tailed: a Gaussian likelihood of t penalises the heavier model unfairly.
     """
@@ -87,8 +88,8 @@ def simulated_scores(t: np.ndarray, grad_entries: np.ndarray, roundoff: float, m
     exact, one_sample, samples = mc_fit
     c_mc = float(t @ exact) / max(float(exact @ exact), 1e-300)
     mc_draws = c_mc * (exact + (one_sample - exact) / math.sqrt(max(samples, 1e-300)))
-    batch_size, c_sh, drop_last = shuffled_fit
-    sh_draws = c_sh * simulate(grad_entries, batch_size, draws, rng, drop_last=drop_last)
+    batch_size, c_sh, drop_last, batch_loss = shuffled_fit
+    sh_draws = c_sh * simulate(grad_entries, batch_size, draws, rng, drop_last=drop_last, batch_loss=batch_loss)
     penalty = math.log(t.size)  # k/2 log M with k = 2 for both
     return {name: synthetic_log_likelihood(observed, np.array([_summary(gls, d) for d in sims])) - penalty
             for name, sims in (("mc", mc_draws), ("shuffled", sh_draws))}
