@@ -85,7 +85,8 @@ SHUFFLE_BOOTSTRAP = 32
 SHUFFLED_ALPHA = 1e-3
 #: Readings simulated (the likeliest first by the Gaussian log-likelihood of (U2)-(U3)) among the loader
 #: families of readings.py, kept / dropped, the free fit, and up to two B near each with a short last batch
-#: of < B/4 rows (``readings.heavy_neighbours``); as many again when none of the first passes.
+#: of < B/4 rows (``readings.heavy_neighbours``). Each simulated reading is a test at SHUFFLED_ALPHA: more
+#: of them would accept more systematic errors.
 SIMULATED_READINGS = 6
 #: Rows of largest leverage tried as the one high-leverage row of a short last batch (``GLS.clean_b``).
 HEAVY_ROWS = 64
@@ -366,19 +367,18 @@ def judge_shuffled(theirs_entries: np.ndarray, grad_entries: np.ndarray, roundof
         return ShuffledTest(False, "not a shuffled-loader Fisher: every reading implies a single batch", entries=gls.m)
     readings.sort(key=lambda r: (r["family"] is None, -r["log_like"]))  # the families before the free fit (a scale bug)
     sim_entries = grad_entries.astype(np.float32)  # the simulations stream all N M entries per draw: half the bytes
-    judged = []
-    # the likeliest SIMULATED_READINGS first; when none of them passes, the next as many (six loader families
-    # at up to three B each compete for the slots: a short batch's heavy-row neighbour can rank seventh)
-    for first in (0, SIMULATED_READINGS):
-        if first and any(j["p"] >= SHUFFLED_ALPHA for j in judged):
-            break
-        judged += [_simulate_reading(reading, a, b, tables, sim_entries, theirs_entries, expect, gls, n, draws, rng)
-                   for reading in readings[first:first + SIMULATED_READINGS]]
+    judged = [_simulate_reading(reading, a, b, tables, sim_entries, theirs_entries, expect, gls, n, draws, rng)
+              for reading in readings[:SIMULATED_READINGS]]
     # the most likely passing reading by the synthetic likelihood of the free fit's (a, log b, log q); the
     # free reading (a scale bug) pays log M for its extra parameter (BIC)
     for j in judged:
         j["score"] -= 0.0 if j["family"] else math.log(gls.m)
     passing = sorted((j for j in judged if j["p"] >= SHUFFLED_ALPHA), key=lambda j: (j["family"] is None, -j["score"]))
+    # among the passing readings the data cannot tell apart (within BAND_LOG_LIKELIHOOD of the best score),
+    # the simplest family wins: the order of readings.FAMILIES (averaged, summed, over N; mean before sum)
+    if passing:
+        top = [j for j in passing if j["family"] is not None and j["score"] >= passing[0]["score"] - BAND_LOG_LIKELIHOOD]
+        passing.sort(key=lambda j: (j not in top, FAMILIES.index(j["family"]) if j in top else 0))
     best = passing[0] if passing else max(judged, key=lambda j: j["p"])
     family, b_int, c, drop = best["family"], best["bb"], best["cm"], best["drop"]
     p_noise, stat, dof, scale_se, identified = best["p"], best["stat"], best["dof"], best["se"], best["identified"]
@@ -411,6 +411,8 @@ def judge_shuffled(theirs_entries: np.ndarray, grad_entries: np.ndarray, roundof
         band = 2 * scale_se if math.isfinite(scale_se) else 0.1 * c
         table = tables[bool(best["drop"])]
         family = next((f for f in FAMILIES if abs(c - table[f][0][b_int - 1]) <= max(band, 1e-9 * c)), None)
+        if family is not None:  # simulated (ranking) as that family's loader: c_agg times its per-batch loss
+            test.aggregation_scale = float(aggregation_scale(n, bool(best["drop"]), family)[b_int - 1])
     if family is not None:
         test.reduction, test.batch_loss = family.aggregation, family.batch_loss
     test.identified = identified
