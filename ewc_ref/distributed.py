@@ -10,7 +10,7 @@ and the accumulators are tree-reduced with ``merge``, ``split_every`` at a time:
     reduce (a tree)              acc = acc_0.merge(acc_1) ... ;  F = acc.result()
 
 The sums are those of one process, so every estimator and structure is the one ``er.fisher``
-computes, to floating-point summation order (tests/test_distributed.py: 1e-12 relative):
+computes, to floating-point summation order (tests/curvature/test_distributed.py: 1e-12 relative):
 
 * batched(B): minibatches are runs of B rows in GLOBAL row order (``start`` = lo_b); a minibatch
   cut by a block boundary is completed when the two pieces meet in the reduction, and the last

@@ -1,10 +1,12 @@
-"""Shared test settings: a CI Hypothesis profile with a fixed derandomised seed budget."""
+"""Shared test settings (a CI Hypothesis profile with a fixed derandomised seed budget) and the shared problems."""
 
 import ctypes
 import os
 import sys
 
+import pytest
 from hypothesis import HealthCheck, settings
+from support.torch_problems import TORCH_PROBLEMS, load_torch_problem
 
 settings.register_profile(
     "ci", max_examples=40, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow]
@@ -22,7 +24,7 @@ def _return_freed_arrays_to_the_os() -> None:
 
     glibc raises the threshold to the size of the largest block freed (up to 32 MiB), after which
     arrays of up to that size come from the heap and, once freed, stay in the process: one test of
-    test_curvature.py left +41 MiB of free heap (RSS 129 MiB, 78 after malloc_trim; 85 with this).
+    tests/test_curvature.py (now tests/curvature/test_*.py) left +41 MiB of free heap (RSS 129 MiB, 78 after malloc_trim; 85 with this).
     Over the whole serial run that free heap is retained memory of nothing: it changes no result.
     Linux/glibc only; anywhere else (or if libc cannot be loaded) nothing is done.
     """
@@ -37,3 +39,10 @@ def _return_freed_arrays_to_the_os() -> None:
 
 
 _return_freed_arrays_to_the_os()
+
+
+# ----------------------------------------------------------------------------- problems as data
+@pytest.fixture(params=TORCH_PROBLEMS, ids=[case["name"] for case in TORCH_PROBLEMS])
+def torch_problem(request):
+    """Each committed torch problem of support.torch_problems.TORCH_PROBLEMS, loaded (ids: the names)."""
+    return load_torch_problem(request.param["name"])

@@ -1,6 +1,6 @@
 """Run the code of README.md and docs/*.md as written, and write their transcripts back.
 
-One engine for the test (tests/test_docs.py: a page must run and read as the engine would write it)
+One engine for the test (tests/docs/test_docs.py: a page must run and read as the engine would write it)
 and the regeneration script (tools/regen_docs.py: rewrites the transcripts). The blocks of a page
 run in order in one fresh working folder, so a later block sees the files an earlier one wrote.
 
@@ -254,7 +254,7 @@ def versions_line(torch: bool = False) -> str:
     parts = [f"ewc_ref {__version__}", f"Python {platform.python_version()}", f"NumPy {numpy.__version__}",
              f"SciPy {scipy.__version__}"]
     return (f"*The transcripts on this page were written by `python tools/regen_docs.py` with "
-            f"{', '.join(parts)}; numbers are compared with the program's in the test suite (tests/test_docs.py).*")
+            f"{', '.join(parts)}; numbers are compared with the program's in the test suite (tests/docs/test_docs.py).*")
 
 
 def regenerate(page: Page, produced: dict[int, list[tuple[str, list[str]]]]) -> str:

@@ -1,4 +1,4 @@
-"""Regenerate the transcripts of README.md and docs/*.md: run every page as tests/test_docs.py does
+"""Regenerate the transcripts of README.md and docs/*.md: run every page as tests/docs/test_docs.py does
 and write each ``$ COMMAND`` block's output back, with a line naming the versions used.
 
     python tools/regen_docs.py                 # every page

@@ -150,7 +150,7 @@ def laplace_evidence(model: MLP, lik: Likelihood, x, y, prior_precision: float, 
     -----
     Module docstring; derivations/03 eq (8) and the evidence under it. laplace-torch 0.3's
     ``log_marginal_likelihood`` with the same alpha equals ``log_evidence`` (its Kron uses separate bias
-    blocks: pass kfac_bias='separate'); tests/test_evidence.py checks the committed numbers.
+    blocks: pass kfac_bias='separate'); tests/bayes/test_evidence.py checks the committed numbers.
     """
     x, y = check_model_data(model, lik, x, y)
     alpha = _check_prior_precision(prior_precision)

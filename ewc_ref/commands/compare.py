@@ -19,7 +19,7 @@ from ..curvature.structures import STRUCTURES
 from ..verify.kfac import compare_kfac, is_kfac
 from ._args import add_json, add_quiet, add_report_output, number, report_to, write_json
 
-#: The structures A and B may hold; the help text names each (tests/test_docs.py).
+#: The structures A and B may hold; the help text names each (tests/docs/test_docs.py).
 ACCEPTS = {"structures": STRUCTURES}
 
 

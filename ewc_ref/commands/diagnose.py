@@ -26,7 +26,7 @@ from ._args import (
     write_json,
 )
 
-#: What THEIRS may be and what it is fitted against; the help text names each (tests/test_docs.py).
+#: What THEIRS may be and what it is fitted against; the help text names each (tests/docs/test_docs.py).
 ACCEPTS = {"structures": THEIRS_STRUCTURES, "estimators": (*ESTIMATORS, "shuffled")}
 #: How diagnose treats a row of the estimator table, in the help text's words.
 _TREATMENT = {"per-batch-size": "for every B", "statistical": "judged statistically",

@@ -31,7 +31,7 @@ Variants after tasks 1..T-1 with optima theta*_t and curvatures F_t
                    the "L2" baseline of Kirkpatrick et al. Fig. 2 / the report's Fig. 4(b).
 =================  =====================================================================
 
-How ``separate`` and ``accumulated`` relate (tested in tests/test_ewc.py): a sum of quadratics is
+How ``separate`` and ``accumulated`` relate (tested in tests/continual/test_penalty.py): a sum of quadratics is
 one quadratic. With Fsum = sum_t F_t and the precision-weighted mean m = Fsum^{-1} sum_t F_t theta*_t
 (diagonal F: per coordinate; coordinates with Fsum_i = 0 carry no penalty and m_i is arbitrary),
 

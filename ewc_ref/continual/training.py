@@ -23,7 +23,7 @@ labels re-indexed to positions 0..K-1 in ``columns``. Consequently, for every qu
 
 :func:`head_loss_and_grad` computes the loss and gradient on the full model by zeroing the
 inactive output columns of d l / d f before back-propagation; :func:`head_view` is its naive twin
-(an explicit smaller MLP), and tests/test_train.py checks that they agree to round-off.
+(an explicit smaller MLP), and tests/continual/test_training.py checks that they agree to round-off.
 
 Training (:func:`train_task`): fixed epochs, no early stopping. Each epoch draws one permutation
 of the N examples from the given Generator and visits consecutive minibatches of size B (the

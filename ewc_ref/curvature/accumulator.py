@@ -183,7 +183,7 @@ class FisherAccumulator:
     def _outer_sums(self, cache, r: np.ndarray, weight: float, into=None):
         """sum_{n,k} weight * u_nk u_nk^T in the accumulator's structure, u = J^T r.
 
-        Fast path by ewc_ref.curvature.kernels; the readable twin is naive.outer_sums_naive (tests/test_kernels.py).
+        Fast path by ewc_ref.curvature.kernels; the readable twin is naive.outer_sums_naive (tests/curvature/test_kernels.py).
         full and block: with `into` (the running sums) the lower triangles of `into` are updated
         in place (kernels.gram_update) and None is returned; without, fresh complete sums.
         """
@@ -364,7 +364,7 @@ def _diag_sums(model: MLP, cache, sums, into=None) -> np.ndarray:
     Added in place to `into` (the running (P,) sum) when given, else returned fresh. Fast path:
     kernels.squared_delta_sums, then the GEMM of kernels.diag_second_moment. Twins:
     naive.diag_sums_naive (the same GEMM written inline) and ``(per_sample_grads**2).sum``
-    (tests/test_curvature.py, tests/test_kernels.py).
+    (tests/curvature/test_naive_twins.py, tests/curvature/test_kernels.py).
     """
     out = np.zeros(model.n_params, dtype=np.result_type(cache.inputs[0], model.theta)) if into is None else into
     for l, s in enumerate(sums):

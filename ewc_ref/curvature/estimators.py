@@ -4,7 +4,7 @@ All estimators are means over the N examples (derivations/04, eq 9 of the report
 g_n = d l_n / d theta (P,), J_n = d f(x_n) / d theta (C, P), Lambda_n = d^2 l_n / d f^2 (C, C).
 Each is DEFINED ONCE, by its row of ``ESTIMATOR_TABLE`` below (``definition`` and ``cost``): the
 ``fisher``/``laplace`` --help, README.md's table and docs/file-format.md section 6 are generated from
-the rows (``describe``; tools/table_docs.py; tests/test_tables.py fails when a page differs).
+the rows (``describe``; tools/table_docs.py; tests/docs/test_tables.py fails when a page differs).
 The rows, as ``describe()`` prints them, close this docstring.
 
 How ``exact`` avoids the Jacobian: with a symmetric factor Lambda_n = Q_n Q_n^T
@@ -32,7 +32,7 @@ A row says how the estimator is computed (``kind``: 'outer' = sums of u u^T from
 ``output_vectors``, 'batched' = minibatch-mean gradients, 'hessian' = R-operator), how many
 backward vectors K it takes per example (which sets the chunk size), which structures and which
 options (samples, batch_size, rng) it accepts, and how ``diagnose`` treats it. Adding an
-estimator is one row, its naive twin (``naive.naive_fisher``) and its tests (tests/test_tables.py
+estimator is one row, its naive twin (``naive.naive_fisher``) and its tests (tests/docs/test_tables.py
 iterates the table); CONTRIBUTING.md lists the files.
 """
 

@@ -26,7 +26,7 @@ gram_update          total += G^T G in place on the lower triangle, in   gram_na
 kfac_factors         A = sum_n abar_n abar_n^T, B = w sum_{n,k} d d^T     the same sums by einsum
 ===================  ==================================================  ===========================
 
-Every fast path equals its twin up to floating-point summation order (tests/test_kernels.py).
+Every fast path equals its twin up to floating-point summation order (tests/curvature/test_kernels.py).
 
 numba is used where NumPy needs a large temporary (fill_per_sample_grads) or several passes over
 a K-fold array (gated_square_sum). Each kernel is imported and compiled on first use only, with
@@ -202,7 +202,7 @@ def squared_delta_sums(weights: list, activation_caches: list, df: np.ndarray, w
     so the K-fold product phi' * da is formed only where it is propagated further (in place, no new
     (K, n, out) array), and the first layer's never; both happen in one pass (gated_square_sum).
     Twin: squared_delta_sum over backward_deltas (equal up to the order of the roundings,
-    tests/test_kernels.py).
+    tests/curvature/test_kernels.py).
 
     Parameters
     ----------
@@ -387,7 +387,7 @@ def gram_update(total: np.ndarray, G: np.ndarray, block: int = 512) -> None:
     This keeps structure='full' near one P x P matrix at its peak (benchmarks/BENCHMARKS.md).
     (scipy.linalg.blas.dsyrk with beta = 1 does the same without the strip, but SciPy's 32-bit
     OpenBLAS segfaults on a 2 GiB C = P x P, P = 16,360.) Twin: gram_naive added to total,
-    compared on the lower triangle (tests/test_kernels.py).
+    compared on the lower triangle (tests/curvature/test_kernels.py).
 
     Parameters
     ----------

@@ -23,7 +23,7 @@ fancy indexing, and copies the prefix rows of every minibatch for the screen; th
 their input once. Compiled on first use with explicit signatures and ``cache=True`` (as
 curvature.kernels, and like them used only for arrays of at least ``kernels.NUMBA_MIN_SIZE``
 numbers or once numba is loaded); ``EWC_REF_NO_NUMBA=1`` selects the twins. Results equal the twins up to the
-order of the additions (tests/test_one_pass.py, tests/test_diagnose_verdicts.py).
+order of the additions (tests/verify/test_one_pass.py, tests/verify/test_diagnose_verdicts.py).
 """
 
 from __future__ import annotations

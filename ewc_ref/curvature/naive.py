@@ -35,7 +35,7 @@ def naive_labels(lik: Likelihood, f: np.ndarray, y_row, estimator: str, samples:
     f : (1, C) the example's output; y_row : its observed label (a batch of one). Returns
     ([label batches of one], w): empirical [y_n], 1; pred [argmax p], 1; mc S labels drawn by
     ``lik.sample(f, rng, S)`` (the way ewc_ref.fisher consumes `rng`), 1/S. The naive twin of the
-    label-based rows of ``ESTIMATOR_TABLE`` (naive_fisher here, naive_kfac in tests/test_curvature.py).
+    label-based rows of ``ESTIMATOR_TABLE`` (naive_fisher here, naive_kfac in tests/curvature/test_naive_twins.py).
     """
     if estimator == "empirical":
         return [y_row], 1.0

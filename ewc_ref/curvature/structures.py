@@ -1,7 +1,7 @@
 """The structure table: how each of the four curvature structures is stored, viewed and written.
 
 One row per structure; ``Curvature`` looks its structure up here instead of branching on the name,
-so adding a structure is one row plus its tests (tests/test_curvature.py iterates the table).
+so adding a structure is one row plus its tests (tests/curvature/test_naive_twins.py iterates the table).
 
 =========  ===========================================  ======================================
 name       data                                         npz keys (docs/file-format.md)

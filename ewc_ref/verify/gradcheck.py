@@ -25,7 +25,7 @@ per-example losses, max |f| for the network outputs. Round-off then contributes 
 four orders of magnitude for third derivatives larger than the scale and for round-off
 amplified through the forward pass, and still fails a wrong gradient (an entry zeroed, a 1%
 factor) unless that gradient is below ~1e-4 of the loss, which no central difference with
-this h resolves anyway (tests/test_mlp.py has both the near-minimum case and the wrong ones).
+this h resolves anyway (tests/model/test_mlp.py has both the near-minimum case and the wrong ones).
 
 The error is normwise, not entrywise: entrywise relative error is meaningless for entries that
 are zero (dead ReLU units, absent inputs). Near a ReLU kink (|z| < h * scale) differences are

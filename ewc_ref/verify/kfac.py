@@ -19,7 +19,7 @@ our F = sum_b F_b over the blocks b, with s_b = a_b g_b, the fit (D1) of diagnos
 (|F_b| = |G_o| |A_o|): every term is a product of norms of directly computed differences, so the
 relative residual is accurate to round-off (no cancellation of |T|^2 - c^2 |F|^2), and no Kronecker
 product is formed (784-256-256-10 would need a 200960^2 block). ``kfac_fit`` is (K2); its naive
-twin is ``fit_scale`` on the dense ``to_dense()`` matrices (tests/test_diagnose_kfac.py).
+twin is ``fit_scale`` on the dense ``to_dense()`` matrices (tests/verify/test_diagnose_kfac.py).
 
 The candidates are our KFAC of every estimator kfac is defined for (exact = ggn, empirical, pred),
 in THEIRS' convention, and mc, judged statistically on the G factors: A does not depend on the

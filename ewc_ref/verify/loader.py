@@ -24,7 +24,7 @@ entries from the prefix sums of the per-example gradients (diagnosis.py's screen
 'kept' (the short last batch its own, mean), 'kept, sum' and 'dropped'. ``partition_fisher``
 computes (O1) on all entries for any list of batch sizes, one batched GEMM per run of equal
 sizes (``batched_fisher_gemm``). Naive twin of both: a loop over the batches of the
-per-example gradients (tests/test_diagnose_loader.py).
+per-example gradients (tests/verify/test_diagnose_loader.py).
 """
 
 from __future__ import annotations

@@ -31,7 +31,7 @@ Cost: one forward and a K = C-vector backward pass (the exact diagonal Fisher al
 C - 1), the three diagonal GEMMs and the mean gradient's GEMM; memory one chunk of rows.
 Naive twins: ``fisher_unchecked`` per estimator, ``statistics.entry_moments`` (its J columns from
 C unit backward vectors), ``curvature.entries.grad_entries`` / ``curvature.entries.per_sample_grad_entries``
-(tests/test_one_pass.py).
+(tests/verify/test_one_pass.py).
 """
 
 from __future__ import annotations
@@ -80,7 +80,7 @@ def draw_label_indices(weights: np.ndarray, draws: int, rng: np.random.Generator
 def gathered_squares(q: np.ndarray, idx: np.ndarray) -> np.ndarray:
     """(S, M) sum_n q[idx[n, s], n, :] for q : (K, n, M), idx : (n, S): one GEMM with the one-hot labels.
 
-    Naive twin: ``sum(q[idx[row, s], row] for row in range(n))`` for each s (tests/test_one_pass.py).
+    Naive twin: ``sum(q[idx[row, s], row] for row in range(n))`` for each s (tests/verify/test_one_pass.py).
     """
     k, n, m = q.shape
     onehot = np.zeros((idx.shape[1], k * n))
@@ -197,7 +197,7 @@ def label_moments(weights: np.ndarray, q: np.ndarray) -> tuple[np.ndarray, np.nd
 
     Returns sum_n E_n[q] : (M,) and sum_n Cov_n[q] : (M, M), label k drawn with probability
     w_nk; the covariance as one symmetric rank update (BLAS syrk) of sqrt(w) (q - E q). Twin:
-    ``quadrature_moments(weights, moveaxis(u, 0, 1), d, d)`` with d = arange(M) (tests/test_one_pass.py).
+    ``quadrature_moments(weights, moveaxis(u, 0, 1), d, d)`` with d = arange(M) (tests/verify/test_one_pass.py).
     """
     mean = np.einsum("kn,knm->nm", weights.T, q)
     q -= mean

@@ -45,7 +45,7 @@ def loader_moments(grad_entries: np.ndarray, sizes: np.ndarray) -> tuple[np.ndar
     covariance : (M, M) 1/K^2 (2 (Sigma o Sigma) v2 + kappa v4), v2 = sum_k alpha_k^2 + K (K - 1)/(N - 1)^2,
     v4 = sum_k 1 / s_k^3 (Gaussian batch means plus the leading, with-replacement fourth-cumulant
     term; it overstates a few-row batch's kurtosis for heavy-tailed gradients). Naive twin: the
-    moments of random partitions (tests/test_diagnose_ranking.py).
+    moments of random partitions (tests/verify/test_diagnose_ranking.py).
     """
     n = grad_entries.shape[0]
     m = grad_entries.mean(axis=0)

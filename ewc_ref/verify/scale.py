@@ -17,7 +17,7 @@ __all__ = ["ROUNDOFF_TOL", "ScaleFactor", "describe_scale", "fit_scale", "match_
 #: Relative residual ||T - cF|| / ||T|| accepted as round-off, by the precision THEIRS was computed in.
 #: float64: two correct float64 computations differ by summation order, ~(depth + log2 N) eps64 ~ 1e-13
 #: relative; 1e-8 leaves 5 orders of headroom and is still 4 orders below the closest genuinely
-#: different matrices of the catalogue (tests/test_diagnose.py). float32: eps32 = 6e-8; a torch
+#: different matrices of the catalogue (tests/verify/test_diagnose.py). float32: eps32 = 6e-8; a torch
 #: float32 Fisher of the docs example differs from ours by 6e-7 (docs/verify-a-pytorch-ewc.md),
 #: 1e-4 leaves a factor ~170 for deeper nets and larger N and still separates N/(N-1) (1/N >= 5e-4 for
 #: N <= 2000 is absorbed by the scale, not the residual) and neighbouring batch sizes (>= 1e-2).

@@ -79,7 +79,7 @@ from .readings import (  # noqa: F401
 SHUFFLE_BOOTSTRAP = 32
 #: Significance level of each of (U3), (U4), (U5). Looser than mc's 1e-6 because a false ``shuffled``
 #: is the likelier error: the catalogue's systematic errors that mimic a shuffled loader (Brier loss,
-#: half-predicted labels, tests/test_diagnose.py) reach p = 2e-5..6e-5, genuine shuffled Fishers
+#: half-predicted labels, tests/verify/test_diagnose.py) reach p = 2e-5..6e-5, genuine shuffled Fishers
 #: (B = 8..48, both nets of tests/fixtures/libraries) 0.01..0.7. A genuine one is rejected with
 #: probability <= 3e-3 where the normal fits hold.
 SHUFFLED_ALPHA = 1e-3

@@ -48,7 +48,7 @@ a 95% interval (the wider of the normal fit and the empirical 2.5/97.5% points),
 reported S is the point estimate rounded to an integer (>= 1), always with that interval.
 (It decides verdicts: on a 5-10-4 net with mean max softmax 0.86-0.93 and N = 100, 7 of 40
 genuine one-sample estimates get Gaussian-theory p-values below 1e-6 and calibrated ones
-of 3e-5 to 0.65; tests/test_diagnose.py::test_bootstrap_calibration_accepts_genuine_mc_where_the_clt_fails.)
+of 3e-5 to 0.65; tests/verify/test_diagnose_statistics.py::test_bootstrap_calibration_accepts_genuine_mc_where_the_clt_fails.)
 The scale's Monte Carlo standard error is c sqrt(F^T Sigma F / S) / <F, F> on those entries.
 
 Measured with (S2') (5-10-4 net, 20 genuine estimates per setting; N = 30 where N (C - 1) < M,

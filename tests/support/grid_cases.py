@@ -1,5 +1,5 @@
 """Densities with closed-form normalisers and moments, to measure the grid posterior's
-actual errors (tests/test_grid.py, benchmarks/grid_error_scan.py).
+actual errors (tests/bayes/test_grid*.py, benchmarks/grid_error_scan.py).
 
 Each `Case` carries an unnormalised log density log q : (K, d) -> (K,), a start for the bound
 search (center, scale) and the exact log Z = log int q, mean E[z] : (d,) and Cov[z] : (d, d).
