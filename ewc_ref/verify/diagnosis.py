@@ -142,6 +142,12 @@ def diagnose(model: MLP, lik: Likelihood, x, y, theirs, batch_sizes=None, tol: f
     if hessian is None:
         hessian = p * n <= budget.HESSIAN_LIMIT or (structure == "diag" and diag_hessian.is_cheap(model, lik))
     rng = np.random.default_rng(rng)
+    # the scores of ranking (R2) draw from a stream of their own (spawning does not advance rng): how many
+    # readings the tests before them simulated must not move a verdict decided on a margin
+    try:
+        score_rng = rng.spawn(1)[0]
+    except TypeError:  # a Generator without a SeedSequence (built from a bare state): one draw instead
+        score_rng = np.random.default_rng(int(rng.integers(2**63)))
     log = Progress(n, "diagnose", enabled=progress)  # rows of the one pass done (its counter), stages as lines
     t_diag = t if structure == "diag" else np.diag(t).copy()
     cols = _screen_entries(t_diag, rng)
@@ -199,7 +205,7 @@ def diagnose(model: MLP, lik: Likelihood, x, y, theirs, batch_sizes=None, tol: f
     # errors over all entries first: one measured on the screened entries only is not comparable with them
     candidates.sort(key=lambda c: (c.entries is not None, c.rel_error, _rank(c.estimator), c.batch_size or 0))
     not_tried = _not_tried(hessian, screened, batch_sizes, n, p)
-    scores = _statistical_scores(t_diag[cols], grad_entries, one, mc_test, shuffled, tol, rng)
+    scores = _statistical_scores(t_diag[cols], grad_entries, one, mc_test, shuffled, tol, score_rng)
     return _verdict(candidates, matrices, mc_test, shuffled, n, p, structure, precision, tol, model, lik,
                     not_tried, screened, loader, scores, (x, y, t_diag, one and one.kfac_diagonals))
 

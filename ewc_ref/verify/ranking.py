@@ -35,6 +35,10 @@ import numpy as np
 #: Log-likelihood units by which the better statistical candidate must win (a likelihood ratio of
 #: e^3 ~ 20, "strong" on Kass & Raftery's scale); less is "cannot tell".
 MARGIN = 3.0
+#: Simulated draws per candidate behind each score. The scores' difference has a Monte Carlo sd of 2.8 at
+#: 64 draws and 0.8 at 256 (12 seeds, the confident net of tests/verify/test_diagnose_ranking.py, whose
+#: mean difference is 2.3): at 64 the margin of 3 was decided by the draws, not by THEIRS.
+SCORE_DRAWS = 256
 
 
 def loader_moments(grad_entries: np.ndarray, sizes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -69,7 +73,7 @@ def _summary(gls, t: np.ndarray) -> np.ndarray:
 
 
 def simulated_scores(t: np.ndarray, grad_entries: np.ndarray, roundoff: float, mc_fit, shuffled_fit,
-                     rng: np.random.Generator, draws: int = 64) -> dict:
+                     rng: np.random.Generator, draws: int = SCORE_DRAWS) -> dict:
     """{'mc': score, 'shuffled': score}: the synthetic log-likelihood (Wood 2010; independent split-normal
     coordinates, shuffled.synthetic_log_likelihood) of the summary (a, b, log q) of t under draws of
     each candidate at its fitted parameters, k = 2 free parameters each (the penalty cancels).
