@@ -407,12 +407,23 @@ def judge_shuffled(theirs_entries: np.ndarray, grad_entries: np.ndarray, roundof
         test.reason = (f"not shaped like a shuffled loader's noise: chi2 = {stat:.4g} over {dof} directions at the "
                        f"implied B = {b_int} (p = {p_noise:.2g})")
         return test
-    if family is None:  # the free fit: named a family when its c is one within 2 se
-        band = 2 * scale_se if math.isfinite(scale_se) else 0.1 * c
-        table = tables[bool(best["drop"])]
-        family = next((f for f in FAMILIES if abs(c - table[f][0][b_int - 1]) <= max(band, 1e-9 * c)), None)
+    if family is None:  # the free fit: named the first family whose m m^T weight is c within 2 se at a B of the
+        # band (a per-batch sum's c ~ B^2 pins B better than the free fit's alpha = b / a), at the closest such B
+        band = max(2 * scale_se if math.isfinite(scale_se) else 0.1 * c, 1e-9 * c)
+        table, sizes = tables[bool(best["drop"])], np.arange(low, high + 1)
+        for f in FAMILIES:
+            gap = np.abs(c - table[f][0][sizes - 1])
+            if gap.min() <= band:
+                family, b_int = f, int(sizes[np.argmin(gap)])
+                break
         if family is not None:  # simulated (ranking) as that family's loader: c_agg times its per-batch loss
             test.aggregation_scale = float(aggregation_scale(n, bool(best["drop"]), family)[b_int - 1])
+            test.batch_size, test.implied_batch_size = b_int, float(b_int)
+            # united with the B whose m m^T weight is within 2.58 se of c (each a 99% band: the union is one)
+            by_c = run_around(np.abs(c - table[family][0]) <= 2.58 * band / 2, b_int)
+            if by_c is not None:
+                low, high = min(low, by_c[0]), max(high, by_c[1])
+                test.batch_size_interval = (float(low), float(high))
     if family is not None:
         test.reduction, test.batch_loss = family.aggregation, family.batch_loss
     test.identified = identified
