@@ -77,10 +77,11 @@ from ..model.mlp import MLP
 from ..progress import Progress
 from . import kfac
 from .causes import likely_causes, tested_causes
-from .factors import NATURAL
+from .factors import NATURAL, ScaleFactor
 from .loader import minibatch_matrices
 from .one_pass import PASS_ESTIMATORS, diag_pass
 from .ranking import rank, simulated_scores
+from .readings import FAMILIES
 from .results import Candidate, Diagnosis, MCTest
 from .roundoff_verdict import judge_float32, roundoff_words
 from .scale import fit_scale, match_scale, roundoff_tolerance, scale_factors
@@ -142,6 +143,12 @@ def diagnose(model: MLP, lik: Likelihood, x, y, theirs, batch_sizes=None, tol: f
     if hessian is None:
         hessian = p * n <= budget.HESSIAN_LIMIT or (structure == "diag" and diag_hessian.is_cheap(model, lik))
     rng = np.random.default_rng(rng)
+    # the scores of ranking (R2) draw from a stream of their own (spawning does not advance rng): how many
+    # readings the tests before them simulated must not move a verdict decided on a margin
+    try:
+        score_rng = rng.spawn(1)[0]
+    except TypeError:  # a Generator without a SeedSequence (built from a bare state): one draw instead
+        score_rng = np.random.default_rng(int(rng.integers(2**63)))
     log = Progress(n, "diagnose", enabled=progress)  # rows of the one pass done (its counter), stages as lines
     t_diag = t if structure == "diag" else np.diag(t).copy()
     cols = _screen_entries(t_diag, rng)
@@ -206,7 +213,7 @@ def diagnose(model: MLP, lik: Likelihood, x, y, theirs, batch_sizes=None, tol: f
     # errors over all entries first: one measured on the screened entries only is not comparable with them
     candidates.sort(key=lambda c: (c.entries is not None, c.rel_error, _rank(c.estimator), c.batch_size or 0))
     not_tried = _not_tried(hessian, screened, batch_sizes, n, p)
-    scores = _statistical_scores(t_diag[cols], grad_entries, one, mc_test, shuffled, tol, rng)
+    scores = _statistical_scores(t_diag[cols], grad_entries, one, mc_test, shuffled, tol, score_rng)
     verdict = _verdict(candidates, matrices, mc_test, shuffled, n, p, structure, precision, tol, model, lik,
                        not_tried, screened, loader, scores, (x, y, t_diag, one and one.kfac_diagonals))
     verdict.roundoff = roundoff
@@ -319,8 +326,14 @@ def _not_tried(hessian: bool, screened, batch_sizes, n: int, p: int) -> list[dic
 
 
 def _statistical_scale(c, test, n, n_outputs, lik_name, sigma):
-    """(factor or None, words, se) of a statistical candidate: the simplest factor in its 2-se band."""
+    """(factor or None, words, se) of a statistical candidate: the simplest factor in its 2-se band; a
+    shuffled reading of a loader family (readings.FAMILIES) is that family's factor."""
     se = test.scale_se if math.isfinite(test.scale_se) else 0.1 * abs(c.scale)
+    family = next((f for f in FAMILIES if (f.aggregation, f.batch_loss) == (getattr(test, "reduction", ""),
+                                                                         getattr(test, "batch_loss", ""))), None)
+    if c.estimator == "shuffled" and family is not None:
+        words = f"x {c.scale:.4g} = {family.expression} of the averaged loader: {family.words}"
+        return ScaleFactor(c.scale, family.expression, words, 1), words + f" (+/- {se:.2g}, the standard error of the sampling noise)", se
     factors = scale_factors(n, c.batch_size, n_outputs, lik_name, sigma, samples=c.samples if c.estimator == "mc" else None)
     factor, words = match_scale(c.scale, factors, rtol=2 * se / max(abs(c.scale), 1e-300), simplest_first=True,
                                 prefer=NATURAL[c.estimator])
@@ -335,7 +348,8 @@ def _statistical_scores(t_entries, grad_entries, one, mc_test, shuffled, tol, rn
         return {}
     roundoff = tol * float(np.linalg.norm(t_entries)) / math.sqrt(max(1, t_entries.size))
     return simulated_scores(t_entries, grad_entries, roundoff, (one.mc_mean, one.mc_draws, mc_test.implied_samples),
-                            (shuffled.batch_size, shuffled.scale, bool(shuffled.drop_last)), rng)
+                            (shuffled.batch_size, shuffled.aggregation_scale if math.isfinite(shuffled.aggregation_scale)
+                             else shuffled.scale, bool(shuffled.drop_last), shuffled.batch_loss or "mean"), rng)
 
 
 def _statistical_winner(candidates, tests, scores):

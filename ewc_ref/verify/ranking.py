@@ -35,6 +35,10 @@ import numpy as np
 #: Log-likelihood units by which the better statistical candidate must win (a likelihood ratio of
 #: e^3 ~ 20, "strong" on Kass & Raftery's scale); less is "cannot tell".
 MARGIN = 3.0
+#: Simulated draws per candidate behind each score. The scores' difference has a Monte Carlo sd of 2.8 at
+#: 64 draws and 0.8 at 256 (12 seeds, the confident net of tests/verify/test_diagnose_ranking.py, whose
+#: mean difference is 2.3): at 64 the margin of 3 was decided by the draws, not by THEIRS.
+SCORE_DRAWS = 256
 
 
 def loader_moments(grad_entries: np.ndarray, sizes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -69,13 +73,14 @@ def _summary(gls, t: np.ndarray) -> np.ndarray:
 
 
 def simulated_scores(t: np.ndarray, grad_entries: np.ndarray, roundoff: float, mc_fit, shuffled_fit,
-                     rng: np.random.Generator, draws: int = 64) -> dict:
+                     rng: np.random.Generator, draws: int = SCORE_DRAWS) -> dict:
     """{'mc': score, 'shuffled': score}: the synthetic log-likelihood (Wood 2010; independent split-normal
     coordinates, shuffled.synthetic_log_likelihood) of the summary (a, b, log q) of t under draws of
     each candidate at its fitted parameters, k = 2 free parameters each (the penalty cancels).
 
     mc_fit : (exact (M,), one-sample draws (D, M), S): draws at S are F + (d - F) / sqrt(S), scaled by
-    the least-squares c; shuffled_fit : (B, c, drop_last): ``shuffled.simulate`` at that reading.
+    the least-squares c; shuffled_fit : (B, c_agg, drop_last, per-batch loss): ``shuffled.simulate`` at that
+    reading, times c_agg.
     Simulated, not Gaussian, because a confident net's one-sample mc draws and a few-row batch's
     shuffled draws are heavy-tailed: a Gaussian likelihood of t penalises the heavier model unfairly.
     """
@@ -87,8 +92,8 @@ def simulated_scores(t: np.ndarray, grad_entries: np.ndarray, roundoff: float, m
     exact, one_sample, samples = mc_fit
     c_mc = float(t @ exact) / max(float(exact @ exact), 1e-300)
     mc_draws = c_mc * (exact + (one_sample - exact) / math.sqrt(max(samples, 1e-300)))
-    batch_size, c_sh, drop_last = shuffled_fit
-    sh_draws = c_sh * simulate(grad_entries, batch_size, draws, rng, drop_last=drop_last)
+    batch_size, c_sh, drop_last, batch_loss = shuffled_fit
+    sh_draws = c_sh * simulate(grad_entries, batch_size, draws, rng, drop_last=drop_last, batch_loss=batch_loss)
     penalty = math.log(t.size)  # k/2 log M with k = 2 for both
     return {name: synthetic_log_likelihood(observed, np.array([_summary(gls, d) for d in sims])) - penalty
             for name, sims in (("mc", mc_draws), ("shuffled", sh_draws))}

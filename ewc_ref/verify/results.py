@@ -194,9 +194,11 @@ class Diagnosis(JsonResult):
             if self.estimator == "shuffled" and self.shuffled is not None:
                 sh = self.shuffled
                 low, high = sh.batch_size_interval
-                how = {"averaged": "averaged over the K minibatches", "summed": "summed over the K minibatches (x K)"}
+                how = {"averaged": "averaged over the K minibatches", "summed": "summed over the K minibatches (x K)",
+                       "over N": "summed and divided by N (x K/N)"}
+                loss = f", each batch's loss a {sh.batch_loss}" if sh.batch_loss else ""
                 lines.append(f"shuffled    implied B = {sh.implied_batch_size:.3g} (99% {low:.3g}..{high:.3g}), batches "
-                             f"{how.get(sh.reduction, 'neither averaged nor summed (scale above)')}; chi2 = {sh.chi2:.4g} "
+                             f"{how.get(sh.reduction, 'neither averaged nor summed (scale above)')}{loss}; chi2 = {sh.chi2:.4g} "
                              f"over {sh.entries - 2} directions, p = {sh.p_noise:.2g}")
                 lines.append("            rows in unknown order: pass DATA in the order the loader yielded them and "
                              "batched identifies B exactly")

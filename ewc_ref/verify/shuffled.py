@@ -63,6 +63,18 @@ from scipy.stats import chi2, norm
 from ..jsonio import JsonResult
 from .band import band_of_b
 
+# alpha-bar(B) and K(B) moved to readings.py with the loader families; still importable from here
+from .readings import (  # noqa: F401
+    FAMILIES,
+    aggregation_scale,
+    equal_level,
+    hypotheses,
+    loader_tables,
+    mean_alpha,
+    n_batches,
+    run_around,
+)
+
 #: Simulated shuffled-loader Fishers that calibrate the test and the interval of B.
 SHUFFLE_BOOTSTRAP = 32
 #: Significance level of each of (U3), (U4), (U5). Looser than mc's 1e-6 because a false ``shuffled``
@@ -71,8 +83,10 @@ SHUFFLE_BOOTSTRAP = 32
 #: (B = 8..48, both nets of tests/fixtures/libraries) 0.01..0.7. A genuine one is rejected with
 #: probability <= 3e-3 where the normal fits hold.
 SHUFFLED_ALPHA = 1e-3
-#: Readings simulated (the likeliest first by the Gaussian log-likelihood of (U2)-(U3)): averaged / summed,
-#: kept / dropped, the free fit, and up to two B near each with a short last batch of < B/4 rows (``_heavy``).
+#: Readings simulated (the likeliest first by the Gaussian log-likelihood of (U2)-(U3)) among the loader
+#: families of readings.py, kept / dropped, the free fit, and up to two B near each with a short last batch
+#: of < B/4 rows (``readings.heavy_neighbours``). Each simulated reading is a test at SHUFFLED_ALPHA: more
+#: of them would accept more systematic errors.
 SIMULATED_READINGS = 6
 #: Rows of largest leverage tried as the one high-leverage row of a short last batch (``GLS.clean_b``).
 HEAVY_ROWS = 64
@@ -121,13 +135,15 @@ class ShuffledTest(JsonResult):
     batch_size_interval: tuple = (math.nan, math.nan)  # 99% band of B_hat
     scale: float = math.nan  # c = a: 1 when the batches were averaged, K when summed
     scale_se: float = math.nan  # bootstrap standard error of c
-    reduction: str = ""  # 'averaged' | 'summed' | ''
+    reduction: str = ""  # the aggregation over batches: 'averaged' | 'summed' | 'over N' | '' (readings.Family)
     entries: int = 0  # M, whitened directions tested
     chi2: float = math.nan  # (U3)
     p_noise: float = math.nan
     rel_error: float = math.nan  # ||T - c E[T]|| / ||T|| of the fitted expectation on all entries
     identified: bool = False  # the m m^T weight pins c down (sd <= c / 4): B and c are not confounded
     drop_last: bool | None = False  # the reading drops the short last batch (None: cannot tell)
+    batch_loss: str = ""  # the per-batch loss reduction: 'mean' | 'sum' | '' (free fit: not read)
+    aggregation_scale: float = math.nan  # c_agg of the reading: 1, K or K/N (readings (L1))
 
     def to_dict(self) -> dict:
         def finite(value):
@@ -138,7 +154,8 @@ class ShuffledTest(JsonResult):
                 "batch_size": self.batch_size, "batch_size_interval": [finite(low), finite(high)],
                 "scale": finite(self.scale), "scale_se": finite(self.scale_se), "reduction": self.reduction or None,
                 "entries": self.entries, "chi2": finite(self.chi2), "p_noise": finite(self.p_noise),
-                "rel_error": finite(self.rel_error), "identified": self.identified, "drop_last": self.drop_last}
+                "rel_error": finite(self.rel_error), "identified": self.identified, "drop_last": self.drop_last,
+                "batch_loss": self.batch_loss or None, "aggregation_scale": finite(self.aggregation_scale)}
 
 
 def expectation_terms(grad_entries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -150,8 +167,9 @@ def expectation_terms(grad_entries: np.ndarray) -> tuple[np.ndarray, np.ndarray]
 
 
 def simulate(grad_entries: np.ndarray, batch_size: int, draws: int, rng: np.random.Generator,
-             drop_last: bool = False) -> np.ndarray:
-    """(draws, M) averaged shuffled-loader Fishers of the tested entries: random partitions into batches of B.
+             drop_last: bool = False, batch_loss: str = "mean") -> np.ndarray:
+    """(draws, M) averaged shuffled-loader Fishers of the tested entries: random partitions into batches of B,
+    1/K sum_k gbar_k^2 with gbar_k the batch's mean gradient, or its sum with batch_loss='sum'.
 
     A partition is a permutation of the rows cut into runs of B (the last one partial, or dropped
     with `drop_last`: only the first floor(N / B) B positions are used); the
@@ -173,13 +191,13 @@ def simulate(grad_entries: np.ndarray, batch_size: int, draws: int, rng: np.rand
         rows[whole:] = np.sort(rows[whole:])
         indicator = sparse.csr_matrix((ones, rows, indptr), shape=(k, n))
         indicator.has_sorted_indices = True  # they are: scipy need not sort them again
-        gbar = (indicator @ grad_entries).astype(np.float64) / counts[:, None]
+        gbar = (indicator @ grad_entries).astype(np.float64) / (counts[:, None] if batch_loss == "mean" else 1.0)
         out[d] = np.einsum("km,km->m", gbar, gbar) / k
     return out
 
 
 def simulate_loop(grad_entries: np.ndarray, batch_size: int, draws: int, rng: np.random.Generator,
-                  drop_last: bool = False) -> np.ndarray:
+                  drop_last: bool = False, batch_loss: str = "mean") -> np.ndarray:
     """simulate with the permuted rows summed run by run (its twin; the same partitions for the same rng)."""
     n = grad_entries.shape[0]
     used = n - n % batch_size if drop_last else n
@@ -189,7 +207,7 @@ def simulate_loop(grad_entries: np.ndarray, batch_size: int, draws: int, rng: np
     out = np.empty((draws, grad_entries.shape[1]))
     for d in range(draws):
         shuffled = grad_entries[rng.permutation(n)[:used]]
-        gbar = np.add.reduceat(shuffled, starts, axis=0) / counts[:, None]
+        gbar = np.add.reduceat(shuffled, starts, axis=0) / (counts[:, None] if batch_loss == "mean" else 1.0)
         out[d] = np.einsum("km,km->m", gbar, gbar) / k
     return out
 
@@ -235,132 +253,80 @@ class GLS:
         return float(coef[1])
 
 
-def mean_alpha(n: int, drop_last: bool = False) -> np.ndarray:
-    """(N,) alpha-bar(B) for B = 1..N: (U1) averaged over the K batches of a partition, the last one partial.
-
-    alpha-bar(B) = ((K - 1) alpha(B) + alpha(N - (K - 1) B)) / K, alpha(s) = (N - s) / (s (N - 1)):
-    a partial last batch of 8 rows raises alpha-bar(32) by 9% at N = 1000 (B = 29 if ignored).
-    With `drop_last` every batch has B rows (a random B-subset of the N): alpha(B).
-    """
-    b = np.arange(1, n + 1)
-    if drop_last:
-        return (n - b) / (b * max(n - 1, 1))
-    k = -(-n // b)
-    last = n - (k - 1) * b
-
-    def alpha(size):
-        return (n - size) / (size * max(n - 1, 1))
-
-    return ((k - 1) * alpha(b) + alpha(last)) / k
-
-
-def equal_batch_size(alpha: float, n: int) -> float:
-    """B = N / (alpha (N - 1) + 1), the inverse of (U1) for batches of equal size."""
-    return n / (max(alpha, 0.0) * (n - 1) + 1)
-
-
-def implied_batch_size(a: float, b: float, n: int, alphas: np.ndarray | None = None) -> int:
-    """The B whose alpha-bar(B) (``mean_alpha``) is closest to b / a on a log scale, searched within
-    x 1.5 of the equal-batch inverse (alpha-bar is jagged in B: far-off B with a partial last batch
-    can match as well, and are not what a loader with that noise level means)."""
-    alphas = mean_alpha(n) if alphas is None else alphas
-    alpha = max(b / a, 1e-300)
-    b0 = equal_batch_size(alpha, n)
-    lo = min(n, max(1, int(b0 / 1.5)))
-    hi = max(lo, min(n, int(math.ceil(b0 * 1.5))))
-    window = np.log(np.maximum(alphas[lo - 1:hi], 1e-300))
-    return lo + int(np.argmin(np.abs(window - math.log(alpha))))
-
-
-def n_batches(n: int, drop_last: bool = False) -> np.ndarray:
-    """(N,) K(B) for B = 1..N: ceil(N / B), or floor(N / B) with drop_last."""
-    b = np.arange(1, n + 1)
-    return n // b if drop_last else -(-n // b)
-
-
-def _heavy(bb: int, n: int, levels: np.ndarray, target: float) -> list[int]:
-    """Up to two B near `bb` (x 1.5) whose level c alpha-bar(B) is within x 1.5 of `target` and whose
-    short last batch has < B/4 rows: such a batch dominates the noise (a mean of a few rows), so a
-    neighbour in level that lacks it would be judged too strictly; they are tried too."""
-    lo, hi = max(2, int(bb / 1.5)), min(n, int(math.ceil(bb * 1.5)))
-    near = [c for c in range(lo, hi + 1)
-            if c != bb and 0 < n % c < c / 4 and abs(math.log(max(levels[c - 1], 1e-300) / target)) < math.log(1.5)]
-    return sorted(near, key=lambda c: abs(math.log(max(levels[c - 1], 1e-300) / target)))[:2]
-
-
-def _hypotheses(a: float, b: float, n: int, alphas: np.ndarray, drop_last: bool = False) -> list[tuple[str, int, float]]:
-    """(reduction, B, c) readings that explain the fitted weights: the free fit (c = a, alpha-bar = b / a),
-    and the averaged (c = 1) and summed (c = K) readings with c alpha-bar(B) = b, which are all the
-    data can tell when m m^T is negligible (a converged net: a is then not identified). Each of the
-    latter is the B whose level is closest to b within x 1.5 of its equal-batch inverse (averaged:
-    alpha = b; summed: K alpha ~ N / B^2 = b), plus ``_heavy`` neighbours with a short last batch."""
-    k_of = n_batches(n, drop_last)
-    out = []
-    if a > 0 and b / a <= 1.0 + 1e-6:
-        out.append(("", implied_batch_size(a, b, n, alphas), a))
-    for reduction, levels, b0 in (("averaged", alphas, equal_batch_size(b, n)),
-                                  ("summed", k_of * alphas, math.sqrt(n / b))):
-        lo = min(n, max(1, int(b0 / 1.5)))
-        hi = max(lo, min(n, int(math.ceil(b0 * 1.5))))
-        window = np.log(np.maximum(levels[lo - 1:hi], 1e-300))
-        bb = lo + int(np.argmin(np.abs(window - math.log(b))))
-        for choice in [bb] + ([] if drop_last else _heavy(bb, n, levels, b)):
-            out.append((reduction, choice, 1.0 if reduction == "averaged" else float(k_of[choice - 1])))
-    return [h for h in out if k_of[h[1] - 1] >= 1]
-
-
 def _semi_sd(samples: np.ndarray, side: int) -> float:
     """The split normal's sd above (side = +1) or below (-1) the median of `samples` (``_split_normal``)."""
     return _split_normal(float(np.median(samples)) + side * 1e300, samples)[1]
 
 
-def _simulate_reading(reading, a, b_observed, tables, grad_entries, theirs_entries, expect, gls, n, draws, rng) -> dict:
+def _simulate_reading(reading: dict, a, b_observed, tables, grad_entries, theirs_entries, expect, gls, n, draws,
+                      rng) -> dict:
     """p-value, scale se, band of B and identification of one reading against its simulated loader Fishers."""
-    log_like, reduction, bb, c, _k, dof, stat, statistic, drop = reading
-    level_b = tables[drop][0][bb - 1]
+    family, bb, cm, cs, c_agg, drop = (reading[key] for key in ("family", "bb", "cm", "cs", "c_agg", "drop"))
+    stat, dof = reading["stat"], reading["dof"]
+    level_eq = tables[drop]["alpha"] if family is None else equal_level(n, family)
     p = float(2 * min(chi2.sf(stat, dof), chi2.cdf(stat, dof)))
-    se, spread, identified, score, profile = math.nan, (0.0, 0.0), False, log_like, (bb, bb)
+    se, spread, identified, score, profile = math.nan, (0.0, 0.0), False, reading["log_like"], (bb, bb)
     if draws >= 10:
-        sims = c * simulate(grad_entries, bb, draws, rng, drop_last=drop)
-        log_stat = np.log([max(statistic(t), 1e-300) for t in sims])
+        sims = c_agg * simulate(grad_entries, bb, draws, rng, drop_last=drop,
+                                batch_loss="mean" if family is None else family.batch_loss)
+        log_stat = np.log([max(reading["statistic"](t), 1e-300) for t in sims])
         p = max(p, split_normal_p(math.log(max(stat, 1e-300)), log_stat))
         # (U4): the plain squared residual against the reading's expectation, where the whitened (U3)
         # is blind: a systematic error (a Fisher at other weights) is far SMOOTHER than the
         # noise of K batches in the high-variance directions (calibrated on the simulations only)
-        centre = c * expect @ np.array([1.0, level_b]) if reduction else sims.mean(axis=0)
+        centre = expect @ np.array([cm, cs]) if family is not None else sims.mean(axis=0)
         log_e = np.log(np.maximum(((sims - centre) ** 2).sum(axis=1), 1e-300))
         energy = split_normal_p(math.log(max(float(((theirs_entries - centre) ** 2).sum()), 1e-300)), log_e)
         fits = np.array([gls.fit(t) for t in sims])
-        # (U5): the fitted weight of m m^T must match the reading's c (the only noise-free part of T);
+        # (U5): the fitted weight of m m^T must match the reading's (the only noise-free part of T);
         # skewed when a short last batch of a few rows dominates the noise: a split normal
         p = min(p, energy, split_normal_p(a, fits[:, 0]))
-        identified = float(fits[:, 0].std(ddof=1)) <= 0.25 * abs(c)
+        identified = float(fits[:, 0].std(ddof=1)) <= 0.25 * abs(cm)
         summary = lambda f: np.stack([f[..., 0], np.log(np.maximum(f[..., 1], 1e-300)),  # noqa: E731
                                       np.log(np.maximum(f[..., 2], 1e-300))], axis=-1)
         score = synthetic_log_likelihood(summary(np.array(gls.fit(theirs_entries))), summary(fits))
-        se = float(np.std(fits[:, 0] if not reduction else fits[:, 1] / level_b, ddof=1))
+        se = float(np.std(fits[:, 0], ddof=1) if family is None else cm * np.std(fits[:, 1] / cs, ddof=1))
         # the band of B from the b of the three-term fit (``GLS.clean_b``): a short last batch holding one
         # high-leverage row moves the plain b by x 2-3 and would carry the band with it
         clean = np.array([gls.clean_b(t) for t in sims])
         log_clean = np.log(np.maximum(clean, 1e-300))
         profile = band_of_b(gls.clean_b(theirs_entries), float(np.median(log_clean)), _semi_sd(log_clean, -1),
-                            _semi_sd(log_clean, +1), reduction, c, bb, tables[drop][1], n, drop)
+                            _semi_sd(log_clean, +1), level_eq, bb, tables[drop]["k"], n, drop)
         log_b = np.log(np.maximum(fits[:, 1], 1e-300))
         # 99% of log b: 2.58 split-normal deviations on each side (a few-row last batch skews it up)
         spread = (2.58 * _semi_sd(log_b, -1), 2.58 * _semi_sd(log_b, +1))
-    # the band of the plain b: the B whose level c alpha-bar(B) puts the observed b inside its simulated 99%
-    # range, mapped through the equal-batch relation (averaged or free: level = alpha(B); summed: ~ N / B^2);
-    # united with the profile band of the cleaned b, which holds the loader's B when a heavy row in its
-    # short batch moved the plain b (each is a 99% band; the union is at least one)
+    # the band of the plain b: the B whose equal-batch level (readings (L2)), through the reading's Sigma
+    # weight at bb, puts the observed b inside its simulated 99% range (the run of such B around bb); united
+    # with the profile band of the cleaned b, which holds the loader's B when a heavy row in its short batch
+    # moved the plain b (each is a 99% band; the union is at least one)
     b_obs = max(b_observed, 1e-300)
-    low_level, high_level = b_obs * math.exp(-spread[1]), b_obs * math.exp(spread[0])
-    if reduction == "summed":
-        low, high = bb * math.sqrt(level_b * c / high_level), bb * math.sqrt(level_b * c / low_level)
-    else:
-        low, high = equal_batch_size(high_level / c, n), equal_batch_size(low_level / c, n)
-    band = (max(1, min(int(math.floor(low)), bb, profile[0])), min(n, max(int(math.ceil(high)), bb, profile[1])))
-    return {"p": p, "reduction": reduction, "bb": bb, "c": c, "drop": drop, "stat": stat, "dof": dof, "se": se,
-            "identified": identified, "band": band, "score": score}
+    scaled = level_eq * (cs / max(level_eq[bb - 1], 1e-300))
+    # (a reading whose simulated b reach ~0 has a log-spread of hundreds: the band is then every B, not an overflow)
+    low_level, high_level = b_obs * math.exp(-min(spread[1], 600.0)), b_obs * math.exp(min(spread[0], 600.0))
+    run = run_around((scaled >= low_level) & (scaled <= high_level), bb) or (bb, bb)
+    band = (max(1, min(run[0], bb, profile[0])), min(n, max(run[1], bb, profile[1])))
+    return {"p": p, "family": family, "bb": bb, "cm": cm, "c_agg": c_agg, "drop": drop, "stat": stat, "dof": dof,
+            "se": se, "identified": identified, "band": band, "score": score}
+
+
+def _reading(family, bb, a, b, drop, table, gls, expect, tw_of, n) -> dict:
+    """A reading's fully specified expectation, its statistic (U3) and its Gaussian log-likelihood."""
+    k = int(table["k"][bb - 1])
+    if family is None:  # the free fit: T = a m m^T + b Sigma refitted
+        cm, cs, c_agg = a, b, a
+
+        def statistic(t):
+            _, b_, q_ = gls.fit(t)
+            return (k - 1) * q_ / (2 * max(b_, 1e-300) ** 2)
+    else:  # T = coef_m m m^T + coef_S Sigma (readings (L1))
+        cm, cs = float(table[family][0][bb - 1]), float(table[family][1][bb - 1])
+        c_agg = float(aggregation_scale(n, drop, family)[bb - 1])
+
+        def statistic(t):
+            r = tw_of(t - expect @ np.array([cm, cs]))
+            return (k - 1) * float(r @ r) / (2 * cs**2)
+    return {"family": family, "bb": bb, "cm": cm, "cs": cs, "c_agg": c_agg, "drop": drop, "k": k,
+            "dof": gls.m - 2 if family is None else gls.m, "statistic": statistic}
 
 
 def judge_shuffled(theirs_entries: np.ndarray, grad_entries: np.ndarray, roundoff: float,
@@ -369,8 +335,9 @@ def judge_shuffled(theirs_entries: np.ndarray, grad_entries: np.ndarray, roundof
 
     theirs_entries : (M,) THEIRS on the tested entries; grad_entries : (N, M) the per-example
     gradients there, rows in any order; roundoff : residual size treated as round-off.
-    Of the readings of the fitted weights (``_hypotheses``) that pass, the most likely under
-    (U2)-(U3) is reported, with its p-value against its own simulated shuffled-loader Fishers.
+    Of the readings of the fitted weights (``hypotheses``: a loader family of ``readings`` at a B, or
+    the free fit) that pass, the most likely under (U2)-(U3) is reported, with its p-value against its
+    own simulated shuffled-loader Fishers.
     """
     n = grad_entries.shape[0]
     mm, sigma = expectation_terms(grad_entries)
@@ -384,81 +351,85 @@ def judge_shuffled(theirs_entries: np.ndarray, grad_entries: np.ndarray, roundof
                                    "positive weight on Sigma", entries=gls.m)
     tw_of = lambda t: gls.basis.T @ t / gls.sd  # noqa: E731
     expect = np.stack([mm, np.diag(sigma)], axis=1)
-    tables = {drop: (mean_alpha(n, drop), n_batches(n, drop)) for drop in (False, True)}
+    tables = loader_tables(n)
     readings = []
     for drop in (False, True):
-        alphas, k_of = tables[drop]
-        for reduction, bb, c in _hypotheses(a, b, n, alphas, drop):
-            k = int(k_of[bb - 1])
-            if k < 2 or (drop and n % bb == 0):  # a single batch; or no short batch to drop (the same as kept)
-                continue
-            dof = gls.m - 2 if not reduction else gls.m
-            level_b = alphas[bb - 1]
-
-            def statistic(t, reduction=reduction, c=c, k=k, level_b=level_b):
-                if reduction:  # fully specified: T = c (m m^T + alpha-bar Sigma)
-                    r = tw_of(t - c * expect @ np.array([1.0, level_b]))
-                    return (k - 1) * float(r @ r) / (2 * (c * level_b) ** 2)
-                a_, b_, q_ = gls.fit(t)
-                return (k - 1) * q_ / (2 * max(b_, 1e-300) ** 2)
-
-            stat = statistic(theirs_entries)
+        for family, bb in hypotheses(a, b, n, tables[drop], drop):
+            reading = _reading(family, bb, a, b, drop, tables[drop], gls, expect, tw_of, n)
+            reading["stat"] = reading["statistic"](theirs_entries)
             # readings are ranked by the Gaussian log-likelihood of (U2)-(U3): a vague reading (K = 2)
             # explains any residual with a huge variance and pays M log sigma^2 for it; the free
             # fit pays log M for its extra parameter (BIC)
-            level = c * level_b if reduction else b
-            log_like = -0.5 * (stat + gls.m * math.log(2 * level**2 / (k - 1))) - (0.0 if reduction else math.log(gls.m))
-            readings.append((log_like, reduction, bb, c, k, dof, stat, statistic, drop))
+            reading["log_like"] = (-0.5 * (reading["stat"] + gls.m * math.log(2 * reading["cs"] ** 2 / (reading["k"] - 1)))
+                                   - (math.log(gls.m) if family is None else 0.0))
+            readings.append(reading)
     if not readings:
         return ShuffledTest(False, "not a shuffled-loader Fisher: every reading implies a single batch", entries=gls.m)
-    readings.sort(key=lambda r: (not r[1], -r[0]))  # averaged / summed before the free fit (a scale bug)
+    readings.sort(key=lambda r: (r["family"] is None, -r["log_like"]))  # the families before the free fit (a scale bug)
     sim_entries = grad_entries.astype(np.float32)  # the simulations stream all N M entries per draw: half the bytes
     judged = [_simulate_reading(reading, a, b, tables, sim_entries, theirs_entries, expect, gls, n, draws, rng)
               for reading in readings[:SIMULATED_READINGS]]
     # the most likely passing reading by the synthetic likelihood of the free fit's (a, log b, log q); the
     # free reading (a scale bug) pays log M for its extra parameter (BIC)
     for j in judged:
-        j["score"] -= 0.0 if j["reduction"] else math.log(gls.m)
-    passing = sorted((j for j in judged if j["p"] >= SHUFFLED_ALPHA), key=lambda j: (not j["reduction"], -j["score"]))
+        j["score"] -= 0.0 if j["family"] else math.log(gls.m)
+    passing = sorted((j for j in judged if j["p"] >= SHUFFLED_ALPHA), key=lambda j: (j["family"] is None, -j["score"]))
+    # among the passing readings the data cannot tell apart (within BAND_LOG_LIKELIHOOD of the best score),
+    # the simplest family wins: the order of readings.FAMILIES (averaged, summed, over N; mean before sum)
+    if passing:
+        top = [j for j in passing if j["family"] is not None and j["score"] >= passing[0]["score"] - BAND_LOG_LIKELIHOOD]
+        passing.sort(key=lambda j: (j not in top, FAMILIES.index(j["family"]) if j in top else 0))
     best = passing[0] if passing else max(judged, key=lambda j: j["p"])
-    reduction, b_int, c, drop = best["reduction"], best["bb"], best["c"], best["drop"]
+    family, b_int, c, drop = best["family"], best["bb"], best["cm"], best["drop"]
     p_noise, stat, dof, scale_se, identified = best["p"], best["stat"], best["dof"], best["se"], best["identified"]
-    # the 99% band of B: the union of the bands of every passing reading with the same reduction (a
-    # short last batch makes the noise jagged in B, so a neighbour may explain THEIRS as well); drop_last
-    # is told only when every such reading agrees on it
-    family = [j for j in passing if j["reduction"] == reduction and j["score"] >= best["score"] - BAND_LOG_LIKELIHOOD] \
-        or [best]
-    low, high = min(j["band"][0] for j in family), max(j["band"][1] for j in family)
-    drops = {j["drop"] for j in family}
+    # the 99% band of B: the union of the bands of every passing reading of the same family (a short last
+    # batch makes the noise jagged in B, so a neighbour may explain THEIRS as well)
+    kin = [j for j in passing if j["family"] == family and j["score"] >= best["score"] - BAND_LOG_LIKELIHOOD] or [best]
+    low, high = min(j["band"][0] for j in kin), max(j["band"][1] for j in kin)
+    drops = {j["drop"] for j in kin}
     # drop_last is told only when every passing reading agrees and no B in the band divides N (there
     # the loader has no short batch to keep or drop)
     drop = drop if len(drops) == 1 and not any(n % b == 0 for b in range(low, high + 1)) else None
     # c and B are confounded when m m^T is negligible (summed at B looks like averaged at a smaller B).
     # Identified when the m m^T weight a of simulated loaders WITHOUT the short last batch (whose few
     # rows add noise along m m^T too, which is not confounding) has sd <= c / 4, or when no reading of
-    # another reduction (averaged / summed / free) passes within BAND_LOG_LIKELIHOOD of the best one
-    rivals = [j for j in passing if j["reduction"] != reduction and j["score"] >= best["score"] - BAND_LOG_LIKELIHOOD]
+    # another family (or the free fit) passes within BAND_LOG_LIKELIHOOD of the best one
+    rivals = [j for j in passing if j["family"] != family and j["score"] >= best["score"] - BAND_LOG_LIKELIHOOD]
     if draws >= 10 and passing and not rivals:
         identified = True
     elif draws >= 10 and not best["drop"] and n % b_int and n // b_int >= 2:  # only then: 32 more simulations
-        sims = c * simulate(sim_entries, b_int, draws, rng, drop_last=True)
+        sims = best["c_agg"] * simulate(sim_entries, b_int, draws, rng, drop_last=True,
+                                        batch_loss="mean" if family is None else family.batch_loss)
         identified = float(np.std([gls.fit(t)[0] for t in sims], ddof=1)) <= 0.25 * abs(c)
     test = ShuffledTest(False, "", float(b_int), b_int, (float(low), float(high)), c, scale_se, entries=gls.m,
-                        chi2=stat, p_noise=p_noise, drop_last=drop)
-    k = int(tables[bool(best["drop"])][1][b_int - 1])
+                        chi2=stat, p_noise=p_noise, drop_last=drop, aggregation_scale=best["c_agg"])
     if p_noise < SHUFFLED_ALPHA:
         test.reason = (f"not shaped like a shuffled loader's noise: chi2 = {stat:.4g} over {dof} directions at the "
                        f"implied B = {b_int} (p = {p_noise:.2g})")
         return test
-    if not reduction:
-        band = 2 * scale_se if math.isfinite(scale_se) else 0.1 * c
-        reduction = next((name for name, value in (("averaged", 1.0), ("summed", float(k)))
-                          if abs(c - value) <= max(band, 1e-9 * value)), "")
-    test.reduction = reduction
+    if family is None:  # the free fit: named the first family whose m m^T weight is c within 2 se at a B of the
+        # band (a per-batch sum's c ~ B^2 pins B better than the free fit's alpha = b / a), at the closest such B
+        band = max(2 * scale_se if math.isfinite(scale_se) else 0.1 * c, 1e-9 * c)
+        table, sizes = tables[bool(best["drop"])], np.arange(low, high + 1)
+        for f in FAMILIES:
+            gap = np.abs(c - table[f][0][sizes - 1])
+            if gap.min() <= band:
+                family, b_int = f, int(sizes[np.argmin(gap)])
+                break
+        if family is not None:  # simulated (ranking) as that family's loader: c_agg times its per-batch loss
+            test.aggregation_scale = float(aggregation_scale(n, bool(best["drop"]), family)[b_int - 1])
+            test.batch_size, test.implied_batch_size = b_int, float(b_int)
+            # united with the B whose m m^T weight is within 2.58 se of c (each a 99% band: the union is one)
+            by_c = run_around(np.abs(c - table[family][0]) <= 2.58 * band / 2, b_int)
+            if by_c is not None:
+                low, high = min(low, by_c[0]), max(high, by_c[1])
+                test.batch_size_interval = (float(low), float(high))
+    if family is not None:
+        test.reduction, test.batch_loss = family.aggregation, family.batch_loss
     test.identified = identified
     test.accepted = True
     last = {True: ", drop_last", False: ", the short last batch kept", None: ", drop_last or not (cannot tell)"}
-    test.reason = (f"consistent with a shuffled loader{last[drop] if n % b_int else ''}: B = {b_int} (99% {low}..{high}), "
-                   f"chi2 = {stat:.4g} over "
-                   f"{dof} directions (p = {p_noise:.2g})")
+    test.reason = (f"consistent with a shuffled loader{last[drop] if n % b_int else ''}"
+                   f"{'' if family is None else ' (' + family.name + ')'}: B = {b_int} (99% {low}..{high}), "
+                   f"chi2 = {stat:.4g} over {dof} directions (p = {p_noise:.2g})")
     return test

@@ -27,10 +27,13 @@ def test_rank_needs_the_margin():
 
 
 def test_genuine_mc_of_a_very_confident_net_beats_a_passing_shuffled_reading():
-    """A one-sample mc estimate (gain 8, N = 100): both tests pass; mc wins by the margin."""
+    """A one-sample mc estimate (gain 8, N = 100, label seed 3): both tests pass; mc wins by the margin
+    (scores -6.8 and -11.0: 4.1 apart, the difference's Monte Carlo sd at ranking.SCORE_DRAWS is ~0.8).
+    Label seed 4 (this test's case before SCORE_DRAWS = 256) differs by 2.1-2.3 and is 'cannot tell'
+    (tests/verify/test_diagnose_statistics.py); at 64 draws its 4.2 was the draws' luck."""
     model, lik, x, y = make_problem("categorical", seed=0, n=100)
     model = model.with_theta(model.theta * 8.0)
-    result = diagnose(model, lik, x, y, mc_diag(model, lik, x, 1, 4), batch_sizes=[], hessian=False)
+    result = diagnose(model, lik, x, y, mc_diag(model, lik, x, 1, 3), batch_sizes=[], hessian=False)
     assert result.mc.accepted and result.shuffled.accepted
     assert result.estimator == "mc", result.report()
     assert result.statistical_scores["mc"] - result.statistical_scores["shuffled"] >= ranking.MARGIN

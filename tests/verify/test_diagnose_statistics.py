@@ -150,12 +150,17 @@ def test_bootstrap_calibration_accepts_genuine_mc_where_the_clt_fails(gain, seed
     (gain 4, mean max softmax 0.86) and 5 (gain 8, 0.93) that the calibrated one accepts. The two
     cases here (with the scale error projected out, statistics (S2')): gain 4 seed 12, p_noise
     1.2e-8 by theory, calibrated 0.055; gain 8 seed 4, p_shape 3.9e-8 by theory - so removing
-    either calibration rejects one of them."""
+    either calibration rejects one of them. At gain 8 a shuffled reading passes its own test too, and
+    the scores of ranking (R2) differ by 2.1 < the margin 3 (Monte Carlo sd ~0.8 at SCORE_DRAWS): the
+    verdict is 'cannot tell' naming mc, which is what this problem's data can say."""
     model, lik, x, y = make_problem("categorical", seed=0, n=100)
     model = model.with_theta(model.theta * gain)
     theirs = mc_diag(model, lik, x, 1, seed)
     result = diagnose(model, lik, x, y, theirs, batch_sizes=[], hessian=False)
-    assert result.estimator == "mc", result.mc.reason
+    assert result.mc.accepted, result.mc.reason
+    assert result.estimator == ("mc" if gain == 4.0 else "cannot tell"), result.report()
+    if gain == 8.0:
+        assert any(label.startswith("mc") for label in result.also_consistent), result.also_consistent
     # The same judgement with the Gaussian-theory p-values alone rejects: the calibration decides.
     index = np.arange(model.n_params)
     exact, cov = entry_moments(model, lik, x, index, index)
