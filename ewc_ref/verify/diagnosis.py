@@ -331,10 +331,12 @@ def _statistical_scale(c, test, n, n_outputs, lik_name, sigma):
     se = test.scale_se if math.isfinite(test.scale_se) else 0.1 * abs(c.scale)
     family = next((f for f in FAMILIES if (f.aggregation, f.batch_loss) == (getattr(test, "reduction", ""),
                                                                          getattr(test, "batch_loss", ""))), None)
-    if c.estimator == "shuffled" and family is not None:
-        words = f"x {c.scale:.4g} = {family.expression} of the averaged loader: {family.words}"
-        return ScaleFactor(c.scale, family.expression, words, 1), words + f" (+/- {se:.2g}, the standard error of the sampling noise)", se
     factors = scale_factors(n, c.batch_size, n_outputs, lik_name, sigma, samples=c.samples if c.estimator == "mc" else None)
+    if c.estimator == "shuffled" and family is not None:  # the search's words for that factor (its conventions)
+        named = next((f for f in factors if f.expression == family.expression), None)
+        words = (f"{named.words} (a loop {family.name}; c = {c.scale:.4g})" if named is not None
+                 else f"x {family.expression}: {family.words} (c = {c.scale:.4g})")
+        return ScaleFactor(c.scale, family.expression, words, 1), words + f" (+/- {se:.2g}, the standard error of the sampling noise)", se
     factor, words = match_scale(c.scale, factors, rtol=2 * se / max(abs(c.scale), 1e-300), simplest_first=True,
                                 prefer=NATURAL[c.estimator])
     return factor, words + f" (+/- {se:.2g}, the standard error of the sampling noise)", se

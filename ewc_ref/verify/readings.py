@@ -184,7 +184,10 @@ def hypotheses(a: float, b: float, n: int, table: dict, drop_last: bool) -> list
     for family in READ_FAMILIES:
         coef_m, coef_s = table[family]
         found = []
-        for b0 in matching(equal_level(n, family), b):
+        level = equal_level(n, family)
+        # no level within x 1.5 of b: the closest one still (a reading that fails its test says why)
+        nearest = [1 + int(np.argmin(np.abs(np.log(np.maximum(level, 1e-300)) - math.log(max(b, 1e-300)))))]
+        for b0 in matching(level, b) or nearest:
             lo, hi = max(1, int(b0 / 1.5)), min(n, int(math.ceil(b0 * 1.5)))
             bb = lo + int(np.argmin(np.abs(np.log(np.maximum(coef_s[lo - 1:hi], 1e-300)) - math.log(b))))
             found += [bb] + ([] if drop_last else heavy_neighbours(bb, n, coef_s, b))

@@ -329,6 +329,15 @@ def _reading(family, bb, a, b, drop, table, gls, expect, tw_of, n) -> dict:
             "dof": gls.m - 2 if family is None else gls.m, "statistic": statistic}
 
 
+def _named_family(judged: dict, tables: dict, n: int):
+    """The first family whose m m^T weight is a judged free reading's c within 2 se at a B of its band, or None."""
+    c, se, (low, high) = judged["cm"], judged["se"], judged["band"]
+    band = max(2 * se if math.isfinite(se) else 0.1 * c, 1e-9 * abs(c))
+    sizes = np.arange(max(low, 1), min(high, n) + 1)
+    table = tables[bool(judged["drop"])]
+    return next((f for f in FAMILIES if sizes.size and np.abs(c - table[f][0][sizes - 1]).min() <= band), None)
+
+
 def judge_shuffled(theirs_entries: np.ndarray, grad_entries: np.ndarray, roundoff: float,
                    rng: np.random.Generator, draws: int = SHUFFLE_BOOTSTRAP) -> ShuffledTest:
     """Accept or reject ``shuffled`` on the tested diagonal entries (module docstring, (U1)-(U3)).
@@ -367,8 +376,12 @@ def judge_shuffled(theirs_entries: np.ndarray, grad_entries: np.ndarray, roundof
         return ShuffledTest(False, "not a shuffled-loader Fisher: every reading implies a single batch", entries=gls.m)
     readings.sort(key=lambda r: (r["family"] is None, -r["log_like"]))  # the families before the free fit (a scale bug)
     sim_entries = grad_entries.astype(np.float32)  # the simulations stream all N M entries per draw: half the bytes
+    chosen = readings[:SIMULATED_READINGS]
+    free = [r for r in readings if r["family"] is None]
+    if free and free[0] not in chosen:  # the free fit keeps a slot: a per-batch-sum loop is named only through it
+        chosen = readings[:SIMULATED_READINGS - 1] + free[:1]
     judged = [_simulate_reading(reading, a, b, tables, sim_entries, theirs_entries, expect, gls, n, draws, rng)
-              for reading in readings[:SIMULATED_READINGS]]
+              for reading in chosen]
     # the most likely passing reading by the synthetic likelihood of the free fit's (a, log b, log q); the
     # free reading (a scale bug) pays log M for its extra parameter (BIC)
     for j in judged:
@@ -394,9 +407,18 @@ def judge_shuffled(theirs_entries: np.ndarray, grad_entries: np.ndarray, roundof
     # Identified when the m m^T weight a of simulated loaders WITHOUT the short last batch (whose few
     # rows add noise along m m^T too, which is not confounding) has sd <= c / 4, or when no reading of
     # another family (or the free fit) passes within BAND_LOG_LIKELIHOOD of the best one
-    rivals = [j for j in passing if j["family"] != family and j["score"] >= best["score"] - BAND_LOG_LIKELIHOOD]
+    # A free fit stands for the family its c names (``_named_family``); a rival naming ANOTHER family means the
+    # data cannot tell the two loops apart (an over-N per-batch-sum loop read as summed at a smaller B): then
+    # the reading is not identified, whatever the spread of a says
+    named = _named_family(best, tables, n) if family is None else family
+    rivals = [j for j in passing if j is not best and j["score"] >= best["score"] - BAND_LOG_LIKELIHOOD
+              and (j["family"] if j["family"] is not None else _named_family(j, tables, n)) != named]
+    if family is None:  # the free fit's drop_last is not informative: it does not model the short batch's weight
+        drop = None
     if draws >= 10 and passing and not rivals:
         identified = True
+    elif rivals:
+        identified = False
     elif draws >= 10 and not best["drop"] and n % b_int and n // b_int >= 2:  # only then: 32 more simulations
         sims = best["c_agg"] * simulate(sim_entries, b_int, draws, rng, drop_last=True,
                                         batch_loss="mean" if family is None else family.batch_loss)
