@@ -170,8 +170,7 @@ def screen_arrays(grad_entries: np.ndarray, theirs_entries: np.ndarray, sizes) -
     """``screen_ordered`` as arrays (B, index of the variant in VARIANTS, c, relative error), one entry per
     (B, variant) listed there: the screen of every B = 2..N ranks 3N entries without a dict of tuples."""
     n = grad_entries.shape[0]
-    prefix = np.zeros((n + 1, grad_entries.shape[1]))
-    np.cumsum(grad_entries, axis=0, out=prefix[1:])
+    prefix = label_kernels.prefix_sums(grad_entries)  # (N + 1, M), prefix[0] = 0
     t = np.asarray(theirs_entries, np.float64)
     sizes = np.asarray([int(b) for b in sizes], dtype=np.intp)
     counts = -(-n // sizes)

@@ -77,15 +77,9 @@ def draw_label_indices(weights: np.ndarray, draws: int, rng: np.random.Generator
     return np.minimum(idx, weights.shape[1] - 1)
 
 
-def gathered_squares(q: np.ndarray, idx: np.ndarray) -> np.ndarray:
-    """(S, M) sum_n q[idx[n, s], n, :] for q : (K, n, M), idx : (n, S): one GEMM with the one-hot labels.
-
-    Naive twin: ``sum(q[idx[row, s], row] for row in range(n))`` for each s (tests/test_one_pass.py).
-    """
-    k, n, m = q.shape
-    onehot = np.zeros((idx.shape[1], k * n))
-    onehot[np.arange(idx.shape[1])[None, :], idx * n + np.arange(n)[:, None]] = 1.0
-    return onehot @ q.reshape(k * n, m)
+#: (S, M) sum_n q[idx[n, s], n, :] for q : (K, n, M), idx : (n, S) (the bootstrap draws: a gather of S
+#: rows per example). Naive twin: ``sum(q[idx[row, s], row] for row in range(n))`` (tests/test_one_pass.py).
+gathered_squares = label_kernels.gathered_squares
 
 
 def rows_per_chunk(model: MLP, n_vectors: int, n_cols: int, cumulant: bool = False) -> int:
@@ -123,6 +117,7 @@ def diag_pass(model: MLP, lik: Likelihood, x: np.ndarray, y, screen_cols: np.nda
     dependent = lik.gradient_cumulants(np.zeros((1, c))) is None
     n_basis = len(lik.label_quadrature(np.zeros((1, c)))[0]) if dependent else c
     screen_at, mc_at = _locations(model, screen_cols), _locations(model, mc_cols)
+    same_cols = np.array_equal(screen_cols, mc_cols)
     chunk = chunk_size or rows_per_chunk(model, n_basis, mc_cols.size, cumulant=not dependent)
     sums = np.zeros((len(PASS_ESTIMATORS), p))
     grad_sum = np.zeros(p)
@@ -145,7 +140,7 @@ def diag_pass(model: MLP, lik: Likelihood, x: np.ndarray, y, screen_cols: np.nda
         for l, delta in enumerate(deltas):
             gradient = basis.pick(delta, "empirical")
             observed.append(gradient)
-            predicted.append(basis.pick(delta, "pred"))
+            predicted.append(None if same_cols else basis.pick(delta, "pred"))
             s = basis.squares(delta)  # (n, 3 out): PASS_ESTIMATORS side by side
             a = cache.inputs[l]
             a2 = np.square(a)
@@ -156,12 +151,15 @@ def diag_pass(model: MLP, lik: Likelihood, x: np.ndarray, y, screen_cols: np.nda
             if model.has_bias[l]:
                 sums[:, model.bias_slices[l]] += s.sum(axis=0).reshape(len(PASS_ESTIMATORS), -1)
                 grad_sum[model.bias_slices[l]] += gradient.sum(axis=0)
-        for pos, l, i, j in screen_at:
-            grad_entries[rows, pos] = label_kernels.gather_entries(observed[l][None], cache.inputs[l], i, j)[0]
-            pred_entries[rows, pos] = label_kernels.gather_entries(predicted[l][None], cache.inputs[l], i, j)[0]
         u = np.empty(basis.vectors.shape[:2] + (mc_cols.size,))  # u_nk on mc_cols : (K, n, M)
         for pos, l, i, j in mc_at:
             u[..., pos] = label_kernels.gather_entries(deltas[l], cache.inputs[l], i, j)
+        if same_cols:  # the screen's gradients are the basis' u at the row's label (diagnose: one set of entries)
+            grad_entries[rows], pred_entries[rows] = basis.pick(u, "empirical"), basis.pick(u, "pred")
+        else:
+            for pos, l, i, j in screen_at:
+                grad_entries[rows, pos] = label_kernels.gather_entries(observed[l][None], cache.inputs[l], i, j)[0]
+                pred_entries[rows, pos] = label_kernels.gather_entries(predicted[l][None], cache.inputs[l], i, j)[0]
         if dependent:  # u_nk = J^T (d l / d f at label k), drawn with probability w_nk
             q = u * u
             if bootstrap:
