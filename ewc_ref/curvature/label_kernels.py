@@ -17,6 +17,10 @@ gather_entries          u[k, n, e] = delta[k, n, i_e] a[n, j_e] (a weight) or   
 minibatch_mean_squares  F_B[e] = 1/K sum_k ((s[end_k, e] - s[start_k, e]) /      minibatch_mean_squares_numpy
                         |b_k|)^2 for every B of a group (batched.batched_screen) (a gather of prefix rows,
                                                                                 a sparse segmented sum)
+ordered_fits            (c, relative error) of THEIRS ~= c F for the three       ordered_fits_numpy
+                        ordered variants of every B (loader.screen_arrays):      (minibatch_mean_squares,
+                        F_B, the short batch dropped, kept with a SUM; no        the variants and the fits
+                        (|B|, M) temporaries                                     as arrays, B in groups)
 prefix_sums             s[0] = 0, s[r + 1] = s[r] + g[r]: the screen's prefix    np.cumsum (the same
                         sums, row by row (NumPy's cumsum along axis 0 walks      additions in the same
                         each column with a stride of M numbers: 5-10x slower)    order: bit-identical)
@@ -98,6 +102,41 @@ def partition_squares_numpy(g: np.ndarray, batch: np.ndarray, counts: np.ndarray
     indicator = sparse.csr_matrix((np.ones(order.size), order, indptr), shape=(counts.size, g.shape[0]))
     gbar = (indicator @ g) / counts[:, None]
     return np.einsum("km,km->m", gbar, gbar)
+
+
+def fits_numpy(t: np.ndarray, f: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(c, relative error) : (G,), (G,) of t ~= c f for each row of f : (G, M), c = <t, f> / <f, f>,
+    error ||t - c f|| / ||t|| ((0, 1) where f or t is zero)."""
+    ff = np.einsum("gm,gm->g", f, f)
+    tt = float(t @ t)
+    c = np.divide(f @ t, ff, out=np.zeros_like(ff), where=ff > 0)
+    err = np.linalg.norm(t - c[:, None] * f, axis=1) / np.sqrt(tt) if tt > 0 else np.ones_like(ff)
+    valid = (ff > 0) & (tt > 0)
+    return np.where(valid, c, 0.0), np.where(valid, err, 1.0)
+
+
+def ordered_fits_numpy(prefix: np.ndarray, sizes: np.ndarray, n: int, t: np.ndarray,
+                       rows: int = 2**12) -> tuple[np.ndarray, np.ndarray]:
+    """(c, error) : (|sizes|, 3), (|sizes|, 3) of ``fits_numpy`` for each B in `sizes` and the ordered variants
+    '' (F_B of ``minibatch_mean_squares``), 'dropped' (S_B / (K - 1)) and 'kept, sum' ((B^2 S_B + r^2 L_B) / K),
+    with r = N mod B, L_B = (1/r sum of the last r rows)^2 and S_B = K F_B - L_B (verify/loader.py,
+    ``screen_ordered``); from prefix : (N + 1, M). The B in groups of at most `rows` minibatches."""
+    sizes = np.asarray(sizes, dtype=np.intp)
+    counts = -(-n // sizes)
+    c_out, e_out = np.zeros((sizes.size, 3)), np.ones((sizes.size, 3))
+    first = 0
+    while first < sizes.size:
+        last = first + max(1, int(np.searchsorted(np.cumsum(counts[first:]), rows, side="right")))
+        group = sizes[first:last]
+        f_b = minibatch_mean_squares(prefix, group, n)  # (|group|, M)
+        k, r = counts[first:last], n % group
+        short = ((prefix[n] - prefix[n - r]) / np.maximum(r, 1)[:, None]) ** 2  # zero where r = 0
+        full = k[:, None] * f_b - short
+        variants = (f_b, full / np.maximum(k - 1, 1)[:, None], (group[:, None] ** 2 * full + r[:, None] ** 2 * short) / k[:, None])
+        for v, f in enumerate(variants):
+            c_out[first:last, v], e_out[first:last, v] = fits_numpy(t, f)
+        first = last
+    return c_out, e_out
 
 
 @functools.cache
@@ -184,7 +223,47 @@ def _compiled():
                     v = acc[b, e] / counts[k0 + b]
                     out[e] += v * v
 
-    return squares, gather, screen, prefix, gathered, partition
+    @numba.njit("void(float64[:, ::1], int64[::1], int64, float64[::1], float64[:, ::1], float64[:, ::1])",
+                cache=True, nogil=True, boundscheck=False)
+    def ordered(prefix, sizes, n, t, c_out, e_out):  # pragma: no cover - compiled
+        m = prefix.shape[1]
+        tt = 0.0
+        for e in range(m):
+            tt += t[e] * t[e]
+        f = np.empty((3, m))
+        for g in range(sizes.shape[0]):
+            b = sizes[g]
+            k = (n + b - 1) // b
+            r = n % b
+            for e in range(m):
+                f[0, e] = 0.0
+            for start in range(0, n, b):
+                end = min(start + b, n)
+                count = end - start
+                for e in range(m):
+                    d = (prefix[end, e] - prefix[start, e]) / count
+                    f[0, e] += d * d
+            for e in range(m):
+                f[0, e] /= k
+                short = ((prefix[n, e] - prefix[n - r, e]) / max(r, 1)) ** 2
+                full = k * f[0, e] - short
+                f[1, e] = full / max(k - 1, 1)
+                f[2, e] = (b * b * full + r * r * short) / k
+            for v in range(3):
+                ff, ft = 0.0, 0.0
+                for e in range(m):
+                    ff += f[v, e] * f[v, e]
+                    ft += f[v, e] * t[e]
+                c_out[g, v], e_out[g, v] = 0.0, 1.0
+                if ff > 0 and tt > 0:
+                    c = ft / ff
+                    q = 0.0
+                    for e in range(m):
+                        d = t[e] - c * f[v, e]
+                        q += d * d
+                    c_out[g, v], e_out[g, v] = c, np.sqrt(q) / np.sqrt(tt)
+
+    return squares, gather, screen, prefix, gathered, partition, ordered
 
 
 def label_squares(delta: np.ndarray, weights: np.ndarray, observed: np.ndarray, predicted: np.ndarray) -> np.ndarray:
@@ -254,3 +333,14 @@ def partition_squares(g: np.ndarray, batch: np.ndarray, counts: np.ndarray,
     _compiled()[5](_writeable(g), np.ascontiguousarray(batch, dtype=np.int64),
                    np.ascontiguousarray(counts, dtype=np.float64), int(block), out)
     return out
+
+
+def ordered_fits(prefix: np.ndarray, sizes: np.ndarray, n: int, t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """ordered_fits_numpy by one numba loop over the B (M numbers of scratch; equal up to the order of the additions)."""
+    sizes = np.ascontiguousarray(sizes, dtype=np.int64)
+    if not numba_pays(prefix.size):
+        return ordered_fits_numpy(prefix, sizes, n, t)
+    c_out, e_out = np.empty((sizes.size, 3)), np.empty((sizes.size, 3))
+    _compiled()[6](_writeable(prefix.astype(np.float64, copy=False)), sizes, int(n),
+                   np.ascontiguousarray(t, dtype=np.float64), c_out, e_out)
+    return c_out, e_out
