@@ -42,7 +42,7 @@ import numpy as np
 
 from ..curvature import budget, kernels, label_kernels
 from ..curvature.entries import entry_locations
-from ..model.likelihoods import Likelihood
+from ..model.likelihoods import Categorical, Likelihood, softmax_and_complement
 from ..model.mlp import MLP
 from .statistics import cumulant_moments
 
@@ -230,7 +230,7 @@ class _Basis:
         self.dependent = dependent
         if dependent:  # the gradient at every label: a row's gradient is one of them (an index)
             labels, self.weights = lik.label_quadrature(f)
-            self.vectors = np.stack([lik.grad(f, label) for label in labels])
+            self.vectors = _label_gradients(lik, f, labels)
             self.index = {name: _label_index(labels, value) for name, value in labels_of.items()}
         else:  # unit vectors: a row's gradient r has coefficients r
             self.weights = lik.gradient_cumulants(f)[0]
@@ -251,6 +251,18 @@ class _Basis:
         return np.concatenate([np.square(self.pick(delta, "empirical")),
                                np.einsum("nk,kno->no", self.weights, delta * delta),
                                np.square(self.pick(delta, "pred"))], axis=1)
+
+
+def _label_gradients(lik: Likelihood, f: np.ndarray, labels: list) -> np.ndarray:
+    """(K, n, C) d l / d f at every label of the enumeration. Categorical (label k = class k for every row):
+    p with entry k replaced by -(1 - p_k), from one softmax (``Categorical.grad`` per label, bit for bit)."""
+    if isinstance(lik, Categorical):
+        p, q = softmax_and_complement(f)
+        vectors = np.repeat(p[None], len(labels), axis=0)
+        k = np.arange(len(labels))
+        vectors[k, :, k] = -q.T
+        return vectors
+    return np.stack([lik.grad(f, label) for label in labels])
 
 
 def _label_index(labels: list, y) -> np.ndarray:

@@ -162,3 +162,12 @@ def test_diagnose_with_the_kernels_equals_diagnose_with_the_twins(seed, monkeypa
     for test in ("shuffled_test", "mc_test"):
         for key in ("p_noise", "scale_se", "chi2"):
             np.testing.assert_allclose(fast[test][key], slow[test][key], rtol=1e-6)
+
+
+def test_categorical_label_gradients_from_one_softmax_are_grad_per_label_bit_for_bit():
+    from ewc_ref.model.likelihoods import Categorical
+
+    lik = Categorical()
+    f = np.random.default_rng(11).standard_normal((30, 6)) * np.array([[1.0], [40.0], [400.0]]).repeat(10, 0)  # saturated rows
+    labels, _ = lik.label_quadrature(f)
+    np.testing.assert_array_equal(one_pass._label_gradients(lik, f, labels), np.stack([lik.grad(f, label) for label in labels]))
