@@ -28,7 +28,12 @@ costs no backward pass of its own; a genuine one-sample draw is the gather of u 
 from p_n (``draw_label_indices``, inverse-CDF sampling), summed over rows by one GEMM.
 
 Cost: one forward and a K = C-vector backward pass (the exact diagonal Fisher alone propagates
-C - 1), the three diagonal GEMMs and the mean gradient's GEMM; memory one chunk of rows.
+C - 1), the three diagonal GEMMs, the mean gradient's GEMM and the mc covariance's syrk (BLAS: ~2x
+one exact diagonal Fisher at 784-256-256-10); the rest reads each chunk's arrays once in memory
+order (label_kernels: the squares, the entries' gather, the drawn labels' rows -- S M additions per
+row, not a one-hot GEMM's K S M). When the screen's entries are the mc entries (diagnose), the
+per-example gradients at the observed and most probable labels are rows of u (a gather). Memory
+one chunk of rows plus the (N, M_screen) outputs.
 Naive twins: ``fisher_unchecked`` per estimator, ``statistics.entry_moments`` (its J columns from
 C unit backward vectors), ``curvature.entries.grad_entries`` / ``curvature.entries.per_sample_grad_entries``
 (tests/test_one_pass.py).
@@ -73,8 +78,10 @@ def draw_label_indices(weights: np.ndarray, draws: int, rng: np.random.Generator
     """
     cdf = np.cumsum(weights, axis=1)
     u = rng.random((weights.shape[0], draws)) * cdf[:, -1:]
-    idx = (u[:, :, None] >= cdf[:, None, :]).sum(axis=2)
-    return np.minimum(idx, weights.shape[1] - 1)
+    idx = np.zeros(u.shape, dtype=np.intp)
+    for k in range(weights.shape[1] - 1):  # the labels whose CDF u passes (the last is the minimum's cap)
+        idx += u >= cdf[:, k:k + 1]
+    return idx
 
 
 #: (S, M) sum_n q[idx[n, s], n, :] for q : (K, n, M), idx : (n, S) (the bootstrap draws: a gather of S

@@ -171,3 +171,17 @@ def test_categorical_label_gradients_from_one_softmax_are_grad_per_label_bit_for
     f = np.random.default_rng(11).standard_normal((30, 6)) * np.array([[1.0], [40.0], [400.0]]).repeat(10, 0)  # saturated rows
     labels, _ = lik.label_quadrature(f)
     np.testing.assert_array_equal(one_pass._label_gradients(lik, f, labels), np.stack([lik.grad(f, label) for label in labels]))
+
+
+def test_label_draws_are_the_counts_of_passed_cdf_steps():
+    """draw_label_indices counts, per draw, the labels whose CDF the uniform passes (capped at K - 1):
+    the (n, S, K) comparison it replaced, the same indices from the same uniforms."""
+    rng = np.random.default_rng(12)
+    weights = rng.dirichlet(np.full(6, 0.2), 300)
+    weights[:20] = np.eye(6)[rng.integers(0, 6, 20)]  # one certain label: only it is drawn
+    got = one_pass.draw_label_indices(weights, 40, np.random.default_rng(13))
+    cdf = np.cumsum(weights, axis=1)
+    u = np.random.default_rng(13).random((300, 40)) * cdf[:, -1:]
+    want = np.minimum((u[:, :, None] >= cdf[:, None, :]).sum(axis=2), 5)
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(got[:20], np.argmax(weights[:20], axis=1)[:, None].repeat(40, axis=1))
