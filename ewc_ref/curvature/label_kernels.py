@@ -160,15 +160,15 @@ def _compiled():
                     v = delta[k, r, c]
                     out[r, o + c] += w * (v * v)
 
-    @numba.njit("void(float64[:, :, ::1], float64[:, ::1], int64[::1], int64[::1], float64[:, :, ::1])",
+    @numba.njit("void(float64[:, :, ::1], float64[:, ::1], int64[::1], int64[::1], int64, float64[:, :, ::1])",
                 cache=True, nogil=True, boundscheck=False)
-    def gather(delta, a, i, j, out):  # pragma: no cover - compiled
+    def gather(delta, a, i, j, offset, out):  # pragma: no cover - compiled
         K, n, _ = delta.shape
         m = i.shape[0]
         for k in range(K):  # out in memory order
             for r in range(n):
                 for e in range(m):
-                    out[k, r, e] = delta[k, r, i[e]] * (a[r, j[e]] if j[e] >= 0 else 1.0)
+                    out[k, r, offset + e] = delta[k, r, i[e]] * (a[r, j[e]] if j[e] >= 0 else 1.0)
 
     @numba.njit("void(float64[:, ::1], int64[::1], int64, float64[:, ::1])", cache=True, nogil=True, boundscheck=False)
     def screen(prefix, sizes, n, out):  # pragma: no cover - compiled
@@ -276,13 +276,21 @@ def label_squares(delta: np.ndarray, weights: np.ndarray, observed: np.ndarray, 
     return out
 
 
-def gather_entries(delta: np.ndarray, a: np.ndarray, i: np.ndarray, j: np.ndarray) -> np.ndarray:
-    """gather_entries_numpy by one numba loop (float64; other dtypes use the twin). Products are bit-identical."""
-    if not numba_pays(delta.size) or delta.dtype != np.float64 or a.dtype != np.float64:
-        return gather_entries_numpy(delta, a, i, j)
-    out = np.empty(delta.shape[:2] + (len(i),))
+def gather_entries(delta: np.ndarray, a: np.ndarray, i: np.ndarray, j: np.ndarray, out: np.ndarray | None = None,
+                   offset: int = 0) -> np.ndarray:
+    """gather_entries_numpy by one numba loop (float64; other dtypes use the twin). Products are bit-identical.
+
+    With `out` : (K, n, M_total) (C-contiguous float64), the M entries are written into its columns
+    offset..offset + M - 1 (no copy of a separate result) and `out` is returned."""
+    if not numba_pays(delta.size) or delta.dtype != np.float64 or a.dtype != np.float64 or (
+            out is not None and not (out.flags.c_contiguous and out.dtype == np.float64)):
+        if out is None:
+            return gather_entries_numpy(delta, a, i, j)
+        out[..., offset:offset + len(i)] = gather_entries_numpy(delta, a, i, j)
+        return out
+    out, offset = (np.empty(delta.shape[:2] + (len(i),)), 0) if out is None else (out, offset)
     _compiled()[1](_writeable(delta), _writeable(a), np.ascontiguousarray(i, dtype=np.int64),
-                   np.ascontiguousarray(j, dtype=np.int64), out)
+                   np.ascontiguousarray(j, dtype=np.int64), int(offset), out)
     return out
 
 

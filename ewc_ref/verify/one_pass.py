@@ -160,7 +160,7 @@ def diag_pass(model: MLP, lik: Likelihood, x: np.ndarray, y, screen_cols: np.nda
                 grad_sum[model.bias_slices[l]] += gradient.sum(axis=0)
         u = np.empty(basis.vectors.shape[:2] + (mc_cols.size,))  # u_nk on mc_cols : (K, n, M)
         for pos, l, i, j in mc_at:
-            u[..., pos] = label_kernels.gather_entries(deltas[l], cache.inputs[l], i, j)
+            label_kernels.gather_entries(deltas[l], cache.inputs[l], i, j, out=u, offset=pos.start)
         if same_cols:  # the screen's gradients are the basis' u at the row's label (diagnose: one set of entries)
             grad_entries[rows], pred_entries[rows] = basis.pick(u, "empirical"), basis.pick(u, "pred")
         else:

@@ -185,3 +185,15 @@ def test_label_draws_are_the_counts_of_passed_cdf_steps():
     want = np.minimum((u[:, :, None] >= cdf[:, None, :]).sum(axis=2), 5)
     np.testing.assert_array_equal(got, want)
     np.testing.assert_array_equal(got[:20], np.argmax(weights[:20], axis=1)[:, None].repeat(40, axis=1))
+
+
+def test_gather_entries_into_columns_of_a_larger_array_bit_for_bit(path):
+    rng = np.random.default_rng(14)
+    delta, a = rng.standard_normal((3, 8, 6)), rng.standard_normal((8, 4))
+    i, j = np.array([0, 5, 2]), np.array([3, -1, 1])
+    out = np.full((3, 8, 7), 7.0)
+    got = label_kernels.gather_entries(delta, a, i, j, out=out, offset=2)
+    assert got is out
+    np.testing.assert_array_equal(out[..., 2:5], label_kernels.gather_entries_numpy(delta, a, i, j))
+    np.testing.assert_array_equal(out[..., :2], 7.0)
+    np.testing.assert_array_equal(out[..., 5:], 7.0)
