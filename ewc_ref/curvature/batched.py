@@ -214,8 +214,7 @@ SCREEN_ROWS = 2**12
 def batched_screen_loop(grad_entries: np.ndarray, theirs_entries: np.ndarray, sizes) -> dict[int, tuple[float, float]]:
     """batched_screen one B at a time (its naive twin)."""
     n = grad_entries.shape[0]
-    prefix = np.zeros((n + 1, grad_entries.shape[1]))
-    np.cumsum(grad_entries, axis=0, out=prefix[1:])
+    prefix = label_kernels.prefix_sums(grad_entries)  # (N + 1, M), prefix[0] = 0
     t = np.asarray(theirs_entries, np.float64)
     tt = float(t @ t)
     out = {}

@@ -50,7 +50,8 @@ backward pass of the C label gradients) gives empirical, exact and pred, the mea
 screen's per-example gradients and the mc test's exact moments and bootstrap draws; the
 diagonal Hessian of a ReLU net is the exact diagonal (phi'' = 0), of a curved one a backward
 recursion; then the screen, one batched confirmation and the shuffled simulations. At
-784-256-256-10 that is 5-7x one exact diagonal Fisher at N = 10^4 and 5 10^4 (benchmarks/BENCHMARKS.md).
+784-256-256-10 that is ~3-4x one exact diagonal Fisher at N = 10^4 and 5 10^4, the BLAS of the pass
+~2x of it (benchmarks/BENCHMARKS.md, benchmarks/profile_diagnose.py).
 A full THEIRS computes each candidate on its own (P x P products dominate).
 
 Candidates skipped for cost (the Hessian when P N > budget.HESSIAN_LIMIT) or by the caller

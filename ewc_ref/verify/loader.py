@@ -32,7 +32,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..curvature import label_kernels
-from ..curvature.batched import SCREEN_ROWS, batched_fisher_gemm
+from ..curvature.batched import batched_fisher_gemm
 from ..model.likelihoods import Likelihood
 from ..model.mlp import MLP
 
@@ -158,9 +158,9 @@ def screen_ordered(grad_entries: np.ndarray, theirs_entries: np.ndarray, sizes) 
     '' is F_B of ``batched_screen`` (the short last batch its own); with r = N mod B > 0 the short
     last batch's squared mean L_B = (1/r sum_{last r rows} g)^2 and the full batches' sum
     S_B = K F_B - L_B give 'dropped' = S_B / (K - 1) and 'kept, sum' = (B^2 S_B + r^2 L_B) / K.
-    Variants equal to '' up to a scale (r = 0) are not listed. The B are taken in groups of at most
-    batched.SCREEN_ROWS minibatches (``label_kernels.minibatch_mean_squares``), as ``batched_screen``
-    does; each group's F_B serves all three variants. Twin: ``partition_fisher_loop`` per (B, variant).
+    Variants equal to '' up to a scale (r = 0) are not listed. All three from one F_B per B, fitted
+    without (|B|, M) temporaries by ``label_kernels.ordered_fits`` (twin: ``ordered_fits_numpy``, the
+    arrays of ``batched_screen`` in groups). Twin: ``partition_fisher_loop`` per (B, variant).
     """
     b, variant, c, err = screen_arrays(grad_entries, theirs_entries, sizes)
     return {(int(bi), VARIANTS[vi]): (float(ci), float(ei)) for bi, vi, ci, ei in zip(b, variant, c, err, strict=True)}
@@ -170,40 +170,15 @@ def screen_arrays(grad_entries: np.ndarray, theirs_entries: np.ndarray, sizes) -
     """``screen_ordered`` as arrays (B, index of the variant in VARIANTS, c, relative error), one entry per
     (B, variant) listed there: the screen of every B = 2..N ranks 3N entries without a dict of tuples."""
     n = grad_entries.shape[0]
-    prefix = np.zeros((n + 1, grad_entries.shape[1]))
-    np.cumsum(grad_entries, axis=0, out=prefix[1:])
+    prefix = label_kernels.prefix_sums(grad_entries)  # (N + 1, M), prefix[0] = 0
     t = np.asarray(theirs_entries, np.float64)
     sizes = np.asarray([int(b) for b in sizes], dtype=np.intp)
-    counts = -(-n // sizes)
-    parts, first = [], 0
-    while first < sizes.size:
-        last = first + max(1, int(np.searchsorted(np.cumsum(counts[first:]), SCREEN_ROWS, side="right")))
-        group = sizes[first:last]
-        f_b = label_kernels.minibatch_mean_squares(prefix, group, n)  # (|group|, M)
-        k, r = counts[first:last], n % group
-        short = ((prefix[n] - prefix[n - r]) / np.maximum(r, 1)[:, None]) ** 2  # (|group|, M); unused where r = 0
-        full = k[:, None] * f_b - short
-        listed = {"": np.ones(group.size, bool), "dropped": (r > 0) & (k >= 2), "kept, sum": r > 0}
-        for v, f in (("", f_b), ("dropped", full / np.maximum(k - 1, 1)[:, None]),
-                     ("kept, sum", (group[:, None] ** 2 * full + r[:, None] ** 2 * short) / k[:, None])):
-            c, err = _fits(t, f)
-            keep = listed[v]
-            parts.append((group[keep], np.full(int(keep.sum()), VARIANTS.index(v)), c[keep], err[keep]))
-        first = last
-    if not parts:
-        return np.zeros(0, np.intp), np.zeros(0, np.intp), np.zeros(0), np.zeros(0)
+    c, err = label_kernels.ordered_fits(prefix, sizes, n, t)  # (|sizes|, 3): '', 'dropped', 'kept, sum'
+    k, r = -(-n // sizes), n % sizes
+    parts = [(sizes[listed], np.full(int(listed.sum()), VARIANTS.index(v)), c[listed, column], err[listed, column])
+             for column, (v, listed) in enumerate((("", np.ones(sizes.size, bool)), ("dropped", (r > 0) & (k >= 2)),
+                                                   ("kept, sum", r > 0)))]
     b, variant, c, err = (np.concatenate(column) for column in zip(*parts, strict=True))
     listing = np.array([VARIANTS.index(v) for v in ("", "dropped", "kept, sum")]).argsort()[variant]
     order = np.lexsort((listing, b))  # by B, then '', 'dropped', 'kept, sum': the order screen_ordered lists them
     return b[order], variant[order], c[order], err[order]
-
-
-def _fits(t: np.ndarray, f: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(c, relative error) : (G,), (G,) of t ~= c f for each row of f : (G, M), as ``_fit`` row by row
-    ((0, 1) where f or t is zero)."""
-    ff = np.einsum("gm,gm->g", f, f)
-    tt = float(t @ t)
-    c = np.divide(f @ t, ff, out=np.zeros_like(ff), where=ff > 0)
-    err = np.linalg.norm(t - c[:, None] * f, axis=1) / np.sqrt(tt) if tt > 0 else np.ones_like(ff)
-    valid = (ff > 0) & (tt > 0)
-    return np.where(valid, c, 0.0), np.where(valid, err, 1.0)

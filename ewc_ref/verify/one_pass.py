@@ -28,7 +28,12 @@ costs no backward pass of its own; a genuine one-sample draw is the gather of u 
 from p_n (``draw_label_indices``, inverse-CDF sampling), summed over rows by one GEMM.
 
 Cost: one forward and a K = C-vector backward pass (the exact diagonal Fisher alone propagates
-C - 1), the three diagonal GEMMs and the mean gradient's GEMM; memory one chunk of rows.
+C - 1), the three diagonal GEMMs, the mean gradient's GEMM and the mc covariance's syrk (BLAS: ~2x
+one exact diagonal Fisher at 784-256-256-10); the rest reads each chunk's arrays once in memory
+order (label_kernels: the squares, the entries' gather, the drawn labels' rows -- S M additions per
+row, not a one-hot GEMM's K S M). When the screen's entries are the mc entries (diagnose), the
+per-example gradients at the observed and most probable labels are rows of u (a gather). Memory
+one chunk of rows plus the (N, M_screen) outputs.
 Naive twins: ``fisher_unchecked`` per estimator, ``statistics.entry_moments`` (its J columns from
 C unit backward vectors), ``curvature.entries.grad_entries`` / ``curvature.entries.per_sample_grad_entries``
 (tests/verify/test_one_pass.py).
@@ -42,7 +47,7 @@ import numpy as np
 
 from ..curvature import budget, kernels, label_kernels
 from ..curvature.entries import entry_locations
-from ..model.likelihoods import Likelihood
+from ..model.likelihoods import Categorical, Likelihood, softmax_and_complement
 from ..model.mlp import MLP
 from .statistics import cumulant_moments
 
@@ -73,19 +78,15 @@ def draw_label_indices(weights: np.ndarray, draws: int, rng: np.random.Generator
     """
     cdf = np.cumsum(weights, axis=1)
     u = rng.random((weights.shape[0], draws)) * cdf[:, -1:]
-    idx = (u[:, :, None] >= cdf[:, None, :]).sum(axis=2)
-    return np.minimum(idx, weights.shape[1] - 1)
+    idx = np.zeros(u.shape, dtype=np.intp)
+    for k in range(weights.shape[1] - 1):  # the labels whose CDF u passes (the last is the minimum's cap)
+        idx += u >= cdf[:, k:k + 1]
+    return idx
 
 
-def gathered_squares(q: np.ndarray, idx: np.ndarray) -> np.ndarray:
-    """(S, M) sum_n q[idx[n, s], n, :] for q : (K, n, M), idx : (n, S): one GEMM with the one-hot labels.
-
-    Naive twin: ``sum(q[idx[row, s], row] for row in range(n))`` for each s (tests/verify/test_one_pass.py).
-    """
-    k, n, m = q.shape
-    onehot = np.zeros((idx.shape[1], k * n))
-    onehot[np.arange(idx.shape[1])[None, :], idx * n + np.arange(n)[:, None]] = 1.0
-    return onehot @ q.reshape(k * n, m)
+#: (S, M) sum_n q[idx[n, s], n, :] for q : (K, n, M), idx : (n, S) (the bootstrap draws: a gather of S
+#: rows per example). Naive twin: ``sum(q[idx[row, s], row] for row in range(n))`` (tests/verify/test_one_pass.py).
+gathered_squares = label_kernels.gathered_squares
 
 
 def rows_per_chunk(model: MLP, n_vectors: int, n_cols: int, cumulant: bool = False) -> int:
@@ -123,6 +124,7 @@ def diag_pass(model: MLP, lik: Likelihood, x: np.ndarray, y, screen_cols: np.nda
     dependent = lik.gradient_cumulants(np.zeros((1, c))) is None
     n_basis = len(lik.label_quadrature(np.zeros((1, c)))[0]) if dependent else c
     screen_at, mc_at = _locations(model, screen_cols), _locations(model, mc_cols)
+    same_cols = np.array_equal(screen_cols, mc_cols)
     chunk = chunk_size or rows_per_chunk(model, n_basis, mc_cols.size, cumulant=not dependent)
     sums = np.zeros((len(PASS_ESTIMATORS), p))
     grad_sum = np.zeros(p)
@@ -145,7 +147,7 @@ def diag_pass(model: MLP, lik: Likelihood, x: np.ndarray, y, screen_cols: np.nda
         for l, delta in enumerate(deltas):
             gradient = basis.pick(delta, "empirical")
             observed.append(gradient)
-            predicted.append(basis.pick(delta, "pred"))
+            predicted.append(None if same_cols else basis.pick(delta, "pred"))
             s = basis.squares(delta)  # (n, 3 out): PASS_ESTIMATORS side by side
             a = cache.inputs[l]
             a2 = np.square(a)
@@ -156,12 +158,15 @@ def diag_pass(model: MLP, lik: Likelihood, x: np.ndarray, y, screen_cols: np.nda
             if model.has_bias[l]:
                 sums[:, model.bias_slices[l]] += s.sum(axis=0).reshape(len(PASS_ESTIMATORS), -1)
                 grad_sum[model.bias_slices[l]] += gradient.sum(axis=0)
-        for pos, l, i, j in screen_at:
-            grad_entries[rows, pos] = label_kernels.gather_entries(observed[l][None], cache.inputs[l], i, j)[0]
-            pred_entries[rows, pos] = label_kernels.gather_entries(predicted[l][None], cache.inputs[l], i, j)[0]
         u = np.empty(basis.vectors.shape[:2] + (mc_cols.size,))  # u_nk on mc_cols : (K, n, M)
         for pos, l, i, j in mc_at:
-            u[..., pos] = label_kernels.gather_entries(deltas[l], cache.inputs[l], i, j)
+            label_kernels.gather_entries(deltas[l], cache.inputs[l], i, j, out=u, offset=pos.start)
+        if same_cols:  # the screen's gradients are the basis' u at the row's label (diagnose: one set of entries)
+            grad_entries[rows], pred_entries[rows] = basis.pick(u, "empirical"), basis.pick(u, "pred")
+        else:
+            for pos, l, i, j in screen_at:
+                grad_entries[rows, pos] = label_kernels.gather_entries(observed[l][None], cache.inputs[l], i, j)[0]
+                pred_entries[rows, pos] = label_kernels.gather_entries(predicted[l][None], cache.inputs[l], i, j)[0]
         if dependent:  # u_nk = J^T (d l / d f at label k), drawn with probability w_nk
             q = u * u
             if bootstrap:
@@ -232,7 +237,7 @@ class _Basis:
         self.dependent = dependent
         if dependent:  # the gradient at every label: a row's gradient is one of them (an index)
             labels, self.weights = lik.label_quadrature(f)
-            self.vectors = np.stack([lik.grad(f, label) for label in labels])
+            self.vectors = _label_gradients(lik, f, labels)
             self.index = {name: _label_index(labels, value) for name, value in labels_of.items()}
         else:  # unit vectors: a row's gradient r has coefficients r
             self.weights = lik.gradient_cumulants(f)[0]
@@ -253,6 +258,18 @@ class _Basis:
         return np.concatenate([np.square(self.pick(delta, "empirical")),
                                np.einsum("nk,kno->no", self.weights, delta * delta),
                                np.square(self.pick(delta, "pred"))], axis=1)
+
+
+def _label_gradients(lik: Likelihood, f: np.ndarray, labels: list) -> np.ndarray:
+    """(K, n, C) d l / d f at every label of the enumeration. Categorical (label k = class k for every row):
+    p with entry k replaced by -(1 - p_k), from one softmax (``Categorical.grad`` per label, bit for bit)."""
+    if isinstance(lik, Categorical):
+        p, q = softmax_and_complement(f)
+        vectors = np.repeat(p[None], len(labels), axis=0)
+        k = np.arange(len(labels))
+        vectors[k, :, k] = -q.T
+        return vectors
+    return np.stack([lik.grad(f, label) for label in labels])
 
 
 def _label_index(labels: list, y) -> np.ndarray:

@@ -57,9 +57,9 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import sparse
 from scipy.stats import chi2, norm
 
+from ..curvature import label_kernels
 from ..jsonio import JsonResult
 from .band import band_of_b
 
@@ -172,27 +172,28 @@ def simulate(grad_entries: np.ndarray, batch_size: int, draws: int, rng: np.rand
     1/K sum_k gbar_k^2 with gbar_k the batch's mean gradient, or its sum with batch_loss='sum'.
 
     A partition is a permutation of the rows cut into runs of B (the last one partial, or dropped
-    with `drop_last`: only the first floor(N / B) B positions are used); the
-    minibatch sums are one sparse (K, N) indicator matrix times the (N, M) gradients, in their dtype
-    (``judge_shuffled`` passes a float32 copy: each draw streams all N M entries, and their round-off,
-    1e-7 relative, is far below a loader's noise). Twin: ``simulate_loop`` (the permuted rows summed run by run).
+    with `drop_last`: only the first floor(N / B) B positions are used); each draw's squared batch
+    means are ``label_kernels.partition_squares``, which streams the (N, M) entries (float64, or the
+    float32 copy of ``judge_shuffled``: half the bytes) in row order into the K batch sums, in float64.
+    Twin: ``simulate_loop`` (the permuted rows summed run by run).
     """
     n = grad_entries.shape[0]
     used = n - n % batch_size if drop_last else n
     k = -(-used // batch_size)
     starts = np.arange(0, used, batch_size)
     counts = np.minimum(starts + batch_size, used) - starts
-    indptr, ones, whole = np.append(starts, used), np.ones(used, grad_entries.dtype), (used // batch_size) * batch_size
+    batch_of_position = np.arange(used) // batch_size
+    batch = np.empty(n, dtype=np.int64)
     out = np.empty((draws, grad_entries.shape[1]))
     for d in range(draws):
-        rows = rng.permutation(n)[:used]  # the row at position i of the permutation is in batch i // B
-        # the (K, N) indicator built as CSR directly, each batch's rows sorted (the order a COO build sums in)
-        rows[:whole] = np.sort(rows[:whole].reshape(-1, batch_size), axis=1).reshape(-1)
-        rows[whole:] = np.sort(rows[whole:])
-        indicator = sparse.csr_matrix((ones, rows, indptr), shape=(k, n))
-        indicator.has_sorted_indices = True  # they are: scipy need not sort them again
-        gbar = (indicator @ grad_entries).astype(np.float64) / (counts[:, None] if batch_loss == "mean" else 1.0)
-        out[d] = np.einsum("km,km->m", gbar, gbar) / k
+        if batch_loss == "sum":  # each batch's SUM (rare: a per-batch-sum loop named from the free fit)
+            shuffled = grad_entries[rng.permutation(n)[:used]].astype(np.float64)
+            gsum = np.add.reduceat(shuffled, starts, axis=0)
+            out[d] = np.einsum("km,km->m", gsum, gsum) / k
+            continue
+        batch.fill(-1)  # a row the loader dropped
+        batch[rng.permutation(n)[:used]] = batch_of_position  # the row at position i of the permutation is in batch i // B
+        out[d] = label_kernels.partition_squares(grad_entries, batch, counts) / k
     return out
 
 
@@ -375,7 +376,9 @@ def judge_shuffled(theirs_entries: np.ndarray, grad_entries: np.ndarray, roundof
     if not readings:
         return ShuffledTest(False, "not a shuffled-loader Fisher: every reading implies a single batch", entries=gls.m)
     readings.sort(key=lambda r: (r["family"] is None, -r["log_like"]))  # the families before the free fit (a scale bug)
-    sim_entries = grad_entries.astype(np.float32)  # the simulations stream all N M entries per draw: half the bytes
+    # the simulations stream all N M entries per draw: a float32 copy halves the bytes; its round-off, 6e-8
+    # relative per entry (summed in float64), is far below a loader's relative noise sqrt(2 / (K - 1)) >= sqrt(2 / N) (U2)
+    sim_entries = grad_entries.astype(np.float32)
     chosen = readings[:SIMULATED_READINGS]
     free = [r for r in readings if r["family"] is None]
     if free and free[0] not in chosen:  # the free fit keeps a slot: a per-batch-sum loop is named only through it
