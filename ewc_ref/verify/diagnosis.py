@@ -77,17 +77,15 @@ from ..model.loss import check_model_data
 from ..model.mlp import MLP
 from ..progress import Progress
 from . import kfac
-from .causes import likely_causes, tested_causes
-from .factors import NATURAL, ScaleFactor
 from .loader import minibatch_matrices
 from .one_pass import PASS_ESTIMATORS, diag_pass
-from .ranking import rank, simulated_scores
-from .readings import FAMILIES
+from .ranking import simulated_scores
 from .results import Candidate, Diagnosis, MCTest
 from .roundoff_verdict import judge_float32, roundoff_words
-from .scale import fit_scale, match_scale, roundoff_tolerance, scale_factors
+from .scale import fit_scale, roundoff_tolerance
 from .shuffled import ShuffledTest, judge_shuffled
 from .statistics import MC_BOOTSTRAP, entry_moments, judge_mc, sample_entries
+from .verdict import assemble_verdict
 
 #: Diagonal entries the batched screen and the shuffled test look at (all when P is smaller):
 #: (N + 1) x SCREEN_ENTRIES prefix sums, 20 MB at N = 10^4.
@@ -215,7 +213,7 @@ def diagnose(model: MLP, lik: Likelihood, x, y, theirs, batch_sizes=None, tol: f
     candidates.sort(key=lambda c: (c.entries is not None, c.rel_error, _rank(c.estimator), c.batch_size or 0))
     not_tried = _not_tried(hessian, screened, batch_sizes, n, p)
     scores = _statistical_scores(t_diag[cols], grad_entries, one, mc_test, shuffled, tol, score_rng)
-    verdict = _verdict(candidates, matrices, mc_test, shuffled, n, p, structure, precision, tol, model, lik,
+    verdict = assemble_verdict(candidates, matrices, mc_test, shuffled, n, p, structure, precision, tol, model, lik,
                        not_tried, screened, loader, scores, (x, y, t_diag, one and one.kfac_diagonals))
     verdict.roundoff = roundoff
     if roundoff is not None and not roundoff["matched"] and verdict.estimator == "none":
@@ -326,25 +324,6 @@ def _not_tried(hessian: bool, screened, batch_sizes, n: int, p: int) -> list[dic
     return out
 
 
-def _statistical_scale(c, test, n, n_outputs, lik_name, sigma):
-    """(factor or None, words, se) of a statistical candidate: the simplest factor in its 2-se band; a
-    shuffled reading of a loader family (readings.FAMILIES) is that family's factor."""
-    se = test.scale_se if math.isfinite(test.scale_se) else 0.1 * abs(c.scale)
-    family = next((f for f in FAMILIES if (f.aggregation, f.batch_loss) == (getattr(test, "reduction", ""),
-                                                                         getattr(test, "batch_loss", ""))), None)
-    factors = scale_factors(n, c.batch_size, n_outputs, lik_name, sigma, samples=c.samples if c.estimator == "mc" else None)
-    if c.estimator == "shuffled" and family is not None:  # the search's words for that factor (its conventions)
-        named = next((f for f in factors if f.expression == family.expression), None)
-        words = (f"{named.words} (a loop {family.name}; c = {c.scale:.4g})" if named is not None
-                 else f"x {family.expression}: {family.words} (c = {c.scale:.4g})")
-        return ScaleFactor(c.scale, family.expression, words, 1), words + f" (+/- {se:.2g}, the standard error of the sampling noise)", se
-    factor, words = match_scale(c.scale, factors, rtol=2 * se / max(abs(c.scale), 1e-300), simplest_first=True,
-                                prefer=NATURAL[c.estimator])
-    return factor, words + f" (+/- {se:.2g}, the standard error of the sampling noise)", se
-
-
-
-
 def _statistical_scores(t_entries, grad_entries, one, mc_test, shuffled, tol, rng) -> dict:
     """{name: score (ranking.simulated_scores)} when mc and shuffled both pass, on the same tested entries (diag)."""
     if one is None or mc_test is None or shuffled is None or not (mc_test.accepted and shuffled.accepted):
@@ -353,107 +332,3 @@ def _statistical_scores(t_entries, grad_entries, one, mc_test, shuffled, tol, rn
     return simulated_scores(t_entries, grad_entries, roundoff, (one.mc_mean, one.mc_draws, mc_test.implied_samples),
                             (shuffled.batch_size, shuffled.aggregation_scale if math.isfinite(shuffled.aggregation_scale)
                              else shuffled.scale, bool(shuffled.drop_last), shuffled.batch_loss or "mean"), rng)
-
-
-def _statistical_winner(candidates, tests, scores):
-    """(the accepted statistical candidate to report or None, the other accepted ones, 'cannot tell' or '').
-
-    One passing its own test is the answer; when mc and shuffled both pass, ranking.rank decides by
-    the scores (ranking (R2)), and a margin below ranking.MARGIN is "cannot tell". A shuffled reading
-    whose c and B are confounded (not identified, or a full THEIRS judged on its diagonal) takes part
-    in the comparison but is never the verdict: when it wins, the answer is 'none' with row order as
-    the first cause.
-    """
-    accepted = [c for c in candidates if c.estimator in NATURAL and c.fits]
-    if len(accepted) == 2 and scores:
-        name, _ = rank({c.estimator: scores[c.estimator] for c in accepted})
-        if name is None:
-            return None, accepted, "cannot tell"
-        accepted.sort(key=lambda c: c.estimator != name)
-    if accepted and accepted[0].estimator == "shuffled" and not tests["shuffled"].identified:
-        return None, accepted[1:], ""
-    if not accepted:
-        return None, [], ""
-    return accepted[0], accepted[1:], ""
-
-
-def _n_batches(c, n: int, loader) -> int | None:
-    """K of a minibatch candidate: the recorded batches, floor(M / B) with drop_last, else ceil(M / B)."""
-    if c.batch_size is None:
-        return None
-    m = n if loader.order is None else loader.order.size
-    if "recorded" in c.variant:
-        return int(loader.batches.size)
-    return m // c.batch_size if c.variant.endswith("dropped") else -(-m // c.batch_size)
-
-
-def _margin(scores: dict) -> float | None:
-    values = sorted(scores.values(), reverse=True)
-    return values[0] - values[1] if len(values) >= 2 else None
-
-
-def _verdict(candidates, matrices, mc_test, shuffled, n, p, structure, precision, tol, model, lik,
-             not_tried, screened, loader, scores, data) -> Diagnosis:
-    """The winner (best deterministic fit, else the best accepted statistical one, else 'none')."""
-    c_out = model.n_outputs
-    sigma = float(getattr(lik, "sigma", 1.0))
-    common = dict(n=n, n_params=p, structure=structure, precision=precision, tol=tol, mc=mc_test,
-                  shuffled=shuffled, not_tried=not_tried, batch_sizes_screened=screened)
-    deterministic = [c for c in candidates if c.fits and c.estimator not in NATURAL]
-    tests = {"mc": mc_test, "shuffled": shuffled}
-    also = []
-    undecided, tested = "", []
-    if deterministic:
-        winner = deterministic[0]
-    else:  # a tested cause within round-off (c F + alpha, a KFAC diagonal) stops a statistical verdict
-        tested = tested_causes(model, lik, *data[:3], matrices, candidates[0], tol, data[3])
-        exact_cause = any(rel <= 10 * tol for rel, _ in tested)
-        winner, also, undecided = (None, [], "") if exact_cause else _statistical_winner(candidates, tests, scores)
-    common.update(statistical_scores=scores, score_margin=_margin(scores))
-    if undecided:
-        best = max(also, key=lambda c: scores[c.estimator])
-        return Diagnosis("cannot tell", best.scale, best.rel_error, None, None, candidates,
-                         scale_words=f"x {best.scale:.6g} (the fitted c of {best.label})", closest=best,
-                         also_consistent=[c.label for c in also], **common)
-    if winner is None:
-        best = candidates[0]
-        return Diagnosis("none", best.scale, best.rel_error, None, None, candidates,
-                         scale_words=f"x {best.scale:.12g} (the fitted c of the closest, {best.label})",
-                         scale_factor=None, closest=best, causes=likely_causes(candidates, shuffled, not_tried, tested, tol), **common)
-    if winner.estimator in NATURAL:
-        factor, words, _ = _statistical_scale(winner, tests[winner.estimator], n, c_out, lik.name, sigma)
-        # mc's expectation is exact: neither exact nor a candidate equal to it (a ReLU net's hessian) is a runner-up
-        exact = matrices[("exact", None, "")]
-        others = [c for c in candidates if c is not winner and not (
-            winner.estimator == "mc" and c.key in matrices and fit_scale(matrices[c.key], exact)[1] <= tol)]
-        equivalent, runner_up = [], (others[0] if others else None)
-    else:
-        factors = scale_factors(n, winner.batch_size, c_out, lik.name, sigma, _n_batches(winner, n, loader))
-        factor, words = match_scale(winner.scale, factors, rtol=max(10 * winner.rel_error, 1e-9))
-        equivalent, runner_up = _equivalent_and_runner_up(winner, candidates, matrices, tol)
-    # float64 epsilon as the floor: an exact 0 residual should not give an astronomic margin
-    margin = runner_up.rel_error / max(winner.rel_error, np.finfo(float).eps) if runner_up is not None else math.inf
-    return Diagnosis(winner.estimator, winner.scale, winner.rel_error, winner.batch_size,
-                     winner.samples if winner.estimator == "mc" else None, candidates, scale_words=words,
-                     scale_factor=None if factor is None else factor.expression, runner_up=runner_up,
-                     margin=margin, equivalent=equivalent, also_consistent=[c.label for c in also],
-                     variant=winner.variant, **common)
-
-
-def _equivalent_and_runner_up(winner, candidates, matrices, tol):
-    """Candidates whose matrix equals the winner's here (e.g. pred = empirical at 100% accuracy),
-    and the best of the others."""
-    win_matrix = matrices[winner.key]
-    equivalent, others = [], []
-    for c in candidates:
-        if c is winner:
-            continue
-        if c.key not in matrices:  # statistical: mc, shuffled
-            # an unjudged mc is exact itself; a shuffled expectation within round-off is a deterministic
-            # candidate in disguise (B = 1: empirical, B = N: the squared mean gradient)
-            if (c.estimator == "mc" and c.samples is not None) or (c.estimator == "shuffled" and c.rel_error > tol):
-                others.append(c)
-            continue
-        same = fit_scale(win_matrix, matrices[c.key])[1] <= tol and c.fits
-        (equivalent if same else others).append(c)
-    return equivalent, (others[0] if others else None)

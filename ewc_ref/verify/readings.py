@@ -213,3 +213,12 @@ def run_around(mask: np.ndarray, bb: int) -> tuple[int, int] | None:
     while hi + 1 < mask.size and mask[hi + 1]:
         hi += 1
     return lo + 1, hi + 1
+
+
+def named_family(judged: dict, tables: dict, n: int):
+    """The first family whose m m^T weight is a judged free reading's c within 2 se at a B of its band, or None."""
+    c, se, (low, high) = judged["cm"], judged["se"], judged["band"]
+    band = max(2 * se if math.isfinite(se) else 0.1 * c, 1e-9 * abs(c))
+    sizes = np.arange(max(low, 1), min(high, n) + 1)
+    table = tables[bool(judged["drop"])]
+    return next((f for f in FAMILIES if sizes.size and np.abs(c - table[f][0][sizes - 1]).min() <= band), None)

@@ -62,16 +62,13 @@ from scipy.stats import chi2, norm
 from ..curvature import label_kernels
 from ..jsonio import JsonResult
 from .band import band_of_b
-
-# alpha-bar(B) and K(B) moved to readings.py with the loader families; still importable from here
-from .readings import (  # noqa: F401
+from .readings import (
     FAMILIES,
     aggregation_scale,
     equal_level,
     hypotheses,
     loader_tables,
-    mean_alpha,
-    n_batches,
+    named_family,
     run_around,
 )
 
@@ -330,15 +327,6 @@ def _reading(family, bb, a, b, drop, table, gls, expect, tw_of, n) -> dict:
             "dof": gls.m - 2 if family is None else gls.m, "statistic": statistic}
 
 
-def _named_family(judged: dict, tables: dict, n: int):
-    """The first family whose m m^T weight is a judged free reading's c within 2 se at a B of its band, or None."""
-    c, se, (low, high) = judged["cm"], judged["se"], judged["band"]
-    band = max(2 * se if math.isfinite(se) else 0.1 * c, 1e-9 * abs(c))
-    sizes = np.arange(max(low, 1), min(high, n) + 1)
-    table = tables[bool(judged["drop"])]
-    return next((f for f in FAMILIES if sizes.size and np.abs(c - table[f][0][sizes - 1]).min() <= band), None)
-
-
 def judge_shuffled(theirs_entries: np.ndarray, grad_entries: np.ndarray, roundoff: float,
                    rng: np.random.Generator, draws: int = SHUFFLE_BOOTSTRAP) -> ShuffledTest:
     """Accept or reject ``shuffled`` on the tested diagonal entries (module docstring, (U1)-(U3)).
@@ -410,12 +398,12 @@ def judge_shuffled(theirs_entries: np.ndarray, grad_entries: np.ndarray, roundof
     # Identified when the m m^T weight a of simulated loaders WITHOUT the short last batch (whose few
     # rows add noise along m m^T too, which is not confounding) has sd <= c / 4, or when no reading of
     # another family (or the free fit) passes within BAND_LOG_LIKELIHOOD of the best one
-    # A free fit stands for the family its c names (``_named_family``); a rival naming ANOTHER family means the
+    # A free fit stands for the family its c names (``readings.named_family``); a rival naming ANOTHER family means the
     # data cannot tell the two loops apart (an over-N per-batch-sum loop read as summed at a smaller B): then
     # the reading is not identified, whatever the spread of a says
-    named = _named_family(best, tables, n) if family is None else family
+    named = named_family(best, tables, n) if family is None else family
     rivals = [j for j in passing if j is not best and j["score"] >= best["score"] - BAND_LOG_LIKELIHOOD
-              and (j["family"] if j["family"] is not None else _named_family(j, tables, n)) != named]
+              and (j["family"] if j["family"] is not None else named_family(j, tables, n)) != named]
     if family is None:  # the free fit's drop_last is not informative: it does not model the short batch's weight
         drop = None
     if draws >= 10 and passing and not rivals:

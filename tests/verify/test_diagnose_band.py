@@ -8,7 +8,8 @@ import pytest
 
 from ewc_ref.verify.band import relative_sd
 from ewc_ref.verify.ranking import loader_moments
-from ewc_ref.verify.shuffled import GLS, expectation_terms, n_batches
+from ewc_ref.verify.readings import n_batches
+from ewc_ref.verify.shuffled import GLS, expectation_terms
 
 
 def test_clean_b_fits_the_heavy_row_of_a_short_batch_apart():

@@ -43,9 +43,9 @@ def test_below_the_margin_the_answer_is_cannot_tell_naming_both(monkeypatch):
     """With an unreachable margin the confident net's shuffled Fisher (both tests pass) is 'cannot tell',
     naming both candidates, with the fitted c only as its scale words and both scores in the JSON."""
     monkeypatch.setattr(ranking, "MARGIN", 1e9)
-    import ewc_ref.verify.diagnosis as diagnosis
+    import ewc_ref.verify.verdict as verdict
 
-    monkeypatch.setattr(diagnosis, "rank", ranking.rank)
+    monkeypatch.setattr(verdict, "rank", ranking.rank)
     model, lik, x, y, theirs = fixture("categorical__wild_shuffled_b32_mean")
     result = diagnose(model, lik, x, y, theirs)
     assert result.estimator == "cannot tell", result.report()

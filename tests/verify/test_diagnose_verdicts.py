@@ -35,8 +35,9 @@ from ewc_ref.curvature.batched import (
 from ewc_ref.curvature.entries import per_sample_grad_entries
 from ewc_ref.verify.diagnosis import diagnose
 from ewc_ref.verify.loader import batch_sizes_of, partition_fisher_loop, reduction_of
+from ewc_ref.verify.readings import mean_alpha
 from ewc_ref.verify.scale import match_scale, scale_factors
-from ewc_ref.verify.shuffled import expectation_terms, mean_alpha
+from ewc_ref.verify.shuffled import expectation_terms
 from ewc_ref.verify.statistics import entry_moments, judge_mc
 
 # ------------------------------------------------------------------ (1) real libraries
