@@ -6,8 +6,10 @@ rows, squared and averaged), so no deterministic candidate fits and diagnose run
 the deterministic candidates, the screen of every B = 2..N and its closest confirmation, the mc
 test and the shuffled test (the worst case; a THEIRS that fits deterministically skips the last two). The two are timed side by side in one process,
 alternating, for --rounds rounds; the ratio of medians is the figure of the goal (<= 5).
---memory also reports the tracemalloc peak of diagnose at N/4 and N (flat in N: the per-example
-gradients are only ever held for SCREEN_ENTRIES entries or one chunk of rows).
+--memory also reports the tracemalloc peak of diagnose at N/4 and N. It is NOT flat in N: the screen of
+every B holds the per-example gradients on SCREEN_ENTRIES = 256 entries at the observed and the predicted
+labels and their prefix sums, (N, 256) float64 each (~6 KB per row; 107 MiB at N = 10,000, 333 MiB at
+50,000, BENCHMARKS.md); nothing of size N x P is held.
 
 Run (the OpenBLAS variables unset, as the goal's measurement asks)::
 
