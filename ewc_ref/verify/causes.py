@@ -92,7 +92,9 @@ def likely_causes(candidates, shuffled: ShuffledTest, not_tried, tested: list | 
     causes += ["not tested: a Fisher at other weights (saved before or after an optimizer step, or of another task)",
                "not tested: another loss or likelihood than MODEL's (label smoothing, class weights, another sigma, a "
                "regulariser)",
-               "not tested: clipped or capped values, labels mixed across a batch, or half-precision arithmetic"]
+               "not tested: clipped or capped values, labels mixed across a batch, or half-precision arithmetic",
+               "not tested: a minibatch loop at labels SAMPLED from the model, or squared gradients of a random "
+               "subset of the rows (a 'fisher_n' sample): not yet candidates of diagnose (issue 28)"]
     if not plausible:
         causes.append("rows in another order than DATA (a shuffled loader) with batches too small or too few to tell")
     causes += [f"a candidate not tried: {item['estimator']} ({item['flag']})" for item in not_tried]
