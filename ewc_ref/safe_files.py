@@ -52,7 +52,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .safe_zip import FileFormatError, MemberReader, check_ratio, check_sizes
+from .safe_zip import FileFormatError, MemberReader, check_ratio
 
 MAX_FILE_BYTES = 4 * 1024**3
 MAX_HEADER_BYTES = 10_000
@@ -65,10 +65,6 @@ NPY_HEADER_KEYS = {"descr", "fortran_order", "shape"}
 # dtype kinds a file may hold: booleans, integers, floats, complex, bytes and unicode strings.
 # Objects (pickle), structured/void, datetimes are refused in step 2.
 ALLOWED_KINDS = "biufcSU"
-
-# IDX (LeCun's MNIST page): 2 zero bytes, a type code, the number of dimensions, then one
-# big-endian uint32 per dimension, then the data, big-endian, row-major.
-IDX_TYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 
 # Every exception the standard library's decoders raise for a damaged stream.
 DECODE_ERRORS = (
@@ -122,7 +118,8 @@ def check_budget(nbytes: int, what: str, max_bytes: int | None = None) -> None:
         )
 
 
-def _one_line(error: BaseException) -> str:
+def one_line(error: BaseException) -> str:
+    """An exception as one line of text, its type named (zlib.error, not error): the tail of a refusal."""
     name = type(error).__name__
     if name == "error":  # zlib.error
         name = f"{type(error).__module__}.error"
@@ -167,7 +164,7 @@ def parse_npy_header(stream, where: str) -> ArrayHeader:
     try:
         fields = ast.literal_eval(text)
     except (ValueError, SyntaxError, TypeError, RecursionError, MemoryError) as error:
-        raise FileFormatError(f"{where}: malformed .npy header ({_one_line(error)})") from None
+        raise FileFormatError(f"{where}: malformed .npy header ({one_line(error)})") from None
     if not isinstance(fields, dict) or set(fields) != NPY_HEADER_KEYS:
         raise FileFormatError(f"{where}: malformed .npy header: expected a dict with keys {sorted(NPY_HEADER_KEYS)}")
     shape, fortran_order = fields["shape"], fields["fortran_order"]
@@ -178,7 +175,7 @@ def parse_npy_header(stream, where: str) -> ArrayHeader:
     try:
         dtype = np.lib.format.descr_to_dtype(fields["descr"])
     except (ValueError, TypeError, KeyError, IndexError, SyntaxError, RecursionError) as error:
-        raise FileFormatError(f"{where}: .npy header descr {fields['descr']!r} is not a dtype ({_one_line(error)})") from None
+        raise FileFormatError(f"{where}: .npy header descr {fields['descr']!r} is not a dtype ({one_line(error)})") from None
     if dtype.hasobject:
         raise FileFormatError(f"{where} holds Python objects (pickled); refused, expected a numeric or string array")
     if dtype.kind not in ALLOWED_KINDS or dtype.itemsize == 0 or dtype.subdtype is not None:
@@ -192,7 +189,7 @@ def _fits(out, header: ArrayHeader) -> bool:
             and out.dtype == header.dtype.newbyteorder("=") and not header.fortran_order)
 
 
-def _fill(stream, header: ArrayHeader, where: str, out: np.ndarray | None = None) -> np.ndarray:
+def read_into(stream, header: ArrayHeader, where: str, out: np.ndarray | None = None) -> np.ndarray:
     """Fill `out` (when it fits the header) or a new array of header.nbytes from `stream` in CHUNK_BYTES
     pieces; refuse extra bytes."""
     nbytes = header.nbytes
@@ -244,7 +241,8 @@ def check_path(path, name: str = "path") -> str:
     return text
 
 
-def _check_path(path, what: str) -> str:
+def existing_file(path, what: str) -> str:
+    """`path` (``check_path``) naming a regular file, else FileFormatError '<path>: <what> not found'."""
     path = check_path(path)
     if not os.path.isfile(path):
         raise FileFormatError(f"{path}: {what} not found" if not os.path.exists(path) else f"{path}: {what} is not a regular file")
@@ -288,7 +286,7 @@ def _npz_headers(members, path, max_bytes) -> dict[str, ArrayHeader]:
         except FileFormatError:
             raise
         except DECODE_ERRORS as error:
-            raise FileFormatError(f"{where}: damaged member ({_one_line(error)})") from None
+            raise FileFormatError(f"{where}: damaged member ({one_line(error)})") from None
         total += header.nbytes
         check_budget(total, f"{where}: shape {header.shape} {header.dtype} (with the keys before it)", max_bytes)
         if info.file_size != header.offset + header.nbytes:
@@ -326,11 +324,11 @@ def read_npz(path, what: str = "file", check=None, max_bytes: int | None = None,
     FileFormatError (a ValueError)
         one line naming the file and key, for every damaged, hostile or oversized input.
     """
-    path = _check_path(path, what)
+    path = existing_file(path, what)
     try:
         archive = zipfile.ZipFile(path)
     except DECODE_ERRORS as error:
-        raise FileFormatError(f"{path}: not a readable .npz file ({_one_line(error)}; expected a zip archive of .npy arrays)") from None
+        raise FileFormatError(f"{path}: not a readable .npz file ({one_line(error)}; expected a zip archive of .npy arrays)") from None
     with archive:
         members = _members(archive, path)
         headers = _npz_headers(members, path, max_bytes)
@@ -343,17 +341,17 @@ def read_npz(path, what: str = "file", check=None, max_bytes: int | None = None,
             try:
                 with MemberReader(path, info) as stream:
                     stream.read(headers[key].offset)
-                    arrays[key] = _fill(stream, headers[key], where, targets.get(key))
+                    arrays[key] = read_into(stream, headers[key], where, targets.get(key))
             except FileFormatError:
                 raise
             except DECODE_ERRORS as error:
-                raise FileFormatError(f"{where}: damaged member ({_one_line(error)})") from None
+                raise FileFormatError(f"{where}: damaged member ({one_line(error)})") from None
     return arrays
 
 
 def read_npy(path, what: str = "file", max_bytes: int | None = None) -> np.ndarray:
     """One .npy file, with the header and size checks of :func:`read_npz` (on the file's size)."""
-    path = _check_path(path, what)
+    path = existing_file(path, what)
     try:
         with open(path, "rb") as stream:
             header = parse_npy_header(stream, path)
@@ -361,106 +359,15 @@ def read_npy(path, what: str = "file", max_bytes: int | None = None) -> np.ndarr
             size = os.fstat(stream.fileno()).st_size
             if size != header.offset + header.nbytes:
                 raise FileFormatError(f"{path}: file has {size} bytes, the .npy header declares {header.offset + header.nbytes}")
-            return _fill(stream, header, path)
+            return read_into(stream, header, path)
     except FileFormatError:
         raise
     except DECODE_ERRORS as error:
-        raise FileFormatError(f"{path}: cannot read .npy file ({_one_line(error)})") from None
-
-
-# ----------------------------------------------------------------------------- IDX
-def _open_idx(path: str):
-    return gzip.open(path, "rb") if path.endswith(".gz") else open(path, "rb")
-
-
-def _idx_header(stream, path: str) -> ArrayHeader:
-    magic = stream.read(4)
-    if len(magic) < 4:
-        raise FileFormatError(f"{path}: not an IDX file (only {len(magic)} bytes, expected a 4-byte magic number)")
-    if magic[0] != 0 or magic[1] != 0 or magic[2] not in IDX_TYPES:
-        raise FileFormatError(
-            f"{path}: not an IDX file: bad magic number 0x{magic.hex()} (expected 0x0000TTDD with "
-            f"type TT in {{08, 09, 0b, 0c, 0d, 0e}})"
-        )
-    dtype, ndim = np.dtype(IDX_TYPES[magic[2]]), magic[3]
-    if ndim == 0:
-        raise FileFormatError(f"{path}: IDX magic number says 0 dimensions")
-    dims = stream.read(4 * ndim)
-    if len(dims) < 4 * ndim:
-        raise FileFormatError(f"{path}: truncated IDX header: {4 + len(dims)} bytes, expected {4 + 4 * ndim}")
-    shape = struct.unpack(f">{ndim}I", dims)
-    if 0 in shape:
-        raise FileFormatError(f"{path}: IDX header declares shape {shape}: a dimension of size 0")
-    return ArrayHeader(shape, dtype, False, 4 + 4 * ndim)
-
-
-def _check_idx_size(path: str, header: ArrayHeader) -> None:
-    """The declared bytes against the file size (plain) or the gzip trailer's ISIZE (``.gz``)."""
-    expected = header.offset + header.nbytes
-    if path.endswith(".gz"):
-        with open(path, "rb") as raw:  # ISIZE: the last 4 bytes, uncompressed size mod 2**32 (RFC 1952)
-            raw.seek(-4, os.SEEK_END)
-            recorded, what = struct.unpack("<I", raw.read(4))[0], "the gzip trailer records"
-        mismatch = recorded != expected % 2**32
-    else:
-        recorded, what = os.path.getsize(path), "file has"
-        mismatch = recorded != expected
-    if mismatch:
-        raise FileFormatError(
-            f"{path}: IDX size mismatch: header says shape {header.shape} of {header.dtype.str[1:]} "
-            f"({expected} bytes with the header), {what} {recorded} bytes"
-        )
-
-
-def idx_header(path) -> ArrayHeader:
-    """Shape and dtype an IDX file (optionally ``.gz``) declares, reading only its header.
-
-    Raises FileFormatError naming the file on a bad magic number, 0 dimensions, a truncated
-    header, a dimension of size 0, or a declared size that differs from the file size (plain)
-    or from the size the gzip trailer records (``.gz``, modulo 2**32, so a gzip file of several
-    members is refused unless its last member records the total).
-    """
-    path = _check_path(path, "IDX file")
-    try:
-        with _open_idx(path) as stream:
-            header = _idx_header(stream, path)
-        _check_idx_size(path, header)
-    except FileFormatError:
-        raise
-    except DECODE_ERRORS as error:
-        raise FileFormatError(f"{path}: cannot read IDX file ({_one_line(error)})") from None
-    return header
-
-
-def read_idx(path, max_bytes: int | None = None) -> np.ndarray:
-    """One IDX file (optionally gzip-compressed: name ending in ``.gz``), in native byte order.
-
-    The checks of :func:`idx_header`, then the declared bytes against the memory budget, then
-    the data streamed into a preallocated array, never inflating more than declared + 1 byte.
-
-    Raises
-    ------
-    FileFormatError (a ValueError)
-        naming the file, for a bad magic number, type code, dimensions or size, a damaged gzip
-        stream, a missing file, or a declared size above the memory budget.
-    """
-    path = _check_path(path, "IDX file")
-    try:
-        with _open_idx(path) as stream:
-            header = _idx_header(stream, path)
-            check_budget(header.nbytes, f"{path}: IDX shape {header.shape} {header.dtype.str[1:]}", max_bytes)
-            _check_idx_size(path, header)
-            if path.endswith(".gz"):  # the ratio cap of the npz members, on the gzip file as a whole
-                check_sizes(os.path.getsize(path), header.offset + header.nbytes, path)
-            array = _fill(stream, header, path)
-    except FileFormatError:
-        raise
-    except DECODE_ERRORS as error:
-        raise FileFormatError(f"{path}: cannot read IDX file ({_one_line(error)})") from None
-    return array  # IDX is big-endian: _fill swapped it to native order in place
+        raise FileFormatError(f"{path}: cannot read .npy file ({one_line(error)})") from None
 
 
 __all__ = [
     "MAX_FILE_BYTES", "MAX_HEADER_BYTES", "CHUNK_BYTES", "ArrayHeader", "FileFormatError", "canonical_key",
-    "check_budget", "check_path", "format_bytes", "idx_header", "parse_npy_header", "read_idx", "read_npy", "read_npz",
+    "check_budget", "check_path", "existing_file", "format_bytes", "one_line", "parse_npy_header", "read_into", "read_npy",
+    "read_npz",
 ]

@@ -43,10 +43,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .. import safe_files
+from .. import safe_files, safe_idx
 from .._validate import as_generator, check_choice
 from ..atomic import atomic_output
-from ..safe_files import IDX_TYPES
+from ..safe_idx import IDX_TYPES
 
 N_CLASSES = 10
 SCENARIOS = ("task", "domain", "class")
@@ -103,7 +103,7 @@ MNIST_FILES = {
 def read_idx(path) -> np.ndarray:
     """Read one IDX file (optionally gzip-compressed: name ending in ``.gz``) in native byte order.
 
-    The hardened reader :func:`ewc_ref.safe_files.read_idx`: header and size checked before any
+    The hardened reader :func:`ewc_ref.safe_idx.read_idx`: header and size checked before any
     data is read, decompression streamed with a cap.
 
     Raises
@@ -113,7 +113,7 @@ def read_idx(path) -> np.ndarray:
         (none may be 0) or the size do not match the IDX format, the gzip stream is damaged,
         or the declared size is above the memory budget.
     """
-    return safe_files.read_idx(path)
+    return safe_idx.read_idx(path)
 
 
 def _find_idx(data_dir: str, stem: str) -> str:
@@ -160,7 +160,7 @@ def load_mnist(data_dir):
 def _check_mnist_headers(paths: dict) -> None:
     """Refuse the four MNIST files from their IDX headers: 3-d u8 images, 1-d u8 labels, as many
     labels as images, one image size, and the float64 images within the memory budget."""
-    headers = {key: safe_files.idx_header(path) for key, path in paths.items()}
+    headers = {key: safe_idx.idx_header(path) for key, path in paths.items()}
     for key, header in headers.items():
         ndim, what = (3, "images (N, rows, cols)") if key.endswith("images") else (1, "labels (N,)")
         if len(header.shape) != ndim or header.dtype != np.uint8:

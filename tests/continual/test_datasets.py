@@ -196,7 +196,7 @@ def test_load_mnist_checks_all_headers_before_reading_any_images(tmp_path, monke
     import ewc_ref.safe_files as safe_files
 
     _write_mnist(tmp_path, gz=True, train_images=np.zeros((2**18, 4, 4), np.uint8), train_labels=np.zeros(5, np.uint8))
-    monkeypatch.setattr(safe_files, "_fill", lambda *a: pytest.fail("data read before the header checks"))
+    monkeypatch.setattr(safe_files, "read_into", lambda *a: pytest.fail("data read before the header checks"))
     with pytest.raises(ValueError, match="5 labels for 262144 images"):
         load_mnist(tmp_path)
 

@@ -19,7 +19,8 @@ import ewc_ref as er
 from ewc_ref.atomic import atomic_savez
 from ewc_ref.continual.datasets import write_idx
 from ewc_ref.io import read_npz
-from ewc_ref.safe_files import read_idx, read_npy
+from ewc_ref.safe_files import read_npy
+from ewc_ref.safe_idx import read_idx
 
 
 @pytest.fixture

@@ -200,7 +200,7 @@ def test_a_gzip_idx_at_a_bombs_ratio_is_refused_before_inflating(tmp_path, monke
     """The same cap on a gzip IDX file (MNIST): 8 MiB of zero pixels from a few KiB."""
     from support.hostile import gzip_bytes, idx_bytes
 
-    from ewc_ref.safe_files import read_idx
+    from ewc_ref.safe_idx import read_idx
 
     monkeypatch.setattr(safe_zip, "RATIO_FLOOR_BYTES", 4 * MiB)
     path = tmp_path / "train-images-idx3-ubyte.gz"

@@ -42,7 +42,7 @@ from support.hostile import (
 )
 
 import ewc_ref as er
-from ewc_ref import safe_files, safe_zip
+from ewc_ref import safe_files, safe_idx, safe_zip
 from ewc_ref.continual.datasets import read_idx
 
 FUZZ = settings(max_examples=300, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -301,7 +301,7 @@ IDX_SEED = (np.arange(2 * 3 * 4) * 7 % 256).astype(np.uint8).reshape(2, 3, 4)
 
 def _idx_oracle(raw: bytes, gz: bool) -> np.ndarray:
     plain = gzip.decompress(raw) if gz else raw
-    dtype = np.dtype(safe_files.IDX_TYPES[plain[2]])
+    dtype = np.dtype(safe_idx.IDX_TYPES[plain[2]])
     shape = tuple(int(d) for d in np.frombuffer(plain, ">u4", count=plain[3], offset=4))
     return np.frombuffer(plain, dtype, offset=4 + 4 * plain[3]).reshape(shape)
 
@@ -314,13 +314,13 @@ def _well_formed_idx(raw: bytes, gz: bool) -> bool:
         plain = gzip.decompress(raw) if gz else raw
     except Exception:
         return False
-    if len(plain) < 4 or plain[:2] != b"\0\0" or plain[2] not in safe_files.IDX_TYPES or plain[3] == 0:
+    if len(plain) < 4 or plain[:2] != b"\0\0" or plain[2] not in safe_idx.IDX_TYPES or plain[3] == 0:
         return False
     ndim = plain[3]
     if len(plain) < 4 + 4 * ndim:
         return False
     shape = [int(d) for d in np.frombuffer(plain, ">u4", count=ndim, offset=4)]
-    size = int(np.prod(shape, dtype=object)) * np.dtype(safe_files.IDX_TYPES[plain[2]]).itemsize
+    size = int(np.prod(shape, dtype=object)) * np.dtype(safe_idx.IDX_TYPES[plain[2]]).itemsize
     return 0 not in shape and len(plain) == 4 + 4 * ndim + size and size <= 2**20
 
 

@@ -22,7 +22,8 @@ from support.hostile import (
 
 import ewc_ref as er
 from ewc_ref import safe_files
-from ewc_ref.safe_files import FileFormatError, canonical_key, read_idx, read_npy, read_npz
+from ewc_ref.safe_files import FileFormatError, canonical_key, read_npy, read_npz
+from ewc_ref.safe_idx import read_idx
 
 ROUND_TRIP = {
     "float64": np.arange(6.0).reshape(2, 3),
@@ -173,7 +174,7 @@ def test_check_sees_headers_before_any_data(tmp_path, monkeypatch):
     def no_data(*args):
         raise AssertionError("data read before check")
 
-    monkeypatch.setattr(safe_files, "_fill", no_data)
+    monkeypatch.setattr(safe_files, "read_into", no_data)
     with pytest.raises(ValueError, match="refused by check"):
         read_npz(path, check=check)
     assert seen == {"x": ((3, 2), "float32"), "y": ((), "<U1")}
