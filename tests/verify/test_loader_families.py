@@ -12,7 +12,6 @@ import math
 
 import numpy as np
 import pytest
-from support.digits import digits_net, relu_net_per_example_gradients
 
 import ewc_ref as er
 from ewc_ref.verify.readings import FAMILIES, coefficients, equal_level, matching
@@ -80,14 +79,6 @@ def test_simulate_with_a_per_batch_sum_is_the_loop(batch_loss, drop_last):
 
 
 # ------------------------------------------------------------------ the issue's loops on the digits
-@pytest.fixture(scope="module")
-def digits():
-    model, lik, x, y = digits_net()
-    G = relu_net_per_example_gradients(model, x, y)
-    np.testing.assert_allclose(G, er.per_sample_gradients(model, lik, x, y), rtol=1e-9, atol=1e-12)
-    return model, lik, x, y, G
-
-
 def verdicts(digits, batch_loss, aggregation, seeds=20):
     """(named, wrong, missed) over seeded shuffles of DataLoader(batch_size=64, shuffle=True): named =
     'shuffled' with 64 in the band and the loop's family; 'none', 'cannot tell' and a 'shuffled' with 64 in
