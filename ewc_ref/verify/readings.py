@@ -215,10 +215,14 @@ def run_around(mask: np.ndarray, bb: int) -> tuple[int, int] | None:
     return lo + 1, hi + 1
 
 
-def named_family(judged: dict, tables: dict, n: int):
-    """The first family whose m m^T weight is a judged free reading's c within 2 se at a B of its band, or None."""
-    c, se, (low, high) = judged["cm"], judged["se"], judged["band"]
-    band = max(2 * se if math.isfinite(se) else 0.1 * c, 1e-9 * abs(c))
+def named_family(c: float, se: float, low: int, high: int, table: dict, n: int) -> tuple[Family | None, int | None]:
+    """(the first family whose m m^T weight coef_m(B) is c within 2 se at a B in [low, high], that B closest
+    to c), or (None, None): the loop a free reading (c = its fitted a, se its simulated se) stands for.
+    table : ``loader_tables(n)[drop_last]``."""
+    band = max(2 * se if math.isfinite(se) else 0.1 * abs(c), 1e-9 * abs(c))
     sizes = np.arange(max(low, 1), min(high, n) + 1)
-    table = tables[bool(judged["drop"])]
-    return next((f for f in FAMILIES if sizes.size and np.abs(c - table[f][0][sizes - 1]).min() <= band), None)
+    for family in FAMILIES if sizes.size else ():
+        gap = np.abs(c - table[family][0][sizes - 1])
+        if gap.min() <= band:
+            return family, int(sizes[np.argmin(gap)])
+    return None, None

@@ -401,9 +401,12 @@ def judge_shuffled(theirs_entries: np.ndarray, grad_entries: np.ndarray, roundof
     # A free fit stands for the family its c names (``readings.named_family``); a rival naming ANOTHER family means the
     # data cannot tell the two loops apart (an over-N per-batch-sum loop read as summed at a smaller B): then
     # the reading is not identified, whatever the spread of a says
-    named = named_family(best, tables, n) if family is None else family
+    def stands_for(j):  # a free reading's family by its c (readings.named_family), else its own
+        return j["family"] or named_family(j["cm"], j["se"], *j["band"], tables[bool(j["drop"])], n)[0]
+
+    named = stands_for(best)
     rivals = [j for j in passing if j is not best and j["score"] >= best["score"] - BAND_LOG_LIKELIHOOD
-              and (j["family"] if j["family"] is not None else named_family(j, tables, n)) != named]
+              and stands_for(j) != named]
     if family is None:  # the free fit's drop_last is not informative: it does not model the short batch's weight
         drop = None
     if draws >= 10 and passing and not rivals:
@@ -422,14 +425,10 @@ def judge_shuffled(theirs_entries: np.ndarray, grad_entries: np.ndarray, roundof
         return test
     if family is None:  # the free fit: named the first family whose m m^T weight is c within 2 se at a B of the
         # band (a per-batch sum's c ~ B^2 pins B better than the free fit's alpha = b / a), at the closest such B
-        band = max(2 * scale_se if math.isfinite(scale_se) else 0.1 * c, 1e-9 * c)
-        table, sizes = tables[bool(best["drop"])], np.arange(low, high + 1)
-        for f in FAMILIES:
-            gap = np.abs(c - table[f][0][sizes - 1])
-            if gap.min() <= band:
-                family, b_int = f, int(sizes[np.argmin(gap)])
-                break
+        table = tables[bool(best["drop"])]
+        family, b_named = named_family(c, scale_se, low, high, table, n)
         if family is not None:  # simulated (ranking) as that family's loader: c_agg times its per-batch loss
+            band, b_int = max(2 * scale_se if math.isfinite(scale_se) else 0.1 * c, 1e-9 * c), b_named
             test.aggregation_scale = float(aggregation_scale(n, bool(best["drop"]), family)[b_int - 1])
             test.batch_size, test.implied_batch_size = b_int, float(b_int)
             # united with the B whose m m^T weight is within 2.58 se of c (each a 99% band: the union is one)

@@ -1,14 +1,6 @@
 """ewc_ref.pytorch.diagnose_penalty's inputs: parameter conventions, past tasks in every form, float32, custom modules.
 
-The penalties are the catalogue's own torch formulas (tests/fixtures/penalties/make_penalties.py,
-imported, not rewritten), built on the committed fixtures' weights and data, so the torch path and
-``ewc-ref diagnose-penalty`` on the committed files read the same penalties at different points
-(the files: 9 points around theta*_3; here: the optima, their midpoints and three lines). A
-quadratic's W and anchor do not depend on the points, so both paths must give the same verdict,
-and the fitted W, anchor and scale agree to the fit's round-off threshold (1e-8 relative in
-float64, 1e-4 in float32: verify/penalty_fit.py, PENALTY_TOL).
-
-The module is compared bit for bit (torch.equal) after every call, returned or raised.
+The penalties, the points and the tolerances: tests/support/torch_penalties.py.
 """
 
 from __future__ import annotations

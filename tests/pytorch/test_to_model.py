@@ -1,10 +1,6 @@
 """The PyTorch bridge (ewc_ref.pytorch) reads torch modules and losses: models, refusals, likelihoods.
 
-torch is installed by the test command (the `torch` extra, CPU build); nothing here is mocked.
-Tolerances: the reference and torch compute the same float64 sums in a different order, so
-identities hold to round-off; 1e-12 relative (normwise) is far above it at these sizes (P < 200,
-N <= 40) and far below any wrong permutation, factor or batch boundary (>= 1e-3 here). Verdict
-scales are checked to 1e-8 relative, diagnose's float64 round-off threshold.
+torch is real here, nothing mocked; the tolerances are those of tests/support/torch_nets.py.
 """
 
 from __future__ import annotations

@@ -134,3 +134,23 @@ def small_problem():
     x = rng.standard_normal((200, 5))
     y = er.Categorical().sample(model.predict(x), rng)
     return model, er.Categorical(), x, y
+
+
+# --------------------------------------------------------------------------- training-script loops
+def loader_fisher(G, batch_size, order=None, drop_last=False, reduction="mean", aggregation="mean"):
+    """for xb, yb in DataLoader(batch_size, drop_last): F += grad(loss(reduction))**2; F /= K (or not, or / N)."""
+    n = len(G)
+    order = np.arange(n) if order is None else order
+    F, k, sizes = np.zeros(G.shape[1]), 0, []
+    for start in range(0, len(order), batch_size):
+        rows = order[start:start + batch_size]
+        if drop_last and len(rows) < batch_size:
+            break
+        g = G[rows].sum(axis=0)
+        if reduction == "mean":
+            g = g / len(rows)
+        F += g * g
+        k += 1
+        sizes.append(len(rows))
+    scale = {"mean": 1 / k, "sum": 1.0, "over N": 1 / n}[aggregation]
+    return F * scale, np.array(sizes)

@@ -1,7 +1,7 @@
 """Issue 28: the loader as the model of the minibatch candidates, and a recorded order makes them exact.
 
 Every THEIRS here is a plain loop over a loader's batches of per-example gradients
-(``loader_fisher`` below, from ewc_ref.per_sample_gradients), written independently of
+(``support.problems.loader_fisher``, from ewc_ref.per_sample_gradients), written independently of
 ewc_ref.verify and ewc_ref.curvature.batched.
 """
 
@@ -9,7 +9,7 @@ import json
 
 import numpy as np
 import pytest
-from support.problems import make_problem
+from support.problems import loader_fisher, make_problem
 
 import ewc_ref as er
 from ewc_ref.cli import main
@@ -20,25 +20,6 @@ from ewc_ref.verify.loader import (
     partition_fisher_loop,
     screen_ordered,
 )
-
-
-def loader_fisher(G, batch_size, order=None, drop_last=False, reduction="mean", aggregation="mean"):
-    """for xb, yb in DataLoader(batch_size, drop_last): F += grad(loss(reduction))**2; F /= K (or not, or / N)."""
-    n = len(G)
-    order = np.arange(n) if order is None else order
-    F, k, sizes = np.zeros(G.shape[1]), 0, []
-    for start in range(0, len(order), batch_size):
-        rows = order[start:start + batch_size]
-        if drop_last and len(rows) < batch_size:
-            break
-        g = G[rows].sum(axis=0)
-        if reduction == "mean":
-            g = g / len(rows)
-        F += g * g
-        k += 1
-        sizes.append(len(rows))
-    scale = {"mean": 1 / k, "sum": 1.0, "over N": 1 / n}[aggregation]
-    return F * scale, np.array(sizes)
 
 
 def as_dict(result):

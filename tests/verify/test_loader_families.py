@@ -12,6 +12,7 @@ import math
 
 import numpy as np
 import pytest
+from support.problems import loader_fisher
 
 import ewc_ref as er
 from ewc_ref.verify.readings import FAMILIES, coefficients, equal_level, matching
@@ -19,16 +20,9 @@ from ewc_ref.verify.shuffled import simulate, simulate_loop
 
 
 def loop_fisher(G, order, batch_size, drop_last, batch_loss, aggregation):
-    """for xb in DataLoader(rows in `order`, B, drop_last): F += grad(loss_{mean|sum}(xb))**2; F /= K | 1 | N."""
-    F, k = np.zeros(G.shape[1]), 0
-    for start in range(0, len(order), batch_size):
-        rows = list(order[start:start + batch_size])
-        if drop_last and len(rows) < batch_size:
-            break
-        g = G[rows].sum(axis=0) / (len(rows) if batch_loss == "mean" else 1)
-        F += g * g
-        k += 1
-    return F * {"averaged": 1 / k, "summed": 1.0, "over N": 1 / len(order)}[aggregation]
+    """support.problems.loader_fisher (the DataLoader loop) with this file's names of the aggregation."""
+    return loader_fisher(G, batch_size, np.asarray(order), drop_last, batch_loss,
+                         {"averaged": "mean", "summed": "sum", "over N": "over N"}[aggregation])[0]
 
 
 @pytest.mark.parametrize("family", FAMILIES, ids=lambda f: f.name)
