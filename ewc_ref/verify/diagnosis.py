@@ -87,9 +87,16 @@ from .shuffled import ShuffledTest, judge_shuffled
 from .statistics import MC_BOOTSTRAP, entry_moments, judge_mc, sample_entries
 from .verdict import assemble_verdict
 
-#: Diagonal entries the batched screen and the shuffled test look at (all when P is smaller):
-#: (N + 1) x SCREEN_ENTRIES prefix sums, 20 MB at N = 10^4.
+#: Diagonal entries the batched screen and the shuffled test look at (all when P is smaller), at most
+#: (``screen_size``: fewer when N rows of them would not fit in budget.SCREEN_BYTES).
 SCREEN_ENTRIES = 256
+#: Bytes held per row and screened entry: three (N, M) float64 arrays at once, the per-example gradients at
+#: the observed and at the predicted labels and the prefix sums of one of them (loader.screen_best; the
+#: float32 path's modelled gradients replace the predicted ones, freed after the screen).
+SCREEN_ROW_BYTES = 24
+#: The fewest entries screened whatever N (the shuffled test needs 8 directions with sampling variance):
+#: beyond N = SCREEN_BYTES / (24 x 16) the screen's memory grows with N again, and JSON "screen" says so.
+MIN_SCREEN_ENTRIES = 16
 #: Tie-break rank of the statistical candidates that are not rows of the estimator table.
 _RANK = {"shuffled": 6}
 
@@ -150,12 +157,13 @@ def diagnose(model: MLP, lik: Likelihood, x, y, theirs, batch_sizes=None, tol: f
         score_rng = np.random.default_rng(int(rng.integers(2**63)))
     log = Progress(n, "diagnose", enabled=progress)  # rows of the one pass done (its counter), stages as lines
     t_diag = t if structure == "diag" else np.diag(t).copy()
-    cols = _screen_entries(t_diag, rng)
+    screen = screen_size(n, p)
+    cols = _screen_entries(t_diag, rng, screen["entries"])
     if structure == "diag":  # everything from one pass over the rows (one_pass.py)
         i_idx, j_idx = cols, cols  # the mc test on the screen's entries: one set for the scores of ranking.py
         log.stage(f"one pass over the rows: {', '.join(PASS_ESTIMATORS)}, the mean gradient, per-example gradients "
                   f"on {cols.size} entries, mc moments on {i_idx.size}")
-        one = diag_pass(model, lik, x, y, cols, i_idx, MC_BOOTSTRAP, rng, meter=log)
+        one = diag_pass(model, lik, x, y, cols, i_idx, MC_BOOTSTRAP, rng, meter=log, chunk_cols=screen["wanted"])
         if progress:
             log.close()
         grad_entries, mean_gradient = one.grad_entries, one.mean_gradient
@@ -174,6 +182,8 @@ def diagnose(model: MLP, lik: Likelihood, x, y, theirs, batch_sizes=None, tol: f
         model, lik, x, y, None if loader.order is None else loader.order, loader.batches, grad_entries, t_diag[cols],
         batch_sizes, tol, structure, log, *((one.pred_entries, one.pred_labels) if one is not None else ()))
     matrices.update(batched)
+    if one is not None:  # the gradients at the predicted labels serve the screen only: not held beyond it
+        one.pred_entries = None
     screened_closest = None
     if closest is not None:
         closest_b, variant, c_closest, e_closest = closest
@@ -215,7 +225,7 @@ def diagnose(model: MLP, lik: Likelihood, x, y, theirs, batch_sizes=None, tol: f
     scores = _statistical_scores(t_diag[cols], grad_entries, one, mc_test, shuffled, tol, score_rng)
     verdict = assemble_verdict(candidates, matrices, mc_test, shuffled, n, p, structure, precision, tol, model, lik,
                        not_tried, screened, loader, scores, (x, y, t_diag, one and one.kfac_diagonals))
-    verdict.roundoff = roundoff
+    verdict.roundoff, verdict.screen = roundoff, screen
     if roundoff is not None and not roundoff["matched"] and verdict.estimator == "none":
         verdict.causes.insert(0, roundoff_words(roundoff, tol))
     elif roundoff is not None and verdict.winner is not None and "float32 round-off" in verdict.winner.note:
@@ -236,6 +246,18 @@ def _check_tol(tol, t: np.ndarray, model: MLP) -> tuple[str, float]:
     if not (isinstance(tol, float | int) and 0 < tol < 1):
         raise ValueError(f"tol: expected a number in (0, 1), got {tol!r}")
     return precision, float(tol)
+
+
+def screen_size(n: int, p: int) -> dict:
+    """The screen's entries M = min(SCREEN_ENTRIES, P, max(MIN_SCREEN_ENTRIES, budget.SCREEN_BYTES // (24 N))):
+    {"entries": M, "wanted": min(SCREEN_ENTRIES, P), "bound_by": the setting when M < wanted else None,
+    "memory_grows": 24 N M > SCREEN_BYTES (the floor binds)} (JSON "screen", docs/file-format.md)."""
+    wanted = min(SCREEN_ENTRIES, p)
+    fitting = budget.SCREEN_BYTES // (SCREEN_ROW_BYTES * max(n, 1))
+    entries = min(wanted, max(MIN_SCREEN_ENTRIES, fitting))
+    return {"entries": int(entries), "wanted": int(wanted),
+            "bound_by": "ewc_ref.curvature.budget.SCREEN_BYTES" if entries < wanted else None,
+            "memory_grows": bool(fitting < entries)}
 
 
 def _screen_entries(t_diag: np.ndarray, rng, limit: int = SCREEN_ENTRIES) -> np.ndarray:
