@@ -13,7 +13,7 @@ the same weights and data, ``diagnose`` computes every candidate F on our side a
   (ewc_ref.fisher);
 - ``batched`` for EVERY minibatch size B = 2..N over the rows in loader order (file order, or the
   recorded ``order``), the short last batch kept as its own, kept with a per-batch SUM, or dropped
-  (``loader.screen_ordered`` on SCREEN_ENTRIES diagonal entries from per-example gradients' prefix
+  (``loader.screen_ordered`` on M <= SCREEN_ENTRIES diagonal entries from per-example gradients' prefix
   sums; at most loader.CONFIRM that fit there within 10 tol are computed on all entries). When none
   fits there, none fits on all entries (a fit on all is a fit on every subset): the closest is
   reported with its error on the screened entries and not recomputed. With the loader's recorded
@@ -53,6 +53,22 @@ recursion; then the screen, one batched confirmation and the shuffled simulation
 784-256-256-10 that is ~3-4x one exact diagonal Fisher at N = 10^4 and 5 10^4, the BLAS of the pass
 ~2x of it (benchmarks/BENCHMARKS.md, benchmarks/profile_diagnose.py).
 A full THEIRS computes each candidate on its own (P x P products dominate).
+
+Memory. Nothing of size N x P is held. The screen, the shuffled test and the mc test look at M
+diagonal entries, whose per-example gradients are held for every row (the shuffled test simulates
+random partitions of the rows): at most three (N, M) float64 arrays at once, 24 bytes per row and
+entry (``SCREEN_ROW_BYTES``). A memory budget bounds them, as budget.py bounds every size:
+M = min(SCREEN_ENTRIES, P, budget.SCREEN_BYTES // (24 N)), at least MIN_SCREEN_ENTRIES
+(``screen_size``). The default 64 MiB screens all 256 entries up to N = 10,922 (every verdict at
+N <= 10^4 unchanged) and keeps the peak flat beyond: 107 MiB at N = 10^4, 98 MiB at 5 10^4 (M = 55),
+113 MiB at 2 10^5 (M = 16) at 784-256-256-10 (tracemalloc, BENCHMARKS.md). Fewer entries widen the statistical tests'
+intervals and keep them valid (at 5 10^4 the bench's shuffled B = 48 loader is named with B = 48 in
+its band 47..49); the exact screen loses nothing (a fit on all entries fits on any subset, and the B
+that fit there are confirmed on all). JSON "screen" gives M, the M wanted, the setting that bound it
+and whether memory grows (past N = 174,762 the floor of 16 binds: 384 bytes per row), and the report
+says so when the budget bound M. Outside the budget, a few hundred bytes per row stay: the labels
+(8 bytes each), the shuffled test's tables over B = 1..N (readings.loader_tables: 28 float64 per B)
+and its permutations (~40 bytes per row); the float32 path (roundoff_verdict) also copies x in loader order.
 
 Candidates skipped for cost (the Hessian when P N > budget.HESSIAN_LIMIT) or by the caller
 (``batch_sizes``) are listed in ``not_tried`` with the flag that includes them. When nothing
