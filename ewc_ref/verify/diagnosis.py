@@ -66,9 +66,10 @@ intervals and keep them valid (at 5 10^4 the bench's shuffled B = 48 loader is n
 its band 47..49); the exact screen loses nothing (a fit on all entries fits on any subset, and the B
 that fit there are confirmed on all). JSON "screen" gives M, the M wanted, the setting that bound it
 and whether memory grows (past N = 174,762 the floor of 16 binds: 384 bytes per row), and the report
-says so when the budget bound M. Outside the budget, a few hundred bytes per row stay: the labels
-(8 bytes each), the shuffled test's tables over B = 1..N (readings.loader_tables: 28 float64 per B)
-and its permutations (~40 bytes per row); the float32 path (roundoff_verdict) also copies x in loader order.
+says so when the budget bound M. Outside the budget, a few hundred bytes per row stay: the most
+probable labels (8 bytes per row, 8 C for a gaussian or bernoulli net), the shuffled test's tables over
+B = 1..N (readings.loader_tables: 28 float64 per B) and its permutations and leverages (~40 bytes per
+row); the float32 path (roundoff_verdict) and a recorded order also copy x in loader order.
 
 Candidates skipped for cost (the Hessian when P N > budget.HESSIAN_LIMIT) or by the caller
 (``batch_sizes``) are listed in ``not_tried`` with the flag that includes them. When nothing
