@@ -13,7 +13,7 @@ the same weights and data, ``diagnose`` computes every candidate F on our side a
   (ewc_ref.fisher);
 - ``batched`` for EVERY minibatch size B = 2..N over the rows in loader order (file order, or the
   recorded ``order``), the short last batch kept as its own, kept with a per-batch SUM, or dropped
-  (``loader.screen_ordered`` on SCREEN_ENTRIES diagonal entries from per-example gradients' prefix
+  (``loader.screen_ordered`` on M <= SCREEN_ENTRIES diagonal entries from per-example gradients' prefix
   sums; at most loader.CONFIRM that fit there within 10 tol are computed on all entries). When none
   fits there, none fits on all entries (a fit on all is a fit on every subset): the closest is
   reported with its error on the screened entries and not recomputed. With the loader's recorded
@@ -54,6 +54,23 @@ recursion; then the screen, one batched confirmation and the shuffled simulation
 ~2x of it (benchmarks/BENCHMARKS.md, benchmarks/profile_diagnose.py).
 A full THEIRS computes each candidate on its own (P x P products dominate).
 
+Memory. Nothing of size N x P is held. The screen, the shuffled test and the mc test look at M
+diagonal entries, whose per-example gradients are held for every row (the shuffled test simulates
+random partitions of the rows): at most three (N, M) float64 arrays at once, 24 bytes per row and
+entry (``SCREEN_ROW_BYTES``). A memory budget bounds them, as budget.py bounds every size:
+M = min(SCREEN_ENTRIES, P, budget.SCREEN_BYTES // (24 N)), at least MIN_SCREEN_ENTRIES
+(``screen_size``). The default 64 MiB screens all 256 entries up to N = 10,922 (every verdict at
+N <= 10^4 unchanged) and keeps the peak flat beyond: 107 MiB at N = 10^4, 98 MiB at 5 10^4 (M = 55),
+113 MiB at 2 10^5 (M = 16) at 784-256-256-10 (tracemalloc, BENCHMARKS.md). Fewer entries widen the statistical tests'
+intervals and keep them valid (at 5 10^4 the bench's shuffled B = 48 loader is named with B = 48 in
+its band 47..49); the exact screen loses nothing (a fit on all entries fits on any subset, and the B
+that fit there are confirmed on all). JSON "screen" gives M, the M wanted, the setting that bound it
+and whether memory grows (past N = 174,762 the floor of 16 binds: 384 bytes per row), and the report
+says so when the budget bound M. Outside the budget, a few hundred bytes per row stay: the most
+probable labels (8 bytes per row, 8 C for a gaussian or bernoulli net), the shuffled test's tables over
+B = 1..N (readings.loader_tables: 28 float64 per B) and its permutations and leverages (~40 bytes per
+row); the float32 path (roundoff_verdict) and a recorded order also copy x in loader order.
+
 Candidates skipped for cost (the Hessian when P N > budget.HESSIAN_LIMIT) or by the caller
 (``batch_sizes``) are listed in ``not_tried`` with the flag that includes them. When nothing
 fits, the causes are tested and ranked by evidence (``causes``).
@@ -87,9 +104,16 @@ from .shuffled import ShuffledTest, judge_shuffled
 from .statistics import MC_BOOTSTRAP, entry_moments, judge_mc, sample_entries
 from .verdict import assemble_verdict
 
-#: Diagonal entries the batched screen and the shuffled test look at (all when P is smaller):
-#: (N + 1) x SCREEN_ENTRIES prefix sums, 20 MB at N = 10^4.
+#: Diagonal entries the batched screen and the shuffled test look at (all when P is smaller), at most
+#: (``screen_size``: fewer when N rows of them would not fit in budget.SCREEN_BYTES).
 SCREEN_ENTRIES = 256
+#: Bytes held per row and screened entry: three (N, M) float64 arrays at once, the per-example gradients at
+#: the observed and at the predicted labels and the prefix sums of one of them (loader.screen_best; the
+#: float32 path's modelled gradients replace the predicted ones, freed after the screen).
+SCREEN_ROW_BYTES = 24
+#: The fewest entries screened whatever N (the shuffled test needs 8 directions with sampling variance):
+#: beyond N = SCREEN_BYTES / (24 x 16) the screen's memory grows with N again, and JSON "screen" says so.
+MIN_SCREEN_ENTRIES = 16
 #: Tie-break rank of the statistical candidates that are not rows of the estimator table.
 _RANK = {"shuffled": 6}
 
@@ -150,12 +174,13 @@ def diagnose(model: MLP, lik: Likelihood, x, y, theirs, batch_sizes=None, tol: f
         score_rng = np.random.default_rng(int(rng.integers(2**63)))
     log = Progress(n, "diagnose", enabled=progress)  # rows of the one pass done (its counter), stages as lines
     t_diag = t if structure == "diag" else np.diag(t).copy()
-    cols = _screen_entries(t_diag, rng)
+    screen = screen_size(n, p)
+    cols = _screen_entries(t_diag, rng, screen["entries"])
     if structure == "diag":  # everything from one pass over the rows (one_pass.py)
         i_idx, j_idx = cols, cols  # the mc test on the screen's entries: one set for the scores of ranking.py
         log.stage(f"one pass over the rows: {', '.join(PASS_ESTIMATORS)}, the mean gradient, per-example gradients "
                   f"on {cols.size} entries, mc moments on {i_idx.size}")
-        one = diag_pass(model, lik, x, y, cols, i_idx, MC_BOOTSTRAP, rng, meter=log)
+        one = diag_pass(model, lik, x, y, cols, i_idx, MC_BOOTSTRAP, rng, meter=log, chunk_cols=screen["wanted"])
         if progress:
             log.close()
         grad_entries, mean_gradient = one.grad_entries, one.mean_gradient
@@ -174,6 +199,8 @@ def diagnose(model: MLP, lik: Likelihood, x, y, theirs, batch_sizes=None, tol: f
         model, lik, x, y, None if loader.order is None else loader.order, loader.batches, grad_entries, t_diag[cols],
         batch_sizes, tol, structure, log, *((one.pred_entries, one.pred_labels) if one is not None else ()))
     matrices.update(batched)
+    if one is not None:  # the gradients at the predicted labels serve the screen only: not held beyond it
+        one.pred_entries = None
     screened_closest = None
     if closest is not None:
         closest_b, variant, c_closest, e_closest = closest
@@ -215,7 +242,7 @@ def diagnose(model: MLP, lik: Likelihood, x, y, theirs, batch_sizes=None, tol: f
     scores = _statistical_scores(t_diag[cols], grad_entries, one, mc_test, shuffled, tol, score_rng)
     verdict = assemble_verdict(candidates, matrices, mc_test, shuffled, n, p, structure, precision, tol, model, lik,
                        not_tried, screened, loader, scores, (x, y, t_diag, one and one.kfac_diagonals))
-    verdict.roundoff = roundoff
+    verdict.roundoff, verdict.screen = roundoff, screen
     if roundoff is not None and not roundoff["matched"] and verdict.estimator == "none":
         verdict.causes.insert(0, roundoff_words(roundoff, tol))
     elif roundoff is not None and verdict.winner is not None and "float32 round-off" in verdict.winner.note:
@@ -236,6 +263,18 @@ def _check_tol(tol, t: np.ndarray, model: MLP) -> tuple[str, float]:
     if not (isinstance(tol, float | int) and 0 < tol < 1):
         raise ValueError(f"tol: expected a number in (0, 1), got {tol!r}")
     return precision, float(tol)
+
+
+def screen_size(n: int, p: int) -> dict:
+    """The screen's entries M = min(SCREEN_ENTRIES, P, max(MIN_SCREEN_ENTRIES, budget.SCREEN_BYTES // (24 N))):
+    {"entries": M, "wanted": min(SCREEN_ENTRIES, P), "bound_by": the setting when M < wanted else None,
+    "memory_grows": 24 N M > SCREEN_BYTES (the floor binds)} (JSON "screen", docs/file-format.md)."""
+    wanted = min(SCREEN_ENTRIES, p)
+    fitting = budget.SCREEN_BYTES // (SCREEN_ROW_BYTES * max(n, 1))
+    entries = min(wanted, max(MIN_SCREEN_ENTRIES, fitting))
+    return {"entries": int(entries), "wanted": int(wanted),
+            "bound_by": "ewc_ref.curvature.budget.SCREEN_BYTES" if entries < wanted else None,
+            "memory_grows": bool(fitting < entries)}
 
 
 def _screen_entries(t_diag: np.ndarray, rng, limit: int = SCREEN_ENTRIES) -> np.ndarray:

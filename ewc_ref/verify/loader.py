@@ -42,6 +42,9 @@ VARIANTS = ("", "kept, sum", "dropped")
 #: At most this many (B, variant) that fit on the screen (relative error <= 10 tol) are confirmed on
 #: all entries (one backward pass each); when none fits, the screen's best one alone (the closest).
 CONFIRM = 3
+#: B fitted at once by the screen of every B (``screen_best``): its per-(B, variant) arrays, ~100 bytes per B
+#: with their sort, are then O(SCREEN_BLOCK) whatever N (for every B = 2..N at once they were ~1 KB per row).
+SCREEN_BLOCK = 4096
 
 
 def batch_sizes_of(n: int, batch_size: int, variant: str) -> np.ndarray:
@@ -94,8 +97,7 @@ def minibatch_matrices(model: MLP, lik: Likelihood, x, y, rows: np.ndarray, reco
         for pred, entries in enumerate((grad_entries, pred_entries)):
             if entries is not None and not (pred and columns and columns[0][3].min(initial=np.inf) <= 10 * tol):
                 # the predicted labels only when the observed ones fit no (B, variant) on the screen
-                entries = entries if rows is None else entries[rows]
-                b, variant, c, err = screen_arrays(entries, t_entries, range(2, m + 1))
+                b, variant, c, err = screen_best(entries, t_entries, range(2, m + 1), CONFIRM, rows)
                 columns.append((b, variant, c, err, np.full(b.size, pred)))
         b, variant, c, err, pred = (np.concatenate(column) for column in zip(*columns, strict=True)) if columns else \
             (np.zeros(0),) * 5
@@ -168,9 +170,52 @@ def screen_ordered(grad_entries: np.ndarray, theirs_entries: np.ndarray, sizes) 
 
 def screen_arrays(grad_entries: np.ndarray, theirs_entries: np.ndarray, sizes) -> tuple[np.ndarray, ...]:
     """``screen_ordered`` as arrays (B, index of the variant in VARIANTS, c, relative error), one entry per
-    (B, variant) listed there: the screen of every B = 2..N ranks 3N entries without a dict of tuples."""
-    n = grad_entries.shape[0]
-    prefix = label_kernels.prefix_sums(grad_entries)  # (N + 1, M), prefix[0] = 0
+    (B, variant) listed there, by B then '', 'dropped', 'kept, sum'."""
+    return _screen_prefix(label_kernels.prefix_sums(grad_entries), theirs_entries, sizes)
+
+
+def screen_best(grad_entries: np.ndarray, theirs_entries: np.ndarray, sizes, count: int, rows: np.ndarray | None = None,
+                variant_rank=(0, 1, 2)) -> tuple[np.ndarray, ...]:
+    """The `count` best (B, variant) of ``screen_arrays(grad_entries[rows], ...)`` by (error, B, variant_rank of
+    the variant's index in VARIANTS), as the same four arrays sorted that way.
+
+    The B are fitted SCREEN_BLOCK at a time against one (N + 1, M) prefix sum and only the best `count` kept
+    (a (B, variant) is unique, so the order is total and the best of the union is the best of each block's
+    best): memory (N + 1) M + O(SCREEN_BLOCK), not the ~1 KB per B of every B's arrays at once. The rows in
+    `rows` order without an (N, M) copy (``prefix_in_order``). Twin: ``screen_arrays`` sorted (tests/verify/
+    test_diagnose_memory.py).
+    """
+    prefix = prefix_in_order(grad_entries, rows)
+    sizes, rank = np.asarray(sizes, dtype=np.intp), np.asarray(variant_rank)
+    kept = (np.zeros(0, np.intp), np.zeros(0, np.int64), np.zeros(0), np.zeros(0))
+    for first in range(0, sizes.size, SCREEN_BLOCK):
+        joined = [np.concatenate(pair) for pair in zip(kept, _screen_prefix(prefix, theirs_entries,
+                                                                            sizes[first:first + SCREEN_BLOCK]), strict=True)]
+        best = np.lexsort((rank[joined[1]], joined[0], joined[3]))[:count]
+        kept = tuple(array[best] for array in joined)
+    return kept
+
+
+def prefix_in_order(grad_entries: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
+    """(N + 1, M) prefix sums of grad_entries[rows] (all rows in file order when None), bit-identical to
+    ``label_kernels.prefix_sums(grad_entries[rows])`` (one sequential sum) without the (N, M) copy: the rows
+    gathered 1024 at a time (2 MiB at M = 256), each chunk's first row added to the running sum before its cumsum."""
+    if rows is None:
+        return label_kernels.prefix_sums(grad_entries)
+    n, m = rows.size, grad_entries.shape[1]
+    out = np.empty((n + 1, m))
+    out[0] = 0.0
+    for start in range(0, n, 1024):
+        stop = min(n, start + 1024)
+        part = grad_entries[rows[start:stop]].astype(np.float64)
+        part[0] += out[start]
+        np.cumsum(part, axis=0, out=out[start + 1:stop + 1])
+    return out
+
+
+def _screen_prefix(prefix: np.ndarray, theirs_entries: np.ndarray, sizes) -> tuple[np.ndarray, ...]:
+    """``screen_arrays`` from the prefix sums (N + 1, M) of the per-example gradients."""
+    n = prefix.shape[0] - 1
     t = np.asarray(theirs_entries, np.float64)
     sizes = np.asarray([int(b) for b in sizes], dtype=np.intp)
     c, err = label_kernels.ordered_fits(prefix, sizes, n, t)  # (|sizes|, 3): '', 'dropped', 'kept, sum'

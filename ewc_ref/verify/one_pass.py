@@ -100,7 +100,8 @@ def rows_per_chunk(model: MLP, n_vectors: int, n_cols: int, cumulant: bool = Fal
 
 
 def diag_pass(model: MLP, lik: Likelihood, x: np.ndarray, y, screen_cols: np.ndarray, mc_cols: np.ndarray,
-              bootstrap: int, rng: np.random.Generator, chunk_size: int | None = None, meter=None) -> DiagPass:
+              bootstrap: int, rng: np.random.Generator, chunk_size: int | None = None, meter=None,
+              chunk_cols: int | None = None) -> DiagPass:
     """One pass over the rows: every array of DiagPass (module docstring), in float64 whatever the model's dtype.
 
     Parameters
@@ -111,6 +112,11 @@ def diag_pass(model: MLP, lik: Likelihood, x: np.ndarray, y, screen_cols: np.nda
     bootstrap : genuine one-sample mc estimates to draw on mc_cols (labels from the model, with `rng`)
     chunk_size : rows per chunk (default ``rows_per_chunk``); results do not depend on it beyond round-off
     meter : a progress.Progress counting rows (``update`` per chunk), or None
+    chunk_cols : the entries the default chunk is sized for (default mc_cols.size). ``rows_per_chunk`` counts
+        the K x M gathered entries but only part of the temporaries that do not depend on M (measured
+        14,300 float64 per row against 6,526 counted at 784-256-256-10), so a screen made smaller by
+        budget.SCREEN_BYTES would enlarge the chunk and those temporaries (51 -> 63 MiB at N = 50,000):
+        diagnose sizes it for the screen's entries before the budget
 
     Returns
     -------
@@ -125,7 +131,7 @@ def diag_pass(model: MLP, lik: Likelihood, x: np.ndarray, y, screen_cols: np.nda
     n_basis = len(lik.label_quadrature(np.zeros((1, c)))[0]) if dependent else c
     screen_at, mc_at = _locations(model, screen_cols), _locations(model, mc_cols)
     same_cols = np.array_equal(screen_cols, mc_cols)
-    chunk = chunk_size or rows_per_chunk(model, n_basis, mc_cols.size, cumulant=not dependent)
+    chunk = chunk_size or rows_per_chunk(model, n_basis, chunk_cols or mc_cols.size, cumulant=not dependent)
     sums = np.zeros((len(PASS_ESTIMATORS), p))
     grad_sum = np.zeros(p)
     grad_entries = np.empty((n, screen_cols.size))

@@ -130,6 +130,7 @@ class Diagnosis(JsonResult):
     statistical_scores: dict = field(default_factory=dict)  # {mc | shuffled: ranking (R2)} when both passed
     score_margin: float | None = None  # best score - second (ranking.MARGIN decides)
     roundoff: dict | None = None  # float32 THEIRS of a categorical net: roundoff_verdict.judge_float32
+    screen: dict | None = None  # {"entries", "wanted", "bound_by", "memory_grows"}: diagnosis.screen_size
 
     def to_dict(self) -> dict:
         """The object of docs/file-format.md (`diagnose --json`), plus explanatory extras."""
@@ -158,6 +159,7 @@ class Diagnosis(JsonResult):
             "roundoff": None if self.roundoff is None else {
                 k: ([v if math.isfinite(v) else None for v in value] if k == "scale_interval" and value else value)
                 for k, value in self.roundoff.items() if k != "advice"},
+            "screen": None if self.screen is None else dict(self.screen),
         }
 
     def report(self, theirs_name: str = "THEIRS", top: int = 12) -> str:
@@ -230,6 +232,11 @@ class Diagnosis(JsonResult):
                          "(consecutive rows, the last partial batch its own)")
         for item in self.not_tried:
             lines.append(f"not tried   {item['estimator']}: {item['why']}; include it with {item['flag']}")
+        if self.screen is not None and self.screen["bound_by"]:
+            grows = " (its floor: memory grows with N)" if self.screen["memory_grows"] else ""
+            lines.append(f"screen      {self.screen['entries']} of {self.screen['wanted']} diagonal entries for N = {self.n} "
+                         f"rows, bound by the memory budget{grows}; the statistical tests' intervals widen with fewer: "
+                         f"raise {self.screen['bound_by']} for more")
         lines.append("")
         lines.append(f"correct EWC Fisher: the exact Fisher F = 1/N sum_n J_n^T Lambda_n J_n, a mean over the N = {self.n} examples")
         lines.append("  (ewc-ref fisher MODEL DATA --estimator exact); the Laplace posterior precision is "

@@ -29,7 +29,7 @@ import math
 import numpy as np
 
 from .factors import search_factors
-from .loader import VARIANTS, batch_sizes_of, reduction_of, screen_arrays
+from .loader import VARIANTS, batch_sizes_of, reduction_of, screen_best
 from .results import Candidate
 from .roundoff import fisher_and_bound, modelled_grad_entries
 from .scale import fit_scale, match_scale
@@ -73,8 +73,9 @@ def _tries(model, x, y, t, cols, candidates, loader, pred_labels, tol: float, n:
     if rows.size < 2:
         return
     entries = modelled_grad_entries(model, x[rows], y[rows], cols)
-    b, variant, _, err = screen_arrays(entries, t[cols], range(2, rows.size + 1))
-    ranked = np.argsort(err, kind="stable")[:BATCHED_TRIED]
+    # by error, then B, then '', 'dropped', 'kept, sum' (ranks of VARIANTS' indices): screen_arrays' stable order
+    b, variant, _, err = screen_best(entries, t[cols], range(2, rows.size + 1), BATCHED_TRIED, variant_rank=(0, 2, 1))
+    ranked = np.arange(b.size)
     existing = {c.key: c for c in candidates}
     for i in [i for i in ranked if err[i] <= 10 * tol] or ranked[:1]:
         key = ("batched", int(b[i]), VARIANTS[int(variant[i])])
