@@ -61,7 +61,7 @@ from scipy.stats import chi2, norm
 
 from ..curvature import label_kernels
 from ..jsonio import JsonResult
-from .band import band_of_b
+from .band import band_of_b, sum_family_band
 from .readings import (
     FAMILIES,
     aggregation_scale,
@@ -433,7 +433,13 @@ def judge_shuffled(theirs_entries: np.ndarray, grad_entries: np.ndarray, roundof
             test.batch_size, test.implied_batch_size = b_int, float(b_int)
             # united with the B whose m m^T weight is within 2.58 se of c (each a 99% band: the union is one)
             by_c = run_around(np.abs(c - table[family][0]) <= 2.58 * band / 2, b_int)
-            if by_c is not None:
+            if family.batch_loss == "sum":  # the free fit's band and se are a per-batch-MEAN loader's: the band
+                # of its own loaders' m m^T weight and b / a instead (band.py (B2)-(B3))
+                low, high = sum_family_band(a, b, family, b_int, n, lambda drop: np.array([gls.fit(t)[:2] for t in (
+                    aggregation_scale(n, drop, family)[b_int - 1] * simulate(sim_entries, b_int, 2 * draws, rng, drop,
+                                                                             "sum"))]))
+                test.batch_size_interval = (float(low), float(high))
+            elif by_c is not None:
                 low, high = min(low, by_c[0]), max(high, by_c[1])
                 test.batch_size_interval = (float(low), float(high))
     if family is not None:
