@@ -31,7 +31,7 @@ import math
 import numpy as np
 from scipy.stats import t as student_t
 
-from .readings import Family, batch_sizes_table, coefficients
+from .readings import Family, aggregation_scale, batch_sizes_table, coefficients
 
 #: Normal quantile of the two-sided 99% band.
 Z99 = 2.58
@@ -145,9 +145,7 @@ def weight_band(a_obs: float, b_obs: float, fits: np.ndarray, family: Family, bb
     b_moved = coef_s + np.outer(fits[:, 1] - coef_s[bb - 1], scale)
     quantile = float(student_t.ppf(0.995, max(fits.shape[0] // 2 - 1, 1)))
     a_low, a_high = _split_range(a_moved, quantile)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        log_ratio = np.log(np.maximum(b_moved, 1e-300) / np.maximum(a_moved, 1e-300))
-    r_low, r_high = _split_range(log_ratio, quantile)
+    r_low, r_high = _split_range(np.log(np.maximum(b_moved, 1e-300) / np.maximum(a_moved, 1e-300)), quantile)
     ratio_obs = math.log(max(b_obs, 1e-300) / max(a_obs, 1e-300))
     reach = (k - 1 >= (k[bb - 1] - 1) / 4) & (k >= 2)
     inside = reach & (((a_low <= a_obs) & (a_obs <= a_high)) | ((r_low <= ratio_obs) & (ratio_obs <= r_high)))
@@ -155,10 +153,13 @@ def weight_band(a_obs: float, b_obs: float, fits: np.ndarray, family: Family, bb
     return (int(min(held.min(), bb)), int(max(held.max(), bb))) if held.size else (bb, bb)
 
 
-def sum_family_band(a_obs: float, b_obs: float, family: Family, bb: int, n: int, fits_of) -> tuple[int, int]:
+def sum_family_band(a_obs: float, b_obs: float, family: Family, bb: int, n: int, fit, simulate) -> tuple[int, int]:
     """The union over drop_last (kept, dropped: the free fit that names a per-batch-sum family does not tell them
-    apart) of ``weight_band``; fits_of(drop_last) -> (D, 2) the fitted (a, b) of D simulated loaders of the
-    family at bb."""
-    variants = [drop for drop in (False, True) if not drop or (n % bb and n // bb >= 2)]
-    bands = [weight_band(a_obs, b_obs, fits_of(drop), family, bb, n, drop) for drop in variants]
+    apart) of ``weight_band``, from D loaders of the family at bb: simulate(drop_last) -> (D, M) their Fishers
+    with per-batch sums averaged over the K batches (``shuffled.simulate``), here times c_agg; fit(t) -> (a, b, ...)
+    (``shuffled.GLS.fit``)."""
+    bands = []
+    for drop in (False, True) if n % bb and n // bb >= 2 else (False,):
+        sims = aggregation_scale(n, drop, family)[bb - 1] * simulate(drop)
+        bands.append(weight_band(a_obs, b_obs, np.array([fit(t)[:2] for t in sims]), family, bb, n, drop))
     return min(low for low, _ in bands), max(high for _, high in bands)

@@ -8,12 +8,13 @@ import itertools
 
 import numpy as np
 import pytest
+from scipy.stats import t as student_t
 from support.problems import loader_fisher
 
 import ewc_ref as er
-from ewc_ref.verify.band import empirical_weights, noise_sd, relative_sd
+from ewc_ref.verify.band import empirical_weights, noise_sd, relative_sd, weight_band
 from ewc_ref.verify.readings import FAMILIES, coefficients, n_batches
-from ewc_ref.verify.shuffled import simulate
+from ewc_ref.verify.shuffled import _split_normal, simulate
 
 SUM_FAMILIES = [f for f in FAMILIES if f.batch_loss == "sum"]
 AGGREGATION = {"averaged": "mean", "summed": "sum", "over N": "over N"}  # readings' names -> the loop's
@@ -105,6 +106,47 @@ def test_noise_sd_ratio_between_two_b_matches_simulated_loaders(family):
     model = noise_sd(n, False, family)
     finite_population = np.sqrt((n - 15) / (n - 50))
     np.testing.assert_allclose(sd[40] / sd[12], model[39] / model[11] * finite_population, rtol=0.025)
+
+
+def _weight_band_loop(a_obs, b_obs, fits, family, bb, n, drop_last):
+    """weight_band's twin: for each B a loop moves the draws by (L5) and takes the split-normal range of
+    shuffled._split_normal (median -/+ t quantile x the side's root-mean-square deviation)."""
+    coef_m, coef_s = coefficients(n, drop_last, family)
+    k = n_batches(n, drop_last)
+    s = noise_sd(n, drop_last, family)
+    q = student_t.ppf(0.995, len(fits) // 2 - 1)
+    held = []
+    for b in range(1, n + 1):
+        if k[b - 1] < 2 or k[b - 1] - 1 < (k[bb - 1] - 1) / 4:
+            continue
+        a_b = coef_m[b - 1] + (fits[:, 0] - coef_m[bb - 1]) * s[b - 1] / s[bb - 1]
+        b_b = coef_s[b - 1] + (fits[:, 1] - coef_s[bb - 1]) * s[b - 1] / s[bb - 1]
+        for draws, value in ((a_b, a_obs), (np.log(b_b / a_b), np.log(b_obs / a_obs))):
+            centre = np.median(draws)
+            low = centre - q * _split_normal(centre - 1e300, draws)[1]
+            high = centre + q * _split_normal(centre + 1e300, draws)[1]
+            if low <= value <= high:
+                held.append(b)
+                break
+    return min(held + [bb]), max(held + [bb])
+
+
+@pytest.mark.parametrize("family", SUM_FAMILIES, ids=lambda f: f.name)
+@pytest.mark.parametrize("drop_last", [False, True], ids=["kept", "drop_last"])
+def test_weight_band_is_its_loop_twin(family, drop_last):
+    """weight_band on 64 skewed draws around a loader at B = 20 (N = 300) against the loop above, for an observed
+    (a, b) at the loader's mean, at +3 sd of a, and at a B = 26 loader's mean: fails if the move of (L5), the t
+    quantile, a side's semi-sd or the union of the a and b / a bands is off."""
+    n, bb = 300, 20
+    coef_m, coef_s = coefficients(n, drop_last, family)
+    rng = np.random.default_rng(4)
+    noise = rng.gamma(4.0, size=(64, 2)) - 4.0  # right-skewed, like a's
+    fits = np.column_stack([coef_m[bb - 1] * (1 + 0.03 * noise[:, 0]), coef_s[bb - 1] * (1 + 0.02 * noise[:, 1])])
+    for a_obs, b_obs in ((coef_m[bb - 1], coef_s[bb - 1]), (coef_m[bb - 1] * 1.18, coef_s[bb - 1]),
+                         (coef_m[25], coef_s[25])):
+        band = weight_band(a_obs, b_obs, fits, family, bb, n, drop_last)
+        assert band == _weight_band_loop(a_obs, b_obs, fits, family, bb, n, drop_last), (a_obs, b_obs)
+        assert band[0] <= bb <= band[1] and band[1] - band[0] < 20, band
 
 
 # ------------------------------------------------------------------ the band on the digits
