@@ -12,7 +12,13 @@ from scipy.stats import t as student_t
 from support.problems import loader_fisher
 
 import ewc_ref as er
-from ewc_ref.verify.band import empirical_weights, noise_sd, relative_sd, weight_band
+from ewc_ref.verify.band import (
+    empirical_weights,
+    informative_level,
+    noise_sd,
+    relative_sd,
+    weight_band,
+)
 from ewc_ref.verify.readings import FAMILIES, coefficients, n_batches
 from ewc_ref.verify.shuffled import _split_normal, simulate
 
@@ -58,6 +64,8 @@ def test_sum_family_weights_in_closed_form(drop_last):
     # the Sigma weight of the summed per-batch sum, by contrast, is nearly flat: 3.5 % from B = 1 to B = 64
     coef_s = coefficients(n, drop_last, SUM_FAMILIES[1])[1]
     assert 0.95 < coef_s[63] / coef_s[0] < 1.0
+    # so weight_band unites the band of b itself only for the averaged per-batch sum (B^2 alpha(B) ~ B near 64)
+    assert [informative_level(coefficients(n, drop_last, f)[1], 64) for f in SUM_FAMILIES] == [True, False, False]
 
 
 def _noise_loop(n, b, drop_last, family):
@@ -110,7 +118,8 @@ def test_noise_sd_ratio_between_two_b_matches_simulated_loaders(family):
 
 def _weight_band_loop(a_obs, b_obs, fits, family, bb, n, drop_last):
     """weight_band's twin: for each B a loop moves the draws by (L5) and takes the split-normal range of
-    shuffled._split_normal (median -/+ t quantile x the side's root-mean-square deviation)."""
+    shuffled._split_normal (median -/+ t quantile x the side's root-mean-square deviation) of a, log(b / a)
+    and, for a level that moves with B (the averaged per-batch sum), b."""
     coef_m, coef_s = coefficients(n, drop_last, family)
     k = n_batches(n, drop_last)
     s = noise_sd(n, drop_last, family)
@@ -121,7 +130,12 @@ def _weight_band_loop(a_obs, b_obs, fits, family, bb, n, drop_last):
             continue
         a_b = coef_m[b - 1] + (fits[:, 0] - coef_m[bb - 1]) * s[b - 1] / s[bb - 1]
         b_b = coef_s[b - 1] + (fits[:, 1] - coef_s[bb - 1]) * s[b - 1] / s[bb - 1]
-        for draws, value in ((a_b, a_obs), (np.log(b_b / a_b), np.log(b_obs / a_obs))):
+        pairs = [(a_b, a_obs), (np.log(b_b / a_b), np.log(b_obs / a_obs))]
+        # b itself where its level moves with B: log coef_S over bb -/+ 10 % against log B, slope >= 0.5
+        lo, hi = int(bb / 1.1), int(np.ceil(bb * 1.1))
+        if abs(np.log(coef_s[hi - 1] / coef_s[lo - 1]) / np.log(hi / lo)) >= 0.5:
+            pairs.append((b_b, b_obs))
+        for draws, value in pairs:
             centre = np.median(draws)
             low = centre - q * _split_normal(centre - 1e300, draws)[1]
             high = centre + q * _split_normal(centre + 1e300, draws)[1]
