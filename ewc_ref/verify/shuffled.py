@@ -431,7 +431,7 @@ def judge_shuffled(theirs_entries: np.ndarray, grad_entries: np.ndarray, roundof
             band, b_int = max(2 * scale_se if math.isfinite(scale_se) else 0.1 * c, 1e-9 * c), b_named
             test.aggregation_scale = float(aggregation_scale(n, bool(best["drop"]), family)[b_int - 1])
             test.batch_size, test.implied_batch_size = b_int, float(b_int)
-            if family.batch_loss == "sum":  # its own loaders' m m^T weight and b / a (band.py (B2)-(B3)), not the
+            if family.batch_loss == "sum" and draws >= 10:  # its own loaders' m m^T weight and b / a (band.py), not the
                 # free fit's band (a per-batch-MEAN loader's: a 5-row batch carries 85 % of its noise, 0.02 % of a sum's)
                 low, high = sum_family_band(a, b, family, b_int, n, gls.fit, lambda drop: simulate(
                     sim_entries, b_int, 2 * draws, rng, drop, "sum"))

@@ -177,8 +177,8 @@ def _judged(digits, batch_size, batch_loss, aggregation, seeds):
     return out
 
 
-#: The widest band of the summed per-batch-sum loop at B = 64 over seeds 1000..1019 (measured 20..29); before
-#: band.weight_band it was 145..238 wide (the free fit's per-batch-MEAN loader with its 5-row short batch).
+#: The widest band of the summed per-batch-sum loop at B = 64 over seeds 1000..1019 (measured 19..29); before
+#: band.weight_band it was 145..242 wide (the free fit's per-batch-MEAN loader with its 5-row short batch).
 WIDTH_BOUND = 40
 
 
