@@ -79,9 +79,10 @@ from ..progress import Progress
 from . import kfac
 from .loader import minibatch_matrices
 from .one_pass import PASS_ESTIMATORS, diag_pass
-from .ranking import simulated_scores
+from .ranking import centred_draw_scores, simulated_scores
 from .results import Candidate, Diagnosis, MCTest
 from .roundoff_verdict import judge_float32, roundoff_words
+from .sampled import judge_centred
 from .scale import fit_scale, roundoff_tolerance
 from .shuffled import ShuffledTest, judge_shuffled
 from .statistics import MC_BOOTSTRAP, entry_moments, judge_mc, sample_entries
@@ -190,7 +191,7 @@ def diagnose(model: MLP, lik: Likelihood, x, y, theirs, batch_sizes=None, tol: f
     if precision == "float32" and one is not None and not any(c.fits for c in candidates):
         # a confident net's float32 output gradient loses 1 - p_y: modelled and bounded (roundoff_verdict.py)
         roundoff = judge_float32(model, lik, x, y, t, cols, candidates, matrices, loader, one.pred_labels, tol, log)
-    mc_test, shuffled = None, None
+    mc_test, shuffled, centred = None, None, {}
     # THEIRS = c x a candidate's float32 computation, c no simple factor: exact, so no statistical verdict either
     float32_exact = roundoff is not None and roundoff["modelled_rel_error"] <= tol
     if not any(c.fits for c in candidates) and not float32_exact:  # a deterministic fit beats any statistical one
@@ -204,6 +205,9 @@ def diagnose(model: MLP, lik: Likelihood, x, y, theirs, batch_sizes=None, tol: f
             mean_gradient = _mean_gradient(model, lik, x, y)
         shuffled = _shuffled_candidate(t, t_diag[cols], grad_entries, matrices, mean_gradient, structure, tol,
                                        candidates, rng)
+        if one is not None:  # rivals and causes, never named alone (verdict.py; docs "Sampled labels and subsets")
+            log.stage("judging a loader at sampled labels and a random subset of rows")
+            centred = judge_centred(t_diag[cols], one, grad_entries, rng, mc_test.accepted)
     else:
         candidates.append(Candidate("mc", next(c for c in candidates if c.estimator == "exact").scale,
                                     next(c for c in candidates if c.estimator == "exact").rel_error, fits=False,
@@ -212,9 +216,12 @@ def diagnose(model: MLP, lik: Likelihood, x, y, theirs, batch_sizes=None, tol: f
     # errors over all entries first: one measured on the screened entries only is not comparable with them
     candidates.sort(key=lambda c: (c.entries is not None, c.rel_error, _rank(c.estimator), c.batch_size or 0))
     not_tried = _not_tried(hessian, screened, batch_sizes, n, p)
-    scores = _statistical_scores(t_diag[cols], grad_entries, one, mc_test, shuffled, tol, score_rng)
+    if any(test.accepted for test in centred.values()):  # every passing one on sampled.py's summary
+        scores = centred_draw_scores(t_diag[cols], grad_entries, one, mc_test, shuffled, centred, score_rng)
+    else:
+        scores = _statistical_scores(t_diag[cols], grad_entries, one, mc_test, shuffled, tol, score_rng)
     verdict = assemble_verdict(candidates, matrices, mc_test, shuffled, n, p, structure, precision, tol, model, lik,
-                       not_tried, screened, loader, scores, (x, y, t_diag, one and one.kfac_diagonals))
+                       not_tried, screened, loader, scores, (x, y, t_diag, one and one.kfac_diagonals), centred)
     verdict.roundoff = roundoff
     if roundoff is not None and not roundoff["matched"] and verdict.estimator == "none":
         verdict.causes.insert(0, roundoff_words(roundoff, tol))

@@ -39,6 +39,9 @@ MARGIN = 3.0
 #: 64 draws and 0.8 at 256 (12 seeds, the confident net of tests/verify/test_diagnose_ranking.py, whose
 #: mean difference is 2.3): at 64 the margin of 3 was decided by the draws, not by THEIRS.
 SCORE_DRAWS = 256
+#: Draws per candidate of ``centred_draw_scores`` (at 32 a score difference's Monte Carlo sd is comparable
+#: to MARGIN, and the draws, not THEIRS, would decide).
+CENTRED_DRAWS = 128
 
 
 def loader_moments(grad_entries: np.ndarray, sizes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -106,3 +109,46 @@ def rank(scores: dict) -> tuple[str | None, float]:
         return ordered[0][0], math.inf
     margin = ordered[0][1] - ordered[1][1]
     return (ordered[0][0] if margin >= MARGIN else None), margin
+
+
+def centred_scores(t: np.ndarray, exact: np.ndarray, empirical: np.ndarray, draws: dict) -> dict:
+    """{name: score} (R2) of every passing statistical candidate when 'sampled' or 'subset' passes too.
+
+    The summary is sampled.summary's (log c_hat, log Q, log shape, lean towards E) of t : (M,) against
+    c F on their tested entries, under each candidate's draws {name: (D, M)} at its fitted parameters; k = 2
+    free parameters each (the penalty cancels). It is wider than (R1)'s because mc, a loader at sampled labels
+    and a subset share the expectation c F (or c E) and differ only in how their noise is spread over the
+    entries; where it is spread alike, the margin is small and the answer "cannot tell" names them.
+    """
+    from .sampled_moments import summary
+    from .shuffled import synthetic_log_likelihood
+
+    observed = summary(t, exact, empirical)[0]
+    penalty = math.log(t.size)
+    return {name: synthetic_log_likelihood(observed, summary(sims, exact, empirical)) - penalty
+            for name, sims in draws.items()}
+
+
+def centred_draw_scores(t_entries, grad_entries, one, mc_test, shuffled, centred: dict, rng) -> dict:
+    """``centred_scores`` of mc, shuffled and sampled.py's tests that pass ({} when fewer than two pass).
+
+    t_entries : (M_screen,) THEIRS; grad_entries : (N, M_screen) at the observed labels; one : the one pass.
+    CENTRED_DRAWS draws of each at its fitted parameters on sampled.judge_centred's entries: mc as in
+    ``simulated_scores``, shuffled by shuffled.simulate at its reading (its aggregation factor and per-batch
+    loss), sampled.py's by their own ``draw``.
+    """
+    from .shuffled import simulate
+
+    rng = rng.spawn(1)[0]  # a child stream (as sampled.judge_centred)
+    sub = next(iter(centred.values())).sub
+    draws = {name: test.draw(CENTRED_DRAWS, rng) for name, test in centred.items() if test.accepted}
+    if mc_test is not None and mc_test.accepted:
+        exact, d = one.mc_mean[sub], one.mc_draws[:, sub]
+        c_mc = float(t_entries[sub] @ exact) / max(float(exact @ exact), 1e-300)
+        draws["mc"] = c_mc * (exact + (d - exact) / math.sqrt(max(mc_test.implied_samples, 1e-300)))
+    if shuffled is not None and shuffled.accepted:
+        c_agg = shuffled.aggregation_scale if math.isfinite(shuffled.aggregation_scale) else shuffled.scale
+        draws["shuffled"] = c_agg * simulate(grad_entries[:, sub], shuffled.batch_size, CENTRED_DRAWS, rng,
+                                             drop_last=bool(shuffled.drop_last), batch_loss=shuffled.batch_loss or "mean")
+    empirical = np.mean(grad_entries[:, sub] ** 2, axis=0)
+    return centred_scores(t_entries[sub], one.mc_mean[sub], empirical, draws) if len(draws) >= 2 else {}
