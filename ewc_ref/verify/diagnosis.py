@@ -32,7 +32,11 @@ when none fits and ``mc`` is not accepted either, the answer is ``"none"``: a Fi
 wrong thing must not be forced into a class.
 
 Judging ``mc`` is the business of ``statistics`` (its module docstring, eqs 2-4); when mc and
-shuffled both pass their own tests, ``ranking`` decides by one score (or "cannot tell").
+shuffled both pass their own tests, ``ranking`` decides by one score (or "cannot tell"). Two more
+statistical readings, a loader at labels SAMPLED from the model and a random SUBSET of rows
+(``sampled.judge_centred``), are rivals and causes, never the verdict alone: when one passes with mc or
+shuffled, all are scored by ``ranking.centred_scores`` and mc or shuffled stands only by the margin,
+else "cannot tell"; with neither passing they are the first causes of the "none" (verdict.py).
 
 When a deterministic candidate fits within round-off it wins and neither ``mc`` nor ``shuffled``
 is judged (``mc``'s expectation is ``exact``: an mc estimate with S -> infinity is

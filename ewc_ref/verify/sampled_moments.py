@@ -13,6 +13,7 @@ import math
 
 import numpy as np
 from scipy import sparse
+from scipy.special import gammaln
 
 
 # --------------------------------------------------------------------------- moments (SL2), (SL3), (SR1)
@@ -43,6 +44,52 @@ def subset_curve(n_rows: int, replace: bool, limit: int) -> np.ndarray:
     """(limit,) f(n) / n for n = 1..limit (SR1): the variance of a subset mean relative to one row's."""
     m = np.arange(1, limit + 1, dtype=np.float64)
     return (np.ones_like(m) if replace else np.clip((n_rows - m) / max(n_rows - 1, 1), 0.0, None)) / m
+
+
+def untouched_probability(rows_touching: np.ndarray, n_rows: int, n: int, replace: bool) -> np.ndarray:
+    """(M,) pi_i = P(none of n random rows is among the r_i rows whose gradient touches entry i)          (SR3)
+
+    = C(N - r, n) / C(N, n) without replacement (0 when N - r < n), (1 - r / N)^n with; rows_touching : (M,) r_i."""
+    r = np.asarray(rows_touching, dtype=np.float64)
+    if replace:
+        return (1.0 - r / n_rows) ** n
+    free = n_rows - r
+    log_pi = (gammaln(free + 1) - gammaln(np.maximum(free - n, 0) + 1) - gammaln(n_rows + 1) + gammaln(n_rows - n + 1))
+    return np.where(free >= n, np.exp(log_pi), 0.0)
+
+
+def support_p(t: np.ndarray, support: np.ndarray, n: int, replace: bool, floor: float = 0.01) -> tuple[float, int, float]:
+    """(p, zeros, expected): an upper bound on P(a subset of n rows leaves at most as many of the entries D
+    untouched as THEIRS has zeros there)                                                             (SR4)
+
+    t : (M,) THEIRS; support : (N, M) bool, row n touches entry i (its gradient there is nonzero). D is chosen
+    from the supports alone (not from t): greedily, by pi_i (SR3) from the largest, the entries with pi_i >=
+    `floor` whose row sets are disjoint from those already chosen. The indicators "entry i touched" are then
+    increasing functions of disjoint sets of the selection indicators, which are negatively associated for
+    sampling with or without replacement (Joag-Dev and Proschan 1983), so for Z = the untouched count on D,
+    mu = sum_D pi_i:  P(Z = 0) <= prod_D (1 - pi_i), and P(Z <= (1 - d) mu) <= exp(-d^2 mu / 2) (Chernoff,
+    valid under negative association). A loader over all rows leaves no entry untouched: where a subset of n
+    rows would leave several, its zero count rules the subset out.
+    """
+    n_rows = support.shape[0]
+    pi = untouched_probability(support.sum(axis=0), n_rows, n, replace)
+    used = np.zeros(n_rows, dtype=bool)
+    chosen = []
+    for i in np.argsort(-pi, kind="stable"):
+        if pi[i] < floor:
+            break
+        if not (support[:, i] & used).any():
+            chosen.append(i)
+            used |= support[:, i]
+    if not chosen:
+        return 1.0, 0, 0.0
+    zeros, mu = int(np.sum(t[chosen] == 0)), float(pi[chosen].sum())
+    if zeros >= mu:
+        return 1.0, zeros, mu
+    bound = math.exp(-((1 - zeros / mu) ** 2) * mu / 2)
+    if zeros == 0:
+        bound = min(bound, float(np.prod(1.0 - pi[chosen])))
+    return bound, zeros, mu
 
 
 # --------------------------------------------------------------------------- simulations

@@ -121,3 +121,16 @@ def test_a_genuine_one_sample_mc_estimate_is_not_demoted_by_a_subset_at_sampled_
     assert result.estimator == "mc" and result.samples == 1, result.report()
     subset = result.centred["subset"]
     assert not subset.accepted and subset.reason.endswith("a subset is mc on fewer rows, and mc passes its own test")
+
+
+def test_a_loader_over_every_row_is_not_read_as_a_subset(digits):
+    """A shuffled loader of 64, batches summed (no / K), seed 11: a subset of ~90 rows passed every coordinate of
+    its summary and led shuffled (-3.9 against -68 at shuffled's point B), making it 'cannot tell'. A subset of
+    90 of the 1,797 rows leaves ~6-7 of the tested entries untouched (exactly zero); the loader, over every
+    row, leaves none: the subset test rejects it by (SR4) and 'shuffled' stands."""
+    model, lik, x, y, G = digits
+    order = np.random.default_rng(1011).permutation(len(x))
+    result = diagnose(model, lik, x, y, loader_fisher(G, 64, order, aggregation="sum")[0], hessian=False)
+    subset = result.centred["subset"]
+    assert not subset.accepted and subset.reason.startswith("not a mean over a random subset of rows: every row touched")
+    assert result.estimator == "shuffled", result.report()
