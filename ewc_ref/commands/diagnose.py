@@ -40,7 +40,9 @@ def candidates() -> str:
         row = ESTIMATOR_TABLE[name]
         notes = [note for note in (row.diagnose_note, _TREATMENT.get(row.diagnose, "")) if note]
         words.append(f"{name} ({'; '.join(notes)})" if notes else name)
-    return ", ".join(words) + " and shuffled (a shuffled loader's minibatch Fisher, judged statistically)"
+    return (", ".join(words) + " and shuffled (a shuffled loader's minibatch Fisher, judged statistically); a loader at "
+            "labels sampled from the model and a random subset of rows are judged as their rivals and as causes of a "
+            "'none', never named alone")
 
 
 if __doc__ is not None:  # None under python -OO

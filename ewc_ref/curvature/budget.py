@@ -19,10 +19,10 @@ HESSIAN_LIMIT          200,000                  P * N up to which ``diagnose`` i
 DIAG_HESSIAN_COST      2.0                      diag THEIRS: ``diagnose`` includes the Hessian
                                                 by default when its diagonal costs at most this
                                                 many exact diagonal Fishers (diag_hessian.cost_ratio)
-SCREEN_BYTES           64 MiB                   the per-example gradients ``diagnose`` holds for
+SCREEN_BYTES           72 MiB                   the per-example gradients ``diagnose`` holds for
                                                 its screen of every B and its statistical tests:
-                                                24 bytes per row and entry, so M = SCREEN_BYTES /
-                                                (24 N) entries, at most 256, at least 16
+                                                28 bytes per row and entry, so M = SCREEN_BYTES /
+                                                (28 N) entries, at most 256, at least 16
                                                 (diagnosis.screen_size)
 =====================  =======================  ===============================================
 
@@ -31,10 +31,10 @@ A full or block Hessian candidate of ``diagnose`` costs P Hessian-vector product
 one exact diagonal Fisher for nets with at most two hidden layers or ReLU activations
 (``diag_hessian.cost_ratio``). ``diagnose(hessian=True)`` includes it regardless.
 
-SCREEN_BYTES keeps all 256 screened entries up to N = 10,922 rows, so every verdict at N <= 10^4 is
+SCREEN_BYTES keeps all 256 screened entries up to N = 10,533 rows, so every verdict at N <= 10^4 is
 unchanged, and keeps the peak memory of ``diagnose`` flat in N beyond (benchmarks/BENCHMARKS.md): a
 larger N screens fewer entries, which widens the statistical tests' intervals without biasing them.
-Past N = 174,762 the floor of 16 entries binds and memory grows by 384 bytes per row (the report and
+Past N = 168,521 the floor of 16 entries binds and memory grows by 448 bytes per row (the report and
 JSON "screen" say when the budget bound M, and whether memory grows).
 """
 
@@ -46,7 +46,7 @@ CHUNK_NUMBERS = 2**20
 BATCHED_CHUNK_BYTES = 4 * 1024**2
 HESSIAN_LIMIT = 200_000
 DIAG_HESSIAN_COST = 2.0
-SCREEN_BYTES = 64 * 1024**2
+SCREEN_BYTES = 72 * 1024**2
 
 
 def check_dense_size(n_params: int, itemsize: int = 8, what: str = "structure='full'") -> None:

@@ -11,7 +11,11 @@ residual is compared with the closest candidate's (diagnosis (D1)):
   entries inside the code): the largest within-tensor relative spread;
 - row order: the shuffled test (its band of B), and the way to record the order; only offered for
   THEIRS at the observed labels (the shuffled test is at the observed labels: a loader at predicted or
-  sampled labels would not become exact by recording the order).
+  sampled labels would not become exact by recording the order);
+- labels sampled from the model, or a random subset of rows (``sampled.judge_centred``, run by diagnose
+  for a diag THEIRS when neither mc nor shuffled passes): a passing test is listed after the causes that
+  fit within round-off and before row order, the better synthetic likelihood first; a failing one among
+  the rejected, with its p-value.
 
 A tested cause that fits within 10 x the round-off threshold also stops a statistical verdict (mc,
 shuffled): an exact explanation beats a statistical one (diagnosis.py). EKFAC's diagonal (its
@@ -30,6 +34,10 @@ import numpy as np
 from ..curvature.estimate import fisher_unchecked
 from .scale import fit_scale
 from .shuffled import ShuffledTest
+
+#: Why a passing sampled.py test is a cause and not the verdict (docs/shuffled-loader-fisher.md).
+CENTRED_CAVEAT = ("; a cause, not a verdict: an observed-label loader whose own test failed, a float32 error or the "
+                  "other of these two can pass this test as well (measured, docs/shuffled-loader-fisher.md)")
 
 
 def _intercept_fit(t: np.ndarray, f: np.ndarray) -> tuple[float, float, float]:
@@ -70,8 +78,10 @@ def tested_causes(model, lik, x, y, t_diag: np.ndarray, matrices: dict, closest,
     return out
 
 
-def likely_causes(candidates, shuffled: ShuffledTest, not_tried, tested: list | None = None, tol: float = 0.0) -> list[str]:
-    """Causes of a 'none', ranked by evidence (module docstring); `tested` from ``tested_causes``."""
+def likely_causes(candidates, shuffled: ShuffledTest, not_tried, tested: list | None = None, tol: float = 0.0,
+                  centred: dict | None = None) -> list[str]:
+    """Causes of a 'none', ranked by evidence (module docstring); `tested` from ``tested_causes``, `centred`
+    {'sampled' | 'subset': sampled.CentredTest} when judged."""
     tested = sorted(tested or [], key=lambda item: item[0])
     fitting = [line + " -- fits within round-off" for rel, line in tested if rel <= 10 * tol]
     others = [c for c in candidates if c.estimator != "shuffled"]
@@ -79,6 +89,10 @@ def likely_causes(candidates, shuffled: ShuffledTest, not_tried, tested: list | 
         math.isfinite(shuffled.implied_batch_size) and shuffled.implied_batch_size > 1
         and (not others or shuffled.rel_error < min(c.rel_error for c in others))))
     causes = list(fitting)
+    judged = centred or {}
+    # a passing test of its own is more evidence than an expectation that fits best: first, the better score first
+    causes += [test.reason + CENTRED_CAVEAT
+               for _, test in sorted(judged.items(), key=lambda item: -item[1].score) if test.accepted]
     if plausible:
         low, high = shuffled.batch_size_interval
         how = f", batches {shuffled.reduction}" if shuffled.reduction else ""
@@ -89,12 +103,15 @@ def likely_causes(candidates, shuffled: ShuffledTest, not_tried, tested: list | 
                       "batched finds it exactly: iterate ewc_ref.recorder.Recorder(loader) in the Fisher loop and "
                       "rec.save('data.npz'), or er.save_data(path, x, y, order=indices, batches=sizes)")
     causes += [line for rel, line in tested if rel > 10 * tol]
+    causes += [f"tested, rejected: {test.reason}" for test in judged.values() if not test.accepted]
     causes += ["not tested: a Fisher at other weights (saved before or after an optimizer step, or of another task)",
                "not tested: another loss or likelihood than MODEL's (label smoothing, class weights, another sigma, a "
                "regulariser)",
-               "not tested: clipped or capped values, labels mixed across a batch, or half-precision arithmetic",
-               "not tested: a minibatch loop at labels SAMPLED from the model, or squared gradients of a random "
-               "subset of the rows (a 'fisher_n' sample): not yet candidates of diagnose (issue 28)"]
+               "not tested: clipped or capped values, labels mixed across a batch, or half-precision arithmetic"]
+    if not judged:
+        causes.append("not tested: a minibatch loop at labels SAMPLED from the model, or squared gradients of a random "
+                      "subset of the rows (a 'fisher_n' sample): judged only for a diag THEIRS when neither mc nor "
+                      "shuffled passes its own test")
     if not plausible:
         causes.append("rows in another order than DATA (a shuffled loader) with batches too small or too few to tell")
     causes += [f"a candidate not tried: {item['estimator']} ({item['flag']})" for item in not_tried]

@@ -32,7 +32,11 @@ when none fits and ``mc`` is not accepted either, the answer is ``"none"``: a Fi
 wrong thing must not be forced into a class.
 
 Judging ``mc`` is the business of ``statistics`` (its module docstring, eqs 2-4); when mc and
-shuffled both pass their own tests, ``ranking`` decides by one score (or "cannot tell").
+shuffled both pass their own tests, ``ranking`` decides by one score (or "cannot tell"). Two more
+statistical readings, a loader at labels SAMPLED from the model and a random SUBSET of rows
+(``sampled.judge_centred``), are rivals and causes, never the verdict alone: when one passes with mc or
+shuffled, all are scored by ``ranking.centred_scores`` and mc or shuffled stands only by the margin,
+else "cannot tell"; with neither passing they are the first causes of the "none" (verdict.py).
 
 When a deterministic candidate fits within round-off it wins and neither ``mc`` nor ``shuffled``
 is judged (``mc``'s expectation is ``exact``: an mc estimate with S -> infinity is
@@ -56,16 +60,17 @@ A full THEIRS computes each candidate on its own (P x P products dominate).
 
 Memory. Nothing of size N x P is held. The screen, the shuffled test and the mc test look at M
 diagonal entries, whose per-example gradients are held for every row (the shuffled test simulates
-random partitions of the rows): at most three (N, M) float64 arrays at once, 24 bytes per row and
-entry (``SCREEN_ROW_BYTES``). A memory budget bounds them, as budget.py bounds every size:
-M = min(SCREEN_ENTRIES, P, budget.SCREEN_BYTES // (24 N)), at least MIN_SCREEN_ENTRIES
-(``screen_size``). The default 64 MiB screens all 256 entries up to N = 10,922 (every verdict at
+random partitions of the rows): at most three (N, M) float64 arrays and one float32 at once (the
+gradients at one draw of labels from the model, for sampled.py), 28 bytes per row and entry
+(``SCREEN_ROW_BYTES``). A memory budget bounds them, as budget.py bounds every size:
+M = min(SCREEN_ENTRIES, P, budget.SCREEN_BYTES // (28 N)), at least MIN_SCREEN_ENTRIES
+(``screen_size``). The default 72 MiB screens all 256 entries up to N = 10,533 (every verdict at
 N <= 10^4 unchanged) and keeps the peak flat beyond: 107 MiB at N = 10^4, 98 MiB at 5 10^4 (M = 55),
 113 MiB at 2 10^5 (M = 16) at 784-256-256-10 (tracemalloc, BENCHMARKS.md). Fewer entries widen the statistical tests'
 intervals and keep them valid (at 5 10^4 the bench's shuffled B = 48 loader is named with B = 48 in
 its band 47..49); the exact screen loses nothing (a fit on all entries fits on any subset, and the B
 that fit there are confirmed on all). JSON "screen" gives M, the M wanted, the setting that bound it
-and whether memory grows (past N = 174,762 the floor of 16 binds: 384 bytes per row), and the report
+and whether memory grows (past N = 168,521 the floor of 16 binds: 448 bytes per row), and the report
 says so when the budget bound M. Outside the budget, a few hundred bytes per row stay: the most
 probable labels (8 bytes per row, 8 C for a gaussian or bernoulli net), the shuffled test's tables over
 B = 1..N (readings.loader_tables: 28 float64 per B) and its permutations and leverages (~40 bytes per
@@ -96,9 +101,10 @@ from ..progress import Progress
 from . import kfac
 from .loader import minibatch_matrices
 from .one_pass import PASS_ESTIMATORS, diag_pass
-from .ranking import simulated_scores
+from .ranking import centred_draw_scores, simulated_scores
 from .results import Candidate, Diagnosis, MCTest
 from .roundoff_verdict import judge_float32, roundoff_words
+from .sampled import judge_centred
 from .scale import fit_scale, roundoff_tolerance
 from .shuffled import ShuffledTest, judge_shuffled
 from .statistics import MC_BOOTSTRAP, entry_moments, judge_mc, sample_entries
@@ -109,10 +115,11 @@ from .verdict import assemble_verdict
 SCREEN_ENTRIES = 256
 #: Bytes held per row and screened entry: three (N, M) float64 arrays at once, the per-example gradients at
 #: the observed and at the predicted labels and the prefix sums of one of them (loader.screen_best; the
-#: float32 path's modelled gradients replace the predicted ones, freed after the screen).
-SCREEN_ROW_BYTES = 24
+#: float32 path's modelled gradients replace the predicted ones, freed after the screen), and one float32 array, the
+#: gradients at one draw of labels from the model (one_pass.DiagPass.sampled_entries, for sampled.py).
+SCREEN_ROW_BYTES = 28
 #: The fewest entries screened whatever N (the shuffled test needs 8 directions with sampling variance):
-#: beyond N = SCREEN_BYTES / (24 x 16) the screen's memory grows with N again, and JSON "screen" says so.
+#: beyond N = SCREEN_BYTES / (28 x 16) the screen's memory grows with N again, and JSON "screen" says so.
 MIN_SCREEN_ENTRIES = 16
 #: Tie-break rank of the statistical candidates that are not rows of the estimator table.
 _RANK = {"shuffled": 6}
@@ -217,7 +224,7 @@ def diagnose(model: MLP, lik: Likelihood, x, y, theirs, batch_sizes=None, tol: f
     if precision == "float32" and one is not None and not any(c.fits for c in candidates):
         # a confident net's float32 output gradient loses 1 - p_y: modelled and bounded (roundoff_verdict.py)
         roundoff = judge_float32(model, lik, x, y, t, cols, candidates, matrices, loader, one.pred_labels, tol, log)
-    mc_test, shuffled = None, None
+    mc_test, shuffled, centred = None, None, {}
     # THEIRS = c x a candidate's float32 computation, c no simple factor: exact, so no statistical verdict either
     float32_exact = roundoff is not None and roundoff["modelled_rel_error"] <= tol
     if not any(c.fits for c in candidates) and not float32_exact:  # a deterministic fit beats any statistical one
@@ -231,6 +238,9 @@ def diagnose(model: MLP, lik: Likelihood, x, y, theirs, batch_sizes=None, tol: f
             mean_gradient = _mean_gradient(model, lik, x, y)
         shuffled = _shuffled_candidate(t, t_diag[cols], grad_entries, matrices, mean_gradient, structure, tol,
                                        candidates, rng)
+        if one is not None:  # rivals and causes, never named alone (verdict.py; docs "Sampled labels and subsets")
+            log.stage("judging a loader at sampled labels and a random subset of rows")
+            centred = judge_centred(t_diag[cols], one, grad_entries, rng, mc_test.accepted)
     else:
         candidates.append(Candidate("mc", next(c for c in candidates if c.estimator == "exact").scale,
                                     next(c for c in candidates if c.estimator == "exact").rel_error, fits=False,
@@ -239,9 +249,12 @@ def diagnose(model: MLP, lik: Likelihood, x, y, theirs, batch_sizes=None, tol: f
     # errors over all entries first: one measured on the screened entries only is not comparable with them
     candidates.sort(key=lambda c: (c.entries is not None, c.rel_error, _rank(c.estimator), c.batch_size or 0))
     not_tried = _not_tried(hessian, screened, batch_sizes, n, p)
-    scores = _statistical_scores(t_diag[cols], grad_entries, one, mc_test, shuffled, tol, score_rng)
+    if any(test.accepted for test in centred.values()):  # every passing one on sampled.py's summary
+        scores = centred_draw_scores(t_diag[cols], grad_entries, one, mc_test, shuffled, centred, score_rng)
+    else:
+        scores = _statistical_scores(t_diag[cols], grad_entries, one, mc_test, shuffled, tol, score_rng)
     verdict = assemble_verdict(candidates, matrices, mc_test, shuffled, n, p, structure, precision, tol, model, lik,
-                       not_tried, screened, loader, scores, (x, y, t_diag, one and one.kfac_diagonals))
+                       not_tried, screened, loader, scores, (x, y, t_diag, one and one.kfac_diagonals), centred)
     verdict.roundoff, verdict.screen = roundoff, screen
     if roundoff is not None and not roundoff["matched"] and verdict.estimator == "none":
         verdict.causes.insert(0, roundoff_words(roundoff, tol))
@@ -266,9 +279,9 @@ def _check_tol(tol, t: np.ndarray, model: MLP) -> tuple[str, float]:
 
 
 def screen_size(n: int, p: int) -> dict:
-    """The screen's entries M = min(SCREEN_ENTRIES, P, max(MIN_SCREEN_ENTRIES, budget.SCREEN_BYTES // (24 N))):
+    """The screen's entries M = min(SCREEN_ENTRIES, P, max(MIN_SCREEN_ENTRIES, budget.SCREEN_BYTES // (28 N))):
     {"entries": M, "wanted": min(SCREEN_ENTRIES, P), "bound_by": the setting when M < wanted else None,
-    "memory_grows": 24 N M > SCREEN_BYTES (the floor binds)} (JSON "screen", docs/file-format.md)."""
+    "memory_grows": 28 N M > SCREEN_BYTES (the floor binds)} (JSON "screen", docs/file-format.md)."""
     wanted = min(SCREEN_ENTRIES, p)
     fitting = budget.SCREEN_BYTES // (SCREEN_ROW_BYTES * max(n, 1))
     entries = min(wanted, max(MIN_SCREEN_ENTRIES, fitting))

@@ -68,6 +68,7 @@ class DiagPass:
     kfac_diagonals: dict | None = None  # {estimator: (P,) diag(G (x) A)} of the KFAC of each PASS_ESTIMATORS row
     pred_entries: np.ndarray | None = None  # (N, M_screen) per-example gradients at the most probable labels
     pred_labels: object = None  # (N,) or (N, C) the most probable labels, in row order
+    sampled_entries: np.ndarray | None = None  # (N, M_mc) g_n on mc_cols at the labels of the first mc draw (sampled.py)
 
 
 def draw_label_indices(weights: np.ndarray, draws: int, rng: np.random.Generator) -> np.ndarray:
@@ -139,6 +140,8 @@ def diag_pass(model: MLP, lik: Likelihood, x: np.ndarray, y, screen_cols: np.nda
     pred_labels = []
     mc_mean, mc_cov = np.zeros(mc_cols.size), np.zeros((mc_cols.size, mc_cols.size))
     draws = np.zeros((bootstrap, mc_cols.size))
+    # the first draw's per-example gradients (a gather), float32: sampled.py's tests are statistical (noise >> 1e-7)
+    sampled = np.empty((n, mc_cols.size), dtype=np.float32) if bootstrap else None
     # the Kronecker factors' diagonals: G_ii = 1/N sum_n s_ni (the squared deltas of each estimator), A_jj = 1/N sum_n a_nj^2
     g_diag = [np.zeros((len(PASS_ESTIMATORS), out)) for out, _ in model.shapes]
     a_diag = [np.zeros(inp) for _, inp in model.shapes]
@@ -176,7 +179,9 @@ def diag_pass(model: MLP, lik: Likelihood, x: np.ndarray, y, screen_cols: np.nda
         if dependent:  # u_nk = J^T (d l / d f at label k), drawn with probability w_nk
             q = u * u
             if bootstrap:
-                draws += gathered_squares(q, draw_label_indices(weights, bootstrap, rng))
+                idx = draw_label_indices(weights, bootstrap, rng)
+                draws += gathered_squares(q, idx)
+                sampled[rows] = u[idx[:, 0], np.arange(idx.shape[0])]
             mean, cov = label_moments(weights, q)
         else:  # u = the columns of J, e_c independent with moments (m2, k4)
             u = np.moveaxis(u, 0, 1)
@@ -187,6 +192,7 @@ def diag_pass(model: MLP, lik: Likelihood, x: np.ndarray, y, screen_cols: np.nda
                 labels = lik.sample(f, rng, bootstrap)  # (n, S, ...)
                 r = np.stack([lik.grad(f, labels[:, s]) for s in range(bootstrap)], axis=1)  # (n, S, C)
                 draws += np.einsum("nse,nse->se", g := np.matmul(r, u), g)
+                sampled[rows] = g[:, 0]
         mc_mean += mean
         mc_cov += cov
         if meter is not None:
@@ -200,7 +206,7 @@ def diag_pass(model: MLP, lik: Likelihood, x: np.ndarray, y, screen_cols: np.nda
             if model.has_bias[l]:
                 kfac[name][model.bias_slices[l]] = g  # the bias input is the constant 1 (joined or separate alike)
     return DiagPass(matrices, grad_sum / n, grad_entries, mc_mean / n, mc_cov / n**2, draws / n, kfac, pred_entries,
-                    np.concatenate(pred_labels))
+                    np.concatenate(pred_labels), sampled)
 
 
 def label_moments(weights: np.ndarray, q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -39,6 +39,9 @@ MARGIN = 3.0
 #: 64 draws and 0.8 at 256 (12 seeds, the confident net of tests/verify/test_diagnose_ranking.py, whose
 #: mean difference is 2.3): at 64 the margin of 3 was decided by the draws, not by THEIRS.
 SCORE_DRAWS = 256
+#: Draws per candidate of ``centred_draw_scores`` (at 32 a score difference's Monte Carlo sd is comparable
+#: to MARGIN, and the draws, not THEIRS, would decide).
+CENTRED_DRAWS = 128
 
 
 def loader_moments(grad_entries: np.ndarray, sizes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -106,3 +109,90 @@ def rank(scores: dict) -> tuple[str | None, float]:
         return ordered[0][0], math.inf
     margin = ordered[0][1] - ordered[1][1]
     return (ordered[0][0] if margin >= MARGIN else None), margin
+
+
+def centred_scores(t: np.ndarray, exact: np.ndarray, empirical: np.ndarray, draws: dict) -> dict:
+    """{name: score} (R2) of every passing statistical candidate when 'sampled' or 'subset' passes too.
+
+    The summary is sampled.summary's (log c_hat, log Q, log shape, lean towards E) of t : (M,) against
+    c F on their tested entries, under each candidate's draws {name: (D, M)} at its fitted parameters; k = 2
+    free parameters each (the penalty cancels). It is wider than (R1)'s because mc, a loader at sampled labels
+    and a subset share the expectation c F (or c E) and differ only in how their noise is spread over the
+    entries; where it is spread alike, the margin is small and the answer "cannot tell" names them.
+    """
+    from .sampled_moments import summary
+    from .shuffled import synthetic_log_likelihood
+
+    observed = summary(t, exact, empirical)[0]
+    penalty = math.log(t.size)
+    return {name: synthetic_log_likelihood(observed, summary(sims, exact, empirical)) - penalty
+            for name, sims in draws.items()}
+
+
+def centred_draw_scores(t_entries, grad_entries, one, mc_test, shuffled, centred: dict, rng) -> dict:
+    """``centred_scores`` of mc, shuffled and sampled.py's tests that pass ({} when fewer than two pass).
+
+    t_entries : (M_screen,) THEIRS; grad_entries : (N, M_screen) at the observed labels; one : the one pass.
+    CENTRED_DRAWS draws of each at its fitted parameters on sampled.judge_centred's entries: mc as in
+    ``simulated_scores``, shuffled by shuffled.simulate at its reading (its aggregation factor and per-batch
+    loss), sampled.py's by their own ``draw``.
+    """
+    from .shuffled import simulate
+
+    rng = rng.spawn(1)[0]  # a child stream (as sampled.judge_centred)
+    sub = next(iter(centred.values())).sub
+    draws = {name: test.draw(CENTRED_DRAWS, rng) for name, test in centred.items() if test.accepted}
+    if mc_test is not None and mc_test.accepted:
+        exact, d = one.mc_mean[sub], one.mc_draws[:, sub]
+        c_mc = float(t_entries[sub] @ exact) / max(float(exact @ exact), 1e-300)
+        draws["mc"] = c_mc * (exact + (d - exact) / math.sqrt(max(mc_test.implied_samples, 1e-300)))
+    empirical = np.mean(grad_entries[:, sub] ** 2, axis=0)
+    scores = centred_scores(t_entries[sub], one.mc_mean[sub], empirical, draws) if draws else {}
+    if shuffled is not None and shuffled.accepted:
+        # profiled over B: its reading's B and the PROFILE_SIZES B of its band whose expected scale (L1) is nearest
+        # THEIRS's. The summary's scale coordinate moves fast with B (a summed family's K e(B) is jagged), so the
+        # point estimate alone scored -27 and -68 where B = 64, in the band, scored -4.8 and -3.6 (a shuffled
+        # loader of 64 summed over K, seeds 1008 and 1011), and a subset of ~90 rows (-4.8, -3.9) led it
+        best = -math.inf
+        for b, c_agg in _profile_sizes(t_entries[sub], grad_entries[:, sub], one.mc_mean[sub], shuffled):
+            sims = c_agg * simulate(grad_entries[:, sub], b, CENTRED_DRAWS, rng, drop_last=bool(shuffled.drop_last),
+                                    batch_loss=shuffled.batch_loss or "mean")
+            best = max(best, centred_scores(t_entries[sub], one.mc_mean[sub], empirical, {"s": sims})["s"])
+        scores["shuffled"] = best
+    return scores if len(scores) >= 2 else {}
+
+
+#: B besides the reading's own at which ``centred_draw_scores`` scores a shuffled reading.
+PROFILE_SIZES = 3
+
+
+def _profile_sizes(t: np.ndarray, g: np.ndarray, exact: np.ndarray, shuffled) -> list[tuple[int, float]]:
+    """[(B, c_agg(B))]: the reading's B and, for a named family (readings.FAMILIES), the PROFILE_SIZES B of the
+    band [low, high] whose expectation c_agg (coef_m m^2 + coef_S sigma^2) (L1) on the entries has the sum
+    nearest THEIRS's (the summary's scale coordinate, sampled_moments.summary, relative to exact)."""
+    from .readings import FAMILIES, aggregation_scale, coefficients
+
+    own = shuffled.aggregation_scale if math.isfinite(shuffled.aggregation_scale) else shuffled.scale
+    out = [(int(shuffled.batch_size), float(own))]
+    family = next((f for f in FAMILIES if (f.aggregation, f.batch_loss) == (shuffled.reduction, shuffled.batch_loss)),
+                  None)
+    low, high = shuffled.batch_size_interval
+    if family is None or not (math.isfinite(low) and math.isfinite(high)):
+        return out
+    n = g.shape[0]
+    drop = bool(shuffled.drop_last)
+    m = g.mean(axis=0)
+    sigma = np.mean((g - m) ** 2, axis=0)
+    coef_m, coef_s = coefficients(n, drop, family)  # the aggregation factor included
+    sizes = np.arange(max(int(low), 2), min(int(high), n) + 1)
+    if drop:
+        sizes = sizes[n // sizes >= 1]
+    predicted = (coef_m[sizes - 1] * float(m @ m) + coef_s[sizes - 1] * float(sigma.sum())) / max(float(exact.sum()), 1e-300)
+    observed = float(t.sum()) / max(float(exact.sum()), 1e-300)
+    scale = aggregation_scale(n, drop, family)
+    for b in sizes[np.argsort(np.abs(np.log(np.maximum(predicted, 1e-300) / max(observed, 1e-300))))]:
+        if len(out) > PROFILE_SIZES:
+            break
+        if int(b) != out[0][0]:
+            out.append((int(b), float(scale[b - 1])))
+    return out

@@ -131,6 +131,7 @@ class Diagnosis(JsonResult):
     score_margin: float | None = None  # best score - second (ranking.MARGIN decides)
     roundoff: dict | None = None  # float32 THEIRS of a categorical net: roundoff_verdict.judge_float32
     screen: dict | None = None  # {"entries", "wanted", "bound_by", "memory_grows"}: diagnosis.screen_size
+    centred: dict = field(default_factory=dict)  # {'sampled' | 'subset': sampled.CentredTest}: causes of a "none"
 
     def to_dict(self) -> dict:
         """The object of docs/file-format.md (`diagnose --json`), plus explanatory extras."""
@@ -153,6 +154,8 @@ class Diagnosis(JsonResult):
             "also_consistent": list(self.also_consistent),
             "statistical_scores": {k: (v if math.isfinite(v) else None) for k, v in self.statistical_scores.items()},
             "score_margin": self.score_margin,
+            "sampled_test": self.centred["sampled"].to_dict() if "sampled" in self.centred else None,
+            "subset_test": self.centred["subset"].to_dict() if "subset" in self.centred else None,
             "drop_last": None if self.winner is None else self.winner.drop_last,
             "batch_reduction": None if self.winner is None else self.winner.batch_reduction,
             "labels": None if self.winner is None else self.winner.labels,
@@ -170,8 +173,16 @@ class Diagnosis(JsonResult):
                  f"precision {self.precision} (round-off threshold {self.tol:g})", ""]
         if self.estimator == "cannot tell":
             scores = ", ".join(f"{name} {value:.4g}" for name, value in self.statistical_scores.items())
-            lines.append(f"verdict     cannot tell apart: {' and '.join(self.also_consistent)} both pass their own tests, "
-                         f"and their log-likelihood scores ({scores}) differ by {self.score_margin:.3g} < the margin 3")
+            rival = next((name for name in ("sampled", "subset") if name in self.statistical_scores), None)
+            if rival is None:
+                lines.append(f"verdict     cannot tell apart: {' and '.join(self.also_consistent)} both pass their own "
+                             f"tests, and their log-likelihood scores ({scores}) differ by {self.score_margin:.3g} < the margin 3")
+            else:  # verdict.statistical_winner: sampled.py's tests are rivals, never named alone
+                lead = max(self.statistical_scores, key=self.statistical_scores.get)
+                lines.append(f"verdict     cannot tell apart: {', '.join(self.also_consistent)} each pass their own tests; "
+                             f"log-likelihood scores {scores}: {lead} leads by {self.score_margin:.3g}"
+                             f"{' < the margin 3' if self.score_margin < 3 else ''}, and a loader at sampled labels or a "
+                             "random subset of rows is never named alone (docs/shuffled-loader-fisher.md)")
             lines.append("            more rows, more samples or the loader's recorded order would tell them apart")
         elif self.estimator == "none":
             best = self.closest

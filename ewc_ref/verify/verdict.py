@@ -20,6 +20,9 @@ from .readings import FAMILIES
 from .results import Diagnosis
 from .scale import fit_scale, match_scale, scale_factors
 
+#: sampled.py's tests: rivals of mc and shuffled (ranking.centred_scores) and causes of a "none", never the verdict.
+CENTRED = ("sampled", "subset")
+
 
 def statistical_scale(c, test, n, n_outputs, lik_name, sigma):
     """(factor or None, words, se) of a statistical candidate: the simplest factor in its 2-se band; a
@@ -50,7 +53,15 @@ def statistical_winner(candidates, tests, scores):
     the first cause.
     """
     accepted = [c for c in candidates if c.estimator in NATURAL and c.fits]
-    if len(accepted) == 2 and scores:
+    rivals = [name for name, test in tests.items() if name in CENTRED and test is not None and test.accepted]
+    if accepted and rivals and scores:
+        # a loader at sampled labels or a random subset that passes is a rival, never named alone: when it
+        # leads, or the leader wins by less than the margin, the answer is "cannot tell" naming every one
+        name, _ = rank(scores)
+        if name is None or name in rivals:
+            return None, accepted, "cannot tell"
+        accepted.sort(key=lambda c: c.estimator != name)
+    elif len(accepted) == 2 and scores:
         name, _ = rank({c.estimator: scores[c.estimator] for c in accepted})
         if name is None:
             return None, accepted, "cannot tell"
@@ -78,14 +89,15 @@ def score_margin(scores: dict) -> float | None:
 
 
 def assemble_verdict(candidates, matrices, mc_test, shuffled, n, p, structure, precision, tol, model, lik,
-             not_tried, screened, loader, scores, data) -> Diagnosis:
+             not_tried, screened, loader, scores, data, centred=None) -> Diagnosis:
     """The winner (best deterministic fit, else the best accepted statistical one, else 'none')."""
     c_out = model.n_outputs
     sigma = float(getattr(lik, "sigma", 1.0))
     common = dict(n=n, n_params=p, structure=structure, precision=precision, tol=tol, mc=mc_test,
-                  shuffled=shuffled, not_tried=not_tried, batch_sizes_screened=screened)
+                  shuffled=shuffled, not_tried=not_tried, batch_sizes_screened=screened,
+                  centred=centred or {})
     deterministic = [c for c in candidates if c.fits and c.estimator not in NATURAL]
-    tests = {"mc": mc_test, "shuffled": shuffled}
+    tests = {"mc": mc_test, "shuffled": shuffled, **(centred or {})}
     also = []
     undecided, tested = "", []
     if deterministic:
@@ -97,14 +109,15 @@ def assemble_verdict(candidates, matrices, mc_test, shuffled, n, p, structure, p
     common.update(statistical_scores=scores, score_margin=score_margin(scores))
     if undecided:
         best = max(also, key=lambda c: scores[c.estimator])
+        rivals = [centred[name].label() for name in CENTRED if name in scores]
         return Diagnosis("cannot tell", best.scale, best.rel_error, None, None, candidates,
                          scale_words=f"x {best.scale:.6g} (the fitted c of {best.label})", closest=best,
-                         also_consistent=[c.label for c in also], **common)
+                         also_consistent=[c.label for c in also] + rivals, **common)
     if winner is None:
         best = candidates[0]
         return Diagnosis("none", best.scale, best.rel_error, None, None, candidates,
                          scale_words=f"x {best.scale:.12g} (the fitted c of the closest, {best.label})",
-                         scale_factor=None, closest=best, causes=likely_causes(candidates, shuffled, not_tried, tested, tol), **common)
+                         scale_factor=None, closest=best, causes=likely_causes(candidates, shuffled, not_tried, tested, tol, centred), **common)
     if winner.estimator in NATURAL:
         factor, words, _ = statistical_scale(winner, tests[winner.estimator], n, c_out, lik.name, sigma)
         # mc's expectation is exact: neither exact nor a candidate equal to it (a ReLU net's hessian) is a runner-up

@@ -224,10 +224,13 @@ def test_shuffled_dataloader_on_the_digits_is_named_with_b_and_its_band(digits, 
 
 def test_the_band_of_a_b32_loader_on_the_digits_excludes_64(digits):
     """The band is not honest by being wide: a DataLoader(batch_size=32, shuffle=True) (K = 57, the same
-    5-row short batch) puts 64 outside its band in 19 of 20 seeds (measured: named 18/20, B = 32 in
-    the band in 18/20, 64 in it in 1 -- a 32-row band up to 138 through a B with a 3-row short batch)."""
+    5-row short batch) puts 64 outside its band in 19 of 20 seeds (measured: named 17/20, B = 32 in
+    the band in 17/20, 64 in it in 1 -- a 32-row band up to 138 through a B with a 3-row short batch).
+    Seed 1002 was 'shuffled, B ~ 23 (22..41)' and is 'cannot tell' since sampled.py's tests are rivals: a
+    sampled-label reading (B ~ 221, 28..1794) outscores it, -9.7 against -20.2 (an open answer, not a wrong one);
+    seed 1017 is 'mc' (a confident wrong verdict before and after, the shuffled test failing there)."""
     named, covered, excluded = shuffled_rates(digits, 32, 64, False, "mean")
-    assert named >= 18 and covered >= 18 and excluded >= 19, (named, covered, excluded)
+    assert named >= 17 and covered >= 17 and excluded >= 19, (named, covered, excluded)
 
 
 # ------------------------------------------------------------------ progress (issue 28 item 6)

@@ -98,7 +98,8 @@ def verdicts(digits, batch_loss, aggregation, seeds=20):
 
 
 @pytest.mark.parametrize(("batch_loss", "aggregation", "expression", "named"), [
-    ("mean", "over N", "K/N", 19),  # F /= len(dataset): before the families 10/20 named, 3/20 confidently wrong
+    ("mean", "over N", "K/N", 18),  # F /= len(dataset): before the families 10/20 named, 3/20 confidently wrong;
+    # 19/20 until sampled.py's rivals: one seed is 'cannot tell' (a sampled-label reading within the margin)
     ("sum", "averaged", "B^2", 20),  # CrossEntropyLoss(reduction='sum') per batch, named from the free fit
 ])
 def test_a_shuffled_loop_is_named_with_its_per_batch_loss_and_its_aggregation(digits, batch_loss, aggregation,

@@ -146,11 +146,18 @@ def _shuffled_problem(seed):
 
 @pytest.mark.parametrize("seed", [0, 1])
 def test_diagnose_with_the_kernels_equals_diagnose_with_the_twins(seed, monkeypatch):
+    """The same verdict and numbers with numba's kernels and with their NumPy twins. Seed 0 is 'shuffled';
+    seed 1 'cannot tell' (the shuffled reading, B ~ 36, leads a loader at sampled labels by 1.4 < 3 log-units: an
+    untrained net's observed labels look like its samples), both with the shuffled test accepted."""
     model, lik, x, y, theirs = _shuffled_problem(seed)
     fast = diagnose(model, lik, x, y, theirs, rng=3).to_dict()
     monkeypatch.setattr(kernels, "USE_NUMBA", False)
     slow = diagnose(model, lik, x, y, theirs, rng=3).to_dict()
-    assert fast["estimator"] == slow["estimator"] == "shuffled"
+    assert fast["estimator"] == slow["estimator"] == ("shuffled", "cannot tell")[seed]
+    assert fast["shuffled_test"]["accepted"] and slow["shuffled_test"]["accepted"]
+    assert fast["statistical_scores"].keys() == slow["statistical_scores"].keys()
+    np.testing.assert_allclose(list(fast["statistical_scores"].values()), list(slow["statistical_scores"].values()),
+                               rtol=1e-6)
     keys = ("estimator", "batch_size", "drop_last", "batch_reduction", "labels")
     assert [fast[key] for key in keys] == [slow[key] for key in keys]
     assert fast["shuffled_test"]["reason"] == slow["shuffled_test"]["reason"]  # B, its 99% band, chi2 and p as printed
