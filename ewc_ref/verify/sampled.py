@@ -213,14 +213,14 @@ def judge_sampled(t: np.ndarray, exact: np.ndarray, empirical: np.ndarray, h: np
     n, m = h.shape
     observed = summary(t, exact, empirical)[0]
     # F on the entries off the diagonal from h's one draw (unbiased), its diagonal the exact one
-    fisher_full = h.T @ h / n
+    fisher_full = (h.T @ h).astype(np.float64) / n  # h may be float32 (the one pass keeps it so): its noise >> 1e-7
     fisher_full[np.diag_indices(m)] = exact
     if per_row is None:  # C_bar from h alone: Cov over the rows of h_n o h_n (rows' spread of F_n included)
         q = h * h
         per_row = q.T @ q / n - np.outer(exact, exact)
     # the fourth cumulant relative to F^2 (SL3), the median over entries (a few entries of rare huge gradients
     # would set it for all)
-    kappa = max(0.0, float(np.median(np.mean(h**4, axis=0) / exact**2 - 3)))
+    kappa = max(0.0, float(np.median(np.mean(h**4, axis=0, dtype=np.float64) / exact**2 - 3)))
     gauss = math.log(0.455)  # median of chi2_1: log Q of a Gaussian relative error at relvar 1
     b = np.arange(1, n + 1)
     readings = []
@@ -259,7 +259,7 @@ def judge_sampled(t: np.ndarray, exact: np.ndarray, empirical: np.ndarray, h: np
     families = {}
     for reading in plausible:
         families.setdefault((reading["reduction"], reading["drop"], reading["aggregation"]), reading)
-    h32 = h.astype(np.float32)  # each draw streams N M entries: half the bytes, round-off 1e-7 << the noise
+    h32 = h.astype(np.float32, copy=False)  # each draw streams N M entries: half the bytes, round-off 1e-7 << the noise
     judged = []
     for reading in list(families.values())[:READINGS]:
         raw = reading["c"] * simulate_sampled(h32, one_sample, reading["at"], reading["reduction"], reading["drop"],
@@ -323,15 +323,16 @@ def judge_subset(t: np.ndarray, centres: dict, squares: dict, rng: np.random.Gen
                  draws: int = DRAWS, metrics: dict | None = None) -> CentredTest:
     """Accept or reject 'subset' (n random rows, averaged squares, (SR1)) on M tested entries.
 
-    centres : {'observed': (M,) empirical, 'sampled': (M,) exact}; squares : {labels: (N, M) q_n, the
-    per-example squares at the observed labels / at one draw from the model}. Readings: labels x
+    centres : {'observed': (M,) empirical, 'sampled': (M,) exact}; squares : {labels: () -> (N, M) q_n, the
+    per-example squares at the observed labels / at one draw from the model, built when needed (one (N, M) array
+    at a time: memory)}. Readings: labels x
     with / without replacement, c = 1 (the squares averaged over the n rows); n from the noise level.
     metrics : {labels: (M, M)} the covariance that whitens (SR2) instead of the rows' covariance of `squares`.
     """
     gauss = math.log(0.455)
     judged = []
     for labels, mu in centres.items():
-        q = squares[labels]
+        q = squares[labels]()
         n_rows, m = q.shape
         observed = summary(t, centres["sampled"], centres["observed"])[0]  # one summary for every reading
         spread = float(np.mean(q.var(axis=0) / mu**2))
@@ -386,7 +387,7 @@ def judge_subset(t: np.ndarray, centres: dict, squares: dict, rng: np.random.Gen
                        labels=best["labels"] if len(labels) == 1 else "",
                        replace=best["replace"] if len(replaces) == 1 else None, p=best["p"],
                        entries=t.size, score=best["score"])
-    test.draw = lambda count, gen: best["c"] * simulate_subset(squares[best["labels"]], best["at"], best["replace"],
+    test.draw = lambda count, gen: best["c"] * simulate_subset(squares[best["labels"]](), best["at"], best["replace"],
                                                                count, gen)
     if best["p"] < ALPHA and best.get("p_support", 1.0) < ALPHA:
         test.reason = (f"not a mean over a random subset of rows: every row touched -- {best['zeros']} of the entries "
@@ -399,7 +400,6 @@ def judge_subset(t: np.ndarray, centres: dict, squares: dict, rng: np.random.Gen
                        f"{min(j['chi2'] for j in judged):.4g} over {best['dof']} directions at every reading "
                        f"(> {SCREEN_CHI2} x {best['dof']}, (SR2))")
         return test
-    n_rows = next(iter(squares.values())).shape[0]
     if any(j["labels"] == "sampled" and j["band"][1] >= n_rows - 1 for j in family):
         # every row once at labels from the model IS a one-sample mc estimate: not a candidate of its own
         test.reason = (f"not told from mc: n ~ {implied} (99% {low}..{high}) at the sampled labels reaches N - 1 = "
@@ -434,10 +434,11 @@ def judge_centred(t_entries: np.ndarray, one, grad_entries: np.ndarray, rng: np.
         return {}
     sub = np.sort(rng.choice(usable, min(SUB_ENTRIES, usable.size), replace=False))
     t, f, e = t_entries[sub], exact[sub], empirical[sub]
-    g, h = grad_entries[:, sub], one.sampled_entries[:, sub].astype(np.float64)
-    n = g.shape[0]
+    h = np.ascontiguousarray(one.sampled_entries[:, sub])  # float32 as kept: (N, M') at 4 bytes, the only copy held
+    n = h.shape[0]
     out = {}
-    centres, squares = {"observed": e, "sampled": f}, {"observed": g * g, "sampled": h * h}
+    centres = {"observed": e, "sampled": f}
+    squares = {"observed": lambda: np.ascontiguousarray(grad_entries[:, sub]) ** 2, "sampled": lambda: h * h}
     # at sampled labels the rows' covariance of ONE draw's squares misses the directions of labels that draw did
     # not pick (a rare class): THEIRS, at its own draw, had chi2 1e3-2e4 over ~105 directions there against the
     # simulations' ~130. Whitened by the exact label covariance C_bar (N x the mc covariance) the two agree
