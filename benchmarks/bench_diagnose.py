@@ -8,10 +8,10 @@ test and the shuffled test (the worst case; a THEIRS that fits deterministically
 alternating, for --rounds rounds; the ratio of medians is the figure of the goal (<= 5).
 --memory also reports the tracemalloc peak of diagnose at N/4 and N (after the timed rounds: imports and
 compiled kernels loaded). It is flat in N: the per-example gradients held on the screen's M entries, three
-(N, M) float64 arrays at most, are bounded by budget.SCREEN_BYTES (M = 256 up to N = 10,922, 55 at 50,000;
-diagnosis.screen_size), the ranking of every B is streamed in blocks, and nothing of size N x P is held
-(BENCHMARKS.md: 107 MiB at N = 10,000, 98 MiB at 50,000, 113 MiB at 200,000 where the floor of 16 entries
-binds; before the budget 333 MiB at 50,000).
+(N, M) float64 arrays and one float32 at most, are bounded by budget.SCREEN_BYTES (M = 256 up to N = 10,533,
+53 at 50,000; diagnosis.screen_size), the ranking of every B is streamed in blocks, and nothing of size N x P
+is held (BENCHMARKS.md: 117 MiB at N = 10,000 and 12,500, 109 MiB at 50,000; before the budget 333 MiB at
+50,000).
 
 Run (the OpenBLAS variables unset, as the goal's measurement asks)::
 

@@ -65,10 +65,10 @@ gradients at one draw of labels from the model, for sampled.py), 28 bytes per ro
 (``SCREEN_ROW_BYTES``). A memory budget bounds them, as budget.py bounds every size:
 M = min(SCREEN_ENTRIES, P, budget.SCREEN_BYTES // (28 N)), at least MIN_SCREEN_ENTRIES
 (``screen_size``). The default 72 MiB screens all 256 entries up to N = 10,533 (every verdict at
-N <= 10^4 unchanged) and keeps the peak flat beyond: 107 MiB at N = 10^4, 98 MiB at 5 10^4 (M = 55),
-113 MiB at 2 10^5 (M = 16) at 784-256-256-10 (tracemalloc, BENCHMARKS.md). Fewer entries widen the statistical tests'
-intervals and keep them valid (at 5 10^4 the bench's shuffled B = 48 loader is named with B = 48 in
-its band 47..49); the exact screen loses nothing (a fit on all entries fits on any subset, and the B
+N <= 10^4 unchanged) and keeps the peak flat beyond: 117 MiB at N = 10^4 and 1.25 10^4, 109 MiB at 5 10^4
+(M = 53) at 784-256-256-10 (tracemalloc, BENCHMARKS.md; 113 MiB at 2 10^5 with M = 16 before sampled.py's
+float32 draw joined the budget). Fewer entries widen the statistical tests' intervals and keep them valid
+(at 5 10^4 the bench's shuffled B = 48 loader is named with B = 48 in its band 47..48); the exact screen loses nothing (a fit on all entries fits on any subset, and the B
 that fit there are confirmed on all). JSON "screen" gives M, the M wanted, the setting that bound it
 and whether memory grows (past N = 168,521 the floor of 16 binds: 448 bytes per row), and the report
 says so when the budget bound M. Outside the budget, a few hundred bytes per row stay: the most
