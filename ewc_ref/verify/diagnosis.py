@@ -241,9 +241,10 @@ def diagnose(model: MLP, lik: Likelihood, x, y, theirs, batch_sizes=None, tol: f
             mean_gradient = _mean_gradient(model, lik, x, y)
         shuffled = _shuffled_candidate(t, t_diag[cols], grad_entries, matrices, mean_gradient, structure, tol,
                                        candidates, rng)
-        if not shuffled.accepted and pred_entries is not None and np.any(pred_entries):
+        if not (shuffled.accepted or mc_test.accepted) and pred_entries is not None and np.any(pred_entries):
             # a loader at the model's most probable labels (published codes shuffle at predicted labels too): judged
-            # only when the observed-label reading fails, so that an observed-label verdict costs nothing more
+            # only when neither the observed-label reading nor mc passes (a cause of a "none"; with mc passing it
+            # also passed on a genuine one-sample estimate of a confident net, N = 100, and demoted mc to "none")
             log.stage("judging shuffled at the predicted labels")
             shuffled, at_predicted = _predicted_shuffled(t, t_diag[cols], pred_entries, matrices, model, lik, x,
                                                          one.pred_labels, structure, tol, candidates, shuffled, rng)
