@@ -9,9 +9,10 @@ residual is compared with the closest candidate's (diagnosis (D1)):
   prior precision or damping (H + alpha I);
 - a constant per tensor: t has one value within each parameter tensor (a mean over the tensor's
   entries inside the code): the largest within-tensor relative spread;
-- row order: the shuffled test (its band of B), and the way to record the order; only offered for
-  THEIRS at the observed labels (the shuffled test is at the observed labels: a loader at predicted or
-  sampled labels would not become exact by recording the order);
+- row order: the shuffled test (its band of B), and the way to record the order: at the observed labels,
+  or at the model's most probable labels when the observed-label reading fails (diagnosis._predicted_shuffled;
+  the ordered screen covers both, so the recorded order makes either exact; a loader at SAMPLED labels would
+  not become exact by recording the order);
 - labels sampled from the model, or a random subset of rows (``sampled.judge_centred``, run by diagnose
   for a diag THEIRS when neither mc nor shuffled passes): a passing test is listed after the causes that
   fit within round-off and before row order, the better synthetic likelihood first; a failing one among
@@ -98,7 +99,8 @@ def likely_causes(candidates, shuffled: ShuffledTest, not_tried, tested: list | 
         how = f", batches {shuffled.reduction}" if shuffled.reduction else ""
         evidence = (f"the shuffled test accepts (p = {shuffled.p_noise:.2g})" if shuffled.accepted
                     else f"its expectation fits better than every candidate (relative error {shuffled.rel_error:.3g})")
-        causes.append(f"rows in another order than DATA: a shuffled loader with B ~ {shuffled.implied_batch_size:.0f} "
+        at = ", at the model's most probable labels," if shuffled.labels == "predicted" else ""
+        causes.append(f"rows in another order than DATA: a shuffled loader{at} with B ~ {shuffled.implied_batch_size:.0f} "
                       f"(99% {low:.0f}..{high:.0f}{how}); {evidence}. Record the order the loader yielded its rows and "
                       "batched finds it exactly: iterate ewc_ref.recorder.Recorder(loader) in the Fisher loop and "
                       "rec.save('data.npz'), or er.save_data(path, x, y, order=indices, batches=sizes)")

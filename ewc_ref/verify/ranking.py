@@ -129,10 +129,13 @@ def centred_scores(t: np.ndarray, exact: np.ndarray, empirical: np.ndarray, draw
             for name, sims in draws.items()}
 
 
-def centred_draw_scores(t_entries, grad_entries, one, mc_test, shuffled, centred: dict, rng) -> dict:
+def centred_draw_scores(t_entries, grad_entries, one, mc_test, shuffled, centred: dict, rng,
+                        shuffled_entries=None) -> dict:
     """``centred_scores`` of mc, shuffled and sampled.py's tests that pass ({} when fewer than two pass).
 
-    t_entries : (M_screen,) THEIRS; grad_entries : (N, M_screen) at the observed labels; one : the one pass.
+    t_entries : (M_screen,) THEIRS; grad_entries : (N, M_screen) at the observed labels; one : the one pass;
+    shuffled_entries : the entries the shuffled reading simulates (those at the predicted labels for a reading there;
+    default grad_entries).
     CENTRED_DRAWS draws of each at its fitted parameters on sampled.judge_centred's entries: mc as in
     ``simulated_scores``, shuffled by shuffled.simulate at its reading (its aggregation factor and per-batch
     loss), sampled.py's by their own ``draw``.
@@ -154,14 +157,15 @@ def centred_draw_scores(t_entries, grad_entries, one, mc_test, shuffled, centred
         # point estimate alone scored -27 and -68 where B = 64, in the band, scored -4.8 and -3.6 (a shuffled
         # loader of 64 summed over K, seeds 1008 and 1011), and a subset of ~90 rows (-4.8, -3.9) led it. The B
         # are compared on PROFILE_DRAWS draws each, the best scored on CENTRED_DRAWS (cost: 0.6 s -> 0.2 s at N = 10^4)
-        g = np.ascontiguousarray(grad_entries[:, sub], dtype=np.float32)  # read by every draw: contiguous, half the bytes
+        own = grad_entries if shuffled_entries is None else shuffled_entries
+        g = np.ascontiguousarray(own[:, sub], dtype=np.float32)  # read by every draw: contiguous, half the bytes
 
         def score(b, c_agg, count):
             sims = c_agg * simulate(g, b, count, rng, drop_last=bool(shuffled.drop_last),
                                     batch_loss=shuffled.batch_loss or "mean")
             return centred_scores(t_entries[sub], one.mc_mean[sub], empirical, {"s": sims})["s"]
 
-        sizes = _profile_sizes(t_entries[sub], grad_entries[:, sub], one.mc_mean[sub], shuffled)
+        sizes = _profile_sizes(t_entries[sub], own[:, sub], one.mc_mean[sub], shuffled)
         best = max(sizes, key=lambda size: score(*size, PROFILE_DRAWS)) if len(sizes) > 1 else sizes[0]
         scores["shuffled"] = score(*best, CENTRED_DRAWS)
     return scores if len(scores) >= 2 else {}

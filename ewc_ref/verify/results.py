@@ -26,6 +26,8 @@ class Candidate(JsonResult):
     note: str = ""
     entries: int | None = None  # rel_error measured on this many screened diagonal entries (None: all)
     variant: str = ""  # batched: '' | 'dropped' | 'kept, sum' | 'recorded' | 'recorded, sum' (verify/loader.py)
+    at_labels: str | None = None  # shuffled: 'predicted' when its reading is at the model's most probable labels (the
+    # observed-label reading failing); None otherwise (an observed-label reading does not rule out predicted labels)
 
     @property
     def key(self) -> tuple:
@@ -41,7 +43,9 @@ class Candidate(JsonResult):
 
     @property
     def labels(self) -> str | None:
-        """batched: 'predicted' (the model's most probable labels) or 'observed' (DATA's y)."""
+        """batched: 'predicted' (the model's most probable labels) or 'observed' (DATA's y); shuffled: its reading's."""
+        if self.estimator == "shuffled":
+            return self.at_labels
         return None if self.estimator != "batched" else ("predicted" if self.variant.startswith("pred") else "observed")
 
     @property
@@ -60,7 +64,7 @@ class Candidate(JsonResult):
             return f"mc, S = {self.samples}"
         if self.estimator == "shuffled" and self.batch_size is not None:
             return f"shuffled, B ~ {self.batch_size}" + {"dropped": ", drop_last", "kept or dropped": ", drop_last or not"}.get(
-                self.variant, "")
+                self.variant, "") + (", at the predicted labels" if self.at_labels == "predicted" else "")
         return self.estimator
 
     def to_dict(self) -> dict:

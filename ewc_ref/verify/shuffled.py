@@ -141,6 +141,7 @@ class ShuffledTest(JsonResult):
     drop_last: bool | None = False  # the reading drops the short last batch (None: cannot tell)
     batch_loss: str = ""  # the per-batch loss reduction: 'mean' | 'sum' | '' (free fit: not read)
     aggregation_scale: float = math.nan  # c_agg of the reading: 1, K or K/N (readings (L1))
+    labels: str = "observed"  # the loader's labels: 'observed' (DATA's y) | 'predicted' (diagnosis._predicted_shuffled)
 
     def to_dict(self) -> dict:
         def finite(value):
@@ -152,7 +153,7 @@ class ShuffledTest(JsonResult):
                 "scale": finite(self.scale), "scale_se": finite(self.scale_se), "reduction": self.reduction or None,
                 "entries": self.entries, "chi2": finite(self.chi2), "p_noise": finite(self.p_noise),
                 "rel_error": finite(self.rel_error), "identified": self.identified, "drop_last": self.drop_last,
-                "batch_loss": self.batch_loss or None, "aggregation_scale": finite(self.aggregation_scale)}
+                "batch_loss": self.batch_loss or None, "aggregation_scale": finite(self.aggregation_scale), "labels": self.labels}
 
 
 def expectation_terms(grad_entries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -50,17 +50,23 @@ def statistical_winner(candidates, tests, scores):
     the scores (ranking (R2)), and a margin below ranking.MARGIN is "cannot tell". A shuffled reading
     whose c and B are confounded (not identified, or a full THEIRS judged on its diagonal) takes part
     in the comparison but is never the verdict: when it wins, the answer is 'none' with row order as
-    the first cause.
+    the first cause. sampled.py's readings (a loader at sampled labels, a subset of rows) that pass are rivals:
+    scored with the others (ranking.centred_scores), never named; when one leads, or the leader wins by less
+    than the margin, the answer is 'cannot tell'; when nothing nameable passes, 'none' with them as causes.
     """
     accepted = [c for c in candidates if c.estimator in NATURAL and c.fits]
     rivals = [name for name, test in tests.items() if name in CENTRED and test is not None and test.accepted]
-    if accepted and rivals and scores:
+    nameable = [c for c in accepted if not (c.estimator == "shuffled" and not tests["shuffled"].identified)]
+    if nameable and rivals and scores:
         # a loader at sampled labels or a random subset that passes is a rival, never named alone: when it
-        # leads, or the leader wins by less than the margin, the answer is "cannot tell" naming every one
+        # leads, or the leader wins by less than the margin, the answer is "cannot tell" naming every one; with
+        # nothing nameable passing (an unidentified shuffled reading only) it is "none", the rivals its causes
         name, _ = rank(scores)
         if name is None or name in rivals:
             return None, accepted, "cannot tell"
         accepted.sort(key=lambda c: c.estimator != name)
+    elif rivals and scores:
+        return None, [], ""
     elif len(accepted) == 2 and scores:
         name, _ = rank({c.estimator: scores[c.estimator] for c in accepted})
         if name is None:
