@@ -1,10 +1,8 @@
 """Two statistical tests centred on a deterministic Fisher: a loader at SAMPLED labels, and a random SUBSET of rows.
 
-``diagnose`` runs them for a diag THEIRS when nothing else explains it (no deterministic fit, neither mc
-nor shuffled passing its own test) and reports them as CAUSES of its "none", never as the verdict: as
-candidates ranked against mc and shuffled they named an observed-label shuffled loader 'sampled', a
-float32 error of another estimator 'subset' and a subset 'shuffled' (docs/shuffled-loader-fisher.md,
-"Why causes, not verdicts").
+``diagnose`` runs them for a diag THEIRS with no deterministic fit: rivals of mc and shuffled and causes of a
+"none", never the verdict alone (verdict.statistical_winner; docs/shuffled-loader-fisher.md, "Sampled labels
+and subsets in the verdict", says why and what was measured).
 
 docs/shuffled-loader-fisher.md, "Labels sampled from the model" and "A random subset of rows", derives
 both. With h_n = g_n(y~_n) the per-example gradient at a label drawn from the model (zero mean,
@@ -39,9 +37,8 @@ plus the rows' own label noise from the genuine mc draws), and passes when the s
 Q, log shape, lean towards E; ``summary``) and the whitened chi2 and shape in the metric (SL4)
 (``whitened``) all lie within the simulations' split-normal range (ALPHA). The band of B is the union of
 the passing readings' bands and of every natural reading's B whose scale matches c_hat within 2.58
-simulated sds; reduction, aggregation and drop_last are not told (docs/shuffled-loader-fisher.md gives
-the measurement). A band holding B = 1 is mc with S = 1, not a
-candidate. For 'subset' each of labels (observed / sampled) x with / without replacement reads n from
+simulated sds; reduction, aggregation and drop_last are not told (measured: docs/shuffled-loader-fisher.md).
+A band holding B = 1 is mc with S = 1, not a candidate. For 'subset' each of labels (observed / sampled) x with / without replacement reads n from
 the noise level (the median relative residual against (SR1), calibrated on simulated subsets), at c = 1,
 and is tested the same way in the metric f(n)/n V (SR2); at sampled labels a band reaching N - 1 makes it
 mc's (all rows once at labels from the model is a one-sample mc estimate).
@@ -81,8 +78,7 @@ READINGS = 2
 #: A reading whose Gaussian chi2 (SL4) exceeds this many times the entries is rejected unsimulated: the
 #: simulated chi2 of genuine loaders stays within 2-3 x M (heavy tails included; measured on the digits).
 SCREEN_CHI2 = 10
-#: A subset drawn WITH replacement is read for n up to this many times N (a with-replacement mean over 4 N rows
-#: has a quarter of one pass's noise; larger n are read as 4 N, their band reaching it).
+#: A subset drawn WITH replacement is read for n <= this x N (over 4 N rows: a quarter of one pass's noise).
 REPLACE_LIMIT = 4
 #: An integer B or n is reported only when the 99% interval's high / low is at most this.
 INTEGER_SPREAD = 1.5

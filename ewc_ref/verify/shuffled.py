@@ -87,8 +87,7 @@ SHUFFLED_ALPHA = 1e-3
 SIMULATED_READINGS = 6
 #: Rows of largest leverage tried as the one high-leverage row of a short last batch (``GLS.clean_b``).
 HEAVY_ROWS = 64
-#: Readings within this many log-units of the best one's synthetic likelihood share the band of B
-#: (chi2_1 99% / 2 = 3.3).
+#: Readings within this many log-units of the best one's synthetic likelihood share the band of B (chi2_1 99% / 2).
 BAND_LOG_LIKELIHOOD = 3.3
 
 
