@@ -32,6 +32,10 @@ import math
 
 import numpy as np
 
+from .readings import FAMILIES, aggregation_scale, coefficients
+from .sampled_moments import summary
+from .shuffled import GLS, expectation_terms, simulate, synthetic_log_likelihood
+
 #: Log-likelihood units by which the better statistical candidate must win (a likelihood ratio of
 #: e^3 ~ 20, "strong" on Kass & Raftery's scale); less is "cannot tell".
 MARGIN = 3.0
@@ -87,7 +91,6 @@ def simulated_scores(t: np.ndarray, grad_entries: np.ndarray, roundoff: float, m
     Simulated, not Gaussian, because a confident net's one-sample mc draws and a few-row batch's
     shuffled draws are heavy-tailed: a Gaussian likelihood of t penalises the heavier model unfairly.
     """
-    from .shuffled import GLS, expectation_terms, simulate, synthetic_log_likelihood
 
     mm, sigma = expectation_terms(grad_entries)
     gls = GLS(mm, sigma, floor=(10 * roundoff) ** 2 * 1e-6)
@@ -120,9 +123,6 @@ def centred_scores(t: np.ndarray, exact: np.ndarray, empirical: np.ndarray, draw
     and a subset share the expectation c F (or c E) and differ only in how their noise is spread over the
     entries; where it is spread alike, the margin is small and the answer "cannot tell" names them.
     """
-    from .sampled_moments import summary
-    from .shuffled import synthetic_log_likelihood
-
     observed = summary(t, exact, empirical)[0]
     penalty = math.log(t.size)
     return {name: synthetic_log_likelihood(observed, summary(sims, exact, empirical)) - penalty
@@ -140,8 +140,6 @@ def centred_draw_scores(t_entries, grad_entries, one, mc_test, shuffled, centred
     ``simulated_scores``, shuffled by shuffled.simulate at its reading (its aggregation factor and per-batch
     loss), sampled.py's by their own ``draw``.
     """
-    from .shuffled import simulate
-
     rng = rng.spawn(1)[0]  # a child stream (as sampled.judge_centred)
     sub = next(iter(centred.values())).sub
     draws = {name: test.draw(CENTRED_DRAWS, rng) for name, test in centred.items() if test.accepted}
@@ -180,8 +178,6 @@ def _profile_sizes(t: np.ndarray, g: np.ndarray, exact: np.ndarray, shuffled) ->
     """[(B, c_agg(B))]: the reading's B and, for a named family (readings.FAMILIES), the PROFILE_SIZES B of the
     band [low, high] whose expectation c_agg (coef_m m^2 + coef_S sigma^2) (L1) on the entries has the sum
     nearest THEIRS's (the summary's scale coordinate, sampled_moments.summary, relative to exact)."""
-    from .readings import FAMILIES, aggregation_scale, coefficients
-
     own = shuffled.aggregation_scale if math.isfinite(shuffled.aggregation_scale) else shuffled.scale
     out = [(int(shuffled.batch_size), float(own))]
     family = next((f for f in FAMILIES if (f.aggregation, f.batch_loss) == (shuffled.reduction, shuffled.batch_loss)),

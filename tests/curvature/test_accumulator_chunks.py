@@ -14,12 +14,12 @@ Memory: the accumulator's tracemalloc peak must not grow with the number of chun
 benchmark, benchmarks/BENCHMARKS.md, measures the same through fisher() for N = 1,000 vs 10,000).
 """
 
-import tracemalloc
 
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from support.memory import traced_peak
 
 import ewc_ref as er
 from ewc_ref.curvature.accumulator import FisherAccumulator
@@ -158,15 +158,11 @@ def accumulator_peak(model, lik, x, y, estimator, structure, chunk):
     acc = FisherAccumulator(model, lik, estimator, structure)
     acc.update(x[:chunk], y[:chunk])  # warm-up: first-call allocations are not streaming memory
     acc = FisherAccumulator(model, lik, estimator, structure)
-    tracemalloc.start()
-    try:
-        tracemalloc.reset_peak()
+    with traced_peak() as traced:
         for begin in range(0, x.shape[0], chunk):
             acc.update(x[begin : begin + chunk], y[begin : begin + chunk])
         result = acc.result()
-        return tracemalloc.get_traced_memory()[1], result
-    finally:
-        tracemalloc.stop()
+    return traced.peak, result
 
 
 @pytest.mark.parametrize("estimator, structure", [("empirical", "diag"), ("exact", "diag"), ("empirical", "full"),

@@ -25,6 +25,7 @@ import numpy as np
 import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
+from support.memory import traced_peak
 
 import ewc_ref as er
 from ewc_ref.curvature import budget
@@ -300,7 +301,6 @@ def test_dense_hessian_needs_one_p_by_p_array_plus_bounded_chunks(monkeypatch, h
     vectors E : (K, P) with K = P when only K N width was bounded (N = 1 makes K = 273 > 2^14 / P = 8).
     The streamed sums are checked against the one-pass Hessian, so the in-place weighting is tested too.
     """
-    import tracemalloc
 
     monkeypatch.setattr(budget, "CHUNK_NUMBERS", 2**14)
     model = er.MLP.random([20, 60, 10], "tanh", rng=0)
@@ -315,12 +315,9 @@ def test_dense_hessian_needs_one_p_by_p_array_plus_bounded_chunks(monkeypatch, h
                                                     chunk_size=1).data,
     }[how]
     compute()  # imports its lazily imported modules (scipy: ~3 MiB of code) outside the trace
-    tracemalloc.start()
-    try:
+    with traced_peak() as traced:
         H = compute()
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
+    peak = traced.peak
     assert peak <= 1.25 * 8 * P * P, f"peak {peak / (8 * P * P):.2f} P^2"
     reference = er.hessian(model, lik, x, y) if how.endswith("chunks") else er.hessian(model, lik, x[:1], y[:1], chunk_size=P)
     assert relative_error(H, reference) <= IDENTITY_RTOL

@@ -14,12 +14,12 @@ Sizes are scaled down through the module constants so every case runs in millise
 from __future__ import annotations
 
 import io
-import tracemalloc
 import zipfile
 
 import numpy as np
 import pytest
 from support.hostile import METHODS, npy_bytes, zip_bytes
+from support.memory import traced_peak
 
 import ewc_ref as er
 from ewc_ref import safe_files, safe_zip
@@ -99,11 +99,9 @@ def test_reading_a_bombs_header_inflates_only_the_header(tmp_path, method, monke
     def refuse(headers):
         raise ValueError("x: layout refused from the header")
 
-    tracemalloc.start()
-    with pytest.raises(ValueError, match="layout refused from the header"):
+    with traced_peak() as traced, pytest.raises(ValueError, match="layout refused from the header"):
         read_npz(path, check=refuse)
-    peak = tracemalloc.get_traced_memory()[1]
-    tracemalloc.stop()
+    peak = traced.peak
     # the decoder's own state (lzma's 8 MiB dictionary, bzip2's 3.6 MiB) and IN_CHUNK_BYTES of input,
     # never the 64 MiB of the block
     assert peak < 16 * MiB, peak
@@ -113,11 +111,9 @@ def test_reading_a_bombs_header_inflates_only_the_header(tmp_path, method, monke
 def test_a_large_member_at_a_bombs_ratio_is_refused_before_inflating(tmp_path, method, monkeypatch):
     monkeypatch.setattr(safe_zip, "RATIO_FLOOR_BYTES", 4 * MiB)
     path = _write(tmp_path, _bomb(method, MiB))  # 8 MiB of zeros: ratio 1000 (deflate) to 10^5 (bzip2)
-    tracemalloc.start()
-    with pytest.raises(FileFormatError, match=r"key 'x': \d+ compressed bytes would inflate to 8388\d+ \(\d+:1, above the 200:1") as raised:
+    with traced_peak() as traced, pytest.raises(FileFormatError, match=r"key 'x': \d+ compressed bytes would inflate to 8388\d+ \(\d+:1, above the 200:1") as raised:
         read_npz(path)
-    peak = tracemalloc.get_traced_memory()[1]
-    tracemalloc.stop()
+    peak = traced.peak
     assert "EWC_REF_ALLOW_COMPRESSION_RATIO=1" in str(raised.value)
     assert peak < MiB, peak  # refused from the directory: nothing inflated
 
@@ -169,10 +165,9 @@ def test_a_legitimate_array_is_read_into_its_final_buffer(tmp_path, method):
     second copy of the array (which would be 32 MiB)."""
     value = np.random.default_rng(4).standard_normal(2 * MiB)  # 16 MiB
     path = _write(tmp_path, zip_bytes([("x.npy", npy_bytes(value))], method))
-    tracemalloc.start()
-    got = read_npz(path)["x"]
-    peak = tracemalloc.get_traced_memory()[1]
-    tracemalloc.stop()
+    with traced_peak() as traced:
+        got = read_npz(path)["x"]
+    peak = traced.peak
     np.testing.assert_array_equal(got, value)
     assert peak < value.nbytes + OVERHEAD_MIB[method] * MiB, (peak, value.nbytes)
 

@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
+from support.memory import traced_peak
 
 import ewc_ref as er
 from ewc_ref import atomic
@@ -378,14 +379,11 @@ def test_load_model_reads_into_one_parameter_vector_like_from_state_dict(tmp_pat
 
 def test_load_model_holds_one_copy_of_the_parameters(tmp_path):
     """tracemalloc peak of load_model on a 16 MiB weight: the parameter vector plus a chunk, not two copies."""
-    import tracemalloc
-
     weight = np.random.default_rng(0).standard_normal((2, 2**20))
     np.savez(tmp_path / "m.npz", **{"0.weight": weight, "0.bias": np.zeros(2)},
              __activation__=np.array("relu"), __likelihood__=np.array("categorical"))
-    tracemalloc.start()
-    model, _ = er.load_model(tmp_path / "m.npz")
-    peak = tracemalloc.get_traced_memory()[1]
-    tracemalloc.stop()
+    with traced_peak() as traced:
+        model, _ = er.load_model(tmp_path / "m.npz")
+    peak = traced.peak
     np.testing.assert_array_equal(model.weights[0], weight)
     assert peak < 1.3 * weight.nbytes, (peak, weight.nbytes)

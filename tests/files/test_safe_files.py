@@ -6,7 +6,6 @@ so a reader that refused too much would fail them.
 """
 
 import gzip
-import tracemalloc
 
 import numpy as np
 import pytest
@@ -19,6 +18,7 @@ from support.hostile import (
     set_recorded_size,
     zip_bytes,
 )
+from support.memory import traced_peak
 
 import ewc_ref as er
 from ewc_ref import safe_files
@@ -187,11 +187,9 @@ def test_npz_bomb_is_refused_without_inflating(tmp_path, monkeypatch):
     np.savez_compressed(path, x=np.zeros((2**23, 1)), y=np.zeros(2**23, np.uint8))
     assert path.stat().st_size < 2**20
     load_data = er.load_data  # import ewc_ref.io before tracing: the package loads it lazily
-    tracemalloc.start()
-    with pytest.raises(ValueError, match="key 'x': shape \\(8388608, 1\\) float64 .*above the memory budget of 1.0 MiB"):
+    with traced_peak() as traced, pytest.raises(ValueError, match="key 'x': shape \\(8388608, 1\\) float64 .*above the memory budget of 1.0 MiB"):
         load_data(path)
-    peak = tracemalloc.get_traced_memory()[1]
-    tracemalloc.stop()
+    peak = traced.peak
     assert peak < 2**20, peak
 
 
@@ -200,11 +198,9 @@ def test_layout_bomb_is_refused_from_headers(tmp_path):
     model = er.MLP.random([3, 2], "relu", rng=0)
     path = tmp_path / "bomb.npz"
     np.savez_compressed(path, x=np.zeros((2**20, 8)), y=np.zeros(2**20, np.uint8))
-    tracemalloc.start()
-    with pytest.raises(ValueError, match="key 'x': expected 3 features per row"):
+    with traced_peak() as traced, pytest.raises(ValueError, match="key 'x': expected 3 features per row"):
         er.load_data(path, model, er.Categorical())
-    peak = tracemalloc.get_traced_memory()[1]
-    tracemalloc.stop()
+    peak = traced.peak
     assert peak < 2**20, peak
 
 
@@ -288,11 +284,9 @@ def test_gzip_idx_bomb_with_lying_trailer_inflates_no_more_than_declared(tmp_pat
     raw = bytearray(path.read_bytes())
     raw[-4:] = len(header).to_bytes(4, "little")
     path.write_bytes(bytes(raw))
-    tracemalloc.start()
-    with pytest.raises(FileFormatError, match="more data than shape \\(10,\\) uint8 declares"):
+    with traced_peak() as traced, pytest.raises(FileFormatError, match="more data than shape \\(10,\\) uint8 declares"):
         read_idx(path)
-    peak = tracemalloc.get_traced_memory()[1]
-    tracemalloc.stop()
+    peak = traced.peak
     assert peak < 2**20, peak
 
 
@@ -304,11 +298,9 @@ def test_zip_bomb_over_the_declared_size_is_cut_at_the_recorded_size(tmp_path):
     raw = set_recorded_size(raw, len(npy_bytes(GOOD)))
     path = tmp_path / "bomb.npz"
     path.write_bytes(raw)
-    tracemalloc.start()
-    with pytest.raises(FileFormatError, match="key 'x': damaged member .*CRC"):
+    with traced_peak() as traced, pytest.raises(FileFormatError, match="key 'x': damaged member .*CRC"):
         read_npz(path)
-    peak = tracemalloc.get_traced_memory()[1]
-    tracemalloc.stop()
+    peak = traced.peak
     assert peak < 2**20, peak
 
 

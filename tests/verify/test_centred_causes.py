@@ -134,3 +134,37 @@ def test_a_loader_over_every_row_is_not_read_as_a_subset(digits):
     subset = result.centred["subset"]
     assert not subset.accepted and subset.reason.startswith("not a mean over a random subset of rows: every row touched")
     assert result.estimator == "shuffled", result.report()
+
+
+def test_the_shuffled_profile_tries_the_b_whose_expected_scale_is_theirs(digits):
+    """ranking._profile_sizes on a loader of 64 summed over K (no / K), read at B = 51 with band 50..64 (seed
+    1008's reading): besides 51 it tries the PROFILE_SIZES B of the band whose expectation c_agg (coef_m m^2 +
+    coef_S sigma^2) (L1) sums nearest THEIRS's, each with c_agg = K(B). Checked against the mean of the loop over
+    200 random row orders per B (independent of (L1)): the B it tries are among the 5 nearest by that mean (its
+    Monte Carlo error is well below the B's expectations' 1-3% spacing). A factor 2 on coef_S moves them out of
+    those 5 (measured: fails); c_agg = 1 (the averaged family's) fails the c_agg check."""
+    from types import SimpleNamespace
+
+    from ewc_ref.verify.ranking import PROFILE_SIZES, _profile_sizes
+
+    _, _, x, _, G = digits
+    n = len(x)
+    g = G[:, np.flatnonzero((G**2).mean(axis=0) > 0)[::27]]
+    theirs = loader_fisher(g, 64, np.random.default_rng(1008).permutation(n), aggregation="sum")[0]
+    k = lambda b: -(-n // b)  # noqa: E731
+    reading = SimpleNamespace(batch_size=51, batch_size_interval=(50.0, 64.0), aggregation_scale=float(k(51)),
+                              scale=float("nan"), reduction="summed", batch_loss="mean", drop_last=False)
+    sizes = _profile_sizes(theirs, g, np.ones(g.shape[1]), reading)
+    assert sizes[0] == (51, float(k(51))) and len(sizes) == 1 + PROFILE_SIZES
+    assert all(c == float(k(b)) for b, c in sizes)
+    rng = np.random.default_rng(0)
+    mean_sum = {}
+    for b in range(50, 65):
+        starts = np.arange(0, n, b)
+        totals = []
+        for _ in range(200):
+            sums = np.add.reduceat(g[rng.permutation(n)], starts, axis=0) / np.diff(np.r_[starts, n])[:, None]
+            totals.append(float((sums**2).sum()))
+        mean_sum[b] = np.mean(totals)
+    nearest = sorted(mean_sum, key=lambda b: abs(np.log(mean_sum[b] / theirs.sum())))[:5]
+    assert {b for b, _ in sizes[1:]} <= set(nearest), (sizes, nearest)

@@ -5,10 +5,10 @@ entries; loader.screen_best ranks every B = 2..N in blocks. Each THEIRS here is 
 loader's batches of per-example gradients (``support.problems.loader_fisher``).
 """
 
-import tracemalloc
 
 import numpy as np
 import pytest
+from support.memory import traced_peak
 from support.problems import loader_fisher, make_problem
 
 import ewc_ref as er
@@ -158,12 +158,9 @@ def _peak(n: int) -> int:
     lik, x, y = er.get_likelihood("categorical"), rng.standard_normal((n, 20)), rng.integers(0, 10, n)
     theirs, _ = loader_fisher(er.per_sample_gradients(model, lik, x, y), 48, order=rng.permutation(n))
     diagnose(model, lik, x[:200], y[:200], theirs, hessian=False)  # imports and compiled kernels loaded first
-    tracemalloc.start()
-    try:
+    with traced_peak() as traced:
         diagnose(model, lik, x, y, theirs, hessian=False)
-        return tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
+    return traced.peak
 
 
 def test_the_peak_memory_does_not_grow_with_n_under_the_budget(monkeypatch):

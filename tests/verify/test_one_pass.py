@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from support.memory import traced_peak
 
 from ewc_ref.curvature import kernels, label_kernels
 from ewc_ref.curvature.entries import per_sample_grad_entries
@@ -221,7 +222,6 @@ def test_one_pass_memory_stays_within_the_chunk_budget(likelihood):
     """The cumulant path (gaussian, bernoulli) holds an (n, M, M) matrix per chunk: rows_per_chunk
     budgets it, so the pass over N = 1000 rows with M = 256 entries peaks near CHUNK_BYTES (32 MiB)
     plus its outputs, not at N M^2 (it peaked at 3.0 GB before: four (n, M, M) copies, n = 1000)."""
-    import tracemalloc
 
     from ewc_ref.curvature import budget
 
@@ -231,12 +231,9 @@ def test_one_pass_memory_stays_within_the_chunk_budget(likelihood):
     x = rng.standard_normal((1000, 64))
     y = lik.sample(model.predict(x), rng, 1)[:, 0]
     cols = np.sort(rng.choice(model.n_params, 256, replace=False))
-    tracemalloc.start()
-    try:
+    with traced_peak() as traced:
         one_pass.diag_pass(model, lik, x, y, cols, cols, bootstrap=8, rng=rng)
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
+    peak = traced.peak
     assert peak <= 4 * budget.CHUNK_BYTES, f"peak {peak / 2**20:.0f} MiB"
 
 
